@@ -1,0 +1,1 @@
+"""OmniQ's Alembic migrations (installed as ``omniq._migrations``)."""

@@ -1,0 +1,87 @@
+"""Time and id helpers: aware UTC instants, microsecond conversion, UUIDv7 ids."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from omniq.errors import ValidationError
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    """The current instant, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def require_aware(value: datetime, field: str) -> datetime:
+    """Return ``value`` converted to UTC; reject naive datetimes naming ``field``."""
+    if not isinstance(value, datetime):
+        raise ValidationError(field, f"expected a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ValidationError(
+            field,
+            f"naive datetime {value.isoformat()} rejected; pass a timezone-aware "
+            "datetime (e.g. datetime.now(timezone.utc))",
+        )
+    return value.astimezone(UTC)
+
+
+def to_micros(value: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime."""
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    """The aware UTC datetime for microseconds since the epoch."""
+    return EPOCH + timedelta(microseconds=value)
+
+
+def to_timedelta(value: object, field: str, *, allow_zero: bool = True) -> timedelta:
+    """Lenient edge converter: seconds (int/float) or timedelta -> non-negative timedelta."""
+    if isinstance(value, timedelta):
+        result = value
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(field, f"expected a timedelta or seconds, got {value!r}")
+    elif value != value or value in (float("inf"), float("-inf")):
+        raise ValidationError(field, f"expected a finite number of seconds, got {value!r}")
+    else:
+        try:
+            result = timedelta(seconds=value)
+        except OverflowError as exc:
+            raise ValidationError(field, f"duration {value!r} is out of range") from exc
+    if result < timedelta(0) or (not allow_zero and result == timedelta(0)):
+        raise ValidationError(
+            field, f"must be {'positive' if not allow_zero else 'non-negative'}, got {result}"
+        )
+    return result
+
+
+_uuid_lock = threading.Lock()
+_last_ms = 0
+_seq = 0
+
+
+def new_id() -> str:
+    """A time-ordered UUIDv7 string: ids sort by creation time within a process."""
+    global _last_ms, _seq
+    with _uuid_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            ms = _last_ms
+            _seq += 1
+            if _seq > 0xFFF:
+                ms += 1
+                _seq = 0
+        else:
+            _seq = int.from_bytes(os.urandom(2), "big") & 0x3FF
+        _last_ms = ms
+        seq = _seq
+    rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand
+    return str(uuid.UUID(int=value))

@@ -1,0 +1,167 @@
+"""Engine URL -> AsyncEngine, with the SQLite settings that make it a safe queue store.
+
+SQLite: WAL, ``busy_timeout``, ``foreign_keys=ON``, ``synchronous=NORMAL`` (FULL
+by option), the driver's own transaction handling off, and ``BEGIN IMMEDIATE``
+for write transactions so that a transaction that reads then writes can never
+be interleaved with another writer. Read-only work uses :func:`read_engine`,
+whose transactions start with a plain (deferred) ``BEGIN``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from omniq.errors import ConfigurationError
+from omniq.models.settings import Settings
+
+log = logging.getLogger("omniq.db")
+
+MIN_SQLITE = (3, 35, 0)
+_READ_OPTION = "omniq_read"
+
+__all__ = [
+    "Dialect",
+    "create_engine",
+    "default_sqlite_url",
+    "dialect_of",
+    "normalize_url",
+    "read_engine",
+    "sqlite_path",
+]
+
+
+@attrs.frozen
+class Dialect:
+    """The per-engine differences, in one place."""
+
+    name: str
+    #: The claim's subselect adds FOR UPDATE SKIP LOCKED (PostgreSQL).
+    skip_locked: bool
+    #: Write transactions serialize on the database (SQLite: BEGIN IMMEDIATE).
+    single_writer: bool
+
+
+def dialect_of(engine: AsyncEngine | sa.engine.Connection | sa.Dialect) -> Dialect:
+    """The :class:`Dialect` strategy for an engine or connection."""
+    name = engine.name if isinstance(engine, sa.Dialect) else engine.dialect.name
+    if name == "sqlite":
+        return Dialect(name="sqlite", skip_locked=False, single_writer=True)
+    if name == "postgresql":
+        return Dialect(name="postgresql", skip_locked=True, single_writer=False)
+    raise ConfigurationError(f"unsupported database dialect {name!r}: use SQLite or PostgreSQL")
+
+
+def default_sqlite_url(project_name: str = "omniq", base_dir: str | os.PathLike[str] = "omniq_data") -> str:
+    """The embedded default: ``sqlite+aiosqlite:///<base_dir>/<project_name>.db``."""
+    return f"sqlite+aiosqlite:///{Path(base_dir) / f'{project_name}.db'}"
+
+
+def normalize_url(url: str | sa.URL) -> sa.URL:
+    """Parse ``url`` and pick the async driver: aiosqlite or asyncpg."""
+    try:
+        parsed = sa.make_url(url)
+    except Exception as exc:
+        raise ConfigurationError(f"invalid database URL {str(url)!r}: {exc}") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite":
+        if driver not in ("", "aiosqlite"):
+            raise ConfigurationError(f"SQLite URLs use the aiosqlite driver, not {driver!r}")
+        if not parsed.database or parsed.database == ":memory:" or parsed.database.startswith(
+            "file::memory:"
+        ):
+            raise ConfigurationError(
+                "an in-memory SQLite database cannot be shared by workers; "
+                "use a file, e.g. sqlite+aiosqlite:///omniq_data/omniq.db"
+            )
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend in ("postgresql", "postgres"):
+        if driver not in ("", "asyncpg"):
+            raise ConfigurationError(f"PostgreSQL URLs use the asyncpg driver, not {driver!r}")
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise ConfigurationError(
+        f"unsupported database URL scheme {parsed.drivername!r}: "
+        "use sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db"
+    )
+
+
+def sqlite_path(url: sa.URL) -> Path | None:
+    """The database file of a SQLite URL (None for other engines)."""
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    return Path(url.database)
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create the directory (0700) and the database file (0600) if missing."""
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise ConfigurationError(
+            f"OmniQ needs SQLite >= {'.'.join(map(str, MIN_SQLITE))} (RETURNING); "
+            f"this Python links {sqlite3.sqlite_version}"
+        )
+    directory = path.parent
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o002:
+            log.warning("database file %s is world-writable; chmod 600 it", path)
+    else:
+        os.close(fd)
+
+
+def create_engine(
+    url: str | sa.URL, settings: Settings | None = None, **engine_kwargs: Any
+) -> AsyncEngine:
+    """Create the AsyncEngine for ``url`` with OmniQ's per-engine settings."""
+    settings = settings or Settings()
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = sqlite_path(parsed)
+        assert path is not None
+        _prepare_sqlite_file(path)
+        engine = create_async_engine(parsed, **engine_kwargs)
+        _install_sqlite_events(engine, settings)
+        return engine
+    engine_kwargs.setdefault("pool_pre_ping", True)
+    return create_async_engine(parsed, **engine_kwargs)
+
+
+def read_engine(engine: AsyncEngine) -> AsyncEngine:
+    """A view of ``engine`` (same pool) whose transactions are read-only and deferred."""
+    return engine.execution_options(**{_READ_OPTION: True})
+
+
+def _install_sqlite_events(engine: AsyncEngine, settings: Settings) -> None:
+    busy_ms = int(settings.busy_timeout.total_seconds() * 1000)
+    synchronous = settings.sqlite_synchronous
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the driver; the "begin" hook below
+        # emits BEGIN itself.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.engine.Connection) -> None:
+        if conn.get_execution_options().get(_READ_OPTION):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,213 @@
+"""The schema's one truth: SQLAlchemy Core tables for tasks, schedules, results, events.
+
+Alembic revisions in ``migrations/versions`` evolve databases to match this
+metadata; ``alembic check`` after ``upgrade head`` finds no difference.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from omniq.db.types import Duration, UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+#: Statuses that hold a unique key (a live task).
+_LIVE = "status IN ('pending', 'waiting', 'running')"
+
+ID = sa.String(64)
+NAME = sa.String(200)
+
+tasks = sa.Table(
+    "omniq_tasks",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("queue_name", NAME, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("func", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("serializer", sa.String(32), nullable=False),
+    sa.Column("name", sa.Text),
+    sa.Column("description", sa.Text),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("priority", sa.BigInteger, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("run_at", UTCDateTime, nullable=False),
+    sa.Column("ttl", Duration),
+    sa.Column("expires_at", UTCDateTime),
+    sa.Column("depends_on", sa.JSON, nullable=False),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("completed_at", UTCDateTime),
+    sa.Column("callback", sa.Text),
+    sa.Column("retry_count", sa.Integer, nullable=False),
+    sa.Column("max_retries", sa.Integer, nullable=False),
+    sa.Column("retry_delay", Duration, nullable=False),
+    sa.Column("result_ttl", Duration),
+    sa.Column("store_result", sa.Boolean, nullable=False),
+    sa.Column("timeout", Duration),
+    sa.Column("unique_key", sa.Text),
+    sa.Column(
+        "schedule_id", ID, sa.ForeignKey("omniq_schedules.id", ondelete="SET NULL")
+    ),
+    sa.Column("scheduled_for", UTCDateTime),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("lease_token", sa.String(64)),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Column("worker_id", sa.Text),
+    sa.Column("last_error", sa.Text),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False),
+    # Partial indexes: only rows that can match the sweeps are indexed.
+    *(
+        sa.Index(
+            f"ix_omniq_tasks_{column}",
+            column,
+            sqlite_where=sa.text(f"{column} IS NOT NULL"),
+            postgresql_where=sa.text(f"{column} IS NOT NULL"),
+        )
+        for column in ("expires_at", "lease_expires_at", "completed_at")
+    ),
+    sa.Index(
+        "uq_omniq_tasks_live_unique_key",
+        "unique_key",
+        unique=True,
+        sqlite_where=sa.text(f"unique_key IS NOT NULL AND {_LIVE}"),
+        postgresql_where=sa.text(f"unique_key IS NOT NULL AND {_LIVE}"),
+    ),
+    # Exactly one task per (schedule, fire time).
+    sa.Index(
+        "uq_omniq_tasks_schedule_fire",
+        "schedule_id",
+        "scheduled_for",
+        unique=True,
+        sqlite_where=sa.text("scheduled_for IS NOT NULL"),
+        postgresql_where=sa.text("scheduled_for IS NOT NULL"),
+    ),
+)
+
+# The claim: WHERE queue_name=? AND status='pending' ORDER BY priority DESC, run_at, id
+# walks this index in order (no sort); the second serves the claim across all
+# queues and listings by status.
+sa.Index(
+    "ix_omniq_tasks_claim",
+    tasks.c.queue_name,
+    tasks.c.status,
+    tasks.c.priority.desc(),
+    tasks.c.run_at,
+    tasks.c.id,
+)
+sa.Index(
+    "ix_omniq_tasks_status_order",
+    tasks.c.status,
+    tasks.c.priority.desc(),
+    tasks.c.run_at,
+    tasks.c.id,
+)
+
+task_dependencies = sa.Table(
+    "omniq_task_dependencies",
+    metadata,
+    sa.Column(
+        "task_id", ID, sa.ForeignKey("omniq_tasks.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column(
+        "depends_on_id",
+        ID,
+        sa.ForeignKey("omniq_tasks.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Index("ix_omniq_task_dependencies_depends_on_id", "depends_on_id"),
+)
+
+schedules = sa.Table(
+    "omniq_schedules",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("name", sa.Text),
+    sa.Column("description", sa.Text),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("func", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("serializer", sa.String(32), nullable=False),
+    sa.Column("queue_name", NAME, nullable=False),
+    sa.Column("task_options", sa.JSON, nullable=False),
+    sa.Column("schedule_type", sa.String(16), nullable=False),
+    sa.Column("cron_expression", sa.Text),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("interval", Duration),
+    sa.Column("run_at", UTCDateTime),
+    sa.Column("max_runs", sa.Integer),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("misfire_policy", sa.String(16), nullable=False),
+    sa.Column("misfire_grace", Duration),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime),
+    sa.Column("last_run_at", UTCDateTime),
+    sa.Column("next_run_at", UTCDateTime),
+    sa.Column("run_count", sa.Integer, nullable=False),
+    sa.Column("paused_at", UTCDateTime),
+    sa.Column("resumed_at", UTCDateTime),
+    sa.Index("ix_omniq_schedules_due", "status", "next_run_at"),
+)
+
+results = sa.Table(
+    "omniq_results",
+    metadata,
+    sa.Column("task_id", ID, primary_key=True),
+    sa.Column("schedule_id", ID),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("result", sa.Text),
+    sa.Column("serializer", sa.String(32), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("error_type", sa.Text),
+    sa.Column("error_traceback", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("completed_at", UTCDateTime),
+    sa.Column("ttl", Duration),
+    sa.Column("expires_at", UTCDateTime),
+    sa.Column("execution_time", sa.Float),
+    sa.Column("worker_id", sa.Text),
+    sa.Column("retry_count", sa.Integer, nullable=False),
+    sa.Index("ix_omniq_results_schedule", "schedule_id", "created_at"),
+    sa.Index("ix_omniq_results_expires_at", "expires_at"),
+)
+
+events = sa.Table(
+    "omniq_events",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    # No foreign key: worker and scheduler events have no task, and events
+    # outlive the tasks that retention deletes.
+    sa.Column("task_id", ID),
+    sa.Column("event_type", sa.String(32), nullable=False),
+    sa.Column("timestamp", UTCDateTime, nullable=False),
+    sa.Column("queue_name", NAME),
+    sa.Column("worker_id", sa.Text),
+    sa.Column("schedule_id", ID),
+    sa.Column("message", sa.Text),
+    sa.Column("data", sa.JSON),
+    sa.Column("execution_time", sa.Float),
+    sa.Column("retry_count", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("source", sa.Text),
+    sa.Column("level", sa.String(16), nullable=False),
+    sa.Index("ix_omniq_events_task", "task_id", "id"),
+    sa.Index("ix_omniq_events_type", "event_type", "id"),
+    sa.Index("ix_omniq_events_schedule", "schedule_id", "id"),
+    sa.Index("ix_omniq_events_timestamp", "timestamp"),
+)
+
+__all__ = ["events", "metadata", "results", "schedules", "task_dependencies", "tasks"]

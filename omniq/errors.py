@@ -1,0 +1,109 @@
+"""OmniQ's typed errors: one root, specific subclasses.
+
+Driver errors are translated into these at the repository boundary, so
+callers never need to import SQLAlchemy or a driver to handle failures.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseBusy",
+    "DatabaseError",
+    "DuplicateTask",
+    "InvalidRow",
+    "LeaseLost",
+    "OmniQError",
+    "ScheduleNotFound",
+    "SchemaOutOfDate",
+    "SerializationError",
+    "StorageFull",
+    "SyncInAsyncContext",
+    "TaskNotFound",
+    "UnsafePayload",
+    "ValidationError",
+]
+
+
+class OmniQError(Exception):
+    """Root of every error OmniQ raises on purpose."""
+
+
+class ValidationError(OmniQError, ValueError):
+    """A value given to OmniQ is invalid; the message names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class ConfigurationError(OmniQError, ValueError):
+    """A setting, URL or environment variable is invalid or unsupported."""
+
+
+class SerializationError(OmniQError, ValueError):
+    """A payload, result or callable cannot be serialized or deserialized."""
+
+
+class UnsafePayload(SerializationError):
+    """A payload needs an unsafe serializer (pickle) that was not enabled."""
+
+
+class TaskNotFound(OmniQError, LookupError):
+    """No task with that id exists, or a function reference is not runnable."""
+
+
+class ScheduleNotFound(OmniQError, LookupError):
+    """No schedule with that id exists."""
+
+
+class DuplicateTask(OmniQError):
+    """A live task with the same unique key (or id) already exists."""
+
+    def __init__(self, message: str, existing_id: str | None = None) -> None:
+        self.existing_id = existing_id
+        super().__init__(message)
+
+
+class InvalidTransition(OmniQError):
+    """A state change was asked of a record that is not in the expected state."""
+
+
+class LeaseLost(InvalidTransition):
+    """The worker no longer owns the task: its lease expired or was taken over."""
+
+
+class InvalidRow(OmniQError):
+    """A stored row cannot be read (unknown enum value, malformed JSON, ...)."""
+
+
+class SchemaOutOfDate(OmniQError):
+    """The database schema is behind (or ahead of) this version of OmniQ."""
+
+    def __init__(self, current: str | None, head: str) -> None:
+        self.current = current
+        self.head = head
+        super().__init__(
+            f"database schema is at revision {current or '<empty>'} but this OmniQ needs "
+            f"{head}; run `omniq db upgrade` (or `alembic upgrade head`), "
+            "or enable auto_migrate"
+        )
+
+
+class DatabaseError(OmniQError):
+    """The database failed in a way OmniQ could not absorb."""
+
+
+class DatabaseBusy(DatabaseError):
+    """The database stayed locked by another writer past the configured deadline."""
+
+
+class StorageFull(DatabaseError):
+    """The database is full (disk or size limit); nothing of the failed write was kept."""
+
+
+class SyncInAsyncContext(OmniQError, RuntimeError):
+    """A sync API was called from inside a running event loop."""
+
+
+__all__ += ["InvalidTransition"]

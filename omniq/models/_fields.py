@@ -1,0 +1,131 @@
+"""attrs validators and converters shared by the models."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any, TypeVar
+
+import attrs
+
+from omniq._time import require_aware
+from omniq.errors import ValidationError
+
+E = TypeVar("E", bound=Enum)
+
+
+def aware(_inst: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
+    """Validator: a datetime (or None) must be timezone-aware."""
+    if value is not None:
+        require_aware(value, attribute.name)
+
+
+def non_negative_duration(
+    _inst: object, attribute: attrs.Attribute[Any], value: timedelta | None
+) -> None:
+    """Validator: a duration (or None) must be a non-negative timedelta."""
+    if value is None:
+        return
+    if not isinstance(value, timedelta):
+        raise ValidationError(attribute.name, f"expected a timedelta, got {value!r}")
+    if value < timedelta(0):
+        raise ValidationError(attribute.name, f"must be non-negative, got {value}")
+
+
+def non_negative_int(_inst: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    """Validator: an int (or None) must be >= 0."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(attribute.name, f"expected an integer, got {value!r}")
+    if value < 0:
+        raise ValidationError(attribute.name, f"must be non-negative, got {value}")
+
+
+def bounded_int(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    """Validator: an int that fits a 64-bit column."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(attribute.name, f"expected an integer, got {value!r}")
+    if not -(2**63) <= value < 2**63:
+        raise ValidationError(attribute.name, f"out of range: {value}")
+
+
+def name_str(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    """Validator: a non-empty string of at most 200 characters without NUL."""
+    if not isinstance(value, str):
+        raise ValidationError(attribute.name, f"expected a string, got {value!r}")
+    if not value or len(value) > 200 or "\x00" in value:
+        raise ValidationError(
+            attribute.name, f"must be 1-200 characters without NUL, got {value!r}"
+        )
+
+
+def optional_str(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """Validator: None or a string without NUL characters."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ValidationError(attribute.name, f"expected a string, got {value!r}")
+    if "\x00" in value:
+        raise ValidationError(attribute.name, "must not contain NUL characters")
+
+
+def finite_float(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    """Validator: None or a finite, non-negative number."""
+    if value is None:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValidationError(attribute.name, f"expected a finite number, got {value!r}")
+
+
+def enum_converter(enum_cls: type[E]) -> Callable[[Any], E]:
+    """Converter: accept an enum member or its string value; reject others clearly."""
+
+    def convert(value: Any) -> E:
+        if isinstance(value, enum_cls):
+            return value
+        try:
+            return enum_cls(value)
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in enum_cls)  # type: ignore[attr-defined]
+            raise ValidationError(
+                enum_cls.__name__, f"unknown value {value!r} (expected one of: {allowed})"
+            ) from None
+
+    return convert
+
+
+def str_tuple(value: Any) -> tuple[str, ...]:
+    """Converter: a sequence of strings (or None) -> tuple of strings."""
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, Sequence | set | frozenset):
+        raise ValidationError("tags", f"expected a list of strings, got {value!r}")
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise ValidationError("tags", f"expected strings, got {item!r}")
+    return items
+
+
+def args_tuple(value: Any) -> tuple[Any, ...]:
+    """Converter: positional arguments (a list or tuple) -> tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
+        raise ValidationError("func_args", f"expected a list or tuple, got {type(value).__name__}")
+    return tuple(value)
+
+
+def kwargs_dict(value: Any) -> dict[str, Any]:
+    """Converter: keyword arguments (a mapping with str keys) -> dict."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError("func_kwargs", f"expected a mapping, got {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str):
+            raise ValidationError("func_kwargs", f"keys must be strings, got {key!r}")
+    return dict(value)

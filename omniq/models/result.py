@@ -1,0 +1,52 @@
+"""The TaskResult record."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import attrs
+
+from omniq._time import utcnow
+from omniq.models._fields import (
+    aware,
+    enum_converter,
+    finite_float,
+    name_str,
+    non_negative_duration,
+    non_negative_int,
+)
+from omniq.models.enums import ResultStatus
+
+
+def _default_expires(result: TaskResult) -> datetime | None:
+    return result.created_at + result.ttl if result.ttl is not None else None
+
+
+@attrs.frozen(kw_only=True)
+class TaskResult:
+    """What a task returned (or how it failed), kept until ``expires_at``."""
+
+    task_id: str = attrs.field(validator=name_str)
+    status: ResultStatus = attrs.field(converter=enum_converter(ResultStatus))
+    result: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    error_traceback: str | None = None
+    schedule_id: str | None = None
+    created_at: datetime = attrs.field(factory=utcnow, validator=aware)
+    started_at: datetime | None = attrs.field(default=None, validator=aware)
+    completed_at: datetime | None = attrs.field(default=None, validator=aware)
+    ttl: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
+    expires_at: datetime | None = attrs.field(
+        default=attrs.Factory(_default_expires, takes_self=True), validator=aware
+    )
+    execution_time: float | None = attrs.field(default=None, validator=finite_float)
+    worker_id: str | None = None
+    retry_count: int = attrs.field(default=0, validator=non_negative_int)
+    serializer: str = "json"
+
+    @property
+    def success(self) -> bool:
+        """True when the task completed without error."""
+        return self.status is ResultStatus.SUCCESS

@@ -1,0 +1,119 @@
+"""The Schedule record."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import attrs
+from croniter import croniter
+
+from omniq._time import new_id, utcnow
+from omniq.errors import ValidationError
+from omniq.models._fields import (
+    args_tuple,
+    aware,
+    enum_converter,
+    kwargs_dict,
+    name_str,
+    non_negative_duration,
+    non_negative_int,
+    optional_str,
+    str_tuple,
+)
+from omniq.models.enums import MisfirePolicy, ScheduleStatus, ScheduleType
+from omniq.models.task import func_ref
+
+#: Task options a schedule may carry into the tasks it creates.
+TASK_OPTION_KEYS = frozenset(
+    {
+        "priority",
+        "max_retries",
+        "retry_delay",
+        "timeout",
+        "ttl",
+        "result_ttl",
+        "store_result",
+        "callback",
+        "callback_args",
+        "tags",
+        "name",
+        "description",
+    }
+)
+
+
+def _check_options(_inst: object, _attr: attrs.Attribute[Any], value: dict[str, Any]) -> None:
+    unknown = set(value) - TASK_OPTION_KEYS
+    if unknown:
+        raise ValidationError(
+            "task_options",
+            f"unknown option(s) {sorted(unknown)}; allowed: {sorted(TASK_OPTION_KEYS)}",
+        )
+
+
+def _check_timezone(_inst: object, _attr: attrs.Attribute[Any], value: str) -> None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValidationError("timezone", f"unknown time zone {value!r}") from None
+
+
+def _check_cron(_inst: object, _attr: attrs.Attribute[Any], value: str | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not croniter.is_valid(value):
+        raise ValidationError("cron_expression", f"invalid cron expression {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Schedule:
+    """A recurring or one-shot plan that creates tasks from its template.
+
+    ``schedule_type`` says which of ``cron_expression`` (with ``timezone``),
+    ``interval`` or ``run_at`` drives ``next_run_at``.
+    """
+
+    func: str = attrs.field(validator=func_ref)
+    schedule_type: ScheduleType = attrs.field(converter=enum_converter(ScheduleType))
+    func_args: tuple[Any, ...] = attrs.field(default=(), converter=args_tuple)
+    func_kwargs: dict[str, Any] = attrs.field(factory=dict, converter=kwargs_dict)
+    queue_name: str = attrs.field(default="default", validator=name_str)
+    task_options: dict[str, Any] = attrs.field(factory=dict, validator=_check_options)
+    id: str = attrs.field(factory=new_id, validator=name_str)
+    name: str | None = attrs.field(default=None, validator=optional_str)
+    description: str | None = attrs.field(default=None, validator=optional_str)
+    tags: tuple[str, ...] = attrs.field(default=(), converter=str_tuple)
+    cron_expression: str | None = attrs.field(default=None, validator=_check_cron)
+    timezone: str = attrs.field(default="UTC", validator=_check_timezone)
+    interval: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
+    run_at: datetime | None = attrs.field(default=None, validator=aware)
+    max_runs: int | None = attrs.field(default=None, validator=non_negative_int)
+    status: ScheduleStatus = attrs.field(
+        default=ScheduleStatus.ACTIVE, converter=enum_converter(ScheduleStatus)
+    )
+    misfire_policy: MisfirePolicy = attrs.field(
+        default=MisfirePolicy.RUN_ONCE, converter=enum_converter(MisfirePolicy)
+    )
+    misfire_grace: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
+    created_at: datetime = attrs.field(factory=utcnow, validator=aware)
+    updated_at: datetime | None = attrs.field(default=None, validator=aware)
+    last_run_at: datetime | None = attrs.field(default=None, validator=aware)
+    next_run_at: datetime | None = attrs.field(default=None, validator=aware)
+    run_count: int = attrs.field(default=0, validator=non_negative_int)
+    paused_at: datetime | None = attrs.field(default=None, validator=aware)
+    resumed_at: datetime | None = attrs.field(default=None, validator=aware)
+    serializer: str = "json"
+    payload_error: str | None = attrs.field(default=None, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        kind = self.schedule_type
+        if kind is ScheduleType.CRON and self.cron_expression is None:
+            raise ValidationError("cron_expression", "required for a cron schedule")
+        if kind is ScheduleType.INTERVAL and (
+            self.interval is None or self.interval <= timedelta(0)
+        ):
+            raise ValidationError("interval", "a positive interval is required")
+        if kind is ScheduleType.TIMESTAMP and self.run_at is None:
+            raise ValidationError("run_at", "required for a one-shot (timestamp) schedule")

@@ -1,0 +1,52 @@
+"""Settings: the tunables of queue, worker and storage, with safe defaults."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+import attrs
+
+from omniq.errors import ValidationError
+from omniq.models._fields import non_negative_duration, non_negative_int
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[object], value: timedelta) -> None:
+    if value <= timedelta(0):
+        raise ValidationError(attribute.name, f"must be positive, got {value}")
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Defaults applied where a task or call does not say otherwise."""
+
+    default_queue: str = "default"
+    default_timeout: timedelta | None = attrs.field(
+        default=timedelta(minutes=30), validator=non_negative_duration
+    )
+    default_max_retries: int = attrs.field(default=0, validator=non_negative_int)
+    default_retry_delay: timedelta = attrs.field(
+        default=timedelta(seconds=1), validator=non_negative_duration
+    )
+    default_result_ttl: timedelta | None = attrs.field(
+        default=timedelta(days=1), validator=non_negative_duration
+    )
+    default_task_ttl: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
+    event_retention: timedelta | None = attrs.field(
+        default=timedelta(days=7), validator=non_negative_duration
+    )
+    finished_task_retention: timedelta | None = attrs.field(
+        default=timedelta(days=7), validator=non_negative_duration
+    )
+    lease_duration: timedelta = attrs.field(default=timedelta(seconds=60), validator=_positive)
+    heartbeat_interval: timedelta = attrs.field(
+        default=timedelta(seconds=15), validator=_positive
+    )
+    busy_timeout: timedelta = attrs.field(default=timedelta(seconds=30), validator=_positive)
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = attrs.field(
+        default="NORMAL", validator=attrs.validators.in_(("NORMAL", "FULL"))
+    )
+    #: None means: on for SQLite files, off for servers.
+    auto_migrate: bool | None = None
+    serializer: str = "json"
+    allow_pickle: bool = False

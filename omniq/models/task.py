@@ -1,0 +1,118 @@
+"""The Task record."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+import attrs
+
+from omniq._time import new_id, utcnow
+from omniq.errors import ValidationError
+from omniq.models._fields import (
+    args_tuple,
+    aware,
+    bounded_int,
+    enum_converter,
+    kwargs_dict,
+    name_str,
+    non_negative_duration,
+    non_negative_int,
+    optional_str,
+    str_tuple,
+)
+from omniq.models.enums import TaskStatus
+
+_REF = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def func_ref(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """Validator: a callable reference of the form ``package.module:qualname``."""
+    if value is None and attribute.name != "func":
+        return
+    if not isinstance(value, str) or not _REF.match(value):
+        raise ValidationError(
+            attribute.name, f"expected a reference 'package.module:qualname', got {value!r}"
+        )
+
+
+def _default_status(task: Task) -> TaskStatus:
+    return TaskStatus.WAITING if task.depends_on else TaskStatus.PENDING
+
+
+def _default_expires(task: Task) -> datetime | None:
+    return task.created_at + task.ttl if task.ttl is not None else None
+
+
+def _dedupe(value: Any) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(str_tuple(value)))
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """A unit of work: a function reference, its arguments and its queue options.
+
+    Records are immutable; change one with ``attrs.evolve``. ``expires_at`` is
+    ``created_at + ttl`` unless given; ``status`` is ``waiting`` while
+    ``depends_on`` names tasks, else ``pending``.
+    """
+
+    func: str = attrs.field(validator=func_ref)
+    func_args: tuple[Any, ...] = attrs.field(default=(), converter=args_tuple)
+    func_kwargs: dict[str, Any] = attrs.field(factory=dict, converter=kwargs_dict)
+    id: str = attrs.field(factory=new_id, validator=name_str)
+    queue_name: str = attrs.field(default="default", validator=name_str)
+    name: str | None = attrs.field(default=None, validator=optional_str)
+    description: str | None = attrs.field(default=None, validator=optional_str)
+    tags: tuple[str, ...] = attrs.field(default=(), converter=str_tuple)
+    priority: int = attrs.field(default=0, validator=bounded_int)
+    created_at: datetime = attrs.field(factory=utcnow, validator=aware)
+    run_at: datetime = attrs.field(
+        default=attrs.Factory(lambda self: self.created_at, takes_self=True), validator=aware
+    )
+    ttl: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
+    expires_at: datetime | None = attrs.field(
+        default=attrs.Factory(_default_expires, takes_self=True), validator=aware
+    )
+    depends_on: tuple[str, ...] = attrs.field(default=(), converter=_dedupe)
+    status: TaskStatus = attrs.field(
+        default=attrs.Factory(_default_status, takes_self=True),
+        converter=enum_converter(TaskStatus),
+    )
+    started_at: datetime | None = attrs.field(default=None, validator=aware)
+    completed_at: datetime | None = attrs.field(default=None, validator=aware)
+    callback: str | None = attrs.field(default=None, validator=func_ref)
+    callback_args: tuple[Any, ...] = attrs.field(default=(), converter=args_tuple)
+    retry_count: int = attrs.field(default=0, validator=non_negative_int)
+    max_retries: int = attrs.field(default=0, validator=non_negative_int)
+    retry_delay: timedelta = attrs.field(
+        default=timedelta(seconds=1), validator=non_negative_duration
+    )
+    result_ttl: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
+    store_result: bool = True
+    timeout: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
+    unique_key: str | None = attrs.field(default=None, validator=optional_str)
+    schedule_id: str | None = None
+    scheduled_for: datetime | None = attrs.field(default=None, validator=aware)
+    attempts: int = attrs.field(default=0, validator=non_negative_int)
+    lease_token: str | None = None
+    lease_expires_at: datetime | None = attrs.field(default=None, validator=aware)
+    worker_id: str | None = None
+    last_error: str | None = None
+    cancel_requested: bool = False
+    serializer: str = "json"
+    #: Set when the stored payload could not be decoded; the args are then empty
+    #: and the worker fails the task with this message instead of running it.
+    payload_error: str | None = attrs.field(default=None, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.id in self.depends_on:
+            raise ValidationError("depends_on", "a task cannot depend on itself")
+        if self.timeout is not None and self.timeout == timedelta(0):
+            raise ValidationError("timeout", "must be positive (or None for the default)")
+
+    @property
+    def is_final(self) -> bool:
+        """True once the task reached completed, failed, cancelled or expired."""
+        return self.status.is_final

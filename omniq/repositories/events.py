@@ -1,0 +1,106 @@
+"""Events repository: Core statements on ``omniq_events``."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import cattrs
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omniq.db.engine import Dialect
+from omniq.db.schema import events as e
+from omniq.errors import InvalidRow, OmniQError
+from omniq.models import EventLevel, EventType, TaskEvent
+from omniq.repositories._base import translate_errors
+from omniq.serialization import converter
+
+
+class EventRepository:
+    """Append, filtered queries, retention and stats of events."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self._insert = e.insert()
+
+    @staticmethod
+    def to_row(event: TaskEvent) -> dict[str, Any]:
+        """The column values of ``event`` (without the database-assigned id)."""
+        row = converter.unstructure(event)
+        row.pop("id")
+        return row
+
+    @staticmethod
+    def from_row(row: Mapping[str, Any]) -> TaskEvent:
+        """The TaskEvent of a row."""
+        try:
+            return converter.structure(dict(row), TaskEvent)
+        except (cattrs.BaseValidationError, OmniQError, ValueError, TypeError) as exc:
+            raise InvalidRow(f"event {row.get('id')!r} cannot be read: {exc}") from exc
+
+    async def insert_many(self, conn: AsyncConnection, events: Sequence[TaskEvent]) -> None:
+        """Append events (one multi-row statement)."""
+        if not events:
+            return
+        with translate_errors("log event"):
+            await conn.execute(self._insert, [self.to_row(x) for x in events])
+
+    async def insert_rows(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Append pre-built event rows (the hot paths build rows directly)."""
+        if rows:
+            with translate_errors("log event"):
+                await conn.execute(self._insert, list(rows))
+
+    async def query(
+        self,
+        conn: AsyncConnection,
+        *,
+        task_id: str | None = None,
+        event_types: Collection[EventType] | None = None,
+        queue_name: str | None = None,
+        worker_id: str | None = None,
+        schedule_id: str | None = None,
+        level: EventLevel | None = None,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskEvent]:
+        """Events matching every given filter, newest first."""
+        stmt = sa.select(e)
+        if task_id is not None:
+            stmt = stmt.where(e.c.task_id == task_id)
+        if event_types:
+            stmt = stmt.where(e.c.event_type.in_([x.value for x in event_types]))
+        if queue_name is not None:
+            stmt = stmt.where(e.c.queue_name == queue_name)
+        if worker_id is not None:
+            stmt = stmt.where(e.c.worker_id == worker_id)
+        if schedule_id is not None:
+            stmt = stmt.where(e.c.schedule_id == schedule_id)
+        if level is not None:
+            stmt = stmt.where(e.c.level == level.value)
+        if start_time is not None:
+            stmt = stmt.where(e.c.timestamp >= start_time)
+        if end_time is not None:
+            stmt = stmt.where(e.c.timestamp <= end_time)
+        stmt = stmt.order_by(e.c.id.desc()).limit(limit).offset(offset)
+        with translate_errors("query events"):
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [self.from_row(row) for row in rows]
+
+    async def delete_older_than(self, conn: AsyncConnection, cutoff: datetime, limit: int) -> int:
+        """Delete up to ``limit`` events with a timestamp before ``cutoff``."""
+        sub = sa.select(e.c.id).where(e.c.timestamp < cutoff).limit(limit)
+        with translate_errors("clean up events"):
+            res = await conn.execute(sa.delete(e).where(e.c.id.in_(sub)))
+        return int(res.rowcount)
+
+    async def count_by(self, conn: AsyncConnection, column: str) -> dict[str, int]:
+        """Counts grouped by ``event_type`` or ``level`` (one GROUP BY)."""
+        col = {"event_type": e.c.event_type, "level": e.c.level}[column]
+        stmt = sa.select(col, sa.func.count()).group_by(col)
+        with translate_errors("event stats"):
+            return {row[0]: int(row[1]) for row in (await conn.execute(stmt)).all()}

@@ -1,0 +1,111 @@
+"""Results repository: Core statements on ``omniq_results``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import cattrs
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omniq.db.engine import Dialect
+from omniq.db.schema import results as r
+from omniq.errors import InvalidRow, OmniQError
+from omniq.models import TaskResult
+from omniq.repositories._base import PayloadCodec, translate_errors
+from omniq.serialization import converter
+
+
+class ResultRepository:
+    """Upsert, lookups, expiry and stats of task results."""
+
+    def __init__(self, dialect: Dialect, codec: PayloadCodec | None = None) -> None:
+        self.dialect = dialect
+        self.codec = codec or PayloadCodec()
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        ins = insert(r)
+        self._upsert = ins.on_conflict_do_update(
+            index_elements=[r.c.task_id],
+            set_={c.name: ins.excluded[c.name] for c in r.c if c.name != "task_id"},
+        )
+        self._get = sa.select(r).where(r.c.task_id == sa.bindparam("id"))
+        self._latest = (
+            sa.select(r)
+            .where(r.c.schedule_id == sa.bindparam("sid"))
+            .order_by(r.c.created_at.desc(), r.c.task_id.desc())
+            .limit(1)
+        )
+
+    def to_row(self, result: TaskResult) -> dict[str, Any]:
+        """The column values of ``result`` (value serialized)."""
+        row = converter.unstructure(result)
+        row["result"] = (
+            None
+            if result.result is None
+            else self.codec.encode_value(result.serializer, result.result, "result")
+        )
+        return row
+
+    def from_row(self, row: Mapping[str, Any]) -> TaskResult:
+        """The TaskResult of a row."""
+        data = dict(row)
+        try:
+            if data["result"] is not None:
+                data["result"] = self.codec.decode_value(data["serializer"], data["result"])
+            return converter.structure(data, TaskResult)
+        except (cattrs.BaseValidationError, OmniQError, ValueError, TypeError) as exc:
+            raise InvalidRow(f"result of task {data.get('task_id')!r} cannot be read: {exc}") from exc
+
+    async def upsert_many(self, conn: AsyncConnection, results: Sequence[TaskResult]) -> None:
+        """Insert results, replacing any stored for the same task."""
+        if not results:
+            return
+        rows = [self.to_row(x) for x in results]
+        with translate_errors("store result"):
+            await conn.execute(self._upsert, rows)
+
+    async def get(self, conn: AsyncConnection, task_id: str) -> TaskResult | None:
+        """The result of ``task_id``, or None."""
+        with translate_errors("get result"):
+            row = (await conn.execute(self._get, {"id": task_id})).mappings().one_or_none()
+        return None if row is None else self.from_row(row)
+
+    async def latest_for_schedule(
+        self, conn: AsyncConnection, schedule_id: str
+    ) -> TaskResult | None:
+        """The newest result of the tasks a schedule created."""
+        with translate_errors("get result"):
+            row = (await conn.execute(self._latest, {"sid": schedule_id})).mappings().one_or_none()
+        return None if row is None else self.from_row(row)
+
+    async def update(
+        self, conn: AsyncConnection, task_id: str, values: Mapping[str, Any]
+    ) -> bool:
+        """Update columns of one result; True if it existed."""
+        with translate_errors("update result"):
+            res = await conn.execute(sa.update(r).where(r.c.task_id == task_id).values(**values))
+        return res.rowcount > 0
+
+    async def delete(self, conn: AsyncConnection, task_id: str) -> bool:
+        """Delete one result; True if it existed."""
+        with translate_errors("delete result"):
+            res = await conn.execute(sa.delete(r).where(r.c.task_id == task_id))
+        return res.rowcount > 0
+
+    async def delete_expired(self, conn: AsyncConnection, now: datetime, limit: int) -> int:
+        """Delete up to ``limit`` results whose expires_at has passed."""
+        sub = sa.select(r.c.task_id).where(r.c.expires_at <= now).limit(limit)
+        with translate_errors("clean up results"):
+            res = await conn.execute(sa.delete(r).where(r.c.task_id.in_(sub)))
+        return int(res.rowcount)
+
+    async def count_by_status(self, conn: AsyncConnection) -> dict[str, int]:
+        """Counts per result status (one GROUP BY)."""
+        stmt = sa.select(r.c.status, sa.func.count()).group_by(r.c.status)
+        with translate_errors("result stats"):
+            return {row[0]: int(row[1]) for row in (await conn.execute(stmt)).all()}

@@ -1,0 +1,126 @@
+"""Schedules repository: Core statements on ``omniq_schedules``."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from datetime import datetime
+from typing import Any
+
+import cattrs
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omniq.db.engine import Dialect
+from omniq.db.schema import schedules as s
+from omniq.errors import InvalidRow, OmniQError
+from omniq.models import Schedule, ScheduleStatus
+from omniq.repositories._base import PayloadCodec, translate_errors
+from omniq.serialization import converter
+
+
+class ScheduleRepository:
+    """CRUD, due-schedule queries and compare-and-set updates of schedules."""
+
+    def __init__(self, dialect: Dialect, codec: PayloadCodec | None = None) -> None:
+        self.dialect = dialect
+        self.codec = codec or PayloadCodec()
+        self._get = sa.select(s).where(s.c.id == sa.bindparam("id"))
+
+    def to_row(self, schedule: Schedule) -> dict[str, Any]:
+        """The column values of ``schedule`` (payload serialized)."""
+        row = converter.unstructure(schedule)
+        for name in ("func_args", "func_kwargs", "payload_error"):
+            row.pop(name)
+        row["payload"] = self.codec.encode_call(
+            schedule.serializer, schedule.func_args, schedule.func_kwargs
+        )
+        return row
+
+    def from_row(self, row: Mapping[str, Any]) -> Schedule:
+        """The Schedule of a row; an undecodable payload is reported in ``payload_error``."""
+        data = dict(row)
+        payload = data.pop("payload")
+        try:
+            args, kwargs, _ = self.codec.decode_call(data["serializer"], payload)
+            data.update(func_args=args, func_kwargs=kwargs)
+        except OmniQError as exc:
+            data["payload_error"] = f"{type(exc).__name__}: {exc}"
+        try:
+            return converter.structure(data, Schedule)
+        except (cattrs.BaseValidationError, OmniQError, ValueError, TypeError) as exc:
+            raise InvalidRow(f"schedule {data.get('id')!r} cannot be read: {exc}") from exc
+
+    async def insert(self, conn: AsyncConnection, schedule: Schedule) -> None:
+        """Insert one schedule."""
+        with translate_errors("create schedule"):
+            await conn.execute(s.insert(), self.to_row(schedule))
+
+    async def get(self, conn: AsyncConnection, schedule_id: str) -> Schedule | None:
+        """The schedule with ``schedule_id``, or None."""
+        with translate_errors("get schedule"):
+            row = (await conn.execute(self._get, {"id": schedule_id})).mappings().one_or_none()
+        return None if row is None else self.from_row(row)
+
+    async def list(
+        self,
+        conn: AsyncConnection,
+        *,
+        status: Collection[ScheduleStatus] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Schedule]:
+        """Schedules (optionally of some statuses), oldest first."""
+        stmt = sa.select(s).order_by(s.c.created_at, s.c.id).limit(limit).offset(offset)
+        if status is not None:
+            stmt = stmt.where(s.c.status.in_([x.value for x in status]))
+        with translate_errors("list schedules"):
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [self.from_row(row) for row in rows]
+
+    async def due(self, conn: AsyncConnection, now: datetime, limit: int) -> list[Schedule]:
+        """Active schedules whose next_run_at has come, earliest first."""
+        stmt = (
+            sa.select(s)
+            .where(s.c.status == ScheduleStatus.ACTIVE.value, s.c.next_run_at <= now)
+            .order_by(s.c.next_run_at, s.c.id)
+            .limit(limit)
+        )
+        if self.dialect.skip_locked:
+            stmt = stmt.with_for_update(skip_locked=True)
+        with translate_errors("find due schedules"):
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [self.from_row(row) for row in rows]
+
+    async def update(
+        self,
+        conn: AsyncConnection,
+        schedule_id: str,
+        values: Mapping[str, Any],
+        *,
+        expected_status: Collection[ScheduleStatus] | None = None,
+        expected_next_run_at: datetime | None | type[Ellipsis] = ...,
+    ) -> Schedule | None:
+        """Update one schedule if it still matches the expectations (compare-and-set).
+
+        Returns the updated schedule, or None when no row matched.
+        """
+        stmt = sa.update(s).where(s.c.id == schedule_id)
+        if expected_status is not None:
+            stmt = stmt.where(s.c.status.in_([x.value for x in expected_status]))
+        if expected_next_run_at is not ...:
+            stmt = stmt.where(
+                s.c.next_run_at.is_(None)
+                if expected_next_run_at is None
+                else s.c.next_run_at == expected_next_run_at
+            )
+        clean = {k: (v.value if isinstance(v, ScheduleStatus) else v) for k, v in values.items()}
+        stmt = stmt.values(**clean).returning(*s.c)
+        with translate_errors("update schedule"):
+            row = (await conn.execute(stmt)).mappings().one_or_none()
+        return None if row is None else self.from_row(row)
+
+    async def delete(self, conn: AsyncConnection, schedule_id: str) -> bool:
+        """Delete one schedule; True if it existed."""
+        with translate_errors("delete schedule"):
+            result = await conn.execute(sa.delete(s).where(s.c.id == schedule_id))
+        return result.rowcount > 0

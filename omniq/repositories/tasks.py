@@ -1,0 +1,433 @@
+"""Tasks repository: Core statements on ``omniq_tasks`` and its dependency edges.
+
+Methods run on an AsyncConnection handed in by a service, inside the
+service's transaction; they never begin or commit, and hold no business
+rules beyond the conditions that make a transition atomic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import cattrs
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omniq.db.engine import Dialect
+from omniq.db.schema import task_dependencies as deps_t
+from omniq.db.schema import tasks as t
+from omniq.errors import InvalidRow, OmniQError
+from omniq.models import FINAL_TASK_STATUSES, Task, TaskStatus
+from omniq.repositories._base import PayloadCodec, translate_errors
+from omniq.serialization import converter
+
+_PAYLOAD_FIELDS = ("func_args", "func_kwargs", "callback_args", "payload_error")
+_LIVE = (TaskStatus.PENDING.value, TaskStatus.WAITING.value, TaskStatus.RUNNING.value)
+_ORDER = (t.c.priority.desc(), t.c.run_at, t.c.id)
+
+#: Columns that list/filter APIs may sort by (everything else is rejected).
+SORTABLE = {
+    "created_at": t.c.created_at,
+    "run_at": t.c.run_at,
+    "priority": t.c.priority,
+    "completed_at": t.c.completed_at,
+    "id": t.c.id,
+}
+
+
+class TaskRepository:
+    """CRUD, the atomic claim and conditional transitions of tasks."""
+
+    def __init__(self, dialect: Dialect, codec: PayloadCodec | None = None) -> None:
+        self.dialect = dialect
+        self.codec = codec or PayloadCodec()
+        self._insert = t.insert()
+        self._insert_deps = deps_t.insert()
+        self._get = sa.select(t).where(t.c.id == sa.bindparam("id"))
+        ins = _dialect_insert(dialect)
+        live_where = sa.text(
+            "unique_key IS NOT NULL AND status IN ('pending', 'waiting', 'running')"
+        )
+        self._insert_unique = (
+            ins(t)
+            .on_conflict_do_nothing(index_elements=[t.c.unique_key], index_where=live_where)
+            .returning(t.c.id)
+        )
+        self._live_by_key = sa.select(t.c.id).where(
+            t.c.unique_key == sa.bindparam("key"), t.c.status.in_(_LIVE)
+        )
+        self._claim_by_queue = self._claim_statement(by_queue=True)
+        self._claim_any = self._claim_statement(by_queue=False)
+
+    # --- rows <-> models ---------------------------------------------------
+
+    def to_row(self, task: Task) -> dict[str, Any]:
+        """The column values of ``task`` (payload serialized)."""
+        row = converter.unstructure(task)
+        for name in _PAYLOAD_FIELDS:
+            row.pop(name)
+        row["payload"] = self.codec.encode_call(
+            task.serializer, task.func_args, task.func_kwargs, task.callback_args
+        )
+        return row
+
+    def from_row(self, row: Mapping[str, Any]) -> Task:
+        """The Task of a row; an undecodable payload is reported in ``payload_error``."""
+        data = dict(row)
+        payload = data.pop("payload")
+        try:
+            args, kwargs, cb_args = self.codec.decode_call(data["serializer"], payload)
+            data.update(func_args=args, func_kwargs=kwargs, callback_args=cb_args)
+        except OmniQError as exc:
+            data["payload_error"] = f"{type(exc).__name__}: {exc}"
+        try:
+            return converter.structure(data, Task)
+        except (cattrs.BaseValidationError, OmniQError, ValueError, TypeError) as exc:
+            raise InvalidRow(f"task {data.get('id')!r} cannot be read: {_root(exc)}") from exc
+
+    # --- inserts -----------------------------------------------------------
+
+    async def insert_many(self, conn: AsyncConnection, tasks: Sequence[Task]) -> None:
+        """Insert tasks (one multi-row statement) and their dependency edges."""
+        if not tasks:
+            return
+        rows = [self.to_row(task) for task in tasks]
+        edges = [{"task_id": x.id, "depends_on_id": d} for x in tasks for d in x.depends_on]
+        with translate_errors("enqueue"):
+            await conn.execute(self._insert, rows)
+            if edges:
+                await conn.execute(self._insert_deps, edges)
+
+    async def insert_unique(self, conn: AsyncConnection, task: Task) -> str | None:
+        """Insert a task that has a unique key; None if a live task holds the key."""
+        row = self.to_row(task)
+        with translate_errors("enqueue"):
+            inserted = (await conn.execute(self._insert_unique, row)).scalar_one_or_none()
+            if inserted is not None and task.depends_on:
+                await conn.execute(
+                    self._insert_deps,
+                    [{"task_id": task.id, "depends_on_id": d} for d in task.depends_on],
+                )
+        return inserted
+
+    async def live_id_for_key(self, conn: AsyncConnection, key: str) -> str | None:
+        """The id of the live task holding ``key``, if any."""
+        with translate_errors("get task"):
+            return (await conn.execute(self._live_by_key, {"key": key})).scalar_one_or_none()
+
+    # --- reads ---------------------------------------------------------------
+
+    async def get(self, conn: AsyncConnection, task_id: str) -> Task | None:
+        """The task with ``task_id``, or None."""
+        with translate_errors("get task"):
+            row = (await conn.execute(self._get, {"id": task_id})).mappings().one_or_none()
+        return None if row is None else self.from_row(row)
+
+    async def statuses(
+        self, conn: AsyncConnection, ids: Collection[str], *, lock: bool = False
+    ) -> dict[str, TaskStatus]:
+        """Status of each existing id among ``ids`` (locked FOR SHARE where rows lock)."""
+        if not ids:
+            return {}
+        stmt = sa.select(t.c.id, t.c.status).where(t.c.id.in_(list(ids)))
+        if lock and self.dialect.skip_locked:
+            stmt = stmt.with_for_update(read=True)
+        with translate_errors("get task"):
+            rows = (await conn.execute(stmt)).all()
+        return {row.id: TaskStatus(row.status) for row in rows}
+
+    async def list(
+        self,
+        conn: AsyncConnection,
+        *,
+        status: Iterable[TaskStatus] | None = None,
+        queue_name: str | None = None,
+        schedule_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        order_by: str = "created_at",
+        descending: bool = False,
+    ) -> list[Task]:
+        """Tasks matching the filters, ordered by an allow-listed column."""
+        column = SORTABLE[order_by]
+        stmt = sa.select(t)
+        if status is not None:
+            stmt = stmt.where(t.c.status.in_([s.value for s in status]))
+        if queue_name is not None:
+            stmt = stmt.where(t.c.queue_name == queue_name)
+        if schedule_id is not None:
+            stmt = stmt.where(t.c.schedule_id == schedule_id)
+        order = column.desc() if descending else column.asc()
+        stmt = stmt.order_by(order, t.c.id.desc() if descending else t.c.id).limit(limit)
+        stmt = stmt.offset(offset)
+        with translate_errors("list tasks"):
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [self.from_row(row) for row in rows]
+
+    async def count_by(
+        self, conn: AsyncConnection, *, queue_name: str | None = None
+    ) -> dict[tuple[str, str], int]:
+        """Counts per (queue_name, status), one GROUP BY."""
+        stmt = sa.select(t.c.queue_name, t.c.status, sa.func.count()).group_by(
+            t.c.queue_name, t.c.status
+        )
+        if queue_name is not None:
+            stmt = stmt.where(t.c.queue_name == queue_name)
+        with translate_errors("count tasks"):
+            rows = (await conn.execute(stmt)).all()
+        return {(row[0], row[1]): int(row[2]) for row in rows}
+
+    async def count(
+        self, conn: AsyncConnection, status: TaskStatus, queue_name: str | None = None
+    ) -> int:
+        """How many tasks have ``status`` (in ``queue_name``, if given)."""
+        stmt = sa.select(sa.func.count()).select_from(t).where(t.c.status == status.value)
+        if queue_name is not None:
+            stmt = stmt.where(t.c.queue_name == queue_name)
+        with translate_errors("count tasks"):
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def next_run_at(
+        self, conn: AsyncConnection, queues: Sequence[str] | None
+    ) -> datetime | None:
+        """The earliest run_at of a pending task in ``queues`` (None: no pending task)."""
+        stmt = sa.select(sa.func.min(t.c.run_at)).where(t.c.status == TaskStatus.PENDING.value)
+        if queues:
+            stmt = stmt.where(t.c.queue_name.in_(list(queues)))
+        with translate_errors("peek tasks"):
+            value = (await conn.execute(stmt)).scalar_one_or_none()
+        return t.c.run_at.type.process_result_value(value, conn.dialect) if value else None
+
+    # --- the claim -----------------------------------------------------------
+
+    def _claim_statement(self, *, by_queue: bool) -> sa.Update:
+        sub = sa.select(t.c.id).where(
+            t.c.status == TaskStatus.PENDING.value,
+            t.c.run_at <= sa.bindparam("now", type_=t.c.run_at.type),
+            sa.or_(
+                t.c.expires_at.is_(None),
+                t.c.expires_at > sa.bindparam("now", type_=t.c.expires_at.type),
+            ),
+        )
+        if by_queue:
+            sub = sub.where(t.c.queue_name == sa.bindparam("queue"))
+        sub = sub.order_by(*_ORDER).limit(sa.bindparam("n"))
+        if self.dialect.skip_locked:
+            sub = sub.with_for_update(skip_locked=True)
+        return (
+            sa.update(t)
+            .where(t.c.id.in_(sub))
+            .values(
+                status=TaskStatus.RUNNING.value,
+                attempts=t.c.attempts + 1,
+                started_at=sa.bindparam("now"),
+                lease_token=sa.bindparam("token"),
+                lease_expires_at=sa.bindparam("lease_until"),
+                worker_id=sa.bindparam("worker_id"),
+            )
+            .returning(*t.c)
+        )
+
+    async def claim(
+        self,
+        conn: AsyncConnection,
+        *,
+        queues: Sequence[str] | None,
+        n: int,
+        now: datetime,
+        token: str,
+        lease_until: datetime,
+        worker_id: str,
+    ) -> list[Task]:
+        """Atomically move up to ``n`` ready tasks to running under a new lease.
+
+        Queues listed first are served first; within a queue: higher priority,
+        then earlier run_at, then FIFO. Attempts count here, at claim time.
+        """
+        params: dict[str, Any] = {
+            "now": now,
+            "token": token,
+            "lease_until": lease_until,
+            "worker_id": worker_id,
+        }
+        claimed: list[Task] = []
+        with translate_errors("claim tasks"):
+            if not queues:
+                rows = (await conn.execute(self._claim_any, {**params, "n": n})).mappings().all()
+                claimed.extend(self._claimed(rows))
+            else:
+                for queue in queues:
+                    want = n - len(claimed)
+                    if want <= 0:
+                        break
+                    params.update(queue=queue, n=want)
+                    rows = (await conn.execute(self._claim_by_queue, params)).mappings().all()
+                    claimed.extend(self._claimed(rows))
+        return claimed
+
+    def _claimed(self, rows: Sequence[Mapping[str, Any]]) -> list[Task]:
+        tasks = [self.from_row(row) for row in rows]
+        tasks.sort(key=lambda x: (-x.priority, x.run_at, x.id))
+        return tasks
+
+    # --- conditional transitions ---------------------------------------------
+
+    async def transition(
+        self,
+        conn: AsyncConnection,
+        task_id: str,
+        *,
+        expected: Collection[TaskStatus],
+        values: Mapping[str, Any],
+        lease_token: str | None = None,
+    ) -> Task | None:
+        """Update one task only if it is in ``expected`` (and holds ``lease_token``).
+
+        Returns the updated task, or None when the condition did not hold (the
+        row count was zero): the caller lost the race or the lease.
+        """
+        stmt = (
+            sa.update(t)
+            .where(t.c.id == task_id, t.c.status.in_([s.value for s in expected]))
+            .values(**_values(values))
+            .returning(*t.c)
+        )
+        if lease_token is not None:
+            stmt = stmt.where(t.c.lease_token == lease_token)
+        with translate_errors("update task"):
+            row = (await conn.execute(stmt)).mappings().one_or_none()
+        return None if row is None else self.from_row(row)
+
+    async def transition_many(
+        self,
+        conn: AsyncConnection,
+        *,
+        where: sa.ColumnElement[bool],
+        values: Mapping[str, Any],
+        limit: int | None = None,
+    ) -> list[Task]:
+        """Update every task matching ``where`` (up to ``limit``); return them."""
+        target: sa.ColumnElement[bool] = where
+        if limit is not None:
+            sub = sa.select(t.c.id).where(where).limit(limit)
+            if self.dialect.skip_locked:
+                sub = sub.with_for_update(skip_locked=True)
+            target = t.c.id.in_(sub)
+        stmt = sa.update(t).where(target).values(**_values(values)).returning(*t.c)
+        with translate_errors("update tasks"):
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [self.from_row(row) for row in rows]
+
+    async def renew_leases(
+        self, conn: AsyncConnection, leases: Mapping[str, str], until: datetime
+    ) -> set[str]:
+        """Extend the leases ``{task_id: token}`` still held; return the ids renewed."""
+        if not leases:
+            return set()
+        stmt = (
+            sa.update(t)
+            .where(
+                t.c.id.in_(list(leases)),
+                t.c.status == TaskStatus.RUNNING.value,
+                t.c.lease_token.in_(set(leases.values())),
+            )
+            .values(lease_expires_at=until)
+            .returning(t.c.id, t.c.lease_token)
+        )
+        with translate_errors("renew leases"):
+            rows = (await conn.execute(stmt)).all()
+        return {row.id for row in rows if leases.get(row.id) == row.lease_token}
+
+    # --- dependencies ----------------------------------------------------------
+
+    async def dependents(self, conn: AsyncConnection, task_ids: Collection[str]) -> list[str]:
+        """Ids of waiting tasks that depend on any of ``task_ids`` (locked where rows lock)."""
+        if not task_ids:
+            return []
+        stmt = (
+            sa.select(t.c.id)
+            .join(deps_t, deps_t.c.task_id == t.c.id)
+            .where(
+                deps_t.c.depends_on_id.in_(list(task_ids)),
+                t.c.status == TaskStatus.WAITING.value,
+            )
+            .order_by(t.c.id)
+        )
+        if self.dialect.skip_locked:
+            # Serialise concurrent completions of two dependencies of one task.
+            stmt = stmt.with_for_update(of=t)
+        with translate_errors("find dependents"):
+            return list(dict.fromkeys((await conn.execute(stmt)).scalars().all()))
+
+    async def release_ready(
+        self, conn: AsyncConnection, candidate_ids: Collection[str], now: datetime
+    ) -> list[Task]:
+        """Move waiting candidates whose dependencies all completed to pending."""
+        if not candidate_ids:
+            return []
+        other = t.alias("dep")
+        unmet = (
+            sa.select(sa.literal(1))
+            .select_from(deps_t.join(other, other.c.id == deps_t.c.depends_on_id))
+            .where(
+                deps_t.c.task_id == t.c.id,
+                other.c.status != TaskStatus.COMPLETED.value,
+            )
+        )
+        stmt = (
+            sa.update(t)
+            .where(
+                t.c.id.in_(list(candidate_ids)),
+                t.c.status == TaskStatus.WAITING.value,
+                ~sa.exists(unmet),
+            )
+            .values(status=TaskStatus.PENDING.value)
+            .returning(*t.c)
+        )
+        with translate_errors("release dependents"):
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [self.from_row(row) for row in rows]
+
+    # --- deletes ----------------------------------------------------------------
+
+    async def delete(self, conn: AsyncConnection, task_id: str) -> bool:
+        """Delete one task; True if it existed."""
+        with translate_errors("delete task"):
+            result = await conn.execute(sa.delete(t).where(t.c.id == task_id))
+        return result.rowcount > 0
+
+    async def delete_where(
+        self, conn: AsyncConnection, where: sa.ColumnElement[bool], limit: int
+    ) -> list[str]:
+        """Delete up to ``limit`` tasks matching ``where``; return their ids."""
+        sub = sa.select(t.c.id).where(where).limit(limit)
+        stmt = sa.delete(t).where(t.c.id.in_(sub)).returning(t.c.id)
+        with translate_errors("delete tasks"):
+            return list((await conn.execute(stmt)).scalars().all())
+
+
+def final_before(cutoff: datetime) -> sa.ColumnElement[bool]:
+    """Finished tasks completed before ``cutoff`` (for retention)."""
+    return sa.and_(
+        t.c.completed_at < cutoff, t.c.status.in_([s.value for s in FINAL_TASK_STATUSES])
+    )
+
+
+def _values(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (v.value if isinstance(v, TaskStatus) else v) for k, v in values.items()}
+
+
+def _dialect_insert(dialect: Dialect) -> Any:
+    if dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def _root(exc: BaseException) -> str:
+    if isinstance(exc, cattrs.BaseValidationError) and exc.exceptions:
+        return _root(exc.exceptions[0])
+    return str(exc)

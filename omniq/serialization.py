@@ -1,0 +1,216 @@
+"""Serialization: payload serializers, callable references and the row converter.
+
+- Payloads (arguments, results) go through a :class:`Serializer`. JSON is the
+  default; pickle exists only as an explicit opt-in (``allow_pickle``) and is
+  never used to *read* a payload unless the reader opted in too.
+- Functions are stored as ``"package.module:qualname"`` references.
+- One cattrs :data:`converter` turns rows into models and models into rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import importlib
+import inspect
+import json
+import pickle
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any, Protocol, runtime_checkable
+
+import cattrs
+
+from omniq.errors import SerializationError, TaskNotFound, UnsafePayload
+
+__all__ = [
+    "JsonSerializer",
+    "PickleSerializer",
+    "Serializer",
+    "SerializerRegistry",
+    "callable_ref",
+    "converter",
+    "resolve_ref",
+]
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Turns Python values into text for a payload column, and back."""
+
+    name: str
+
+    def dumps(self, value: Any) -> str:
+        """Serialize ``value``; raise :class:`SerializationError` if it cannot."""
+        ...
+
+    def loads(self, data: str) -> Any:
+        """Deserialize text produced by :meth:`dumps`."""
+        ...
+
+
+def _reject_non_finite(value: str) -> Any:
+    raise ValueError(f"{value} is not valid JSON")
+
+
+class JsonSerializer:
+    """Strict JSON: no NaN/Infinity, str keys, lists for tuples."""
+
+    name = "json"
+
+    def dumps(self, value: Any) -> str:
+        """Serialize ``value`` as compact JSON."""
+        try:
+            return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SerializationError(
+                f"payload is not JSON-serializable ({exc}); pass JSON data "
+                "(dict/list/str/int/float/bool/None) or opt in to the pickle serializer"
+            ) from exc
+
+    def loads(self, data: str) -> Any:
+        """Parse JSON text."""
+        try:
+            return json.loads(data, parse_constant=_reject_non_finite)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SerializationError(f"stored payload is not valid JSON: {exc}") from exc
+
+
+class PickleSerializer:
+    """Pickle (base64 text). Unsafe with untrusted data: opt-in only."""
+
+    name = "pickle"
+
+    def dumps(self, value: Any) -> str:
+        """Pickle ``value`` and encode it as base64 text."""
+        try:
+            return base64.b64encode(pickle.dumps(value, protocol=5)).decode("ascii")
+        except Exception as exc:
+            raise SerializationError(f"payload cannot be pickled: {exc}") from exc
+
+    def loads(self, data: str) -> Any:
+        """Decode and unpickle text produced by :meth:`dumps`."""
+        try:
+            return pickle.loads(base64.b64decode(data))  # noqa: S301 - explicit opt-in
+        except Exception as exc:
+            raise SerializationError(f"stored pickle payload cannot be loaded: {exc}") from exc
+
+
+class SerializerRegistry:
+    """The serializers one process may use; pickle only when ``allow_pickle``."""
+
+    def __init__(self, *, default: str = "json", allow_pickle: bool = False) -> None:
+        self._by_name: dict[str, Serializer] = {"json": JsonSerializer()}
+        if allow_pickle:
+            self._by_name["pickle"] = PickleSerializer()
+        if default not in self._by_name:
+            raise UnsafePayload(
+                f"serializer {default!r} is not enabled"
+                + ("; set allow_pickle=True to opt in" if default == "pickle" else "")
+            )
+        self.default = self._by_name[default]
+        self.allow_pickle = allow_pickle
+
+    def register(self, serializer: Serializer) -> None:
+        """Make a custom serializer available by its name."""
+        self._by_name[serializer.name] = serializer
+
+    def get(self, name: str) -> Serializer:
+        """The serializer called ``name``; :class:`UnsafePayload` if not enabled."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            if name == "pickle":
+                raise UnsafePayload(
+                    "payload was written with the pickle serializer, which this process "
+                    "has not enabled (allow_pickle=False); it was not unpickled"
+                ) from None
+            raise SerializationError(f"unknown serializer {name!r}") from None
+
+
+# --- callable references ---------------------------------------------------
+
+
+def callable_ref(func: Callable[..., Any] | str) -> str:
+    """The ``"package.module:qualname"`` reference of an importable callable.
+
+    Raises :class:`SerializationError` for lambdas, closures, bound methods of
+    instances and anything that cannot be imported back by that name.
+    """
+    if isinstance(func, str):
+        return func
+    if isinstance(func, functools.partial):
+        raise SerializationError("functools.partial objects cannot be referenced; pass args")
+    target = inspect.unwrap(func) if not hasattr(func, "__omniq_ref__") else func
+    ref = getattr(func, "__omniq_ref__", None)
+    if isinstance(ref, str):
+        return ref
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if inspect.ismethod(func) and not inspect.isclass(func.__self__):
+        raise SerializationError(
+            f"{qualname} is a bound method of an instance and cannot be referenced by name; "
+            "use a module-level function or a classmethod/staticmethod"
+        )
+    if not module or not qualname:
+        raise SerializationError(f"{func!r} has no module/qualname to reference")
+    if "<lambda>" in qualname or "<locals>" in qualname:
+        raise SerializationError(
+            f"{module}:{qualname} is a lambda or closure and cannot be imported by name; "
+            "define it at module level (or opt in to pickle)"
+        )
+    if module == "__main__":
+        import __main__
+
+        spec = getattr(__main__, "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+    return f"{module}:{qualname}"
+
+
+def resolve_ref(ref: str) -> Callable[..., Any]:
+    """Import ``package.module:qualname`` and return the object it names.
+
+    This imports the module: callers that must not import arbitrary modules
+    (the worker) check their allow-list before calling it.
+    """
+    module_name, _, qualname = ref.partition(":")
+    if not module_name or not qualname:
+        raise TaskNotFound(f"invalid function reference {ref!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise TaskNotFound(f"cannot resolve function reference {ref!r}: {exc}") from exc
+    if not callable(obj):
+        raise TaskNotFound(f"{ref!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+# --- rows <-> models ---------------------------------------------------------
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter()
+    # Rows already carry datetime/timedelta objects (the column types convert);
+    # pass them through and reject anything else.
+    conv.register_structure_hook(datetime, _structure_passthrough(datetime))
+    conv.register_structure_hook(timedelta, _structure_passthrough(timedelta))
+    conv.register_unstructure_hook(datetime, lambda v: v)
+    conv.register_unstructure_hook(timedelta, lambda v: v)
+    conv.register_unstructure_hook(Enum, lambda v: v.value)
+    return conv
+
+
+def _structure_passthrough(kind: type) -> Callable[[Any, Any], Any]:
+    def hook(value: Any, _type: Any) -> Any:
+        if not isinstance(value, kind):
+            raise TypeError(f"expected {kind.__name__}, got {value!r}")
+        return value
+
+    return hook
+
+
+converter = _make_converter()
