@@ -105,6 +105,8 @@ def _truncate(url: str) -> None:
 def require_postgres(postgres_databases: PostgresDatabases | None) -> PostgresDatabases:
     """Skip (with the reason) when no PostgreSQL server was given."""
     if postgres_databases is None:
+        if os.environ.get("OMNIQ_REQUIRE_POSTGRES"):
+            pytest.fail(f"OMNIQ_REQUIRE_POSTGRES is set but {POSTGRES_ENV} is not")
         pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql://postgres@127.0.0.1/test)")
     return postgres_databases
 
