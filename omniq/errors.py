@@ -12,6 +12,7 @@ __all__ = [
     "DatabaseError",
     "DuplicateTask",
     "InvalidRow",
+    "InvalidTransition",
     "LeaseLost",
     "OmniQError",
     "ScheduleNotFound",
@@ -104,6 +105,3 @@ class StorageFull(DatabaseError):
 
 class SyncInAsyncContext(OmniQError, RuntimeError):
     """A sync API was called from inside a running event loop."""
-
-
-__all__ += ["InvalidTransition"]

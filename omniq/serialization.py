@@ -15,7 +15,7 @@ import importlib
 import inspect
 import json
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
@@ -92,7 +92,7 @@ class PickleSerializer:
     def loads(self, data: str) -> Any:
         """Decode and unpickle text produced by :meth:`dumps`."""
         try:
-            return pickle.loads(base64.b64decode(data))  # noqa: S301 - explicit opt-in
+            return pickle.loads(base64.b64decode(data))
         except Exception as exc:
             raise SerializationError(f"stored pickle payload cannot be loaded: {exc}") from exc
 
@@ -201,7 +201,18 @@ def _make_converter() -> cattrs.Converter:
     conv.register_unstructure_hook(datetime, lambda v: v)
     conv.register_unstructure_hook(timedelta, lambda v: v)
     conv.register_unstructure_hook(Enum, lambda v: v.value)
+    # Records validate and convert their own fields (attrs converters and
+    # validators), so rows are structured by calling the class directly:
+    # the same checks, a fraction of the cost on the claim path.
+    from omniq.models import Schedule, Task, TaskEvent, TaskResult
+
+    for record in (Task, Schedule, TaskResult, TaskEvent):
+        conv.register_structure_hook(record, _structure_record)
     return conv
+
+
+def _structure_record(data: Mapping[str, Any], cls: type[Any]) -> Any:
+    return cls(**data)
 
 
 def _structure_passthrough(kind: type) -> Callable[[Any, Any], Any]:

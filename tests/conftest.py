@@ -107,7 +107,9 @@ def require_postgres(postgres_databases: PostgresDatabases | None) -> PostgresDa
     if postgres_databases is None:
         if os.environ.get("OMNIQ_REQUIRE_POSTGRES"):
             pytest.fail(f"OMNIQ_REQUIRE_POSTGRES is set but {POSTGRES_ENV} is not")
-        pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql://postgres@127.0.0.1/test)")
+        pytest.skip(
+            f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql://postgres@127.0.0.1/test)"
+        )
     return postgres_databases
 
 

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from omniq.db import _aiosqlite
 from omniq.errors import ConfigurationError
 from omniq.models.settings import Settings
 
@@ -60,7 +61,9 @@ def dialect_of(engine: AsyncEngine | sa.engine.Connection | sa.Dialect) -> Diale
     raise ConfigurationError(f"unsupported database dialect {name!r}: use SQLite or PostgreSQL")
 
 
-def default_sqlite_url(project_name: str = "omniq", base_dir: str | os.PathLike[str] = "omniq_data") -> str:
+def default_sqlite_url(
+    project_name: str = "omniq", base_dir: str | os.PathLike[str] = "omniq_data"
+) -> str:
     """The embedded default: ``sqlite+aiosqlite:///<base_dir>/<project_name>.db``."""
     return f"sqlite+aiosqlite:///{Path(base_dir) / f'{project_name}.db'}"
 
@@ -75,8 +78,10 @@ def normalize_url(url: str | sa.URL) -> sa.URL:
     if backend == "sqlite":
         if driver not in ("", "aiosqlite"):
             raise ConfigurationError(f"SQLite URLs use the aiosqlite driver, not {driver!r}")
-        if not parsed.database or parsed.database == ":memory:" or parsed.database.startswith(
-            "file::memory:"
+        if (
+            not parsed.database
+            or parsed.database == ":memory:"
+            or parsed.database.startswith("file::memory:")
         ):
             raise ConfigurationError(
                 "an in-memory SQLite database cannot be shared by workers; "
@@ -129,6 +134,9 @@ def create_engine(
         path = sqlite_path(parsed)
         assert path is not None
         _prepare_sqlite_file(path)
+        engine_kwargs.setdefault("module", _aiosqlite.dbapi())
+        # Connection.close() already ends any transaction; skip the pool's extra rollback.
+        engine_kwargs.setdefault("pool_reset_on_return", None)
         engine = create_async_engine(parsed, **engine_kwargs)
         _install_sqlite_events(engine, settings)
         return engine

@@ -97,9 +97,7 @@ async def check_async(engine: AsyncEngine) -> None:
     """Raise :class:`SchemaOutOfDate` if the database differs from the metadata."""
     diffs = await diff_async(engine)
     if diffs:
-        raise SchemaOutOfDate(
-            await current_async(engine), f"{head()} (differences: {diffs!r})"
-        )
+        raise SchemaOutOfDate(await current_async(engine), f"{head()} (differences: {diffs!r})")
 
 
 async def ensure_schema(engine: AsyncEngine, *, auto_migrate: bool) -> None:

@@ -54,9 +54,7 @@ tasks = sa.Table(
     sa.Column("store_result", sa.Boolean, nullable=False),
     sa.Column("timeout", Duration),
     sa.Column("unique_key", sa.Text),
-    sa.Column(
-        "schedule_id", ID, sa.ForeignKey("omniq_schedules.id", ondelete="SET NULL")
-    ),
+    sa.Column("schedule_id", ID, sa.ForeignKey("omniq_schedules.id", ondelete="SET NULL")),
     sa.Column("scheduled_for", UTCDateTime),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("lease_token", sa.String(64)),
@@ -114,9 +112,7 @@ sa.Index(
 task_dependencies = sa.Table(
     "omniq_task_dependencies",
     metadata,
-    sa.Column(
-        "task_id", ID, sa.ForeignKey("omniq_tasks.id", ondelete="CASCADE"), primary_key=True
-    ),
+    sa.Column("task_id", ID, sa.ForeignKey("omniq_tasks.id", ondelete="CASCADE"), primary_key=True),
     sa.Column(
         "depends_on_id",
         ID,

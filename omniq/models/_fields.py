@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -18,8 +18,9 @@ E = TypeVar("E", bound=Enum)
 
 def aware(_inst: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
     """Validator: a datetime (or None) must be timezone-aware."""
-    if value is not None:
-        require_aware(value, attribute.name)
+    if value is None or (value.__class__ is datetime and value.tzinfo is UTC):
+        return  # the common case, checked cheaply (rows read back are UTC)
+    require_aware(value, attribute.name)
 
 
 def non_negative_duration(
@@ -84,8 +85,8 @@ def enum_converter(enum_cls: type[E]) -> Callable[[Any], E]:
     """Converter: accept an enum member or its string value; reject others clearly."""
 
     def convert(value: Any) -> E:
-        if isinstance(value, enum_cls):
-            return value
+        if value.__class__ is enum_cls:
+            return value  # type: ignore[no-any-return]
         try:
             return enum_cls(value)
         except ValueError:
@@ -101,7 +102,12 @@ def str_tuple(value: Any) -> tuple[str, ...]:
     """Converter: a sequence of strings (or None) -> tuple of strings."""
     if value is None:
         return ()
-    if isinstance(value, str) or not isinstance(value, Sequence | set | frozenset):
+    cls = value.__class__
+    if (
+        cls is not tuple
+        and cls is not list
+        and (isinstance(value, str) or not isinstance(value, Sequence | set | frozenset))
+    ):
         raise ValidationError("tags", f"expected a list of strings, got {value!r}")
     items = tuple(value)
     for item in items:
@@ -114,6 +120,11 @@ def args_tuple(value: Any) -> tuple[Any, ...]:
     """Converter: positional arguments (a list or tuple) -> tuple."""
     if value is None:
         return ()
+    cls = value.__class__
+    if cls is tuple:
+        return value  # type: ignore[no-any-return]
+    if cls is list:
+        return tuple(value)
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
         raise ValidationError("func_args", f"expected a list or tuple, got {type(value).__name__}")
     return tuple(value)
@@ -123,7 +134,7 @@ def kwargs_dict(value: Any) -> dict[str, Any]:
     """Converter: keyword arguments (a mapping with str keys) -> dict."""
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if value.__class__ is not dict and not isinstance(value, Mapping):
         raise ValidationError("func_kwargs", f"expected a mapping, got {type(value).__name__}")
     for key in value:
         if not isinstance(key, str):

@@ -20,7 +20,10 @@ from omniq.models.enums import ResultStatus
 
 
 def _default_expires(result: TaskResult) -> datetime | None:
-    return result.created_at + result.ttl if result.ttl is not None else None
+    # Bad types are left to the field validators, which name the field.
+    if not isinstance(result.ttl, timedelta) or not isinstance(result.created_at, datetime):
+        return None
+    return result.created_at + result.ttl
 
 
 @attrs.frozen(kw_only=True)

@@ -39,9 +39,13 @@ class Settings:
         default=timedelta(days=7), validator=non_negative_duration
     )
     lease_duration: timedelta = attrs.field(default=timedelta(seconds=60), validator=_positive)
-    heartbeat_interval: timedelta = attrs.field(
-        default=timedelta(seconds=15), validator=_positive
+    heartbeat_interval: timedelta = attrs.field(default=timedelta(seconds=15), validator=_positive)
+    #: Retry delay = retry_delay * retry_backoff ** retry_count, capped, +/- jitter.
+    retry_backoff: float = attrs.field(default=2.0, validator=attrs.validators.ge(1.0))
+    retry_jitter: float = attrs.field(
+        default=0.1, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)]
     )
+    max_retry_delay: timedelta = attrs.field(default=timedelta(hours=1), validator=_positive)
     busy_timeout: timedelta = attrs.field(default=timedelta(seconds=30), validator=_positive)
     sqlite_synchronous: Literal["NORMAL", "FULL"] = attrs.field(
         default="NORMAL", validator=attrs.validators.in_(("NORMAL", "FULL"))

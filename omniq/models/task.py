@@ -42,7 +42,10 @@ def _default_status(task: Task) -> TaskStatus:
 
 
 def _default_expires(task: Task) -> datetime | None:
-    return task.created_at + task.ttl if task.ttl is not None else None
+    # Bad types are left to the field validators, which name the field.
+    if not isinstance(task.ttl, timedelta) or not isinstance(task.created_at, datetime):
+        return None
+    return task.created_at + task.ttl
 
 
 def _dedupe(value: Any) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import cattrs
 import sqlalchemy.exc as sa_exc
 
 from omniq.errors import (
@@ -47,6 +48,13 @@ def translate_errors(what: str) -> Iterator[None]:
         raise DatabaseError(f"{what}: {exc}") from exc
 
 
+def root_message(exc: BaseException) -> str:
+    """The message of the first leaf of a cattrs validation error (else of ``exc``)."""
+    if isinstance(exc, cattrs.BaseValidationError) and exc.exceptions:
+        return root_message(exc.exceptions[0])
+    return str(exc)
+
+
 class PayloadCodec:
     """Encodes argument payloads with the chosen serializer; decodes what is allowed."""
 
@@ -81,9 +89,13 @@ class PayloadCodec:
         if not isinstance(body, dict):
             raise SerializationError("stored payload is not an object")
         args, kwargs, cb_args = body.get("a", []), body.get("k", {}), body.get("c", [])
-        if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
-            raise SerializationError("stored payload has malformed args/kwargs")
-        return tuple(args), kwargs, tuple(cb_args or ())
+        if (
+            not isinstance(args, list | tuple)
+            or not isinstance(kwargs, dict)
+            or not isinstance(cb_args, list | tuple)
+        ):
+            raise SerializationError("stored payload has malformed args/kwargs/callback args")
+        return tuple(args), kwargs, tuple(cb_args)
 
     def encode_value(self, serializer: str, value: Any, field: str) -> str:
         """Serialize one value (a result) into text."""

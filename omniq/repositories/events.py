@@ -10,12 +10,40 @@ import cattrs
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from omniq._time import utcnow
 from omniq.db.engine import Dialect
 from omniq.db.schema import events as e
 from omniq.errors import InvalidRow, OmniQError
 from omniq.models import EventLevel, EventType, TaskEvent
-from omniq.repositories._base import translate_errors
+from omniq.repositories._base import root_message, translate_errors
 from omniq.serialization import converter
+
+_EVENT_DEFAULTS: dict[str, Any] = {
+    "task_id": None,
+    "queue_name": None,
+    "worker_id": None,
+    "schedule_id": None,
+    "message": None,
+    "data": None,
+    "execution_time": None,
+    "retry_count": None,
+    "error": None,
+    "source": None,
+}
+
+
+def event_row(kind: EventType, **fields: Any) -> dict[str, Any]:
+    """A complete event row (every column but id), for the hot paths.
+
+    ``level`` defaults to info and ``timestamp`` to now.
+    """
+    row = {**_EVENT_DEFAULTS, **fields}
+    row["event_type"] = kind.value
+    level = row.get("level")
+    row["level"] = level.value if isinstance(level, EventLevel) else (level or "info")
+    if row.get("timestamp") is None:
+        row["timestamp"] = utcnow()
+    return row
 
 
 class EventRepository:
@@ -38,7 +66,9 @@ class EventRepository:
         try:
             return converter.structure(dict(row), TaskEvent)
         except (cattrs.BaseValidationError, OmniQError, ValueError, TypeError) as exc:
-            raise InvalidRow(f"event {row.get('id')!r} cannot be read: {exc}") from exc
+            raise InvalidRow(
+                f"event {row.get('id')!r} cannot be read: {root_message(exc)}"
+            ) from exc
 
     async def insert_many(self, conn: AsyncConnection, events: Sequence[TaskEvent]) -> None:
         """Append events (one multi-row statement)."""

@@ -14,7 +14,7 @@ from omniq.db.engine import Dialect
 from omniq.db.schema import results as r
 from omniq.errors import InvalidRow, OmniQError
 from omniq.models import TaskResult
-from omniq.repositories._base import PayloadCodec, translate_errors
+from omniq.repositories._base import PayloadCodec, root_message, translate_errors
 from omniq.serialization import converter
 
 
@@ -59,15 +59,20 @@ class ResultRepository:
                 data["result"] = self.codec.decode_value(data["serializer"], data["result"])
             return converter.structure(data, TaskResult)
         except (cattrs.BaseValidationError, OmniQError, ValueError, TypeError) as exc:
-            raise InvalidRow(f"result of task {data.get('task_id')!r} cannot be read: {exc}") from exc
+            raise InvalidRow(
+                f"result of task {data.get('task_id')!r} cannot be read: {root_message(exc)}"
+            ) from exc
 
     async def upsert_many(self, conn: AsyncConnection, results: Sequence[TaskResult]) -> None:
         """Insert results, replacing any stored for the same task."""
-        if not results:
+        await self.upsert_rows(conn, [self.to_row(x) for x in results])
+
+    async def upsert_rows(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert rows made by :meth:`to_row`, replacing any stored for the same task."""
+        if not rows:
             return
-        rows = [self.to_row(x) for x in results]
         with translate_errors("store result"):
-            await conn.execute(self._upsert, rows)
+            await conn.execute(self._upsert, list(rows))
 
     async def get(self, conn: AsyncConnection, task_id: str) -> TaskResult | None:
         """The result of ``task_id``, or None."""
@@ -83,9 +88,7 @@ class ResultRepository:
             row = (await conn.execute(self._latest, {"sid": schedule_id})).mappings().one_or_none()
         return None if row is None else self.from_row(row)
 
-    async def update(
-        self, conn: AsyncConnection, task_id: str, values: Mapping[str, Any]
-    ) -> bool:
+    async def update(self, conn: AsyncConnection, task_id: str, values: Mapping[str, Any]) -> bool:
         """Update columns of one result; True if it existed."""
         with translate_errors("update result"):
             res = await conn.execute(sa.update(r).where(r.c.task_id == task_id).values(**values))

@@ -14,7 +14,7 @@ from omniq.db.engine import Dialect
 from omniq.db.schema import schedules as s
 from omniq.errors import InvalidRow, OmniQError
 from omniq.models import Schedule, ScheduleStatus
-from omniq.repositories._base import PayloadCodec, translate_errors
+from omniq.repositories._base import PayloadCodec, root_message, translate_errors
 from omniq.serialization import converter
 
 
@@ -48,7 +48,9 @@ class ScheduleRepository:
         try:
             return converter.structure(data, Schedule)
         except (cattrs.BaseValidationError, OmniQError, ValueError, TypeError) as exc:
-            raise InvalidRow(f"schedule {data.get('id')!r} cannot be read: {exc}") from exc
+            raise InvalidRow(
+                f"schedule {data.get('id')!r} cannot be read: {root_message(exc)}"
+            ) from exc
 
     async def insert(self, conn: AsyncConnection, schedule: Schedule) -> None:
         """Insert one schedule."""
@@ -98,7 +100,7 @@ class ScheduleRepository:
         values: Mapping[str, Any],
         *,
         expected_status: Collection[ScheduleStatus] | None = None,
-        expected_next_run_at: datetime | None | type[Ellipsis] = ...,
+        expected_next_run_at: datetime | type[Ellipsis] | None = ...,
     ) -> Schedule | None:
         """Update one schedule if it still matches the expectations (compare-and-set).
 

@@ -91,14 +91,22 @@ class TaskRepository:
 
     async def insert_many(self, conn: AsyncConnection, tasks: Sequence[Task]) -> None:
         """Insert tasks (one multi-row statement) and their dependency edges."""
-        if not tasks:
-            return
-        rows = [self.to_row(task) for task in tasks]
         edges = [{"task_id": x.id, "depends_on_id": d} for x in tasks for d in x.depends_on]
+        await self.insert_rows(conn, [self.to_row(task) for task in tasks], edges)
+
+    async def insert_rows(
+        self,
+        conn: AsyncConnection,
+        rows: Sequence[Mapping[str, Any]],
+        edges: Sequence[Mapping[str, str]] = (),
+    ) -> None:
+        """Insert rows made by :meth:`to_row` and dependency edges."""
+        if not rows:
+            return
         with translate_errors("enqueue"):
-            await conn.execute(self._insert, rows)
+            await conn.execute(self._insert, list(rows))
             if edges:
-                await conn.execute(self._insert_deps, edges)
+                await conn.execute(self._insert_deps, list(edges))
 
     async def insert_unique(self, conn: AsyncConnection, task: Task) -> str | None:
         """Insert a task that has a unique key; None if a live task holds the key."""
@@ -136,7 +144,10 @@ class TaskRepository:
             stmt = stmt.with_for_update(read=True)
         with translate_errors("get task"):
             rows = (await conn.execute(stmt)).all()
-        return {row.id: TaskStatus(row.status) for row in rows}
+        try:
+            return {row.id: TaskStatus(row.status) for row in rows}
+        except ValueError as exc:
+            raise InvalidRow(f"task status cannot be read: {exc}") from exc
 
     async def list(
         self,
@@ -197,8 +208,9 @@ class TaskRepository:
         if queues:
             stmt = stmt.where(t.c.queue_name.in_(list(queues)))
         with translate_errors("peek tasks"):
-            value = (await conn.execute(stmt)).scalar_one_or_none()
-        return t.c.run_at.type.process_result_value(value, conn.dialect) if value else None
+            # min() keeps the column's type: the value is already an aware datetime.
+            value: datetime | None = (await conn.execute(stmt)).scalar_one_or_none()
+        return value
 
     # --- the claim -----------------------------------------------------------
 
@@ -300,6 +312,30 @@ class TaskRepository:
             row = (await conn.execute(stmt)).mappings().one_or_none()
         return None if row is None else self.from_row(row)
 
+    async def finish_leased(
+        self,
+        conn: AsyncConnection,
+        leases: Sequence[tuple[str, str | None]],
+        values: Mapping[str, Any],
+    ) -> set[str]:
+        """Update running tasks still held under ``(task_id, lease_token)``; return their ids.
+
+        One statement for the whole batch; pairs whose lease was lost are skipped.
+        """
+        if not leases:
+            return set()
+        stmt = (
+            sa.update(t)
+            .where(
+                sa.tuple_(t.c.id, t.c.lease_token).in_(list(leases)),
+                t.c.status == TaskStatus.RUNNING.value,
+            )
+            .values(**_values(values))
+            .returning(t.c.id)
+        )
+        with translate_errors("update tasks"):
+            return set((await conn.execute(stmt)).scalars().all())
+
     async def transition_many(
         self,
         conn: AsyncConnection,
@@ -329,9 +365,9 @@ class TaskRepository:
         stmt = (
             sa.update(t)
             .where(
-                t.c.id.in_(list(leases)),
+                # Pairwise: a token only renews the task it was issued for.
+                sa.tuple_(t.c.id, t.c.lease_token).in_(list(leases.items())),
                 t.c.status == TaskStatus.RUNNING.value,
-                t.c.lease_token.in_(set(leases.values())),
             )
             .values(lease_expires_at=until)
             .returning(t.c.id, t.c.lease_token)
@@ -339,6 +375,22 @@ class TaskRepository:
         with translate_errors("renew leases"):
             rows = (await conn.execute(stmt)).all()
         return {row.id for row in rows if leases.get(row.id) == row.lease_token}
+
+    async def list_expired_leases(
+        self, conn: AsyncConnection, now: datetime, limit: int
+    ) -> list[Task]:
+        """Running tasks whose lease expired before ``now`` (their worker is gone)."""
+        stmt = (
+            sa.select(t)
+            .where(t.c.lease_expires_at < now, t.c.status == TaskStatus.RUNNING.value)
+            .order_by(t.c.lease_expires_at)
+            .limit(limit)
+        )
+        if self.dialect.skip_locked:
+            stmt = stmt.with_for_update(skip_locked=True)
+        with translate_errors("find lost leases"):
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [self.from_row(row) for row in rows]
 
     # --- dependencies ----------------------------------------------------------
 

@@ -21,8 +21,13 @@ async def test_claim_roundtrip(engine: AsyncEngine) -> None:
     now = utcnow()
     async with engine.begin() as conn:
         got = await repo.claim(
-            conn, queues=["default"], n=4, now=now, token=new_id(),
-            lease_until=now + timedelta(seconds=30), worker_id="w",
+            conn,
+            queues=["default"],
+            n=4,
+            now=now,
+            token=new_id(),
+            lease_until=now + timedelta(seconds=30),
+            worker_id="w",
         )
     assert [x.priority for x in got] == [2, 2, 2, 1]
     assert all(x.status is TaskStatus.RUNNING and x.attempts == 1 for x in got)

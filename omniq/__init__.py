@@ -1,0 +1,86 @@
+"""OmniQ: a task queue whose whole state lives in SQL.
+
+SQLite by default (one file, zero setup, safe with many worker processes);
+PostgreSQL when the work outgrows one machine: the same code, another URL.
+"""
+
+from __future__ import annotations
+
+from omniq.errors import (
+    ConfigurationError,
+    DatabaseBusy,
+    DatabaseError,
+    DuplicateTask,
+    InvalidRow,
+    InvalidTransition,
+    LeaseLost,
+    OmniQError,
+    ScheduleNotFound,
+    SchemaOutOfDate,
+    SerializationError,
+    StorageFull,
+    SyncInAsyncContext,
+    TaskNotFound,
+    UnsafePayload,
+    ValidationError,
+)
+from omniq.models import (
+    EventLevel,
+    EventType,
+    MisfirePolicy,
+    ResultStatus,
+    Schedule,
+    ScheduleStatus,
+    ScheduleType,
+    Settings,
+    Task,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+)
+from omniq.services import ErrorInfo, EventStorage, ResultStorage, Services, Storage, TaskQueue
+from omniq.sync import SyncEventStorage, SyncResultStorage, SyncServices, SyncTaskQueue
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseBusy",
+    "DatabaseError",
+    "DuplicateTask",
+    "ErrorInfo",
+    "EventLevel",
+    "EventStorage",
+    "EventType",
+    "InvalidRow",
+    "InvalidTransition",
+    "LeaseLost",
+    "MisfirePolicy",
+    "OmniQError",
+    "ResultStatus",
+    "ResultStorage",
+    "Schedule",
+    "ScheduleNotFound",
+    "ScheduleStatus",
+    "ScheduleType",
+    "SchemaOutOfDate",
+    "SerializationError",
+    "Services",
+    "Settings",
+    "Storage",
+    "StorageFull",
+    "SyncEventStorage",
+    "SyncInAsyncContext",
+    "SyncResultStorage",
+    "SyncServices",
+    "SyncTaskQueue",
+    "Task",
+    "TaskEvent",
+    "TaskNotFound",
+    "TaskQueue",
+    "TaskResult",
+    "TaskStatus",
+    "UnsafePayload",
+    "ValidationError",
+    "__version__",
+]

@@ -1,0 +1,90 @@
+"""The one mechanism behind every sync API: an event loop in a background thread.
+
+Sync methods hand their coroutine to a process-wide anyio BlockingPortal and
+block until it finishes. Calling a sync method from inside a running event
+loop raises :class:`SyncInAsyncContext` instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from omniq.errors import SyncInAsyncContext
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_lock = threading.Lock()
+_portal: BlockingPortal | None = None
+_portal_cm: AbstractContextManager[BlockingPortal] | None = None
+_portal_pid: int | None = None
+
+
+def portal() -> BlockingPortal:
+    """The process-wide portal (started on first use, again after a fork)."""
+    global _portal, _portal_cm, _portal_pid
+    with _lock:
+        if _portal is None or _portal_pid != os.getpid():
+            _portal_cm = start_blocking_portal("asyncio")
+            _portal = _portal_cm.__enter__()
+            _portal_pid = os.getpid()
+        return _portal
+
+
+def _stop() -> None:
+    global _portal, _portal_cm
+    with _lock:
+        if _portal_cm is not None and _portal_pid == os.getpid():
+            try:
+                _portal_cm.__exit__(None, None, None)
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
+        _portal = _portal_cm = None
+
+
+atexit.register(_stop)
+
+
+def run_sync(fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run ``fn(*args, **kwargs)`` on the portal's loop and wait for its result."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise SyncInAsyncContext(
+            f"{getattr(fn, '__qualname__', fn)!s} is a blocking call and was made inside a "
+            "running event loop; use the *_async method (await ...) instead"
+        )
+
+    async def call() -> R:
+        return await fn(*args, **kwargs)
+
+    return portal().call(call)
+
+
+def sync_twin(
+    async_method: Callable[Concatenate[Any, P], Awaitable[R]],
+) -> Callable[Concatenate[Any, P], R]:
+    """The sync twin of ``async_method``: same signature, runs through the portal.
+
+    The twin calls the method of the same name on ``self._async``.
+    """
+    name = async_method.__name__
+
+    @functools.wraps(async_method)
+    def method(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return run_sync(getattr(self._async, name), *args, **kwargs)
+
+    method.__name__ = name.removesuffix("_async")
+    method.__qualname__ = method.__qualname__.replace(name, method.__name__)
+    return method

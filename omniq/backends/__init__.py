@@ -1,0 +1,1 @@
+"""Seed-compatible entry points built on the services."""

@@ -1,0 +1,149 @@
+"""The shared state of the services: engine, repositories, settings, wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from omniq.db.engine import create_engine, dialect_of, normalize_url, read_engine
+from omniq.db.migrate import ensure_schema
+from omniq.models import Settings
+from omniq.repositories import (
+    EventRepository,
+    ResultRepository,
+    ScheduleRepository,
+    TaskRepository,
+)
+from omniq.repositories._base import PayloadCodec, translate_errors
+from omniq.serialization import SerializerRegistry
+
+__all__ = ["Notifier", "Storage"]
+
+
+class Notifier:
+    """In-process wake-ups: waiters are released when a writer signals a change.
+
+    Workers and result waiters in the same process wake at once instead of
+    waiting for their next poll; other processes still poll.
+    """
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def notify(self) -> None:
+        """Wake every current waiter."""
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a notification; True if one came."""
+        if self._event is None:
+            self._event = asyncio.Event()
+        event = self._event
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class Storage:
+    """Engine, dialect strategy, repositories and settings shared by the services.
+
+    Services own transactions: :meth:`write` for a write transaction (on
+    SQLite it begins IMMEDIATE), :meth:`read` for a read-only one.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings | None = None,
+        *,
+        owns_engine: bool = False,
+        serializers: SerializerRegistry | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings or Settings()
+        self.owns_engine = owns_engine
+        self.dialect = dialect_of(engine)
+        self.serializers = serializers or SerializerRegistry(
+            default=self.settings.serializer, allow_pickle=self.settings.allow_pickle
+        )
+        codec = PayloadCodec(self.serializers)
+        self.tasks = TaskRepository(self.dialect, codec)
+        self.schedules = ScheduleRepository(self.dialect, codec)
+        self.results = ResultRepository(self.dialect, codec)
+        self.events = EventRepository(self.dialect)
+        self.notifier = Notifier()
+        self._reader = read_engine(engine)
+        self._opened = False
+        self._writer: AsyncConnection | None = None
+        self._write_lock: asyncio.Lock | None = None
+
+    @classmethod
+    def from_url(
+        cls, url: str | sa.URL, settings: Settings | None = None, **engine_kwargs: Any
+    ) -> Storage:
+        """A Storage that owns a new engine for ``url``."""
+        settings = settings or Settings()
+        return cls(create_engine(url, settings, **engine_kwargs), settings, owns_engine=True)
+
+    @property
+    def url(self) -> sa.URL:
+        """The engine URL."""
+        return normalize_url(self.engine.url)
+
+    async def open(self) -> None:
+        """Check (or bring) the schema at head; idempotent."""
+        if self._opened:
+            return
+        auto = self.settings.auto_migrate
+        if auto is None:
+            auto = self.dialect.name == "sqlite"
+        await ensure_schema(self.engine, auto_migrate=auto)
+        self._opened = True
+
+    async def close(self) -> None:
+        """Dispose the engine if this Storage created it."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await writer.close()
+        if self.owns_engine:
+            await self.engine.dispose()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction (committed on success, rolled back on error).
+
+        On SQLite, where writers serialize on the database anyway, writers of
+        this process queue on an asyncio lock and share one held connection:
+        no pool round trip per transaction, and no busy-waiting inside SQLite
+        for a lock another coroutine of this process holds.
+        """
+        if not self.dialect.single_writer:
+            with translate_errors("write"):
+                async with self.engine.begin() as conn:
+                    yield conn
+            return
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
+        async with self._write_lock:
+            with translate_errors("write"):
+                writer = self._writer
+                if writer is None or writer.closed or writer.invalidated:
+                    writer = self._writer = await self.engine.connect()
+                async with writer.begin():
+                    yield writer
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """One read-only transaction (deferred on SQLite)."""
+        with translate_errors("read"):
+            async with self._reader.connect() as conn:
+                yield conn

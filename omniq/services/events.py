@@ -1,0 +1,117 @@
+"""Event storage: the audit trail of tasks, schedules and workers, with retention."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from omniq._time import require_aware, to_timedelta, utcnow
+from omniq.errors import ValidationError
+from omniq.models import EventLevel, EventType, TaskEvent
+from omniq.services._storage import Storage
+
+__all__ = ["EventStorage"]
+
+_BATCH = 5000
+_DEFAULT = object()
+
+
+class EventStorage:
+    """Log and query events; apply the retention policy."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    async def log_async(self, event: TaskEvent) -> None:
+        """Append one event."""
+        await self.log_many_async([event])
+
+    async def log_many_async(self, events: Iterable[TaskEvent]) -> None:
+        """Append events in one transaction."""
+        batch = list(events)
+        for event in batch:
+            if not isinstance(event, TaskEvent):
+                raise ValidationError("event", f"expected a TaskEvent, got {type(event).__name__}")
+        async with self.storage.write() as conn:
+            await self.storage.events.insert_many(conn, batch)
+
+    async def get_events_async(
+        self,
+        task_id: str | None = None,
+        event_type: EventType | str | Collection[EventType | str] | None = None,
+        queue_name: str | None = None,
+        worker_id: str | None = None,
+        schedule_id: str | None = None,
+        level: EventLevel | str | None = None,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskEvent]:
+        """Events matching every given filter, newest first, paginated."""
+        types = None
+        if event_type is not None:
+            items = [event_type] if isinstance(event_type, str) else list(event_type)
+            types = [_enum(EventType, x, "event_type") for x in items]
+        for name, value in (("limit", limit), ("offset", offset)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValidationError(name, f"must be a non-negative integer, got {value!r}")
+        async with self.storage.read() as conn:
+            return await self.storage.events.query(
+                conn,
+                task_id=task_id,
+                event_types=types,
+                queue_name=queue_name,
+                worker_id=worker_id,
+                schedule_id=schedule_id,
+                level=None if level is None else _enum(EventLevel, level, "level"),
+                start_time=None if start_time is None else require_aware(start_time, "start_time"),
+                end_time=None if end_time is None else require_aware(end_time, "end_time"),
+                limit=limit,
+                offset=offset,
+            )
+
+    async def get_latest_events_async(self, limit: int = 10) -> list[TaskEvent]:
+        """The ``limit`` newest events."""
+        return await self.get_events_async(limit=limit)
+
+    async def cleanup_expired_async(
+        self, max_age: timedelta | float | object | None = _DEFAULT, batch_size: int = _BATCH
+    ) -> int:
+        """Delete events older than ``max_age`` (default: the retention setting; None keeps all)."""
+        if max_age is _DEFAULT:
+            age = self.storage.settings.event_retention
+        elif max_age is None:
+            age = None
+        else:
+            age = to_timedelta(max_age, "max_age")
+        if age is None:
+            return 0
+        cutoff = utcnow() - age
+        total = 0
+        while True:
+            async with self.storage.write() as conn:
+                n = await self.storage.events.delete_older_than(conn, cutoff, batch_size)
+            total += n
+            if n < batch_size:
+                return total
+
+    async def get_stats_async(self) -> dict[str, dict[str, int]]:
+        """Event counts by type and by level (one GROUP BY each), with totals."""
+        async with self.storage.read() as conn:
+            by_type = await self.storage.events.count_by(conn, "event_type")
+            by_level = await self.storage.events.count_by(conn, "level")
+        return {
+            "by_type": by_type,
+            "by_level": by_level,
+            "total": {"events": sum(by_type.values())},
+        }
+
+
+def _enum(kind: type[EventType] | type[EventLevel], value: object, field: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(x.value for x in kind)
+        raise ValidationError(field, f"unknown value {value!r} (one of: {allowed})") from None

@@ -1,0 +1,57 @@
+"""Fire-time arithmetic for schedules: cron with time zones (DST-safe), intervals, one-shot."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from omniq.models import Schedule, ScheduleType
+
+# Larger than any UTC offset change (Lord Howe's is 30 min, most are 1 h).
+_LOOKBACK = timedelta(hours=3)
+
+
+def next_cron_time(expression: str, timezone: str, after: datetime) -> datetime:
+    """The first instant strictly after ``after`` that matches ``expression`` in ``timezone``.
+
+    Cron fields are matched against local wall-clock time, each local time at
+    most once: a wall time that occurs twice (fall back) fires at its first
+    occurrence only; one that does not exist (spring forward) fires at the
+    same offset past the gap (02:30 on a spring-forward night fires at 03:30).
+    So a fixed-time daily schedule fires exactly once per local date.
+    """
+    zone = ZoneInfo(timezone)
+    local_after = after.astimezone(zone).replace(tzinfo=None)
+    it = croniter(expression, local_after - _LOOKBACK)
+    while True:
+        naive: datetime = it.get_next(datetime)
+        instant = naive.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        if instant > after:
+            return instant
+
+
+def first_run(schedule: Schedule, now: datetime) -> datetime | None:
+    """When a new schedule fires first."""
+    kind = schedule.schedule_type
+    if kind is ScheduleType.TIMESTAMP:
+        return schedule.run_at
+    if kind is ScheduleType.INTERVAL:
+        assert schedule.interval is not None
+        return schedule.run_at or now + schedule.interval
+    assert schedule.cron_expression is not None
+    start = schedule.run_at - timedelta(microseconds=1) if schedule.run_at else now
+    return next_cron_time(schedule.cron_expression, schedule.timezone, max(start, now))
+
+
+def next_run(schedule: Schedule, fired_at: datetime) -> datetime | None:
+    """The fire time after ``fired_at`` (None: a one-shot schedule is done)."""
+    kind = schedule.schedule_type
+    if kind is ScheduleType.TIMESTAMP:
+        return None
+    if kind is ScheduleType.INTERVAL:
+        assert schedule.interval is not None
+        return fired_at + schedule.interval
+    assert schedule.cron_expression is not None
+    return next_cron_time(schedule.cron_expression, schedule.timezone, fired_at)

@@ -1,0 +1,117 @@
+"""Sync twins of the async services, all through one portal (see ``omniq._portal``).
+
+Every public ``*_async`` method has a twin here without the suffix and with
+the same signature; each twin is one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from omniq._portal import run_sync, sync_twin
+from omniq.models import Settings
+from omniq.services import EventStorage, ResultStorage, Services, TaskQueue
+
+__all__ = ["SyncEventStorage", "SyncResultStorage", "SyncServices", "SyncTaskQueue"]
+
+
+class SyncTaskQueue:
+    """Blocking twin of :class:`omniq.services.TaskQueue`."""
+
+    def __init__(self, queue: TaskQueue) -> None:
+        self._async = queue
+
+    build_task = property(lambda self: self._async.build_task)
+    enqueue = sync_twin(TaskQueue.enqueue_async)
+    enqueue_many = sync_twin(TaskQueue.enqueue_many_async)
+    dequeue = sync_twin(TaskQueue.dequeue_async)
+    dequeue_many = sync_twin(TaskQueue.dequeue_many_async)
+    complete = sync_twin(TaskQueue.complete_async)
+    complete_many = sync_twin(TaskQueue.complete_many_async)
+    fail = sync_twin(TaskQueue.fail_async)
+    release = sync_twin(TaskQueue.release_async)
+    renew_leases = sync_twin(TaskQueue.renew_leases_async)
+    recover_expired_leases = sync_twin(TaskQueue.recover_expired_leases_async)
+    cancel = sync_twin(TaskQueue.cancel_async)
+    requeue = sync_twin(TaskQueue.requeue_async)
+    update_task = sync_twin(TaskQueue.update_task_async)
+    delete_task = sync_twin(TaskQueue.delete_task_async)
+    clear = sync_twin(TaskQueue.clear_async)
+    get_task = sync_twin(TaskQueue.get_task_async)
+    list_tasks = sync_twin(TaskQueue.list_tasks_async)
+    size = sync_twin(TaskQueue.size_async)
+    stats = sync_twin(TaskQueue.stats_async)
+    expire_due = sync_twin(TaskQueue.expire_due_async)
+    purge_finished = sync_twin(TaskQueue.purge_finished_async)
+    schedule = sync_twin(TaskQueue.schedule_async)
+    get_schedule = sync_twin(TaskQueue.get_schedule_async)
+    list_schedules = sync_twin(TaskQueue.list_schedules_async)
+    get_ready_schedules = sync_twin(TaskQueue.get_ready_schedules_async)
+    update_schedule = sync_twin(TaskQueue.update_schedule_async)
+    pause_schedule = sync_twin(TaskQueue.pause_schedule_async)
+    resume_schedule = sync_twin(TaskQueue.resume_schedule_async)
+    cancel_schedule = sync_twin(TaskQueue.cancel_schedule_async)
+    delete_schedule = sync_twin(TaskQueue.delete_schedule_async)
+
+
+class SyncResultStorage:
+    """Blocking twin of :class:`omniq.services.ResultStorage`."""
+
+    def __init__(self, results: ResultStorage) -> None:
+        self._async = results
+
+    store = sync_twin(ResultStorage.store_async)
+    get = sync_twin(ResultStorage.get_async)
+    get_latest = sync_twin(ResultStorage.get_latest_async)
+    update = sync_twin(ResultStorage.update_async)
+    delete = sync_twin(ResultStorage.delete_async)
+    cleanup_expired = sync_twin(ResultStorage.cleanup_expired_async)
+    get_stats = sync_twin(ResultStorage.get_stats_async)
+    wait = sync_twin(ResultStorage.wait_async)
+
+
+class SyncEventStorage:
+    """Blocking twin of :class:`omniq.services.EventStorage`."""
+
+    def __init__(self, events: EventStorage) -> None:
+        self._async = events
+
+    log = sync_twin(EventStorage.log_async)
+    log_many = sync_twin(EventStorage.log_many_async)
+    get_events = sync_twin(EventStorage.get_events_async)
+    get_latest_events = sync_twin(EventStorage.get_latest_events_async)
+    cleanup_expired = sync_twin(EventStorage.cleanup_expired_async)
+    get_stats = sync_twin(EventStorage.get_stats_async)
+
+
+class SyncServices:
+    """Blocking twin of :class:`omniq.services.Services`; use as a context manager."""
+
+    def __init__(self, services: Services) -> None:
+        self._async = services
+        self.queue = SyncTaskQueue(services.queue)
+        self.results = SyncResultStorage(services.results)
+        self.events = SyncEventStorage(services.events)
+
+    @classmethod
+    def open(
+        cls,
+        url: str | sa.URL,
+        settings: Settings | None = None,
+        *,
+        queues: Sequence[str] | None = None,
+        **engine_kwargs: Any,
+    ) -> SyncServices:
+        """Connect to ``url`` and check the schema (blocking)."""
+        return cls(run_sync(Services.open_async, url, settings, queues=queues, **engine_kwargs))
+
+    close = sync_twin(Services.close_async)
+
+    def __enter__(self) -> SyncServices:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Worker: the loop, leases and heartbeats, executors."""

@@ -1,0 +1,421 @@
+"""Engines: SQLite file safety, PRAGMAs, BEGIN IMMEDIATE, URL checks, claim query plans."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from omniq._time import new_id
+from omniq.db import migrate
+from omniq.db.engine import (
+    create_engine,
+    default_sqlite_url,
+    dialect_of,
+    normalize_url,
+    read_engine,
+    sqlite_path,
+)
+from omniq.db.schema import tasks as t
+from omniq.errors import ConfigurationError, DatabaseBusy
+from omniq.models import Settings, Task, TaskStatus
+from omniq.repositories import TaskRepository
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """A migrated SQLite file of this test's own."""
+    path = tmp_path / "omniq.db"
+    path.write_bytes(sqlite_template.read_bytes())
+    path.chmod(0o600)
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture
+async def sqlite_engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(sqlite_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def pragma(engine: AsyncEngine, name: str) -> object:
+    async with engine.connect() as conn:
+        return (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar_one()
+
+
+# --- the database file ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_sqlite_file_created_0600_in_new_directory_0700(tmp_path: Path) -> None:
+    directory = tmp_path / "fresh"
+    path = directory / "omniq.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        assert directory.is_dir()
+        assert mode(directory) == 0o700
+        assert path.is_file()
+        assert mode(path) == 0o600
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("CREATE TABLE probe (x INTEGER)")
+            await conn.exec_driver_sql("INSERT INTO probe VALUES (1)")
+        # SQLite gives its side files the database file's permissions.
+        wal = path.with_name(path.name + "-wal")
+        assert wal.exists()
+        assert mode(wal) == 0o600
+        assert mode(path) == 0o600
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.anyio
+async def test_existing_file_and_directory_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "existing.db"
+    sqlite3.connect(path).close()
+    path.chmod(0o640)
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        assert mode(path) == 0o640  # not ours to change; only warned about when world-writable
+        assert await pragma(engine, "journal_mode") == "wal"
+    finally:
+        await engine.dispose()
+
+
+def test_create_engine_bad_url_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError):
+        create_engine(f"sqlite+pysqlite:///{tmp_path / 'sub' / 'x.db'}")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- PRAGMAs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_sqlite_pragmas_default(sqlite_engine: AsyncEngine) -> None:
+    assert await pragma(sqlite_engine, "journal_mode") == "wal"
+    assert await pragma(sqlite_engine, "foreign_keys") == 1
+    assert await pragma(sqlite_engine, "synchronous") == 1  # NORMAL
+    assert await pragma(sqlite_engine, "busy_timeout") == 30_000
+
+
+@pytest.mark.anyio
+async def test_sqlite_pragmas_from_settings(sqlite_url: str) -> None:
+    settings = Settings(sqlite_synchronous="FULL", busy_timeout=timedelta(seconds=2.5))
+    engine = create_engine(sqlite_url, settings)
+    try:
+        assert await pragma(engine, "synchronous") == 2  # FULL
+        assert await pragma(engine, "busy_timeout") == 2_500
+        assert await pragma(engine, "foreign_keys") == 1
+        assert await pragma(engine, "journal_mode") == "wal"
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.anyio
+async def test_pragmas_hold_on_every_pooled_connection(sqlite_engine: AsyncEngine) -> None:
+    # Read connections (deferred BEGIN): several can be open at once.
+    conns = [await read_engine(sqlite_engine).connect() for _ in range(3)]
+    try:
+        for conn in conns:
+            assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar_one() == 1
+            assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar_one() == 30_000
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+# --- transactions: BEGIN IMMEDIATE -------------------------------------------------------------
+
+
+async def _insert(engine: AsyncEngine, *tasks: Task) -> None:
+    async with engine.begin() as conn:
+        await TaskRepository(dialect_of(engine)).insert_many(conn, tasks)
+
+
+async def _count(engine: AsyncEngine) -> int:
+    async with read_engine(engine).begin() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(t))).scalar_one())
+
+
+@pytest.mark.anyio
+async def test_write_transaction_takes_the_write_lock_at_begin(sqlite_url: str) -> None:
+    holder = create_engine(sqlite_url)
+    impatient = create_engine(sqlite_url, Settings(busy_timeout=timedelta(milliseconds=50)))
+    try:
+        async with holder.begin():
+            # The holder has not written anything yet: only BEGIN IMMEDIATE holds the lock.
+            with pytest.raises((DatabaseBusy, sa.exc.OperationalError), match="locked"):
+                async with impatient.begin():
+                    pass
+            # Readers are not blocked by a writer (WAL, deferred read transactions).
+            assert await _count(impatient) == 0
+        async with impatient.begin() as conn:  # free again once the holder committed
+            await TaskRepository(dialect_of(impatient)).insert_many(conn, [Task(func="m:f")])
+        assert await _count(holder) == 1
+    finally:
+        await holder.dispose()
+        await impatient.dispose()
+
+
+@pytest.mark.anyio
+async def test_second_writer_waits_until_first_commits(sqlite_url: str) -> None:
+    first = create_engine(sqlite_url)
+    second = create_engine(sqlite_url, Settings(busy_timeout=timedelta(seconds=20)))
+    order: list[str] = []
+    seen_by_second: list[int] = []
+    about_to_begin = anyio.Event()
+    try:
+        async with anyio.create_task_group() as tg:
+            async with first.begin() as conn:
+                order.append("first began")
+
+                async def second_writer() -> None:
+                    about_to_begin.set()
+                    async with second.begin() as conn2:
+                        order.append("second began")
+                        count = (
+                            await conn2.execute(sa.select(sa.func.count()).select_from(t))
+                        ).scalar_one()
+                        seen_by_second.append(int(count))
+
+                tg.start_soon(second_writer)
+                with anyio.fail_after(10):
+                    await about_to_begin.wait()
+                # Work (round trips to the driver) while the second writer is trying to begin.
+                repo = TaskRepository(dialect_of(first))
+                for i in range(20):
+                    await repo.insert_many(conn, [Task(func="m:f", name=str(i))])
+                    await conn.execute(sa.select(sa.func.count()).select_from(t))
+                assert order == ["first began"]
+                order.append("first committing")
+            order.append("first committed")
+        assert order == ["first began", "first committing", "first committed", "second began"]
+        assert seen_by_second == [20]
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
+@pytest.mark.anyio
+async def test_read_modify_write_never_loses_updates(sqlite_url: str) -> None:
+    engines = [create_engine(sqlite_url) for _ in range(2)]
+    counter = Task(func="m:f", priority=0)
+    await _insert(engines[0], counter)
+    errors: list[BaseException] = []
+
+    async def increment(engine: AsyncEngine) -> None:
+        try:
+            async with engine.begin() as conn:
+                value = (
+                    await conn.execute(sa.select(t.c.priority).where(t.c.id == counter.id))
+                ).scalar_one()
+                await conn.execute(
+                    sa.update(t).where(t.c.id == counter.id).values(priority=value + 1)
+                )
+        except BaseException as exc:  # report, don't cancel the others
+            errors.append(exc)
+
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for i in range(30):
+                    tg.start_soon(increment, engines[i % 2])
+        assert errors == []
+        async with engines[1].begin() as conn:
+            final = (
+                await conn.execute(sa.select(t.c.priority).where(t.c.id == counter.id))
+            ).scalar_one()
+        assert final == 30
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+@pytest.mark.anyio
+async def test_concurrent_claims_on_two_engines_never_share_a_task(sqlite_url: str) -> None:
+    engines = [create_engine(sqlite_url) for _ in range(3)]
+    await _insert(engines[0], *[Task(func="m:f", created_at=T0) for _ in range(300)])
+    claimed: list[str] = []
+
+    async def worker(engine: AsyncEngine) -> None:
+        repo = TaskRepository(dialect_of(engine))
+        now = T0 + timedelta(hours=1)
+        while True:
+            async with engine.begin() as conn:
+                got = await repo.claim(
+                    conn,
+                    queues=["default"],
+                    n=7,
+                    now=now,
+                    token=new_id(),
+                    lease_until=now + timedelta(minutes=1),
+                    worker_id="w",
+                )
+            if not got:
+                return
+            claimed.extend(x.id for x in got)
+
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for i in range(6):
+                    tg.start_soon(worker, engines[i % 3])
+        assert len(claimed) == 300
+        assert len(set(claimed)) == 300
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+# --- URLs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://user@localhost/db",
+        "oracle+cx_oracle://u:p@h/db",
+        "not a url at all",
+        "",
+        "sqlite+aiosqlite://",
+        "sqlite:///:memory:",
+        "sqlite+aiosqlite:///:memory:",
+        "sqlite+aiosqlite:///file::memory:?cache=shared",
+        "sqlite+pysqlite:///omniq.db",
+        "sqlite+pysqlcipher:///omniq.db",
+        "postgresql+psycopg2://postgres@localhost/db",
+        "postgresql+psycopg://postgres@localhost/db",
+    ],
+)
+def test_normalize_url_rejects(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        normalize_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [
+        ("sqlite:///omniq_data/omniq.db", "sqlite+aiosqlite"),
+        ("sqlite+aiosqlite:////abs/path.db", "sqlite+aiosqlite"),
+        ("postgresql://postgres@127.0.0.1/test", "postgresql+asyncpg"),
+        ("postgres://postgres@127.0.0.1/test", "postgresql+asyncpg"),
+        ("postgresql+asyncpg://u:p@h:5433/db", "postgresql+asyncpg"),
+    ],
+)
+def test_normalize_url_picks_async_driver(url: str, driver: str) -> None:
+    parsed = normalize_url(url)
+    assert parsed.drivername == driver
+    assert parsed.database == sa.make_url(url).database
+
+
+def test_sqlite_path_and_default_url() -> None:
+    assert sqlite_path(normalize_url("sqlite:///a/b.db")) == Path("a/b.db")
+    assert sqlite_path(normalize_url("postgresql://h/db")) is None
+    assert default_sqlite_url() == "sqlite+aiosqlite:///omniq_data/omniq.db"
+    assert default_sqlite_url("proj", "/data") == "sqlite+aiosqlite:////data/proj.db"
+
+
+def test_dialect_of_rejects_other_databases() -> None:
+    from sqlalchemy.dialects import mysql
+
+    with pytest.raises(ConfigurationError):
+        dialect_of(mysql.dialect())
+    assert dialect_of(sqlite_dialect.dialect()).single_writer is True
+
+
+# --- the claim's query plan on SQLite ---------------------------------------------------------
+
+
+def _plan(path: Path, statement: sa.Update, queue: str | None) -> list[str]:
+    compiled = statement.compile(dialect=sqlite_dialect.dialect(paramstyle="named"))
+    params: dict[str, object] = dict.fromkeys(compiled.params, 0)
+    params.update(token="t", worker_id="w", n=10, status="running", status_1="pending")
+    if queue is not None:
+        params["queue"] = queue
+    con = sqlite3.connect(path)
+    try:
+        rows = con.execute(f"EXPLAIN QUERY PLAN {compiled}", params).fetchall()
+    finally:
+        con.close()
+    return [str(row[-1]) for row in rows]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("analyze", [False, True], ids=["plain", "analyzed"])
+async def test_claim_uses_index_without_sort(
+    sqlite_url: str, sqlite_engine: AsyncEngine, analyze: bool
+) -> None:
+    statuses = [TaskStatus.PENDING] * 6 + [TaskStatus.COMPLETED] * 3 + [TaskStatus.RUNNING]
+    tasks = [
+        Task(
+            func="m:f",
+            queue_name=f"q{i % 4}",
+            priority=i % 5,
+            status=statuses[i % len(statuses)],
+            created_at=T0 + timedelta(seconds=i % 97),
+            ttl=timedelta(hours=1) if i % 3 == 0 else None,
+        )
+        for i in range(4000)
+    ]
+    await _insert(sqlite_engine, *tasks)
+    await sqlite_engine.dispose()
+    path = sqlite_path(normalize_url(sqlite_url))
+    assert path is not None
+    if analyze:
+        con = sqlite3.connect(path)
+        con.execute("ANALYZE")
+        con.commit()
+        con.close()
+    repo = TaskRepository(dialect_of(sqlite_engine))
+
+    by_queue = _plan(path, repo._claim_by_queue, queue="q1")
+    assert any("ix_omniq_tasks_claim" in line for line in by_queue), by_queue
+    assert not any("TEMP B-TREE" in line for line in by_queue), by_queue
+
+    any_queue = _plan(path, repo._claim_any, queue=None)
+    assert any("ix_omniq_tasks_status_order" in line for line in any_queue), any_queue
+    assert not any("TEMP B-TREE" in line for line in any_queue), any_queue
+
+    # The plan serves the claim: it still returns the right tasks.
+    now = T0 + timedelta(minutes=30)
+    async with sqlite_engine.begin() as conn:
+        got = await repo.claim(
+            conn,
+            queues=["q1"],
+            n=10,
+            now=now,
+            token=new_id(),
+            lease_until=now + timedelta(minutes=1),
+            worker_id="w",
+        )
+    expected = sorted(
+        (x for x in tasks if x.queue_name == "q1" and x.status is TaskStatus.PENDING),
+        key=lambda x: (-x.priority, x.run_at, x.id),
+    )[:10]
+    assert [x.id for x in got] == [x.id for x in expected]
+
+
+def test_migrated_template_has_claim_indexes(sqlite_template: Path) -> None:
+    con = sqlite3.connect(sqlite_template)
+    try:
+        names = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    finally:
+        con.close()
+    assert {"ix_omniq_tasks_claim", "ix_omniq_tasks_status_order"} <= names
+    assert migrate.head()
