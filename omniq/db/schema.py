@@ -206,4 +206,14 @@ events = sa.Table(
     sa.Index("ix_omniq_events_timestamp", "timestamp"),
 )
 
-__all__ = ["events", "metadata", "results", "schedules", "task_dependencies", "tasks"]
+locks = sa.Table(
+    "omniq_locks",
+    metadata,
+    # Named leases (e.g. "maintenance"): one holder at a time per database.
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("acquired_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+
+__all__ = ["events", "locks", "metadata", "results", "schedules", "task_dependencies", "tasks"]

@@ -63,16 +63,20 @@ class ScheduleRepository:
             row = (await conn.execute(self._get, {"id": schedule_id})).mappings().one_or_none()
         return None if row is None else self.from_row(row)
 
-    async def list(
+    async def query(
         self,
         conn: AsyncConnection,
         *,
         status: Collection[ScheduleStatus] | None = None,
         limit: int = 100,
         offset: int = 0,
+        order_by: str = "created_at",
     ) -> list[Schedule]:
-        """Schedules (optionally of some statuses), oldest first."""
-        stmt = sa.select(s).order_by(s.c.created_at, s.c.id).limit(limit).offset(offset)
+        """Schedules (optionally of some statuses), by created_at or next_run_at."""
+        column = {"created_at": s.c.created_at, "next_run_at": s.c.next_run_at}[order_by]
+        stmt = sa.select(s).order_by(column, s.c.id).limit(limit).offset(offset)
+        if order_by == "next_run_at":
+            stmt = stmt.where(s.c.next_run_at.is_not(None))
         if status is not None:
             stmt = stmt.where(s.c.status.in_([x.value for x in status]))
         with translate_errors("list schedules"):

@@ -360,21 +360,26 @@ class TaskRepository:
         self, conn: AsyncConnection, leases: Mapping[str, str], until: datetime
     ) -> set[str]:
         """Extend the leases ``{task_id: token}`` still held; return the ids renewed."""
+        return set(await self.heartbeat(conn, leases, until))
+
+    async def heartbeat(
+        self, conn: AsyncConnection, leases: Mapping[str, str], until: datetime
+    ) -> dict[str, bool]:
+        """Extend held leases; return ``{task_id: cancel_requested}`` for those still held."""
         if not leases:
-            return set()
+            return {}
         stmt = (
             sa.update(t)
             .where(
-                # Pairwise: a token only renews the task it was issued for.
                 sa.tuple_(t.c.id, t.c.lease_token).in_(list(leases.items())),
                 t.c.status == TaskStatus.RUNNING.value,
             )
             .values(lease_expires_at=until)
-            .returning(t.c.id, t.c.lease_token)
+            .returning(t.c.id, t.c.cancel_requested)
         )
         with translate_errors("renew leases"):
             rows = (await conn.execute(stmt)).all()
-        return {row.id for row in rows if leases.get(row.id) == row.lease_token}
+        return {row.id: bool(row.cancel_requested) for row in rows}
 
     async def list_expired_leases(
         self, conn: AsyncConnection, now: datetime, limit: int

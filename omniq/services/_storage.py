@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -19,6 +20,7 @@ from omniq.repositories import (
     ScheduleRepository,
     TaskRepository,
 )
+from omniq.repositories.locks import LockRepository
 from omniq.repositories._base import PayloadCodec, translate_errors
 from omniq.serialization import SerializerRegistry
 
@@ -28,28 +30,56 @@ __all__ = ["Notifier", "Storage"]
 class Notifier:
     """In-process wake-ups: waiters are released when a writer signals a change.
 
-    Workers and result waiters in the same process wake at once instead of
-    waiting for their next poll; other processes still poll.
+    Workers and result waiters in this process wake at once instead of
+    waiting for their next poll; other processes poll. One notifier exists
+    per database URL per process, so every Storage on the same database
+    shares it, whichever event loop (or thread) each runs on.
     """
 
+    _by_key: ClassVar[dict[str, Notifier]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
     def __init__(self) -> None:
-        self._event: asyncio.Event | None = None
+        self._lock = threading.Lock()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        #: Called with a task id when a running task's cancellation is requested.
+        self.cancel_listeners: set[Callable[[str], None]] = set()
+
+    @classmethod
+    def for_key(cls, key: str) -> Notifier:
+        """The process-wide notifier for ``key`` (a database URL)."""
+        with cls._registry_lock:
+            notifier = cls._by_key.get(key)
+            if notifier is None:
+                notifier = cls._by_key[key] = Notifier()
+            return notifier
 
     def notify(self) -> None:
-        """Wake every current waiter."""
-        if self._event is not None:
-            self._event.set()
-            self._event = None
+        """Wake every current waiter (thread-safe)."""
+        with self._lock:
+            waiters, self._waiters = self._waiters, set()
+        for loop, event in waiters:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if loop is running:
+                event.set()
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(event.set)
 
     async def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a notification; True if one came."""
-        if self._event is None:
-            self._event = asyncio.Event()
-        event = self._event
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._waiters.add(entry)
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            await asyncio.wait_for(entry[1].wait(), timeout)
         except TimeoutError:
             return False
+        finally:
+            with self._lock:
+                self._waiters.discard(entry)
         return True
 
 
@@ -80,7 +110,10 @@ class Storage:
         self.schedules = ScheduleRepository(self.dialect, codec)
         self.results = ResultRepository(self.dialect, codec)
         self.events = EventRepository(self.dialect)
-        self.notifier = Notifier()
+        self.locks = LockRepository(self.dialect)
+        self.notifier = Notifier.for_key(
+            engine.url.render_as_string(hide_password=True)
+        )
         self._reader = read_engine(engine)
         self._opened = False
         self._writer: AsyncConnection | None = None
@@ -116,6 +149,11 @@ class Storage:
             await writer.close()
         if self.owns_engine:
             await self.engine.dispose()
+
+    def announce_cancel(self, task_id: str) -> None:
+        """Tell this process's workers on the database that ``task_id`` should stop."""
+        for listener in list(self.notifier.cancel_listeners):
+            listener(task_id)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:

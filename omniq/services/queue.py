@@ -439,8 +439,14 @@ class TaskQueue:
         completions: Sequence[tuple[Task, Any, float | None]],
         *,
         worker_id: str | None = None,
+        events: Sequence[Mapping[str, Any]] = (),
     ) -> list[str]:
-        """Complete several running tasks in one transaction; return the ids completed."""
+        """Complete several running tasks in one transaction; return the ids completed.
+
+        ``events`` (rows from :func:`omniq.repositories.events.event_row`) are
+        appended in the same transaction: a worker flushes its buffered
+        ``executing`` events this way.
+        """
         if not completions:
             return []
         now = utcnow()
@@ -467,6 +473,7 @@ class TaskQueue:
             row = None if result is None else results_repo.to_row(result)
             prepared.append((task, row, elapsed))
         async with self.storage.write() as conn:
+            await self.storage.events.insert_rows(conn, events)
             held = await self.storage.tasks.finish_leased(
                 conn,
                 [(task.id, task.lease_token) for task, _, _ in prepared],
@@ -629,11 +636,37 @@ class TaskQueue:
         self.storage.notifier.notify()
         return True
 
+    async def cancel_running_async(
+        self, task: Task, *, worker_id: str | None = None, reason: str = "cancelled by request"
+    ) -> bool:
+        """Worker side of a cancel: running -> cancelled, if the lease still holds."""
+        now = utcnow()
+        async with self.storage.write() as conn:
+            updated = await self.storage.tasks.transition(
+                conn,
+                task.id,
+                expected=_RUNNING,
+                lease_token=task.lease_token,
+                values={**_finish_values(TaskStatus.CANCELLED, now), "last_error": reason},
+            )
+            if updated is None:
+                return False
+            await self._finalize(conn, [updated], TaskStatus.CANCELLED, now, worker_id=worker_id)
+        self.storage.notifier.notify()
+        return True
+
     async def renew_leases_async(self, leases: Mapping[str, str]) -> set[str]:
         """Extend the leases ``{task_id: lease_token}``; return the ids still held."""
+        return set(await self.heartbeat_async(leases))
+
+    async def heartbeat_async(
+        self, leases: Mapping[str, str], events: Sequence[Mapping[str, Any]] = ()
+    ) -> dict[str, bool]:
+        """Extend held leases (and append ``events``): ``{task_id: cancel_requested}``."""
         until = utcnow() + self.settings.lease_duration
         async with self.storage.write() as conn:
-            return await self.storage.tasks.renew_leases(conn, leases, until)
+            await self.storage.events.insert_rows(conn, events)
+            return await self.storage.tasks.heartbeat(conn, leases, until)
 
     async def recover_expired_leases_async(self, limit: int = _SWEEP_BATCH) -> int:
         """Recover running tasks whose lease expired (their worker died).
@@ -694,8 +727,7 @@ class TaskQueue:
                 if updated is None:
                     raise InvalidTransition(f"task {task_id} changed state during cancel; retry")
                 await self._finalize(conn, [updated], TaskStatus.CANCELLED, now)
-                return True
-            if task.status is TaskStatus.RUNNING:
+            elif task.status is TaskStatus.RUNNING:
                 updated = await self.storage.tasks.transition(
                     conn, task_id, expected=_RUNNING, values={"cancel_requested": True}
                 )
@@ -704,8 +736,12 @@ class TaskQueue:
                 await self.storage.events.insert_rows(
                     conn, [_event(EventType.CANCEL_REQUESTED, task, timestamp=now)]
                 )
-                return True
-            return False
+            else:
+                return False
+        # Outside the transaction: workers of this process stop the task at once.
+        if task.status is TaskStatus.RUNNING:
+            self.storage.announce_cancel(task_id)
+        return True
 
     async def requeue_async(self, task_id: str, *, run_at: datetime | None = None) -> Task:
         """Send a failed, cancelled or expired task back to the queue (dead-letter retry)."""
@@ -1070,7 +1106,7 @@ class TaskQueue:
             items = [status] if isinstance(status, str) else list(status)
             wanted = [_schedule_status(x) for x in items]
         async with self.storage.read() as conn:
-            return await self.storage.schedules.list(
+            return await self.storage.schedules.query(
                 conn, status=wanted, limit=limit, offset=offset
             )
 

@@ -1,1 +1,17 @@
-"""Worker: the loop, leases and heartbeats, executors."""
+"""Worker: the loop, leases and heartbeats, executors, the function registry."""
+
+from __future__ import annotations
+
+from omniq.worker.executors import EXECUTOR_KINDS
+from omniq.worker.registry import TaskRegistry, default_registry, task
+from omniq.worker.worker import TaskTimeout, Worker, WorkerStats
+
+__all__ = [
+    "EXECUTOR_KINDS",
+    "TaskRegistry",
+    "TaskTimeout",
+    "Worker",
+    "WorkerStats",
+    "default_registry",
+    "task",
+]

@@ -1,0 +1,103 @@
+"""Maintenance: lease recovery, TTL expiry, retention, WAL checkpoint.
+
+Run by workers; a named lease in ``omniq_locks`` makes sure one worker at a
+time per database does it. Every sweep works in bounded batches, each its
+own short transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import attrs
+
+from omniq._time import utcnow
+from omniq.services._storage import Storage
+from omniq.services.events import EventStorage
+from omniq.services.queue import TaskQueue
+from omniq.services.results import ResultStorage
+
+log = logging.getLogger("omniq.maintenance")
+
+LOCK_NAME = "maintenance"
+
+__all__ = ["Maintenance", "MaintenanceReport"]
+
+
+@attrs.frozen(kw_only=True)
+class MaintenanceReport:
+    """What one maintenance run did."""
+
+    recovered: int = 0
+    expired: int = 0
+    results_deleted: int = 0
+    events_deleted: int = 0
+    tasks_purged: int = 0
+    checkpointed: bool = False
+
+
+class Maintenance:
+    """One maintenance pass, under the database-wide maintenance lease."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        queue: TaskQueue,
+        results: ResultStorage,
+        events: EventStorage,
+        *,
+        owner: str,
+        lease: timedelta = timedelta(seconds=60),
+    ) -> None:
+        self.storage = storage
+        self.queue = queue
+        self.results = results
+        self.events = events
+        self.owner = owner
+        self.lease = lease
+
+    async def acquire_async(self) -> bool:
+        """Take (or renew) the maintenance lease; False if another worker holds it."""
+        now = utcnow()
+        async with self.storage.write() as conn:
+            return await self.storage.locks.acquire(
+                conn, LOCK_NAME, self.owner, now, now + self.lease
+            )
+
+    async def release_async(self) -> None:
+        """Give the maintenance lease up (on shutdown)."""
+        async with self.storage.write() as conn:
+            await self.storage.locks.release(conn, LOCK_NAME, self.owner)
+
+    async def run_once_async(self) -> MaintenanceReport | None:
+        """Run every sweep once if this worker holds the lease; None if another does."""
+        if not await self.acquire_async():
+            return None
+        recovered = await self.queue.recover_expired_leases_async()
+        expired = await self.queue.expire_due_async()
+        report = MaintenanceReport(
+            recovered=recovered,
+            expired=expired,
+            results_deleted=await self.results.cleanup_expired_async(),
+            events_deleted=await self.events.cleanup_expired_async(),
+            tasks_purged=await self.queue.purge_finished_async(),
+            checkpointed=await self._checkpoint(),
+        )
+        if any(attrs.astuple(report)[:5]):
+            log.info("maintenance: %s", report)
+        return report
+
+    async def _checkpoint(self) -> bool:
+        """Checkpoint the SQLite WAL so it does not grow without bound."""
+        if self.storage.dialect.name != "sqlite":
+            return False
+        async with self.storage.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            cursor = await driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            row = await cursor.fetchone()
+            await cursor.close()
+        busy = row[0] if row else 1
+        return busy == 0

@@ -1,0 +1,194 @@
+"""The scheduler: turns due schedules into tasks, exactly once per fire time.
+
+Any number of workers may run it at once. Each fire is one transaction that
+compare-and-sets the schedule's ``next_run_at`` (only the transaction that
+still sees the old value fires it) and inserts the tasks with their
+``scheduled_for`` time, which a unique index on (schedule_id, scheduled_for)
+backs up. Missed fire times are handled by the schedule's misfire policy.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+import attrs
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omniq._time import require_aware, utcnow
+from omniq.models import EventLevel, EventType, MisfirePolicy, Schedule, ScheduleStatus, Task
+from omniq.repositories.events import event_row
+from omniq.services import timing
+from omniq.services._storage import Storage
+from omniq.services.queue import TaskQueue
+
+log = logging.getLogger("omniq.scheduler")
+
+__all__ = ["DEFAULT_MISFIRE_GRACE", "Scheduler"]
+
+#: A fire time later than this is a misfire (unless the schedule sets its own grace).
+DEFAULT_MISFIRE_GRACE = timedelta(seconds=60)
+#: At most this many missed runs are caught up at once with ``run_all``.
+MAX_CATCH_UP = 100
+_ACTIVE = [ScheduleStatus.ACTIVE]
+
+
+class Scheduler:
+    """Fires due schedules; safe to run in every worker at once."""
+
+    def __init__(self, storage: Storage, queue: TaskQueue, *, batch_size: int = 100) -> None:
+        self.storage = storage
+        self.queue = queue
+        self.batch_size = batch_size
+
+    async def fire_due_async(self, now: datetime | None = None) -> int:
+        """Create the tasks of every schedule due at ``now``; return how many were created."""
+        when = require_aware(now, "now") if now is not None else utcnow()
+        created = 0
+        async with self.storage.write() as conn:
+            due = await self.storage.schedules.due(conn, when, self.batch_size)
+            for schedule in due:
+                created += await self._fire(conn, schedule, when)
+        if created:
+            self.storage.notifier.notify()
+        return created
+
+    async def next_due_async(self) -> datetime | None:
+        """The earliest next_run_at of an active schedule (None: nothing scheduled)."""
+        async with self.storage.read() as conn:
+            due = await self.storage.schedules.query(
+                conn, status=_ACTIVE, limit=1, order_by="next_run_at"
+            )
+        return due[0].next_run_at if due else None
+
+    async def _fire(self, conn: AsyncConnection, schedule: Schedule, now: datetime) -> int:
+        first = schedule.next_run_at
+        assert first is not None
+        missed: list[datetime] = []
+        cursor: datetime | None = first
+        while cursor is not None and cursor <= now and len(missed) <= MAX_CATCH_UP:
+            missed.append(cursor)
+            cursor = timing.next_run(schedule, cursor)
+        following = cursor
+        if following is not None and following <= now:  # more than MAX_CATCH_UP behind
+            following = timing.next_run(schedule, now)
+        to_run = self._apply_misfire_policy(schedule, missed, now)
+        if schedule.max_runs is not None:
+            to_run = to_run[: max(0, schedule.max_runs - schedule.run_count)]
+        run_count = schedule.run_count + len(to_run)
+        done = following is None or (
+            schedule.max_runs is not None and run_count >= schedule.max_runs
+        )
+        values: dict[str, Any] = {
+            "next_run_at": None if done else following,
+            "run_count": run_count,
+            "updated_at": now,
+        }
+        if to_run:
+            values["last_run_at"] = now
+        if done:
+            values["status"] = ScheduleStatus.COMPLETED
+        # Compare-and-set: only the transaction that still sees ``first`` fires it.
+        updated = await self.storage.schedules.update(
+            conn, schedule.id, values, expected_status=_ACTIVE, expected_next_run_at=first
+        )
+        if updated is None:
+            return 0
+        events = []
+        tasks: list[Task] = []
+        if schedule.payload_error is not None:
+            events.append(
+                _event(
+                    EventType.ERROR,
+                    schedule,
+                    now,
+                    level=EventLevel.ERROR,
+                    message=f"schedule payload cannot be read: {schedule.payload_error}",
+                )
+            )
+            to_run = []
+        for fire_time in to_run:
+            tasks.append(self._task_for(schedule, fire_time, now))
+        skipped = len(missed) - len(to_run)
+        if tasks:
+            await self.storage.tasks.insert_many(conn, tasks)
+        for task in tasks:
+            events.append(
+                _event(
+                    EventType.SCHEDULE_FIRED,
+                    schedule,
+                    now,
+                    task_id=task.id,
+                    data={"scheduled_for": task.scheduled_for.isoformat() if task.scheduled_for else None},
+                )
+            )
+            events.append(
+                event_row(
+                    EventType.ENQUEUED,
+                    task_id=task.id,
+                    queue_name=task.queue_name,
+                    schedule_id=schedule.id,
+                    timestamp=now,
+                    source="scheduler",
+                    data={"status": task.status.value},
+                )
+            )
+        if skipped and schedule.payload_error is None:
+            events.append(
+                _event(
+                    EventType.SCHEDULE_FIRED,
+                    schedule,
+                    now,
+                    level=EventLevel.WARNING,
+                    message=f"misfire ({schedule.misfire_policy}): {skipped} missed run(s) skipped",
+                    data={"skipped": skipped},
+                )
+            )
+        if done:
+            events.append(_event(EventType.SCHEDULE_COMPLETED, schedule, now))
+        await self.storage.events.insert_rows(conn, events)
+        return len(tasks)
+
+    @staticmethod
+    def _apply_misfire_policy(
+        schedule: Schedule, missed: list[datetime], now: datetime
+    ) -> list[datetime]:
+        if not missed:
+            return []
+        grace = schedule.misfire_grace if schedule.misfire_grace is not None else DEFAULT_MISFIRE_GRACE
+        policy = schedule.misfire_policy
+        if policy is MisfirePolicy.RUN_ALL:
+            return missed[:MAX_CATCH_UP]
+        if policy is MisfirePolicy.RUN_ONCE:
+            return missed[-1:]
+        return [t for t in missed if now - t <= grace][-1:]
+
+    def _task_for(self, schedule: Schedule, fire_time: datetime, now: datetime) -> Task:
+        options = dict(schedule.task_options)
+        options.setdefault("name", schedule.name)
+        options.setdefault("description", schedule.description)
+        task = self.queue.build_task(
+            schedule.func,
+            schedule.func_args,
+            schedule.func_kwargs,
+            queue_name=schedule.queue_name,
+            serializer=schedule.serializer,
+            **options,
+        )
+        return attrs.evolve(
+            task, schedule_id=schedule.id, scheduled_for=fire_time, created_at=now, run_at=now
+        )
+
+
+def _event(
+    kind: EventType, schedule: Schedule, now: datetime, **fields: Any
+) -> dict[str, Any]:
+    return event_row(
+        kind,
+        schedule_id=schedule.id,
+        queue_name=schedule.queue_name,
+        timestamp=now,
+        source="scheduler",
+        **fields,
+    )

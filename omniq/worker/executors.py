@@ -1,0 +1,153 @@
+"""Running one task's function: on the event loop, in a thread, or in a process.
+
+- Coroutine functions run on the event loop; a timeout or cancellation
+  cancels them.
+- Sync functions run in the worker's thread pool. A thread cannot be killed:
+  on timeout the task is marked timed out and its eventual result is
+  discarded, while the thread runs on until the function returns.
+- With the process executor, sync functions run in a child process started
+  from a clean fork server; a timeout or cancellation kills that process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import multiprocessing
+import multiprocessing.connection
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from omniq.errors import ConfigurationError
+
+ExecutorKind = Literal["async", "thread", "process"]
+EXECUTOR_KINDS: tuple[str, ...] = ("async", "thread", "process")
+
+__all__ = ["EXECUTOR_KINDS", "ExecutorKind", "Executor", "RemoteError"]
+
+
+class RemoteError(Exception):
+    """An exception raised by a task in a child process (type and traceback kept)."""
+
+    def __init__(self, type_name: str, message: str, tb: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.remote_traceback = tb
+
+
+def _child_main(
+    ref: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    conn: multiprocessing.connection.Connection,
+) -> None:
+    # The parent checked that ``ref`` is allowed before starting this process.
+    from omniq.serialization import resolve_ref
+
+    try:
+        result = resolve_ref(ref)(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_await(result))
+        conn.send(("ok", result))
+    except BaseException as exc:
+        conn.send(("err", type(exc).__qualname__, str(exc), traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+class Executor:
+    """Runs task functions for one worker, by kind."""
+
+    def __init__(self, kind: str, threads: int) -> None:
+        if kind not in EXECUTOR_KINDS:
+            raise ConfigurationError(
+                f"unknown executor {kind!r}: use one of {', '.join(EXECUTOR_KINDS)}"
+            )
+        self.kind = kind
+        self._threads = ThreadPoolExecutor(
+            max_workers=max(1, threads), thread_name_prefix="omniq-task"
+        )
+        self._mp = multiprocessing.get_context("forkserver") if kind == "process" else None
+
+    async def run(
+        self,
+        func: Callable[..., Any],
+        ref: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        """Call ``func(*args, **kwargs)``; TimeoutError past ``timeout`` seconds."""
+        if inspect.iscoroutinefunction(func):
+            return await asyncio.wait_for(func(*args, **kwargs), timeout)
+        if self._mp is not None:
+            return await self._run_process(ref, args, kwargs, timeout)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._threads, functools.partial(func, *args, **kwargs))
+        result = await asyncio.wait_for(future, timeout)
+        if inspect.isawaitable(result):
+            result = await asyncio.wait_for(result, timeout)
+        return result
+
+    async def call(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Call a helper (a callback): coroutines on the loop, others in a thread."""
+        if inspect.iscoroutinefunction(func):
+            return await func(*args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, functools.partial(func, *args))
+
+    async def _run_process(
+        self,
+        ref: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        assert self._mp is not None
+        loop = asyncio.get_running_loop()
+        receiver, sender = self._mp.Pipe(duplex=False)
+        process = self._mp.Process(
+            target=_child_main,
+            args=(ref, args, kwargs, sender),
+            daemon=True,
+            name=f"omniq-task-{ref}",
+        )
+        await loop.run_in_executor(self._threads, process.start)
+        sender.close()
+        ready: asyncio.Future[None] = loop.create_future()
+        fd = receiver.fileno()
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await asyncio.wait_for(ready, timeout)
+            try:
+                message = receiver.recv()
+            except EOFError:
+                process.join(1)
+                raise RemoteError(
+                    "ProcessDied",
+                    f"the task's process exited with code {process.exitcode}",
+                    "",
+                ) from None
+        except BaseException:
+            process.kill()
+            raise
+        finally:
+            loop.remove_reader(fd)
+            receiver.close()
+            await loop.run_in_executor(self._threads, process.join)
+        if message[0] == "ok":
+            return message[1]
+        raise RemoteError(message[1], message[2], message[3])
+
+    def shutdown(self) -> None:
+        """Release the thread pool (running threads finish on their own)."""
+        with contextlib.suppress(Exception):
+            self._threads.shutdown(wait=False, cancel_futures=True)

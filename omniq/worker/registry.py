@@ -1,0 +1,96 @@
+"""Which functions a worker may run: registered ones and allowed modules only.
+
+A task stores its function as ``"package.module:qualname"``. A worker resolves
+that reference only if the function was registered (``@task``) or its module
+is in the allow-list (``allow_modules``, or modules given to ``omniq worker
+--app``). Anything else fails the task with :class:`TaskNotFound`, and the
+module named in the reference is never imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+from omniq.errors import TaskNotFound
+from omniq.serialization import callable_ref, resolve_ref
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = ["TaskRegistry", "default_registry", "task"]
+
+
+class TaskRegistry:
+    """Functions this process may run, by reference, plus allowed modules."""
+
+    def __init__(self, allow_modules: Iterable[str] = ()) -> None:
+        self._functions: dict[str, Callable[..., Any]] = {}
+        self._modules: set[str] = set()
+        self._lock = threading.Lock()
+        for module in allow_modules:
+            self.allow_module(module)
+
+    def register(self, func: F, name: str | None = None) -> F:
+        """Allow ``func`` (under its reference, or ``name``) and return it unchanged."""
+        ref = name or callable_ref(func)
+        with self._lock:
+            self._functions[ref] = func
+        return func
+
+    def allow_module(self, module: str) -> None:
+        """Allow every function of ``module`` (and its submodules)."""
+        if not module or not all(part.isidentifier() for part in module.split(".")):
+            raise TaskNotFound(f"invalid module name {module!r}")
+        with self._lock:
+            self._modules.add(module)
+
+    def import_modules(self, modules: Iterable[str]) -> None:
+        """Import ``modules`` now (their ``@task`` functions register) and allow them."""
+        for module in modules:
+            self.allow_module(module)
+            importlib.import_module(module)
+
+    def is_allowed(self, ref: str) -> bool:
+        """True if ``ref`` is registered or lives in an allowed module."""
+        if ref in self._functions:
+            return True
+        module = ref.partition(":")[0]
+        return any(module == m or module.startswith(m + ".") for m in self._modules)
+
+    def resolve(self, ref: str) -> Callable[..., Any]:
+        """The function for ``ref``; :class:`TaskNotFound` if it is not allowed or missing."""
+        func = self._functions.get(ref)
+        if func is not None:
+            return func
+        if not self.is_allowed(ref):
+            raise TaskNotFound(
+                f"function {ref!r} is not registered with @task and its module is not "
+                "allowed on this worker (allow_modules / omniq worker --app); not imported"
+            )
+        return resolve_ref(ref)
+
+    def merged(self, other: TaskRegistry) -> TaskRegistry:
+        """A registry allowing what this one and ``other`` allow."""
+        merged = TaskRegistry()
+        merged._functions = {**other._functions, **self._functions}
+        merged._modules = set(self._modules) | set(other._modules)
+        return merged
+
+
+#: The process-wide registry that ``@omniq.task`` registers into.
+default_registry = TaskRegistry()
+
+
+@overload
+def task(func: F, /) -> F: ...
+@overload
+def task(*, name: str | None = None) -> Callable[[F], F]: ...
+def task(func: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    """Decorator: allow workers of this process to run ``func``."""
+
+    def decorate(f: F) -> F:
+        return default_registry.register(f, name)
+
+    return decorate(func) if func is not None else decorate

@@ -1,0 +1,555 @@
+"""The worker: claims tasks in batches, runs them concurrently, reports outcomes.
+
+- Fills every free slot with one claim statement; loops at once while work
+  exists; when idle, waits on in-process wake-ups or an adaptive poll
+  (short after activity, up to ``poll_interval``).
+- Completions are group-committed: tasks finishing together share one
+  transaction (status, results, events); a caller learns of a completion
+  only after its commit.
+- Leases are renewed by heartbeat; a task whose lease was lost is stopped
+  and its outcome discarded (the database rejects it anyway).
+- Timeouts, retries with backoff, cancellation, callbacks, graceful shutdown.
+- Optionally runs the scheduler and the maintenance sweeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import attrs
+
+from omniq._time import new_id, to_timedelta
+from omniq.errors import OmniQError, SerializationError, TaskNotFound, UnsafePayload
+from omniq.models import EventLevel, EventType, Task, TaskStatus
+from omniq.repositories.events import event_row
+from omniq.services._batch import GroupCommit
+from omniq.services.events import EventStorage
+from omniq.services.maintenance import Maintenance
+from omniq.services.queue import ErrorInfo, TaskQueue
+from omniq.services.results import ResultStorage
+from omniq.services.scheduler import Scheduler
+from omniq.worker.executors import Executor, RemoteError
+from omniq.worker.registry import TaskRegistry, default_registry
+
+log = logging.getLogger("omniq.worker")
+
+__all__ = ["Worker", "WorkerStats"]
+
+_MIN_POLL = 0.005
+
+
+@attrs.frozen(kw_only=True)
+class WorkerStats:
+    """A snapshot of what a worker did."""
+
+    worker_id: str
+    running: int
+    completed: int
+    failed: int
+    retried: int
+    cancelled: int
+    lost: int
+    uptime: float
+    queues: tuple[str, ...] | None
+    concurrency: int
+    executor: str
+
+
+@attrs.define
+class _Running:
+    task: Task
+    handle: asyncio.Task[None] | None = None
+    cancel_requested: bool = False
+    lost: bool = False
+    releasing: bool = False
+
+
+class Worker:
+    """Runs tasks from a :class:`TaskQueue`: async functions on the loop, sync ones in threads.
+
+    ``executor="process"`` runs sync functions in child processes instead
+    (CPU-bound work; a timeout kills the process).
+    """
+
+    def __init__(
+        self,
+        task_queue: TaskQueue,
+        result_storage: ResultStorage | None = None,
+        event_storage: EventStorage | None = None,
+        *,
+        worker_id: str | None = None,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        max_workers: int | None = None,
+        poll_interval: timedelta | float = 1.0,
+        executor: str = "async",
+        registry: TaskRegistry | None = None,
+        allow_modules: Iterable[str] = (),
+        prefetch: int = 0,
+        grace_period: timedelta | float = 30.0,
+        run_scheduler: bool = True,
+        run_maintenance: bool = True,
+        maintenance_interval: timedelta | float = 30.0,
+        scheduler_interval: timedelta | float = 1.0,
+    ) -> None:
+        self.queue = task_queue
+        self.storage = task_queue.storage
+        self.settings = self.storage.settings
+        self.results = result_storage or ResultStorage(self.storage)
+        self.events = event_storage or EventStorage(self.storage)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self.queues = list(queues) if queues else task_queue.queues
+        slots = concurrency if concurrency is not None else max_workers
+        self.concurrency = slots if slots is not None else 10
+        if self.concurrency < 1:
+            raise OmniQError(f"concurrency must be at least 1, got {self.concurrency}")
+        self.poll_interval = to_timedelta(poll_interval, "poll_interval").total_seconds()
+        self.prefetch = prefetch
+        self.grace_period = to_timedelta(grace_period, "grace_period").total_seconds()
+        self.registry = (registry or TaskRegistry()).merged(default_registry)
+        for module in allow_modules:
+            self.registry.allow_module(module)
+        self.executor = Executor(executor, self.concurrency)
+        self.run_scheduler = run_scheduler
+        self.run_maintenance = run_maintenance
+        self.maintenance_interval = to_timedelta(
+            maintenance_interval, "maintenance_interval"
+        ).total_seconds()
+        self.scheduler_interval = to_timedelta(
+            scheduler_interval, "scheduler_interval"
+        ).total_seconds()
+        self.scheduler = Scheduler(self.storage, task_queue)
+        self.maintenance = Maintenance(
+            self.storage,
+            task_queue,
+            self.results,
+            self.events,
+            owner=self.worker_id,
+            lease=timedelta(seconds=max(60.0, 3 * self.maintenance_interval)),
+        )
+        self._running: dict[str, _Running] = {}
+        self._buffer: list[Task] = []
+        self._pending_events: list[dict[str, Any]] = []
+        self._completions = GroupCommit(self._flush_completions)
+        self._stopping = False
+        self._main: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started_at: float | None = None
+        self._outcome: dict[str, TaskStatus] = {}
+        self._lost_on_commit: set[str] = set()
+        self._counts = {"completed": 0, "failed": 0, "retried": 0, "cancelled": 0, "lost": 0}
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start_async(self) -> None:
+        """Start working in the background of the running event loop."""
+        if self._main is not None and not self._main.done():
+            return
+        self._main = asyncio.get_running_loop().create_task(self._run(burst=False))
+
+    async def run_async(self, *, install_signal_handlers: bool = False) -> None:
+        """Work until :meth:`stop_async` (or SIGTERM/SIGINT when handlers are installed)."""
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._request_stop)
+        try:
+            await self._run(burst=False)
+        finally:
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    async def run_until_complete_async(self) -> WorkerStats:
+        """Burst mode: run until no task is ready and none is running; return the stats."""
+        await self._run(burst=True)
+        return self.get_stats()
+
+    async def stop_async(self, grace_period: timedelta | float | None = None) -> None:
+        """Stop claiming; let running tasks finish within the grace period, release the rest."""
+        if grace_period is not None:
+            self.grace_period = to_timedelta(grace_period, "grace_period").total_seconds()
+        self._request_stop()
+        if self._main is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main
+
+    def _request_stop(self) -> None:
+        self._stopping = True
+        self.storage.notifier.notify()
+
+    def get_stats(self) -> WorkerStats:
+        """Counters of this worker since it started."""
+        uptime = time.monotonic() - self._started_at if self._started_at else 0.0
+        return WorkerStats(
+            worker_id=self.worker_id,
+            running=len(self._running),
+            uptime=uptime,
+            queues=tuple(self.queues) if self.queues else None,
+            concurrency=self.concurrency,
+            executor=self.executor.kind,
+            **self._counts,
+        )
+
+    async def get_stats_async(self) -> WorkerStats:
+        """Counters of this worker since it started (async twin of :meth:`get_stats`)."""
+        return self.get_stats()
+
+    # --- the loop ----------------------------------------------------------------
+
+    async def _run(self, *, burst: bool) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._started_at = time.monotonic()
+        self.storage.notifier.cancel_listeners.add(self._on_cancel_requested)
+        await self._log_worker_event(EventType.WORKER_STARTED, burst=burst)
+        self._background = [self._loop.create_task(self._heartbeat_loop())]
+        if self.run_maintenance:
+            self._background.append(self._loop.create_task(self._maintenance_loop()))
+        if self.run_scheduler:
+            if burst:
+                await self._fire_schedules()
+            else:
+                self._background.append(self._loop.create_task(self._scheduler_loop()))
+        try:
+            await self._claim_loop(burst)
+        finally:
+            await self._shutdown()
+
+    async def _claim_loop(self, burst: bool) -> None:
+        idle = _MIN_POLL
+        while not self._stopping:
+            self._start_buffered()
+            free = self.concurrency - len(self._running)
+            if free > 0:
+                try:
+                    claimed = await self.queue.dequeue_many_async(
+                        free + self.prefetch, self.queues, worker_id=self.worker_id
+                    )
+                except OmniQError as exc:
+                    await self._report_error("claim failed", exc)
+                    claimed = []
+                    idle = self.poll_interval
+                if claimed:
+                    self._buffer.extend(claimed)
+                    self._start_buffered()
+                    idle = _MIN_POLL
+                    continue
+                if burst and not self._running and not self._buffer:
+                    return
+            await self.storage.notifier.wait(idle)
+            idle = min(idle * 2, self.poll_interval)
+
+    def _start_buffered(self) -> None:
+        assert self._loop is not None
+        while self._buffer and len(self._running) < self.concurrency:
+            task = self._buffer.pop(0)
+            entry = _Running(task=task)
+            self._running[task.id] = entry
+            entry.handle = self._loop.create_task(self._execute(entry))
+
+    # --- one task ---------------------------------------------------------------------
+
+    async def process_task_async(self, task: Task) -> TaskStatus | None:
+        """Run one claimed (running) task to its outcome; return the resulting status."""
+        entry = self._running.setdefault(task.id, _Running(task=task))
+        await self._execute(entry)
+        return self._outcome.pop(task.id, None)
+
+    async def _execute(self, entry: _Running) -> None:
+        task = entry.task
+        started = time.perf_counter()
+        self._pending_events.append(
+            event_row(
+                EventType.EXECUTING,
+                task_id=task.id,
+                queue_name=task.queue_name,
+                schedule_id=task.schedule_id,
+                worker_id=self.worker_id,
+                retry_count=task.retry_count,
+                data={"attempt": task.attempts},
+            )
+        )
+        try:
+            outcome = await self._call(entry)
+        except asyncio.CancelledError:
+            elapsed = time.perf_counter() - started
+            if entry.releasing:
+                await self._guard(self.queue.release_async(task, worker_id=self.worker_id))
+            elif entry.cancel_requested:
+                await self._cancelled(task)
+            elif not entry.lost:
+                raise
+        except BaseException as exc:
+            elapsed = time.perf_counter() - started
+            if not entry.lost:
+                await self._failed(task, exc, elapsed)
+        else:
+            elapsed = time.perf_counter() - started
+            if entry.lost:
+                self._counts["lost"] += 1
+            elif entry.cancel_requested:
+                await self._cancelled(task)
+            else:
+                await self._succeeded(task, outcome, elapsed)
+        finally:
+            self._running.pop(task.id, None)
+            self.storage.notifier.notify()
+
+    async def _call(self, entry: _Running) -> Any:
+        task = entry.task
+        if task.payload_error is not None:
+            kind = UnsafePayload if "UnsafePayload" in task.payload_error else SerializationError
+            raise kind(task.payload_error)
+        func = self.registry.resolve(task.func)
+        timeout = task.timeout.total_seconds() if task.timeout else None
+        try:
+            return await self.executor.run(
+                func, task.func, task.func_args, task.func_kwargs, timeout
+            )
+        except TimeoutError as exc:
+            raise TaskTimeout(f"task timed out after {timeout:g}s") from exc
+
+    async def _succeeded(self, task: Task, result: Any, elapsed: float) -> None:
+        try:
+            await self._completions.submit((task, result, elapsed))
+        except SerializationError as exc:
+            await self._failed(task, exc, elapsed)
+            return
+        except OmniQError as exc:
+            await self._report_error(f"completing task {task.id} failed", exc)
+            return
+        if task.id in self._lost_on_commit:
+            self._lost_on_commit.discard(task.id)
+            self._counts["lost"] += 1
+            return
+        self._counts["completed"] += 1
+        self._outcome[task.id] = TaskStatus.COMPLETED
+        if task.callback:
+            await self._run_callback(task, result)
+
+    async def _flush_completions(self, items: list[tuple[Task, Any, float]]) -> None:
+        events, self._pending_events = self._pending_events, []
+        try:
+            done = await self.queue.complete_many_async(
+                items, worker_id=self.worker_id, events=events
+            )
+        except BaseException:
+            self._pending_events[:0] = events
+            raise
+        held = set(done)
+        self._lost_on_commit.update(task.id for task, _, _ in items if task.id not in held)
+
+    async def _failed(self, task: Task, exc: BaseException, elapsed: float) -> None:
+        info = _error_info(exc)
+        retry = not isinstance(exc, TaskNotFound | SerializationError)
+        status = await self._guard(
+            self.queue.fail_async(
+                task, info, retry=retry, worker_id=self.worker_id, execution_time=elapsed
+            )
+        )
+        if status is TaskStatus.PENDING:
+            self._counts["retried"] += 1
+        elif status is TaskStatus.FAILED:
+            self._counts["failed"] += 1
+        elif status is None:
+            self._counts["lost"] += 1
+        if status is not None:
+            self._outcome[task.id] = status
+
+    async def _cancelled(self, task: Task) -> None:
+        if await self._guard(self.queue.cancel_running_async(task, worker_id=self.worker_id)):
+            self._counts["cancelled"] += 1
+            self._outcome[task.id] = TaskStatus.CANCELLED
+
+    async def _run_callback(self, task: Task, result: Any) -> None:
+        assert task.callback is not None
+        try:
+            callback = self.registry.resolve(task.callback)
+            await self.executor.call(callback, result, *task.callback_args)
+        except Exception as exc:
+            log.warning("callback %s of task %s failed: %s", task.callback, task.id, exc)
+            await self._log_event_now(
+                EventType.CALLBACK_FAILED,
+                task_id=task.id,
+                queue_name=task.queue_name,
+                level=EventLevel.WARNING,
+                error=str(_error_info(exc)),
+                message=f"callback {task.callback} failed; the task's outcome is unchanged",
+            )
+
+    async def _guard(self, awaitable: Any) -> Any:
+        """Await a database write; report (not raise) database errors."""
+        try:
+            return await awaitable
+        except OmniQError as exc:
+            await self._report_error("database write failed", exc)
+            return None
+
+    # --- cancellation, leases ----------------------------------------------------------
+
+    def _on_cancel_requested(self, task_id: str) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._cancel_local(task_id)
+        else:
+            loop.call_soon_threadsafe(self._cancel_local, task_id)
+
+    def _cancel_local(self, task_id: str) -> None:
+        entry = self._running.get(task_id)
+        if entry is None or entry.cancel_requested:
+            return
+        entry.cancel_requested = True
+        if entry.handle is not None:
+            entry.handle.cancel()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        leases = {
+            task_id: entry.task.lease_token
+            for task_id, entry in self._running.items()
+            if entry.task.lease_token is not None
+        }
+        leases.update({t.id: t.lease_token for t in self._buffer if t.lease_token is not None})
+        events, self._pending_events = self._pending_events, []
+        try:
+            held = await self.queue.heartbeat_async(leases, events)
+        except OmniQError as exc:
+            self._pending_events[:0] = events
+            await self._report_error("heartbeat failed", exc)
+            return
+        for task_id in leases:
+            if task_id not in held:
+                self._lose(task_id)
+            elif held[task_id]:
+                self._cancel_local(task_id)
+
+    def _lose(self, task_id: str) -> None:
+        self._buffer = [t for t in self._buffer if t.id != task_id]
+        entry = self._running.get(task_id)
+        if entry is not None and not entry.lost:
+            log.warning("task %s: lease lost; stopping it and discarding its outcome", task_id)
+            entry.lost = True
+            if entry.handle is not None:
+                entry.handle.cancel()
+
+    # --- scheduler and maintenance -------------------------------------------------------
+
+    async def _scheduler_loop(self) -> None:
+        while True:
+            await self._fire_schedules()
+            await asyncio.sleep(self.scheduler_interval)
+
+    async def _fire_schedules(self) -> None:
+        try:
+            await self.scheduler.fire_due_async()
+        except OmniQError as exc:
+            await self._report_error("scheduler failed", exc)
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            try:
+                await self.maintenance.run_once_async()
+            except OmniQError as exc:
+                await self._report_error("maintenance failed", exc)
+            await asyncio.sleep(self.maintenance_interval)
+
+    # --- shutdown -----------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        for job in self._background:
+            job.cancel()
+        for job in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        self._background = []
+        buffered, self._buffer = self._buffer, []
+        for task in buffered:
+            await self._guard(self.queue.release_async(task, worker_id=self.worker_id))
+        handles = [e.handle for e in self._running.values() if e.handle is not None]
+        if handles:
+            _, pending = await asyncio.wait(handles, timeout=self.grace_period)
+            for entry in list(self._running.values()):
+                if entry.handle in pending:
+                    entry.releasing = True
+                    entry.handle.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self._pending_events:
+            events, self._pending_events = self._pending_events, []
+            await self._guard(self.queue.heartbeat_async({}, events))
+        if self.run_maintenance:
+            await self._guard(self.maintenance.release_async())
+        self.storage.notifier.cancel_listeners.discard(self._on_cancel_requested)
+        await self._log_worker_event(EventType.WORKER_STOPPED)
+        self.executor.shutdown()
+
+    # --- events -----------------------------------------------------------------------
+
+    async def _log_worker_event(self, kind: EventType, **data: Any) -> None:
+        await self._log_event_now(
+            kind,
+            data={
+                "queues": self.queues,
+                "concurrency": self.concurrency,
+                "executor": self.executor.kind,
+                **data,
+                **self._counts,
+            },
+        )
+
+    async def _log_event_now(self, kind: EventType, **fields: Any) -> None:
+        row = event_row(kind, worker_id=self.worker_id, source="worker", **fields)
+        try:
+            await self.queue.heartbeat_async({}, [row])
+        except OmniQError as exc:
+            log.error("could not log %s event: %s", kind, exc)
+
+    async def _report_error(self, what: str, exc: BaseException) -> None:
+        log.error("%s: %s", what, exc)
+        with contextlib.suppress(OmniQError):
+            await self.queue.heartbeat_async(
+                {},
+                [
+                    event_row(
+                        EventType.ERROR,
+                        worker_id=self.worker_id,
+                        source="worker",
+                        level=EventLevel.ERROR,
+                        message=what,
+                        error=str(_error_info(exc)),
+                    )
+                ],
+            )
+
+
+class TaskTimeout(TimeoutError):
+    """The task ran longer than its timeout."""
+
+
+def _error_info(exc: BaseException) -> ErrorInfo:
+    if isinstance(exc, RemoteError):
+        return ErrorInfo(type=exc.type_name, message=str(exc), traceback=exc.remote_traceback)
+    return ErrorInfo.from_exception(exc)
+
