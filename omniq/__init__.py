@@ -38,12 +38,31 @@ from omniq.models import (
     TaskResult,
     TaskStatus,
 )
+from omniq.app import AsyncOmniQ, TaskHandle
+from omniq.config import OmniQConfig
 from omniq.services import ErrorInfo, EventStorage, ResultStorage, Services, Storage, TaskQueue
-from omniq.sync import SyncEventStorage, SyncResultStorage, SyncServices, SyncTaskQueue
+from omniq.sync import (
+    OmniQ,
+    SyncEventStorage,
+    SyncResultStorage,
+    SyncServices,
+    SyncTaskQueue,
+    SyncWorker,
+)
+from omniq.worker import TaskRegistry, Worker, WorkerStats, task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncOmniQ",
+    "OmniQ",
+    "OmniQConfig",
+    "SyncWorker",
+    "TaskHandle",
+    "TaskRegistry",
+    "Worker",
+    "WorkerStats",
+    "task",
     "ConfigurationError",
     "DatabaseBusy",
     "DatabaseError",

@@ -88,3 +88,12 @@ def sync_twin(
     method.__name__ = name.removesuffix("_async")
     method.__qualname__ = method.__qualname__.replace(name, method.__name__)
     return method
+
+
+async def run_in_portal(fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Await ``fn(*args, **kwargs)`` run on the portal's loop (from any other loop)."""
+
+    async def call() -> R:
+        return await fn(*args, **kwargs)
+
+    return await asyncio.wrap_future(portal().start_task_soon(call))

@@ -6,16 +6,27 @@ the same signature; each twin is one line.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from omniq._portal import run_sync, sync_twin
-from omniq.models import Settings
+from omniq.app import AsyncOmniQ
+from omniq.config import OmniQConfig
+from omniq.models import Settings, Task
 from omniq.services import EventStorage, ResultStorage, Services, TaskQueue
+from omniq.worker import Worker
 
-__all__ = ["SyncEventStorage", "SyncResultStorage", "SyncServices", "SyncTaskQueue"]
+__all__ = [
+    "OmniQ",
+    "SyncEventStorage",
+    "SyncResultStorage",
+    "SyncServices",
+    "SyncTaskQueue",
+    "SyncWorker",
+]
 
 
 class SyncTaskQueue:
@@ -115,3 +126,103 @@ class SyncServices:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+class SyncWorker:
+    """Blocking twin of :class:`omniq.worker.Worker`; ``start`` runs it in the portal thread."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._async = worker
+
+    @property
+    def worker_id(self) -> str:
+        """The worker's id."""
+        return self._async.worker_id
+
+    start = sync_twin(Worker.start_async)
+    stop = sync_twin(Worker.stop_async)
+    run_until_complete = sync_twin(Worker.run_until_complete_async)
+    process_task = sync_twin(Worker.process_task_async)
+    get_stats = sync_twin(Worker.get_stats_async)
+
+
+class OmniQ:
+    """Blocking twin of :class:`omniq.AsyncOmniQ`: the same API without ``_async``.
+
+    Use ``with OmniQ(...) as oq``. Everything runs on OmniQ's portal thread,
+    so it works from plain scripts and from many threads at once.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._async = kwargs.pop("_app", None) or AsyncOmniQ(*args, **kwargs)
+
+    @classmethod
+    def _wrap(cls, app: AsyncOmniQ) -> OmniQ:
+        return cls(_app=app)
+
+    @classmethod
+    def from_config(cls, config: OmniQConfig, **overrides: Any) -> OmniQ:
+        """Build from an :class:`omniq.config.OmniQConfig`."""
+        return cls._wrap(AsyncOmniQ.from_config(config, **overrides))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], **overrides: Any) -> OmniQ:
+        """Build from a mapping."""
+        return cls._wrap(AsyncOmniQ.from_dict(data, **overrides))
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> OmniQ:
+        """Build from ``OMNIQ_*`` environment variables."""
+        return cls._wrap(AsyncOmniQ.from_env(**overrides))
+
+    @classmethod
+    def from_config_file(cls, path: str | os.PathLike[str], **overrides: Any) -> OmniQ:
+        """Build from a TOML or JSON file."""
+        return cls._wrap(AsyncOmniQ.from_config_file(path, **overrides))
+
+    @classmethod
+    def from_backend(cls, backend: Any, **overrides: Any) -> OmniQ:
+        """Build on a seed-style backend."""
+        return cls._wrap(AsyncOmniQ.from_backend(backend, **overrides))
+
+    @property
+    def app(self) -> AsyncOmniQ:
+        """The async facade underneath."""
+        return self._async
+
+    def task(self, func: Any = None, /, **options: Any) -> Any:
+        """Decorator: register a function and give it ``enqueue`` (see AsyncOmniQ.task)."""
+        return self._async.task(func, **options)
+
+    def build_task(self, func: Callable[..., Any] | str, *args: Any, **options: Any) -> Task:
+        """A Task record for :meth:`enqueue_many`."""
+        return self._async.build_task(func, *args, **options)
+
+    def __enter__(self) -> OmniQ:
+        self.open()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    open = sync_twin(AsyncOmniQ.open_async)
+    close = sync_twin(AsyncOmniQ.close_async)
+    enqueue = sync_twin(AsyncOmniQ.enqueue_async)
+    enqueue_many = sync_twin(AsyncOmniQ.enqueue_many_async)
+    get_task = sync_twin(AsyncOmniQ.get_task_async)
+    get_result = sync_twin(AsyncOmniQ.get_result_async)
+    cancel = sync_twin(AsyncOmniQ.cancel_async)
+    requeue = sync_twin(AsyncOmniQ.requeue_async)
+    list_tasks = sync_twin(AsyncOmniQ.list_tasks_async)
+    schedule = sync_twin(AsyncOmniQ.schedule_async)
+    get_schedule = sync_twin(AsyncOmniQ.get_schedule_async)
+    pause_schedule = sync_twin(AsyncOmniQ.pause_schedule_async)
+    resume_schedule = sync_twin(AsyncOmniQ.resume_schedule_async)
+    cancel_schedule = sync_twin(AsyncOmniQ.cancel_schedule_async)
+    list_schedules = sync_twin(AsyncOmniQ.list_schedules_async)
+    get_events = sync_twin(AsyncOmniQ.get_events_async)
+    stats = sync_twin(AsyncOmniQ.stats_async)
+    cleanup = sync_twin(AsyncOmniQ.cleanup_async)
+    start_worker = sync_twin(AsyncOmniQ.start_worker_async)
+    stop_worker = sync_twin(AsyncOmniQ.stop_worker_async)
+    run_worker = sync_twin(AsyncOmniQ.run_worker_async)

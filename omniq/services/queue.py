@@ -860,8 +860,9 @@ class TaskQueue:
         total = 0
         while True:
             async with self.storage.write() as conn:
+                # A no-op SET: lock and return the batch (an empty SET is invalid SQL).
                 batch = await self.storage.tasks.transition_many(
-                    conn, where=where, values={}, limit=_SWEEP_BATCH
+                    conn, where=where, values={"status": t.c.status}, limit=_SWEEP_BATCH
                 )
                 if not batch:
                     return total
@@ -1164,8 +1165,11 @@ class TaskQueue:
 
         def values(schedule: Schedule, now: datetime) -> dict[str, Any]:
             nxt = timing.first_run(schedule, now)
-            if schedule.schedule_type.value == "timestamp" and nxt is not None and nxt < now:
-                nxt = now
+            if nxt is not None and nxt < now:
+                if schedule.schedule_type.value == "interval" and schedule.interval is not None:
+                    nxt = now + schedule.interval  # a start time in the past: from now
+                else:
+                    nxt = now  # a one-shot whose time passed while paused fires once
             return {"resumed_at": now, "next_run_at": nxt}
 
         return await self._set_schedule_status(

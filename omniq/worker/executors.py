@@ -72,9 +72,8 @@ class Executor:
                 f"unknown executor {kind!r}: use one of {', '.join(EXECUTOR_KINDS)}"
             )
         self.kind = kind
-        self._threads = ThreadPoolExecutor(
-            max_workers=max(1, threads), thread_name_prefix="omniq-task"
-        )
+        self._thread_count = max(1, threads)
+        self._pool: ThreadPoolExecutor | None = None
         self._mp = multiprocessing.get_context("forkserver") if kind == "process" else None
 
     async def run(
@@ -147,7 +146,17 @@ class Executor:
             return message[1]
         raise RemoteError(message[1], message[2], message[3])
 
+    @property
+    def _threads(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=self._thread_count, thread_name_prefix="omniq-task"
+            )
+        return self._pool
+
     def shutdown(self) -> None:
-        """Release the thread pool (running threads finish on their own)."""
-        with contextlib.suppress(Exception):
-            self._threads.shutdown(wait=False, cancel_futures=True)
+        """Release the thread pool (running threads finish on their own); reusable after."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                pool.shutdown(wait=False, cancel_futures=True)

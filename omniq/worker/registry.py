@@ -25,10 +25,14 @@ __all__ = ["TaskRegistry", "default_registry", "task"]
 class TaskRegistry:
     """Functions this process may run, by reference, plus allowed modules."""
 
-    def __init__(self, allow_modules: Iterable[str] = ()) -> None:
+    def __init__(
+        self, allow_modules: Iterable[str] = (), *, parents: Iterable[TaskRegistry] = ()
+    ) -> None:
         self._functions: dict[str, Callable[..., Any]] = {}
         self._modules: set[str] = set()
         self._lock = threading.Lock()
+        #: Registries consulted too, live (functions registered there later count).
+        self.parents = tuple(parents)
         for module in allow_modules:
             self.allow_module(module)
 
@@ -53,15 +57,27 @@ class TaskRegistry:
             importlib.import_module(module)
 
     def is_allowed(self, ref: str) -> bool:
-        """True if ``ref`` is registered or lives in an allowed module."""
+        """True if ``ref`` is registered or lives in an allowed module (here or in a parent)."""
         if ref in self._functions:
             return True
         module = ref.partition(":")[0]
-        return any(module == m or module.startswith(m + ".") for m in self._modules)
+        if any(module == m or module.startswith(m + ".") for m in self._modules):
+            return True
+        return any(parent.is_allowed(ref) for parent in self.parents)
+
+    def _registered(self, ref: str) -> Callable[..., Any] | None:
+        func = self._functions.get(ref)
+        if func is not None:
+            return func
+        for parent in self.parents:
+            func = parent._registered(ref)
+            if func is not None:
+                return func
+        return None
 
     def resolve(self, ref: str) -> Callable[..., Any]:
         """The function for ``ref``; :class:`TaskNotFound` if it is not allowed or missing."""
-        func = self._functions.get(ref)
+        func = self._registered(ref)
         if func is not None:
             return func
         if not self.is_allowed(ref):
@@ -70,13 +86,6 @@ class TaskRegistry:
                 "allowed on this worker (allow_modules / omniq worker --app); not imported"
             )
         return resolve_ref(ref)
-
-    def merged(self, other: TaskRegistry) -> TaskRegistry:
-        """A registry allowing what this one and ``other`` allow."""
-        merged = TaskRegistry()
-        merged._functions = {**other._functions, **self._functions}
-        merged._modules = set(self._modules) | set(other._modules)
-        return merged
 
 
 #: The process-wide registry that ``@omniq.task`` registers into.

@@ -115,9 +115,8 @@ class Worker:
         self.poll_interval = to_timedelta(poll_interval, "poll_interval").total_seconds()
         self.prefetch = prefetch
         self.grace_period = to_timedelta(grace_period, "grace_period").total_seconds()
-        self.registry = (registry or TaskRegistry()).merged(default_registry)
-        for module in allow_modules:
-            self.registry.allow_module(module)
+        parents = (registry, default_registry) if registry is not None else (default_registry,)
+        self.registry = TaskRegistry(allow_modules, parents=parents)
         self.executor = Executor(executor, self.concurrency)
         self.run_scheduler = run_scheduler
         self.run_maintenance = run_maintenance

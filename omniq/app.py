@@ -1,0 +1,542 @@
+"""AsyncOmniQ: the facade users import (its sync twin is :class:`omniq.OmniQ`)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Generic, Literal, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from omniq._time import require_aware, to_timedelta
+from omniq.config import OmniQConfig
+from omniq.db.engine import default_sqlite_url
+from omniq.errors import ConfigurationError, ValidationError
+from omniq.models import (
+    EventLevel,
+    EventType,
+    MisfirePolicy,
+    Schedule,
+    ScheduleStatus,
+    ScheduleType,
+    Settings,
+    Task,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+)
+from omniq.serialization import callable_ref
+from omniq.services import Services
+from omniq.services.maintenance import MaintenanceReport
+from omniq.worker import TaskRegistry, Worker, WorkerStats
+
+log = logging.getLogger("omniq.app")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+__all__ = ["AsyncOmniQ", "TaskHandle"]
+
+Mode = Literal["normal", "eager"]
+
+
+class TaskHandle(Generic[P, R]):
+    """A function registered with ``@oq.task``: still callable, plus ``enqueue``."""
+
+    def __init__(self, app: AsyncOmniQ, func: Callable[P, R], options: dict[str, Any]) -> None:
+        self.app = app
+        self.func = func
+        self.options = options
+        self.ref = callable_ref(func)
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    async def enqueue_async(self, *args: Any, **kwargs: Any) -> str:
+        """Enqueue a call with these arguments and the decorator's options; return its id."""
+        return await self.app.enqueue_async(
+            self.ref, list(args), kwargs, **self.options
+        )
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> str:
+        """Blocking twin of :meth:`enqueue_async`."""
+        from omniq._portal import run_sync
+
+        return run_sync(self.enqueue_async, *args, **kwargs)
+
+
+class AsyncOmniQ:
+    """One OmniQ project: its database, queue, results, events, schedules and workers.
+
+    ``url=None`` means the SQLite file ``<base_dir>/<project_name>.db``. Use
+    ``async with AsyncOmniQ(...) as oq`` to open and close it.
+    """
+
+    def __init__(
+        self,
+        project_name: str = "omniq",
+        url: str | sa.URL | AsyncEngine | None = None,
+        *,
+        queues: Sequence[str] | None = None,
+        settings: Settings | None = None,
+        base_dir: str | os.PathLike[str] = "omniq_data",
+        mode: Mode = "normal",
+        concurrency: int = 10,
+        executor: str = "async",
+        poll_interval: float = 1.0,
+        allow_modules: Iterable[str] = (),
+    ) -> None:
+        if mode not in ("normal", "eager"):
+            raise ConfigurationError(f"mode must be 'normal' or 'eager', got {mode!r}")
+        self.project_name = project_name
+        self.url = url if url is not None else default_sqlite_url(project_name, base_dir)
+        self.queues = list(queues) if queues else None
+        self.settings = settings or Settings()
+        self.mode = mode
+        self.worker_defaults: dict[str, Any] = {
+            "concurrency": concurrency,
+            "executor": executor,
+            "poll_interval": poll_interval,
+        }
+        self.registry = TaskRegistry(allow_modules)
+        self._services: Services | None = None
+        self._worker: Worker | None = None
+
+    # --- construction ---------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: OmniQConfig, **overrides: Any) -> AsyncOmniQ:
+        """Build from an :class:`OmniQConfig`."""
+        kwargs: dict[str, Any] = {
+            "project_name": config.project_name,
+            "url": config.url,
+            "queues": config.queues,
+            "settings": config.settings,
+            "base_dir": config.base_dir,
+            "concurrency": config.concurrency,
+            "executor": config.executor,
+            "poll_interval": config.poll_interval,
+            **overrides,
+        }
+        if config.log_level:
+            logging.getLogger("omniq").setLevel(config.log_level.upper())
+        return cls(**kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], **overrides: Any) -> AsyncOmniQ:
+        """Build from a mapping (see :meth:`OmniQConfig.from_dict`)."""
+        return cls.from_config(OmniQConfig.from_dict(data), **overrides)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> AsyncOmniQ:
+        """Build from ``OMNIQ_*`` environment variables."""
+        return cls.from_config(OmniQConfig.from_env(), **overrides)
+
+    @classmethod
+    def from_config_file(cls, path: str | os.PathLike[str], **overrides: Any) -> AsyncOmniQ:
+        """Build from a TOML or JSON file."""
+        return cls.from_config(OmniQConfig.from_file(path), **overrides)
+
+    @classmethod
+    def from_backend(cls, backend: Any, **overrides: Any) -> AsyncOmniQ:
+        """Build on a seed-style backend (:class:`omniq.backends.SQLBackend`): same database."""
+        return cls(
+            getattr(backend, "project_name", "omniq"),
+            backend.url,
+            settings=getattr(backend, "settings", None),
+            **overrides,
+        )
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def open_async(self) -> AsyncOmniQ:
+        """Connect and check (or migrate) the schema; idempotent."""
+        if self._services is None:
+            self._services = await Services.open_async(
+                self.url, self.settings, queues=self.queues
+            )
+        return self
+
+    async def close_async(self) -> None:
+        """Stop the worker (if started here) and close the database."""
+        if self._worker is not None:
+            await self.stop_worker_async()
+        if self._services is not None:
+            services, self._services = self._services, None
+            await services.close_async()
+
+    async def __aenter__(self) -> AsyncOmniQ:
+        return await self.open_async()
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close_async()
+
+    @property
+    def services(self) -> Services:
+        """The underlying services (queue, results, events); opens nothing."""
+        if self._services is None:
+            raise ConfigurationError(
+                "OmniQ is not open: use `async with AsyncOmniQ(...) as oq` or await open_async()"
+            )
+        return self._services
+
+    async def _svc(self) -> Services:
+        if self._services is None:
+            await self.open_async()
+        assert self._services is not None
+        return self._services
+
+    # --- tasks ----------------------------------------------------------------------
+
+    def task(
+        self,
+        func: Callable[P, R] | None = None,
+        /,
+        *,
+        queue_name: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Decorator: register a function (workers of this app may run it) and give it ``enqueue``.
+
+        Options (queue_name, priority, max_retries, retry_delay, timeout, ttl,
+        result_ttl...) become the defaults of its ``enqueue``.
+        """
+        if queue_name is not None:
+            options["queue_name"] = queue_name
+
+        def decorate(f: Callable[P, R]) -> TaskHandle[P, R]:
+            self.registry.register(f)
+            return TaskHandle(self, f, options)
+
+        return decorate(func) if func is not None else decorate
+
+    def _remember(self, func: Callable[..., Any] | str) -> None:
+        # A function object passed in by code (not a string from data) is
+        # trusted: workers started by this app may run it.
+        if not isinstance(func, str):
+            self.registry.register(func)
+
+    async def enqueue_async(
+        self,
+        func: Callable[..., Any] | str,
+        func_args: Sequence[Any] | Mapping[str, Any] | None = None,
+        func_kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue_name: str | None = None,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        run_in: timedelta | float | None = None,
+        ttl: timedelta | float | None = None,
+        result_ttl: timedelta | float | None = None,
+        max_retries: int | None = None,
+        retry_delay: timedelta | float | None = None,
+        timeout: timedelta | float | None = None,
+        depends_on: Sequence[str] | None = None,
+        callback: Callable[..., Any] | str | None = None,
+        callback_args: Sequence[Any] | None = None,
+        unique_key: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        tags: Sequence[str] | None = None,
+        store_result: bool = True,
+        on_duplicate: Literal["return", "raise"] = "return",
+    ) -> str:
+        """Enqueue ``func(*func_args, **func_kwargs)``; return the task id.
+
+        ``func_args`` may also be a mapping of keyword arguments.
+        """
+        svc = await self._svc()
+        self._remember(func)
+        if callback is not None:
+            self._remember(callback)
+        task_id = await svc.queue.enqueue_async(
+            func,
+            func_args,
+            func_kwargs,
+            queue_name=queue_name,
+            priority=priority,
+            run_at=run_at,
+            run_in=run_in,
+            ttl=ttl,
+            result_ttl=result_ttl,
+            max_retries=max_retries,
+            retry_delay=retry_delay,
+            timeout=timeout,
+            depends_on=depends_on,
+            callback=callback,
+            callback_args=callback_args,
+            unique_key=unique_key,
+            name=name,
+            description=description,
+            tags=tags,
+            store_result=store_result,
+            on_duplicate=on_duplicate,
+        )
+        if self.mode == "eager":
+            await self._run_eagerly()
+        return task_id
+
+    async def enqueue_many_async(self, tasks: Iterable[Task]) -> list[str]:
+        """Enqueue Task records (see :meth:`build_task`) in one transaction."""
+        svc = await self._svc()
+        ids = await svc.queue.enqueue_many_async(tasks)
+        if self.mode == "eager":
+            await self._run_eagerly()
+        return ids
+
+    def build_task(self, func: Callable[..., Any] | str, *args: Any, **options: Any) -> Task:
+        """A Task record for :meth:`enqueue_many_async` (same options as enqueue)."""
+        self._remember(func)
+        return self.services.queue.build_task(func, *args, **options)
+
+    async def get_task_async(self, task_id: str) -> Task | None:
+        """The task with ``task_id``, or None."""
+        return await (await self._svc()).queue.get_task_async(task_id)
+
+    async def get_result_async(
+        self,
+        task_id: str | None = None,
+        *,
+        wait: bool = False,
+        timeout: timedelta | float | None = None,
+        schedule_id: str | None = None,
+        kind: Literal["latest"] = "latest",
+    ) -> TaskResult | None:
+        """A task's result (waiting for it with ``wait=True``), or the latest of a schedule."""
+        svc = await self._svc()
+        if (task_id is None) == (schedule_id is None):
+            raise ValidationError("task_id", "give exactly one of task_id or schedule_id")
+        if schedule_id is not None:
+            if kind != "latest":
+                raise ValidationError("kind", f"unknown kind {kind!r} (only 'latest')")
+            return await svc.results.get_latest_async(schedule_id)
+        assert task_id is not None
+        if wait:
+            return await svc.results.wait_async(task_id, timeout)
+        return await svc.results.get_async(task_id)
+
+    async def cancel_async(self, task_id: str) -> bool:
+        """Cancel a queued task, or request cancellation of a running one."""
+        return await (await self._svc()).queue.cancel_async(task_id)
+
+    async def requeue_async(self, task_id: str) -> Task:
+        """Send a failed, cancelled or expired task back to the queue."""
+        task = await (await self._svc()).queue.requeue_async(task_id)
+        if self.mode == "eager":
+            await self._run_eagerly()
+        return task
+
+    async def list_tasks_async(
+        self,
+        status: TaskStatus | str | Sequence[TaskStatus | str] | None = None,
+        queue_name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Task]:
+        """Tasks by status and queue, oldest first."""
+        return await (await self._svc()).queue.list_tasks_async(status, queue_name, limit, offset)
+
+    # --- schedules -------------------------------------------------------------------
+
+    async def schedule_async(
+        self,
+        func: Callable[..., Any] | str,
+        func_args: Sequence[Any] | Mapping[str, Any] | None = None,
+        func_kwargs: Mapping[str, Any] | None = None,
+        *,
+        cron: str | None = None,
+        interval: timedelta | float | None = None,
+        at: datetime | None = None,
+        timezone: str = "UTC",
+        start_at: datetime | None = None,
+        queue_name: str | None = None,
+        max_runs: int | None = None,
+        misfire: MisfirePolicy | str = MisfirePolicy.RUN_ONCE,
+        misfire_grace: timedelta | float | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        tags: Sequence[str] | None = None,
+        **task_options: Any,
+    ) -> str:
+        """Create a schedule: ``cron=`` (in ``timezone``), ``interval=`` or one-shot ``at=``.
+
+        Each fire creates a new task from this template; ``task_options``
+        (priority, max_retries, timeout, ...) apply to those tasks.
+        """
+        svc = await self._svc()
+        given = [x for x in (cron, interval, at) if x is not None]
+        if len(given) != 1:
+            raise ValidationError("schedule", "give exactly one of cron=, interval= or at=")
+        self._remember(func)
+        if isinstance(func_args, Mapping):
+            func_args, func_kwargs = (), func_args
+        kind = (
+            ScheduleType.CRON
+            if cron is not None
+            else ScheduleType.INTERVAL
+            if interval is not None
+            else ScheduleType.TIMESTAMP
+        )
+        options = {
+            k: (v.total_seconds() if isinstance(v, timedelta) else v)
+            for k, v in task_options.items()
+        }
+        schedule = Schedule(
+            func=callable_ref(func),
+            func_args=func_args or (),
+            func_kwargs=func_kwargs or {},
+            schedule_type=kind,
+            cron_expression=cron,
+            timezone=timezone,
+            interval=to_timedelta(interval, "interval", allow_zero=False)
+            if interval is not None
+            else None,
+            run_at=require_aware(at, "at")
+            if at is not None
+            else (require_aware(start_at, "start_at") if start_at is not None else None),
+            queue_name=queue_name or self.settings.default_queue,
+            max_runs=max_runs,
+            misfire_policy=misfire,
+            misfire_grace=to_timedelta(misfire_grace, "misfire_grace")
+            if misfire_grace is not None
+            else None,
+            name=name,
+            description=description,
+            tags=tuple(tags or ()),
+            task_options=options,
+            serializer=self.settings.serializer,
+        )
+        return await svc.queue.schedule_async(schedule)
+
+    async def get_schedule_async(self, schedule_id: str) -> Schedule | None:
+        """The schedule with ``schedule_id``, or None."""
+        return await (await self._svc()).queue.get_schedule_async(schedule_id)
+
+    async def pause_schedule_async(self, schedule_id: str) -> Schedule:
+        """Pause a schedule."""
+        return await (await self._svc()).queue.pause_schedule_async(schedule_id)
+
+    async def resume_schedule_async(self, schedule_id: str) -> Schedule:
+        """Resume a paused schedule (next run computed from now)."""
+        return await (await self._svc()).queue.resume_schedule_async(schedule_id)
+
+    async def cancel_schedule_async(self, schedule_id: str) -> Schedule:
+        """Cancel a schedule for good."""
+        return await (await self._svc()).queue.cancel_schedule_async(schedule_id)
+
+    async def list_schedules_async(
+        self, status: ScheduleStatus | str | Sequence[ScheduleStatus | str] | None = None
+    ) -> list[Schedule]:
+        """Schedules, optionally by status."""
+        return await (await self._svc()).queue.list_schedules_async(status)
+
+    # --- events and stats --------------------------------------------------------------
+
+    async def get_events_async(
+        self,
+        task_id: str | None = None,
+        event_type: EventType | str | Sequence[EventType | str] | None = None,
+        queue_name: str | None = None,
+        worker_id: str | None = None,
+        schedule_id: str | None = None,
+        level: EventLevel | str | None = None,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskEvent]:
+        """Events matching the filters, newest first."""
+        return await (await self._svc()).events.get_events_async(
+            task_id,
+            event_type,
+            queue_name,
+            worker_id,
+            schedule_id,
+            level,
+            start_time,
+            end_time,
+            limit,
+            offset,
+        )
+
+    async def stats_async(self) -> dict[str, Any]:
+        """Counts: tasks per queue and status, results per status, events per type/level."""
+        svc = await self._svc()
+        tasks = await svc.queue.stats_async()
+        totals: dict[str, int] = {}
+        for per_status in tasks.values():
+            for status, n in per_status.items():
+                totals[status] = totals.get(status, 0) + n
+        return {
+            "tasks": tasks,
+            "task_totals": totals,
+            "results": await svc.results.get_stats_async(),
+            "events": await svc.events.get_stats_async(),
+            "schedules": len(await svc.queue.list_schedules_async(ScheduleStatus.ACTIVE)),
+        }
+
+    async def cleanup_async(self) -> MaintenanceReport:
+        """Run the maintenance sweeps now (expiry, lease recovery, retention, checkpoint)."""
+        worker = self._make_worker(run_scheduler=False)
+        report = await worker.maintenance.run_once_async()
+        return report or MaintenanceReport()
+
+    # --- workers ------------------------------------------------------------------------
+
+    def _make_worker(self, **options: Any) -> Worker:
+        svc = self.services
+        merged = {**self.worker_defaults, **{k: v for k, v in options.items() if v is not None}}
+        merged.setdefault("queues", self.queues)
+        return Worker(svc.queue, svc.results, svc.events, registry=self.registry, **merged)
+
+    async def start_worker_async(
+        self,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        executor: str | None = None,
+        **options: Any,
+    ) -> Worker:
+        """Start a worker in the background of this event loop (one per app)."""
+        await self._svc()
+        if self._worker is not None:
+            raise ConfigurationError("a worker is already running; stop_worker_async() first")
+        self._worker = self._make_worker(
+            queues=queues, concurrency=concurrency, executor=executor, **options
+        )
+        await self._worker.start_async()
+        return self._worker
+
+    async def stop_worker_async(self, grace_period: timedelta | float | None = None) -> None:
+        """Stop the worker started by :meth:`start_worker_async` (graceful)."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await worker.stop_async(grace_period)
+
+    async def run_worker_async(
+        self,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        executor: str | None = None,
+        *,
+        burst: bool = True,
+        **options: Any,
+    ) -> WorkerStats:
+        """Run a worker here: with ``burst=True`` until nothing is ready, else until stopped."""
+        await self._svc()
+        worker = self._make_worker(
+            queues=queues, concurrency=concurrency, executor=executor, **options
+        )
+        if burst:
+            return await worker.run_until_complete_async()
+        await worker.run_async(install_signal_handlers=False)
+        return worker.get_stats()
+
+    async def _run_eagerly(self) -> None:
+        worker = self._make_worker(run_scheduler=False, run_maintenance=False, queues=None)
+        await worker.run_until_complete_async()
+
