@@ -514,15 +514,17 @@ class TaskQueue:
         retry: bool = True,
         worker_id: str | None = None,
         execution_time: float | None = None,
+        events: Sequence[Mapping[str, Any]] = (),
     ) -> TaskStatus | None:
         """Record a failed attempt: retry with backoff while retries remain, else fail.
 
         Returns the new status (pending for a retry, failed), or None when the
-        lease was lost.
+        lease was lost. ``events`` are appended in the same transaction.
         """
         info = error if isinstance(error, ErrorInfo) else ErrorInfo.from_exception(error)
         now = utcnow()
         async with self.storage.write() as conn:
+            await self.storage.events.insert_rows(conn, events)
             status = await self._fail(
                 conn,
                 task,

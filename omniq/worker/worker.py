@@ -352,9 +352,15 @@ class Worker:
     async def _failed(self, task: Task, exc: BaseException, elapsed: float) -> None:
         info = _error_info(exc)
         retry = not isinstance(exc, TaskNotFound | SerializationError)
+        events, self._pending_events = self._pending_events, []
         status = await self._guard(
             self.queue.fail_async(
-                task, info, retry=retry, worker_id=self.worker_id, execution_time=elapsed
+                task,
+                info,
+                retry=retry,
+                worker_id=self.worker_id,
+                execution_time=elapsed,
+                events=events,
             )
         )
         if status is TaskStatus.PENDING:
