@@ -6,6 +6,8 @@ PostgreSQL when the work outgrows one machine: the same code, another URL.
 
 from __future__ import annotations
 
+from omniq.app import AsyncOmniQ, TaskHandle
+from omniq.config import OmniQConfig
 from omniq.errors import (
     ConfigurationError,
     DatabaseBusy,
@@ -38,8 +40,6 @@ from omniq.models import (
     TaskResult,
     TaskStatus,
 )
-from omniq.app import AsyncOmniQ, TaskHandle
-from omniq.config import OmniQConfig
 from omniq.services import ErrorInfo, EventStorage, ResultStorage, Services, Storage, TaskQueue
 from omniq.sync import (
     OmniQ,
@@ -55,14 +55,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncOmniQ",
-    "OmniQ",
-    "OmniQConfig",
-    "SyncWorker",
-    "TaskHandle",
-    "TaskRegistry",
-    "Worker",
-    "WorkerStats",
-    "task",
     "ConfigurationError",
     "DatabaseBusy",
     "DatabaseError",
@@ -75,6 +67,8 @@ __all__ = [
     "InvalidTransition",
     "LeaseLost",
     "MisfirePolicy",
+    "OmniQ",
+    "OmniQConfig",
     "OmniQError",
     "ResultStatus",
     "ResultStorage",
@@ -93,13 +87,19 @@ __all__ = [
     "SyncResultStorage",
     "SyncServices",
     "SyncTaskQueue",
+    "SyncWorker",
     "Task",
     "TaskEvent",
+    "TaskHandle",
     "TaskNotFound",
     "TaskQueue",
+    "TaskRegistry",
     "TaskResult",
     "TaskStatus",
     "UnsafePayload",
     "ValidationError",
+    "Worker",
+    "WorkerStats",
     "__version__",
+    "task",
 ]

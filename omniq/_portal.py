@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import os
 import threading
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -44,10 +45,8 @@ def _stop() -> None:
     global _portal, _portal_cm
     with _lock:
         if _portal_cm is not None and _portal_pid == os.getpid():
-            try:
+            with contextlib.suppress(Exception):  # pragma: no cover - interpreter shutdown
                 _portal_cm.__exit__(None, None, None)
-            except Exception:  # pragma: no cover - interpreter shutdown
-                pass
         _portal = _portal_cm = None
 
 
@@ -72,18 +71,20 @@ def run_sync(fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs) -
     return portal().call(call)
 
 
-def sync_twin(
-    async_method: Callable[Concatenate[Any, P], Awaitable[R]],
-) -> Callable[Concatenate[Any, P], R]:
+def sync_twin(async_method: Callable[..., Awaitable[R]]) -> Callable[..., R]:
     """The sync twin of ``async_method``: same signature, runs through the portal.
 
     The twin calls the method of the same name on ``self._async``.
     """
+    # Typed with ``...`` parameters: mypy cannot match ``Concatenate[Any, P]``
+    # against methods with a named ``self`` and ``**kwargs``. ``functools.wraps``
+    # keeps the async method's signature for ``inspect.signature`` and IDEs.
     name = async_method.__name__
 
     @functools.wraps(async_method)
-    def method(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return run_sync(getattr(self._async, name), *args, **kwargs)
+    def method(self: Any, /, *args: Any, **kwargs: Any) -> R:
+        bound: Callable[..., Awaitable[R]] = getattr(self._async, name)
+        return run_sync(bound, *args, **kwargs)
 
     method.__name__ = name.removesuffix("_async")
     method.__qualname__ = method.__qualname__.replace(name, method.__name__)

@@ -52,16 +52,14 @@ class TaskHandle(Generic[P, R]):
         self.func = func
         self.options = options
         self.ref = callable_ref(func)
-        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+        functools.update_wrapper(self, func)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
 
     async def enqueue_async(self, *args: Any, **kwargs: Any) -> str:
         """Enqueue a call with these arguments and the decorator's options; return its id."""
-        return await self.app.enqueue_async(
-            self.ref, list(args), kwargs, **self.options
-        )
+        return await self.app.enqueue_async(self.ref, list(args), kwargs, **self.options)
 
     def enqueue(self, *args: Any, **kwargs: Any) -> str:
         """Blocking twin of :meth:`enqueue_async`."""
@@ -157,9 +155,7 @@ class AsyncOmniQ:
     async def open_async(self) -> AsyncOmniQ:
         """Connect and check (or migrate) the schema; idempotent."""
         if self._services is None:
-            self._services = await Services.open_async(
-                self.url, self.settings, queues=self.queues
-            )
+            self._services = await Services.open_async(self.url, self.settings, queues=self.queues)
         return self
 
     async def close_async(self) -> None:
@@ -374,7 +370,8 @@ class AsyncOmniQ:
             raise ValidationError("schedule", "give exactly one of cron=, interval= or at=")
         self._remember(func)
         if isinstance(func_args, Mapping):
-            func_args, func_kwargs = (), func_args
+            func_kwargs = func_args
+            func_args = ()
         kind = (
             ScheduleType.CRON
             if cron is not None
@@ -539,4 +536,3 @@ class AsyncOmniQ:
     async def _run_eagerly(self) -> None:
         worker = self._make_worker(run_scheduler=False, run_maintenance=False, queues=None)
         await worker.run_until_complete_async()
-

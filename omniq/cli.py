@@ -107,7 +107,9 @@ def _json_arg(text: str, what: str, kind: type) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CLIError(f"{what}: not valid JSON ({exc.msg} at column {exc.colno}): {text!r}")
+        raise CLIError(
+            f"{what}: not valid JSON ({exc.msg} at column {exc.colno}): {text!r}"
+        ) from None
     if not isinstance(value, kind):
         raise CLIError(f"{what}: expected a JSON {kind.__name__}, got {type(value).__name__}")
     return value
@@ -137,8 +139,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("worker", parents=[common], help="run a worker")
-    p.add_argument("--app", action="append", default=[], metavar="MODULE",
-                   help="module(s) whose functions this worker may run (repeatable)")
+    p.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module(s) whose functions this worker may run (repeatable)",
+    )
     p.add_argument("--queues", help="comma-separated queues, served in this order")
     p.add_argument("--concurrency", type=int, help="tasks run at once")
     p.add_argument("--executor", choices=["async", "thread", "process"])
@@ -233,15 +240,30 @@ async def _cmd_db(args: argparse.Namespace, config: OmniQConfig) -> int:
         elif args.action == "current":
             current = await migrate.current_async(engine)
             head = migrate.head()
-            data = {"current": current, "head": head, "up_to_date": current == head}
+            data: dict[str, Any] = {
+                "current": current,
+                "head": head,
+                "up_to_date": current == head,
+            }
             _emit(args, data, lambda: f"current {current or '<empty>'} (head {head})")
         else:
             diffs = await migrate.diff_async(engine)
             current = await migrate.current_async(engine)
             ok = not diffs and current == migrate.head()
-            data = {"current": current, "head": migrate.head(), "differences": [str(d) for d in diffs]}
-            _emit(args, data, lambda: "schema matches head" if ok else
-                  f"schema differs from head ({current=}): {diffs!r}")
+            data = {
+                "current": current,
+                "head": migrate.head(),
+                "differences": [str(d) for d in diffs],
+            }
+            _emit(
+                args,
+                data,
+                lambda: (
+                    "schema matches head"
+                    if ok
+                    else f"schema differs from head ({current=}): {diffs!r}"
+                ),
+            )
             return 0 if ok else 1
     finally:
         await engine.dispose()
@@ -250,10 +272,12 @@ async def _cmd_db(args: argparse.Namespace, config: OmniQConfig) -> int:
 
 async def _cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
     settings = config.settings
-    changes = {
+    changes: dict[str, Any] = {
         name: _duration_arg(value, f"--{name.replace('_', '-')}")
-        for name, value in (("lease_duration", args.lease_duration),
-                            ("heartbeat_interval", args.heartbeat_interval))
+        for name, value in (
+            ("lease_duration", args.lease_duration),
+            ("heartbeat_interval", args.heartbeat_interval),
+        )
         if value
     }
     if changes:
@@ -278,8 +302,10 @@ async def _cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
         )
         if args.burst:
             total = sum(
-                n for per in (await oq.services.queue.stats_async()).values()
-                for s, n in per.items() if s in ("pending", "waiting")
+                n
+                for per in (await oq.services.queue.stats_async()).values()
+                for s, n in per.items()
+                if s in ("pending", "waiting")
             )
             reporter = asyncio.get_running_loop().create_task(_progress(worker, total))
             try:
@@ -346,10 +372,17 @@ async def _dispatch(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
         _emit(args, {"task_id": task_id}, lambda: task_id)
     elif command == "tasks":
         tasks = await oq.list_tasks_async(args.status, args.queue, limit=args.limit)
-        rows = [(t.id, t.queue_name, t.status, t.priority, t.func, t.created_at, t.attempts)
-                for t in tasks]
-        _emit(args, tasks, lambda: _table(
-            rows, ["id", "queue", "status", "priority", "func", "created", "attempts"]))
+        rows: list[tuple[Any, ...]] = [
+            (t.id, t.queue_name, t.status, t.priority, t.func, t.created_at, t.attempts)
+            for t in tasks
+        ]
+        _emit(
+            args,
+            tasks,
+            lambda: _table(
+                rows, ["id", "queue", "status", "priority", "func", "created", "attempts"]
+            ),
+        )
     elif command == "task":
         task = await oq.get_task_async(args.task_id)
         if task is None:
@@ -372,25 +405,57 @@ async def _dispatch(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
         _emit(args, task, lambda: f"requeued {task.id} ({task.status})")
     elif command == "schedules":
         schedules = await oq.list_schedules_async()
-        rows = [(s.id, s.name or s.func, s.schedule_type, s.cron_expression or s.interval,
-                 s.status, s.next_run_at, s.run_count) for s in schedules]
-        _emit(args, schedules, lambda: _table(
-            rows, ["id", "name", "type", "spec", "status", "next run", "runs"]))
+        rows = [
+            (
+                s.id,
+                s.name or s.func,
+                s.schedule_type,
+                s.cron_expression or s.interval,
+                s.status,
+                s.next_run_at,
+                s.run_count,
+            )
+            for s in schedules
+        ]
+        _emit(
+            args,
+            schedules,
+            lambda: _table(rows, ["id", "name", "type", "spec", "status", "next run", "runs"]),
+        )
     elif command == "schedule":
-        action = {"pause": oq.pause_schedule_async, "resume": oq.resume_schedule_async,
-                  "cancel": oq.cancel_schedule_async}[args.action]
+        action = {
+            "pause": oq.pause_schedule_async,
+            "resume": oq.resume_schedule_async,
+            "cancel": oq.cancel_schedule_async,
+        }[args.action]
         schedule = await action(args.schedule_id)
         _emit(args, schedule, lambda: f"schedule {schedule.id} is {schedule.status}")
     elif command == "events":
         since = utcnow() - _duration_arg(args.since, "--since") if args.since else None
         events = await oq.get_events_async(
-            task_id=args.task, event_type=args.types, queue_name=args.queue,
-            start_time=since, limit=args.limit,
+            task_id=args.task,
+            event_type=args.types,
+            queue_name=args.queue,
+            start_time=since,
+            limit=args.limit,
         )
-        rows = [(e.id, e.timestamp, e.event_type, e.task_id, e.queue_name, e.level,
-                 e.error or e.message) for e in events]
-        _emit(args, events, lambda: _table(
-            rows, ["id", "time", "type", "task", "queue", "level", "detail"]))
+        rows = [
+            (
+                e.id,
+                e.timestamp,
+                e.event_type,
+                e.task_id,
+                e.queue_name,
+                e.level,
+                e.error or e.message,
+            )
+            for e in events
+        ]
+        _emit(
+            args,
+            events,
+            lambda: _table(rows, ["id", "time", "type", "task", "queue", "level", "detail"]),
+        )
     elif command == "stats":
         stats = await oq.stats_async()
         _emit(args, stats, lambda: _stats_text(stats))
@@ -402,7 +467,8 @@ def _stats_text(stats: dict[str, Any]) -> str:
     rows = [[q, *(per.get(s, 0) for s in statuses)] for q, per in sorted(stats["tasks"].items())]
     parts = [_table(rows, ["queue", *statuses]) if rows else "no tasks"]
     results = {k: v for k, v in stats["results"].items() if k != "total"}
-    parts.append("results: " + (", ".join(f"{k} {v}" for k, v in sorted(results.items())) or "none"))
+    results_text = ", ".join(f"{k} {v}" for k, v in sorted(results.items())) or "none"
+    parts.append("results: " + results_text)
     by_type = stats["events"]["by_type"]
     parts.append("events: " + (", ".join(f"{k} {v}" for k, v in sorted(by_type.items())) or "none"))
     parts.append(f"active schedules: {stats['schedules']}")
@@ -415,7 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = os.environ.get("OMNIQ_LOG_LEVEL", "INFO" if args.command == "worker" else "WARNING")
     logging.basicConfig(
-        level=level.upper(), stream=sys.stderr,
+        level=level.upper(),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
@@ -438,4 +505,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

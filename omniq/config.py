@@ -46,9 +46,7 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.I)
 
 #: Settings fields that hold durations (they accept "30s", "5m", numbers...).
-_DURATION_FIELDS = frozenset(
-    a.name for a in attrs.fields(Settings) if "timedelta" in str(a.type)
-)
+_DURATION_FIELDS = frozenset(a.name for a in attrs.fields(Settings) if "timedelta" in str(a.type))
 
 
 def parse_duration(value: Any, field: str = "duration") -> timedelta | None:
@@ -91,6 +89,14 @@ def _queues(value: Any) -> tuple[str, ...] | None:
     return names or None
 
 
+def _concurrency(value: Any) -> int:
+    return _int(value, "concurrency")
+
+
+def _poll_interval(value: Any) -> float:
+    return _seconds(value, "poll_interval")
+
+
 @attrs.frozen(kw_only=True)
 class OmniQConfig:
     """Everything needed to open OmniQ: where the data lives, defaults, worker options."""
@@ -100,9 +106,9 @@ class OmniQConfig:
     base_dir: str = "omniq_data"
     queues: tuple[str, ...] | None = attrs.field(default=None, converter=_queues)
     settings: Settings = attrs.field(factory=Settings)
-    concurrency: int = attrs.field(default=10, converter=lambda v: _int(v, "concurrency"))
+    concurrency: int = attrs.field(default=10, converter=_concurrency)
     executor: str = attrs.field(default="async")
-    poll_interval: float = attrs.field(default=1.0, converter=lambda v: _seconds(v, "poll_interval"))
+    poll_interval: float = attrs.field(default=1.0, converter=_poll_interval)
     log_level: str | None = None
 
     @executor.validator
@@ -119,9 +125,14 @@ class OmniQConfig:
             raise ConfigurationError(f"configuration must be a mapping, got {type(data).__name__}")
         top = {a.name for a in attrs.fields(cls)} - {"settings"}
         setting_names = {a.name for a in attrs.fields(Settings)}
-        aliases = {"database_url": "url", "max_retries": "default_max_retries",
-                   "retry_delay": "default_retry_delay", "result_ttl": "default_result_ttl",
-                   "task_ttl": "default_task_ttl", "timeout": "default_timeout"}
+        aliases = {
+            "database_url": "url",
+            "max_retries": "default_max_retries",
+            "retry_delay": "default_retry_delay",
+            "result_ttl": "default_result_ttl",
+            "task_ttl": "default_task_ttl",
+            "timeout": "default_timeout",
+        }
         kwargs: dict[str, Any] = {}
         settings: dict[str, Any] = dict(data.get("settings") or {})
         for key, value in data.items():

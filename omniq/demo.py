@@ -102,8 +102,10 @@ async def run_demo(
         started = time.perf_counter()
         await oq.enqueue_many_async(records)
         enqueue_rate = tasks / (time.perf_counter() - started)
-        say(f"enqueued {tasks} tasks across high/default/low in one transaction "
-            f"({enqueue_rate:,.0f} tasks/s)")
+        say(
+            f"enqueued {tasks} tasks across high/default/low in one transaction "
+            f"({enqueue_rate:,.0f} tasks/s)"
+        )
         first = await oq.enqueue_async(fetch, ["warehouse"], name="fetch")
         second = await oq.enqueue_async(transform, ["orders"], depends_on=[first], name="transform")
         third = await oq.enqueue_async(load, ["orders"], depends_on=[second], name="load")
@@ -126,8 +128,10 @@ async def run_demo(
             done = sum(counts.get(s.value, 0) for s in TaskStatus if s.is_final)
             schedule = await oq.get_schedule_async(interval)
             elapsed = time.perf_counter() - t0
-            out.write(f"\r  worker: {done}/{sum(counts.values())} tasks done, "
-                      f"{done / max(elapsed, 1e-9):,.0f} tasks/s   ")
+            out.write(
+                f"\r  worker: {done}/{sum(counts.values())} tasks done, "
+                f"{done / max(elapsed, 1e-9):,.0f} tasks/s   "
+            )
             out.flush()
             live = sum(counts.get(s, 0) for s in ("pending", "waiting", "running"))
             finished = schedule is not None and schedule.status is ScheduleStatus.COMPLETED
@@ -139,14 +143,22 @@ async def run_demo(
         say()
         wstats = worker.get_stats()
         throughput = wstats.completed / elapsed if elapsed else 0.0
-        say(f"worker {wstats.worker_id}: {wstats.completed} completed, {wstats.failed} failed, "
-            f"{wstats.retried} retried in {elapsed:.1f} s ({throughput:,.0f} tasks/s)")
+        say(
+            f"worker {wstats.worker_id}: {wstats.completed} completed, {wstats.failed} failed, "
+            f"{wstats.retried} retried in {elapsed:.1f} s ({throughput:,.0f} tasks/s)"
+        )
         say()
         say("results:")
-        for label, task_id in (("chain/load", third), ("flaky", flaky_id),
-                               ("always_fails", failing), ("too_slow", slow)):
+        for label, task_id in (
+            ("chain/load", third),
+            ("flaky", flaky_id),
+            ("always_fails", failing),
+            ("too_slow", slow),
+        ):
             result = await oq.get_result_async(task_id)
-            shown = result.result if result and result.success else (result.error if result else None)
+            shown = (
+                result.result if result and result.success else (result.error if result else None)
+            )
             status = result.status.value if result else "-"
             say(f"  {label:<14} {status:<8} {shown}")
         latest = await oq.get_result_async(schedule_id=interval)
@@ -165,8 +177,10 @@ async def run_demo(
             say("  " + f"{queue_name:<10}" + "".join(f"{per.get(s, 0):>11}" for s in statuses))
         await oq.cancel_schedule_async(cron)
         say()
-        say(f"throughput: {throughput:,.0f} tasks/s end to end "
-            f"(one worker, 32 slots, events and results on); enqueue {enqueue_rate:,.0f}/s")
+        say(
+            f"throughput: {throughput:,.0f} tasks/s end to end "
+            f"(one worker, 32 slots, events and results on); enqueue {enqueue_rate:,.0f}/s"
+        )
         return {
             "tasks": tasks,
             "completed": wstats.completed,

@@ -246,7 +246,9 @@ def create_sqlite_components_from_config(config: Mapping[str, Any] | OmniQConfig
         result_storage=backend.get_result_storage(),
         event_storage=backend.get_event_storage(),
         worker=backend.get_worker(
-            cfg.executor, queues=cfg.queues, concurrency=cfg.concurrency,
+            cfg.executor,
+            queues=cfg.queues,
+            concurrency=cfg.concurrency,
             poll_interval=cfg.poll_interval,
         ),
     )

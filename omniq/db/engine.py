@@ -13,7 +13,7 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import sqlalchemy as sa
@@ -23,6 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from omniq.db import _aiosqlite
 from omniq.errors import ConfigurationError
 from omniq.models.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects import postgresql, sqlite
 
 log = logging.getLogger("omniq.db")
 
@@ -49,6 +52,16 @@ class Dialect:
     skip_locked: bool
     #: Write transactions serialize on the database (SQLite: BEGIN IMMEDIATE).
     single_writer: bool
+
+    def insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+        """An INSERT into ``table`` that supports this engine's ``ON CONFLICT`` clauses."""
+        if self.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
 
 
 def dialect_of(engine: AsyncEngine | sa.engine.Connection | sa.Dialect) -> Dialect:

@@ -70,7 +70,8 @@ def _downgrade(connection: Connection, revision: str) -> None:
 
 
 def _diffs(connection: Connection) -> list[Any]:
-    return compare_metadata(MigrationContext.configure(connection), metadata)
+    diffs: list[Any] = compare_metadata(MigrationContext.configure(connection), metadata)
+    return diffs
 
 
 async def upgrade_async(engine: AsyncEngine, revision: str = "head") -> None:

@@ -21,7 +21,7 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
     impl = sa.BigInteger
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> int | None:
+    def process_bind_param(self, value: datetime | int | None, dialect: sa.Dialect) -> int | None:
         if value is None:
             return None
         if isinstance(value, int):  # already converted (e.g. bulk paths)
@@ -40,7 +40,9 @@ class Duration(sa.types.TypeDecorator[timedelta]):
     impl = sa.Float
     cache_ok = True
 
-    def process_bind_param(self, value: timedelta | None, dialect: sa.Dialect) -> float | None:
+    def process_bind_param(
+        self, value: timedelta | float | None, dialect: sa.Dialect
+    ) -> float | None:
         if value is None:
             return None
         if isinstance(value, int | float):

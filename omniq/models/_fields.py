@@ -12,6 +12,15 @@ import attrs
 
 from omniq._time import require_aware
 from omniq.errors import ValidationError
+from omniq.models.enums import (
+    EventLevel,
+    EventType,
+    MisfirePolicy,
+    ResultStatus,
+    ScheduleStatus,
+    ScheduleType,
+    TaskStatus,
+)
 
 E = TypeVar("E", bound=Enum)
 
@@ -86,16 +95,62 @@ def enum_converter(enum_cls: type[E]) -> Callable[[Any], E]:
 
     def convert(value: Any) -> E:
         if value.__class__ is enum_cls:
-            return value  # type: ignore[no-any-return]
+            return value
         try:
             return enum_cls(value)
         except ValueError:
-            allowed = ", ".join(str(m.value) for m in enum_cls)  # type: ignore[attr-defined]
+            allowed = ", ".join(str(m.value) for m in enum_cls)
             raise ValidationError(
                 enum_cls.__name__, f"unknown value {value!r} (expected one of: {allowed})"
             ) from None
 
     return convert
+
+
+# Named converters for the enum fields: the attrs mypy plugin accepts named
+# functions as converters, not the closures ``enum_converter`` returns.
+_task_status = enum_converter(TaskStatus)
+_result_status = enum_converter(ResultStatus)
+_event_type = enum_converter(EventType)
+_event_level = enum_converter(EventLevel)
+_schedule_type = enum_converter(ScheduleType)
+_schedule_status = enum_converter(ScheduleStatus)
+_misfire_policy = enum_converter(MisfirePolicy)
+
+
+def to_task_status(value: Any) -> TaskStatus:
+    """Converter: a TaskStatus or its string value."""
+    return _task_status(value)
+
+
+def to_result_status(value: Any) -> ResultStatus:
+    """Converter: a ResultStatus or its string value."""
+    return _result_status(value)
+
+
+def to_event_type(value: Any) -> EventType:
+    """Converter: an EventType or its string value."""
+    return _event_type(value)
+
+
+def to_event_level(value: Any) -> EventLevel:
+    """Converter: an EventLevel or its string value."""
+    return _event_level(value)
+
+
+def to_schedule_type(value: Any) -> ScheduleType:
+    """Converter: a ScheduleType or its string value."""
+    return _schedule_type(value)
+
+
+def to_schedule_status(value: Any) -> ScheduleStatus:
+    """Converter: a ScheduleStatus or its string value."""
+    return _schedule_status(value)
+
+
+def to_misfire_policy(value: Any) -> MisfirePolicy:
+    """Converter: a MisfirePolicy or its string value."""
+    return _misfire_policy(value)
 
 
 def str_tuple(value: Any) -> tuple[str, ...]:

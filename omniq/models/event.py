@@ -8,7 +8,13 @@ from typing import Any
 import attrs
 
 from omniq._time import utcnow
-from omniq.models._fields import aware, enum_converter, finite_float, non_negative_int
+from omniq.models._fields import (
+    aware,
+    finite_float,
+    non_negative_int,
+    to_event_level,
+    to_event_type,
+)
 from omniq.models.enums import EventLevel, EventType
 
 
@@ -20,7 +26,7 @@ class TaskEvent:
     until the event is stored.
     """
 
-    event_type: EventType = attrs.field(converter=enum_converter(EventType))
+    event_type: EventType = attrs.field(converter=to_event_type)
     task_id: str | None = None
     id: int | None = None
     timestamp: datetime = attrs.field(factory=utcnow, validator=aware)
@@ -33,4 +39,4 @@ class TaskEvent:
     retry_count: int | None = attrs.field(default=None, validator=non_negative_int)
     error: str | None = None
     source: str | None = None
-    level: EventLevel = attrs.field(default=EventLevel.INFO, converter=enum_converter(EventLevel))
+    level: EventLevel = attrs.field(default=EventLevel.INFO, converter=to_event_level)

@@ -10,11 +10,11 @@ import attrs
 from omniq._time import utcnow
 from omniq.models._fields import (
     aware,
-    enum_converter,
     finite_float,
     name_str,
     non_negative_duration,
     non_negative_int,
+    to_result_status,
 )
 from omniq.models.enums import ResultStatus
 
@@ -31,7 +31,7 @@ class TaskResult:
     """What a task returned (or how it failed), kept until ``expires_at``."""
 
     task_id: str = attrs.field(validator=name_str)
-    status: ResultStatus = attrs.field(converter=enum_converter(ResultStatus))
+    status: ResultStatus = attrs.field(converter=to_result_status)
     result: Any = None
     error: str | None = None
     error_type: str | None = None

@@ -14,13 +14,15 @@ from omniq.errors import ValidationError
 from omniq.models._fields import (
     args_tuple,
     aware,
-    enum_converter,
     kwargs_dict,
     name_str,
     non_negative_duration,
     non_negative_int,
     optional_str,
     str_tuple,
+    to_misfire_policy,
+    to_schedule_status,
+    to_schedule_type,
 )
 from omniq.models.enums import MisfirePolicy, ScheduleStatus, ScheduleType
 from omniq.models.task import func_ref
@@ -76,7 +78,7 @@ class Schedule:
     """
 
     func: str = attrs.field(validator=func_ref)
-    schedule_type: ScheduleType = attrs.field(converter=enum_converter(ScheduleType))
+    schedule_type: ScheduleType = attrs.field(converter=to_schedule_type)
     func_args: tuple[Any, ...] = attrs.field(default=(), converter=args_tuple)
     func_kwargs: dict[str, Any] = attrs.field(factory=dict, converter=kwargs_dict)
     queue_name: str = attrs.field(default="default", validator=name_str)
@@ -91,10 +93,10 @@ class Schedule:
     run_at: datetime | None = attrs.field(default=None, validator=aware)
     max_runs: int | None = attrs.field(default=None, validator=non_negative_int)
     status: ScheduleStatus = attrs.field(
-        default=ScheduleStatus.ACTIVE, converter=enum_converter(ScheduleStatus)
+        default=ScheduleStatus.ACTIVE, converter=to_schedule_status
     )
     misfire_policy: MisfirePolicy = attrs.field(
-        default=MisfirePolicy.RUN_ONCE, converter=enum_converter(MisfirePolicy)
+        default=MisfirePolicy.RUN_ONCE, converter=to_misfire_policy
     )
     misfire_grace: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
     created_at: datetime = attrs.field(factory=utcnow, validator=aware)

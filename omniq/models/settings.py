@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -11,7 +11,7 @@ from omniq.errors import ValidationError
 from omniq.models._fields import non_negative_duration, non_negative_int
 
 
-def _positive(_inst: object, attribute: attrs.Attribute[object], value: timedelta) -> None:
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: timedelta) -> None:
     if value <= timedelta(0):
         raise ValidationError(attribute.name, f"must be positive, got {value}")
 

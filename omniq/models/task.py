@@ -14,13 +14,13 @@ from omniq.models._fields import (
     args_tuple,
     aware,
     bounded_int,
-    enum_converter,
     kwargs_dict,
     name_str,
     non_negative_duration,
     non_negative_int,
     optional_str,
     str_tuple,
+    to_task_status,
 )
 from omniq.models.enums import TaskStatus
 
@@ -81,7 +81,7 @@ class Task:
     depends_on: tuple[str, ...] = attrs.field(default=(), converter=_dedupe)
     status: TaskStatus = attrs.field(
         default=attrs.Factory(_default_status, takes_self=True),
-        converter=enum_converter(TaskStatus),
+        converter=to_task_status,
     )
     started_at: datetime | None = attrs.field(default=None, validator=aware)
     completed_at: datetime | None = attrs.field(default=None, validator=aware)

@@ -56,12 +56,12 @@ class EventRepository:
     @staticmethod
     def to_row(event: TaskEvent) -> dict[str, Any]:
         """The column values of ``event`` (without the database-assigned id)."""
-        row = converter.unstructure(event)
+        row: dict[str, Any] = converter.unstructure(event)
         row.pop("id")
         return row
 
     @staticmethod
-    def from_row(row: Mapping[str, Any]) -> TaskEvent:
+    def from_row(row: Mapping[str, Any] | sa.RowMapping) -> TaskEvent:
         """The TaskEvent of a row."""
         try:
             return converter.structure(dict(row), TaskEvent)

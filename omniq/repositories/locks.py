@@ -17,11 +17,7 @@ class LockRepository:
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
-        if dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        self._insert = insert(lk).on_conflict_do_nothing(index_elements=[lk.c.name])
+        self._insert = dialect.insert(lk).on_conflict_do_nothing(index_elements=[lk.c.name])
 
     async def acquire(
         self, conn: AsyncConnection, name: str, owner: str, now: datetime, until: datetime
@@ -36,7 +32,8 @@ class LockRepository:
             if taken.rowcount:
                 return True
             inserted = await conn.execute(
-                self._insert, {"name": name, "owner": owner, "acquired_at": now, "expires_at": until}
+                self._insert,
+                {"name": name, "owner": owner, "acquired_at": now, "expires_at": until},
             )
             return bool(inserted.rowcount)
 

@@ -24,11 +24,7 @@ class ResultRepository:
     def __init__(self, dialect: Dialect, codec: PayloadCodec | None = None) -> None:
         self.dialect = dialect
         self.codec = codec or PayloadCodec()
-        if dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        ins = insert(r)
+        ins = dialect.insert(r)
         self._upsert = ins.on_conflict_do_update(
             index_elements=[r.c.task_id],
             set_={c.name: ins.excluded[c.name] for c in r.c if c.name != "task_id"},
@@ -43,7 +39,7 @@ class ResultRepository:
 
     def to_row(self, result: TaskResult) -> dict[str, Any]:
         """The column values of ``result`` (value serialized)."""
-        row = converter.unstructure(result)
+        row: dict[str, Any] = converter.unstructure(result)
         row["result"] = (
             None
             if result.result is None
@@ -51,7 +47,7 @@ class ResultRepository:
         )
         return row
 
-    def from_row(self, row: Mapping[str, Any]) -> TaskResult:
+    def from_row(self, row: Mapping[str, Any] | sa.RowMapping) -> TaskResult:
         """The TaskResult of a row."""
         data = dict(row)
         try:

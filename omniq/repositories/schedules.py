@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from datetime import datetime
+from types import EllipsisType
 from typing import Any
 
 import cattrs
@@ -28,7 +29,7 @@ class ScheduleRepository:
 
     def to_row(self, schedule: Schedule) -> dict[str, Any]:
         """The column values of ``schedule`` (payload serialized)."""
-        row = converter.unstructure(schedule)
+        row: dict[str, Any] = converter.unstructure(schedule)
         for name in ("func_args", "func_kwargs", "payload_error"):
             row.pop(name)
         row["payload"] = self.codec.encode_call(
@@ -36,7 +37,7 @@ class ScheduleRepository:
         )
         return row
 
-    def from_row(self, row: Mapping[str, Any]) -> Schedule:
+    def from_row(self, row: Mapping[str, Any] | sa.RowMapping) -> Schedule:
         """The Schedule of a row; an undecodable payload is reported in ``payload_error``."""
         data = dict(row)
         payload = data.pop("payload")
@@ -104,11 +105,12 @@ class ScheduleRepository:
         values: Mapping[str, Any],
         *,
         expected_status: Collection[ScheduleStatus] | None = None,
-        expected_next_run_at: datetime | type[Ellipsis] | None = ...,
+        expected_next_run_at: datetime | EllipsisType | None = ...,
     ) -> Schedule | None:
         """Update one schedule if it still matches the expectations (compare-and-set).
 
-        Returns the updated schedule, or None when no row matched.
+        ``expected_next_run_at`` left out (``...``) is not checked; None expects
+        no next run. Returns the updated schedule, or None when no row matched.
         """
         stmt = sa.update(s).where(s.c.id == schedule_id)
         if expected_status is not None:

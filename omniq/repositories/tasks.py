@@ -46,12 +46,11 @@ class TaskRepository:
         self._insert = t.insert()
         self._insert_deps = deps_t.insert()
         self._get = sa.select(t).where(t.c.id == sa.bindparam("id"))
-        ins = _dialect_insert(dialect)
         live_where = sa.text(
             "unique_key IS NOT NULL AND status IN ('pending', 'waiting', 'running')"
         )
         self._insert_unique = (
-            ins(t)
+            dialect.insert(t)
             .on_conflict_do_nothing(index_elements=[t.c.unique_key], index_where=live_where)
             .returning(t.c.id)
         )
@@ -65,7 +64,7 @@ class TaskRepository:
 
     def to_row(self, task: Task) -> dict[str, Any]:
         """The column values of ``task`` (payload serialized)."""
-        row = converter.unstructure(task)
+        row: dict[str, Any] = converter.unstructure(task)
         for name in _PAYLOAD_FIELDS:
             row.pop(name)
         row["payload"] = self.codec.encode_call(
@@ -73,7 +72,7 @@ class TaskRepository:
         )
         return row
 
-    def from_row(self, row: Mapping[str, Any]) -> Task:
+    def from_row(self, row: Mapping[str, Any] | sa.RowMapping) -> Task:
         """The Task of a row; an undecodable payload is reported in ``payload_error``."""
         data = dict(row)
         payload = data.pop("payload")
@@ -112,7 +111,9 @@ class TaskRepository:
         """Insert a task that has a unique key; None if a live task holds the key."""
         row = self.to_row(task)
         with translate_errors("enqueue"):
-            inserted = (await conn.execute(self._insert_unique, row)).scalar_one_or_none()
+            inserted: str | None = (
+                await conn.execute(self._insert_unique, row)
+            ).scalar_one_or_none()
             if inserted is not None and task.depends_on:
                 await conn.execute(
                     self._insert_deps,
@@ -149,7 +150,7 @@ class TaskRepository:
         except ValueError as exc:
             raise InvalidRow(f"task status cannot be read: {exc}") from exc
 
-    async def list(
+    async def query(
         self,
         conn: AsyncConnection,
         *,
@@ -279,7 +280,7 @@ class TaskRepository:
                     claimed.extend(self._claimed(rows))
         return claimed
 
-    def _claimed(self, rows: Sequence[Mapping[str, Any]]) -> list[Task]:
+    def _claimed(self, rows: Sequence[sa.RowMapping]) -> list[Task]:
         tasks = [self.from_row(row) for row in rows]
         tasks.sort(key=lambda x: (-x.priority, x.run_at, x.id))
         return tasks
@@ -474,14 +475,6 @@ def final_before(cutoff: datetime) -> sa.ColumnElement[bool]:
 
 def _values(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.value if isinstance(v, TaskStatus) else v) for k, v in values.items()}
-
-
-def _dialect_insert(dialect: Dialect) -> Any:
-    if dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
 
 
 def _root(exc: BaseException) -> str:

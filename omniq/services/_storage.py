@@ -20,8 +20,8 @@ from omniq.repositories import (
     ScheduleRepository,
     TaskRepository,
 )
-from omniq.repositories.locks import LockRepository
 from omniq.repositories._base import PayloadCodec, translate_errors
+from omniq.repositories.locks import LockRepository
 from omniq.serialization import SerializerRegistry
 
 __all__ = ["Notifier", "Storage"]
@@ -111,9 +111,7 @@ class Storage:
         self.results = ResultRepository(self.dialect, codec)
         self.events = EventRepository(self.dialect)
         self.locks = LockRepository(self.dialect)
-        self.notifier = Notifier.for_key(
-            engine.url.render_as_string(hide_password=True)
-        )
+        self.notifier = Notifier.for_key(engine.url.render_as_string(hide_password=True))
         self._reader = read_engine(engine)
         self._opened = False
         self._writer: AsyncConnection | None = None

@@ -109,7 +109,7 @@ class EventStorage:
         }
 
 
-def _enum(kind: type[EventType] | type[EventLevel], value: object, field: str) -> Any:
+def _enum(kind: type[EventType] | type[EventLevel], value: Any, field: str) -> Any:
     try:
         return kind(value)
     except ValueError:

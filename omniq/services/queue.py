@@ -157,7 +157,8 @@ class TaskQueue:
                     "func_args",
                     "a mapping of keyword arguments cannot be combined with func_kwargs",
                 )
-            func_args, func_kwargs = (), func_args
+            func_kwargs = func_args
+            func_args = ()
         now = utcnow()
         if run_at is not None and run_in is not None:
             raise ValidationError("run_at", "give run_at or run_in, not both")
@@ -856,7 +857,7 @@ class TaskQueue:
     async def clear_async(self, queue_name: str | None = None) -> int:
         """Delete every pending and waiting task (of one queue, or all); return how many."""
         now = utcnow()
-        where = t.c.status.in_([s.value for s in _QUEUED])
+        where: sa.ColumnElement[bool] = t.c.status.in_([s.value for s in _QUEUED])
         if queue_name is not None:
             where = sa.and_(where, t.c.queue_name == queue_name)
         total = 0
@@ -899,7 +900,7 @@ class TaskQueue:
         if order_by not in ("created_at", "run_at", "priority", "completed_at", "id"):
             raise ValidationError("order_by", f"cannot sort by {order_by!r}")
         async with self.storage.read() as conn:
-            return await self.storage.tasks.list(
+            return await self.storage.tasks.query(
                 conn,
                 status=statuses,
                 queue_name=queue_name,
@@ -1330,7 +1331,7 @@ def _check_page(limit: int, offset: int) -> None:
 
 
 def _check_cycles(batch: list[Task]) -> None:
-    graph = {x.id: [d for d in x.depends_on] for x in batch}
+    graph = {x.id: list(x.depends_on) for x in batch}
     state: dict[str, int] = {}
 
     def visit(node: str, path: list[str]) -> None:

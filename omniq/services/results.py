@@ -106,10 +106,13 @@ class ResultStorage:
         poll = 0.005
         while True:
             async with self.storage.read() as conn:
-                result = await self.storage.results.get(conn, task_id)
-                if result is not None:
-                    return result
+                # Task first: a final status is committed together with its result,
+                # so a result read after it sees that result even where each
+                # statement has its own snapshot (PostgreSQL READ COMMITTED).
                 task = await self.storage.tasks.get(conn, task_id)
+                result = await self.storage.results.get(conn, task_id)
+            if result is not None:
+                return result
             if task is None:
                 raise TaskNotFound(f"no task with id {task_id!r}")
             if task.is_final:

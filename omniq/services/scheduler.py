@@ -120,7 +120,11 @@ class Scheduler:
                     schedule,
                     now,
                     task_id=task.id,
-                    data={"scheduled_for": task.scheduled_for.isoformat() if task.scheduled_for else None},
+                    data={
+                        "scheduled_for": task.scheduled_for.isoformat()
+                        if task.scheduled_for
+                        else None
+                    },
                 )
             )
             events.append(
@@ -156,7 +160,9 @@ class Scheduler:
     ) -> list[datetime]:
         if not missed:
             return []
-        grace = schedule.misfire_grace if schedule.misfire_grace is not None else DEFAULT_MISFIRE_GRACE
+        grace = (
+            schedule.misfire_grace if schedule.misfire_grace is not None else DEFAULT_MISFIRE_GRACE
+        )
         policy = schedule.misfire_policy
         if policy is MisfirePolicy.RUN_ALL:
             return missed[:MAX_CATCH_UP]
@@ -181,9 +187,7 @@ class Scheduler:
         )
 
 
-def _event(
-    kind: EventType, schedule: Schedule, now: datetime, **fields: Any
-) -> dict[str, Any]:
+def _event(kind: EventType, schedule: Schedule, now: datetime, **fields: Any) -> dict[str, Any]:
     return event_row(
         kind,
         schedule_id=schedule.id,

@@ -27,7 +27,7 @@ from omniq.errors import ConfigurationError
 ExecutorKind = Literal["async", "thread", "process"]
 EXECUTOR_KINDS: tuple[str, ...] = ("async", "thread", "process")
 
-__all__ = ["EXECUTOR_KINDS", "ExecutorKind", "Executor", "RemoteError"]
+__all__ = ["EXECUTOR_KINDS", "Executor", "ExecutorKind", "RemoteError"]
 
 
 class RemoteError(Exception):
@@ -123,7 +123,12 @@ class Executor:
         sender.close()
         ready: asyncio.Future[None] = loop.create_future()
         fd = receiver.fileno()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
         try:
             await asyncio.wait_for(ready, timeout)
             try:

@@ -287,11 +287,15 @@ class Worker:
                 await self._guard(self.queue.release_async(task, worker_id=self.worker_id))
             elif entry.cancel_requested:
                 await self._cancelled(task)
-            elif not entry.lost:
+            elif entry.lost:
+                self._counts["lost"] += 1
+            else:
                 raise
         except BaseException as exc:
             elapsed = time.perf_counter() - started
-            if not entry.lost:
+            if entry.lost:
+                self._counts["lost"] += 1
+            else:
                 await self._failed(task, exc, elapsed)
         else:
             elapsed = time.perf_counter() - started
@@ -557,4 +561,3 @@ def _error_info(exc: BaseException) -> ErrorInfo:
     if isinstance(exc, RemoteError):
         return ErrorInfo(type=exc.type_name, message=str(exc), traceback=exc.remote_traceback)
     return ErrorInfo.from_exception(exc)
-

@@ -73,6 +73,12 @@ async def get(engine: AsyncEngine, task_id: str) -> Task | None:
         return await repo.get(conn, task_id)
 
 
+async def lease_of(engine: AsyncEngine, task_id: str) -> datetime | None:
+    stored = await get(engine, task_id)
+    assert stored is not None
+    return stored.lease_expires_at
+
+
 async def claim(
     engine: AsyncEngine,
     *,
@@ -457,10 +463,9 @@ async def test_renew_leases_only_for_matching_tokens(engine: AsyncEngine) -> Non
             conn, {a.id: token_ab, b.id: "lost-token", c.id: token_c, "gone": token_ab}, until
         )
     assert renewed == {a.id, c.id}
-    stored = {x: await get(engine, x) for x in (a.id, b.id, c.id)}
-    assert stored[a.id] is not None and stored[a.id].lease_expires_at == until  # type: ignore[union-attr]
-    assert stored[c.id] is not None and stored[c.id].lease_expires_at == until  # type: ignore[union-attr]
-    assert stored[b.id] is not None and stored[b.id].lease_expires_at == NOW + LEASE  # type: ignore[union-attr]
+    assert await lease_of(engine, a.id) == until
+    assert await lease_of(engine, c.id) == until
+    assert await lease_of(engine, b.id) == NOW + LEASE  # its caller named the wrong token
 
     # Tokens swapped between tasks: each one's token exists, but not on that task.
     later = NOW + timedelta(minutes=20)
@@ -468,9 +473,7 @@ async def test_renew_leases_only_for_matching_tokens(engine: AsyncEngine) -> Non
         assert await repo.renew_leases(conn, {a.id: token_c, c.id: token_ab}, later) == set()
         assert await repo.renew_leases(conn, {}, later) == set()
     for task_id in (a.id, c.id):
-        again = await get(engine, task_id)
-        assert again is not None
-        assert again.lease_expires_at == until, "a lease held under another token was extended"
+        assert await lease_of(engine, task_id) == until, "a lease under another token was extended"
 
 
 async def test_renew_leases_ignores_finished_tasks(engine: AsyncEngine) -> None:
@@ -712,27 +715,27 @@ async def test_list_filters_order_and_pagination(engine: AsyncEngine) -> None:
     repo = TaskRepository(dialect_of(engine))
     ids = [x.id for x in tasks]
     async with engine.begin() as conn:
-        everything = await repo.list(conn)
+        everything = await repo.query(conn)
         assert [x.id for x in everything] == ids  # created_at ascending by default
-        assert [x.id for x in await repo.list(conn, limit=3, offset=2)] == ids[2:5]
-        assert [x.id for x in await repo.list(conn, limit=3, offset=9)] == ids[9:]
-        assert [x.id for x in await repo.list(conn, order_by="priority", descending=True)] == ids[
+        assert [x.id for x in await repo.query(conn, limit=3, offset=2)] == ids[2:5]
+        assert [x.id for x in await repo.query(conn, limit=3, offset=9)] == ids[9:]
+        assert [x.id for x in await repo.query(conn, order_by="priority", descending=True)] == ids[
             ::-1
         ]
         assert [
-            x.id for x in await repo.list(conn, order_by="priority", descending=True, limit=2)
+            x.id for x in await repo.query(conn, order_by="priority", descending=True, limit=2)
         ] == [ids[9], ids[8]]
-        assert [x.id for x in await repo.list(conn, queue_name="a")] == ids[1::2]
-        assert [x.id for x in await repo.list(conn, status=[TaskStatus.COMPLETED])] == ids[8:]
+        assert [x.id for x in await repo.query(conn, queue_name="a")] == ids[1::2]
+        assert [x.id for x in await repo.query(conn, status=[TaskStatus.COMPLETED])] == ids[8:]
         assert [
             x.id
-            for x in await repo.list(
+            for x in await repo.query(
                 conn, status=[TaskStatus.COMPLETED, TaskStatus.PENDING], queue_name="b"
             )
         ] == ids[0::2]
-        assert [x.id for x in await repo.list(conn, schedule_id=owner.id)] == ids[1:3]
-        assert await repo.list(conn, status=[TaskStatus.RUNNING]) == []
-        assert [x.id for x in await repo.list(conn, order_by="id")] == sorted(ids)
+        assert [x.id for x in await repo.query(conn, schedule_id=owner.id)] == ids[1:3]
+        assert await repo.query(conn, status=[TaskStatus.RUNNING]) == []
+        assert [x.id for x in await repo.query(conn, order_by="id")] == sorted(ids)
         assert everything == tasks
 
 
@@ -778,13 +781,13 @@ async def test_unknown_task_status_in_row_raises_invalid_row(engine: AsyncEngine
             await repo.get(conn, job.id)
     async with engine.begin() as conn:
         with pytest.raises(InvalidRow):
-            await repo.list(conn)
+            await repo.query(conn)
     async with engine.begin() as conn:
         with pytest.raises(InvalidRow):
             await repo.statuses(conn, [job.id])
 
 
-async def test_invalid_stored_datetime_raises_invalid_row(engine: AsyncEngine) -> None:
+async def test_invalid_stored_func_reference_raises_invalid_row(engine: AsyncEngine) -> None:
     job = task()
     await insert(engine, job)
     await set_column(engine, t, job.id, func="not a reference")
@@ -872,12 +875,13 @@ async def test_schedule_round_trip(engine: AsyncEngine) -> None:
             await repo.insert(conn, cron)
 
 
-async def test_schedule_list(engine: AsyncEngine) -> None:
+async def test_schedule_query(engine: AsyncEngine) -> None:
     repo = ScheduleRepository(dialect_of(engine))
     items = [
         schedule(
             created_at=T0 + timedelta(seconds=i),
             status=ScheduleStatus.PAUSED if i % 2 else ScheduleStatus.ACTIVE,
+            next_run_at=None if i == 2 else NOW - timedelta(minutes=i),
         )
         for i in range(5)
     ]
@@ -885,10 +889,13 @@ async def test_schedule_list(engine: AsyncEngine) -> None:
         for item in reversed(items):
             await repo.insert(conn, item)
         ids = [x.id for x in items]
-        assert [x.id for x in await repo.list(conn)] == ids
-        assert [x.id for x in await repo.list(conn, limit=2, offset=1)] == ids[1:3]
-        assert [x.id for x in await repo.list(conn, status=[ScheduleStatus.PAUSED])] == ids[1::2]
-        assert await repo.list(conn, status=[ScheduleStatus.CANCELLED]) == []
+        assert [x.id for x in await repo.query(conn)] == ids  # oldest first
+        assert await repo.query(conn) == items
+        assert [x.id for x in await repo.query(conn, limit=2, offset=1)] == ids[1:3]
+        assert [x.id for x in await repo.query(conn, status=[ScheduleStatus.PAUSED])] == ids[1::2]
+        assert await repo.query(conn, status=[ScheduleStatus.CANCELLED]) == []
+        by_next = await repo.query(conn, order_by="next_run_at")
+        assert [x.id for x in by_next] == [ids[4], ids[3], ids[1], ids[0]]  # unscheduled left out
 
 
 async def test_schedule_due(engine: AsyncEngine) -> None:
@@ -1009,7 +1016,7 @@ async def test_schedule_unreadable_rows(engine: AsyncEngine) -> None:
             await repo.get(conn, bogus_status.id)
 
 
-# --- results ---------------------------------------------------------------------------------------
+# --- results --------------------------------------------------------------------------------------
 
 
 def result(task_id: str | None = None, **kwargs: Any) -> TaskResult:
@@ -1116,7 +1123,7 @@ async def test_result_unreadable_rows(engine: AsyncEngine) -> None:
             await repo.get(conn, broken.task_id)
 
 
-# --- events ----------------------------------------------------------------------------------------
+# --- events ---------------------------------------------------------------------------------------
 
 
 def event(**kwargs: Any) -> TaskEvent:
