@@ -151,3 +151,19 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
         yield eng
     finally:
         await eng.dispose()
+
+
+@pytest.fixture(params=ENGINES)
+def own_migrated_db_url(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    sqlite_template: Path,
+    postgres_databases: PostgresDatabases | None,
+) -> str:
+    """A migrated database that no other test shares (a new one per test), on each engine."""
+    if request.param == "sqlite":
+        path = tmp_path / "own.db"
+        shutil.copyfile(sqlite_template, path)
+        path.chmod(0o600)
+        return f"sqlite+aiosqlite:///{path}"
+    return require_postgres(postgres_databases).create(migrated=True)

@@ -614,10 +614,20 @@ class TaskQueue:
         )
         return TaskStatus.FAILED
 
-    async def release_async(self, task: Task, *, worker_id: str | None = None) -> bool:
-        """Give a running task back to pending without spending an attempt (shutdown)."""
+    async def release_async(
+        self,
+        task: Task,
+        *,
+        worker_id: str | None = None,
+        events: Sequence[Mapping[str, Any]] = (),
+    ) -> bool:
+        """Give a running task back to pending without spending an attempt (shutdown).
+
+        ``events`` are appended in the same transaction.
+        """
         now = utcnow()
         async with self.storage.write() as conn:
+            await self.storage.events.insert_rows(conn, events)
             updated = await self.storage.tasks.transition(
                 conn,
                 task.id,
@@ -640,11 +650,17 @@ class TaskQueue:
         return True
 
     async def cancel_running_async(
-        self, task: Task, *, worker_id: str | None = None, reason: str = "cancelled by request"
+        self,
+        task: Task,
+        *,
+        worker_id: str | None = None,
+        reason: str = "cancelled by request",
+        events: Sequence[Mapping[str, Any]] = (),
     ) -> bool:
         """Worker side of a cancel: running -> cancelled, if the lease still holds."""
         now = utcnow()
         async with self.storage.write() as conn:
+            await self.storage.events.insert_rows(conn, events)
             updated = await self.storage.tasks.transition(
                 conn,
                 task.id,

@@ -19,7 +19,10 @@ import multiprocessing
 import multiprocessing.connection
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from concurrent.futures import Executor as _FuturesExecutor
+from concurrent.futures import Future
 from typing import Any, Literal
 
 from omniq.errors import ConfigurationError
@@ -63,6 +66,67 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
+class DaemonThreadPool(_FuturesExecutor):
+    """A thread pool whose threads never hold up interpreter exit.
+
+    ``concurrent.futures.ThreadPoolExecutor`` joins its threads at exit, so a
+    task function stuck in a thread (timed out, or abandoned at shutdown)
+    would keep a stopped worker process alive until it returns. These
+    threads are daemons: a worker that has stopped exits at once.
+    """
+
+    def __init__(self, max_workers: int, name: str = "omniq-task") -> None:
+        self._max_workers = max_workers
+        self._name = name
+        self._work: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._work.put((future, functools.partial(fn, *args, **kwargs)))
+            if self._idle == 0 and len(self._threads) < self._max_workers:
+                thread = threading.Thread(
+                    target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            else:
+                self._idle -= 1 if self._idle else 0
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            future, call = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call())
+                except BaseException as exc:
+                    future.set_exception(exc)
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._work.put(None)
+        if wait:
+            for thread in threads:
+                thread.join()
+
+
 class Executor:
     """Runs task functions for one worker, by kind."""
 
@@ -73,7 +137,7 @@ class Executor:
             )
         self.kind = kind
         self._thread_count = max(1, threads)
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: DaemonThreadPool | None = None
         self._mp = multiprocessing.get_context("forkserver") if kind == "process" else None
 
     async def run(
@@ -152,11 +216,9 @@ class Executor:
         raise RemoteError(message[1], message[2], message[3])
 
     @property
-    def _threads(self) -> ThreadPoolExecutor:
+    def _threads(self) -> DaemonThreadPool:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(
-                max_workers=self._thread_count, thread_name_prefix="omniq-task"
-            )
+            self._pool = DaemonThreadPool(self._thread_count)
         return self._pool
 
     def shutdown(self) -> None:

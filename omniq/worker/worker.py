@@ -231,6 +231,10 @@ class Worker:
             self._start_buffered()
             free = self.concurrency - len(self._running)
             if free > 0:
+                # Tasks running when the claim starts may end (and make retries or
+                # dependents ready) after the claim's snapshot: burst mode must
+                # not stop on that claim's empty answer.
+                busy = bool(self._running)
                 try:
                     claimed = await self.queue.dequeue_many_async(
                         free + self.prefetch, self.queues, worker_id=self.worker_id
@@ -245,7 +249,9 @@ class Worker:
                     idle = _MIN_POLL
                     continue
                 if burst and not self._running and not self._buffer:
-                    return
+                    if not busy:
+                        return
+                    continue
             await self.storage.notifier.wait(idle)
             idle = min(idle * 2, self.poll_interval)
 
@@ -284,7 +290,11 @@ class Worker:
         except asyncio.CancelledError:
             elapsed = time.perf_counter() - started
             if entry.releasing:
-                await self._guard(self.queue.release_async(task, worker_id=self.worker_id))
+                await self._guard(
+                    self.queue.release_async(
+                        task, worker_id=self.worker_id, events=self._take_events()
+                    )
+                )
             elif entry.cancel_requested:
                 await self._cancelled(task)
             elif entry.lost:
@@ -342,7 +352,7 @@ class Worker:
             await self._run_callback(task, result)
 
     async def _flush_completions(self, items: list[tuple[Task, Any, float]]) -> None:
-        events, self._pending_events = self._pending_events, []
+        events = self._take_events()
         try:
             done = await self.queue.complete_many_async(
                 items, worker_id=self.worker_id, events=events
@@ -356,7 +366,7 @@ class Worker:
     async def _failed(self, task: Task, exc: BaseException, elapsed: float) -> None:
         info = _error_info(exc)
         retry = not isinstance(exc, TaskNotFound | SerializationError)
-        events, self._pending_events = self._pending_events, []
+        events = self._take_events()
         status = await self._guard(
             self.queue.fail_async(
                 task,
@@ -377,7 +387,10 @@ class Worker:
             self._outcome[task.id] = status
 
     async def _cancelled(self, task: Task) -> None:
-        if await self._guard(self.queue.cancel_running_async(task, worker_id=self.worker_id)):
+        cancelled = self.queue.cancel_running_async(
+            task, worker_id=self.worker_id, events=self._take_events()
+        )
+        if await self._guard(cancelled):
             self._counts["cancelled"] += 1
             self._outcome[task.id] = TaskStatus.CANCELLED
 
@@ -396,6 +409,11 @@ class Worker:
                 error=str(_error_info(exc)),
                 message=f"callback {task.callback} failed; the task's outcome is unchanged",
             )
+
+    def _take_events(self) -> list[dict[str, Any]]:
+        """The buffered events (``executing``), to write with the next transition."""
+        events, self._pending_events = self._pending_events, []
+        return events
 
     async def _guard(self, awaitable: Any) -> Any:
         """Await a database write; report (not raise) database errors."""
@@ -441,7 +459,7 @@ class Worker:
             if entry.task.lease_token is not None
         }
         leases.update({t.id: t.lease_token for t in self._buffer if t.lease_token is not None})
-        events, self._pending_events = self._pending_events, []
+        events = self._take_events()
         try:
             held = await self.queue.heartbeat_async(leases, events)
         except OmniQError as exc:
@@ -506,7 +524,7 @@ class Worker:
             if pending:
                 await asyncio.wait(pending)
         if self._pending_events:
-            events, self._pending_events = self._pending_events, []
+            events = self._take_events()
             await self._guard(self.queue.heartbeat_async({}, events))
         if self.run_maintenance:
             await self._guard(self.maintenance.release_async())

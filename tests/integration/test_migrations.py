@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import zipfile
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import PostgresDatabases, require_postgres
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from packaging.requirements import Requirement
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omniq.db import migrate
@@ -23,7 +28,6 @@ from omniq.errors import SchemaOutOfDate
 
 REPO = Path(__file__).resolve().parents[2]
 OMNIQ_TABLES = {table.name for table in metadata.sorted_tables}
-ENGINES = ["sqlite", "postgres"]
 
 
 async def _table_names(engine: AsyncEngine) -> set[str]:
@@ -140,35 +144,30 @@ def test_sync_api(tmp_path: Path) -> None:
     assert migrate.current(url) is None
 
 
-def test_head_is_the_initial_revision() -> None:
-    assert migrate.head() == "0001"
+def test_revisions_form_one_chain_from_0001() -> None:
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("omniq._migrations")))
+    scripts = ScriptDirectory.from_config(config)
+    assert scripts.get_bases() == ["0001"]
+    assert scripts.get_heads() == [migrate.head()]
+    chain = [rev.revision for rev in scripts.walk_revisions("base", "heads")]
+    assert chain[-1] == "0001"
+    assert chain[0] == migrate.head()
 
 
 # --- the alembic CLI ------------------------------------------------------------------------
 
 
-@pytest.fixture(params=ENGINES)
-def cli_db_url(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    postgres_databases: PostgresDatabases | None,
-) -> str:
-    """A never-migrated database for the CLI, on each engine."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'cli' / 'omniq.db'}"
-    return require_postgres(postgres_databases).create(migrated=False)
-
-
-def test_alembic_cli_upgrade_then_check(cli_db_url: str) -> None:
-    alembic = [sys.executable, "-m", "alembic", "-x", f"url={cli_db_url}"]
+def test_alembic_cli_upgrade_then_check(empty_db_url: str) -> None:
+    alembic = [sys.executable, "-m", "alembic", "-x", f"url={empty_db_url}"]
     _run([*alembic, "upgrade", "head"], cwd=REPO)
     out = _run([*alembic, "current"], cwd=REPO)
     assert migrate.head() in out
     out = _run([*alembic, "check"], cwd=REPO)
     assert "No new upgrade operations detected" in out
-    assert migrate.current(cli_db_url) == migrate.head()
+    assert migrate.current(empty_db_url) == migrate.head()
     _run([*alembic, "downgrade", "base"], cwd=REPO)
-    assert migrate.current(cli_db_url) is None
+    assert migrate.current(empty_db_url) is None
 
 
 def test_alembic_cli_script_from_the_venv(tmp_path: Path) -> None:
@@ -203,6 +202,20 @@ def _copy_sources(dest: Path) -> None:
     shutil.copytree(REPO / "migrations", dest / "migrations", ignore=ignore)
 
 
+def _build_requirements_installed() -> bool:
+    """True when this environment satisfies pyproject's build-system requirements."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    for spec in pyproject["build-system"]["requires"]:
+        requirement = Requirement(spec)
+        try:
+            version = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            return False
+        if not requirement.specifier.contains(version, prereleases=True):
+            return False
+    return True
+
+
 UPGRADE_FROM_WHEEL = """
 import sys
 from pathlib import Path
@@ -229,14 +242,16 @@ def test_wheel_ships_migrations_and_upgrades_without_a_checkout(tmp_path: Path) 
     _copy_sources(src)
     work.mkdir()
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-cache-dir"]
-    _run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)],
-        cwd=tmp_path,
-    )
+    # Offline with the environment's setuptools when it satisfies build-system.requires;
+    # otherwise pip builds in isolation and fetches them (as `pip install .` would).
+    isolation = ["--no-build-isolation"] if _build_requirements_installed() else []
+    _run([*pip, "wheel", "--no-deps", *isolation, "-w", str(dist), str(src)], cwd=tmp_path)
     (wheel,) = dist.glob("omniq-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     assert "omniq/_migrations/versions/0001_initial.py" in names
+    for revision in (REPO / "migrations" / "versions").glob("*.py"):
+        assert f"omniq/_migrations/versions/{revision.name}" in names
     assert "omniq/_migrations/env.py" in names
     assert "omniq/_migrations/script.py.mako" in names
     assert "omniq/db/migrate.py" in names

@@ -6,11 +6,9 @@ import asyncio
 import multiprocessing
 import queue
 import random
-import shutil
 import time
 import traceback
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -84,24 +82,6 @@ def claim_worker(url: str, worker_no: int, start: Any, results: Any) -> None:
 # --- the test ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def shared_db_url(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    sqlite_template: Path,
-    postgres_databases: Any,
-) -> str:
-    """A migrated database of this test's own, on each engine."""
-    if request.param == "sqlite":
-        path = tmp_path / "shared.db"
-        shutil.copyfile(sqlite_template, path)
-        path.chmod(0o600)
-        return f"sqlite+aiosqlite:///{path}"
-    from conftest import require_postgres
-
-    return require_postgres(postgres_databases).create(migrated=True)
-
-
 async def _enqueue(url: str, count: int) -> None:
     engine = create_engine(url)
     repo = TaskRepository(dialect_of(engine))
@@ -134,13 +114,13 @@ async def _summary(url: str) -> tuple[dict[str, int], dict[int, int]]:
 
 
 @pytest.mark.slow
-def test_processes_claim_every_task_exactly_once(shared_db_url: str) -> None:
-    asyncio.run(_enqueue(shared_db_url, TASKS))
+def test_processes_claim_every_task_exactly_once(own_migrated_db_url: str) -> None:
+    asyncio.run(_enqueue(own_migrated_db_url, TASKS))
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(PROCESSES)
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=claim_worker, args=(shared_db_url, i, start, results), daemon=True)
+        ctx.Process(target=claim_worker, args=(own_migrated_db_url, i, start, results), daemon=True)
         for i in range(PROCESSES)
     ]
     for proc in procs:
@@ -177,6 +157,6 @@ def test_processes_claim_every_task_exactly_once(shared_db_url: str) -> None:
     assert len(claimed) == TASKS
     assert len(set(claimed)) == TASKS, "a task was claimed more than once"
     assert sum(1 for ids, _ in reports.values() if ids) >= 2, "no concurrency happened"
-    statuses, attempts = asyncio.run(_summary(shared_db_url))
+    statuses, attempts = asyncio.run(_summary(own_migrated_db_url))
     assert statuses == {"completed": TASKS}
     assert attempts == {1: TASKS}

@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from omniq._time import EPOCH, from_micros, new_id, require_aware, to_micros, to_timedelta
@@ -31,6 +32,11 @@ from omniq.models import (
 FUNC = "tests.jobs:work"
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 NAIVE = datetime(2026, 1, 2, 3, 4, 5)
+
+
+def make_task(**kwargs: Any) -> Task:
+    """A Task of FUNC; values given as ``Any`` so that tests may pass bad types."""
+    return Task(func=FUNC, **kwargs)
 
 
 def raises_field(field: str) -> Any:
@@ -101,7 +107,7 @@ def test_task_evolve_keeps_validation() -> None:
     assert moved.queue_name == "other"
     assert moved.id == task.id
     with raises_field("priority"):
-        attrs.evolve(task, priority="high")
+        attrs.evolve(task, priority="high")  # type: ignore[arg-type]
 
 
 def test_task_cannot_depend_on_itself() -> None:
@@ -150,7 +156,7 @@ def test_task_converters_normalise_containers() -> None:
 )
 def test_task_rejects_bad_values_naming_the_field(field: str, value: Any) -> None:
     with raises_field(field):
-        Task(func=FUNC, **{field: value})
+        make_task(**{field: value})
 
 
 # --- time --------------------------------------------------------------------
@@ -170,14 +176,14 @@ def test_task_rejects_bad_values_naming_the_field(field: str, value: Any) -> Non
 )
 def test_task_rejects_naive_datetimes(field: str) -> None:
     with raises_field(field) as info:
-        Task(func=FUNC, **{field: NAIVE})
+        make_task(**{field: NAIVE})
     assert info.value.field == field
     assert "naive" in str(info.value)
 
 
 def test_non_datetime_rejected_naming_field() -> None:
     with raises_field("run_at"):
-        Task(func=FUNC, run_at="2026-01-01T00:00:00Z")
+        make_task(run_at="2026-01-01T00:00:00Z")
 
 
 @pytest.mark.parametrize(
@@ -213,6 +219,12 @@ def test_require_aware_rejects_tzinfo_without_offset() -> None:
         def utcoffset(self, dt: datetime | None) -> timedelta | None:
             return None
 
+        def tzname(self, dt: datetime | None) -> str | None:
+            return None
+
+        def dst(self, dt: datetime | None) -> timedelta | None:
+            return None
+
     with raises_field("when"):
         require_aware(datetime(2026, 1, 1, tzinfo=NoOffset()), "when")
 
@@ -223,21 +235,21 @@ def test_require_aware_rejects_tzinfo_without_offset() -> None:
 @pytest.mark.parametrize("field", ["ttl", "retry_delay", "result_ttl", "timeout"])
 def test_task_rejects_negative_durations(field: str) -> None:
     with raises_field(field):
-        Task(func=FUNC, **{field: timedelta(seconds=-1)})
+        make_task(**{field: timedelta(seconds=-1)})
 
 
 @pytest.mark.parametrize("field", ["ttl", "retry_delay", "timeout"])
 def test_task_rejects_durations_that_are_not_timedeltas(field: str) -> None:
     with raises_field(field):
-        Task(func=FUNC, **{field: 5})
+        make_task(**{field: 5})
 
 
 @pytest.mark.parametrize("field", ["max_retries", "retry_count", "attempts"])
 def test_task_rejects_negative_counts(field: str) -> None:
     with raises_field(field):
-        Task(func=FUNC, **{field: -1})
+        make_task(**{field: -1})
     with raises_field(field):
-        Task(func=FUNC, **{field: 1.5})
+        make_task(**{field: 1.5})
 
 
 def test_task_zero_timeout_rejected_zero_ttl_allowed() -> None:
@@ -520,6 +532,7 @@ def test_new_id_order_across_threads() -> None:
 # --- microseconds ---------------------------------------------------------------------
 
 
+@hypothesis_settings(database=None)  # no .hypothesis/ example store in the checkout
 @given(
     st.datetimes(
         min_value=datetime(1, 1, 2),
@@ -537,6 +550,7 @@ def test_micros_round_trip(value: datetime) -> None:
     assert back.utcoffset() == timedelta(0)
 
 
+@hypothesis_settings(database=None)  # no .hypothesis/ example store in the checkout
 @given(st.integers(min_value=-(10**15), max_value=10**17))
 def test_micros_round_trip_from_integers(micros: int) -> None:
     assert to_micros(from_micros(micros)) == micros
@@ -553,8 +567,8 @@ def test_micros_known_values_and_order() -> None:
 
 def test_bad_ttl_or_created_at_types_name_the_field() -> None:
     with raises_field("created_at"):
-        Task(func=FUNC, created_at="2026-01-01", ttl=timedelta(seconds=1))
+        make_task(created_at="2026-01-01", ttl=timedelta(seconds=1))
     with raises_field("created_at"):
-        TaskResult(task_id="t", status="success", created_at=0, ttl=timedelta(seconds=1))
+        TaskResult(task_id="t", status="success", created_at=0, ttl=timedelta(seconds=1))  # type: ignore[arg-type]
     with raises_field("ttl"):
-        TaskResult(task_id="t", status="success", ttl=60)
+        TaskResult(task_id="t", status="success", ttl=60)  # type: ignore[arg-type]

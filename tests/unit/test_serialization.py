@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from omniq.errors import SerializationError, TaskNotFound, UnsafePayload
@@ -127,6 +128,7 @@ JSON_VALUES = st.recursive(
 )
 
 
+@hypothesis_settings(database=None)  # no .hypothesis/ example store in the checkout
 @given(JSON_VALUES)
 def test_json_round_trip(value: Any) -> None:
     serializer = JsonSerializer()

@@ -1,0 +1,180 @@
+"""The `omniq` command as a user runs it: subprocesses, exit codes, --json, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from omniq.db import migrate
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "tests.acceptance.cli_tasks"
+
+
+def omniq(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMNIQ_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "omniq", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def as_json(proc: subprocess.CompletedProcess[str]) -> object:
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        time.sleep(0.05)
+
+
+def test_enqueue_worker_result_round_trip(db_url: str) -> None:
+    task_id = as_json(omniq(db_url, "enqueue", f"{APP}:add", "--args", "[1, 2]", "--json"))
+    assert isinstance(task_id, dict)
+    kw_id = omniq(db_url, "enqueue", f"{APP}:greet", "--kwargs", '{"name": "Tom"}').stdout.strip()
+    pending = as_json(omniq(db_url, "tasks", "--status", "pending", "--json"))
+    assert isinstance(pending, list) and len(pending) == 2
+
+    worker = omniq(db_url, "worker", "--app", APP, "--burst", "--json")
+    assert worker.returncode == 0, worker.stderr
+    assert json.loads(worker.stdout)["completed"] == 2
+
+    result = as_json(omniq(db_url, "result", task_id["task_id"], "--json"))
+    assert isinstance(result, dict)
+    assert result["status"] == "success" and result["result"] == 3
+    text = omniq(db_url, "result", kw_id)
+    assert text.returncode == 0 and "hello Tom" in text.stdout
+
+    table = omniq(db_url, "tasks")
+    assert table.returncode == 0
+    assert table.stdout.splitlines()[0].split()[:3] == ["ID", "QUEUE", "STATUS"]
+    events = as_json(omniq(db_url, "events", "--task", task_id["task_id"], "--json"))
+    assert isinstance(events, list)
+    assert [e["event_type"] for e in events][::-1][:3] == ["enqueued", "dequeued", "executing"]
+    stats = as_json(omniq(db_url, "stats", "--json"))
+    assert isinstance(stats, dict) and stats["task_totals"] == {"completed": 2}
+
+
+def test_delays_priorities_cancel_and_requeue(db_url: str) -> None:
+    later = omniq(db_url, "enqueue", f"{APP}:add", "--args", "[1, 1]", "--in", "1h").stdout.strip()
+    task = as_json(omniq(db_url, "task", later, "--json"))
+    assert isinstance(task, dict) and task["status"] == "pending"
+    assert omniq(db_url, "cancel", later).returncode == 0
+    again = omniq(db_url, "cancel", later)
+    assert again.returncode == 1 and "already finished" in again.stdout
+    requeued = omniq(db_url, "requeue", later)
+    assert requeued.returncode == 0 and "pending" in requeued.stdout
+
+
+def test_bad_input_gives_one_line_and_exit_code(db_url: str, tmp_path: Path) -> None:
+    bad_json = omniq(db_url, "enqueue", f"{APP}:add", "--args", "[1,")
+    assert bad_json.returncode == 2
+    assert bad_json.stderr.strip().startswith("omniq: error: --args: not valid JSON")
+    assert len(bad_json.stderr.strip().splitlines()) == 1
+
+    not_a_list = omniq(db_url, "enqueue", f"{APP}:add", "--args", '{"a": 1}')
+    assert not_a_list.returncode == 2 and "expected a JSON list" in not_a_list.stderr
+
+    bad_ref = omniq(db_url, "enqueue", "not a reference")
+    assert bad_ref.returncode == 2 and "func" in bad_ref.stderr
+
+    unknown = omniq(db_url, "task", "no-such-task")
+    assert unknown.returncode == 1 and "no task with id 'no-such-task'" in unknown.stderr
+
+    bad_url = omniq("mysql://localhost/x", "tasks")
+    assert bad_url.returncode == 2 and "unsupported database URL scheme" in bad_url.stderr
+
+    bad_duration = omniq(db_url, "enqueue", f"{APP}:add", "--in", "soon")
+    assert bad_duration.returncode == 2 and "--in" in bad_duration.stderr
+
+    bad_status = omniq(db_url, "tasks", "--status", "bogus")
+    assert bad_status.returncode == 2 and "unknown status 'bogus'" in bad_status.stderr
+
+    # Nothing was written by the failed commands.
+    assert as_json(omniq(db_url, "tasks", "--json")) == []
+
+
+def test_db_commands_on_a_new_database(empty_db_url: str) -> None:
+    current = as_json(omniq(empty_db_url, "db", "current", "--json"))
+    assert current == {"current": None, "head": migrate.head(), "up_to_date": False}
+    assert omniq(empty_db_url, "db", "upgrade").returncode == 0
+    assert as_json(omniq(empty_db_url, "db", "current", "--json")) == {
+        "current": migrate.head(),
+        "head": migrate.head(),
+        "up_to_date": True,
+    }
+    check = omniq(empty_db_url, "db", "check")
+    assert check.returncode == 0 and "schema matches head" in check.stdout
+
+
+def test_server_database_behind_head_is_reported(empty_db_url: str) -> None:
+    if empty_db_url.startswith("sqlite"):
+        # SQLite files are migrated automatically when opened.
+        assert omniq(empty_db_url, "tasks", "--json").returncode == 0
+        return
+    proc = omniq(empty_db_url, "tasks")
+    assert proc.returncode == 1
+    assert "SchemaOutOfDate" in proc.stderr and "omniq db upgrade" in proc.stderr
+
+
+def test_worker_sigterm_releases_unfinished_task(db_url: str, tmp_path: Path) -> None:
+    marker = tmp_path / "started.txt"
+    task_id = omniq(
+        db_url, "enqueue", f"{APP}:slow", "--args", json.dumps([30, str(marker)])
+    ).stdout.strip()
+    env = {**os.environ, "OMNIQ_DATABASE_URL": db_url, "PYTHONPATH": str(ROOT)}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "omniq", "worker", "--app", APP, "--executor", "thread",
+         "--grace-period", "0.5s", "--poll-interval", "0.1s"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(marker.exists)
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, stderr
+    task = as_json(omniq(db_url, "task", task_id, "--json"))
+    assert isinstance(task, dict)
+    assert task["status"] == "pending" and task["attempts"] == 0
+    events = as_json(omniq(db_url, "events", "--task", task_id, "--json"))
+    assert isinstance(events, list) and events[0]["event_type"] == "released"
+
+
+@pytest.mark.parametrize("fmt", ["toml", "json"])
+def test_schedules_listing_and_actions(db_url: str, fmt: str) -> None:
+    from omniq import OmniQ
+
+    with OmniQ(url=db_url) as oq:
+        sid = oq.schedule(f"{APP}:add", [1, 2], interval=60, name=f"every-minute-{fmt}")
+    listing = omniq(db_url, "schedules")
+    assert listing.returncode == 0 and f"every-minute-{fmt}" in listing.stdout
+    paused = omniq(db_url, "schedule", "pause", sid)
+    assert paused.returncode == 0 and "paused" in paused.stdout
+    again = omniq(db_url, "schedule", "pause", sid)
+    assert again.returncode == 1 and "expected active" in again.stderr
+    assert omniq(db_url, "schedule", "resume", sid).returncode == 0
+    missing = omniq(db_url, "schedule", "cancel", "nope")
+    assert missing.returncode == 1 and "no schedule with id 'nope'" in missing.stderr
