@@ -140,8 +140,20 @@ def test_worker_sigterm_releases_unfinished_task(db_url: str, tmp_path: Path) ->
     ).stdout.strip()
     env = {**os.environ, "OMNIQ_DATABASE_URL": db_url, "PYTHONPATH": str(ROOT)}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "omniq", "worker", "--app", APP, "--executor", "thread",
-         "--grace-period", "0.5s", "--poll-interval", "0.1s"],
+        [
+            sys.executable,
+            "-m",
+            "omniq",
+            "worker",
+            "--app",
+            APP,
+            "--executor",
+            "thread",
+            "--grace-period",
+            "0.5s",
+            "--poll-interval",
+            "0.1s",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

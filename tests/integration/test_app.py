@@ -1,0 +1,208 @@
+"""The facade: AsyncOmniQ, its sync twin OmniQ, eager mode, @task, the seed API."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from omniq import AsyncOmniQ, OmniQ, Settings, SyncInAsyncContext, TaskStatus
+from omniq.backends import (
+    SQLBackend,
+    SQLiteBackend,
+    create_sqlite_components_from_config,
+    get_worker,
+)
+from omniq.config import OmniQConfig
+from omniq.errors import ConfigurationError, ValidationError
+from tests import app_tasks
+
+pytestmark = pytest.mark.anyio
+
+
+def _triple(x: int) -> int:
+    return 3 * x
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+async def test_async_facade_end_to_end(db_url: str) -> None:
+    async with AsyncOmniQ(url=db_url, settings=Settings(default_max_retries=0)) as oq:
+        a = await oq.enqueue_async(app_tasks.add, [1, 2], priority=3, tags=["t"])
+        b = await oq.enqueue_async(app_tasks.async_double, {"x": 21}, depends_on=[a])
+        bad = await oq.enqueue_async(app_tasks.explode, max_retries=1, retry_delay=0)
+        later = await oq.enqueue_async(app_tasks.add, [0, 0], run_in=timedelta(hours=1))
+        assert (await oq.get_task_async(b)).status is TaskStatus.WAITING  # type: ignore[union-attr]
+        await oq.start_worker_async(concurrency=4, poll_interval=0.05)
+        result = await oq.get_result_async(b, wait=True, timeout=30)
+        assert result is not None and result.result == 42
+        failed = await oq.get_result_async(bad, wait=True, timeout=30)
+        assert failed is not None and failed.error_type == "RuntimeError"
+        await oq.stop_worker_async()
+        assert (await oq.get_task_async(later)).status is TaskStatus.PENDING  # type: ignore[union-attr]
+        assert await oq.cancel_async(later)
+        requeued = await oq.requeue_async(bad)
+        assert requeued.status is TaskStatus.PENDING
+        listed = await oq.list_tasks_async(status="completed")
+        assert {t.id for t in listed} == {a, b}
+        events = await oq.get_events_async(task_id=bad, event_type=["retry", "failed"])
+        assert [e.event_type.value for e in events] == ["failed", "retry"]
+        stats = await oq.stats_async()
+        assert stats["task_totals"] == {"completed": 2, "pending": 1, "cancelled": 1}
+        report = await oq.cleanup_async()
+        assert report.recovered == 0
+
+
+async def test_schedule_and_latest_result(db_url: str) -> None:
+    async with AsyncOmniQ(url=db_url) as oq:
+        sid = await oq.schedule_async(
+            app_tasks.add, [2, 2], interval=0.2, max_runs=2, start_at=datetime.now(UTC)
+        )
+        await oq.start_worker_async(poll_interval=0.05, scheduler_interval=0.05)
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            schedule = await oq.get_schedule_async(sid)
+            latest = await oq.get_result_async(schedule_id=sid)
+            assert schedule is not None
+            if schedule.status.value == "completed" and latest is not None:
+                tasks = await oq.list_tasks_async(status="completed")
+                if len(tasks) == 2:
+                    break
+            assert asyncio.get_running_loop().time() < deadline, "schedule never completed"
+            await asyncio.sleep(0.05)
+        await oq.stop_worker_async()
+        assert latest.result == 4
+        with pytest.raises(ValidationError, match="exactly one of cron=, interval= or at="):
+            await oq.schedule_async(app_tasks.add, [1, 1], cron="* * * * *", interval=5)
+        with pytest.raises(ValidationError, match="exactly one of task_id or schedule_id"):
+            await oq.get_result_async()
+
+
+async def test_task_decorator_and_eager_mode(db_url: str) -> None:
+    oq = AsyncOmniQ(url=db_url, mode="eager")
+    triple = oq.task(queue_name="math", max_retries=2)(_triple)
+
+    async with oq:
+        assert triple(2) == 6  # still a plain function
+        first = await triple.enqueue_async(5)
+        task = await oq.get_task_async(first)
+        assert task is not None and task.status is TaskStatus.COMPLETED
+        assert task.queue_name == "math" and task.max_retries == 2
+        result = await oq.get_result_async(first)
+        assert result is not None and result.result == 15
+        chain_a = await oq.enqueue_async(app_tasks.add, [1, 1])
+        chain_b = await oq.enqueue_async(app_tasks.add, [2, 2], depends_on=[chain_a])
+        assert (await oq.get_result_async(chain_b)).result == 4  # type: ignore[union-attr]
+        events = await oq.get_events_async(task_id=first)
+        assert [e.event_type.value for e in reversed(events)][:2] == ["enqueued", "dequeued"]
+
+
+def test_sync_facade_from_threads(db_url: str) -> None:
+    with OmniQ(url=db_url) as oq:
+        ids: list[str] = []
+        lock = threading.Lock()
+
+        def produce(n: int) -> None:
+            for i in range(5):
+                task_id = oq.enqueue(app_tasks.add, [n, i])
+                with lock:
+                    ids.append(task_id)
+
+        threads = [threading.Thread(target=produce, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(set(ids)) == 40
+        stats = oq.run_worker(concurrency=8)
+        assert stats.completed == 40
+        assert oq.get_result(ids[0]).result is not None  # type: ignore[union-attr]
+
+        square = oq.task(_square)
+        task_id = square.enqueue(7)
+        oq.run_worker()
+        assert oq.get_result(task_id, wait=True, timeout=10).result == 49  # type: ignore[union-attr]
+
+
+async def test_sync_facade_inside_event_loop_raises(tmp_path: Path) -> None:
+    oq = OmniQ("inside", base_dir=tmp_path)
+    with pytest.raises(SyncInAsyncContext, match="enqueue_async"):
+        oq.enqueue(app_tasks.add, [1, 2])
+
+
+def test_facade_parity() -> None:
+    async_methods = {
+        name: member
+        for name, member in inspect.getmembers(AsyncOmniQ, inspect.iscoroutinefunction)
+        if name.endswith("_async") and not name.startswith("_")
+    }
+    assert len(async_methods) >= 20
+    for name, method in async_methods.items():
+        twin = getattr(OmniQ, name.removesuffix("_async"), None)
+        assert twin is not None, f"OmniQ lacks {name.removesuffix('_async')}"
+        assert inspect.signature(twin) == inspect.signature(method), name
+
+
+def test_construction_from_config_env_and_backend(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = OmniQConfig.from_dict({"url": db_url, "queues": ["q1"], "max_retries": 2})
+    with OmniQ.from_config(config) as oq:
+        task_id = oq.enqueue(app_tasks.add, [1, 1], queue_name="q1")
+        assert oq.get_task(task_id).max_retries == 2  # type: ignore[union-attr]
+    monkeypatch.setenv("OMNIQ_DATABASE_URL", db_url)
+    monkeypatch.setenv("OMNIQ_MAX_RETRIES", "4")
+    with OmniQ.from_env() as oq:
+        assert oq.app.settings.default_max_retries == 4
+        assert len(oq.list_tasks()) == 1
+    path = tmp_path / "omniq.json"
+    path.write_text(f'{{"url": "{db_url}", "result_ttl": "1h"}}', encoding="utf-8")
+    with OmniQ.from_config_file(path) as oq:
+        assert oq.app.settings.default_result_ttl == timedelta(hours=1)
+    backend = SQLBackend(db_url)
+    with backend, OmniQ.from_backend(backend) as oq:
+        assert len(oq.list_tasks()) == 1
+
+
+def test_seed_backend_components(tmp_path: Path) -> None:
+    backend = SQLiteBackend("seed", base_dir=tmp_path, allow_modules=["tests.app_tasks"])
+    backend.initialize()
+    try:
+        assert (tmp_path / "seed.db").exists()
+        queue = backend.get_task_queue(["default"])
+        task_id = queue.enqueue("tests.app_tasks:add", [2, 3])
+        assert queue.size() == 1
+        worker = backend.get_worker("thread")
+        assert worker.run_until_complete().completed == 1
+        assert backend.get_result_storage().get(task_id).result == 5  # type: ignore[union-attr]
+        events = backend.get_event_storage().get_events(task_id=task_id)
+        assert events[0].event_type.value == "completed"
+
+        async def use_async_twins() -> int:
+            other = await queue.enqueue_async("tests.app_tasks:add", [4, 4])
+            await worker.run_until_complete_async()
+            result = await backend.get_result_storage().get_async(other)
+            assert result is not None
+            return int(result.result)
+
+        assert asyncio.run(use_async_twins()) == 8
+        with pytest.raises(ConfigurationError, match="unknown worker type 'gpu'"):
+            backend.get_worker("gpu")
+    finally:
+        backend.close()
+    parts = create_sqlite_components_from_config(
+        {"project_name": "seed", "base_dir": str(tmp_path), "queues": ["default"]}
+    )
+    try:
+        assert parts.task_queue.size() == 0
+        assert parts.result_storage.get_stats()["total"] == 2
+    finally:
+        parts.backend.close()
+    worker = get_worker("process", project_name="seed", base_dir=tmp_path)
+    assert worker.worker_id
