@@ -123,7 +123,7 @@ def test_bad_files(tmp_path: Path) -> None:
         OmniQConfig.from_file(tmp_path / "missing.toml")
     broken = tmp_path / "broken.toml"
     broken.write_text("project_name = ", encoding="utf-8")
-    with pytest.raises(ConfigurationError, match="broken.toml"):
+    with pytest.raises(ConfigurationError, match=r"broken\.toml"):
         OmniQConfig.from_file(broken)
     yaml = tmp_path / "omniq.yaml"
     yaml.write_text("a: 1", encoding="utf-8")
