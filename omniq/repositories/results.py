@@ -10,6 +10,7 @@ import cattrs
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from omniq._time import utcnow
 from omniq.db.engine import Dialect
 from omniq.db.schema import results as r
 from omniq.errors import InvalidRow, OmniQError
@@ -32,7 +33,13 @@ class ResultRepository:
         self._get = sa.select(r).where(r.c.task_id == sa.bindparam("id"))
         self._latest = (
             sa.select(r)
-            .where(r.c.schedule_id == sa.bindparam("sid"))
+            .where(
+                r.c.schedule_id == sa.bindparam("sid"),
+                sa.or_(
+                    r.c.expires_at.is_(None),
+                    r.c.expires_at > sa.bindparam("now", type_=r.c.expires_at.type),
+                ),
+            )
             .order_by(r.c.created_at.desc(), r.c.task_id.desc())
             .limit(1)
         )
@@ -77,11 +84,12 @@ class ResultRepository:
         return None if row is None else self.from_row(row)
 
     async def latest_for_schedule(
-        self, conn: AsyncConnection, schedule_id: str
+        self, conn: AsyncConnection, schedule_id: str, now: datetime | None = None
     ) -> TaskResult | None:
-        """The newest result of the tasks a schedule created."""
+        """The newest result, unexpired at ``now`` (default: now), of a schedule's tasks."""
+        params = {"sid": schedule_id, "now": now or utcnow()}
         with translate_errors("get result"):
-            row = (await conn.execute(self._latest, {"sid": schedule_id})).mappings().one_or_none()
+            row = (await conn.execute(self._latest, params)).mappings().one_or_none()
         return None if row is None else self.from_row(row)
 
     async def update(self, conn: AsyncConnection, task_id: str, values: Mapping[str, Any]) -> bool:

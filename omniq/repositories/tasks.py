@@ -253,11 +253,15 @@ class TaskRepository:
         token: str,
         lease_until: datetime,
         worker_id: str,
+        unreadable: list[tuple[str, str]] | None = None,
     ) -> list[Task]:
         """Atomically move up to ``n`` ready tasks to running under a new lease.
 
         Queues listed first are served first; within a queue: higher priority,
         then earlier run_at, then FIFO. Attempts count here, at claim time.
+        Claimed rows that cannot be read are appended to ``unreadable`` as
+        ``(task_id, reason)`` (they stay claimed under this lease, for the
+        caller to fail); without that list, :class:`InvalidRow` is raised.
         """
         params: dict[str, Any] = {
             "now": now,
@@ -269,7 +273,7 @@ class TaskRepository:
         with translate_errors("claim tasks"):
             if not queues:
                 rows = (await conn.execute(self._claim_any, {**params, "n": n})).mappings().all()
-                claimed.extend(self._claimed(rows))
+                claimed.extend(self._claimed(rows, unreadable))
             else:
                 for queue in queues:
                     want = n - len(claimed)
@@ -277,11 +281,20 @@ class TaskRepository:
                         break
                     params.update(queue=queue, n=want)
                     rows = (await conn.execute(self._claim_by_queue, params)).mappings().all()
-                    claimed.extend(self._claimed(rows))
+                    claimed.extend(self._claimed(rows, unreadable))
         return claimed
 
-    def _claimed(self, rows: Sequence[sa.RowMapping]) -> list[Task]:
-        tasks = [self.from_row(row) for row in rows]
+    def _claimed(
+        self, rows: Sequence[sa.RowMapping], unreadable: list[tuple[str, str]] | None
+    ) -> list[Task]:
+        tasks = []
+        for row in rows:
+            try:
+                tasks.append(self.from_row(row))
+            except InvalidRow as exc:
+                if unreadable is None:
+                    raise
+                unreadable.append((str(row["id"]), str(exc)))
         tasks.sort(key=lambda x: (-x.priority, x.run_at, x.id))
         return tasks
 
@@ -381,6 +394,33 @@ class TaskRepository:
         with translate_errors("renew leases"):
             rows = (await conn.execute(stmt)).all()
         return {row.id: bool(row.cancel_requested) for row in rows}
+
+    async def fail_unknown_statuses(
+        self, conn: AsyncConnection, now: datetime, limit: int
+    ) -> list[tuple[str, str, str | None]]:
+        """Fail rows whose status OmniQ does not know (written by hand); return them.
+
+        Returns ``(task_id, old_status, queue_name)`` for each row failed.
+        """
+        known = [s.value for s in TaskStatus]
+        sub = sa.select(t.c.id).where(t.c.status.not_in(known)).limit(limit)
+        old = sa.select(t.c.id, t.c.status, t.c.queue_name).where(t.c.id.in_(sub))
+        with translate_errors("quarantine tasks"):
+            rows = (await conn.execute(old)).all()
+            if not rows:
+                return []
+            await conn.execute(
+                sa.update(t)
+                .where(t.c.id.in_([r.id for r in rows]), t.c.status.not_in(known))
+                .values(
+                    status=TaskStatus.FAILED.value,
+                    completed_at=now,
+                    lease_token=None,
+                    lease_expires_at=None,
+                    last_error=sa.literal("quarantined: unknown status ") + t.c.status,
+                )
+            )
+        return [(r.id, r.status, r.queue_name) for r in rows]
 
     async def list_expired_leases(
         self, conn: AsyncConnection, now: datetime, limit: int

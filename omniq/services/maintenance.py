@@ -31,6 +31,7 @@ class MaintenanceReport:
 
     recovered: int = 0
     expired: int = 0
+    quarantined: int = 0
     results_deleted: int = 0
     events_deleted: int = 0
     tasks_purged: int = 0
@@ -76,15 +77,17 @@ class Maintenance:
             return None
         recovered = await self.queue.recover_expired_leases_async()
         expired = await self.queue.expire_due_async()
+        quarantined = await self.queue.quarantine_unknown_statuses_async()
         report = MaintenanceReport(
             recovered=recovered,
             expired=expired,
+            quarantined=quarantined,
             results_deleted=await self.results.cleanup_expired_async(),
             events_deleted=await self.events.cleanup_expired_async(),
             tasks_purged=await self.queue.purge_finished_async(),
             checkpointed=await self._checkpoint(),
         )
-        if any(attrs.astuple(report)[:5]):
+        if any(attrs.astuple(report)[:6]):
             log.info("maintenance: %s", report)
         return report
 

@@ -384,6 +384,7 @@ class TaskQueue:
         now = utcnow()
         token = new_id()
         worker = worker_id or "anonymous"
+        unreadable: list[tuple[str, str]] = []
         async with self.storage.write() as conn:
             await self._sweep_expired_if_due(conn, now)
             claimed = await self.storage.tasks.claim(
@@ -394,7 +395,10 @@ class TaskQueue:
                 token=token,
                 lease_until=now + self.settings.lease_duration,
                 worker_id=worker,
+                unreadable=unreadable,
             )
+            if unreadable:
+                await self._quarantine(conn, unreadable, token, now)
             if claimed:
                 await self.storage.events.insert_rows(
                     conn,
@@ -410,6 +414,71 @@ class TaskQueue:
                     ],
                 )
         return claimed
+
+    async def _quarantine(
+        self, conn: AsyncConnection, rows: list[tuple[str, str]], token: str, now: datetime
+    ) -> None:
+        """Fail claimed rows that cannot be read, with an event saying why."""
+        for task_id, reason in rows:
+            log.error("task %s cannot be read and was failed: %s", task_id, reason)
+            done = await self.storage.tasks.finish_leased(
+                conn,
+                [(task_id, token)],
+                {**_finish_values(TaskStatus.FAILED, now), "last_error": reason},
+            )
+            if not done:
+                continue
+            await self.storage.events.insert_rows(
+                conn,
+                [
+                    event_row(
+                        EventType.FAILED,
+                        task_id=task_id,
+                        timestamp=now,
+                        level=EventLevel.ERROR,
+                        message="quarantined: the stored task cannot be read",
+                        error=reason,
+                    )
+                ],
+            )
+            await self.storage.results.upsert_rows(
+                conn,
+                [
+                    self.storage.results.to_row(
+                        TaskResult(
+                            task_id=task_id,
+                            status=ResultStatus.ERROR,
+                            error=reason,
+                            error_type="InvalidRow",
+                            created_at=now,
+                            completed_at=now,
+                            ttl=self.settings.default_result_ttl,
+                        )
+                    )
+                ],
+            )
+
+    async def quarantine_unknown_statuses_async(self, limit: int = _SWEEP_BATCH) -> int:
+        """Fail tasks whose stored status is unknown (hand-written rows), with events."""
+        now = utcnow()
+        async with self.storage.write() as conn:
+            failed = await self.storage.tasks.fail_unknown_statuses(conn, now, limit)
+            await self.storage.events.insert_rows(
+                conn,
+                [
+                    event_row(
+                        EventType.FAILED,
+                        task_id=task_id,
+                        queue_name=queue,
+                        timestamp=now,
+                        level=EventLevel.ERROR,
+                        message=f"quarantined: unknown status {old!r}",
+                        error=f"InvalidRow: unknown status {old!r}",
+                    )
+                    for task_id, old, queue in failed
+                ],
+            )
+        return len(failed)
 
     async def _sweep_expired_if_due(self, conn: AsyncConnection, now: datetime) -> None:
         clock = asyncio.get_running_loop().time()

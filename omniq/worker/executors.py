@@ -17,10 +17,10 @@ import functools
 import inspect
 import multiprocessing
 import multiprocessing.connection
-import traceback
-from collections.abc import Callable
 import queue
 import threading
+import traceback
+from collections.abc import Callable
 from concurrent.futures import Executor as _FuturesExecutor
 from concurrent.futures import Future
 from typing import Any, Literal

@@ -37,10 +37,7 @@ def async_methods(cls: type[Any]) -> dict[str, Callable[..., Any]]:
 
 #: Async methods known to lack a sync twin (a bug to fix in omniq/sync.py; remove the
 #: entry when the twin exists: the strict xfail then fails as a reminder).
-KNOWN_MISSING = {
-    ("TaskQueue", "cancel_running_async"): "SyncTaskQueue has no cancel_running twin",
-    ("TaskQueue", "heartbeat_async"): "SyncTaskQueue has no heartbeat twin",
-}
+KNOWN_MISSING: dict[tuple[str, str], str] = {}
 
 
 def method_params() -> list[Any]:
