@@ -52,5 +52,12 @@ class Settings:
     )
     #: None means: on for SQLite files, off for servers.
     auto_migrate: bool | None = None
+    #: How long a write keeps retrying (jittered backoff) while another process holds
+    #: the SQLite write lock past ``busy_timeout``; then :class:`DatabaseBusy`.
+    lock_deadline: timedelta = attrs.field(default=timedelta(minutes=5), validator=_positive)
     serializer: str = "json"
     allow_pickle: bool = False
+    #: Sign argument payloads with HMAC-SHA256; payloads that do not verify are refused.
+    signing_key: str | None = attrs.field(default=None, repr=False)
+    #: Copy task arguments into ``enqueued`` events (off: events carry ids and names only).
+    log_arguments: bool = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,12 +19,18 @@ from omniq.errors import (
     OmniQError,
     SerializationError,
     StorageFull,
+    UnsafePayload,
     ValidationError,
 )
 from omniq.serialization import SerializerRegistry
 
 _LOCKED = re.compile(r"database (table )?is locked|database is busy", re.I)
 _FULL = re.compile(r"database or disk is full|disk full|no space left|DiskFull", re.I)
+
+
+def is_locked_error(exc: sa_exc.DBAPIError) -> bool:
+    """True when a driver error says the database was locked by another writer."""
+    return bool(_LOCKED.search(str(exc.orig)))
 
 
 @contextmanager
@@ -55,11 +63,46 @@ def root_message(exc: BaseException) -> str:
     return str(exc)
 
 
-class PayloadCodec:
-    """Encodes argument payloads with the chosen serializer; decodes what is allowed."""
+_SIGNED = "hmac-sha256:"
 
-    def __init__(self, serializers: SerializerRegistry | None = None) -> None:
+
+class PayloadCodec:
+    """Encodes argument payloads with the chosen serializer; decodes what is allowed.
+
+    With a ``signing_key``, call payloads are stored as
+    ``hmac-sha256:<mac>:<text>`` (the MAC covers the serializer name and the
+    text), and a payload that is unsigned or does not verify is refused with
+    :class:`UnsafePayload` before it is deserialized.
+    """
+
+    def __init__(
+        self, serializers: SerializerRegistry | None = None, signing_key: str | None = None
+    ) -> None:
         self.serializers = serializers or SerializerRegistry()
+        self._key = signing_key.encode("utf-8") if signing_key else None
+
+    def _mac(self, serializer: str, text: str) -> str:
+        assert self._key is not None
+        message = f"{serializer}\n{text}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def _sign(self, serializer: str, text: str) -> str:
+        if self._key is None:
+            return text
+        return f"{_SIGNED}{self._mac(serializer, text)}:{text}"
+
+    def _verify(self, serializer: str, payload: str) -> str:
+        if payload.startswith(_SIGNED):
+            mac, _, text = payload[len(_SIGNED) :].partition(":")
+            if self._key is not None and not hmac.compare_digest(mac, self._mac(serializer, text)):
+                raise UnsafePayload(
+                    "payload signature does not match (tampered, or signed with another key); "
+                    "not deserialized"
+                )
+            return text
+        if self._key is not None:
+            raise UnsafePayload("payload is not signed but a signing key is configured; refused")
+        return payload
 
     def encode_call(
         self,
@@ -77,15 +120,16 @@ class PayloadCodec:
         if callback_args:
             body["c"] = list(callback_args)
         try:
-            return self.serializers.get(serializer).dumps(body)
+            text = self.serializers.get(serializer).dumps(body)
         except SerializationError as exc:
             raise SerializationError(f"func_args/func_kwargs: {exc}") from exc
+        return self._sign(serializer, text)
 
     def decode_call(
         self, serializer: str, payload: str
     ) -> tuple[tuple[Any, ...], dict[str, Any], tuple[Any, ...]]:
         """Deserialize a payload into (args, kwargs, callback_args)."""
-        body = self.serializers.get(serializer).loads(payload)
+        body = self.serializers.get(serializer).loads(self._verify(serializer, payload))
         if not isinstance(body, dict):
             raise SerializationError("stored payload is not an object")
         args, kwargs, cb_args = body.get("a", []), body.get("k", {}), body.get("c", [])

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import sqlalchemy.exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
 from omniq.db.engine import create_engine, dialect_of, normalize_url, read_engine
 from omniq.db.migrate import ensure_schema
@@ -20,11 +23,13 @@ from omniq.repositories import (
     ScheduleRepository,
     TaskRepository,
 )
-from omniq.repositories._base import PayloadCodec, translate_errors
+from omniq.repositories._base import PayloadCodec, is_locked_error, translate_errors
 from omniq.repositories.locks import LockRepository
 from omniq.serialization import SerializerRegistry
 
 __all__ = ["Notifier", "Storage"]
+
+log = logging.getLogger("omniq.db")
 
 
 class Notifier:
@@ -105,7 +110,7 @@ class Storage:
         self.serializers = serializers or SerializerRegistry(
             default=self.settings.serializer, allow_pickle=self.settings.allow_pickle
         )
-        codec = PayloadCodec(self.serializers)
+        codec = PayloadCodec(self.serializers, self.settings.signing_key)
         self.tasks = TaskRepository(self.dialect, codec)
         self.schedules = ScheduleRepository(self.dialect, codec)
         self.results = ResultRepository(self.dialect, codec)
@@ -174,8 +179,33 @@ class Storage:
                 writer = self._writer
                 if writer is None or writer.closed or writer.invalidated:
                     writer = self._writer = await self.engine.connect()
-                async with writer.begin():
+                transaction = await self._begin_immediate(writer)
+                try:
                     yield writer
+                except BaseException:
+                    await transaction.rollback()
+                    raise
+                await transaction.commit()
+
+    async def _begin_immediate(self, writer: AsyncConnection) -> AsyncTransaction:
+        """BEGIN IMMEDIATE, retried with jittered backoff while another process holds the lock.
+
+        SQLite already waits ``busy_timeout`` inside each attempt; past
+        ``lock_deadline`` the error surfaces as :class:`DatabaseBusy`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.lock_deadline.total_seconds()
+        delay = 0.01
+        while True:
+            try:
+                return await writer.begin()
+            except sa_exc.OperationalError as exc:
+                if not is_locked_error(exc) or loop.time() >= deadline:
+                    raise
+                if delay == 0.01:
+                    log.warning("database is locked by another writer; retrying until it is free")
+                await asyncio.sleep(min(delay * random.uniform(0.5, 1.5), deadline - loop.time()))
+                delay = min(delay * 2, 1.0)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

@@ -54,7 +54,6 @@ _RUNNING = frozenset({TaskStatus.RUNNING})
 _QUEUED = frozenset({TaskStatus.PENDING, TaskStatus.WAITING})
 _DEAD = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED})
 _EXPIRY_SWEEP_EVERY = 1.0
-_ENQUEUED_PENDING = {"status": "pending"}
 _SWEEP_BATCH = 500
 
 #: Fields of a queued task that ``update_task`` may change.
@@ -254,7 +253,7 @@ class TaskQueue:
             await self.storage.events.insert_rows(
                 conn,
                 [
-                    _event(EventType.ENQUEUED, x, timestamp=x.created_at, data=_ENQUEUED_PENDING)
+                    _event(EventType.ENQUEUED, x, timestamp=x.created_at, data=self._enqueued(x))
                     for x, _ in items
                 ],
             )
@@ -291,6 +290,16 @@ class TaskQueue:
         self.storage.notifier.notify()
         return [ids[x.id] for x in batch]
 
+    def _enqueued(self, task: Task) -> dict[str, Any]:
+        """The data of an ``enqueued`` event: ids and names, arguments only if asked."""
+        if not self.settings.log_arguments or task.serializer != "json":
+            return {"status": task.status.value}
+        return {
+            "status": task.status.value,
+            "args": list(task.func_args),
+            "kwargs": task.func_kwargs,
+        }
+
     async def _log_enqueued(self, conn: AsyncConnection, tasks: list[Task]) -> None:
         events = []
         results = []
@@ -303,7 +312,7 @@ class TaskQueue:
                     results.append(_final_result(x, ResultStatus.CANCELLED, x.last_error))
             else:
                 events.append(
-                    _event(EventType.ENQUEUED, x, timestamp=x.created_at, data={"status": x.status})
+                    _event(EventType.ENQUEUED, x, timestamp=x.created_at, data=self._enqueued(x))
                 )
         await self.storage.events.insert_rows(conn, events)
         await self.storage.results.upsert_many(conn, results)
