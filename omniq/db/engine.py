@@ -182,7 +182,15 @@ def _install_sqlite_events(engine: AsyncEngine, settings: Settings) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: sa.engine.Connection) -> None:
-        if conn.get_execution_options().get(_READ_OPTION):
-            conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        sql = "BEGIN" if conn.get_execution_options().get(_READ_OPTION) else "BEGIN IMMEDIATE"
+        # Straight to the DBAPI cursor: one hop, none of the statement machinery.
+        # Errors (a lock held past busy_timeout) are wrapped as SQLAlchemy's.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql)
+        except Exception as exc:
+            raise sa.exc.DBAPIError.instance(
+                sql, None, exc, conn.dialect.loaded_dbapi.Error
+            ) from exc
+        finally:
+            cursor.close()
