@@ -71,8 +71,11 @@ class TaskHandle(Generic[P, R]):
 class AsyncOmniQ:
     """One OmniQ project: its database, queue, results, events, schedules and workers.
 
-    ``url=None`` means the SQLite file ``<base_dir>/<project_name>.db``. Use
-    ``async with AsyncOmniQ(...) as oq`` to open and close it.
+    ``url=None`` means the SQLite file ``<base_dir>/<project_name>.db``; an
+    AsyncEngine may be passed instead of a URL (it is then not disposed on
+    close). ``worker`` holds default options of the workers this app starts
+    (``{"concurrency": 20, "executor": "thread", ...}``). Use ``async with
+    AsyncOmniQ(...) as oq`` to open and close it.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class AsyncOmniQ:
         executor: str = "async",
         poll_interval: float = 1.0,
         allow_modules: Iterable[str] = (),
+        worker: Mapping[str, Any] | None = None,
     ) -> None:
         if mode not in ("normal", "eager"):
             raise ConfigurationError(f"mode must be 'normal' or 'eager', got {mode!r}")
@@ -100,6 +104,7 @@ class AsyncOmniQ:
             "concurrency": concurrency,
             "executor": executor,
             "poll_interval": poll_interval,
+            **(worker or {}),
         }
         self.registry = TaskRegistry(allow_modules)
         self._services: Services | None = None
