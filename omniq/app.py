@@ -409,7 +409,8 @@ class AsyncOmniQ:
             else None,
             name=name,
             description=description,
-            tags=tuple(tags or ()),
+            tags=tags if isinstance(tags, str) else tuple(tags or ()),
+
             task_options=options,
             serializer=self.settings.serializer,
         )

@@ -178,10 +178,16 @@ def resolve_ref(ref: str) -> Callable[..., Any]:
     module_name, _, qualname = ref.partition(":")
     if not module_name or not qualname:
         raise TaskNotFound(f"invalid function reference {ref!r}")
+    parts = qualname.split(".")
+    if any(p.startswith("__") and p.endswith("__") for p in parts):
+        raise TaskNotFound(f"function reference {ref!r} names a dunder attribute; refused")
     try:
         obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
+        for part in parts:
             obj = getattr(obj, part)
+            # "allowed.module:os.system" must not reach into modules it imports.
+            if inspect.ismodule(obj):
+                raise TaskNotFound(f"function reference {ref!r} leads into module {part!r}")
     except (ImportError, AttributeError) as exc:
         raise TaskNotFound(f"cannot resolve function reference {ref!r}: {exc}") from exc
     if not callable(obj):

@@ -9,6 +9,7 @@ whose transactions start with a plain (deferred) ``BEGIN``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -148,6 +149,7 @@ def create_engine(
         assert path is not None
         _prepare_sqlite_file(path)
         engine_kwargs.setdefault("module", _aiosqlite.dbapi())
+        engine_kwargs.setdefault("json_deserializer", _lenient_json_loads)
         # Connection.close() already ends any transaction; skip the pool's extra rollback.
         engine_kwargs.setdefault("pool_reset_on_return", None)
         engine = create_async_engine(parsed, **engine_kwargs)
@@ -155,6 +157,27 @@ def create_engine(
         return engine
     engine_kwargs.setdefault("pool_pre_ping", True)
     return create_async_engine(parsed, **engine_kwargs)
+
+
+class MalformedJSON:
+    """What a SQLite JSON column holding invalid JSON (a hand-written row) reads as.
+
+    The models reject it, naming the field, so the row is quarantined instead of
+    the whole query failing (one bad row must not stop a worker's claims).
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"<malformed JSON {self.text[:60]!r}>"
+
+
+def _lenient_json_loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return MalformedJSON(text)
 
 
 def read_engine(engine: AsyncEngine) -> AsyncEngine:

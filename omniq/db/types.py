@@ -52,4 +52,9 @@ class Duration(sa.types.TypeDecorator[timedelta]):
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> timedelta | None:
         if value is None:
             return None
-        return timedelta(seconds=float(value))
+        try:
+            return timedelta(seconds=float(value))
+        except OverflowError:
+            # Beyond timedelta's range (timedelta.max itself rounds up as a float):
+            # read the extreme rather than make the whole row unreadable.
+            return timedelta.max if float(value) > 0 else timedelta.min

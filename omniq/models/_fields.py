@@ -52,6 +52,8 @@ def non_negative_int(_inst: object, attribute: attrs.Attribute[Any], value: int 
         raise ValidationError(attribute.name, f"expected an integer, got {value!r}")
     if value < 0:
         raise ValidationError(attribute.name, f"must be non-negative, got {value}")
+    if value >= 2**31:  # stored in 32-bit INTEGER columns
+        raise ValidationError(attribute.name, f"must be below 2**31, got {value}")
 
 
 def bounded_int(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:

@@ -23,7 +23,10 @@ def _default_expires(result: TaskResult) -> datetime | None:
     # Bad types are left to the field validators, which name the field.
     if not isinstance(result.ttl, timedelta) or not isinstance(result.created_at, datetime):
         return None
-    return result.created_at + result.ttl
+    try:
+        return result.created_at + result.ttl
+    except OverflowError:
+        return None  # past the year 9999: never expires
 
 
 @attrs.frozen(kw_only=True)

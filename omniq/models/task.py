@@ -45,11 +45,34 @@ def _default_expires(task: Task) -> datetime | None:
     # Bad types are left to the field validators, which name the field.
     if not isinstance(task.ttl, timedelta) or not isinstance(task.created_at, datetime):
         return None
-    return task.created_at + task.ttl
+    try:
+        return task.created_at + task.ttl
+    except OverflowError:
+        raise ValidationError("ttl", f"{task.ttl} is too long (past the year 9999)") from None
+
+
+def _renamed(field: str, exc: ValidationError) -> ValidationError:
+    """``exc`` (raised by a shared converter) reported under ``field``."""
+    return ValidationError(field, str(exc).removeprefix(f"{exc.field}: "))
 
 
 def _dedupe(value: Any) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(str_tuple(value)))
+    try:
+        return tuple(dict.fromkeys(str_tuple(value)))
+    except ValidationError as exc:
+        raise _renamed("depends_on", exc) from None
+
+
+def _bool(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not True and value is not False:
+        raise ValidationError(attribute.name, f"expected True or False, got {value!r}")
+
+
+def _callback_args(value: Any) -> tuple[Any, ...]:
+    try:
+        return args_tuple(value)
+    except ValidationError as exc:
+        raise _renamed("callback_args", exc) from None
 
 
 @attrs.frozen(kw_only=True)
@@ -86,14 +109,16 @@ class Task:
     started_at: datetime | None = attrs.field(default=None, validator=aware)
     completed_at: datetime | None = attrs.field(default=None, validator=aware)
     callback: str | None = attrs.field(default=None, validator=func_ref)
-    callback_args: tuple[Any, ...] = attrs.field(default=(), converter=args_tuple)
+    callback_args: tuple[Any, ...] = attrs.field(default=(), converter=_callback_args)
+
     retry_count: int = attrs.field(default=0, validator=non_negative_int)
     max_retries: int = attrs.field(default=0, validator=non_negative_int)
     retry_delay: timedelta = attrs.field(
         default=timedelta(seconds=1), validator=non_negative_duration
     )
     result_ttl: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
-    store_result: bool = True
+    store_result: bool = attrs.field(default=True, validator=_bool)
+
     timeout: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
     unique_key: str | None = attrs.field(default=None, validator=optional_str)
     schedule_id: str | None = None

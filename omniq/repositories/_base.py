@@ -51,9 +51,18 @@ def translate_errors(what: str) -> Iterator[None]:
             raise DatabaseBusy(f"{what}: database stayed locked: {text}") from exc
         if _FULL.search(text) or type(exc.orig).__name__ == "DiskFullError":
             raise StorageFull(f"{what}: database is full: {text}") from exc
+        if "0x00" in text and "invalid byte sequence" in text:
+            raise ValidationError(what, "PostgreSQL text cannot contain NUL (\\x00)") from exc
+
         raise DatabaseError(f"{what}: {type(exc.orig).__name__}: {text}") from exc
     except sa_exc.SQLAlchemyError as exc:
         raise DatabaseError(f"{what}: {exc}") from exc
+    except UnicodeEncodeError as exc:
+        # The SQLite driver encodes text itself (e.g. a filename decoded with surrogateescape).
+        raise SerializationError(
+            f"{what}: text cannot be stored as UTF-8 ({exc.reason}: "
+            f"{exc.object[exc.start : exc.end]!r})"
+        ) from exc
 
 
 def root_message(exc: BaseException) -> str:
@@ -122,7 +131,10 @@ class PayloadCodec:
         try:
             text = self.serializers.get(serializer).dumps(body)
         except SerializationError as exc:
-            raise SerializationError(f"func_args/func_kwargs: {exc}") from exc
+            # Keep the subclass: a refused serializer stays an UnsafePayload.
+            fields = "func_args/func_kwargs" + ("/callback_args" if callback_args else "")
+            raise type(exc)(f"{fields}: {exc}") from exc
+
         return self._sign(serializer, text)
 
     def decode_call(

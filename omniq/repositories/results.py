@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from omniq._time import utcnow
 from omniq.db.engine import Dialect
 from omniq.db.schema import results as r
-from omniq.errors import InvalidRow, OmniQError
+from omniq.errors import InvalidRow, OmniQError, SerializationError
+
 from omniq.models import TaskResult
 from omniq.repositories._base import PayloadCodec, root_message, translate_errors
 from omniq.serialization import converter
@@ -46,7 +47,10 @@ class ResultRepository:
 
     def to_row(self, result: TaskResult) -> dict[str, Any]:
         """The column values of ``result`` (value serialized)."""
-        row: dict[str, Any] = converter.unstructure(result)
+        try:
+            row: dict[str, Any] = converter.unstructure(result)
+        except RecursionError:
+            raise SerializationError("result: nested too deeply") from None
         row["result"] = (
             None
             if result.result is None

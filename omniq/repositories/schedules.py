@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omniq.db.engine import Dialect
 from omniq.db.schema import schedules as s
-from omniq.errors import InvalidRow, OmniQError
+from omniq.errors import InvalidRow, OmniQError, SerializationError
+
 from omniq.models import Schedule, ScheduleStatus
 from omniq.repositories._base import PayloadCodec, root_message, translate_errors
 from omniq.serialization import converter
@@ -29,7 +30,10 @@ class ScheduleRepository:
 
     def to_row(self, schedule: Schedule) -> dict[str, Any]:
         """The column values of ``schedule`` (payload serialized)."""
-        row: dict[str, Any] = converter.unstructure(schedule)
+        try:
+            row: dict[str, Any] = converter.unstructure(schedule)
+        except RecursionError:
+            raise SerializationError("func_args/func_kwargs: nested too deeply") from None
         for name in ("func_args", "func_kwargs", "payload_error"):
             row.pop(name)
         row["payload"] = self.codec.encode_call(

@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from omniq.db.engine import Dialect
 from omniq.db.schema import task_dependencies as deps_t
 from omniq.db.schema import tasks as t
-from omniq.errors import InvalidRow, OmniQError
+from omniq.errors import InvalidRow, OmniQError, SerializationError
+
 from omniq.models import FINAL_TASK_STATUSES, Task, TaskStatus
 from omniq.repositories._base import PayloadCodec, translate_errors
 from omniq.serialization import converter
@@ -57,14 +58,20 @@ class TaskRepository:
         self._live_by_key = sa.select(t.c.id).where(
             t.c.unique_key == sa.bindparam("key"), t.c.status.in_(_LIVE)
         )
-        self._claim_by_queue = self._claim_statement(by_queue=True)
-        self._claim_any = self._claim_statement(by_queue=False)
+        self.claim_by_queue = self._claim_statement(by_queue=True)
+        self.claim_any = self._claim_statement(by_queue=False)
 
     # --- rows <-> models ---------------------------------------------------
 
     def to_row(self, task: Task) -> dict[str, Any]:
         """The column values of ``task`` (payload serialized)."""
-        row: dict[str, Any] = converter.unstructure(task)
+        try:
+            row: dict[str, Any] = converter.unstructure(task)
+        except RecursionError:
+            raise SerializationError(
+                "func_args/func_kwargs/callback_args: nested too deeply"
+            ) from None
+
         for name in _PAYLOAD_FIELDS:
             row.pop(name)
         row["payload"] = self.codec.encode_call(
@@ -272,7 +279,7 @@ class TaskRepository:
         claimed: list[Task] = []
         with translate_errors("claim tasks"):
             if not queues:
-                rows = (await conn.execute(self._claim_any, {**params, "n": n})).mappings().all()
+                rows = (await conn.execute(self.claim_any, {**params, "n": n})).mappings().all()
                 claimed.extend(self._claimed(rows, unreadable))
             else:
                 for queue in queues:
@@ -280,7 +287,7 @@ class TaskRepository:
                     if want <= 0:
                         break
                     params.update(queue=queue, n=want)
-                    rows = (await conn.execute(self._claim_by_queue, params)).mappings().all()
+                    rows = (await conn.execute(self.claim_by_queue, params)).mappings().all()
                     claimed.extend(self._claimed(rows, unreadable))
         return claimed
 

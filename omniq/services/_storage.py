@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
@@ -24,12 +25,15 @@ from omniq.repositories import (
     TaskRepository,
 )
 from omniq.repositories._base import PayloadCodec, is_locked_error, translate_errors
+from omniq.repositories.hot import SQLiteHotPaths
 from omniq.repositories.locks import LockRepository
 from omniq.serialization import SerializerRegistry
 
 __all__ = ["Notifier", "Storage"]
 
 log = logging.getLogger("omniq.db")
+
+T = TypeVar("T")
 
 
 class Notifier:
@@ -116,6 +120,14 @@ class Storage:
         self.results = ResultRepository(self.dialect, codec)
         self.events = EventRepository(self.dialect)
         self.locks = LockRepository(self.dialect)
+        #: One-hop transactions for the queue's hot paths (SQLite only).
+        self.hot = (
+            SQLiteHotPaths(
+                engine.sync_engine.dialect, self.tasks.claim_by_queue, self.tasks.claim_any
+            )
+            if self.dialect.name == "sqlite"
+            else None
+        )
         self.notifier = Notifier.for_key(engine.url.render_as_string(hide_password=True))
         self._reader = read_engine(engine)
         self._opened = False
@@ -186,6 +198,44 @@ class Storage:
                     await transaction.rollback()
                     raise
                 await transaction.commit()
+
+    async def one_hop(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a transaction body (see :mod:`omniq.db.onehop`) on the SQLite writer's thread.
+
+        Serialized with :meth:`write` on this process's write lock; retried with
+        jittered backoff while another process holds the database lock (the body
+        rolled back, so a retry starts clean), up to ``lock_deadline``.
+        """
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
+        async with self._write_lock:
+            with translate_errors("write"):
+                writer = self._writer
+                if writer is None or writer.closed or writer.invalidated:
+                    writer = self._writer = await self.engine.connect()
+                raw = await writer.get_raw_connection()
+                driver: Any = raw.driver_connection
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.settings.lock_deadline.total_seconds()
+                delay = 0.01
+                while True:
+                    try:
+                        # aiosqlite runs the callable on the connection's own thread.
+                        return cast(T, await driver._execute(body, driver._conn))
+                    except sqlite3.Error as exc:
+                        wrapped = sa_exc.DBAPIError.instance(None, None, exc, sqlite3.Error)
+                        if not (
+                            isinstance(wrapped, sa_exc.OperationalError)
+                            and is_locked_error(wrapped)
+                            and loop.time() < deadline
+                        ):
+                            raise wrapped from exc
+                    if delay == 0.01:
+                        log.warning("database is locked by another writer; retrying until free")
+                    await asyncio.sleep(
+                        min(delay * random.uniform(0.5, 1.5), max(0.0, deadline - loop.time()))
+                    )
+                    delay = min(delay * 2, 1.0)
 
     async def _begin_immediate(self, writer: AsyncConnection) -> AsyncTransaction:
         """BEGIN IMMEDIATE, retried with jittered backoff while another process holds the lock.

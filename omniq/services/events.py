@@ -52,11 +52,16 @@ class EventStorage:
         """Events matching every given filter, newest first, paginated."""
         types = None
         if event_type is not None:
+            if not isinstance(event_type, str | Collection):
+                raise ValidationError(
+                    "event_type", f"expected a type or a list, got {event_type!r}"
+                )
             items = [event_type] if isinstance(event_type, str) else list(event_type)
             types = [_enum(EventType, x, "event_type") for x in items]
         for name, value in (("limit", limit), ("offset", offset)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValidationError(name, f"must be a non-negative integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+                raise ValidationError(name, f"must be a non-negative 64-bit integer, got {value!r}")
+
         async with self.storage.read() as conn:
             return await self.storage.events.query(
                 conn,

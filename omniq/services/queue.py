@@ -23,6 +23,7 @@ from omniq._time import new_id, require_aware, to_timedelta, utcnow
 from omniq.db.schema import tasks as t
 from omniq.errors import (
     DuplicateTask,
+    InvalidRow,
     InvalidTransition,
     ScheduleNotFound,
     TaskNotFound,
@@ -165,7 +166,10 @@ class TaskQueue:
         if run_at is not None:
             when = require_aware(run_at, "run_at")
         elif run_in is not None:
-            when = now + to_timedelta(run_in, "run_in")
+            try:
+                when = now + to_timedelta(run_in, "run_in")
+            except OverflowError:
+                raise ValidationError("run_in", f"{run_in!r} is past the year 9999") from None
         if isinstance(depends_on, str):
             raise ValidationError("depends_on", "expected a list of task ids, got a string")
         opts: dict[str, Any] = {}
@@ -187,11 +191,14 @@ class TaskQueue:
             timeout=_duration(timeout, "timeout", s.default_timeout),
             depends_on=tuple(depends_on or ()),
             callback=callable_ref(callback) if callback is not None else None,
-            callback_args=tuple(callback_args or ()),
+            # A string is not a list: the record's converters reject it, naming the field.
+            callback_args=callback_args
+            if isinstance(callback_args, str | Mapping)
+            else tuple(callback_args or ()),
             unique_key=unique_key,
             name=name,
             description=description,
-            tags=tuple(tags or ()),
+            tags=tags if isinstance(tags, str) else tuple(tags or ()),
             store_result=store_result,
             serializer=serializer or self.storage.serializers.default.name,
             **opts,
@@ -248,6 +255,13 @@ class TaskQueue:
         return await self._enqueue_in_own_transaction(batch, on_duplicate)
 
     async def _write_simple_batch(self, items: list[tuple[Task, dict[str, Any]]]) -> None:
+        if self.storage.hot is not None:
+            events = [
+                _event(EventType.ENQUEUED, x, timestamp=x.created_at, data=self._enqueued(x))
+                for x, _ in items
+            ]
+            await self.storage.one_hop(self.storage.hot.enqueue([row for _, row in items], events))
+            return
         async with self.storage.write() as conn:
             await self.storage.tasks.insert_rows(conn, [row for _, row in items])
             await self.storage.events.insert_rows(
@@ -261,6 +275,19 @@ class TaskQueue:
     async def _enqueue_in_own_transaction(
         self, batch: list[Task], on_duplicate: Literal["return", "raise"]
     ) -> list[str]:
+        hot = self.storage.hot
+        if hot is not None and all(
+            not x.depends_on and x.unique_key is None and x.status is TaskStatus.PENDING
+            for x in batch
+        ):
+            rows = [self.storage.tasks.to_row(x) for x in batch]
+            events = [
+                _event(EventType.ENQUEUED, x, timestamp=x.created_at, data=self._enqueued(x))
+                for x in batch
+            ]
+            await self.storage.one_hop(hot.enqueue(rows, events))
+            self.storage.notifier.notify()
+            return [x.id for x in batch]
         _check_cycles(batch)
         repo = self.storage.tasks
         async with self.storage.write() as conn:
@@ -394,6 +421,8 @@ class TaskQueue:
         token = new_id()
         worker = worker_id or "anonymous"
         unreadable: list[tuple[str, str]] = []
+        if self.storage.hot is not None:
+            return await self._claim_one_hop(n, queues, worker, now, token)
         async with self.storage.write() as conn:
             await self._sweep_expired_if_due(conn, now)
             claimed = await self.storage.tasks.claim(
@@ -422,6 +451,57 @@ class TaskQueue:
                         for x in claimed
                     ],
                 )
+        return claimed
+
+    async def _claim_one_hop(
+        self, n: int, queues: list[str] | None, worker: str, now: datetime, token: str
+    ) -> list[Task]:
+        hot = self.storage.hot
+        assert hot is not None
+        clock = asyncio.get_running_loop().time()
+        if clock - self._last_sweep >= _EXPIRY_SWEEP_EVERY:
+            async with self.storage.write() as conn:
+                await self._sweep_expired_if_due(conn, now)
+
+        def dequeued(touched: list[tuple[str, str, str | None, int]]) -> list[dict[str, Any]]:
+            return [
+                event_row(
+                    EventType.DEQUEUED,
+                    task_id=task_id,
+                    queue_name=queue,
+                    schedule_id=schedule,
+                    worker_id=worker,
+                    timestamp=now,
+                    data={"attempt": attempt},
+                )
+                for task_id, queue, schedule, attempt in touched
+            ]
+
+        outcome = await self.storage.one_hop(
+            hot.claim(
+                queues=queues,
+                n=n,
+                params={
+                    "now": now,
+                    "token": token,
+                    "lease_until": now + self.settings.lease_duration,
+                    "worker_id": worker,
+                },
+                events=dequeued,
+            )
+        )
+        claimed: list[Task] = []
+        unreadable: list[tuple[str, str]] = []
+        for row in hot.load_claimed(outcome):
+            try:
+                claimed.append(self.storage.tasks.from_row(row))
+            except InvalidRow as exc:
+                unreadable.append((str(row["id"]), str(exc)))
+        if unreadable:
+            async with self.storage.write() as conn:
+                await self._quarantine(conn, unreadable, token, now)
+        rank = {name: i for i, name in enumerate(queues or ())}
+        claimed.sort(key=lambda x: (rank.get(x.queue_name, 0), -x.priority, x.run_at, x.id))
         return claimed
 
     async def _quarantine(
@@ -551,6 +631,8 @@ class TaskQueue:
             # Serialize before the transaction: an unserializable result fails alone.
             row = None if result is None else results_repo.to_row(result)
             prepared.append((task, row, elapsed))
+        if self.storage.hot is not None:
+            return await self._complete_one_hop(prepared, now, worker_id, events)
         async with self.storage.write() as conn:
             await self.storage.events.insert_rows(conn, events)
             held = await self.storage.tasks.finish_leased(
@@ -582,6 +664,55 @@ class TaskQueue:
             )
             if done:
                 await self._release_dependents(conn, done, now)
+        self.storage.notifier.notify()
+        return done
+
+    async def _complete_one_hop(
+        self,
+        prepared: list[tuple[Task, dict[str, Any] | None, float | None]],
+        now: datetime,
+        worker_id: str | None,
+        events: Sequence[Mapping[str, Any]],
+    ) -> list[str]:
+        hot = self.storage.hot
+        assert hot is not None
+
+        def ready(touched: list[tuple[str, str, str | None, int]]) -> list[dict[str, Any]]:
+            return [
+                event_row(
+                    EventType.READY,
+                    task_id=task_id,
+                    queue_name=queue,
+                    schedule_id=schedule,
+                    timestamp=now,
+                )
+                for task_id, queue, schedule, _ in touched
+            ]
+
+        held = await self.storage.one_hop(
+            hot.complete(
+                leases=[(task.id, task.lease_token) for task, _, _ in prepared],
+                now=now,
+                result_rows={task.id: row for task, row, _ in prepared if row is not None},
+                completed_events={
+                    task.id: _event(
+                        EventType.COMPLETED,
+                        task,
+                        timestamp=now,
+                        worker_id=worker_id or task.worker_id,
+                        execution_time=elapsed,
+                        retry_count=task.retry_count,
+                    )
+                    for task, _, elapsed in prepared
+                },
+                extra_events=events,
+                ready_events=ready,
+            )
+        )
+        done = [task.id for task, _, _ in prepared if task.id in held]
+        if len(done) < len(prepared):
+            lost = [task.id for task, _, _ in prepared if task.id not in held]
+            log.warning("lease lost, completion discarded for task(s) %s", ", ".join(lost))
         self.storage.notifier.notify()
         return done
 
@@ -1179,6 +1310,7 @@ class TaskQueue:
         if schedule.next_run_at is None and schedule.status is ScheduleStatus.ACTIVE:
             schedule = attrs.evolve(schedule, next_run_at=timing.first_run(schedule, now))
         self.storage.schedules.to_row(schedule)
+        self._check_template(schedule)
         async with self.storage.write() as conn:
             await self.storage.schedules.insert(conn, schedule)
             await self.storage.events.insert_rows(
@@ -1186,7 +1318,22 @@ class TaskQueue:
             )
         return schedule.id
 
+    def _check_template(self, schedule: Schedule) -> None:
+        """Build (not store) a task from the template: options that cannot make a
+        task would otherwise fail every fire of the schedule."""
+        self.storage.tasks.to_row(
+            self.build_task(
+                schedule.func,
+                schedule.func_args,
+                schedule.func_kwargs,
+                queue_name=schedule.queue_name,
+                serializer=schedule.serializer,
+                **schedule.task_options,
+            )
+        )
+
     async def get_schedule_async(self, schedule_id: str) -> Schedule | None:
+
         """The schedule with ``schedule_id``, or None."""
         async with self.storage.read() as conn:
             return await self.storage.schedules.get(conn, schedule_id)
@@ -1231,6 +1378,7 @@ class TaskQueue:
             if timing_keys & set(changes) and "next_run_at" not in changes:
                 candidate = attrs.evolve(candidate, next_run_at=timing.first_run(candidate, now))
             row = self.storage.schedules.to_row(candidate)
+            self._check_template(candidate)
             row.pop("id")
             updated = await self.storage.schedules.update(
                 conn, schedule_id, row, expected_status=[current.status]
@@ -1397,6 +1545,8 @@ def _statuses(
 ) -> list[TaskStatus] | None:
     if value is None:
         return None
+    if not isinstance(value, str | Collection):
+        raise ValidationError("status", f"expected a status or a list of them, got {value!r}")
     items = [value] if isinstance(value, str) else list(value)
     out = []
     for item in items:
@@ -1420,8 +1570,8 @@ def _schedule_status(value: ScheduleStatus | str) -> ScheduleStatus:
 
 def _check_page(limit: int, offset: int) -> None:
     for name, value in (("limit", limit), ("offset", offset)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValidationError(name, f"must be a non-negative integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            raise ValidationError(name, f"must be a non-negative 64-bit integer, got {value!r}")
 
 
 def _check_cycles(batch: list[Task]) -> None:

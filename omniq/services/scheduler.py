@@ -17,7 +17,15 @@ import attrs
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omniq._time import require_aware, utcnow
-from omniq.models import EventLevel, EventType, MisfirePolicy, Schedule, ScheduleStatus, Task
+from omniq.models import (
+    EventLevel,
+    EventType,
+    MisfirePolicy,
+    Schedule,
+    ScheduleStatus,
+    ScheduleType,
+    Task,
+)
 from omniq.repositories.events import event_row
 from omniq.services import timing
 from omniq.services._storage import Storage
@@ -72,7 +80,8 @@ class Scheduler:
             cursor = timing.next_run(schedule, cursor)
         following = cursor
         if following is not None and following <= now:  # more than MAX_CATCH_UP behind
-            following = timing.next_run(schedule, now)
+            # The policies want the latest missed time (run_once, skip) and the grid kept.
+            missed[-1], following = _latest_missed(schedule, following, now)
         to_run = self._apply_misfire_policy(schedule, missed, now)
         if schedule.max_runs is not None:
             to_run = to_run[: max(0, schedule.max_runs - schedule.run_count)]
@@ -185,6 +194,34 @@ class Scheduler:
         return attrs.evolve(
             task, schedule_id=schedule.id, scheduled_for=fire_time, created_at=now, run_at=now
         )
+
+
+def _latest_missed(
+    schedule: Schedule, cursor: datetime, now: datetime
+) -> tuple[datetime, datetime | None]:
+    """The last fire time at or after ``cursor`` (<= ``now``), and the fire time after it.
+
+    Without walking every missed run: intervals by arithmetic; cron by looking
+    back from ``now`` over growing windows until one holds a fire time.
+    """
+    if schedule.schedule_type is ScheduleType.INTERVAL:
+        assert schedule.interval is not None
+        latest = cursor + ((now - cursor) // schedule.interval) * schedule.interval
+        return latest, latest + schedule.interval
+    latest, window = cursor, timedelta(minutes=1)
+    while True:
+        start = max(cursor, now - window)
+        candidate = timing.next_run(schedule, start)
+        if candidate is not None and candidate <= now:
+            latest = candidate
+            break
+        if start == cursor:
+            break
+        window *= 4
+    following = timing.next_run(schedule, latest)
+    while following is not None and following <= now:
+        latest, following = following, timing.next_run(schedule, following)
+    return latest, following
 
 
 def _event(kind: EventType, schedule: Schedule, now: datetime, **fields: Any) -> dict[str, Any]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
+from omniq.errors import ValidationError
 from omniq.models import Schedule, ScheduleType
 
 # Larger than any UTC offset change (Lord Howe's is 30 min, most are 1 h).
@@ -37,12 +38,23 @@ def first_run(schedule: Schedule, now: datetime) -> datetime | None:
     kind = schedule.schedule_type
     if kind is ScheduleType.TIMESTAMP:
         return schedule.run_at
-    if kind is ScheduleType.INTERVAL:
-        assert schedule.interval is not None
-        return schedule.run_at or now + schedule.interval
-    assert schedule.cron_expression is not None
-    start = schedule.run_at - timedelta(microseconds=1) if schedule.run_at else now
-    return next_cron_time(schedule.cron_expression, schedule.timezone, max(start, now))
+    field = "interval" if kind is ScheduleType.INTERVAL else "cron_expression"
+    if schedule.run_at is not None:
+        field = "run_at"  # the start time is what pushes the first run out of range
+    try:
+
+        if kind is ScheduleType.INTERVAL:
+            assert schedule.interval is not None
+            return schedule.run_at or now + schedule.interval
+        assert schedule.cron_expression is not None
+        start = schedule.run_at - timedelta(microseconds=1) if schedule.run_at else now
+        return next_cron_time(schedule.cron_expression, schedule.timezone, max(start, now))
+    except OverflowError:
+        raise ValidationError(field, "the first run would be past the year 9999") from None
+    except CroniterBadDateError:
+        raise ValidationError(
+            field, f"{schedule.cron_expression!r} matches no date from now on"
+        ) from None
 
 
 def next_run(schedule: Schedule, fired_at: datetime) -> datetime | None:

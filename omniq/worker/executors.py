@@ -17,7 +17,9 @@ import functools
 import inspect
 import multiprocessing
 import multiprocessing.connection
+import os
 import queue
+import select
 import threading
 import traceback
 from collections.abc import Callable
@@ -47,7 +49,9 @@ def _child_main(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     conn: multiprocessing.connection.Connection,
+    worker_pid: int,
 ) -> None:
+    _exit_with_worker(worker_pid)
     # The parent checked that ``ref`` is allowed before starting this process.
     from omniq.serialization import resolve_ref
 
@@ -60,6 +64,27 @@ def _child_main(
         conn.send(("err", type(exc).__qualname__, str(exc), traceback.format_exc()))
     finally:
         conn.close()
+
+
+def _exit_with_worker(worker_pid: int) -> None:
+    """Exit as soon as the worker process ends (even by SIGKILL), on Linux >= 5.3.
+
+    Task processes are children of the fork server, not of the worker: without
+    this, a killed worker leaves them running as orphans while their tasks are
+    recovered and run again elsewhere.
+    """
+    try:
+        fd = os.pidfd_open(worker_pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        return
+
+    def watch() -> None:
+        select.select([fd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="omniq-worker-watch", daemon=True).start()
 
 
 async def _await(awaitable: Any) -> Any:
@@ -179,7 +204,7 @@ class Executor:
         receiver, sender = self._mp.Pipe(duplex=False)
         process = self._mp.Process(
             target=_child_main,
-            args=(ref, args, kwargs, sender),
+            args=(ref, args, kwargs, sender, os.getpid()),
             daemon=True,
             name=f"omniq-task-{ref}",
         )

@@ -144,7 +144,8 @@ class Worker:
         self._background: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_at: float | None = None
-        self._outcome: dict[str, TaskStatus] = {}
+        #: Outcomes of tasks run through process_task_async (only those: no growth).
+        self._outcome: dict[str, TaskStatus | None] = {}
         self._lost_on_commit: set[str] = set()
         self._counts = {"completed": 0, "failed": 0, "retried": 0, "cancelled": 0, "lost": 0}
 
@@ -268,8 +269,12 @@ class Worker:
     async def process_task_async(self, task: Task) -> TaskStatus | None:
         """Run one claimed (running) task to its outcome; return the resulting status."""
         entry = self._running.setdefault(task.id, _Running(task=task))
-        await self._execute(entry)
-        return self._outcome.pop(task.id, None)
+        self._outcome[task.id] = None
+        try:
+            await self._execute(entry)
+        finally:
+            status = self._outcome.pop(task.id, None)
+        return status
 
     async def _execute(self, entry: _Running) -> None:
         task = entry.task
@@ -321,6 +326,8 @@ class Worker:
 
     async def _call(self, entry: _Running) -> Any:
         task = entry.task
+        if entry.cancel_requested:
+            raise asyncio.CancelledError
         if task.payload_error is not None:
             kind = UnsafePayload if "UnsafePayload" in task.payload_error else SerializationError
             raise kind(task.payload_error)
@@ -347,7 +354,7 @@ class Worker:
             self._counts["lost"] += 1
             return
         self._counts["completed"] += 1
-        self._outcome[task.id] = TaskStatus.COMPLETED
+        self._settle(task.id, TaskStatus.COMPLETED)
         if task.callback:
             await self._run_callback(task, result)
 
@@ -384,7 +391,7 @@ class Worker:
         elif status is None:
             self._counts["lost"] += 1
         if status is not None:
-            self._outcome[task.id] = status
+            self._settle(task.id, status)
 
     async def _cancelled(self, task: Task) -> None:
         cancelled = self.queue.cancel_running_async(
@@ -392,7 +399,7 @@ class Worker:
         )
         if await self._guard(cancelled):
             self._counts["cancelled"] += 1
-            self._outcome[task.id] = TaskStatus.CANCELLED
+            self._settle(task.id, TaskStatus.CANCELLED)
 
     async def _run_callback(self, task: Task, result: Any) -> None:
         assert task.callback is not None
@@ -409,6 +416,10 @@ class Worker:
                 error=str(_error_info(exc)),
                 message=f"callback {task.callback} failed; the task's outcome is unchanged",
             )
+
+    def _settle(self, task_id: str, status: TaskStatus) -> None:
+        if task_id in self._outcome:
+            self._outcome[task_id] = status
 
     def _take_events(self) -> list[dict[str, Any]]:
         """The buffered events (``executing``), to write with the next transition."""
@@ -440,7 +451,16 @@ class Worker:
 
     def _cancel_local(self, task_id: str) -> None:
         entry = self._running.get(task_id)
-        if entry is None or entry.cancel_requested:
+        if entry is None:
+            # Claimed but not started (prefetched): settle it as cancelled, never run it.
+            task = next((t for t in self._buffer if t.id == task_id), None)
+            if task is None or self._loop is None:
+                return
+            self._buffer.remove(task)
+            entry = self._running[task_id] = _Running(task=task, cancel_requested=True)
+            entry.handle = self._loop.create_task(self._execute(entry))
+            return
+        if entry.cancel_requested:
             return
         entry.cancel_requested = True
         if entry.handle is not None:

@@ -384,11 +384,11 @@ async def test_claim_uses_index_without_sort(
         con.close()
     repo = TaskRepository(dialect_of(sqlite_engine))
 
-    by_queue = _plan(path, repo._claim_by_queue, queue="q1")
+    by_queue = _plan(path, repo.claim_by_queue, queue="q1")
     assert any("ix_omniq_tasks_claim" in line for line in by_queue), by_queue
     assert not any("TEMP B-TREE" in line for line in by_queue), by_queue
 
-    any_queue = _plan(path, repo._claim_any, queue=None)
+    any_queue = _plan(path, repo.claim_any, queue=None)
     assert any("ix_omniq_tasks_status_order" in line for line in any_queue), any_queue
     assert not any("TEMP B-TREE" in line for line in any_queue), any_queue
 

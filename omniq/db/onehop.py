@@ -1,0 +1,97 @@
+"""One-hop transactions on SQLite: a whole write transaction in one trip to the driver thread.
+
+aiosqlite runs every call on its connection's own thread; through
+SQLAlchemy's async execution each statement costs a thread round trip plus
+~100 µs of statement machinery. The queue's hot paths (enqueue, claim,
+complete) are short transactions of two to five statements, so on SQLite
+they run as one function on aiosqlite's thread instead: ``BEGIN IMMEDIATE``,
+the statements, ``COMMIT``. The statements are SQLAlchemy Core statements
+compiled once for the dialect; values go through the columns' own bind and
+result processors (SQLAlchemy's public type API), so rows read and written
+here are the same as on the general path.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+import sqlalchemy as sa
+from sqlalchemy.sql.compiler import SQLCompiler
+
+T = TypeVar("T")
+
+__all__ = ["Compiled", "RowCodec", "in_transaction"]
+
+
+class RowCodec:
+    """Bind and result processors of a table's columns for one dialect."""
+
+    def __init__(self, table: sa.Table, dialect: sa.Dialect) -> None:
+        self.table = table
+        self.bind: dict[str, Callable[[Any], Any] | None] = {}
+        self.result: dict[str, Callable[[Any], Any] | None] = {}
+        for column in table.c:
+            impl = column.type.dialect_impl(dialect)
+            self.bind[column.key] = impl.bind_processor(dialect)
+            self.result[column.key] = impl.result_processor(dialect, None)
+
+    def load(self, names: Sequence[str], raw: Sequence[Any]) -> dict[str, Any]:
+        """A row of Python values from raw driver values in column order ``names``."""
+        out = {}
+        for name, value in zip(names, raw, strict=True):
+            process = self.result[name]
+            out[name] = process(value) if process is not None and value is not None else value
+        return out
+
+
+class Compiled:
+    """A Core statement compiled once: SQL text with ``?`` placeholders in a known order."""
+
+    def __init__(
+        self,
+        statement: sa.ClauseElement,
+        dialect: sa.Dialect,
+        processors: Mapping[str, Callable[[Any], Any] | None] | None = None,
+    ) -> None:
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
+        self.sql = compiled.string
+        self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
+        if processors is None:
+            processors = {
+                name: compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+                for name in set(self.names)
+            }
+        self._processors = [processors.get(name) for name in self.names]
+        # Literal values the statement carries itself (e.g. status = 'running').
+        self._constants = {
+            name: compiled.binds[name].effective_value
+            for name in set(self.names)
+            if not compiled.binds[name].required
+        }
+        returning = getattr(compiled, "returning", None) or ()
+        self.returning: tuple[str, ...] = tuple(c.key for c in returning)
+
+    def params(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The positional parameters for ``values`` (bound literals fill the rest)."""
+        out = []
+        for name, process in zip(self.names, self._processors, strict=True):
+            value = values[name] if name in values else self._constants[name]
+            out.append(process(value) if process is not None and value is not None else value)
+        return tuple(out)
+
+
+def in_transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``body`` between ``BEGIN IMMEDIATE`` and ``COMMIT`` (rolled back on error).
+
+    Meant to run on the driver's own thread (``aiosqlite.Connection._execute``).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
