@@ -409,7 +409,8 @@ class AsyncOmniQ:
             else None,
             name=name,
             description=description,
-            tags=tags if isinstance(tags, str) else tuple(tags or ()),
+            tags=tags if isinstance(tags, str) or not isinstance(tags, Iterable) else tuple(tags),
+
 
             task_options=options,
             serializer=self.settings.serializer,

@@ -33,11 +33,18 @@ class GroupCommit(Generic[T]):
             self._pending.append((item, future))
             await future
             return
-        # Nobody is writing: lead. Write our item now; whoever queued up
-        # meanwhile is written by a background drain, so we return promptly.
+        # Nobody is writing: lead. Let the callers that became ready in this
+        # same turn of the event loop join (one yield), then write; whoever
+        # queues up meanwhile is written by a background drain.
         self._busy = True
         try:
-            await self._flush([item])
+            leader: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._pending.insert(0, (item, leader))
+            await asyncio.sleep(0)
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            await self._write(batch)
+            await leader
         finally:
             if self._pending:
                 self._drainer = asyncio.get_running_loop().create_task(self._drain())
@@ -54,22 +61,26 @@ class GroupCommit(Generic[T]):
         while self._pending:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
-            try:
-                await self._flush([item for item, _ in batch])
-            except Exception as exc:
-                if len(batch) == 1:
-                    _settle(batch[0][1], error=exc)
-                    continue
-                for item, future in batch:
-                    try:
-                        await self._flush([item])
-                    except Exception as exc:
-                        _settle(future, error=exc)
-                    else:
-                        _settle(future)
-            else:
-                for _, future in batch:
+            await self._write(batch)
+
+    async def _write(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
+        """Write one batch; settle every caller's future (errors isolated per item)."""
+        try:
+            await self._flush([item for item, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0][1], error=exc)
+                return
+            for item, future in batch:
+                try:
+                    await self._flush([item])
+                except Exception as single:
+                    _settle(future, error=single)
+                else:
                     _settle(future)
+        else:
+            for _, future in batch:
+                _settle(future)
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None = None) -> None:

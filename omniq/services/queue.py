@@ -191,14 +191,11 @@ class TaskQueue:
             timeout=_duration(timeout, "timeout", s.default_timeout),
             depends_on=tuple(depends_on or ()),
             callback=callable_ref(callback) if callback is not None else None,
-            # A string is not a list: the record's converters reject it, naming the field.
-            callback_args=callback_args
-            if isinstance(callback_args, str | Mapping)
-            else tuple(callback_args or ()),
+            callback_args=_as_tuple(callback_args),
             unique_key=unique_key,
             name=name,
             description=description,
-            tags=tags if isinstance(tags, str) else tuple(tags or ()),
+            tags=_as_tuple(tags),
             store_result=store_result,
             serializer=serializer or self.storage.serializers.default.name,
             **opts,
@@ -1532,7 +1529,18 @@ def _schedule_event(
     )
 
 
+def _as_tuple(value: Any) -> Any:
+    """An iterable (not a string or mapping) as a tuple; anything else is left to the
+    record's converter, which rejects it naming the field."""
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        return value
+    return tuple(value)
+
+
 def _duration(
+
     value: timedelta | float | None, field: str, default: timedelta | None
 ) -> timedelta | None:
     if value is None:

@@ -228,17 +228,21 @@ class Worker:
 
     async def _claim_loop(self, burst: bool) -> None:
         idle = _MIN_POLL
+        capacity = self.concurrency + self.prefetch
+        # Claim in batches: wait until half the capacity is free (or the worker
+        # is empty), so one claim and one completion flush serve many tasks.
+        batch = max(1, capacity // 2)
         while not self._stopping:
             self._start_buffered()
-            free = self.concurrency - len(self._running)
-            if free > 0:
+            free = capacity - len(self._running) - len(self._buffer)
+            if free >= batch or (free > 0 and not self._running and not self._buffer):
                 # Tasks running when the claim starts may end (and make retries or
                 # dependents ready) after the claim's snapshot: burst mode must
                 # not stop on that claim's empty answer.
                 busy = bool(self._running)
                 try:
                     claimed = await self.queue.dequeue_many_async(
-                        free + self.prefetch, self.queues, worker_id=self.worker_id
+                        free, self.queues, worker_id=self.worker_id
                     )
                 except OmniQError as exc:
                     await self._report_error("claim failed", exc)
