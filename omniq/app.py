@@ -410,8 +410,6 @@ class AsyncOmniQ:
             name=name,
             description=description,
             tags=tags if isinstance(tags, str) or not isinstance(tags, Iterable) else tuple(tags),
-
-
             task_options=options,
             serializer=self.settings.serializer,
         )

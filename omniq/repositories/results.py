@@ -14,7 +14,6 @@ from omniq._time import utcnow
 from omniq.db.engine import Dialect
 from omniq.db.schema import results as r
 from omniq.errors import InvalidRow, OmniQError, SerializationError
-
 from omniq.models import TaskResult
 from omniq.repositories._base import PayloadCodec, root_message, translate_errors
 from omniq.serialization import converter

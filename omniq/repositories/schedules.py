@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from omniq.db.engine import Dialect
 from omniq.db.schema import schedules as s
 from omniq.errors import InvalidRow, OmniQError, SerializationError
-
 from omniq.models import Schedule, ScheduleStatus
 from omniq.repositories._base import PayloadCodec, root_message, translate_errors
 from omniq.serialization import converter

@@ -19,7 +19,6 @@ from omniq.db.engine import Dialect
 from omniq.db.schema import task_dependencies as deps_t
 from omniq.db.schema import tasks as t
 from omniq.errors import InvalidRow, OmniQError, SerializationError
-
 from omniq.models import FINAL_TASK_STATUSES, Task, TaskStatus
 from omniq.repositories._base import PayloadCodec, translate_errors
 from omniq.serialization import converter

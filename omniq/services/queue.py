@@ -1330,7 +1330,6 @@ class TaskQueue:
         )
 
     async def get_schedule_async(self, schedule_id: str) -> Schedule | None:
-
         """The schedule with ``schedule_id``, or None."""
         async with self.storage.read() as conn:
             return await self.storage.schedules.get(conn, schedule_id)
@@ -1540,7 +1539,6 @@ def _as_tuple(value: Any) -> Any:
 
 
 def _duration(
-
     value: timedelta | float | None, field: str, default: timedelta | None
 ) -> timedelta | None:
     if value is None:

@@ -42,7 +42,6 @@ def first_run(schedule: Schedule, now: datetime) -> datetime | None:
     if schedule.run_at is not None:
         field = "run_at"  # the start time is what pushes the first run out of range
     try:
-
         if kind is ScheduleType.INTERVAL:
             assert schedule.interval is not None
             return schedule.run_at or now + schedule.interval
