@@ -37,13 +37,21 @@ class RowCodec:
             self.bind[column.key] = impl.bind_processor(dialect)
             self.result[column.key] = impl.result_processor(dialect, None)
 
-    def load(self, names: Sequence[str], raw: Sequence[Any]) -> dict[str, Any]:
-        """A row of Python values from raw driver values in column order ``names``."""
-        out = {}
-        for name, value in zip(names, raw, strict=True):
-            process = self.result[name]
-            out[name] = process(value) if process is not None and value is not None else value
-        return out
+    def loader(self, names: Sequence[str]) -> Callable[[Sequence[Any]], dict[str, Any]]:
+        """A function turning raw driver values (columns ``names``, in order) into a row."""
+        names = tuple(names)
+        steps = [(i, name, self.result[name]) for i, name in enumerate(names)]
+        converted = [(i, name, fn) for i, name, fn in steps if fn is not None]
+
+        def load(raw: Sequence[Any]) -> dict[str, Any]:
+            row = dict(zip(names, raw, strict=True))
+            for i, name, fn in converted:
+                value = raw[i]
+                if value is not None:
+                    row[name] = fn(value)
+            return row
+
+        return load
 
 
 class Compiled:
@@ -63,7 +71,9 @@ class Compiled:
                 name: compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
                 for name in set(self.names)
             }
-        self._processors = [processors.get(name) for name in self.names]
+        self._converting = [
+            (i, fn) for i, name in enumerate(self.names) if (fn := processors.get(name)) is not None
+        ]
         # Literal values the statement carries itself (e.g. status = 'running').
         self._constants = {
             name: compiled.binds[name].effective_value
@@ -75,10 +85,12 @@ class Compiled:
 
     def params(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
         """The positional parameters for ``values`` (bound literals fill the rest)."""
-        out = []
-        for name, process in zip(self.names, self._processors, strict=True):
-            value = values[name] if name in values else self._constants[name]
-            out.append(process(value) if process is not None and value is not None else value)
+        constants = self._constants
+        out = [values[name] if name in values else constants[name] for name in self.names]
+        for i, process in self._converting:
+            value = out[i]
+            if value is not None:
+                out[i] = process(value)
         return tuple(out)
 
 

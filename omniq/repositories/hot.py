@@ -40,9 +40,9 @@ def _json_each(name: str) -> Any:
 
 
 class ClaimOutcome:
-    """Raw rows claimed, as Python values keyed by column."""
+    """Raw rows claimed (driver values, in the claim's RETURNING column order)."""
 
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
         self.rows = rows
 
 
@@ -72,6 +72,7 @@ class SQLiteHotPaths:
         self._upsert_result = Compiled(upsert, dialect, self.results.bind)
         self._claim_by_queue = Compiled(claim_by_queue, dialect, claim_binds)
         self._claim_any = Compiled(claim_any, dialect, claim_binds)
+        self._load_task = self.tasks.loader(self._claim_any.returning)
         pairs = _json_each("pairs")
         held = sa.select(
             sa.func.json_extract(pairs.c.value, "$[0]"), sa.func.json_extract(pairs.c.value, "$[1]")
@@ -151,6 +152,8 @@ class SQLiteHotPaths:
         prepared = [(c, values) for c, values in statements]
         insert_event = self._insert_event
         columns = self._claim_any.returning
+        i_id, i_queue = columns.index("id"), columns.index("queue_name")
+        i_schedule, i_attempts = columns.index("schedule_id"), columns.index("attempts")
 
         def body(conn: sqlite3.Connection) -> ClaimOutcome:
             raw: list[tuple[Any, ...]] = []
@@ -159,22 +162,18 @@ class SQLiteHotPaths:
                 if want <= 0:
                     break
                 raw.extend(conn.execute(compiled.sql, compiled.params({**values, "n": want})))
-            rows = [dict(zip(columns, row, strict=True)) for row in raw]
-            touched = [
-                (row["id"], row["queue_name"], row["schedule_id"], row["attempts"]) for row in rows
-            ]
+            touched = [(row[i_id], row[i_queue], row[i_schedule], row[i_attempts]) for row in raw]
             if touched:
                 conn.executemany(
                     insert_event.sql, [insert_event.params(ev) for ev in events(touched)]
                 )
-            return ClaimOutcome(rows)
+            return ClaimOutcome(raw)
 
         return lambda conn: in_transaction(conn, body)
 
     def load_claimed(self, outcome: ClaimOutcome) -> list[dict[str, Any]]:
         """Python values of the claimed rows (result processors applied)."""
-        names = self._claim_any.returning
-        return [self.tasks.load(names, tuple(row[k] for k in names)) for row in outcome.rows]
+        return [self._load_task(row) for row in outcome.rows]
 
     # --- complete ----------------------------------------------------------------------
 

@@ -71,6 +71,9 @@ class _Running:
     cancel_requested: bool = False
     lost: bool = False
     releasing: bool = False
+    #: True while the task's function runs: only then may it be cancelled (never
+    #: while its outcome is being written, which would break the transaction).
+    in_call: bool = False
 
 
 class Worker:
@@ -142,6 +145,8 @@ class Worker:
         self._stopping = False
         self._main: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._winding_down = asyncio.Event()  # scheduler and maintenance loops: stop
+        self._tasks_settled = asyncio.Event()  # heartbeat loop: stop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_at: float | None = None
         #: Outcomes of tasks run through process_task_async (only those: no growth).
@@ -213,6 +218,8 @@ class Worker:
         self._started_at = time.monotonic()
         self.storage.notifier.cancel_listeners.add(self._on_cancel_requested)
         await self._log_worker_event(EventType.WORKER_STARTED, burst=burst)
+        self._winding_down = asyncio.Event()
+        self._tasks_settled = asyncio.Event()
         self._background = [self._loop.create_task(self._heartbeat_loop())]
         if self.run_maintenance:
             self._background.append(self._loop.create_task(self._maintenance_loop()))
@@ -337,12 +344,15 @@ class Worker:
             raise kind(task.payload_error)
         func = self.registry.resolve(task.func)
         timeout = task.timeout.total_seconds() if task.timeout else None
+        entry.in_call = True
         try:
             return await self.executor.run(
                 func, task.func, task.func_args, task.func_kwargs, timeout
             )
         except TimeoutError as exc:
             raise TaskTimeout(f"task timed out after {timeout:g}s") from exc
+        finally:
+            entry.in_call = False
 
     async def _succeeded(self, task: Task, result: Any, elapsed: float) -> None:
         try:
@@ -467,13 +477,12 @@ class Worker:
         if entry.cancel_requested:
             return
         entry.cancel_requested = True
-        if entry.handle is not None:
+        if entry.handle is not None and entry.in_call:
             entry.handle.cancel()
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval.total_seconds()
-        while True:
-            await asyncio.sleep(interval)
+        while not await _wait(self._tasks_settled, interval):
             await self._heartbeat()
 
     async def _heartbeat(self) -> None:
@@ -502,7 +511,7 @@ class Worker:
         if entry is not None and not entry.lost:
             log.warning("task %s: lease lost; stopping it and discarding its outcome", task_id)
             entry.lost = True
-            if entry.handle is not None:
+            if entry.handle is not None and entry.in_call:
                 entry.handle.cancel()
 
     # --- scheduler and maintenance -------------------------------------------------------
@@ -510,7 +519,8 @@ class Worker:
     async def _scheduler_loop(self) -> None:
         while True:
             await self._fire_schedules()
-            await asyncio.sleep(self.scheduler_interval)
+            if await _wait(self._winding_down, self.scheduler_interval):
+                return
 
     async def _fire_schedules(self) -> None:
         try:
@@ -524,17 +534,20 @@ class Worker:
                 await self.maintenance.run_once_async()
             except OmniQError as exc:
                 await self._report_error("maintenance failed", exc)
-            await asyncio.sleep(self.maintenance_interval)
+            if await _wait(self._winding_down, self.maintenance_interval):
+                return
 
     # --- shutdown -----------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
-        for job in self._background:
-            job.cancel()
-        for job in self._background:
+        # Background loops finish the write they are in (a cancelled write would
+        # leave the connection inside its transaction); heartbeats go on until the
+        # running tasks are settled, so their leases hold through the grace period.
+        heartbeat, *others = self._background
+        self._winding_down.set()
+        for job in others:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
-        self._background = []
         buffered, self._buffer = self._buffer, []
         for task in buffered:
             await self._guard(self.queue.release_async(task, worker_id=self.worker_id))
@@ -544,9 +557,14 @@ class Worker:
             for entry in list(self._running.values()):
                 if entry.handle in pending:
                     entry.releasing = True
-                    entry.handle.cancel()
+                    if entry.in_call:
+                        entry.handle.cancel()
             if pending:
                 await asyncio.wait(pending)
+        self._tasks_settled.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        self._background = []
         if self._pending_events:
             events = self._take_events()
             await self._guard(self.queue.heartbeat_async({}, events))
@@ -593,6 +611,13 @@ class Worker:
                     )
                 ],
             )
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``event``; True if it is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+    return event.is_set()
 
 
 class TaskTimeout(TimeoutError):
