@@ -103,7 +103,9 @@ def in_transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection]
     try:
         result = body(conn)
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may already have rolled back (e.g. on SQLITE_FULL); keep the real error.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
     return result

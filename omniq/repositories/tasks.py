@@ -54,6 +54,14 @@ class TaskRepository:
             .on_conflict_do_nothing(index_elements=[t.c.unique_key], index_where=live_where)
             .returning(t.c.id)
         )
+        self._insert_scheduled = (
+            dialect.insert(t)
+            .on_conflict_do_nothing(
+                index_elements=[t.c.schedule_id, t.c.scheduled_for],
+                index_where=sa.text("scheduled_for IS NOT NULL"),
+            )
+            .returning(t.c.id)
+        )
         self._live_by_key = sa.select(t.c.id).where(
             t.c.unique_key == sa.bindparam("key"), t.c.status.in_(_LIVE)
         )
@@ -125,6 +133,22 @@ class TaskRepository:
                     self._insert_deps,
                     [{"task_id": task.id, "depends_on_id": d} for d in task.depends_on],
                 )
+        return inserted
+
+    async def insert_scheduled(self, conn: AsyncConnection, tasks: Sequence[Task]) -> set[str]:
+        """Insert tasks created by a schedule; skip any (schedule, fire time) already present.
+
+        Returns the ids inserted. The unique index on (schedule_id,
+        scheduled_for) is the last line of exactly-once firing: a duplicate is
+        skipped, never an error that would roll back the other schedules' fires.
+        """
+        inserted: set[str] = set()
+        with translate_errors("fire schedule"):
+            for task in tasks:
+                row = self.to_row(task)
+                got = (await conn.execute(self._insert_scheduled, row)).scalar_one_or_none()
+                if got is not None:
+                    inserted.add(got)
         return inserted
 
     async def live_id_for_key(self, conn: AsyncConnection, key: str) -> str | None:

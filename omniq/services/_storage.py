@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import sqlite3
@@ -191,13 +192,21 @@ class Storage:
                 writer = self._writer
                 if writer is None or writer.closed or writer.invalidated:
                     writer = self._writer = await self.engine.connect()
-                transaction = await self._begin_immediate(writer)
                 try:
-                    yield writer
-                except BaseException:
-                    await transaction.rollback()
+                    transaction = await self._begin_immediate(writer)
+                    try:
+                        yield writer
+                    except BaseException:
+                        await transaction.rollback()
+                        raise
+                    await transaction.commit()
+                except asyncio.CancelledError:
+                    # A cancelled await can leave SQLite inside a transaction that
+                    # SQLAlchemy no longer tracks: drop this connection, never reuse it.
+                    self._writer = None
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(writer.invalidate())
                     raise
-                await transaction.commit()
 
     async def one_hop(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """Run a transaction body (see :mod:`omniq.db.onehop`) on the SQLite writer's thread.

@@ -1372,7 +1372,7 @@ class TaskQueue:
             candidate = attrs.evolve(current, updated_at=now, **changes)
             timing_keys = {"schedule_type", "cron_expression", "timezone", "interval", "run_at"}
             if timing_keys & set(changes) and "next_run_at" not in changes:
-                candidate = attrs.evolve(candidate, next_run_at=timing.first_run(candidate, now))
+                candidate = attrs.evolve(candidate, next_run_at=timing.run_from_now(candidate, now))
             row = self.storage.schedules.to_row(candidate)
             self._check_template(candidate)
             row.pop("id")
@@ -1405,13 +1405,7 @@ class TaskQueue:
         """Resume a paused schedule; its next run is computed from now (no burst of missed runs)."""
 
         def values(schedule: Schedule, now: datetime) -> dict[str, Any]:
-            nxt = timing.first_run(schedule, now)
-            if nxt is not None and nxt < now:
-                if schedule.schedule_type.value == "interval" and schedule.interval is not None:
-                    nxt = now + schedule.interval  # a start time in the past: from now
-                else:
-                    nxt = now  # a one-shot whose time passed while paused fires once
-            return {"resumed_at": now, "next_run_at": nxt}
+            return {"resumed_at": now, "next_run_at": timing.run_from_now(schedule, now)}
 
         return await self._set_schedule_status(
             schedule_id,

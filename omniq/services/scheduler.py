@@ -121,7 +121,8 @@ class Scheduler:
             tasks.append(self._task_for(schedule, fire_time, now))
         skipped = len(missed) - len(to_run)
         if tasks:
-            await self.storage.tasks.insert_many(conn, tasks)
+            inserted = await self.storage.tasks.insert_scheduled(conn, tasks)
+            tasks = [task for task in tasks if task.id in inserted]
         for task in tasks:
             events.append(
                 _event(

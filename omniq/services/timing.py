@@ -66,3 +66,17 @@ def next_run(schedule: Schedule, fired_at: datetime) -> datetime | None:
         return fired_at + schedule.interval
     assert schedule.cron_expression is not None
     return next_cron_time(schedule.cron_expression, schedule.timezone, fired_at)
+
+
+def run_from_now(schedule: Schedule, now: datetime) -> datetime | None:
+    """The next run counted from ``now`` (resume, or a changed timing): no burst of missed runs.
+
+    An interval schedule whose start lies in the past continues from now; a
+    one-shot whose time passed fires once, now.
+    """
+    nxt = first_run(schedule, now)
+    if nxt is not None and nxt < now:
+        if schedule.schedule_type is ScheduleType.INTERVAL and schedule.interval is not None:
+            return now + schedule.interval
+        return now
+    return nxt

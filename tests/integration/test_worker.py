@@ -1,0 +1,849 @@
+"""The worker, in process, on every engine: executors, results, retries and backoff,
+timeouts, callbacks, cancellation, dependencies, the allow-list, leases and fencing,
+and the maintenance sweeps.
+
+Task functions live in ``tests/worker_tasks.py``; their side effects go to files
+in the test's tmp_path. Nothing sleeps to "let things happen": tests wait on a
+condition with a deadline (task functions may sleep as their workload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import sqlalchemy as sa
+
+from omniq._time import utcnow
+from omniq.db.schema import tasks as tasks_table
+from omniq.models import (
+    EventType,
+    ResultStatus,
+    Settings,
+    Task,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+)
+from omniq.services import ErrorInfo, Services
+from omniq.services.maintenance import Maintenance
+from omniq.worker import Worker
+
+# The worker resolves "tests.worker_tasks:..." by import: the repository root
+# must be importable (pytest puts only the test directories on sys.path).
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.append(_ROOT)
+
+from tests import worker_tasks  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+MODULE = "tests.worker_tasks"
+DEADLINE = 30.0  # generous: a condition that holds is seen within milliseconds
+
+ServicesFactory = Callable[..., Awaitable[Services]]
+
+
+def ref(name: str) -> str:
+    """The reference of a function in tests/worker_tasks.py."""
+    return f"{MODULE}:{name}"
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], what: str, timeout: float = DEADLINE
+) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        await anyio.sleep(0.02)
+
+
+def make_worker(svc: Services, **options: Any) -> Worker:
+    """A worker on ``svc`` allowed to run tests/worker_tasks.py (no scheduler/maintenance)."""
+    options.setdefault("run_scheduler", False)
+    options.setdefault("run_maintenance", False)
+    options.setdefault("poll_interval", 0.1)
+    return Worker(svc.queue, svc.results, svc.events, allow_modules=[MODULE], **options)
+
+
+async def must_task(svc: Services, task_id: str) -> Task:
+    task = await svc.queue.get_task_async(task_id)
+    assert task is not None, f"task {task_id} vanished"
+    return task
+
+
+async def must_result(svc: Services, task_id: str) -> TaskResult:
+    result = await svc.results.get_async(task_id)
+    assert result is not None, f"no result for task {task_id}"
+    return result
+
+
+async def status_of(svc: Services, task_id: str) -> TaskStatus:
+    return (await must_task(svc, task_id)).status
+
+
+async def events_of(svc: Services, task_id: str, kind: EventType) -> list[TaskEvent]:
+    return await svc.events.get_events_async(task_id=task_id, event_type=kind, limit=1000)
+
+
+pid_alive = worker_tasks.pid_alive
+
+
+async def _true(value: bool) -> bool:
+    """``value`` as an awaitable condition (for :func:`wait_until`)."""
+    return value
+
+
+@pytest.fixture
+async def fast_leases(open_services: ServicesFactory) -> Services:
+    """Services whose leases last 1 s and are renewed every 0.2 s."""
+    settings = Settings(
+        lease_duration=timedelta(seconds=1), heartbeat_interval=timedelta(seconds=0.2)
+    )
+    return await open_services(settings)
+
+
+@pytest.fixture
+async def running_worker(svc: Services) -> AsyncIterator[Worker]:
+    """A worker started in the background (start_async), stopped at the end."""
+    worker = make_worker(svc, concurrency=4)
+    await worker.start_async()
+    try:
+        yield worker
+    finally:
+        await worker.stop_async(grace_period=1.0)
+
+
+# --- executors, results, stats ---------------------------------------------------------------
+
+
+async def test_burst_worker_runs_async_and_sync_tasks_and_stores_results(svc: Services) -> None:
+    async_id = await svc.queue.enqueue_async(ref("add"), [2, 3])
+    sync_id = await svc.queue.enqueue_async(ref("add_sync"), [4, 5])
+    kw_id = await svc.queue.enqueue_async(ref("add"), {"a": 10, "b": 1})
+
+    stats = await make_worker(svc, executor="thread", concurrency=2).run_until_complete_async()
+
+    assert (await must_result(svc, async_id)).result == 5
+    sync_result = await must_result(svc, sync_id)
+    assert sync_result.status is ResultStatus.SUCCESS
+    assert sync_result.result["sum"] == 9
+    # Sync functions run in the worker's thread pool, not on the event loop's thread.
+    assert sync_result.result["thread"].startswith("omniq-task")
+    assert (await must_result(svc, kw_id)).result == 11
+    for task_id in (async_id, sync_id, kw_id):
+        task = await must_task(svc, task_id)
+        assert task.status is TaskStatus.COMPLETED
+        assert task.attempts == 1
+        assert task.lease_token is None
+        result = await must_result(svc, task_id)
+        assert result.success
+        assert result.worker_id == stats.worker_id
+        assert result.execution_time is not None and result.execution_time >= 0
+        assert len(await events_of(svc, task_id, EventType.COMPLETED)) == 1
+        assert len(await events_of(svc, task_id, EventType.EXECUTING)) == 1
+    assert stats.completed == 3
+    assert (stats.failed, stats.retried, stats.cancelled, stats.lost, stats.running) == (0,) * 5
+    assert stats.executor == "thread"
+    assert stats.concurrency == 2
+
+
+async def test_process_executor_runs_sync_tasks_in_child_processes(svc: Services) -> None:
+    cpu_id = await svc.queue.enqueue_async(ref("cpu_bound"), [10_000])
+    async_id = await svc.queue.enqueue_async(ref("add"), [1, 1])
+    failing_id = await svc.queue.enqueue_async(ref("fail_in_process"), ["nope"])
+
+    stats = await make_worker(svc, executor="process", concurrency=3).run_until_complete_async()
+
+    cpu = (await must_result(svc, cpu_id)).result
+    assert cpu["value"] == sum(i * i for i in range(10_000))
+    assert cpu["pid"] != os.getpid()
+    assert (await must_result(svc, async_id)).result == 2
+    # An exception in the child keeps its type, message and traceback.
+    failed = await must_result(svc, failing_id)
+    assert failed.status is ResultStatus.ERROR
+    assert failed.error_type == "KeyError"
+    assert "nope" in (failed.error or "")
+    assert "fail_in_process" in (failed.error_traceback or "")
+    assert (await status_of(svc, failing_id)) is TaskStatus.FAILED
+    assert (stats.completed, stats.failed, stats.executor) == (2, 1, "process")
+
+
+async def test_stats_count_outcomes(svc: Services, tmp_path: Path) -> None:
+    for i in range(3):
+        await svc.queue.enqueue_async(ref("add"), [i, i])
+    await svc.queue.enqueue_async(
+        ref("flaky"), [str(tmp_path / "flaky"), 1], max_retries=2, retry_delay=0
+    )
+    await svc.queue.enqueue_async(ref("always_fails"), ["boom"])
+    worker = make_worker(svc, concurrency=3)
+    assert worker.get_stats().completed == 0
+
+    stats = await worker.run_until_complete_async()
+
+    assert (stats.completed, stats.failed, stats.retried) == (4, 1, 1)
+    assert (stats.cancelled, stats.lost, stats.running) == (0, 0, 0)
+    assert stats.uptime > 0
+    again = await worker.get_stats_async()
+    assert (again.completed, again.failed, again.retried) == (4, 1, 1)
+    counts = await svc.queue.stats_async()
+    assert counts == {"default": {"completed": 4, "failed": 1}}
+
+
+# --- retries and backoff ---------------------------------------------------------------------
+
+
+async def test_retries_until_success_with_one_retry_event_per_failed_attempt(
+    svc: Services, tmp_path: Path
+) -> None:
+    counter = tmp_path / "calls"
+    task_id = await svc.queue.enqueue_async(
+        ref("flaky"), [str(counter), 2, "finally"], max_retries=3, retry_delay=0
+    )
+
+    stats = await make_worker(svc, executor="thread").run_until_complete_async()
+
+    task = await must_task(svc, task_id)
+    assert task.status is TaskStatus.COMPLETED
+    assert worker_tasks.count_lines(counter) == 3
+    assert task.retry_count == 2
+    assert task.attempts == 3
+    result = await must_result(svc, task_id)
+    assert (result.result, result.retry_count) == ("finally", 2)
+    retries = await events_of(svc, task_id, EventType.RETRY)
+    assert sorted(e.retry_count or 0 for e in retries) == [1, 2]
+    assert all("RuntimeError: flaky failure" in (e.error or "") for e in retries)
+    assert await events_of(svc, task_id, EventType.FAILED) == []
+    assert (stats.retried, stats.completed, stats.failed) == (2, 1, 0)
+
+
+async def test_final_failure_stores_error_type_message_traceback_and_a_failed_event(
+    svc: Services,
+) -> None:
+    task_id = await svc.queue.enqueue_async(
+        ref("always_fails"), ["out of cheese"], max_retries=2, retry_delay=0
+    )
+
+    await make_worker(svc).run_until_complete_async()
+
+    task = await must_task(svc, task_id)
+    assert task.status is TaskStatus.FAILED
+    assert (task.attempts, task.retry_count) == (3, 2)
+    assert task.last_error == "ValueError: out of cheese"
+    result = await must_result(svc, task_id)
+    assert result.status is ResultStatus.ERROR
+    assert result.error_type == "ValueError"
+    assert "out of cheese" in (result.error or "")
+    assert result.error_traceback is not None
+    assert "Traceback" in result.error_traceback
+    assert "always_fails" in result.error_traceback
+    assert len(await events_of(svc, task_id, EventType.RETRY)) == 2
+    failed = await events_of(svc, task_id, EventType.FAILED)
+    assert len(failed) == 1
+    assert "out of cheese" in (failed[0].error or "")
+
+
+async def test_retry_delay_backoff_is_exponential_and_capped(
+    open_services: ServicesFactory,
+) -> None:
+    settings = Settings(retry_backoff=2, retry_jitter=0, max_retry_delay=timedelta(seconds=30))
+    queue = (await open_services(settings)).queue
+    base = Task(func=ref("add"), retry_delay=timedelta(seconds=1))
+    delays = [
+        queue.retry_delay_for(Task(func=base.func, retry_delay=base.retry_delay, retry_count=n))
+        for n in range(7)
+    ]
+    assert delays == [timedelta(seconds=s) for s in (1, 2, 4, 8, 16, 30, 30)]
+    assert queue.retry_delay_for(Task(func=base.func, retry_delay=timedelta(0))) == timedelta(0)
+
+
+async def test_retry_delay_jitter_stays_within_bounds(open_services: ServicesFactory) -> None:
+    settings = Settings(retry_backoff=3, retry_jitter=0.25)
+    queue = (await open_services(settings)).queue
+    task = Task(func=ref("add"), retry_delay=timedelta(seconds=2), retry_count=2)
+    samples = {queue.retry_delay_for(task).total_seconds() for _ in range(300)}
+    assert all(18 * 0.75 <= s <= 18 * 1.25 for s in samples)
+    assert len(samples) > 1, "jitter never varied the delay"
+
+
+async def test_end_to_end_retry_events_carry_the_backoff_delay(
+    open_services: ServicesFactory, tmp_path: Path
+) -> None:
+    svc = await open_services(Settings(retry_backoff=2, retry_jitter=0))
+    task_id = await svc.queue.enqueue_async(
+        ref("flaky"), [str(tmp_path / "n"), 2], max_retries=2, retry_delay=0.05
+    )
+
+    # Not burst mode: a burst worker stops when no task is ready, and a retry
+    # waiting out its backoff is not ready yet.
+    worker = make_worker(svc)
+    await worker.start_async()
+    try:
+
+        async def completed() -> bool:
+            return await status_of(svc, task_id) is TaskStatus.COMPLETED
+
+        await wait_until(completed, "the retried task to complete")
+    finally:
+        await worker.stop_async(grace_period=1.0)
+    retries = await events_of(svc, task_id, EventType.RETRY)
+    delays = sorted((e.data or {})["delay"] for e in retries)
+    assert delays == pytest.approx([0.05, 0.1])
+
+
+# --- timeouts --------------------------------------------------------------------------------
+
+
+async def test_async_task_timeout_cancels_it(svc: Services) -> None:
+    task_id = await svc.queue.enqueue_async(ref("sleep_async"), [30], timeout=0.2)
+    started = time.monotonic()
+
+    stats = await make_worker(svc).run_until_complete_async()
+
+    assert time.monotonic() - started < 15, "the timed-out task was not cancelled"
+    assert await status_of(svc, task_id) is TaskStatus.FAILED
+    result = await must_result(svc, task_id)
+    assert result.status is ResultStatus.ERROR
+    assert result.error_type == "TaskTimeout"
+    assert "timed out after 0.2s" in (result.error or "")
+    assert stats.failed == 1
+
+
+async def test_thread_task_timeout_marks_it_timed_out_while_the_thread_runs_on(
+    svc: Services,
+) -> None:
+    # A thread cannot be killed: the task is marked timed out at once and its
+    # late result is discarded, but the function keeps running in its thread
+    # until it returns. The test releases it instead of waiting for it.
+    key = f"thread-timeout-{uuid.uuid4().hex}"
+    task_id = await svc.queue.enqueue_async(ref("block_until_released"), [key], timeout=0.2)
+    try:
+        await make_worker(svc, executor="thread").run_until_complete_async()
+
+        result = await must_result(svc, task_id)
+        assert result.error_type == "TaskTimeout"
+        assert await status_of(svc, task_id) is TaskStatus.FAILED
+        assert not worker_tasks.has_finished(key), "the thread is expected to run on"
+    finally:
+        worker_tasks.release(key)
+    await wait_until(lambda: _true(worker_tasks.has_finished(key)), "the thread to return")
+    assert (await must_result(svc, task_id)).error_type == "TaskTimeout"
+    assert await status_of(svc, task_id) is TaskStatus.FAILED
+
+
+async def test_process_task_timeout_kills_the_child_process(svc: Services, tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    task_id = await svc.queue.enqueue_async(
+        ref("write_pid_then_sleep"), [str(pid_file), 60], timeout=3
+    )
+    started = time.monotonic()
+
+    await make_worker(svc, executor="process").run_until_complete_async()
+
+    assert time.monotonic() - started < 30
+    result = await must_result(svc, task_id)
+    assert result.error_type == "TaskTimeout"
+    assert await status_of(svc, task_id) is TaskStatus.FAILED
+    child = int(pid_file.read_text())
+    assert child != os.getpid()
+    await wait_until(lambda: _true(not pid_alive(child)), f"child process {child} to be gone")
+
+
+# --- callbacks -------------------------------------------------------------------------------
+
+
+async def test_callback_gets_the_result_and_callback_args(svc: Services, tmp_path: Path) -> None:
+    out = tmp_path / "callback.json"
+    task_id = await svc.queue.enqueue_async(
+        ref("add"), [20, 22], callback=ref("record_callback"), callback_args=[str(out), "tag-1"]
+    )
+
+    await make_worker(svc).run_until_complete_async()
+
+    assert json.loads(out.read_text()) == {"result": 42, "tag": "tag-1"}
+    assert await status_of(svc, task_id) is TaskStatus.COMPLETED
+
+
+async def test_failing_callback_logs_an_event_and_the_task_stays_completed(
+    svc: Services,
+) -> None:
+    task_id = await svc.queue.enqueue_async(ref("add"), [1, 2], callback=ref("callback_fails"))
+
+    stats = await make_worker(svc).run_until_complete_async()
+
+    assert await status_of(svc, task_id) is TaskStatus.COMPLETED
+    assert (await must_result(svc, task_id)).result == 3
+    failed = await events_of(svc, task_id, EventType.CALLBACK_FAILED)
+    assert len(failed) == 1
+    assert "callback refused 3" in (failed[0].error or "")
+    assert (stats.completed, stats.failed) == (1, 0)
+
+
+# --- cancellation and dependencies -------------------------------------------------------------
+
+
+async def test_cancel_running_async_task_promptly_and_its_dependents(
+    svc: Services, running_worker: Worker
+) -> None:
+    task_id = await svc.queue.enqueue_async(ref("sleep_async"), [30])
+    child = await svc.queue.enqueue_async(ref("add"), [1, 1], depends_on=[task_id])
+    grandchild = await svc.queue.enqueue_async(ref("add"), [1, 1], depends_on=[child])
+
+    async def running() -> bool:
+        return await status_of(svc, task_id) is TaskStatus.RUNNING
+
+    await wait_until(running, "the task to start")
+    asked = time.monotonic()
+    assert await svc.queue.cancel_async(task_id)
+
+    async def cancelled() -> bool:
+        return await status_of(svc, task_id) is TaskStatus.CANCELLED
+
+    await wait_until(cancelled, "the running task to be cancelled", timeout=10)
+    assert time.monotonic() - asked < 10
+    result = await must_result(svc, task_id)
+    assert result.status is ResultStatus.CANCELLED
+    for dependent in (child, grandchild):
+        assert await status_of(svc, dependent) is TaskStatus.CANCELLED
+        assert (await must_result(svc, dependent)).status is ResultStatus.CANCELLED
+    assert len(await events_of(svc, task_id, EventType.CANCEL_REQUESTED)) == 1
+    assert len(await events_of(svc, task_id, EventType.CANCELLED)) == 1
+    assert running_worker.get_stats().cancelled == 1
+    # The worker keeps working after a cancellation.
+    after = await svc.queue.enqueue_async(ref("add"), [5, 5])
+    assert (await svc.results.wait_async(after, timeout=DEADLINE)) is not None
+
+
+async def test_cancel_running_process_task_kills_the_child(svc: Services, tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    task_id = await svc.queue.enqueue_async(ref("write_pid_then_sleep"), [str(pid_file), 60])
+    worker = make_worker(svc, executor="process")
+    await worker.start_async()
+    try:
+
+        async def child_started() -> bool:
+            return pid_file.exists() and pid_file.read_text() != ""
+
+        await wait_until(child_started, "the child process to start")
+        child = int(pid_file.read_text())
+        assert await svc.queue.cancel_async(task_id)
+
+        async def cancelled() -> bool:
+            return await status_of(svc, task_id) is TaskStatus.CANCELLED
+
+        await wait_until(cancelled, "the process task to be cancelled")
+        await wait_until(lambda: _true(not pid_alive(child)), f"child process {child} to be gone")
+    finally:
+        await worker.stop_async(grace_period=1.0)
+    assert (await must_result(svc, task_id)).status is ResultStatus.CANCELLED
+
+
+async def test_cancel_of_a_prefetched_task_keeps_it_from_running(
+    svc: Services, tmp_path: Path
+) -> None:
+    log = tmp_path / "ran"
+    first = await svc.queue.enqueue_async(ref("sleep_async"), [1.0, "first"], priority=10)
+    second = await svc.queue.enqueue_async(ref("record"), [str(log), "second"])
+    worker = make_worker(svc, concurrency=1, prefetch=1)
+    await worker.start_async()
+    try:
+
+        async def both_claimed() -> bool:
+            return {await status_of(svc, first), await status_of(svc, second)} == {
+                TaskStatus.RUNNING
+            }
+
+        await wait_until(both_claimed, "the worker to claim both tasks")
+        assert await svc.queue.cancel_async(second)
+
+        async def settled() -> bool:
+            return (await status_of(svc, first)).is_final and (
+                await status_of(svc, second)
+            ).is_final
+
+        await wait_until(settled, "both tasks to settle")
+    finally:
+        await worker.stop_async(grace_period=1.0)
+    assert await status_of(svc, first) is TaskStatus.COMPLETED
+    assert await status_of(svc, second) is TaskStatus.CANCELLED
+    assert worker_tasks.read_records(log) == []
+
+
+async def test_dependency_chain_runs_in_order(svc: Services, tmp_path: Path) -> None:
+    log = tmp_path / "order"
+    a = svc.queue.build_task(ref("record"), [str(log), "a"])
+    b = svc.queue.build_task(ref("record"), [str(log), "b"], depends_on=[a.id], priority=5)
+    c = svc.queue.build_task(ref("record"), [str(log), "c"], depends_on=[b.id], priority=9)
+    d = svc.queue.build_task(ref("record"), [str(log), "d"], depends_on=[a.id, c.id])
+    free = svc.queue.build_task(ref("record"), [str(log), "free"], priority=-5)
+    await svc.queue.enqueue_many_async([d, c, b, free, a])
+
+    await make_worker(svc, concurrency=4).run_until_complete_async()
+
+    order = [label for label, _ in worker_tasks.read_records(log)]
+    assert sorted(order) == ["a", "b", "c", "d", "free"]
+    chain = [x for x in order if x != "free"]
+    assert chain == ["a", "b", "c", "d"]
+    for task in (a, b, c, d, free):
+        assert await status_of(svc, task.id) is TaskStatus.COMPLETED
+
+
+# --- the allow-list ----------------------------------------------------------------------------
+
+
+async def test_unknown_function_reference_fails_with_task_not_found_without_importing(
+    svc: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    canary = f"omniq_canary_{uuid.uuid4().hex}"
+    imported = tmp_path / "imported"
+    (tmp_path / f"{canary}.py").write_text(
+        f"from pathlib import Path\nPath({str(imported)!r}).write_text('imported')\n"
+        "def run() -> None:\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    shell_marker = tmp_path / "shell-ran"
+    run_marker = tmp_path / "run-ran"
+    ids = [
+        await svc.queue.enqueue_async(f"{canary}:run", max_retries=3),
+        await svc.queue.enqueue_async("os:system", [f"touch {shell_marker}"], max_retries=3),
+        await svc.queue.enqueue_async(
+            "subprocess:run", [["touch", str(run_marker)]], max_retries=3
+        ),
+        # Allowed module, missing function.
+        await svc.queue.enqueue_async(ref("no_such_function"), max_retries=3),
+    ]
+
+    stats = await make_worker(svc, executor="thread").run_until_complete_async()
+
+    for task_id in ids:
+        task = await must_task(svc, task_id)
+        # No retries: an unknown function does not become known by retrying.
+        assert (task.status, task.attempts, task.retry_count) == (TaskStatus.FAILED, 1, 0)
+        result = await must_result(svc, task_id)
+        assert result.error_type == "TaskNotFound"
+    assert canary not in sys.modules
+    assert not imported.exists()
+    assert not shell_marker.exists()
+    assert not run_marker.exists()
+    assert (stats.failed, stats.retried) == (4, 0)
+
+
+# --- leases and fencing ------------------------------------------------------------------------
+
+
+async def test_heartbeat_renews_the_lease_of_a_long_task(fast_leases: Services) -> None:
+    svc = fast_leases
+    task_id = await svc.queue.enqueue_async(ref("sleep_async"), [3, "done"])
+    worker = make_worker(svc)
+    recovered = 0
+    expiries: set[Any] = set()
+
+    async def sweep_until_final() -> None:
+        nonlocal recovered
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            recovered += await svc.queue.recover_expired_leases_async()
+            task = await must_task(svc, task_id)
+            if task.status is TaskStatus.RUNNING and task.lease_expires_at is not None:
+                expiries.add(task.lease_expires_at)
+            if task.is_final:
+                return
+            await anyio.sleep(0.05)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run_until_complete_async)
+        group.start_soon(sweep_until_final)
+
+    task = await must_task(svc, task_id)
+    assert recovered == 0, "a task whose worker heartbeats was recovered"
+    assert task.status is TaskStatus.COMPLETED
+    assert task.attempts == 1
+    assert (await must_result(svc, task_id)).result == "done"
+    assert task.started_at is not None
+    # The 1 s lease was pushed forward while the 3 s task ran.
+    assert max(expiries) > task.started_at + timedelta(seconds=1.5)
+    assert worker.get_stats().lost == 0
+
+
+async def test_worker_that_lost_its_lease_stops_the_task_and_writes_nothing(
+    fast_leases: Services,
+) -> None:
+    svc = fast_leases
+    task_id = await svc.queue.enqueue_async(ref("sleep_async"), [30, "never"])
+    worker = make_worker(svc)
+    await worker.start_async()
+    try:
+
+        async def running() -> bool:
+            return await status_of(svc, task_id) is TaskStatus.RUNNING
+
+        await wait_until(running, "the task to start")
+        # Another worker takes the task over (as after a recovery and a new claim).
+        async with svc.storage.engine.begin() as conn:
+            await conn.execute(
+                sa.update(tasks_table)
+                .where(tasks_table.c.id == task_id)
+                .values(lease_token="stolen", worker_id="thief")
+            )
+
+        async def stopped() -> bool:
+            return worker.get_stats().running == 0
+
+        await wait_until(stopped, "the worker to drop the task", timeout=10)
+    finally:
+        await worker.stop_async(grace_period=1.0)
+    task = await must_task(svc, task_id)
+    assert (task.status, task.lease_token, task.worker_id) == (
+        TaskStatus.RUNNING,
+        "stolen",
+        "thief",
+    )
+    assert await svc.results.get_async(task_id) is None
+    stats = worker.get_stats()
+    assert (stats.completed, stats.failed, stats.cancelled) == (0, 0, 0)
+    assert stats.lost == 1
+
+
+async def test_lease_taken_over_fences_the_first_worker(open_services: ServicesFactory) -> None:
+    svc = await open_services(Settings(lease_duration=timedelta(seconds=0.3)))
+    task_id = await svc.queue.enqueue_async(ref("add"), [1, 2], max_retries=1, retry_delay=0)
+    first = await svc.queue.dequeue_async(worker_id="w1")
+    assert first is not None and first.id == task_id
+    recovered = 0
+
+    async def lease_recovered() -> bool:
+        nonlocal recovered
+        recovered += await svc.queue.recover_expired_leases_async()
+        return recovered > 0
+
+    await wait_until(lease_recovered, "the expired lease to be recovered")
+    assert recovered == 1
+    second = await svc.queue.dequeue_async(timeout=DEADLINE, worker_id="w2")
+    assert second is not None and second.id == task_id
+    assert second.attempts == 2
+    assert second.lease_token != first.lease_token
+
+    # The first worker comes back: every write it tries is rejected.
+    assert await svc.queue.complete_async(first, "first", worker_id="w1") is False
+    assert await svc.queue.fail_async(first, ErrorInfo(type="X", message="late")) is None
+    assert await svc.queue.heartbeat_async({task_id: first.lease_token or ""}) == {}
+    assert not await svc.queue.release_async(first, worker_id="w1")
+    assert not await svc.queue.cancel_running_async(first, worker_id="w1")
+    assert await svc.results.get_async(task_id) is None
+
+    assert await svc.queue.complete_async(second, "second", worker_id="w2") is True
+    result = await must_result(svc, task_id)
+    assert (result.result, result.worker_id) == ("second", "w2")
+    task = await must_task(svc, task_id)
+    assert (task.status, task.attempts) == (TaskStatus.COMPLETED, 2)
+    assert len(await events_of(svc, task_id, EventType.COMPLETED)) == 1
+    assert len(await events_of(svc, task_id, EventType.RETRY)) == 1
+
+
+async def test_recovered_lease_without_attempts_left_fails_as_worker_lost(
+    open_services: ServicesFactory,
+) -> None:
+    svc = await open_services(Settings(lease_duration=timedelta(seconds=0.3)))
+    task_id = await svc.queue.enqueue_async(ref("add"), [1, 2])
+    assert await svc.queue.dequeue_async(worker_id="crashed") is not None
+
+    async def recovered() -> bool:
+        return await svc.queue.recover_expired_leases_async() == 1
+
+    await wait_until(recovered, "the expired lease to be recovered")
+    task = await must_task(svc, task_id)
+    assert (task.status, task.attempts) == (TaskStatus.FAILED, 1)
+    result = await must_result(svc, task_id)
+    assert result.error_type == "WorkerLost"
+    assert len(await events_of(svc, task_id, EventType.FAILED)) == 1
+
+
+# --- maintenance -------------------------------------------------------------------------------
+
+
+def maintenance(svc: Services, owner: str, lease: float = 60.0) -> Maintenance:
+    return Maintenance(
+        svc.storage, svc.queue, svc.results, svc.events, owner=owner, lease=timedelta(seconds=lease)
+    )
+
+
+async def test_maintenance_recovers_expires_and_cleans_up(open_services: ServicesFactory) -> None:
+    svc = await open_services(Settings(lease_duration=timedelta(seconds=0.3)))
+    old = utcnow() - timedelta(days=30)
+    # A running task whose worker died.
+    lost_id = await svc.queue.enqueue_async(ref("add"), [1, 1], max_retries=1, retry_delay=0)
+    assert await svc.queue.dequeue_async(worker_id="dead") is not None
+    # A queued task whose TTL passed.
+    stale = Task(func=ref("add"), created_at=utcnow() - timedelta(hours=2), ttl=timedelta(hours=1))
+    stale_id = await svc.queue.enqueue_async(stale)
+    fresh_id = await svc.queue.enqueue_async(ref("add"), [2, 2], ttl=3600, run_in=3600)
+    # An expired result and a live one.
+    await svc.results.store_async(
+        TaskResult(
+            task_id="old-result",
+            status=ResultStatus.SUCCESS,
+            result=1,
+            created_at=utcnow() - timedelta(hours=2),
+            ttl=timedelta(hours=1),
+        )
+    )
+    await svc.results.store_async(
+        TaskResult(task_id="new-result", status=ResultStatus.SUCCESS, ttl=timedelta(hours=1))
+    )
+    # Events older than the retention (7 days by default) and a recent one.
+    await svc.events.log_many_async(
+        [TaskEvent(event_type=EventType.UPDATED, task_id="ancient", timestamp=old)] * 3
+        + [TaskEvent(event_type=EventType.UPDATED, task_id="recent")]
+    )
+    sweeper = maintenance(svc, "maintainer")
+    totals = {"recovered": 0, "expired": 0, "results": 0, "events": 0}
+
+    async def swept_everything() -> bool:
+        report = await sweeper.run_once_async()
+        assert report is not None, "a lone maintainer must hold the lease"
+        totals["recovered"] += report.recovered
+        totals["expired"] += report.expired
+        totals["results"] += report.results_deleted
+        totals["events"] += report.events_deleted
+        return totals["recovered"] >= 1
+
+    await wait_until(swept_everything, "the expired lease to be recovered")
+    assert totals == {"recovered": 1, "expired": 1, "results": 1, "events": 3}
+    lost = await must_task(svc, lost_id)
+    assert (lost.status, lost.retry_count) == (TaskStatus.PENDING, 1)
+    assert "WorkerLost" in (lost.last_error or "")
+    assert await status_of(svc, stale_id) is TaskStatus.EXPIRED
+    assert (await must_result(svc, stale_id)).status is ResultStatus.EXPIRED
+    assert len(await events_of(svc, stale_id, EventType.EXPIRED)) == 1
+    assert await status_of(svc, fresh_id) is TaskStatus.PENDING
+    assert await svc.results.get_async("new-result") is not None
+    async with svc.storage.read() as conn:
+        assert await svc.storage.results.get(conn, "old-result") is None
+    assert await svc.events.get_events_async(task_id="ancient") == []
+    assert len(await svc.events.get_events_async(task_id="recent")) == 1
+
+
+async def test_only_one_maintenance_owner_holds_the_lease(
+    open_services: ServicesFactory,
+) -> None:
+    svc_a = await open_services()
+    svc_b = await open_services()
+    a = maintenance(svc_a, "owner-a")
+    b = maintenance(svc_b, "owner-b")
+
+    for _ in range(5):
+        got = await asyncio.gather(a.acquire_async(), b.acquire_async())
+        assert sorted(got) == [False, True], "both or neither maintainer got the lease"
+    holder, other = (a, b) if await a.acquire_async() else (b, a)
+    assert await holder.run_once_async() is not None
+    assert await other.run_once_async() is None
+    assert await holder.acquire_async()  # renewal by the holder
+    await holder.release_async()
+    assert await other.run_once_async() is not None
+    assert await holder.run_once_async() is None
+    assert not await holder.acquire_async()
+
+
+async def test_maintenance_lease_passes_on_when_its_holder_stops_renewing(
+    open_services: ServicesFactory,
+) -> None:
+    svc_a = await open_services()
+    svc_b = await open_services()
+    crashed = maintenance(svc_a, "crashed", lease=0.3)
+    survivor = maintenance(svc_b, "survivor", lease=60)
+    assert await crashed.acquire_async()
+    assert await survivor.run_once_async() is None
+
+    async def taken_over() -> bool:
+        return await survivor.run_once_async() is not None
+
+    await wait_until(taken_over, "the survivor to take the expired maintenance lease")
+    assert not await crashed.acquire_async()
+
+
+async def test_worker_runs_maintenance_in_the_background(open_services: ServicesFactory) -> None:
+    svc = await open_services(Settings(lease_duration=timedelta(seconds=0.3)))
+    task_id = await svc.queue.enqueue_async(ref("add"), [3, 4], max_retries=1, retry_delay=0)
+    assert await svc.queue.dequeue_async(worker_id="crashed-worker") is not None
+    worker = make_worker(svc, run_maintenance=True, maintenance_interval=0.1)
+    await worker.start_async()
+    try:
+
+        async def completed() -> bool:
+            return await status_of(svc, task_id) is TaskStatus.COMPLETED
+
+        await wait_until(completed, "the crashed worker's task to be recovered and rerun")
+    finally:
+        await worker.stop_async(grace_period=1.0)
+    task = await must_task(svc, task_id)
+    assert (task.attempts, task.retry_count) == (2, 1)
+    assert (await must_result(svc, task_id)).result == 7
+
+
+# --- stopping ----------------------------------------------------------------------------------
+
+
+async def test_stopping_a_worker_leaves_the_services_usable(
+    open_services: ServicesFactory,
+) -> None:
+    # Heartbeats and maintenance write all the time here, so stopping the worker
+    # lands in the middle of one of their writes.
+    svc = await open_services(Settings(heartbeat_interval=timedelta(milliseconds=1)))
+    for _ in range(15):
+        worker = make_worker(svc, run_maintenance=True, maintenance_interval=0.001)
+        await worker.start_async()
+        task_id = await svc.queue.enqueue_async(ref("add"), [1, 2])
+        assert await svc.results.wait_async(task_id, timeout=DEADLINE) is not None
+        await worker.stop_async(grace_period=1.0)
+        # The same services still write after the stop.
+        assert await svc.queue.cancel_async(await svc.queue.enqueue_async(ref("add"), [0, 0]))
+    assert await svc.events.get_events_async(event_type=EventType.ERROR) == []
+
+
+async def test_leases_hold_while_a_stopping_worker_lets_tasks_finish(
+    fast_leases: Services,
+) -> None:
+    svc = fast_leases
+    task_id = await svc.queue.enqueue_async(ref("sleep_async"), [2.5, "finished"])
+    worker = make_worker(svc)
+    await worker.start_async()
+
+    async def running() -> bool:
+        return await status_of(svc, task_id) is TaskStatus.RUNNING
+
+    await wait_until(running, "the task to start")
+    recovered = 0
+
+    async def sweep_while_stopping() -> None:
+        # Maintenance elsewhere keeps looking for expired leases meanwhile.
+        nonlocal recovered
+        while not (await must_task(svc, task_id)).is_final:
+            recovered += await svc.queue.recover_expired_leases_async()
+            await anyio.sleep(0.05)
+
+    with anyio.fail_after(DEADLINE):
+        async with anyio.create_task_group() as group:
+            group.start_soon(sweep_while_stopping)
+            # The 1 s lease must outlive the 2.5 s task within the 10 s grace period.
+            await worker.stop_async(grace_period=10)
+
+    assert recovered == 0
+    assert await status_of(svc, task_id) is TaskStatus.COMPLETED
+    assert (await must_result(svc, task_id)).result == "finished"
+    assert worker.get_stats().lost == 0
