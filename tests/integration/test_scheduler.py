@@ -23,7 +23,6 @@ import sqlalchemy as sa
 
 from omniq._time import utcnow
 from omniq.db.schema import tasks as tasks_table
-from omniq.errors import DuplicateTask
 from omniq.models import (
     EventType,
     MisfirePolicy,
