@@ -1,0 +1,1 @@
+"""OmniQ benchmarks: ``python bench/run.py`` (``--quick`` for a smoke-sized run)."""
