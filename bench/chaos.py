@@ -31,6 +31,7 @@ import asyncio
 import collections
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -290,7 +291,11 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"\nchaos: FAILED ({len(failed)} invariant(s)); logs in {workdir}")
         return 1
-    print(f"\nchaos: all invariants hold (files in {workdir})")
+    if args.dir or args.keep:
+        print(f"\nchaos: all invariants hold (files in {workdir})")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+        print("\nchaos: all invariants hold")
     return 0
 
 
@@ -299,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_worker"]:
         asyncio.run(_serve(argv[1], int(argv[2])))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.chaos", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--kills", type=int, default=15)
     parser.add_argument("--workers", type=int, default=3)
@@ -308,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--dir", help="work directory (default: a new temporary one)")
     parser.add_argument("--cli", action="store_true", help="run `python -m omniq worker`")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2**32)

@@ -18,7 +18,8 @@ RSS (``/proc/<pid>/status`` VmRSS), tasks done and pending. The summary checks:
 
 - after the long reader ends, the WAL stops growing (the checkpoint catches up
   and writers restart the log from its beginning): its largest size after the
-  reader's release stays within 10 % of the largest size before it;
+  reader's release stays within 10 % of the largest size before it; and it
+  shrinks (the next restart of the log truncates the file);
 - each worker's RSS at the end is within 20 % of its RSS after warm-up.
 
 Exit status 1 if a check fails.
@@ -28,9 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
-import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -40,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -86,10 +88,7 @@ async def _serve(url: str, concurrency: int, stats_path: Path) -> None:
 
     async def report() -> None:
         while True:
-            stats = worker.get_stats()
-            tmp = stats_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"completed": stats.completed, "failed": stats.failed}))
-            tmp.replace(stats_path)
+            _write_stats(stats_path, worker)
             await asyncio.sleep(1)
 
     reporter = asyncio.get_running_loop().create_task(report())
@@ -97,9 +96,16 @@ async def _serve(url: str, concurrency: int, stats_path: Path) -> None:
         await worker.run_async(install_signal_handlers=True)
     finally:
         reporter.cancel()
-        stats = worker.get_stats()
-        stats_path.write_text(json.dumps({"completed": stats.completed, "failed": stats.failed}))
+        _write_stats(stats_path, worker)
         await svc.close_async()
+
+
+def _write_stats(path: Path, worker: Any) -> None:
+    """The worker's counters, replaced atomically (the conductor reads them)."""
+    stats = worker.get_stats()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"completed": stats.completed, "failed": stats.failed}))
+    tmp.replace(path)
 
 
 async def _produce(url: str, rate: float) -> None:
@@ -126,10 +132,8 @@ async def _produce(url: str, rate: float) -> None:
                     [svc.queue.build_task(TASK, [1.0]) for _ in range(n)]
                 )
             next_tick += 0.1
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, next_tick - loop.time()))
-            except TimeoutError:
-                pass
     finally:
         await svc.close_async()
 
@@ -269,8 +273,7 @@ def run(args: argparse.Namespace) -> int:
                 )
                 result.samples.append(sample)
                 rss = " ".join(
-                    f"{(r or 0) / 1024:>9.1f}" if r is not None else f"{'-':>9}"
-                    for r in sample.rss
+                    f"{(r or 0) / 1024:>9.1f}" if r is not None else f"{'-':>9}" for r in sample.rss
                 )
                 print(
                     f"{sample.t:>6.0f} {sample.wal / MIB:>8.2f} {sample.db / MIB:>7.2f} "
@@ -301,12 +304,13 @@ def run(args: argparse.Namespace) -> int:
         stop_all(workers)
         for log in logs:
             log.close()
-    return summarize(result, workers, args)
+    status = summarize(result, workers, args)
+    if not (args.dir or args.keep):
+        shutil.rmtree(workdir, ignore_errors=True)
+    return status
 
 
-def summarize(
-    result: Run, workers: list[subprocess.Popen[bytes]], args: argparse.Namespace
-) -> int:
+def summarize(result: Run, workers: list[subprocess.Popen[bytes]], args: argparse.Namespace) -> int:
     samples = result.samples
     if len(samples) < 3 or result.reader_released_at is None:
         print("soak: too short to judge (need several samples and the reader's release)")
@@ -331,6 +335,10 @@ def summarize(
         (
             "WAL bounded after the long reader ends (max after <= 1.1 x max before)",
             wal_max_after <= 1.1 * wal_max_before,
+        ),
+        (
+            "WAL shrank after the long reader ended (final < max, or never above 20 MiB)",
+            wal_final < max(wal_max_before, wal_max_after) or wal_max_before <= 20 * MIB,
         ),
         ("every worker survived", all(p.returncode in (0, -signal.SIGTERM) for p in workers)),
     ]
@@ -358,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_producer"]:
         asyncio.run(_produce(argv[1], float(argv[2])))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__.split("\n")[0]
+    )
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--minutes", type=float, default=5.0)
     length.add_argument("--seconds", type=float, default=None)
@@ -371,9 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         "--reader-fraction", type=float, default=0.6, help="part of the run the reader is open"
     )
     parser.add_argument("--dir", help="work directory (default: a new temporary one)")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
-    random.seed(args.seed)
     return run(args)
 
 

@@ -28,7 +28,12 @@ def require_aware(value: datetime, field: str) -> datetime:
             f"naive datetime {value.isoformat()} rejected; pass a timezone-aware "
             "datetime (e.g. datetime.now(timezone.utc))",
         )
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError(
+            field, f"{value.isoformat()} is outside the years 1-9999 in UTC"
+        ) from None
 
 
 def to_micros(value: datetime) -> int:

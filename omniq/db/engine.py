@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("omniq.db")
 
 MIN_SQLITE = (3, 35, 0)
+_WAL_SIZE_LIMIT = 16 * 1024 * 1024
 _READ_OPTION = "omniq_read"
 
 __all__ = [
@@ -200,6 +201,9 @@ def _install_sqlite_events(engine: AsyncEngine, settings: Settings) -> None:
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA foreign_keys = ON")
             cursor.execute(f"PRAGMA synchronous = {synchronous}")
+            # After a long reader held checkpoints back, the next reset of the WAL
+            # truncates it to this size instead of keeping its high-water mark.
+            cursor.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
         finally:
             cursor.close()
 

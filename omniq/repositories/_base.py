@@ -90,20 +90,21 @@ class PayloadCodec:
         self.serializers = serializers or SerializerRegistry()
         self._key = signing_key.encode("utf-8") if signing_key else None
 
-    def _mac(self, serializer: str, text: str) -> str:
+    def _mac(self, serializer: str, subject: str, text: str) -> str:
         assert self._key is not None
-        message = f"{serializer}\n{text}".encode()
+        message = f"{serializer}\n{subject}\n{text}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
-    def _sign(self, serializer: str, text: str) -> str:
+    def _sign(self, serializer: str, subject: str, text: str) -> str:
         if self._key is None:
             return text
-        return f"{_SIGNED}{self._mac(serializer, text)}:{text}"
+        return f"{_SIGNED}{self._mac(serializer, subject, text)}:{text}"
 
-    def _verify(self, serializer: str, payload: str) -> str:
+    def _verify(self, serializer: str, subject: str, payload: str) -> str:
         if payload.startswith(_SIGNED):
             mac, _, text = payload[len(_SIGNED) :].partition(":")
-            if self._key is not None and not hmac.compare_digest(mac, self._mac(serializer, text)):
+            expected = self._mac(serializer, subject, text) if self._key is not None else mac
+            if not hmac.compare_digest(mac, expected):
                 raise UnsafePayload(
                     "payload signature does not match (tampered, or signed with another key); "
                     "not deserialized"
@@ -119,8 +120,14 @@ class PayloadCodec:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         callback_args: tuple[Any, ...] = (),
+        *,
+        subject: str = "",
     ) -> str:
-        """Serialize a call's arguments into one payload text."""
+        """Serialize a call's arguments into one payload text.
+
+        ``subject`` (the function and callback references) is covered by the
+        signature too, so a signed task cannot be redirected to another function.
+        """
         body: dict[str, Any] = {}
         if args:
             body["a"] = list(args)
@@ -135,13 +142,14 @@ class PayloadCodec:
             fields = "func_args/func_kwargs" + ("/callback_args" if callback_args else "")
             raise type(exc)(f"{fields}: {exc}") from exc
 
-        return self._sign(serializer, text)
+        return self._sign(serializer, subject, text)
 
     def decode_call(
-        self, serializer: str, payload: str
+        self, serializer: str, payload: str, *, subject: str = ""
     ) -> tuple[tuple[Any, ...], dict[str, Any], tuple[Any, ...]]:
         """Deserialize a payload into (args, kwargs, callback_args)."""
-        body = self.serializers.get(serializer).loads(self._verify(serializer, payload))
+        text = self._verify(serializer, subject, payload)
+        body = self.serializers.get(serializer).loads(text)
         if not isinstance(body, dict):
             raise SerializationError("stored payload is not an object")
         args, kwargs, cb_args = body.get("a", []), body.get("k", {}), body.get("c", [])

@@ -36,7 +36,7 @@ class ScheduleRepository:
         for name in ("func_args", "func_kwargs", "payload_error"):
             row.pop(name)
         row["payload"] = self.codec.encode_call(
-            schedule.serializer, schedule.func_args, schedule.func_kwargs
+            schedule.serializer, schedule.func_args, schedule.func_kwargs, subject=schedule.func
         )
         return row
 
@@ -45,7 +45,9 @@ class ScheduleRepository:
         data = dict(row)
         payload = data.pop("payload")
         try:
-            args, kwargs, _ = self.codec.decode_call(data["serializer"], payload)
+            args, kwargs, _ = self.codec.decode_call(
+                data["serializer"], payload, subject=str(data.get("func"))
+            )
             data.update(func_args=args, func_kwargs=kwargs)
         except OmniQError as exc:
             data["payload_error"] = f"{type(exc).__name__}: {exc}"

@@ -82,7 +82,11 @@ class TaskRepository:
         for name in _PAYLOAD_FIELDS:
             row.pop(name)
         row["payload"] = self.codec.encode_call(
-            task.serializer, task.func_args, task.func_kwargs, task.callback_args
+            task.serializer,
+            task.func_args,
+            task.func_kwargs,
+            task.callback_args,
+            subject=f"{task.func}\n{task.callback or ''}",
         )
         return row
 
@@ -91,7 +95,10 @@ class TaskRepository:
         data = dict(row)
         payload = data.pop("payload")
         try:
-            args, kwargs, cb_args = self.codec.decode_call(data["serializer"], payload)
+            subject = f"{data.get('func')}\n{data.get('callback') or ''}"
+            args, kwargs, cb_args = self.codec.decode_call(
+                data["serializer"], payload, subject=subject
+            )
             data.update(func_args=args, func_kwargs=kwargs, callback_args=cb_args)
         except OmniQError as exc:
             data["payload_error"] = f"{type(exc).__name__}: {exc}"

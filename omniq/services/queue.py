@@ -189,7 +189,7 @@ class TaskQueue:
             retry_delay=_duration(retry_delay, "retry_delay", s.default_retry_delay)
             or timedelta(0),
             timeout=_duration(timeout, "timeout", s.default_timeout),
-            depends_on=tuple(depends_on or ()),
+            depends_on=_as_tuple(depends_on),
             callback=callable_ref(callback) if callback is not None else None,
             callback_args=_as_tuple(callback_args),
             unique_key=unique_key,
