@@ -976,6 +976,78 @@ CLI_ALIASES = {
 }
 
 
+CLI_EDGES: list[tuple[str, str]] = [
+    ("args", "[NaN]"),
+    ("args", "[1e999]"),
+    ("args", "{"),
+    ("args", '{"a": 1}'),
+    ("kwargs", "[1]"),
+    ("kwargs", '{"a": Infinity}'),
+    ("in", "1e308s"),
+    ("in", "99999999999d"),
+    ("in", "-1s"),
+    ("in", "nan"),
+    ("queue", "a" * 201),
+    ("queue", "x'; DROP TABLE omniq_tasks; --"),
+    ("func", "os:system"),
+    ("func", "not a reference"),
+]
+
+
+def cli_enqueue(url: str, values: dict[str, str]) -> list[str]:
+    return [
+        "enqueue",
+        f"--url={url}",
+        f"--args={values['args']}",
+        f"--kwargs={values['kwargs']}",
+        f"--in={values['in']}",
+        f"--queue={values['queue']}",
+        "--",
+        values["func"],
+    ]
+
+
+def check_cli_outcome(h: Harness, field: str, code: int, out: str, err: str, before: int) -> None:
+    """Exit 0 with a task id, or 1/2 with one ``omniq: error:`` line naming the field."""
+    if code == 0:
+        task_id = out.strip()
+        assert uuid.UUID(task_id), out
+        assert h.run(h.oq.get_task_async, task_id) is not None
+        assert h.count() == before + 1
+        return
+    assert code in (1, 2), (code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("omniq: error: "), err
+    assert any(_norm(a) in _norm(lines[0]) for a in CLI_ALIASES[field]), (field, lines[0])
+    assert h.count() == before
+
+
+def test_cli_edge_cases(
+    harness: Harness, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI in process (fast): each adversarial option alone, on every engine."""
+    h = harness
+    from omniq.cli import main
+
+    monkeypatch.delenv("OMNIQ_DATABASE_URL", raising=False)
+    failures = []
+    for field, value in CLI_EDGES:
+        values = {"func": ref("noop"), "args": "[1]", "kwargs": "{}", "in": "", "queue": ""}
+        values[field] = value
+        before = h.count()
+        try:
+            code = main(cli_enqueue(h.url, values))
+        except BaseException as exc:  # an escape is a failure, reported with the others
+            failures.append(f"--{field}={value!r}: escaped {type(exc).__name__}: {exc}")
+            continue
+        captured = capsys.readouterr()
+        try:
+            check_cli_outcome(h, field, code, captured.out, captured.err, before)
+        except AssertionError as exc:
+            failures.append(f"--{field}={value!r}: {exc}")
+    assert not failures, "\n".join(failures)
+
+
 def test_cli_enqueue_fuzz(harness: Harness, tmp_path: Path) -> None:
     h = harness
     if h.engine != "sqlite":
@@ -989,35 +1061,11 @@ def test_cli_enqueue_fuzz(harness: Harness, tmp_path: Path) -> None:
         values = {"func": ref("noop"), "args": "[1]", "kwargs": "{}", "in": "", "queue": ""}
         values[field] = data.draw(CLI_FIELDS[field], label=field)
         before = h.count()
-        argv = [
-            sys.executable,
-            "-m",
-            "omniq",
-            "enqueue",
-            f"--url={h.url}",
-            f"--args={values['args']}",
-            f"--kwargs={values['kwargs']}",
-            f"--in={values['in']}",
-            f"--queue={values['queue']}",
-            "--",
-            values["func"],
-        ]
+        argv = [sys.executable, "-m", "omniq", *cli_enqueue(h.url, values)]
         proc = subprocess.run(
             argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
         )
-        if proc.returncode == 0:
-            task_id = proc.stdout.strip()
-            assert uuid.UUID(task_id), proc.stdout
-            task = h.run(h.oq.get_task_async, task_id)
-            assert task is not None
-            assert h.count() == before + 1
-        else:
-            assert proc.returncode in (1, 2), (proc.returncode, proc.stderr)
-            lines = proc.stderr.strip().splitlines()
-            assert len(lines) == 1 and lines[0].startswith("omniq: error: "), proc.stderr
-            text = _norm(lines[0])
-            assert any(_norm(a) in text for a in CLI_ALIASES[field]), (field, lines[0])
-            assert h.count() == before
+        check_cli_outcome(h, field, proc.returncode, proc.stdout, proc.stderr, before)
         h.check_integrity()
 
     run()
