@@ -58,7 +58,7 @@ def parse_duration(value: Any, field: str = "duration") -> timedelta | None:
     if isinstance(value, int | float):
         if value < 0:
             raise ConfigurationError(f"{field}: must be non-negative, got {value!r}")
-        return timedelta(seconds=value)
+        return _timedelta_of(value, field)
     text = str(value).strip().lower()
     if text in ("", "none", "null", "off", "never"):
         return None
@@ -67,7 +67,14 @@ def parse_duration(value: Any, field: str = "duration") -> timedelta | None:
         raise ConfigurationError(
             f"{field}: cannot read duration {value!r} (examples: 30, 30s, 5m, 1h, 2d, none)"
         )
-    return timedelta(seconds=float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()])
+    return _timedelta_of(float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()], field)
+
+
+def _timedelta_of(value: float, field: str) -> timedelta:
+    try:
+        return timedelta(seconds=value)
+    except (OverflowError, ValueError):  # too large, or NaN
+        raise ConfigurationError(f"{field}: duration {value!r} seconds is out of range") from None
 
 
 def _bool(value: Any, field: str) -> bool:

@@ -141,7 +141,6 @@ class PayloadCodec:
             # Keep the subclass: a refused serializer stays an UnsafePayload.
             fields = "func_args/func_kwargs" + ("/callback_args" if callback_args else "")
             raise type(exc)(f"{fields}: {exc}") from exc
-
         return self._sign(serializer, subject, text)
 
     def decode_call(

@@ -71,17 +71,26 @@ class Maintenance:
         async with self.storage.write() as conn:
             await self.storage.locks.release(conn, LOCK_NAME, self.owner)
 
+    async def recover_async(self) -> MaintenanceReport:
+        """The sweeps every worker may run at once (each change is conditional).
+
+        Lease recovery, TTL expiry and quarantine need no lease: a worker that
+        does not hold the maintenance lease still runs them, so the crash of the
+        lease holder never delays the recovery of lost tasks.
+        """
+        return MaintenanceReport(
+            recovered=await self.queue.recover_expired_leases_async(),
+            expired=await self.queue.expire_due_async(),
+            quarantined=await self.queue.quarantine_unknown_statuses_async(),
+        )
+
     async def run_once_async(self) -> MaintenanceReport | None:
         """Run every sweep once if this worker holds the lease; None if another does."""
         if not await self.acquire_async():
             return None
-        recovered = await self.queue.recover_expired_leases_async()
-        expired = await self.queue.expire_due_async()
-        quarantined = await self.queue.quarantine_unknown_statuses_async()
-        report = MaintenanceReport(
-            recovered=recovered,
-            expired=expired,
-            quarantined=quarantined,
+        recovered = await self.recover_async()
+        report = attrs.evolve(
+            recovered,
             results_deleted=await self.results.cleanup_expired_async(),
             events_deleted=await self.events.cleanup_expired_async(),
             tasks_purged=await self.queue.purge_finished_async(),

@@ -531,7 +531,8 @@ class Worker:
     async def _maintenance_loop(self) -> None:
         while True:
             try:
-                await self.maintenance.run_once_async()
+                if await self.maintenance.run_once_async() is None:
+                    await self.maintenance.recover_async()
             except OmniQError as exc:
                 await self._report_error("maintenance failed", exc)
             if await _wait(self._winding_down, self.maintenance_interval):
