@@ -40,6 +40,7 @@ from omniq.models import (
     TaskStatus,
 )
 from omniq.repositories.events import event_row
+from omniq.repositories.hot import Touched
 from omniq.repositories.tasks import final_before
 from omniq.serialization import callable_ref
 from omniq.services import timing
@@ -437,16 +438,11 @@ class TaskQueue:
             if claimed:
                 await self.storage.events.insert_rows(
                     conn,
-                    [
-                        _event(
-                            EventType.DEQUEUED,
-                            x,
-                            timestamp=now,
-                            worker_id=worker,
-                            data={"attempt": x.attempts},
-                        )
-                        for x in claimed
-                    ],
+                    _dequeued_events(
+                        [(x.id, x.queue_name, x.schedule_id, x.attempts) for x in claimed],
+                        worker,
+                        now,
+                    ),
                 )
         return claimed
 
@@ -460,19 +456,8 @@ class TaskQueue:
             async with self.storage.write() as conn:
                 await self._sweep_expired_if_due(conn, now)
 
-        def dequeued(touched: list[tuple[str, str, str | None, int]]) -> list[dict[str, Any]]:
-            return [
-                event_row(
-                    EventType.DEQUEUED,
-                    task_id=task_id,
-                    queue_name=queue,
-                    schedule_id=schedule,
-                    worker_id=worker,
-                    timestamp=now,
-                    data={"attempt": attempt},
-                )
-                for task_id, queue, schedule, attempt in touched
-            ]
+        def dequeued(touched: list[Touched]) -> list[dict[str, Any]]:
+            return _dequeued_events(touched, worker, now)
 
         outcome = await self.storage.one_hop(
             hot.claim(
@@ -674,17 +659,8 @@ class TaskQueue:
         hot = self.storage.hot
         assert hot is not None
 
-        def ready(touched: list[tuple[str, str, str | None, int]]) -> list[dict[str, Any]]:
-            return [
-                event_row(
-                    EventType.READY,
-                    task_id=task_id,
-                    queue_name=queue,
-                    schedule_id=schedule,
-                    timestamp=now,
-                )
-                for task_id, queue, schedule, _ in touched
-            ]
+        def ready(touched: list[Touched]) -> list[dict[str, Any]]:
+            return _ready_events(touched, now)
 
         held = await self.storage.one_hop(
             hot.complete(
@@ -1288,7 +1264,8 @@ class TaskQueue:
             return
         released = await self.storage.tasks.release_ready(conn, candidates, now)
         await self.storage.events.insert_rows(
-            conn, [_event(EventType.READY, x, timestamp=now) for x in released]
+            conn,
+            _ready_events([(x.id, x.queue_name, x.schedule_id, x.attempts) for x in released], now),
         )
 
     async def _require(self, conn: AsyncConnection, task_id: str) -> Task:
@@ -1474,6 +1451,34 @@ class TaskQueue:
 # --- helpers ----------------------------------------------------------------------
 
 _NO_LEASE: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
+
+
+def _dequeued_events(
+    touched: Sequence[Touched], worker: str, now: datetime
+) -> list[dict[str, Any]]:
+    """``dequeued`` event rows for claimed tasks (both claim paths)."""
+    return [
+        event_row(
+            EventType.DEQUEUED,
+            task_id=task_id,
+            queue_name=queue,
+            schedule_id=schedule,
+            worker_id=worker,
+            timestamp=now,
+            data={"attempt": attempt},
+        )
+        for task_id, queue, schedule, attempt in touched
+    ]
+
+
+def _ready_events(touched: Sequence[Touched], now: datetime) -> list[dict[str, Any]]:
+    """``ready`` event rows for tasks whose dependencies all completed (both paths)."""
+    return [
+        event_row(
+            EventType.READY, task_id=task_id, queue_name=queue, schedule_id=schedule, timestamp=now
+        )
+        for task_id, queue, schedule, _ in touched
+    ]
 
 
 def _finish_values(status: TaskStatus, now: datetime) -> dict[str, Any]:
