@@ -1,6 +1,6 @@
 """Chaos run: kill -9 worker processes while they drain a SQLite queue; check at-least-once.
 
-``python -m bench.chaos [--tasks 2000] [--kills 15] [--workers 3] [--concurrency 2]``
+``python -m bench.chaos [--tasks 2000] [--kills 15] [--workers 3] [--concurrency 1]``
 
 A fresh SQLite file gets ``--tasks`` tasks (``tests.hardening.tasks:chaos_work``)
 that each append ``"<n> <pid>"`` to a side file as they start and then work
@@ -9,13 +9,11 @@ chosen at random, is killed with SIGKILL and restarted, until ``--kills``
 kills were done (or the work ran out). Then the workers drain what is left
 (bounded by ``--deadline``) and are stopped.
 
-Workers run with a 2 s lease and a 0.5 s heartbeat, so a killed worker's
-tasks are recovered by the lease sweep within seconds. Each worker runs the
-maintenance sweeps every 0.5 s; the maintenance lease (one holder per
-database, at least 60 s in :class:`omniq.worker.Worker`) is shortened to 3 s
-here, otherwise killing its holder would stall lease recovery for a minute.
-``--cli`` runs ``python -m omniq worker`` instead of this module's driver,
-without that shortening (expect a slower drain).
+Workers run with a 2 s lease and a 0.5 s heartbeat, and every worker sweeps
+for lost leases every 0.5 s (its maintenance interval), so a killed worker's
+tasks are back in the queue within seconds. ``--cli`` runs ``python -m omniq
+worker`` instead of this module's driver; its maintenance interval is the
+default 30 s (no option for it), so expect a slower drain.
 
 Invariants checked (exit status 1 if one fails):
 
@@ -73,7 +71,6 @@ async def _serve(url: str, concurrency: int) -> None:
             maintenance_interval=0.5,
             grace_period=5,
         )
-        worker.maintenance.lease = timedelta(seconds=3)
         await worker.run_async(install_signal_handlers=True)
     finally:
         await svc.close_async()
@@ -310,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--kills", type=int, default=15)
     parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=2, help="task slots per worker")
+    parser.add_argument("--concurrency", type=int, default=1, help="task slots per worker")
     parser.add_argument("--deadline", type=float, default=120.0, help="drain deadline (s)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--dir", help="work directory (default: a new temporary one)")

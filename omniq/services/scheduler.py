@@ -17,6 +17,7 @@ import attrs
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omniq._time import require_aware, utcnow
+from omniq.errors import OmniQError
 from omniq.models import (
     EventLevel,
     EventType,
@@ -117,8 +118,23 @@ class Scheduler:
                 )
             )
             to_run = []
-        for fire_time in to_run:
-            tasks.append(self._task_for(schedule, fire_time, now))
+        broken = schedule.payload_error is not None
+        try:
+            tasks = [self._task_for(schedule, fire_time, now) for fire_time in to_run]
+        except OmniQError as exc:
+            broken = True
+            # A stored template that cannot make a task (e.g. a hand-edited option):
+            # this schedule's fire is skipped with an event; the others still fire.
+            events.append(
+                _event(
+                    EventType.ERROR,
+                    schedule,
+                    now,
+                    level=EventLevel.ERROR,
+                    message=f"schedule cannot create its task: {exc}",
+                )
+            )
+            to_run = []
         skipped = len(missed) - len(to_run)
         if tasks:
             inserted = await self.storage.tasks.insert_scheduled(conn, tasks)
@@ -148,7 +164,7 @@ class Scheduler:
                     data={"status": task.status.value},
                 )
             )
-        if skipped and schedule.payload_error is None:
+        if skipped and not broken:
             events.append(
                 _event(
                     EventType.SCHEDULE_FIRED,

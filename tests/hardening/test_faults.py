@@ -22,11 +22,13 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from omniq._time import utcnow
 from omniq.db.engine import create_engine
 from omniq.errors import DatabaseBusy, DatabaseError, StorageFull
 from omniq.models import EventType, ResultStatus, Schedule, Settings, TaskStatus
 from omniq.services import Services
 from omniq.services.maintenance import Maintenance
+from omniq.services.scheduler import Scheduler
 from tests.conftest import PostgresDatabases, require_postgres
 from tests.hardening import (
     count_tasks,
@@ -160,8 +162,8 @@ async def test_running_worker_rides_out_a_held_lock(
         try:
             lock.release_after(1.0)
             # Nothing commits under the lock: the worker meets it with work in hand.
-            stats = await producer.queue.stats_async()
-            assert stats["default"].get("completed", 0) < len(first)
+            counts = await producer.queue.stats_async()
+            assert counts["default"].get("completed", 0) < len(first)
             late = await producer.queue.enqueue_async(ref("record_async"), [str(out), "late"])
             assert lock.released.is_set()
         finally:
@@ -309,6 +311,43 @@ async def test_worker_fails_an_unreadable_row_and_runs_the_rest(
         else:
             assert result.error_type == "SerializationError"
             assert "payload" in (result.error or "")
+    finally:
+        await svc.close_async()
+
+
+async def test_schedule_that_cannot_make_its_task_does_not_stop_the_others(db_url: str) -> None:
+    svc = await Services.open_async(db_url)
+    try:
+        due = utcnow() - timedelta(seconds=5)
+
+        def every_minute(arg: int) -> Schedule:
+            return Schedule(
+                func=ref("noop"),
+                func_args=[arg],
+                schedule_type="interval",
+                interval=timedelta(minutes=1),
+                run_at=due,
+            )
+
+        bad = await svc.queue.schedule_async(every_minute(1))
+        good = await svc.queue.schedule_async(every_minute(2))
+        # A hand-edited template (the API refuses such options when a schedule is made).
+        await execute(
+            db_url,
+            "UPDATE omniq_schedules SET task_options = :options WHERE id = :id",
+            {"options": '{"timeout": -1}', "id": bad},
+        )
+        scheduler = Scheduler(svc.storage, svc.queue)
+        assert await scheduler.fire_due_async() == 1
+        (task,) = await svc.queue.list_tasks_async()
+        assert task.schedule_id == good
+        (error,) = await svc.events.get_events_async(schedule_id=bad, event_type=EventType.ERROR)
+        assert "timeout" in (error.message or "")
+        # The broken schedule moved on too: it does not fail every later pass.
+        assert await scheduler.fire_due_async() == 0
+        schedule = await svc.queue.get_schedule_async(bad)
+        assert schedule is not None and schedule.next_run_at is not None
+        assert schedule.next_run_at > utcnow()
     finally:
         await svc.close_async()
 
