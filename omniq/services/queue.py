@@ -622,21 +622,11 @@ class TaskQueue:
                 [(task.id, task.lease_token) for task, _, _ in prepared],
                 _finish_values(TaskStatus.COMPLETED, now),
             )
-            done = [task.id for task, _, _ in prepared if task.id in held]
-            if len(done) < len(prepared):
-                lost = [task.id for task, _, _ in prepared if task.id not in held]
-                log.warning("lease lost, completion discarded for task(s) %s", ", ".join(lost))
+            done = _completed_ids(prepared, held)
             await self.storage.events.insert_rows(
                 conn,
                 [
-                    _event(
-                        EventType.COMPLETED,
-                        task,
-                        timestamp=now,
-                        worker_id=worker_id or task.worker_id,
-                        execution_time=elapsed,
-                        retry_count=task.retry_count,
-                    )
+                    _completed_event(task, now, worker_id, elapsed)
                     for task, _, elapsed in prepared
                     if task.id in held
                 ],
@@ -668,24 +658,14 @@ class TaskQueue:
                 now=now,
                 result_rows={task.id: row for task, row, _ in prepared if row is not None},
                 completed_events={
-                    task.id: _event(
-                        EventType.COMPLETED,
-                        task,
-                        timestamp=now,
-                        worker_id=worker_id or task.worker_id,
-                        execution_time=elapsed,
-                        retry_count=task.retry_count,
-                    )
+                    task.id: _completed_event(task, now, worker_id, elapsed)
                     for task, _, elapsed in prepared
                 },
                 extra_events=events,
                 ready_events=ready,
             )
         )
-        done = [task.id for task, _, _ in prepared if task.id in held]
-        if len(done) < len(prepared):
-            lost = [task.id for task, _, _ in prepared if task.id not in held]
-            log.warning("lease lost, completion discarded for task(s) %s", ", ".join(lost))
+        done = _completed_ids(prepared, held)
         self.storage.notifier.notify()
         return done
 
@@ -1451,6 +1431,30 @@ class TaskQueue:
 # --- helpers ----------------------------------------------------------------------
 
 _NO_LEASE: dict[str, Any] = {"lease_token": None, "lease_expires_at": None}
+
+
+def _completed_event(
+    task: Task, now: datetime, worker_id: str | None, elapsed: float | None
+) -> dict[str, Any]:
+    """The ``completed`` event row of a task (both completion paths)."""
+    return _event(
+        EventType.COMPLETED,
+        task,
+        timestamp=now,
+        worker_id=worker_id or task.worker_id,
+        execution_time=elapsed,
+        retry_count=task.retry_count,
+    )
+
+
+def _completed_ids(
+    prepared: Sequence[tuple[Task, Any, float | None]], held: Collection[str]
+) -> list[str]:
+    """Ids completed, in order; logs the ones whose lease was lost (nothing written)."""
+    lost = [task.id for task, _, _ in prepared if task.id not in held]
+    if lost:
+        log.warning("lease lost, completion discarded for task(s) %s", ", ".join(lost))
+    return [task.id for task, _, _ in prepared if task.id in held]
 
 
 def _dequeued_events(
