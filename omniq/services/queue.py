@@ -865,17 +865,14 @@ class TaskQueue:
                     message=f"worker {task.worker_id} lost the lease "
                     f"(attempt {task.attempts} of {task.max_retries + 1})",
                 )
-                # Attempts counted at claim: retry only while attempts remain.
-                can_retry = task.attempts <= task.max_retries
-                retry_task = attrs.evolve(
-                    task, retry_count=min(task.retry_count, task.attempts - 1)
-                )
+                # Attempts count at claim, so a task that kills its worker stops
+                # after max_retries + 1 claims (retry_count < attempts always holds).
                 status = await self._fail(
                     conn,
-                    retry_task if can_retry else task,
+                    task,
                     info,
                     now=now,
-                    retry=can_retry,
+                    retry=task.attempts <= task.max_retries,
                     worker_id=task.worker_id,
                     execution_time=None,
                     lease_token=task.lease_token,
