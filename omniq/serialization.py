@@ -54,6 +54,9 @@ def _reject_non_finite(value: str) -> Any:
     raise ValueError(f"{value} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_non_finite)
+
+
 class JsonSerializer:
     """Strict JSON: no NaN/Infinity, str keys, lists for tuples."""
 
@@ -72,7 +75,7 @@ class JsonSerializer:
     def loads(self, data: str) -> Any:
         """Parse JSON text."""
         try:
-            return json.loads(data, parse_constant=_reject_non_finite)
+            return _DECODER.decode(data)
         except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(f"stored payload is not valid JSON: {exc}") from exc
 

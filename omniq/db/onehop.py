@@ -15,12 +15,93 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from omniq._time import EPOCH, to_micros
+from omniq.db.types import Duration, UTCDateTime
+
 T = TypeVar("T")
+Processor = Callable[[Any], Any]
+
+#: Durations read back through the fast path (beyond it, the column type decides).
+_FAST_SECONDS = 1e12
+
+
+def _fast_bind(column_type: sa.types.TypeEngine[Any], slow: Processor) -> Processor:
+    """``slow`` (the column type's own bind processor) with a shortcut for common values.
+
+    The shortcuts give exactly what ``slow`` gives for those values; anything
+    else (naive datetimes, odd types) still goes through ``slow`` and its checks.
+    """
+    if isinstance(column_type, UTCDateTime):
+
+        def instant(value: Any) -> Any:
+            if value.__class__ is datetime and value.tzinfo is UTC:
+                return to_micros(value)
+            return slow(value)
+
+        return instant
+    if isinstance(column_type, Duration):
+
+        def duration(value: Any) -> Any:
+            if value.__class__ is timedelta:
+                return value.total_seconds()
+            return slow(value)
+
+        return duration
+    if isinstance(column_type, sa.JSON):
+
+        def document(value: Any) -> Any:
+            if value == () or value == []:
+                return "[]"
+            return slow(value)
+
+        return document
+    if isinstance(column_type, sa.Boolean):
+
+        def flag(value: Any) -> Any:
+            if value is True:
+                return 1
+            if value is False:
+                return 0
+            return slow(value)
+
+        return flag
+    return slow
+
+
+def _fast_result(column_type: sa.types.TypeEngine[Any], slow: Processor) -> Processor:
+    """``slow`` (the column type's result processor) with a shortcut for common values."""
+    if isinstance(column_type, UTCDateTime):
+
+        def instant(value: Any) -> Any:
+            if value.__class__ is int:
+                return EPOCH + timedelta(microseconds=value)
+            return slow(value)
+
+        return instant
+    if isinstance(column_type, Duration):
+
+        def duration(value: Any) -> Any:
+            if value.__class__ is float and -_FAST_SECONDS < value < _FAST_SECONDS:
+                return timedelta(seconds=value)
+            return slow(value)
+
+        return duration
+    if isinstance(column_type, sa.JSON):
+
+        def document(value: Any) -> Any:
+            if value == "[]":
+                return []
+            return slow(value)
+
+        return document
+    return slow
+
 
 __all__ = ["Compiled", "RowCodec", "in_transaction"]
 
@@ -34,8 +115,10 @@ class RowCodec:
         self.result: dict[str, Callable[[Any], Any] | None] = {}
         for column in table.c:
             impl = column.type.dialect_impl(dialect)
-            self.bind[column.key] = impl.bind_processor(dialect)
-            self.result[column.key] = impl.result_processor(dialect, None)
+            bind = impl.bind_processor(dialect)
+            result = impl.result_processor(dialect, None)
+            self.bind[column.key] = None if bind is None else _fast_bind(column.type, bind)
+            self.result[column.key] = None if result is None else _fast_result(column.type, result)
 
     def loader(self, names: Sequence[str]) -> Callable[[Sequence[Any]], dict[str, Any]]:
         """A function turning raw driver values (columns ``names``, in order) into a row."""

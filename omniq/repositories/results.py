@@ -13,10 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from omniq._time import utcnow
 from omniq.db.engine import Dialect
 from omniq.db.schema import results as r
-from omniq.errors import InvalidRow, OmniQError, SerializationError
+from omniq.errors import InvalidRow, OmniQError
 from omniq.models import TaskResult
 from omniq.repositories._base import PayloadCodec, root_message, translate_errors
 from omniq.serialization import converter
+
+#: TaskResult fields stored as they are (``result`` is serialized).
+_ROW_FIELDS = tuple(c.key for c in r.c)
 
 
 class ResultRepository:
@@ -46,10 +49,8 @@ class ResultRepository:
 
     def to_row(self, result: TaskResult) -> dict[str, Any]:
         """The column values of ``result`` (value serialized)."""
-        try:
-            row: dict[str, Any] = converter.unstructure(result)
-        except RecursionError:
-            raise SerializationError("result: nested too deeply") from None
+        row = {name: getattr(result, name) for name in _ROW_FIELDS}
+        row["status"] = result.status.value
         row["result"] = (
             None
             if result.result is None

@@ -18,12 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from omniq.db.engine import Dialect
 from omniq.db.schema import task_dependencies as deps_t
 from omniq.db.schema import tasks as t
-from omniq.errors import InvalidRow, OmniQError, SerializationError
+from omniq.errors import InvalidRow, OmniQError
 from omniq.models import FINAL_TASK_STATUSES, Task, TaskStatus
+from omniq.models.task import task_from_row_values
 from omniq.repositories._base import PayloadCodec, translate_errors
-from omniq.serialization import converter
 
-_PAYLOAD_FIELDS = ("func_args", "func_kwargs", "callback_args", "payload_error")
+#: Task fields stored in their own column (the call's arguments go into ``payload``).
+_ROW_FIELDS = tuple(c.key for c in t.c if c.key != "payload")
 _LIVE = (TaskStatus.PENDING.value, TaskStatus.WAITING.value, TaskStatus.RUNNING.value)
 _ORDER = (t.c.priority.desc(), t.c.run_at, t.c.id)
 
@@ -72,23 +73,20 @@ class TaskRepository:
 
     def to_row(self, task: Task) -> dict[str, Any]:
         """The column values of ``task`` (payload serialized)."""
-        try:
-            row: dict[str, Any] = converter.unstructure(task)
-        except RecursionError:
-            raise SerializationError(
-                "func_args/func_kwargs/callback_args: nested too deeply"
-            ) from None
+        row = {name: getattr(task, name) for name in _ROW_FIELDS}
+        row["status"] = task.status.value
+        row["payload"] = self.encode_payload(task)
+        return row
 
-        for name in _PAYLOAD_FIELDS:
-            row.pop(name)
-        row["payload"] = self.codec.encode_call(
+    def encode_payload(self, task: Task) -> str:
+        """The payload column of ``task``: its arguments, serialized (and signed)."""
+        return self.codec.encode_call(
             task.serializer,
             task.func_args,
             task.func_kwargs,
             task.callback_args,
             subject=f"{task.func}\n{task.callback or ''}",
         )
-        return row
 
     def from_row(self, row: Mapping[str, Any] | sa.RowMapping) -> Task:
         """The Task of a row; an undecodable payload is reported in ``payload_error``."""
@@ -101,9 +99,10 @@ class TaskRepository:
             )
             data.update(func_args=args, func_kwargs=kwargs, callback_args=cb_args)
         except OmniQError as exc:
+            data.update(func_args=(), func_kwargs={}, callback_args=())
             data["payload_error"] = f"{type(exc).__name__}: {exc}"
         try:
-            return converter.structure(data, Task)
+            return task_from_row_values(data)
         except (cattrs.BaseValidationError, OmniQError, ValueError, TypeError) as exc:
             raise InvalidRow(f"task {data.get('id')!r} cannot be read: {_root(exc)}") from exc
 

@@ -91,6 +91,15 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
+#: (loop future, succeeded, result or exception) of a call run through ``call_async``.
+_Outcome = tuple["asyncio.Future[Any]", bool, Any]
+
+
+def _time_out(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class DaemonThreadPool(_FuturesExecutor):
     """A thread pool whose threads never hold up interpreter exit.
 
@@ -103,20 +112,40 @@ class DaemonThreadPool(_FuturesExecutor):
     def __init__(self, max_workers: int, name: str = "omniq-task") -> None:
         self._max_workers = max_workers
         self._name = name
-        self._work: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._work: queue.SimpleQueue[
+            tuple[Future[Any] | asyncio.Future[Any], Callable[[], Any]] | None
+        ] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._lock = threading.Lock()
         self._shutdown = False
+        # Outcomes of calls made through ``call_async``, waiting to be handed to
+        # their event loop; one wake-up of a loop delivers all of its outcomes.
+        self._outcomes: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         future: Future[Any] = Future()
+        self._put(future, functools.partial(fn, *args, **kwargs))
+        return future
+
+    def call_async(
+        self, loop: asyncio.AbstractEventLoop, call: Callable[[], Any]
+    ) -> asyncio.Future[Any]:
+        """Run ``call`` in a pool thread; its outcome settles the returned loop future.
+
+        Cheaper than ``loop.run_in_executor``: no concurrent future in between,
+        and outcomes that finish close together reach the loop in one wake-up.
+        Cancelling the future before the call starts means it never runs.
+        """
+        future: asyncio.Future[Any] = loop.create_future()
+        self._put(future, call)
+        return future
+
+    def _put(self, target: Future[Any] | asyncio.Future[Any], call: Callable[[], Any]) -> None:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._work.put((future, functools.partial(fn, *args, **kwargs)))
+            self._work.put((target, call))
             if self._idle == 0 and len(self._threads) < self._max_workers:
                 thread = threading.Thread(
                     target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=True
@@ -125,21 +154,50 @@ class DaemonThreadPool(_FuturesExecutor):
                 thread.start()
             else:
                 self._idle -= 1 if self._idle else 0
-        return future
 
     def _serve(self) -> None:
         while True:
             item = self._work.get()
             if item is None:
                 return
-            future, call = item
-            if future.set_running_or_notify_cancel():
+            target, call = item
+            if isinstance(target, Future):
+                if target.set_running_or_notify_cancel():
+                    try:
+                        target.set_result(call())
+                    except BaseException as exc:
+                        target.set_exception(exc)
+            elif not target.done():  # cancelled before it started: never run
                 try:
-                    future.set_result(call())
+                    outcome: _Outcome = (target, True, call())
                 except BaseException as exc:
-                    future.set_exception(exc)
+                    outcome = (target, False, exc)
+                self._hand_over(outcome)
             with self._lock:
                 self._idle += 1
+
+    def _hand_over(self, outcome: _Outcome) -> None:
+        loop = outcome[0].get_loop()
+        with self._lock:
+            waiting = self._outcomes.setdefault(loop, [])
+            waiting.append(outcome)
+            if len(waiting) > 1:
+                return  # a delivery to this loop is already scheduled
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(self._deliver, loop)
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            outcomes = self._outcomes.pop(loop, [])
+        for future, ok, value in outcomes:
+            if future.done():  # timed out or cancelled meanwhile: the outcome is dropped
+                continue
+            if ok:
+                future.set_result(value)
+            elif isinstance(value, StopIteration):
+                future.set_exception(RuntimeError(f"task raised StopIteration: {value}"))
+            else:
+                future.set_exception(value)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -175,14 +233,25 @@ class Executor:
     ) -> Any:
         """Call ``func(*args, **kwargs)``; TimeoutError past ``timeout`` seconds."""
         if inspect.iscoroutinefunction(func):
-            return await asyncio.wait_for(func(*args, **kwargs), timeout)
+            async with asyncio.timeout(timeout):
+                return await func(*args, **kwargs)
         if self._mp is not None:
             return await self._run_process(ref, args, kwargs, timeout)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._threads, functools.partial(func, *args, **kwargs))
-        result = await asyncio.wait_for(future, timeout)
+        future = self._threads.call_async(loop, functools.partial(func, *args, **kwargs))
+        if timeout is None:
+            result = await future
+        else:
+            # The thread cannot be stopped: on timeout its future fails now and
+            # the call's eventual outcome is dropped.
+            expiry = loop.call_later(timeout, _time_out, future)
+            try:
+                result = await future
+            finally:
+                expiry.cancel()
         if inspect.isawaitable(result):
-            result = await asyncio.wait_for(result, timeout)
+            async with asyncio.timeout(timeout):
+                result = await result
         return result
 
     async def call(self, func: Callable[..., Any], *args: Any) -> Any:
@@ -190,7 +259,7 @@ class Executor:
         if inspect.iscoroutinefunction(func):
             return await func(*args)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, functools.partial(func, *args))
+        return await self._threads.call_async(loop, functools.partial(func, *args))
 
     async def _run_process(
         self,

@@ -30,6 +30,8 @@ class TaskRegistry:
     ) -> None:
         self._functions: dict[str, Callable[..., Any]] = {}
         self._modules: set[str] = set()
+        #: Functions imported for allowed references (imported once, not per task).
+        self._imported: dict[str, Callable[..., Any]] = {}
         self._lock = threading.Lock()
         #: Registries consulted too, live (functions registered there later count).
         self.parents = tuple(parents)
@@ -85,7 +87,10 @@ class TaskRegistry:
                 f"function {ref!r} is not registered with @task and its module is not "
                 "allowed on this worker (allow_modules / omniq worker --app); not imported"
             )
-        return resolve_ref(ref)
+        func = self._imported.get(ref)
+        if func is None:
+            func = self._imported[ref] = resolve_ref(ref)
+        return func
 
 
 #: The process-wide registry that ``@omniq.task`` registers into.

@@ -1,0 +1,265 @@
+"""The hot paths' shortcuts give exactly what the general code gives, and fall back on anything odd.
+
+- Tasks read back are built without running every validator when their
+  values are plainly what OmniQ writes; otherwise ``Task(**values)`` runs
+  and its error names the field.
+- Column bind/result processors take shortcuts for common values; every
+  other value still goes through the column type.
+- Sync functions run in the thread pool hand their outcomes to the loop in
+  batches; cancellation before start and timeouts behave as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import attrs
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+
+from omniq.db.onehop import RowCodec
+from omniq.db.schema import events, results, tasks
+from omniq.errors import ValidationError
+from omniq.models import Task, TaskStatus
+from omniq.models.task import task_from_row_values
+from omniq.worker.executors import DaemonThreadPool, Executor
+
+pytestmark = pytest.mark.anyio
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def _values(task: Task) -> dict[str, Any]:
+    """A task's values as the claim path has them after reading a row."""
+    values = {f.name: getattr(task, f.name) for f in attrs.fields(Task)}
+    values["status"] = task.status.value
+    values["tags"] = list(task.tags)
+    values["depends_on"] = list(task.depends_on)
+    return values
+
+
+SAMPLES = [
+    Task(func="pkg.mod:f"),
+    Task(
+        func="pkg.mod:f",
+        func_args=(1, "two", [3]),
+        func_kwargs={"k": {"v": None}},
+        queue_name="emails",
+        name="n",
+        description="d",
+        tags=("a", "b"),
+        priority=-5,
+        created_at=NOW,
+        run_at=NOW + timedelta(seconds=3),
+        ttl=timedelta(minutes=1),
+        depends_on=("x", "y"),
+        started_at=NOW,
+        callback="pkg.mod:cb",
+        callback_args=(7,),
+        retry_count=2,
+        max_retries=3,
+        retry_delay=timedelta(0),
+        result_ttl=timedelta(days=1),
+        store_result=False,
+        timeout=timedelta(seconds=30),
+        unique_key="u",
+        schedule_id="s",
+        scheduled_for=NOW,
+        attempts=3,
+        lease_token="tok",
+        lease_expires_at=NOW,
+        worker_id="w",
+        last_error="boom",
+        cancel_requested=True,
+        status=TaskStatus.RUNNING,
+    ),
+]
+
+
+@pytest.mark.parametrize("task", SAMPLES, ids=["defaults", "every-field"])
+def test_a_task_read_back_equals_the_validated_record(task: Task) -> None:
+    fast = task_from_row_values(_values(task))
+    assert fast == task
+    assert fast == Task(**_values(task))
+    assert type(fast.tags) is tuple and type(fast.depends_on) is tuple
+    assert fast.status is task.status
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        fast.priority = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("status", "bogus", "TaskStatus"),
+        ("func", "not a reference", "func"),
+        ("callback", "nope", "callback"),
+        ("retry_count", -1, "retry_count"),
+        ("attempts", 2**31, "attempts"),
+        ("priority", "high", "priority"),
+        ("created_at", datetime(2026, 1, 1), "created_at"),  # noqa: DTZ001 - naive on purpose
+        ("ttl", timedelta(seconds=-1), "ttl"),
+        ("tags", "abc", "tags"),
+        ("tags", [1], "tags"),
+        ("depends_on", ["me"], "depends_on"),
+        ("timeout", timedelta(0), "timeout"),
+        ("name", 5, "name"),
+        ("store_result", 1, "store_result"),
+    ],
+)
+def test_odd_values_read_back_get_the_validators_error(field: str, value: Any, named: str) -> None:
+    values = _values(Task(func="pkg.mod:f", id="me"))
+    values[field] = value
+    with pytest.raises(ValidationError, match=named):
+        task_from_row_values(values)
+
+
+def test_duplicate_dependencies_read_back_are_deduplicated_as_on_write() -> None:
+    values = _values(Task(func="pkg.mod:f"))
+    values["depends_on"] = ["a", "a", "b"]
+    assert task_from_row_values(values).depends_on == ("a", "b")
+
+
+def test_an_aware_non_utc_instant_read_back_is_kept_as_the_same_instant() -> None:
+    values = _values(Task(func="pkg.mod:f"))
+    values["created_at"] = NOW.astimezone(timezone(timedelta(hours=5)))
+    assert task_from_row_values(values).created_at == NOW
+
+
+# --- column processors -------------------------------------------------------------------
+
+
+def _codecs() -> list[tuple[RowCodec, sa.Table]]:
+    dialect = sqlite.dialect()
+    return [(RowCodec(table, dialect), table) for table in (tasks, events, results)]
+
+
+BIND_CASES: dict[str, list[Any]] = {
+    "created_at": [NOW, NOW.astimezone(timezone(timedelta(hours=-3))), 1_700_000_000_000_000],
+    "ttl": [timedelta(0), timedelta(days=2, microseconds=7), 1.5, 3],
+    "tags": [(), [], ["a"], ("a", "b")],
+    "store_result": [True, False],
+}
+
+
+@pytest.mark.parametrize("column", sorted(BIND_CASES))
+def test_bind_shortcuts_give_what_the_column_type_gives(column: str) -> None:
+    dialect = sqlite.dialect()
+    codec = RowCodec(tasks, dialect)
+    slow = tasks.c[column].type.dialect_impl(dialect).bind_processor(dialect)
+    fast = codec.bind[column]
+    assert slow is not None and fast is not None
+    for value in BIND_CASES[column]:
+        assert fast(value) == slow(value), value
+
+
+def test_a_naive_datetime_is_still_refused_naming_the_column_type() -> None:
+    fast = RowCodec(tasks, sqlite.dialect()).bind["created_at"]
+    assert fast is not None
+    with pytest.raises(ValidationError, match="naive"):
+        fast(datetime(2026, 1, 1))  # noqa: DTZ001 - naive on purpose
+
+
+RESULT_CASES: dict[str, list[Any]] = {
+    "created_at": [0, 1_700_000_000_123_456, -5, "1700000000000000"],
+    "ttl": [0.0, 1.25, 86400.0, 1e300, -1e300, 5],
+    "tags": ["[]", '["a"]', '{"k": [1]}'],
+    "store_result": [0, 1],
+}
+
+
+@pytest.mark.parametrize("column", sorted(RESULT_CASES))
+def test_result_shortcuts_give_what_the_column_type_gives(column: str) -> None:
+    dialect = sqlite.dialect()
+    codec = RowCodec(tasks, dialect)
+    slow = tasks.c[column].type.dialect_impl(dialect).result_processor(dialect, None)
+    fast = codec.result[column]
+    assert slow is not None and fast is not None
+    for value in RESULT_CASES[column]:
+        expected, got = slow(value), fast(value)
+        assert type(got) is type(expected) and repr(got) == repr(expected), value
+
+
+# --- the thread pool's loop futures --------------------------------------------------------
+
+
+async def test_many_sync_calls_deliver_their_own_outcomes() -> None:
+    pool = DaemonThreadPool(4)
+    loop = asyncio.get_running_loop()
+
+    def square(i: int) -> int:
+        if i % 7 == 0:
+            raise ValueError(f"bad {i}")
+        return i * i
+
+    futures = [pool.call_async(loop, lambda i=i: square(i)) for i in range(200)]
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    for i, outcome in enumerate(outcomes):
+        if i % 7 == 0:
+            assert isinstance(outcome, ValueError) and str(outcome) == f"bad {i}"
+        else:
+            assert outcome == i * i
+    pool.shutdown()
+
+
+async def test_stop_iteration_from_a_sync_task_becomes_a_runtime_error() -> None:
+    pool = DaemonThreadPool(1)
+
+    def stop() -> None:
+        raise StopIteration("done")
+
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        await pool.call_async(asyncio.get_running_loop(), stop)
+    pool.shutdown()
+
+
+async def test_a_call_cancelled_before_it_starts_never_runs() -> None:
+    pool = DaemonThreadPool(1)
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    ran: list[str] = []
+    blocker = pool.call_async(loop, lambda: release.wait(10))
+    queued = pool.call_async(loop, lambda: ran.append("queued"))
+    queued.cancel()
+    release.set()
+    assert await blocker is True
+    after = pool.call_async(loop, lambda: ran.append("after"))
+    await after  # the single thread took the cancelled call before this one
+    assert ran == ["after"]
+    pool.shutdown()
+
+
+async def test_a_sync_task_past_its_timeout_fails_and_its_late_result_is_dropped() -> None:
+    executor = Executor("async", threads=2)
+    release = threading.Event()
+
+    def slow() -> str:
+        release.wait(10)
+        return "late"
+
+    with pytest.raises(TimeoutError):
+        await executor.run(slow, "x:slow", (), {}, 0.05)
+    release.set()
+    # The pool keeps working after the abandoned call returns.
+    assert await executor.run(lambda: "next", "x:next", (), {}, 5) == "next"
+    executor.shutdown()
+
+
+async def test_an_async_task_past_its_timeout_is_cancelled() -> None:
+    executor = Executor("async", threads=1)
+    cancelled = asyncio.Event()
+
+    async def sleeper() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(TimeoutError):
+        await executor.run(sleeper, "x:sleeper", (), {}, 0.05)
+    assert cancelled.is_set()
+    executor.shutdown()
