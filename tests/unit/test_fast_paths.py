@@ -100,7 +100,7 @@ def test_a_task_read_back_equals_the_validated_record(task: Task) -> None:
         ("retry_count", -1, "retry_count"),
         ("attempts", 2**31, "attempts"),
         ("priority", "high", "priority"),
-        ("created_at", datetime(2026, 1, 1), "created_at"),  # noqa: DTZ001 - naive on purpose
+        ("created_at", datetime(2026, 1, 1), "created_at"),
         ("ttl", timedelta(seconds=-1), "ttl"),
         ("tags", "abc", "tags"),
         ("tags", [1], "tags"),
@@ -160,7 +160,7 @@ def test_a_naive_datetime_is_still_refused_naming_the_column_type() -> None:
     fast = RowCodec(tasks, sqlite.dialect()).bind["created_at"]
     assert fast is not None
     with pytest.raises(ValidationError, match="naive"):
-        fast(datetime(2026, 1, 1))  # noqa: DTZ001 - naive on purpose
+        fast(datetime(2026, 1, 1))
 
 
 RESULT_CASES: dict[str, list[Any]] = {
