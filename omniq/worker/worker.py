@@ -45,6 +45,10 @@ log = logging.getLogger("omniq.worker")
 __all__ = ["Worker", "WorkerStats"]
 
 _MIN_POLL = 0.005
+#: Adaptive prefetch: hold what the slots finish within this many seconds...
+_PREFETCH_HORIZON = 0.02
+#: ... and at most this many times the concurrency.
+_PREFETCH_FACTOR = 10
 
 
 @attrs.frozen(kw_only=True)
@@ -74,6 +78,9 @@ class _Running:
     #: True while the task's function runs: only then may it be cancelled (never
     #: while its outcome is being written, which would break the transaction).
     in_call: bool = False
+    #: True until the function has returned: the task holds one of the
+    #: ``concurrency`` slots; its outcome is then written without holding one.
+    slot: bool = False
 
 
 class Worker:
@@ -97,7 +104,7 @@ class Worker:
         executor: str = "async",
         registry: TaskRegistry | None = None,
         allow_modules: Iterable[str] = (),
-        prefetch: int = 0,
+        prefetch: int | None = None,
         grace_period: timedelta | float = 30.0,
         run_scheduler: bool = True,
         run_maintenance: bool = True,
@@ -116,7 +123,13 @@ class Worker:
         if self.concurrency < 1:
             raise OmniQError(f"concurrency must be at least 1, got {self.concurrency}")
         self.poll_interval = to_timedelta(poll_interval, "poll_interval").total_seconds()
+        if prefetch is not None and (
+            isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0
+        ):
+            raise OmniQError(f"prefetch must be a non-negative integer or None, got {prefetch!r}")
+        #: Tasks claimed beyond the free slots; None: adapt to how fast tasks finish.
         self.prefetch = prefetch
+        self._mean_run: float | None = None  # moving average of function run times (s)
         self.grace_period = to_timedelta(grace_period, "grace_period").total_seconds()
         parents = (registry, default_registry) if registry is not None else (default_registry,)
         self.registry = TaskRegistry(allow_modules, parents=parents)
@@ -139,6 +152,9 @@ class Worker:
             lease=timedelta(seconds=max(60.0, 3 * self.maintenance_interval)),
         )
         self._running: dict[str, _Running] = {}
+        #: Tasks whose function is running (holding a slot); the others in
+        #: ``_running`` only wait for their outcome's commit.
+        self._executing = 0
         self._buffer: list[Task] = []
         self._pending_events: list[dict[str, Any]] = []
         self._completions = GroupCommit(self._flush_completions)
@@ -235,14 +251,14 @@ class Worker:
 
     async def _claim_loop(self, burst: bool) -> None:
         idle = _MIN_POLL
-        capacity = self.concurrency + self.prefetch
-        # Claim in batches: wait until half the capacity is free (or the worker
-        # is empty), so one claim and one completion flush serve many tasks.
-        batch = max(1, capacity // 2)
         while not self._stopping:
+            # Claim in batches: wait until half the capacity is free (or the worker
+            # is empty), so one claim and one completion flush serve many tasks.
+            capacity = self.concurrency + self._prefetch_now()
+            batch = max(1, capacity // 2)
             self._start_buffered()
-            free = capacity - len(self._running) - len(self._buffer)
-            if free >= batch or (free > 0 and not self._running and not self._buffer):
+            free = capacity - self._executing - len(self._buffer)
+            if free >= batch or (free > 0 and not self._executing and not self._buffer):
                 # Tasks running when the claim starts may end (and make retries or
                 # dependents ready) after the claim's snapshot: burst mode must
                 # not stop on that claim's empty answer.
@@ -267,12 +283,32 @@ class Worker:
             await self.storage.notifier.wait(idle)
             idle = min(idle * 2, self.poll_interval)
 
+    def _prefetch_now(self) -> int:
+        """How many tasks to hold beyond the free slots.
+
+        With ``prefetch=None``: as many as the slots finish within
+        ``_PREFETCH_HORIZON`` at the recent average run time (none until a task
+        has run, at most ``_PREFETCH_FACTOR`` x concurrency). Short tasks then
+        share claims and completion flushes; long tasks are not hoarded away
+        from other workers.
+        """
+        if self.prefetch is not None:
+            return self.prefetch
+        mean = self._mean_run
+        if mean is None:
+            return 0
+        limit = _PREFETCH_FACTOR * self.concurrency
+        if mean <= 0:
+            return limit
+        return min(limit, int(self.concurrency * _PREFETCH_HORIZON / mean))
+
     def _start_buffered(self) -> None:
         assert self._loop is not None
-        while self._buffer and len(self._running) < self.concurrency:
+        while self._buffer and self._executing < self.concurrency:
             task = self._buffer.pop(0)
             entry = _Running(task=task)
             self._running[task.id] = entry
+            self._take_slot(entry)
             entry.handle = self._loop.create_task(self._execute(entry))
 
     # --- one task ---------------------------------------------------------------------
@@ -280,6 +316,7 @@ class Worker:
     async def process_task_async(self, task: Task) -> TaskStatus | None:
         """Run one claimed (running) task to its outcome; return the resulting status."""
         entry = self._running.setdefault(task.id, _Running(task=task))
+        self._take_slot(entry)
         self._outcome[task.id] = None
         try:
             await self._execute(entry)
@@ -302,7 +339,13 @@ class Worker:
             )
         )
         try:
-            outcome = await self._call(entry)
+            try:
+                outcome = await self._call(entry)
+            finally:
+                self._free_slot(entry)
+                ran = time.perf_counter() - started
+                mean = self._mean_run
+                self._mean_run = ran if mean is None else mean + (ran - mean) * 0.1
         except asyncio.CancelledError:
             elapsed = time.perf_counter() - started
             if entry.releasing:
@@ -332,8 +375,24 @@ class Worker:
             else:
                 await self._succeeded(task, outcome, elapsed)
         finally:
+            self._free_slot(entry)
             self._running.pop(task.id, None)
             self.storage.notifier.notify()
+
+    def _take_slot(self, entry: _Running) -> None:
+        if not entry.slot:
+            entry.slot = True
+            self._executing += 1
+
+    def _free_slot(self, entry: _Running) -> None:
+        """The function returned: its slot is free for the next task (the outcome still commits)."""
+        if entry.slot:
+            entry.slot = False
+            self._executing -= 1
+            if self._buffer:
+                self._start_buffered()
+            else:
+                self.storage.notifier.notify()
 
     async def _call(self, entry: _Running) -> Any:
         task = entry.task

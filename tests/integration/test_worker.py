@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from omniq._time import utcnow
 from omniq.db.schema import tasks as tasks_table
+from omniq.errors import OmniQError
 from omniq.models import (
     EventType,
     ResultStatus,
@@ -847,3 +848,71 @@ async def test_leases_hold_while_a_stopping_worker_lets_tasks_finish(
     assert await status_of(svc, task_id) is TaskStatus.COMPLETED
     assert (await must_result(svc, task_id)).result == "finished"
     assert worker.get_stats().lost == 0
+
+
+# --- slots and adaptive prefetch ----------------------------------------------------------
+
+
+async def test_a_finished_function_frees_its_slot_before_its_outcome_commits(
+    svc: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "ran"
+    ids = await svc.queue.enqueue_many_async(
+        [svc.queue.build_task(ref("record_sync"), [str(log), label]) for label in "ab"]
+    )
+    worker = make_worker(svc, concurrency=1, prefetch=1)
+    gate = asyncio.Event()
+    complete = worker.queue.complete_many_async
+
+    async def held(*args: Any, **kwargs: Any) -> list[str]:
+        await gate.wait()
+        return await complete(*args, **kwargs)
+
+    monkeypatch.setattr(worker.queue, "complete_many_async", held)
+    await worker.start_async()
+    try:
+
+        async def both_ran() -> bool:
+            return len(worker_tasks.read_records(log)) == 2
+
+        # One slot, and the first outcome cannot commit yet: the second task
+        # still runs, because a returned function no longer holds its slot.
+        await wait_until(both_ran, "both functions to run while the first outcome is held")
+        assert [await status_of(svc, x) for x in ids] == [TaskStatus.RUNNING] * 2
+        gate.set()
+
+        async def completed() -> bool:
+            return all([await status_of(svc, x) is TaskStatus.COMPLETED for x in ids])
+
+        await wait_until(completed, "both outcomes to commit")
+    finally:
+        gate.set()
+        await worker.stop_async(grace_period=1.0)
+
+
+async def test_adaptive_prefetch_follows_how_fast_tasks_finish(svc: Services) -> None:
+    worker = make_worker(svc, concurrency=4)
+    assert worker.prefetch is None
+    assert worker._prefetch_now() == 0  # nothing ran yet: claim only free slots
+    await svc.queue.enqueue_many_async(
+        [svc.queue.build_task(ref("add_sync"), [i, i]) for i in range(50)]
+    )
+    stats = await worker.run_until_complete_async()
+    assert stats.completed == 50
+    # Quick tasks: hold more than the free slots, at most 10x concurrency.
+    assert 0 < worker._prefetch_now() <= 40
+
+    await svc.queue.enqueue_many_async(
+        [svc.queue.build_task(ref("sleep_async"), [0.05]) for _ in range(20)]
+    )
+    stats = await worker.run_until_complete_async()
+    assert stats.completed == 70
+    # 4 slots x 20 ms horizon / ~50 ms per task: nothing is hoarded.
+    assert worker._prefetch_now() <= 1
+
+
+async def test_a_fixed_prefetch_is_kept_and_a_bad_one_is_refused(svc: Services) -> None:
+    assert make_worker(svc, prefetch=3)._prefetch_now() == 3
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(OmniQError, match="prefetch"):
+            make_worker(svc, prefetch=bad)
