@@ -87,7 +87,9 @@ def _fast_result(column_type: sa.types.TypeEngine[Any], slow: Processor) -> Proc
     if isinstance(column_type, Duration):
 
         def duration(value: Any) -> Any:
-            if value.__class__ is float and -_FAST_SECONDS < value < _FAST_SECONDS:
+            # int too: SQLite's RETURNING gives whole REAL values as integers.
+            cls = value.__class__
+            if (cls is float or cls is int) and -_FAST_SECONDS < value < _FAST_SECONDS:
                 return timedelta(seconds=value)
             return slow(value)
 

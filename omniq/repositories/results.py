@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -14,12 +15,13 @@ from omniq._time import utcnow
 from omniq.db.engine import Dialect
 from omniq.db.schema import results as r
 from omniq.errors import InvalidRow, OmniQError
-from omniq.models import TaskResult
+from omniq.models import ResultStatus, Task, TaskResult
 from omniq.repositories._base import PayloadCodec, root_message, translate_errors
 from omniq.serialization import converter
 
 #: TaskResult fields stored as they are (``result`` is serialized).
 _ROW_FIELDS = tuple(c.key for c in r.c)
+_SUCCESS = ResultStatus.SUCCESS.value
 
 
 class ResultRepository:
@@ -50,13 +52,53 @@ class ResultRepository:
     def to_row(self, result: TaskResult) -> dict[str, Any]:
         """The column values of ``result`` (value serialized)."""
         row = {name: getattr(result, name) for name in _ROW_FIELDS}
-        row["status"] = result.status.value
+        row["status"] = result.status._value_
         row["result"] = (
             None
             if result.result is None
             else self.codec.encode_value(result.serializer, result.result, "result")
         )
         return row
+
+    def success_row(
+        self,
+        task: Task,
+        value: Any,
+        *,
+        now: datetime,
+        execution_time: float | None,
+        worker_id: str | None,
+    ) -> dict[str, Any]:
+        """The row ``to_row`` makes for the success result of ``task`` (the hot path).
+
+        Every field comes from a validated Task and the worker's own clock, so
+        no TaskResult record is built on the way.
+        """
+        ttl = task.result_ttl
+        expires_at = None
+        if ttl is not None:
+            with contextlib.suppress(OverflowError):  # past the year 9999: never expires
+                expires_at = now + ttl
+        return {
+            "task_id": task.id,
+            "schedule_id": task.schedule_id,
+            "status": _SUCCESS,
+            "result": None
+            if value is None
+            else self.codec.encode_value(task.serializer, value, "result"),
+            "serializer": task.serializer,
+            "error": None,
+            "error_type": None,
+            "error_traceback": None,
+            "created_at": now,
+            "started_at": task.started_at,
+            "completed_at": now,
+            "ttl": ttl,
+            "expires_at": expires_at,
+            "execution_time": execution_time,
+            "worker_id": worker_id or task.worker_id,
+            "retry_count": task.retry_count,
+        }
 
     def from_row(self, row: Mapping[str, Any] | sa.RowMapping) -> TaskResult:
         """The TaskResult of a row."""

@@ -74,7 +74,7 @@ class TaskRepository:
     def to_row(self, task: Task) -> dict[str, Any]:
         """The column values of ``task`` (payload serialized)."""
         row = {name: getattr(task, name) for name in _ROW_FIELDS}
-        row["status"] = task.status.value
+        row["status"] = task.status._value_
         row["payload"] = self.encode_payload(task)
         return row
 

@@ -594,24 +594,12 @@ class TaskQueue:
         results_repo = self.storage.results
         prepared = []
         for task, value, elapsed in completions:
-            result = None
-            if task.store_result:
-                result = TaskResult(
-                    task_id=task.id,
-                    status=ResultStatus.SUCCESS,
-                    result=value,
-                    schedule_id=task.schedule_id,
-                    created_at=now,
-                    started_at=task.started_at,
-                    completed_at=now,
-                    ttl=task.result_ttl,
-                    execution_time=elapsed,
-                    worker_id=worker_id or task.worker_id,
-                    retry_count=task.retry_count,
-                    serializer=task.serializer,
-                )
             # Serialize before the transaction: an unserializable result fails alone.
-            row = None if result is None else results_repo.to_row(result)
+            row = None
+            if task.store_result:
+                row = results_repo.success_row(
+                    task, value, now=now, execution_time=elapsed, worker_id=worker_id
+                )
             prepared.append((task, row, elapsed))
         if self.storage.hot is not None:
             return await self._complete_one_hop(prepared, now, worker_id, events)

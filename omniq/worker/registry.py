@@ -79,7 +79,7 @@ class TaskRegistry:
 
     def resolve(self, ref: str) -> Callable[..., Any]:
         """The function for ``ref``; :class:`TaskNotFound` if it is not allowed or missing."""
-        func = self._registered(ref)
+        func = self._registered(ref) or self._imported.get(ref)
         if func is not None:
             return func
         if not self.is_allowed(ref):
@@ -87,9 +87,8 @@ class TaskRegistry:
                 f"function {ref!r} is not registered with @task and its module is not "
                 "allowed on this worker (allow_modules / omniq worker --app); not imported"
             )
-        func = self._imported.get(ref)
-        if func is None:
-            func = self._imported[ref] = resolve_ref(ref)
+        # Allow-lists only grow: an allowed reference stays allowed, import it once.
+        func = self._imported[ref] = resolve_ref(ref)
         return func
 
 

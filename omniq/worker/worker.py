@@ -155,6 +155,8 @@ class Worker:
         #: Tasks whose function is running (holding a slot); the others in
         #: ``_running`` only wait for their outcome's commit.
         self._executing = 0
+        #: The claim loop claims once this many tasks can be taken.
+        self._claim_batch = 1
         self._buffer: list[Task] = []
         self._pending_events: list[dict[str, Any]] = []
         self._completions = GroupCommit(self._flush_completions)
@@ -254,10 +256,9 @@ class Worker:
         while not self._stopping:
             # Claim in batches: wait until half the capacity is free (or the worker
             # is empty), so one claim and one completion flush serve many tasks.
-            capacity = self.concurrency + self._prefetch_now()
-            batch = max(1, capacity // 2)
+            batch = self._claim_batch = max(1, (self.concurrency + self._prefetch_now()) // 2)
             self._start_buffered()
-            free = capacity - self._executing - len(self._buffer)
+            free = self._free()
             if free >= batch or (free > 0 and not self._executing and not self._buffer):
                 # Tasks running when the claim starts may end (and make retries or
                 # dependents ready) after the claim's snapshot: burst mode must
@@ -377,7 +378,8 @@ class Worker:
         finally:
             self._free_slot(entry)
             self._running.pop(task.id, None)
-            self.storage.notifier.notify()
+            if not self._running:
+                self.storage.notifier.notify()  # burst mode ends on an empty worker
 
     def _take_slot(self, entry: _Running) -> None:
         if not entry.slot:
@@ -389,10 +391,13 @@ class Worker:
         if entry.slot:
             entry.slot = False
             self._executing -= 1
-            if self._buffer:
-                self._start_buffered()
-            else:
+            self._start_buffered()
+            # Wake the claim loop only when it would claim (not once per task).
+            if self._free() >= self._claim_batch or not self._executing:
                 self.storage.notifier.notify()
+
+    def _free(self) -> int:
+        return self.concurrency + self._prefetch_now() - self._executing - len(self._buffer)
 
     async def _call(self, entry: _Running) -> Any:
         task = entry.task

@@ -21,11 +21,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
+from omniq.db.engine import Dialect
 from omniq.db.onehop import RowCodec
 from omniq.db.schema import events, results, tasks
 from omniq.errors import ValidationError
-from omniq.models import Task, TaskStatus
+from omniq.models import ResultStatus, Task, TaskResult, TaskStatus
 from omniq.models.task import task_from_row_values
+from omniq.repositories.results import ResultRepository
 from omniq.worker.executors import DaemonThreadPool, Executor
 
 pytestmark = pytest.mark.anyio
@@ -263,3 +265,36 @@ async def test_an_async_task_past_its_timeout_is_cancelled() -> None:
         await executor.run(sleeper, "x:sleeper", (), {}, 0.05)
     assert cancelled.is_set()
     executor.shutdown()
+
+
+# --- the success result row ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "value"),
+    [
+        (SAMPLES[0], None),
+        (attrs.evolve(SAMPLES[1], result_ttl=timedelta(hours=2)), {"rows": [1, 2]}),
+        (attrs.evolve(SAMPLES[1], result_ttl=None, worker_id=None), "text"),
+        (attrs.evolve(SAMPLES[1], result_ttl=timedelta.max), 3),  # expiry past 9999: never
+    ],
+)
+def test_the_success_row_equals_the_row_of_the_result_record(task: Task, value: Any) -> None:
+    repo = ResultRepository(Dialect(name="sqlite", skip_locked=False, single_writer=True))
+    kwargs = {"now": NOW, "execution_time": 0.25, "worker_id": None}
+    record = TaskResult(
+        task_id=task.id,
+        status=ResultStatus.SUCCESS,
+        result=value,
+        schedule_id=task.schedule_id,
+        created_at=NOW,
+        started_at=task.started_at,
+        completed_at=NOW,
+        ttl=task.result_ttl,
+        execution_time=0.25,
+        worker_id=task.worker_id,
+        retry_count=task.retry_count,
+        serializer=task.serializer,
+    )
+    assert repo.success_row(task, value, **kwargs) == repo.to_row(record)
+    assert repo.success_row(task, value, **{**kwargs, "worker_id": "w9"})["worker_id"] == "w9"
