@@ -22,6 +22,7 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 #: Statuses that hold a unique key (a live task).
 _LIVE = "status IN ('pending', 'waiting', 'running')"
+_SCHEDULED = sa.text("schedule_id IS NOT NULL")
 
 ID = sa.String(64)
 NAME = sa.String(200)
@@ -172,7 +173,13 @@ results = sa.Table(
     sa.Column("execution_time", sa.Float),
     sa.Column("worker_id", sa.Text),
     sa.Column("retry_count", sa.Integer, nullable=False),
-    sa.Index("ix_omniq_results_schedule", "schedule_id", "created_at"),
+    sa.Index(
+        "ix_omniq_results_schedule",
+        "schedule_id",
+        "created_at",
+        sqlite_where=_SCHEDULED,
+        postgresql_where=_SCHEDULED,
+    ),
     sa.Index("ix_omniq_results_expires_at", "expires_at"),
 )
 
@@ -202,7 +209,14 @@ events = sa.Table(
     sa.Column("level", sa.String(16), nullable=False),
     sa.Index("ix_omniq_events_task", "task_id", "id"),
     sa.Index("ix_omniq_events_type", "event_type", "id"),
-    sa.Index("ix_omniq_events_schedule", "schedule_id", "id"),
+    # Partial: most events belong to tasks no schedule made (revision 0003).
+    sa.Index(
+        "ix_omniq_events_schedule",
+        "schedule_id",
+        "id",
+        sqlite_where=_SCHEDULED,
+        postgresql_where=_SCHEDULED,
+    ),
     sa.Index("ix_omniq_events_timestamp", "timestamp"),
 )
 

@@ -419,3 +419,43 @@ def test_migrated_template_has_claim_indexes(sqlite_template: Path) -> None:
         con.close()
     assert {"ix_omniq_tasks_claim", "ix_omniq_tasks_status_order"} <= names
     assert migrate.head()
+
+
+@pytest.mark.anyio
+async def test_lookups_by_schedule_use_the_partial_schedule_indexes(sqlite_url: str) -> None:
+    from omniq.models import Schedule
+    from omniq.services import Services
+
+    svc = await Services.open_async(sqlite_url)
+    try:
+        schedule = Schedule(func="m:f", schedule_type="interval", interval=timedelta(hours=1))
+        sid = await svc.queue.schedule_async(schedule)
+        await svc.queue.enqueue_many_async([svc.queue.build_task("m:f") for _ in range(3)])
+        assert [e.schedule_id for e in await svc.events.get_events_async(schedule_id=sid)] == [sid]
+    finally:
+        await svc.close_async()
+    path = sqlite_path(normalize_url(sqlite_url))
+    assert path is not None
+    con = sqlite3.connect(path)
+    try:
+        indexed = {
+            row[0]: row[1]
+            for row in con.execute("SELECT name, sql FROM sqlite_master WHERE type='index'")
+        }
+        for name in ("ix_omniq_events_schedule", "ix_omniq_results_schedule"):
+            assert "WHERE schedule_id IS NOT NULL" in indexed[name]
+        # Only the schedule's own event is in the partial index, not the 3 enqueues.
+        (entries,) = con.execute(
+            "SELECT count(*) FROM omniq_events INDEXED BY ix_omniq_events_schedule "
+            "WHERE schedule_id IS NOT NULL"
+        ).fetchone()
+        (total,) = con.execute("SELECT count(*) FROM omniq_events").fetchone()
+        assert (entries, total) == (1, 4)
+        for sql in (
+            "SELECT * FROM omniq_events WHERE schedule_id = ? ORDER BY id DESC LIMIT 100",
+            "SELECT * FROM omniq_results WHERE schedule_id = ? ORDER BY created_at DESC LIMIT 1",
+        ):
+            plan = " ".join(str(r[-1]) for r in con.execute(f"EXPLAIN QUERY PLAN {sql}", (sid,)))
+            assert "_schedule" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        con.close()
