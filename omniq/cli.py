@@ -154,6 +154,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-duration", help="task lease (e.g. 60s)")
     p.add_argument("--heartbeat-interval", help="lease renewal interval (e.g. 15s)")
     p.add_argument("--grace-period", help="shutdown grace period (e.g. 30s)")
+    p.add_argument(
+        "--maintenance-interval",
+        help="how often to recover lost leases, expire tasks, apply retention (e.g. 30s)",
+    )
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        help="tasks claimed beyond the free slots (default: adapts to task run time)",
+    )
     p.add_argument("--no-scheduler", action="store_true", help="do not fire schedules")
 
     p = sub.add_parser("enqueue", parents=[common], help="enqueue a task")
@@ -292,6 +301,14 @@ async def _cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
         options["poll_interval"] = _duration_arg(args.poll_interval, "--poll-interval")
     if args.grace_period:
         options["grace_period"] = _duration_arg(args.grace_period, "--grace-period")
+    if args.maintenance_interval:
+        options["maintenance_interval"] = _duration_arg(
+            args.maintenance_interval, "--maintenance-interval"
+        )
+    if args.prefetch is not None:
+        if args.prefetch < 0:
+            raise CLIError(f"--prefetch: must be 0 or more, got {args.prefetch}")
+        options["prefetch"] = args.prefetch
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     async with oq:
         worker = oq._make_worker(

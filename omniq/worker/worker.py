@@ -268,7 +268,11 @@ class Worker:
                     claimed = await self.queue.dequeue_many_async(
                         free, self.queues, worker_id=self.worker_id
                     )
-                except OmniQError as exc:
+                except Exception as exc:
+                    # A failed claim (database down, a bug) must not end the worker:
+                    # report it and retry after a full poll interval.
+                    if not isinstance(exc, OmniQError):
+                        log.exception("claim failed unexpectedly")
                     await self._report_error("claim failed", exc)
                     claimed = []
                     idle = self.poll_interval
@@ -662,7 +666,7 @@ class Worker:
 
     async def _report_error(self, what: str, exc: BaseException) -> None:
         log.error("%s: %s", what, exc)
-        with contextlib.suppress(OmniQError):
+        with contextlib.suppress(Exception):  # best effort: the database may be what failed
             await self.queue.heartbeat_async(
                 {},
                 [

@@ -190,3 +190,58 @@ def test_schedules_listing_and_actions(db_url: str, fmt: str) -> None:
     assert omniq(db_url, "schedule", "resume", sid).returncode == 0
     missing = omniq(db_url, "schedule", "cancel", "nope")
     assert missing.returncode == 1 and "no schedule with id 'nope'" in missing.stderr
+
+
+def test_a_cli_worker_recovers_a_killed_workers_task_at_its_maintenance_interval(
+    db_url: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "started.txt"
+    task_id = omniq(
+        db_url, "enqueue", f"{APP}:slow", "--args", json.dumps([60, str(marker)])
+    ).stdout.strip()
+    env = {**os.environ, "OMNIQ_DATABASE_URL": db_url, "PYTHONPATH": str(ROOT)}
+    short = ["--lease-duration", "4s", "--heartbeat-interval", "0.5s", "--poll-interval", "0.1s"]
+
+    def start(*extra: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "omniq", "worker", "--app", APP, "--executor", "thread"]
+        return subprocess.Popen(
+            [*command, *short, *extra],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    doomed = start()
+    try:
+        wait_for(marker.exists)
+    finally:
+        doomed.kill()
+        doomed.communicate(timeout=30)
+    # The default maintenance interval is 30 s; this worker sweeps every 0.3 s, so
+    # the dead worker's task is settled soon after its 4 s lease runs out.
+    rescuer = start("--maintenance-interval", "0.3s", "--prefetch", "0")
+    try:
+
+        def settled() -> bool:
+            task = as_json(omniq(db_url, "task", task_id, "--json"))
+            return isinstance(task, dict) and task["status"] == "failed"
+
+        wait_for(settled, timeout=15)
+    finally:
+        rescuer.send_signal(signal.SIGTERM)
+        _, stderr = rescuer.communicate(timeout=30)
+    assert rescuer.returncode == 0, stderr
+    task = as_json(omniq(db_url, "task", task_id, "--json"))
+    assert isinstance(task, dict) and "lost" in str(task["last_error"]).lower()
+
+
+def test_worker_flags_are_checked(db_url: str) -> None:
+    for flags, named in (
+        (["--prefetch", "-1"], "--prefetch"),
+        (["--maintenance-interval", "soon"], "--maintenance-interval"),
+    ):
+        proc = omniq(db_url, "worker", "--burst", *flags)
+        assert proc.returncode == 2, proc.stderr
+        assert named in proc.stderr and proc.stderr.startswith("omniq: error:")

@@ -916,3 +916,33 @@ async def test_a_fixed_prefetch_is_kept_and_a_bad_one_is_refused(svc: Services) 
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(OmniQError, match="prefetch"):
             make_worker(svc, prefetch=bad)
+
+
+async def test_an_unexpected_claim_error_is_reported_and_the_worker_goes_on(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id = await svc.queue.enqueue_async(ref("add_sync"), [2, 3])
+    worker = make_worker(svc, poll_interval=0.05)
+    claim = worker.queue.dequeue_many_async
+    calls = 0
+
+    async def flaky_claim(*args: Any, **kwargs: Any) -> list[Task]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("driver blew up")
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(worker.queue, "dequeue_many_async", flaky_claim)
+    await worker.start_async()
+    try:
+
+        async def done() -> bool:
+            return await status_of(svc, task_id) is TaskStatus.COMPLETED
+
+        await wait_until(done, "the task to complete after the failed claim")
+    finally:
+        await worker.stop_async(grace_period=1.0)
+    errors = await svc.events.get_events_async(event_type=EventType.ERROR)
+    assert any("claim failed" in (e.message or "") for e in errors)
+    assert any("driver blew up" in (e.error or "") for e in errors)
