@@ -116,7 +116,9 @@ class DaemonThreadPool(_FuturesExecutor):
             tuple[Future[Any] | asyncio.Future[Any], Callable[[], Any]] | None
         ] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        #: Calls submitted and not finished: the pool keeps at least that many
+        #: threads (up to max_workers), so a call never waits behind a busy one.
+        self._unfinished = 0
         self._lock = threading.Lock()
         self._shutdown = False
         # Outcomes of calls made through ``call_async``, waiting to be handed to
@@ -146,14 +148,13 @@ class DaemonThreadPool(_FuturesExecutor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._work.put((target, call))
-            if self._idle == 0 and len(self._threads) < self._max_workers:
+            self._unfinished += 1
+            if self._unfinished > len(self._threads) < self._max_workers:
                 thread = threading.Thread(
                     target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=True
                 )
                 self._threads.append(thread)
                 thread.start()
-            else:
-                self._idle -= 1 if self._idle else 0
 
     def _serve(self) -> None:
         while True:
@@ -174,7 +175,7 @@ class DaemonThreadPool(_FuturesExecutor):
                     outcome = (target, False, exc)
                 self._hand_over(outcome)
             with self._lock:
-                self._idle += 1
+                self._unfinished -= 1
 
     def _hand_over(self, outcome: _Outcome) -> None:
         loop = outcome[0].get_loop()

@@ -298,3 +298,14 @@ def test_the_success_row_equals_the_row_of_the_result_record(task: Task, value: 
     )
     assert repo.success_row(task, value, **kwargs) == repo.to_row(record)
     assert repo.success_row(task, value, **{**kwargs, "worker_id": "w9"})["worker_id"] == "w9"
+
+
+async def test_blocking_sync_calls_each_get_a_thread_up_to_the_limit() -> None:
+    pool = DaemonThreadPool(6)
+    loop = asyncio.get_running_loop()
+    await pool.call_async(loop, lambda: None)  # one thread exists and is idle now
+    together = threading.Barrier(6, timeout=10)
+    # Six calls that only return once all six run at the same time.
+    results = await asyncio.gather(*(pool.call_async(loop, together.wait) for _ in range(6)))
+    assert sorted(results) == list(range(6))
+    pool.shutdown()
