@@ -69,6 +69,29 @@ def to_timedelta(value: object, field: str, *, allow_zero: bool = True) -> timed
 _uuid_lock = threading.Lock()
 _last_ms = 0
 _seq = 0
+# Random bytes are drawn from the OS 4 KiB at a time (one syscall per ~400 ids);
+# a forked child drops what it inherited, so no two processes share them.
+_ENTROPY_CHUNK = 4096
+_entropy = b""
+_entropy_at = 0
+
+
+def _drop_entropy() -> None:
+    global _entropy, _entropy_at
+    _entropy, _entropy_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_drop_entropy)
+
+
+def _random_bytes(n: int) -> bytes:
+    """``n`` bytes from the OS random pool (caller holds ``_uuid_lock``)."""
+    global _entropy, _entropy_at
+    if _entropy_at + n > len(_entropy):
+        _entropy, _entropy_at = os.urandom(_ENTROPY_CHUNK), 0
+    chunk = _entropy[_entropy_at : _entropy_at + n]
+    _entropy_at += n
+    return chunk
 
 
 def new_id() -> str:
@@ -83,10 +106,10 @@ def new_id() -> str:
                 ms += 1
                 _seq = 0
         else:
-            _seq = int.from_bytes(os.urandom(2), "big") & 0x3FF
+            _seq = int.from_bytes(_random_bytes(2), "big") & 0x3FF
         _last_ms = ms
         seq = _seq
-    rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+        rand = int.from_bytes(_random_bytes(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
     value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
@@ -572,3 +573,22 @@ def test_bad_ttl_or_created_at_types_name_the_field() -> None:
         TaskResult(task_id="t", status="success", created_at=0, ttl=timedelta(seconds=1))  # type: ignore[arg-type]
     with raises_field("ttl"):
         TaskResult(task_id="t", status="success", ttl=60)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_new_ids_of_a_forked_child_differ_from_its_parents() -> None:
+    new_id()  # the parent holds buffered random bytes now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read)
+        os.write(write, " ".join(new_id() for _ in range(200)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    parent = {new_id() for _ in range(200)}
+    assert len(child) == 200 and not child & parent
+    # Same millisecond, same counter start: only the random bits tell them apart.
+    assert {c[24:] for c in child}.isdisjoint({p[24:] for p in parent})
