@@ -185,13 +185,16 @@ def _compile_setter() -> Any:
     lines.append("    s = _set.__get__(self)")
     given = {"status": "status", "tags": "tags", "depends_on": "depends_on"}
     for name in _TASK_FIELDS:
-        lines.append(f"    s({name!r}, {given.get(name, f'values.get({name!r})')})")
+        value = f"values.get({name!r})" if name in _OPTIONAL_KEYS else f"values[{name!r}]"
+        lines.append(f"    s({name!r}, {given.get(name, value)})")
     lines.append("    return self")
     namespace: dict[str, Any] = {"_new": object.__new__, "_set": _set, "Task": Task}
     exec("\n".join(lines), namespace)
     return namespace["build"]
 
 
+#: Fields rows may leave out (everything else is a column or the decoded payload).
+_OPTIONAL_KEYS = frozenset({"payload_error"})
 _build = _compile_setter()
 
 
@@ -260,4 +263,7 @@ def task_from_row_values(values: dict[str, Any]) -> Task:
         or not _plain(values)
     ):
         return Task(**values)
-    return _build(values, status, tags, depends_on)  # type: ignore[no-any-return]
+    try:
+        return _build(values, status, tags, depends_on)  # type: ignore[no-any-return]
+    except KeyError:  # a partial row: the record's defaults fill the rest
+        return Task(**values)

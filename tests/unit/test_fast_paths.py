@@ -309,3 +309,11 @@ async def test_blocking_sync_calls_each_get_a_thread_up_to_the_limit() -> None:
     results = await asyncio.gather(*(pool.call_async(loop, together.wait) for _ in range(6)))
     assert sorted(results) == list(range(6))
     pool.shutdown()
+
+
+def test_a_partial_row_read_back_gets_the_records_defaults() -> None:
+    values = _values(SAMPLES[1])
+    del values["lease_token"], values["worker_id"]
+    task = task_from_row_values(values)
+    assert task.lease_token is None and task.worker_id is None
+    assert task == attrs.evolve(SAMPLES[1], lease_token=None, worker_id=None)
