@@ -28,6 +28,10 @@ from omniq.db.types import Duration, UTCDateTime
 T = TypeVar("T")
 Processor = Callable[[Any], Any]
 
+#: Rows per multi-row INSERT (a power of two; 128 x 35 columns stays far below
+#: SQLite's limit of 32,766 parameters).
+_ROWS_PER_STATEMENT = 128
+
 #: Durations read back through the fast path (beyond it, the column type decides).
 _FAST_SECONDS = 1e12
 
@@ -167,8 +171,40 @@ class Compiled:
             if not compiled.binds[name].required
         }
         self._pick = operator.itemgetter(*self.names) if self.names else None
+        self._multi: dict[int, str] = {}
         returning = getattr(compiled, "returning", None) or ()
         self.returning: tuple[str, ...] = tuple(c.key for c in returning)
+
+    def insert_many(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Run this INSERT for many parameter rows, as multi-row ``VALUES`` statements.
+
+        ``executemany`` steps the statement once per row, and the driver takes
+        the GIL back after every step: a busy event loop then stalls each row.
+        One statement for up to ``_ROWS_PER_STATEMENT`` rows is one step. Row
+        counts are split into powers of two, so few statement texts are compiled.
+        """
+        if len(rows) == 1:
+            conn.execute(self.sql, rows[0])
+            return
+        start = 0
+        while start < len(rows):
+            left = len(rows) - start
+            size = (
+                _ROWS_PER_STATEMENT if left >= _ROWS_PER_STATEMENT else 1 << (left.bit_length() - 1)
+            )
+            chunk = rows[start : start + size]
+            conn.execute(self._multi_row_sql(size), [v for row in chunk for v in row])
+            start += size
+
+    def _multi_row_sql(self, rows: int) -> str:
+        sql = self._multi.get(rows)
+        if sql is None:
+            head, sep, tail = self.sql.partition(" VALUES ")
+            if not sep or not tail.startswith("("):
+                raise ValueError(f"not a single-row INSERT ... VALUES statement: {self.sql}")
+            group = tail[: tail.index(")") + 1]
+            sql = self._multi[rows] = f"{head}{sep}{', '.join([group] * rows)}{tail[len(group) :]}"
+        return sql
 
     def params(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
         """The positional parameters for ``values`` (bound literals fill the rest)."""

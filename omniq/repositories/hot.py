@@ -129,8 +129,8 @@ class SQLiteHotPaths:
         event_params = [self._insert_event.params(row) for row in event_rows]
 
         def body(conn: sqlite3.Connection) -> None:
-            conn.executemany(self._insert_task.sql, task_params)
-            conn.executemany(self._insert_event.sql, event_params)
+            self._insert_task.insert_many(conn, task_params)
+            self._insert_event.insert_many(conn, event_params)
 
         return lambda conn: in_transaction(conn, body)
 
@@ -164,9 +164,7 @@ class SQLiteHotPaths:
                 raw.extend(conn.execute(compiled.sql, compiled.params({**values, "n": want})))
             touched = [(row[i_id], row[i_queue], row[i_schedule], row[i_attempts]) for row in raw]
             if touched:
-                conn.executemany(
-                    insert_event.sql, [insert_event.params(ev) for ev in events(touched)]
-                )
+                insert_event.insert_many(conn, [insert_event.params(ev) for ev in events(touched)])
             return ClaimOutcome(raw)
 
         return lambda conn: in_transaction(conn, body)
@@ -204,14 +202,14 @@ class SQLiteHotPaths:
 
         def body(conn: sqlite3.Connection) -> set[str]:
             if extra:
-                conn.executemany(insert_event.sql, extra)
+                insert_event.insert_many(conn, extra)
             held = {row[0] for row in conn.execute(complete.sql, params)}
             if not held:
                 return held
-            conn.executemany(insert_event.sql, [done_events[i] for i in held])
+            insert_event.insert_many(conn, [done_events[i] for i in held])
             rows = [results[i] for i in held if i in results]
             if rows:
-                conn.executemany(upsert.sql, rows)
+                upsert.insert_many(conn, rows)
             ids = json.dumps(sorted(held))
             found = conn.execute(dependents.sql, dependents.params({"done": ids}))
             waiting = [row[0] for row in found]
@@ -223,9 +221,8 @@ class SQLiteHotPaths:
                     )
                 ]
                 if released:
-                    conn.executemany(
-                        insert_event.sql,
-                        [insert_event.params(ev) for ev in ready_events(released)],
+                    insert_event.insert_many(
+                        conn, [insert_event.params(ev) for ev in ready_events(released)]
                     )
             return held
 

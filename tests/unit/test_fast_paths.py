@@ -317,3 +317,47 @@ def test_a_partial_row_read_back_gets_the_records_defaults() -> None:
     task = task_from_row_values(values)
     assert task.lease_token is None and task.worker_id is None
     assert task == attrs.evolve(SAMPLES[1], lease_token=None, worker_id=None)
+
+
+# --- multi-row inserts --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 127, 128, 129, 300])
+def test_insert_many_writes_every_row_once_in_order(count: int) -> None:
+    import sqlite3
+
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    from omniq.db.onehop import Compiled
+
+    table = sa.Table(
+        "t", sa.MetaData(), sa.Column("k", sa.Integer, primary_key=True), sa.Column("v", sa.Text)
+    )
+    dialect = sqlite.dialect()
+    plain = Compiled(table.insert().values(k=sa.bindparam("k"), v=sa.bindparam("v")), dialect, {})
+    upsert_stmt = sqlite_insert(table).values(k=sa.bindparam("k"), v=sa.bindparam("v"))
+    upsert = Compiled(
+        upsert_stmt.on_conflict_do_update(index_elements=["k"], set_={"v": upsert_stmt.excluded.v}),
+        dialect,
+        {},
+    )
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    plain.insert_many(conn, [plain.params({"k": i, "v": f"a{i}"}) for i in range(count)])
+    assert conn.execute("SELECT k, v FROM t ORDER BY rowid").fetchall() == [
+        (i, f"a{i}") for i in range(count)
+    ]
+    # The upsert form keeps its ON CONFLICT clause for every row.
+    upsert.insert_many(conn, [upsert.params({"k": i, "v": f"b{i}"}) for i in range(count + 2)])
+    assert conn.execute("SELECT k, v FROM t ORDER BY k").fetchall() == [
+        (i, f"b{i}") for i in range(count + 2)
+    ]
+    # A failing row fails its statement as executemany would (nothing half-written
+    # once the caller rolls back).
+    conn.execute("BEGIN")
+    with pytest.raises(sqlite3.IntegrityError):
+        plain.insert_many(
+            conn, [plain.params({"k": count + 10, "v": "x"}), plain.params({"k": 0, "v": "dup"})]
+        )
+    conn.execute("ROLLBACK")
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (count + 2,)
