@@ -389,8 +389,9 @@ def bench_burn(ws: Workspace, sizes: Sizes) -> list[Row]:
             0.5,
             ">= 0.5x (goal 1x)",
             f"{sizes.burn:,} pre-enqueued sync no-op tasks drained by one worker process "
-            "(bench/omniq_worker.py: Worker at default settings: concurrency 10, async "
-            "executor -> thread pool for sync functions, results and events on), from its "
+            "(bench/omniq_worker.py: Worker at default settings: concurrency 10, adaptive "
+            "prefetch, async executor -> thread pool for sync functions, results and events "
+            "on), from its "
             "first claim to its last committed completion (timed inside the process) vs "
             "Huey's Consumer(workers=1, worker_type='thread') from its first dequeue to the "
             "last `complete` signal. Per task OmniQ also writes "
