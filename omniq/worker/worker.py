@@ -309,6 +309,8 @@ class Worker:
 
     def _start_buffered(self) -> None:
         assert self._loop is not None
+        if self._stopping:
+            return  # claimed but not started: shutdown releases them to the queue
         while self._buffer and self._executing < self.concurrency:
             task = self._buffer.pop(0)
             entry = _Running(task=task)

@@ -946,3 +946,33 @@ async def test_an_unexpected_claim_error_is_reported_and_the_worker_goes_on(
     errors = await svc.events.get_events_async(event_type=EventType.ERROR)
     assert any("claim failed" in (e.message or "") for e in errors)
     assert any("driver blew up" in (e.error or "") for e in errors)
+
+
+async def test_shutdown_releases_prefetched_tasks_without_running_them(
+    svc: Services, tmp_path: Path
+) -> None:
+    log = tmp_path / "ran"
+    first = await svc.queue.enqueue_async(
+        ref("started_and_finished_sync"), [str(log), "a", 0.5], priority=10
+    )
+    rest = await svc.queue.enqueue_many_async(
+        [svc.queue.build_task(ref("record_sync"), [str(log), label]) for label in "bc"]
+    )
+    worker = make_worker(svc, concurrency=1, prefetch=2, run_maintenance=True)
+    await worker.start_async()
+    try:
+
+        async def started() -> bool:
+            statuses = {await status_of(svc, x) for x in [first, *rest]}
+            return ["start", "a"] in worker_tasks.read_records(log) and statuses == {
+                TaskStatus.RUNNING
+            }
+
+        await wait_until(started, "the first task to start with the other two prefetched")
+    finally:
+        await worker.stop_async(grace_period=5.0)
+    assert await status_of(svc, first) is TaskStatus.COMPLETED
+    for task_id in rest:
+        task = await must_task(svc, task_id)
+        assert task.status is TaskStatus.PENDING and task.attempts == 0
+    assert worker_tasks.read_records(log) == [["start", "a"], ["end", "a"]]
