@@ -308,9 +308,10 @@ class Worker:
         return min(limit, int(self.concurrency * _PREFETCH_HORIZON / mean))
 
     def _start_buffered(self) -> None:
-        assert self._loop is not None
-        if self._stopping:
-            return  # claimed but not started: shutdown releases them to the queue
+        # Once stopping, claimed but unstarted tasks stay put: shutdown releases them.
+        # (No loop yet: process_task_async runs tasks outside the claim loop.)
+        if self._stopping or not self._buffer or self._loop is None:
+            return
         while self._buffer and self._executing < self.concurrency:
             task = self._buffer.pop(0)
             entry = _Running(task=task)

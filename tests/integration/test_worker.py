@@ -976,3 +976,15 @@ async def test_shutdown_releases_prefetched_tasks_without_running_them(
         task = await must_task(svc, task_id)
         assert task.status is TaskStatus.PENDING and task.attempts == 0
     assert worker_tasks.read_records(log) == [["start", "a"], ["end", "a"]]
+
+
+async def test_process_task_runs_a_claimed_task_without_the_worker_loop(svc: Services) -> None:
+    worker = make_worker(svc)
+    task_id = await svc.queue.enqueue_async(ref("add_sync"), [20, 22])
+    claimed = await svc.queue.dequeue_async(worker_id=worker.worker_id)
+    assert claimed is not None and claimed.id == task_id
+    assert await worker.process_task_async(claimed) is TaskStatus.COMPLETED
+    assert (await must_result(svc, task_id)).result["sum"] == 42
+    assert worker.get_stats().completed == 1 and worker.get_stats().running == 0
+    kinds = [e.event_type for e in await svc.events.get_events_async(task_id=task_id)]
+    assert EventType.EXECUTING in kinds and EventType.COMPLETED in kinds
