@@ -953,7 +953,7 @@ async def test_shutdown_releases_prefetched_tasks_without_running_them(
 ) -> None:
     log = tmp_path / "ran"
     first = await svc.queue.enqueue_async(
-        ref("started_and_finished_sync"), [str(log), "a", 0.5], priority=10
+        ref("started_and_finished_sync"), [str(log), "a", 2.0], priority=10
     )
     rest = await svc.queue.enqueue_many_async(
         [svc.queue.build_task(ref("record_sync"), [str(log), label]) for label in "bc"]
