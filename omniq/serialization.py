@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import importlib
 import inspect
@@ -143,6 +144,25 @@ def callable_ref(func: Callable[..., Any] | str) -> str:
     """
     if isinstance(func, str):
         return func
+    try:
+        known = _REFS.get(func)
+    except TypeError:  # unhashable callables are worked out each time
+        known = None
+    if known is not None:
+        return known
+    ref = _callable_ref(func)
+    if len(_REFS) < _REFS_LIMIT:
+        with contextlib.suppress(TypeError):
+            _REFS[func] = ref
+    return ref
+
+
+#: References already worked out, by callable (module-level functions: a few per app).
+_REFS: dict[Any, str] = {}
+_REFS_LIMIT = 4096
+
+
+def _callable_ref(func: Callable[..., Any]) -> str:
     if isinstance(func, functools.partial):
         raise SerializationError("functools.partial objects cannot be referenced; pass args")
     target = inspect.unwrap(func) if not hasattr(func, "__omniq_ref__") else func

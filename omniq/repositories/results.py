@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ from omniq.serialization import converter
 
 #: TaskResult fields stored as they are (``result`` is serialized).
 _ROW_FIELDS = tuple(c.key for c in r.c)
+_row_values = operator.attrgetter(*_ROW_FIELDS)
 _SUCCESS = ResultStatus.SUCCESS.value
 
 
@@ -51,7 +53,7 @@ class ResultRepository:
 
     def to_row(self, result: TaskResult) -> dict[str, Any]:
         """The column values of ``result`` (value serialized)."""
-        row = {name: getattr(result, name) for name in _ROW_FIELDS}
+        row = dict(zip(_ROW_FIELDS, _row_values(result), strict=True))
         row["status"] = result.status._value_
         row["result"] = (
             None

@@ -7,6 +7,7 @@ rules beyond the conditions that make a transition atomic.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,7 @@ from omniq.repositories._base import PayloadCodec, translate_errors
 
 #: Task fields stored in their own column (the call's arguments go into ``payload``).
 _ROW_FIELDS = tuple(c.key for c in t.c if c.key != "payload")
+_row_values = operator.attrgetter(*_ROW_FIELDS)
 _LIVE = (TaskStatus.PENDING.value, TaskStatus.WAITING.value, TaskStatus.RUNNING.value)
 _ORDER = (t.c.priority.desc(), t.c.run_at, t.c.id)
 
@@ -73,7 +75,7 @@ class TaskRepository:
 
     def to_row(self, task: Task) -> dict[str, Any]:
         """The column values of ``task`` (payload serialized)."""
-        row = {name: getattr(task, name) for name in _ROW_FIELDS}
+        row = dict(zip(_ROW_FIELDS, _row_values(task), strict=True))
         row["status"] = task.status._value_
         row["payload"] = self.encode_payload(task)
         return row

@@ -465,3 +465,15 @@ def test_converter_rejects_wrong_instant_types() -> None:
     with pytest.raises(Exception) as info:
         converter.structure(data, Task)
     assert "datetime" in repr(info.value) or "expected" in str(info.value)
+
+
+def test_references_are_remembered_and_refusals_are_not() -> None:
+    from omniq.serialization import _REFS
+
+    assert callable_ref(json.dumps) == "json:dumps"
+    assert _REFS[json.dumps] == "json:dumps"
+    assert callable_ref(json.dumps) == "json:dumps"
+    for _ in range(2):  # a refused callable is refused every time, never cached
+        with pytest.raises(SerializationError, match="lambda"):
+            callable_ref(lambda: None)
+    assert not any("<lambda>" in ref for ref in _REFS.values())
