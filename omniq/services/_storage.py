@@ -133,6 +133,8 @@ class Storage:
         self._reader = read_engine(engine)
         self._opened = False
         self._writer: AsyncConnection | None = None
+        #: aiosqlite's connection under ``_writer`` (one-hop bodies run on its thread).
+        self._driver: Any = None
         self._write_lock: asyncio.Lock | None = None
 
     @classmethod
@@ -185,13 +187,9 @@ class Storage:
                 async with self.engine.begin() as conn:
                     yield conn
             return
-        if self._write_lock is None:
-            self._write_lock = asyncio.Lock()
-        async with self._write_lock:
+        async with self._lock():
             with translate_errors("write"):
-                writer = self._writer
-                if writer is None or writer.closed or writer.invalidated:
-                    writer = self._writer = await self.engine.connect()
+                writer = await self._open_writer()
                 try:
                     transaction = await self._begin_immediate(writer)
                     try:
@@ -215,15 +213,14 @@ class Storage:
         jittered backoff while another process holds the database lock (the body
         rolled back, so a retry starts clean), up to ``lock_deadline``.
         """
-        if self._write_lock is None:
-            self._write_lock = asyncio.Lock()
-        async with self._write_lock:
+        async with self._lock():
             with translate_errors("write"):
-                writer = self._writer
-                if writer is None or writer.closed or writer.invalidated:
-                    writer = self._writer = await self.engine.connect()
-                raw = await writer.get_raw_connection()
-                driver: Any = raw.driver_connection
+                await self._open_writer()
+                driver = self._driver
+                if driver is None:
+                    assert self._writer is not None
+                    raw = await self._writer.get_raw_connection()
+                    driver = self._driver = raw.driver_connection
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + self.settings.lock_deadline.total_seconds()
                 delay = 0.01
@@ -245,6 +242,20 @@ class Storage:
                         min(delay * random.uniform(0.5, 1.5), max(0.0, deadline - loop.time()))
                     )
                     delay = min(delay * 2, 1.0)
+
+    def _lock(self) -> asyncio.Lock:
+        """This process's SQLite write lock (made in the running loop on first use)."""
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
+        return self._write_lock
+
+    async def _open_writer(self) -> AsyncConnection:
+        """The held writer connection, reconnected if it was dropped (under the lock)."""
+        writer = self._writer
+        if writer is None or writer.closed or writer.invalidated:
+            writer = self._writer = await self.engine.connect()
+            self._driver = None  # the new connection's driver is looked up once
+        return writer
 
     async def _begin_immediate(self, writer: AsyncConnection) -> AsyncTransaction:
         """BEGIN IMMEDIATE, retried with jittered backoff while another process holds the lock.
