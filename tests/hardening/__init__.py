@@ -8,19 +8,19 @@ condition with a deadline.
 
 from __future__ import annotations
 
+import functools
 import sys
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 import sqlalchemy as sa
 
 from omniq.db.engine import create_engine
 from omniq.services import Services
 from omniq.worker import Worker, WorkerStats
+from tests import waiting
 
 # Workers import "tests.hardening.tasks": the repository root must be importable.
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,15 +36,8 @@ def ref(name: str) -> str:
     return f"{MODULE}:{name}"
 
 
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], what: str, timeout: float = DEADLINE
-) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        await anyio.sleep(0.02)
+#: :func:`tests.waiting.wait_until` with this package's deadline.
+wait_until = functools.partial(waiting.wait_until, timeout=DEADLINE)
 
 
 def make_worker(svc: Services, **options: Any) -> Worker:

@@ -47,6 +47,7 @@ if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
 from tests import worker_tasks  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
@@ -62,17 +63,6 @@ def ref(name: str) -> str:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], what: str, timeout: float = DEADLINE
-) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        await anyio.sleep(0.02)
 
 
 def make_worker(svc: Services, **options: Any) -> Worker:

@@ -1,0 +1,23 @@
+"""Waiting on a condition with a deadline: tests never sleep to "let things happen"."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+import pytest
+
+#: Generous: a condition that holds is seen within milliseconds.
+DEADLINE = 30.0
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], what: str, timeout: float = DEADLINE
+) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        await anyio.sleep(0.02)
