@@ -48,7 +48,7 @@ _MIN_POLL = 0.005
 #: Adaptive prefetch: hold what the slots finish within this many seconds...
 _PREFETCH_HORIZON = 0.02
 #: ... and at most this many times the concurrency.
-_PREFETCH_FACTOR = 10
+_PREFETCH_FACTOR = 30
 
 
 @attrs.frozen(kw_only=True)
