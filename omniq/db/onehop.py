@@ -63,6 +63,16 @@ def _fast_bind(column_type: sa.types.TypeEngine[Any], slow: Processor) -> Proces
         def document(value: Any) -> Any:
             if value == () or value == []:
                 return "[]"
+            if value.__class__ is dict and len(value) == 1:
+                # Event data such as {"attempt": 2}: json.dumps' own text, without its machinery.
+                ((key, number),) = value.items()
+                if (
+                    key.__class__ is str
+                    and key.isascii()
+                    and key.isidentifier()
+                    and number.__class__ is int
+                ):
+                    return f'{{"{key}": {number}}}'
             return slow(value)
 
         return document
@@ -128,19 +138,28 @@ class RowCodec:
             self.result[column.key] = None if result is None else _fast_result(column.type, result)
 
     def loader(self, names: Sequence[str]) -> Callable[[Sequence[Any]], dict[str, Any]]:
-        """A function turning raw driver values (columns ``names``, in order) into a row."""
+        """A function turning raw driver values (columns ``names``, in order) into a row.
+
+        Generated code (one dict display, like attrs' generated ``__init__``):
+        the claim reads thousands of 33-column rows per second. Each column's
+        result processor runs on its non-NULL values; a raw row of the wrong
+        length raises ValueError.
+        """
         names = tuple(names)
-        steps = [(i, name, self.result[name]) for i, name in enumerate(names)]
-        converted = [(i, name, fn) for i, name, fn in steps if fn is not None]
-
-        def load(raw: Sequence[Any]) -> dict[str, Any]:
-            row = dict(zip(names, raw, strict=True))
-            for i, name, fn in converted:
-                value = raw[i]
-                if value is not None:
-                    row[name] = fn(value)
-            return row
-
+        namespace: dict[str, Any] = {}
+        items = []
+        for i, name in enumerate(names):
+            fn = self.result[name]
+            if fn is None:
+                items.append(f"{name!r}: v{i}")
+            else:
+                namespace[f"p{i}"] = fn
+                items.append(f"{name!r}: None if v{i} is None else p{i}(v{i})")
+        # A trailing comma keeps a one-column row a tuple unpacking.
+        unpack = "".join(f"v{i}, " for i in range(len(names)))
+        source = f"def load(raw):\n    {unpack} = raw\n    return {{{', '.join(items)}}}\n"
+        exec(compile(source, f"<omniq loader of {self.table.name}>", "exec"), namespace)
+        load: Callable[[Sequence[Any]], dict[str, Any]] = namespace["load"]
         return load
 
 
