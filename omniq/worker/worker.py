@@ -47,8 +47,10 @@ __all__ = ["Worker", "WorkerStats"]
 _MIN_POLL = 0.005
 #: Adaptive prefetch: hold what the slots finish within this many seconds...
 _PREFETCH_HORIZON = 0.02
-#: ... and at most this many times the concurrency.
+#: ... and at most this many times the concurrency, and at most _PREFETCH_MAX
+#: tasks (a worker's memory stays flat however many slots it has).
 _PREFETCH_FACTOR = 30
+_PREFETCH_MAX = 1000
 
 
 @attrs.frozen(kw_only=True)
@@ -293,7 +295,7 @@ class Worker:
 
         With ``prefetch=None``: as many as the slots finish within
         ``_PREFETCH_HORIZON`` at the recent average run time (none until a task
-        has run, at most ``_PREFETCH_FACTOR`` x concurrency). Short tasks then
+        has run; at most ``_PREFETCH_FACTOR`` x concurrency and ``_PREFETCH_MAX``). Short tasks then
         share claims and completion flushes; long tasks are not hoarded away
         from other workers.
         """
@@ -302,7 +304,7 @@ class Worker:
         mean = self._mean_run
         if mean is None:
             return 0
-        limit = _PREFETCH_FACTOR * self.concurrency
+        limit = min(_PREFETCH_FACTOR * self.concurrency, _PREFETCH_MAX)
         if mean <= 0:
             return limit
         return min(limit, int(self.concurrency * _PREFETCH_HORIZON / mean))

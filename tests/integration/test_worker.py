@@ -901,6 +901,14 @@ async def test_adaptive_prefetch_follows_how_fast_tasks_finish(svc: Services) ->
     assert worker._prefetch_now() <= 1
 
 
+async def test_adaptive_prefetch_is_capped_by_concurrency_and_in_all(svc: Services) -> None:
+    few, many = make_worker(svc, concurrency=4), make_worker(svc, concurrency=100)
+    for worker in (few, many):
+        worker._mean_run = 1e-9  # as quick as tasks get
+    assert few._prefetch_now() == 120  # 30x concurrency
+    assert many._prefetch_now() == 1000  # not 3,000: memory stays flat
+
+
 async def test_a_fixed_prefetch_is_kept_and_a_bad_one_is_refused(svc: Services) -> None:
     assert make_worker(svc, prefetch=3)._prefetch_now() == 3
     for bad in (-1, 1.5, True, "2"):
