@@ -207,3 +207,22 @@ def release(key: str) -> None:
 def has_finished(key: str) -> bool:
     """True once :func:`block_until_released` (``key``) returned."""
     return _gate(_finished, key).is_set()
+
+
+_running_now = 0
+#: The most sync calls of :func:`overlap_probe` seen running at once (this process).
+overlap_peak = 0
+_overlap_lock = threading.Lock()
+
+
+def overlap_probe(seconds: float) -> int:
+    """Sync: note how many probes run at once (see :data:`overlap_peak`), sleep, return it."""
+    global _running_now, overlap_peak
+    with _overlap_lock:
+        _running_now += 1
+        overlap_peak = max(overlap_peak, _running_now)
+        now = _running_now
+    time.sleep(seconds)
+    with _overlap_lock:
+        _running_now -= 1
+    return now

@@ -21,6 +21,7 @@ import os
 import queue
 import select
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor as _FuturesExecutor
@@ -95,9 +96,45 @@ async def _await(awaitable: Any) -> Any:
 _Outcome = tuple["asyncio.Future[Any]", bool, Any]
 
 
-def _time_out(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
+class _Deadline:
+    """A pool call's timeout, counted from when a thread starts the call.
+
+    A call may wait in the pool's queue for a free thread; its clock starts
+    when it runs. One loop timer, re-armed while the call has not started or
+    has time left; on expiry the call's future fails with TimeoutError.
+    """
+
+    __slots__ = ("future", "handle", "loop", "started", "timeout")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        #: ``time.monotonic()`` when the call started, set by the pool thread.
+        self.started: float | None = None
+        self.future: asyncio.Future[Any] | None = None
+        self.handle: asyncio.TimerHandle | None = None
+
+    def arm(self, future: asyncio.Future[Any]) -> None:
+        """Watch ``future`` (the call's, submitted after this deadline existed)."""
+        self.future = future
+        self.handle = self.loop.call_later(self.timeout, self._check)
+
+    def _check(self) -> None:
+        if self.future is None or self.future.done():
+            return
+        started = self.started
+        if started is None:  # still waiting for a thread: its clock has not started
+            self.handle = self.loop.call_later(self.timeout, self._check)
+            return
+        left = started + self.timeout - time.monotonic()
+        if left > 0:
+            self.handle = self.loop.call_later(left, self._check)
+            return
+        self.future.set_exception(TimeoutError())
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
 
 
 class DaemonThreadPool(_FuturesExecutor):
@@ -224,6 +261,11 @@ class Executor:
         self._pool: DaemonThreadPool | None = None
         self._mp = multiprocessing.get_context("forkserver") if kind == "process" else None
 
+    @property
+    def pools_sync_calls(self) -> bool:
+        """True when sync functions run in the thread pool (one thread per slot)."""
+        return self._mp is None
+
     async def run(
         self,
         func: Callable[..., Any],
@@ -231,25 +273,47 @@ class Executor:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout: float | None,
+        on_start: Callable[[], None] | None = None,
     ) -> Any:
-        """Call ``func(*args, **kwargs)``; TimeoutError past ``timeout`` seconds."""
+        """Call ``func(*args, **kwargs)``; TimeoutError past ``timeout`` seconds.
+
+        ``on_start`` is called just before the function runs: on the loop for
+        coroutines and processes, in the pool thread for sync functions (which
+        may wait in the pool's queue for a free thread first; their timeout
+        counts from when they start).
+        """
         if inspect.iscoroutinefunction(func):
+            if on_start is not None:
+                on_start()
             async with asyncio.timeout(timeout):
                 return await func(*args, **kwargs)
         if self._mp is not None:
+            if on_start is not None:
+                on_start()
             return await self._run_process(ref, args, kwargs, timeout)
         loop = asyncio.get_running_loop()
-        future = self._threads.call_async(loop, functools.partial(func, *args, **kwargs))
-        if timeout is None:
-            result = await future
+        if timeout is None and on_start is None:
+            result = await self._threads.call_async(loop, functools.partial(func, *args, **kwargs))
         else:
             # The thread cannot be stopped: on timeout its future fails now and
             # the call's eventual outcome is dropped.
-            expiry = loop.call_later(timeout, _time_out, future)
+            deadline = None if timeout is None else _Deadline(loop, timeout)
+
+            def call() -> Any:
+                if deadline is not None:
+                    deadline.started = time.monotonic()
+                if on_start is not None:
+                    on_start()
+                return func(*args, **kwargs)
+
+            future = self._threads.call_async(loop, call)
+            if deadline is not None:
+                deadline.arm(future)
             try:
                 result = await future
             finally:
-                expiry.cancel()
+                if deadline is not None:
+                    deadline.cancel()
         if inspect.isawaitable(result):
             async with asyncio.timeout(timeout):
                 result = await result

@@ -15,11 +15,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import inspect
 import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
@@ -83,6 +86,11 @@ class _Running:
     #: True until the function has returned: the task holds one of the
     #: ``concurrency`` slots; its outcome is then written without holding one.
     slot: bool = False
+    #: A sync function run in the thread pool: its ``executing`` event is
+    #: logged (and its run time measured) when a thread starts it.
+    pooled: bool = False
+    #: ``time.perf_counter()`` when the function started (None: not yet).
+    started: float | None = None
 
 
 class Worker:
@@ -161,6 +169,10 @@ class Worker:
         self._claim_batch = 1
         self._buffer: list[Task] = []
         self._pending_events: list[dict[str, Any]] = []
+        #: ``executing`` events of pool calls, appended by the threads that start them.
+        self._started_events: collections.deque[dict[str, Any]] = collections.deque()
+        #: Orders a pool thread starting a queued call against shutdown withdrawing it.
+        self._start_lock = threading.Lock()
         self._completions = GroupCommit(self._flush_completions)
         self._stopping = False
         self._main: asyncio.Task[None] | None = None
@@ -315,11 +327,34 @@ class Worker:
         if self._stopping or not self._buffer or self._loop is None:
             return
         while self._buffer and self._executing < self.concurrency:
-            task = self._buffer.pop(0)
-            entry = _Running(task=task)
-            self._running[task.id] = entry
-            self._take_slot(entry)
-            entry.handle = self._loop.create_task(self._execute(entry))
+            self._start(self._buffer.pop(0))
+        if not self._buffer or not self.executor.pools_sync_calls:
+            return
+        # Quick sync functions may also wait in the thread pool's queue, up to
+        # one per slot: a thread that finishes a call starts the next at once,
+        # instead of waiting for the loop to hand it one. The pool has one
+        # thread per slot, so no more than ``concurrency`` functions run at a
+        # time; long tasks (no prefetch) are not queued this way.
+        ahead = self.concurrency + min(self.concurrency, self._prefetch_now())
+        while self._buffer and self._executing < ahead and self._sync_call(self._buffer[0]):
+            self._start(self._buffer.pop(0))
+
+    def _start(self, task: Task) -> None:
+        assert self._loop is not None
+        entry = _Running(task=task)
+        self._running[task.id] = entry
+        self._take_slot(entry)
+        entry.handle = self._loop.create_task(self._execute(entry))
+
+    def _sync_call(self, task: Task) -> bool:
+        """True when ``task`` will run a sync function in the thread pool."""
+        if task.payload_error is not None or not self.executor.pools_sync_calls:
+            return False
+        try:
+            func = self.registry.resolve(task.func)
+        except OmniQError:
+            return False
+        return not inspect.iscoroutinefunction(func)
 
     # --- one task ---------------------------------------------------------------------
 
@@ -334,28 +369,34 @@ class Worker:
             status = self._outcome.pop(task.id, None)
         return status
 
+    def _executing_event(self, task: Task) -> dict[str, Any]:
+        return event_row(
+            EventType.EXECUTING,
+            task_id=task.id,
+            queue_name=task.queue_name,
+            schedule_id=task.schedule_id,
+            worker_id=self.worker_id,
+            retry_count=task.retry_count,
+            data={"attempt": task.attempts},
+        )
+
     async def _execute(self, entry: _Running) -> None:
         task = entry.task
         started = time.perf_counter()
-        self._pending_events.append(
-            event_row(
-                EventType.EXECUTING,
-                task_id=task.id,
-                queue_name=task.queue_name,
-                schedule_id=task.schedule_id,
-                worker_id=self.worker_id,
-                retry_count=task.retry_count,
-                data={"attempt": task.attempts},
-            )
-        )
+        entry.pooled = not entry.cancel_requested and self._sync_call(task)
+        if not entry.pooled:
+            entry.started = started
+            self._pending_events.append(self._executing_event(task))
         try:
             try:
                 outcome = await self._call(entry)
             finally:
                 self._free_slot(entry)
-                ran = time.perf_counter() - started
-                mean = self._mean_run
-                self._mean_run = ran if mean is None else mean + (ran - mean) * 0.1
+                if entry.started is not None:
+                    started = entry.started
+                    ran = time.perf_counter() - started
+                    mean = self._mean_run
+                    self._mean_run = ran if mean is None else mean + (ran - mean) * 0.1
         except asyncio.CancelledError:
             elapsed = time.perf_counter() - started
             if entry.releasing:
@@ -417,10 +458,20 @@ class Worker:
             raise kind(task.payload_error)
         func = self.registry.resolve(task.func)
         timeout = task.timeout.total_seconds() if task.timeout else None
+        on_start = None
+        if entry.pooled:
+
+            def on_start() -> None:  # in the pool thread, just before the function runs
+                with self._start_lock:
+                    if entry.releasing or entry.cancel_requested or entry.lost:
+                        raise asyncio.CancelledError  # withdrawn while waiting: never runs
+                    entry.started = time.perf_counter()
+                self._started_events.append(self._executing_event(task))
+
         entry.in_call = True
         try:
             return await self.executor.run(
-                func, task.func, task.func_args, task.func_kwargs, timeout
+                func, task.func, task.func_args, task.func_kwargs, timeout, on_start
             )
         except TimeoutError as exc:
             raise TaskTimeout(f"task timed out after {timeout:g}s") from exc
@@ -511,6 +562,9 @@ class Worker:
     def _take_events(self) -> list[dict[str, Any]]:
         """The buffered events (``executing``), to write with the next transition."""
         events, self._pending_events = self._pending_events, []
+        started = self._started_events
+        while started:
+            events.append(started.popleft())
         return events
 
     async def _guard(self, awaitable: Any) -> Any:
@@ -613,11 +667,23 @@ class Worker:
 
     # --- shutdown -----------------------------------------------------------------------
 
+    def _withdraw_queued_calls(self) -> None:
+        """Pool calls still waiting for a thread are prefetched work: release, never run them."""
+        for entry in list(self._running.values()):
+            if not (entry.pooled and entry.in_call and entry.handle is not None):
+                continue
+            with self._start_lock:
+                if entry.started is not None:
+                    continue  # running: it gets the grace period
+                entry.releasing = True
+            entry.handle.cancel()
+
     async def _shutdown(self) -> None:
         # Background loops finish the write they are in (a cancelled write would
         # leave the connection inside its transaction); heartbeats go on until the
         # running tasks are settled, so their leases hold through the grace period.
         heartbeat, *others = self._background
+        self._withdraw_queued_calls()
         self._winding_down.set()
         for job in others:
             with contextlib.suppress(asyncio.CancelledError):
@@ -639,7 +705,7 @@ class Worker:
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
         self._background = []
-        if self._pending_events:
+        if self._pending_events or self._started_events:
             events = self._take_events()
             await self._guard(self.queue.heartbeat_async({}, events))
         if self.run_maintenance:

@@ -880,6 +880,70 @@ async def test_a_finished_function_frees_its_slot_before_its_outcome_commits(
         await worker.stop_async(grace_period=1.0)
 
 
+async def test_queued_sync_calls_never_run_more_than_the_slots(svc: Services) -> None:
+    worker_tasks.overlap_peak = 0
+    await svc.queue.enqueue_many_async(
+        [svc.queue.build_task(ref("overlap_probe"), [0.002]) for _ in range(60)]
+    )
+    # prefetch=4 lets two calls wait in the pool's queue beside the two running.
+    stats = await make_worker(svc, concurrency=2, prefetch=4).run_until_complete_async()
+    assert stats.completed == 60
+    assert worker_tasks.overlap_peak == 2  # both slots used, never more
+
+
+async def test_a_sync_task_waiting_for_a_thread_counts_its_timeout_from_its_start(
+    svc: Services,
+) -> None:
+    key = f"ahead-{uuid.uuid4()}"
+    blockers = [
+        await svc.queue.enqueue_async(ref("block_until_released"), [key], priority=10)
+        for _ in range(2)
+    ]
+    quick = await svc.queue.enqueue_async(ref("add_sync"), [1, 2], timeout=0.3)
+    cancelled = await svc.queue.enqueue_async(ref("add_sync"), [3, 4], priority=-1)
+    # Two slots, prefetch 2: both quick tasks wait in the pool's queue behind the blockers.
+    worker = make_worker(svc, concurrency=2, prefetch=2)
+    await worker.start_async()
+    try:
+
+        async def queued() -> bool:
+            statuses = [await status_of(svc, x) for x in (*blockers, quick, cancelled)]
+            return worker.get_stats().running == 4 and statuses == [TaskStatus.RUNNING] * 4
+
+        await wait_until(queued, "both quick tasks queued in the pool behind the blockers")
+        # A call still waiting for a thread can be cancelled: it never runs.
+        assert await svc.queue.cancel_async(cancelled)
+
+        async def was_cancelled() -> bool:
+            return await status_of(svc, cancelled) is TaskStatus.CANCELLED
+
+        await wait_until(was_cancelled, "the queued call to be cancelled")
+        # The quick task now waits longer than its 0.3 s timeout, which has not
+        # started: it counts from when a thread runs the function.
+        waited_from = time.monotonic()
+        await wait_until(
+            lambda: _true(time.monotonic() - waited_from >= 0.6), "0.6 s to pass", timeout=5
+        )
+        assert await status_of(svc, quick) is TaskStatus.RUNNING
+        assert not await events_of(svc, quick, EventType.EXECUTING)  # not started yet
+        released_at = utcnow()
+        worker_tasks.release(key)
+
+        async def done() -> bool:
+            ids = (*blockers, quick)
+            return all([await status_of(svc, x) is TaskStatus.COMPLETED for x in ids])
+
+        await wait_until(done, "the tasks to complete once the blockers return")
+    finally:
+        worker_tasks.release(key)
+        await worker.stop_async(grace_period=5.0)
+    assert (await must_result(svc, quick)).result["sum"] == 3
+    (executing,) = await events_of(svc, quick, EventType.EXECUTING)
+    assert executing.timestamp >= released_at  # logged when the function started
+    assert not await events_of(svc, cancelled, EventType.EXECUTING)
+    assert (await must_result(svc, cancelled)).status is ResultStatus.CANCELLED
+
+
 async def test_adaptive_prefetch_follows_how_fast_tasks_finish(svc: Services) -> None:
     worker = make_worker(svc, concurrency=4)
     assert worker.prefetch is None
