@@ -171,6 +171,8 @@ class Worker:
         self._pending_events: list[dict[str, Any]] = []
         #: ``executing`` events of pool calls, appended by the threads that start them.
         self._started_events: collections.deque[dict[str, Any]] = collections.deque()
+        #: Function reference -> True for a sync function (resolved ones only).
+        self._sync_refs: dict[str, bool] = {}
         #: Orders a pool thread starting a queued call against shutdown withdrawing it.
         self._start_lock = threading.Lock()
         self._completions = GroupCommit(self._flush_completions)
@@ -350,11 +352,14 @@ class Worker:
         """True when ``task`` will run a sync function in the thread pool."""
         if task.payload_error is not None or not self.executor.pools_sync_calls:
             return False
-        try:
-            func = self.registry.resolve(task.func)
-        except OmniQError:
-            return False
-        return not inspect.iscoroutinefunction(func)
+        sync = self._sync_refs.get(task.func)
+        if sync is None:
+            try:
+                func = self.registry.resolve(task.func)
+            except OmniQError:
+                return False  # not remembered: the task fails in _call, naming why
+            sync = self._sync_refs[task.func] = not inspect.iscoroutinefunction(func)
+        return sync
 
     # --- one task ---------------------------------------------------------------------
 
