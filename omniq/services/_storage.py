@@ -34,6 +34,9 @@ __all__ = ["Notifier", "Storage"]
 
 log = logging.getLogger("omniq.db")
 
+#: PostgreSQL channel on which new pending work is announced (see revision 0004).
+WORK_CHANNEL = "omniq_work"
+
 T = TypeVar("T")
 
 
@@ -167,6 +170,44 @@ class Storage:
             await writer.close()
         if self.owns_engine:
             await self.engine.dispose()
+
+    @asynccontextmanager
+    async def listen_for_work(self) -> AsyncIterator[bool]:
+        """While open, wake this process's waiters when other processes make work.
+
+        On PostgreSQL the tasks table's triggers (revision 0004) send ``NOTIFY
+        omniq_work`` when a statement makes tasks pending; this holds one
+        connection that LISTENs and wakes :attr:`notifier`. Yields whether it
+        listens: on SQLite, or if LISTEN fails, it does nothing and polling
+        (always on) finds the work.
+        """
+        if self.dialect.name != "postgresql":
+            yield False
+            return
+        conn: AsyncConnection | None = None
+        driver: Any = None
+        try:
+            conn = await self.engine.connect()
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.add_listener(WORK_CHANNEL, self._on_work)
+        except Exception as exc:
+            log.warning("cannot LISTEN for new work (workers poll instead): %s", exc)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with contextlib.suppress(Exception):
+                await driver.remove_listener(WORK_CHANNEL, self._on_work)
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def _on_work(self, *_: Any) -> None:
+        # asyncpg calls this on the loop that owns the listening connection.
+        self.notifier.notify()
 
     def announce_cancel(self, task_id: str) -> None:
         """Tell this process's workers on the database that ``task_id`` should stop."""

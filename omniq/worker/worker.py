@@ -262,10 +262,12 @@ class Worker:
                 await self._fire_schedules()
             else:
                 self._background.append(self._loop.create_task(self._scheduler_loop()))
-        try:
-            await self._claim_loop(burst)
-        finally:
-            await self._shutdown()
+        # PostgreSQL: other processes' new work wakes this worker (polling stays on).
+        async with self.storage.listen_for_work():
+            try:
+                await self._claim_loop(burst)
+            finally:
+                await self._shutdown()
 
     async def _claim_loop(self, burst: bool) -> None:
         idle = _MIN_POLL

@@ -1,0 +1,105 @@
+"""PostgreSQL LISTEN/NOTIFY: work another process makes wakes this one's waiters at once.
+
+Revision 0004's triggers send ``NOTIFY omniq_work`` when a statement makes
+tasks pending; :meth:`Storage.listen_for_work` (held by every worker) wakes
+the process's notifier. The rows here are written through a separate engine,
+as another process would write them: nothing in this process calls the
+notifier itself, so only the database's notification can wake the waiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import sqlalchemy as sa
+
+from omniq.db.engine import create_engine
+from omniq.db.schema import tasks as tasks_table
+from omniq.models import TaskStatus
+from omniq.services import Services
+
+pytestmark = pytest.mark.anyio
+
+DEADLINE = 30.0  # a notification arrives within milliseconds
+QUIET = 0.5  # how long "nothing woke the waiter" is watched for
+
+
+async def _write_elsewhere(db_url: str, svc: Services, *, status: TaskStatus) -> str:
+    """Insert a task with ``status`` through an engine of its own; its id."""
+    task = svc.queue.build_task("tests.worker_tasks:add_sync", [1, 2])
+    row = {**svc.storage.tasks.to_row(task), "status": status.value}
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await svc.storage.tasks.insert_rows(conn, [row])
+    finally:
+        await engine.dispose()
+    return task.id
+
+
+async def _set_status_elsewhere(db_url: str, task_id: str, status: TaskStatus) -> None:
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.update(tasks_table)
+                .where(tasks_table.c.id == task_id)
+                .values(status=status.value)
+            )
+    finally:
+        await engine.dispose()
+
+
+def _postgres_only(svc: Services) -> None:
+    if svc.storage.dialect.name != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite workers poll (see the next test)")
+
+
+async def test_sqlite_does_not_listen_and_polling_stays_on(svc: Services) -> None:
+    if svc.storage.dialect.name != "sqlite":
+        pytest.skip("this is SQLite's side of it")
+    async with svc.storage.listen_for_work() as listening:
+        assert listening is False
+
+
+async def test_a_pending_task_written_elsewhere_wakes_a_listening_process(
+    db_url: str, svc: Services
+) -> None:
+    _postgres_only(svc)
+    notifier = svc.storage.notifier
+    async with svc.storage.listen_for_work() as listening:
+        assert listening is True
+        woke = asyncio.ensure_future(notifier.wait(DEADLINE))
+        await asyncio.sleep(0)  # one turn of the loop: the waiter is registered
+        await _write_elsewhere(db_url, svc, status=TaskStatus.PENDING)
+        assert await woke is True
+
+        # A task moved back to pending (a retry, a requeue) wakes it too.
+        failed = await _write_elsewhere(db_url, svc, status=TaskStatus.FAILED)
+        woke = asyncio.ensure_future(notifier.wait(DEADLINE))
+        await asyncio.sleep(0)
+        await _set_status_elsewhere(db_url, failed, TaskStatus.PENDING)
+        assert await woke is True
+
+
+async def test_only_work_that_can_run_is_announced(db_url: str, svc: Services) -> None:
+    _postgres_only(svc)
+    notifier = svc.storage.notifier
+    async with svc.storage.listen_for_work():
+        # A task waiting for its dependencies, or one that finished: nothing to claim.
+        quiet = asyncio.ensure_future(notifier.wait(QUIET))
+        await asyncio.sleep(0)
+        waiting = await _write_elsewhere(db_url, svc, status=TaskStatus.WAITING)
+        await _set_status_elsewhere(db_url, waiting, TaskStatus.COMPLETED)
+        assert await quiet is False
+
+
+async def test_without_listening_another_process_s_work_is_only_found_by_polling(
+    db_url: str, svc: Services
+) -> None:
+    _postgres_only(svc)
+    quiet = asyncio.ensure_future(svc.storage.notifier.wait(QUIET))
+    await asyncio.sleep(0)
+    await _write_elsewhere(db_url, svc, status=TaskStatus.PENDING)
+    assert await quiet is False
