@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar, cast
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+from sqlalchemy.pool import QueuePool
 
 from omniq.db.engine import create_engine, dialect_of, normalize_url, read_engine
 from omniq.db.migrate import ensure_schema
@@ -182,6 +183,12 @@ class Storage:
         (always on) finds the work.
         """
         if self.dialect.name != "postgresql":
+            yield False
+            return
+        pool = self.engine.sync_engine.pool
+        if isinstance(pool, QueuePool) and 0 <= pool.size() + pool._max_overflow < 3:
+            # Holding one of so few connections would starve the worker's own writes.
+            log.warning("connection pool too small to LISTEN for new work: workers poll instead")
             yield False
             return
         conn: AsyncConnection | None = None

@@ -10,6 +10,7 @@ notifier itself, so only the database's notification can wake the waiter.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -103,3 +104,12 @@ async def test_without_listening_another_process_s_work_is_only_found_by_polling
     await asyncio.sleep(0)
     await _write_elsewhere(db_url, svc, status=TaskStatus.PENDING)
     assert await quiet is False
+
+
+async def test_a_pool_too_small_to_spare_a_connection_does_not_listen(
+    db_url: str, open_services: Any
+) -> None:
+    small: Services = await open_services(pool_size=1, max_overflow=1)
+    _postgres_only(small)
+    async with small.storage.listen_for_work() as listening:
+        assert listening is False  # the worker polls instead of starving its own writes
