@@ -226,3 +226,16 @@ def overlap_probe(seconds: float) -> int:
     with _overlap_lock:
         _running_now -= 1
     return now
+
+
+async def overlap_probe_async(seconds: float) -> int:
+    """Async twin of :func:`overlap_probe` (same counter): runs on the worker's loop."""
+    global _running_now, overlap_peak
+    with _overlap_lock:
+        _running_now += 1
+        overlap_peak = max(overlap_peak, _running_now)
+        now = _running_now
+    await asyncio.sleep(seconds)
+    with _overlap_lock:
+        _running_now -= 1
+    return now

@@ -186,7 +186,12 @@ class Storage:
             yield False
             return
         pool = self.engine.sync_engine.pool
-        if isinstance(pool, QueuePool) and 0 <= pool.size() + pool._max_overflow < 3:
+        if (
+            isinstance(pool, QueuePool)
+            and pool.size() > 0  # 0: no limit
+            and pool._max_overflow >= 0  # -1: no limit
+            and pool.size() + pool._max_overflow < 3
+        ):
             # Holding one of so few connections would starve the worker's own writes.
             log.warning("connection pool too small to LISTEN for new work: workers poll instead")
             yield False
@@ -207,10 +212,12 @@ class Storage:
         try:
             yield True
         finally:
-            with contextlib.suppress(Exception):
-                await driver.remove_listener(WORK_CHANNEL, self._on_work)
-            with contextlib.suppress(Exception):
-                await conn.close()
+            try:
+                with contextlib.suppress(Exception):
+                    await driver.remove_listener(WORK_CHANNEL, self._on_work)
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.close()
 
     def _on_work(self, *_: Any) -> None:
         # asyncpg calls this on the loop that owns the listening connection.

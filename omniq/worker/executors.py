@@ -96,31 +96,34 @@ async def _await(awaitable: Any) -> Any:
 _Outcome = tuple["asyncio.Future[Any]", bool, Any]
 
 
-class _Deadline:
-    """A pool call's timeout, counted from when a thread starts the call.
+class _PoolCall:
+    """One task call in the pool: when it started and ended, and its timeout.
 
     A call may wait in the pool's queue for a free thread; its clock starts
     when it runs. One loop timer, re-armed while the call has not started or
     has time left; on expiry the call's future fails with TimeoutError.
     """
 
-    __slots__ = ("future", "handle", "loop", "started", "timeout")
+    __slots__ = ("ended", "future", "handle", "loop", "started", "timeout")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
         self.loop = loop
         self.timeout = timeout
         #: ``time.monotonic()`` when the call started, set by the pool thread.
         self.started: float | None = None
+        #: Set by the pool thread when the function returned or raised.
+        self.ended = False
         self.future: asyncio.Future[Any] | None = None
         self.handle: asyncio.TimerHandle | None = None
 
     def arm(self, future: asyncio.Future[Any]) -> None:
-        """Watch ``future`` (the call's, submitted after this deadline existed)."""
+        """Watch ``future`` (the call's, submitted after this object existed)."""
         self.future = future
-        self.handle = self.loop.call_later(self.timeout, self._check)
+        if self.timeout is not None:
+            self.handle = self.loop.call_later(self.timeout, self._check)
 
     def _check(self) -> None:
-        if self.future is None or self.future.done():
+        if self.future is None or self.future.done() or self.timeout is None:
             return
         started = self.started
         if started is None:  # still waiting for a thread: its clock has not started
@@ -156,6 +159,10 @@ class DaemonThreadPool(_FuturesExecutor):
         #: Calls submitted and not finished: the pool keeps at least that many
         #: threads (up to max_workers), so a call never waits behind a busy one.
         self._unfinished = 0
+        #: Calls running in a thread, and those of them whose caller gave up
+        #: (timed out, cancelled): their threads do not count toward max_workers.
+        self._running: set[asyncio.Future[Any]] = set()
+        self._abandoned: set[asyncio.Future[Any]] = set()
         self._lock = threading.Lock()
         self._shutdown = False
         # Outcomes of calls made through ``call_async``, waiting to be handed to
@@ -186,12 +193,28 @@ class DaemonThreadPool(_FuturesExecutor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._work.put((target, call))
             self._unfinished += 1
-            if self._unfinished > len(self._threads) < self._max_workers:
-                thread = threading.Thread(
-                    target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
+            self._spawn_if_needed()
+
+    def _spawn_if_needed(self) -> None:
+        """Start a thread for queued work while fewer than max_workers are usable (locked)."""
+        threads = len(self._threads)
+        if self._unfinished > threads and threads - len(self._abandoned) < self._max_workers:
+            thread = threading.Thread(
+                target=self._serve, name=f"{self._name}-{threads}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def abandon(self, target: asyncio.Future[Any]) -> None:
+        """The caller gave up on a running call: its thread no longer counts as a slot.
+
+        The thread cannot be stopped; the pool starts another so queued calls
+        are not stuck behind a function that may never return.
+        """
+        with self._lock:
+            if target in self._running:
+                self._abandoned.add(target)
+                self._spawn_if_needed()
 
     def _serve(self) -> None:
         while True:
@@ -206,6 +229,7 @@ class DaemonThreadPool(_FuturesExecutor):
                     except BaseException as exc:
                         target.set_exception(exc)
             elif not target.done():  # cancelled before it started: never run
+                self._running.add(target)
                 try:
                     outcome: _Outcome = (target, True, call())
                 except BaseException as exc:
@@ -213,6 +237,14 @@ class DaemonThreadPool(_FuturesExecutor):
                 self._hand_over(outcome)
             with self._lock:
                 self._unfinished -= 1
+                if not isinstance(target, Future):
+                    self._running.discard(target)
+                    if target in self._abandoned:
+                        self._abandoned.discard(target)
+                        if len(self._threads) - len(self._abandoned) > self._max_workers:
+                            # A replacement took this thread's place: retire it.
+                            self._threads.remove(threading.current_thread())
+                            return
 
     def _hand_over(self, outcome: _Outcome) -> None:
         loop = outcome[0].get_loop()
@@ -297,23 +329,28 @@ class Executor:
         else:
             # The thread cannot be stopped: on timeout its future fails now and
             # the call's eventual outcome is dropped.
-            deadline = None if timeout is None else _Deadline(loop, timeout)
+            state = _PoolCall(loop, timeout)
 
             def call() -> Any:
-                if deadline is not None:
-                    deadline.started = time.monotonic()
+                state.started = time.monotonic()
                 if on_start is not None:
                     on_start()
-                return func(*args, **kwargs)
+                try:
+                    return func(*args, **kwargs)
+                finally:
+                    state.ended = True
 
-            future = self._threads.call_async(loop, call)
-            if deadline is not None:
-                deadline.arm(future)
+            pool = self._threads
+            future = pool.call_async(loop, call)
+            state.arm(future)
             try:
                 result = await future
+            except BaseException:
+                if state.started is not None and not state.ended:
+                    pool.abandon(future)  # timed out or cancelled while it runs
+                raise
             finally:
-                if deadline is not None:
-                    deadline.cancel()
+                state.cancel()
         if inspect.isawaitable(result):
             async with asyncio.timeout(timeout):
                 result = await result

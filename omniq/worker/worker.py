@@ -165,6 +165,8 @@ class Worker:
         #: Tasks whose function is running (holding a slot); the others in
         #: ``_running`` only wait for their outcome's commit.
         self._executing = 0
+        #: Of those, sync functions run in the thread pool (``_Running.pooled``).
+        self._pooled_slots = 0
         #: The claim loop claims once this many tasks can be taken.
         self._claim_batch = 1
         self._buffer: list[Task] = []
@@ -262,12 +264,12 @@ class Worker:
                 await self._fire_schedules()
             else:
                 self._background.append(self._loop.create_task(self._scheduler_loop()))
-        # PostgreSQL: other processes' new work wakes this worker (polling stays on).
-        async with self.storage.listen_for_work():
-            try:
+        try:
+            # PostgreSQL: other processes' new work wakes this worker (polling stays on).
+            async with self.storage.listen_for_work():
                 await self._claim_loop(burst)
-            finally:
-                await self._shutdown()
+        finally:
+            await self._shutdown()
 
     async def _claim_loop(self, burst: bool) -> None:
         idle = _MIN_POLL
@@ -339,13 +341,20 @@ class Worker:
         # instead of waiting for the loop to hand it one. The pool has one
         # thread per slot, so no more than ``concurrency`` functions run at a
         # time; long tasks (no prefetch) are not queued this way.
+        # Only while every slot holder is such a call: a slot held by an async
+        # function leaves a thread idle, and a queued call would start beside it.
         ahead = self.concurrency + min(self.concurrency, self._prefetch_now())
-        while self._buffer and self._executing < ahead and self._sync_call(self._buffer[0]):
+        while (
+            self._buffer
+            and self._executing < ahead
+            and self._pooled_slots == self._executing
+            and self._sync_call(self._buffer[0])
+        ):
             self._start(self._buffer.pop(0))
 
     def _start(self, task: Task) -> None:
         assert self._loop is not None
-        entry = _Running(task=task)
+        entry = _Running(task=task, pooled=self._sync_call(task))
         self._running[task.id] = entry
         self._take_slot(entry)
         entry.handle = self._loop.create_task(self._execute(entry))
@@ -358,16 +367,20 @@ class Worker:
         if sync is None:
             try:
                 func = self.registry.resolve(task.func)
-            except OmniQError:
-                return False  # not remembered: the task fails in _call, naming why
-            sync = self._sync_refs[task.func] = not inspect.iscoroutinefunction(func)
+            except Exception:
+                # Unknown, refused or broken on import: not queued ahead; the task
+                # fails in _execute, with the error naming why.
+                sync = False
+            else:
+                sync = not inspect.iscoroutinefunction(func)
+            self._sync_refs[task.func] = sync
         return sync
 
     # --- one task ---------------------------------------------------------------------
 
     async def process_task_async(self, task: Task) -> TaskStatus | None:
         """Run one claimed (running) task to its outcome; return the resulting status."""
-        entry = self._running.setdefault(task.id, _Running(task=task))
+        entry = self._running.setdefault(task.id, _Running(task=task, pooled=self._sync_call(task)))
         self._take_slot(entry)
         self._outcome[task.id] = None
         try:
@@ -390,8 +403,7 @@ class Worker:
     async def _execute(self, entry: _Running) -> None:
         task = entry.task
         started = time.perf_counter()
-        entry.pooled = not entry.cancel_requested and self._sync_call(task)
-        if not entry.pooled:
+        if not entry.pooled or entry.cancel_requested:  # (a cancelled one never reaches the pool)
             entry.started = started
             self._pending_events.append(self._executing_event(task))
         try:
@@ -442,12 +454,14 @@ class Worker:
         if not entry.slot:
             entry.slot = True
             self._executing += 1
+            self._pooled_slots += entry.pooled
 
     def _free_slot(self, entry: _Running) -> None:
         """The function returned: its slot is free for the next task (the outcome still commits)."""
         if entry.slot:
             entry.slot = False
             self._executing -= 1
+            self._pooled_slots -= entry.pooled
             self._start_buffered()
             # Wake the claim loop only when it would claim (not once per task).
             if self._free() >= self._claim_batch or not self._executing:

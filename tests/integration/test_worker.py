@@ -891,6 +891,65 @@ async def test_queued_sync_calls_never_run_more_than_the_slots(svc: Services) ->
     assert worker_tasks.overlap_peak == 2  # both slots used, never more
 
 
+async def test_sync_calls_never_queue_beside_running_async_ones(svc: Services) -> None:
+    worker_tasks.overlap_peak = 0
+    await svc.queue.enqueue_many_async(
+        [
+            svc.queue.build_task(ref(name), [0.005])
+            for _ in range(20)
+            for name in ("overlap_probe_async", "overlap_probe")
+        ]
+    )
+    stats = await make_worker(svc, concurrency=2, prefetch=4).run_until_complete_async()
+    assert stats.completed == 40
+    assert worker_tasks.overlap_peak == 2  # async and sync functions together, never more
+
+
+async def test_a_module_that_fails_to_import_fails_its_task_and_the_worker_goes_on(
+    svc: Services,
+) -> None:
+    broken = await svc.queue.enqueue_async("tests.broken_tasks:never_runs", priority=10)
+    fine = await svc.queue.enqueue_async(ref("add_sync"), [2, 3])
+    worker = Worker(
+        svc.queue,
+        svc.results,
+        svc.events,
+        allow_modules=[MODULE, "tests.broken_tasks"],
+        run_scheduler=False,
+        run_maintenance=False,
+        concurrency=2,
+        prefetch=4,
+    )
+    with anyio.fail_after(DEADLINE):
+        stats = await worker.run_until_complete_async()
+    assert (stats.completed, stats.failed, stats.running) == (1, 1, 0)
+    assert await status_of(svc, broken) is TaskStatus.FAILED
+    error = await must_result(svc, broken)
+    assert error.error_type == "KeyError" and "OMNIQ_TEST_SETTING" in (error.error or "")
+    assert (await must_result(svc, fine)).result["sum"] == 5
+
+
+async def test_a_thread_stuck_past_its_timeout_does_not_hold_up_the_next_task(
+    svc: Services,
+) -> None:
+    key = f"stuck-{uuid.uuid4()}"
+    stuck = await svc.queue.enqueue_async(
+        ref("block_until_released"), [key], timeout=0.2, priority=10
+    )
+    after = await svc.queue.enqueue_async(ref("add_sync"), [4, 5])
+    worker = make_worker(svc, concurrency=1, prefetch=1)
+    try:
+        with anyio.fail_after(DEADLINE):
+            stats = await worker.run_until_complete_async()
+        # The one slot's thread is still blocked, yet the next task ran in another.
+        assert not worker_tasks.has_finished(key)
+    finally:
+        worker_tasks.release(key)
+    assert (stats.completed, stats.failed) == (1, 1)
+    assert (await must_result(svc, stuck)).error_type == "TaskTimeout"
+    assert (await must_result(svc, after)).result["sum"] == 9
+
+
 async def test_a_sync_task_waiting_for_a_thread_counts_its_timeout_from_its_start(
     svc: Services,
 ) -> None:
