@@ -1,10 +1,11 @@
 """PostgreSQL: a task that becomes pending wakes listening workers (LISTEN/NOTIFY)
 
 Idle workers on other machines poll; with these triggers a statement that
-inserts a pending task, or moves one to pending (retry, requeue, release, a
-dependency met), sends ``NOTIFY omniq_work`` when it commits, and workers
-that LISTEN wake at once. Polling stays the fallback. SQLite: nothing (its
-workers share one machine and poll adaptively).
+inserts a pending task that is due, or moves one to pending (retry, requeue,
+release, a dependency met), sends ``NOTIFY omniq_work`` when it commits, and
+workers that LISTEN wake at once. A task due later (a delay, a retry's
+backoff) is found by polling, as is everything when nobody listens. SQLite:
+nothing (its workers share one machine and poll adaptively).
 
 Revision ID: 0004
 Revises: 0003
@@ -25,6 +26,9 @@ depends_on: str | Sequence[str] | None = None
 
 #: The channel; omniq.services._storage.WORK_CHANNEL listens on the same name.
 CHANNEL = "omniq_work"
+#: run_at (integer microseconds since the epoch, UTC) that counts as due: up to
+#: one second ahead of the database's clock (the writer's clock may run ahead).
+_DUE = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint + 1000000"
 
 
 def upgrade() -> None:
@@ -44,7 +48,7 @@ def upgrade() -> None:
         f"""
         CREATE FUNCTION omniq_notify_work_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            IF EXISTS (SELECT 1 FROM inserted WHERE status = 'pending') THEN
+            IF EXISTS (SELECT 1 FROM inserted WHERE status = 'pending' AND run_at <= {_DUE}) THEN
                 PERFORM pg_notify('{CHANNEL}', '');
             END IF;
             RETURN NULL;
@@ -65,11 +69,15 @@ def upgrade() -> None:
     # ... and per row moved to pending (PostgreSQL folds identical
     # notifications of one transaction into one).
     op.execute(
-        """
+        f"""
         CREATE TRIGGER omniq_tasks_work_pending
         AFTER UPDATE OF status ON omniq_tasks
         FOR EACH ROW
-        WHEN (NEW.status = 'pending' AND OLD.status IS DISTINCT FROM 'pending')
+        WHEN (
+            NEW.status = 'pending'
+            AND OLD.status IS DISTINCT FROM 'pending'
+            AND NEW.run_at <= {_DUE}
+        )
         EXECUTE FUNCTION omniq_notify_work()
         """
     )

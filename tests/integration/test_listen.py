@@ -10,6 +10,7 @@ notifier itself, so only the database's notification can wake the waiter.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -26,9 +27,11 @@ DEADLINE = 30.0  # a notification arrives within milliseconds
 QUIET = 0.5  # how long "nothing woke the waiter" is watched for
 
 
-async def _write_elsewhere(db_url: str, svc: Services, *, status: TaskStatus) -> str:
+async def _write_elsewhere(
+    db_url: str, svc: Services, *, status: TaskStatus, delay: timedelta | None = None
+) -> str:
     """Insert a task with ``status`` through an engine of its own; its id."""
-    task = svc.queue.build_task("tests.worker_tasks:add_sync", [1, 2])
+    task = svc.queue.build_task("tests.worker_tasks:add_sync", [1, 2], run_in=delay)
     row = {**svc.storage.tasks.to_row(task), "status": status.value}
     engine = create_engine(db_url)
     try:
@@ -93,6 +96,12 @@ async def test_only_work_that_can_run_is_announced(db_url: str, svc: Services) -
         await asyncio.sleep(0)
         waiting = await _write_elsewhere(db_url, svc, status=TaskStatus.WAITING)
         await _set_status_elsewhere(db_url, waiting, TaskStatus.COMPLETED)
+        # Nor one due in an hour (a delay, a retry's backoff): polling finds it then.
+        later = await _write_elsewhere(
+            db_url, svc, status=TaskStatus.FAILED, delay=timedelta(hours=1)
+        )
+        await _write_elsewhere(db_url, svc, status=TaskStatus.PENDING, delay=timedelta(hours=1))
+        await _set_status_elsewhere(db_url, later, TaskStatus.PENDING)
         assert await quiet is False
 
 
