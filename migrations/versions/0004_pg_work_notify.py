@@ -32,7 +32,7 @@ _DUE = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint + 1000000"
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
+    if op.get_context().dialect.name != "postgresql":
         return
     op.execute(
         f"""
@@ -84,7 +84,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
+    if op.get_context().dialect.name != "postgresql":
         return
     op.execute("DROP TRIGGER IF EXISTS omniq_tasks_work_pending ON omniq_tasks")
     op.execute("DROP TRIGGER IF EXISTS omniq_tasks_work_inserted ON omniq_tasks")
