@@ -336,11 +336,12 @@ class Worker:
             self._start(self._buffer.pop(0))
         if not self._buffer or not self.executor.pools_sync_calls:
             return
-        # Quick sync functions may also wait in the thread pool's queue, up to
-        # one per slot: a thread that finishes a call starts the next at once,
-        # instead of waiting for the loop to hand it one. The pool has one
-        # thread per slot, so no more than ``concurrency`` functions run at a
-        # time; long tasks (no prefetch) are not queued this way.
+        # Prefetched sync functions may also wait in the thread pool's queue, up
+        # to one per slot and no more than the prefetch: a thread that finishes
+        # a call starts the next at once, instead of waiting for the loop to
+        # hand it one. The pool has one thread per slot, so no more than
+        # ``concurrency`` functions run at a time; with the adaptive prefetch,
+        # long tasks (no prefetch) are not queued this way.
         # Only while every slot holder is such a call: a slot held by an async
         # function leaves a thread idle, and a queued call would start beside it.
         ahead = self.concurrency + min(self.concurrency, self._prefetch_now())
@@ -350,11 +351,13 @@ class Worker:
             and self._pooled_slots == self._executing
             and self._sync_call(self._buffer[0])
         ):
-            self._start(self._buffer.pop(0))
+            self._start(self._buffer.pop(0), pooled=True)
 
-    def _start(self, task: Task) -> None:
+    def _start(self, task: Task, *, pooled: bool | None = None) -> None:
         assert self._loop is not None
-        entry = _Running(task=task, pooled=self._sync_call(task))
+        if pooled is None:
+            pooled = self._sync_call(task)
+        entry = _Running(task=task, pooled=pooled)
         self._running[task.id] = entry
         self._take_slot(entry)
         entry.handle = self._loop.create_task(self._execute(entry))

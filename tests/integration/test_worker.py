@@ -65,12 +65,13 @@ def ref(name: str) -> str:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def make_worker(svc: Services, **options: Any) -> Worker:
+def make_worker(svc: Services, *, also_allow: tuple[str, ...] = (), **options: Any) -> Worker:
     """A worker on ``svc`` allowed to run tests/worker_tasks.py (no scheduler/maintenance)."""
     options.setdefault("run_scheduler", False)
     options.setdefault("run_maintenance", False)
     options.setdefault("poll_interval", 0.1)
-    return Worker(svc.queue, svc.results, svc.events, allow_modules=[MODULE], **options)
+    modules = [MODULE, *also_allow]
+    return Worker(svc.queue, svc.results, svc.events, allow_modules=modules, **options)
 
 
 async def must_task(svc: Services, task_id: str) -> Task:
@@ -910,16 +911,7 @@ async def test_a_module_that_fails_to_import_fails_its_task_and_the_worker_goes_
 ) -> None:
     broken = await svc.queue.enqueue_async("tests.broken_tasks:never_runs", priority=10)
     fine = await svc.queue.enqueue_async(ref("add_sync"), [2, 3])
-    worker = Worker(
-        svc.queue,
-        svc.results,
-        svc.events,
-        allow_modules=[MODULE, "tests.broken_tasks"],
-        run_scheduler=False,
-        run_maintenance=False,
-        concurrency=2,
-        prefetch=4,
-    )
+    worker = make_worker(svc, also_allow=("tests.broken_tasks",), concurrency=2, prefetch=4)
     with anyio.fail_after(DEADLINE):
         stats = await worker.run_until_complete_async()
     assert (stats.completed, stats.failed, stats.running) == (1, 1, 0)
