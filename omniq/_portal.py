@@ -55,6 +55,21 @@ atexit.register(_stop)
 
 def run_sync(fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs) -> R:
     """Run ``fn(*args, **kwargs)`` on the portal's loop and wait for its result."""
+    return run_sync_on(None, fn, *args, **kwargs)
+
+
+def run_sync_on(
+    loop: asyncio.AbstractEventLoop | None,
+    fn: Callable[P, Awaitable[R]],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> R:
+    """Run ``fn(*args, **kwargs)`` on ``loop`` (else the portal's) and wait for its result.
+
+    Objects bound to an event loop (its connections, locks, futures) are only
+    touched from that loop: a blocking call made in another thread is handed
+    to the loop that owns them, while that loop runs.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -68,6 +83,8 @@ def run_sync(fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs) -
     async def call() -> R:
         return await fn(*args, **kwargs)
 
+    if loop is not None and loop.is_running() and not loop.is_closed():
+        return asyncio.run_coroutine_threadsafe(call(), loop).result()
     return portal().call(call)
 
 

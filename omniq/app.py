@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -31,7 +32,7 @@ from omniq.models import (
 )
 from omniq.serialization import callable_ref
 from omniq.services import Services
-from omniq.services.maintenance import MaintenanceReport
+from omniq.services.maintenance import Maintenance, MaintenanceReport
 from omniq.worker import TaskRegistry, Worker, WorkerStats
 
 log = logging.getLogger("omniq.app")
@@ -62,10 +63,14 @@ class TaskHandle(Generic[P, R]):
         return await self.app.enqueue_async(self.ref, list(args), kwargs, **self.options)
 
     def enqueue(self, *args: Any, **kwargs: Any) -> str:
-        """Blocking twin of :meth:`enqueue_async`."""
-        from omniq._portal import run_sync
+        """Blocking twin of :meth:`enqueue_async`.
 
-        return run_sync(self.enqueue_async, *args, **kwargs)
+        Called from another thread while the app runs on its own event loop
+        (a sync endpoint of an async web app), the call is handed to that loop.
+        """
+        from omniq._portal import run_sync_on
+
+        return run_sync_on(self.app.loop, self.enqueue_async, *args, **kwargs)
 
 
 class AsyncOmniQ:
@@ -176,6 +181,11 @@ class AsyncOmniQ:
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.close_async()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop this app's database connections belong to (None: not open)."""
+        return None if self._services is None else self._services.storage.loop
 
     @property
     def services(self) -> Services:
@@ -483,10 +493,15 @@ class AsyncOmniQ:
         }
 
     async def cleanup_async(self) -> MaintenanceReport:
-        """Run the maintenance sweeps now (expiry, lease recovery, retention, checkpoint)."""
-        worker = self._make_worker(run_scheduler=False)
-        report = await worker.maintenance.run_once_async()
-        return report or MaintenanceReport()
+        """Run every maintenance sweep now (expiry, lease recovery, retention, checkpoint).
+
+        The sweeps are conditional and batched, so they are safe beside
+        workers doing the same; no maintenance lease is taken or held.
+        """
+        svc = await self._svc()
+        return await Maintenance(
+            svc.storage, svc.queue, svc.results, svc.events, owner="cleanup"
+        ).sweep_all_async()
 
     # --- workers ------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseBusy",
     "DatabaseError",
+    "DatabaseUnavailable",
     "DuplicateTask",
     "InvalidRow",
     "InvalidTransition",
@@ -101,6 +102,10 @@ class DatabaseBusy(DatabaseError):
 
 class StorageFull(DatabaseError):
     """The database is full (disk or size limit); nothing of the failed write was kept."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database could not be reached (connection refused or lost, server restarting)."""
 
 
 class SyncInAsyncContext(OmniQError, RuntimeError):

@@ -58,6 +58,21 @@ def _reject_non_finite(value: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_reject_non_finite)
 
 
+def check_utf8(text: str, field: str) -> None:
+    """Raise :class:`SerializationError` naming ``field`` if ``text`` is not valid UTF-8 text.
+
+    A lone surrogate (e.g. a file name decoded with ``surrogateescape``) can be
+    held by a Python str but stored by no database.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SerializationError(
+            f"{field}: text cannot be stored as UTF-8 ({exc.reason}: "
+            f"{exc.object[exc.start : exc.end]!r} at position {exc.start})"
+        ) from None
+
+
 class JsonSerializer:
     """Strict JSON: no NaN/Infinity, str keys, lists for tuples."""
 
@@ -66,12 +81,14 @@ class JsonSerializer:
     def dumps(self, value: Any) -> str:
         """Serialize ``value`` as compact JSON."""
         try:
-            return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+            text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
         except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(
                 f"payload is not JSON-serializable ({exc}); pass JSON data "
                 "(dict/list/str/int/float/bool/None) or opt in to the pickle serializer"
             ) from exc
+        check_utf8(text, "payload")
+        return text
 
     def loads(self, data: str) -> Any:
         """Parse JSON text."""

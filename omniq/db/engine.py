@@ -21,7 +21,6 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from omniq.db import _aiosqlite
 from omniq.errors import ConfigurationError
 from omniq.models.settings import Settings
 
@@ -39,9 +38,11 @@ __all__ = [
     "create_engine",
     "default_sqlite_url",
     "dialect_of",
+    "install_sqlite_events",
     "normalize_url",
     "read_engine",
     "sqlite_path",
+    "sqlite_writer_engine",
 ]
 
 
@@ -149,12 +150,9 @@ def create_engine(
         path = sqlite_path(parsed)
         assert path is not None
         _prepare_sqlite_file(path)
-        engine_kwargs.setdefault("module", _aiosqlite.dbapi())
         engine_kwargs.setdefault("json_deserializer", _lenient_json_loads)
-        # Connection.close() already ends any transaction; skip the pool's extra rollback.
-        engine_kwargs.setdefault("pool_reset_on_return", None)
         engine = create_async_engine(parsed, **engine_kwargs)
-        _install_sqlite_events(engine, settings)
+        install_sqlite_events(engine.sync_engine, settings)
         return engine
     engine_kwargs.setdefault("pool_pre_ping", True)
     return create_async_engine(parsed, **engine_kwargs)
@@ -186,11 +184,33 @@ def read_engine(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{_READ_OPTION: True})
 
 
-def _install_sqlite_events(engine: AsyncEngine, settings: Settings) -> None:
+def sqlite_writer_engine(url: sa.URL, settings: Settings) -> sa.Engine:
+    """A sync (pysqlite) engine on the same SQLite file, for the writer thread.
+
+    Same pragmas, same BEGIN IMMEDIATE, same lenient JSON reading as the async
+    engine; one connection, used by one thread at a time.
+    """
+    path = sqlite_path(url)
+    assert path is not None
+    engine = sa.create_engine(
+        sa.URL.create("sqlite+pysqlite", database=str(path)),
+        json_deserializer=_lenient_json_loads,
+        poolclass=sa.pool.NullPool,
+    )
+    install_sqlite_events(engine, settings)
+    return engine
+
+
+def install_sqlite_events(engine: sa.Engine, settings: Settings) -> None:
+    """Pragmas on connect; the driver's transaction handling off; BEGIN IMMEDIATE for writes.
+
+    The recipe of SQLAlchemy's SQLite dialect docs ("Serializable isolation /
+    Savepoints / Transactional DDL"), with IMMEDIATE for write transactions.
+    """
     busy_ms = int(settings.busy_timeout.total_seconds() * 1000)
     synchronous = settings.sqlite_synchronous
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control away from the driver; the "begin" hook below
         # emits BEGIN itself.
@@ -207,17 +227,7 @@ def _install_sqlite_events(engine: AsyncEngine, settings: Settings) -> None:
         finally:
             cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.engine.Connection) -> None:
-        sql = "BEGIN" if conn.get_execution_options().get(_READ_OPTION) else "BEGIN IMMEDIATE"
-        # Straight to the DBAPI cursor: one hop, none of the statement machinery.
-        # Errors (a lock held past busy_timeout) are wrapped as SQLAlchemy's.
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(sql)
-        except Exception as exc:
-            raise sa.exc.DBAPIError.instance(
-                sql, None, exc, conn.dialect.loaded_dbapi.Error
-            ) from exc
-        finally:
-            cursor.close()
+        read = conn.get_execution_options().get(_READ_OPTION)
+        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")

@@ -58,6 +58,7 @@ tasks = sa.Table(
     sa.Column("schedule_id", ID, sa.ForeignKey("omniq_schedules.id", ondelete="SET NULL")),
     sa.Column("scheduled_for", UTCDateTime),
     sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("lost_count", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("lease_token", sa.String(64)),
     sa.Column("lease_expires_at", UTCDateTime),
     sa.Column("worker_id", sa.Text),

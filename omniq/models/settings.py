@@ -38,6 +38,10 @@ class Settings:
     finished_task_retention: timedelta | None = attrs.field(
         default=timedelta(days=7), validator=non_negative_duration
     )
+    #: How many times a task that was running when its worker died (lease lost)
+    #: is run again before it fails with a ``WorkerLost`` error. Separate from
+    #: ``max_retries``; a claimed task that never started costs nothing.
+    crash_retries: int = attrs.field(default=2, validator=non_negative_int)
     lease_duration: timedelta = attrs.field(default=timedelta(seconds=60), validator=_positive)
     heartbeat_interval: timedelta = attrs.field(default=timedelta(seconds=15), validator=_positive)
     #: Retry delay = retry_delay * retry_backoff ** retry_count, capped, +/- jitter.

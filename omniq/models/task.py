@@ -123,7 +123,11 @@ class Task:
     unique_key: str | None = attrs.field(default=None, validator=optional_str)
     schedule_id: str | None = None
     scheduled_for: datetime | None = attrs.field(default=None, validator=aware)
+    #: How many times the function started (a claimed task that never started
+    #: does not count).
     attempts: int = attrs.field(default=0, validator=non_negative_int)
+    #: How many times the task's lease expired and maintenance recovered it.
+    lost_count: int = attrs.field(default=0, validator=non_negative_int)
     lease_token: str | None = None
     lease_expires_at: datetime | None = attrs.field(default=None, validator=aware)
     worker_id: str | None = None
@@ -146,124 +150,10 @@ class Task:
         return self.status.is_final
 
 
-_TASK_FIELDS = tuple(f.name for f in attrs.fields(Task))
-_STATUS_BY_VALUE = {s.value: s for s in TaskStatus}
-_INT_FIELDS = ("retry_count", "max_retries", "attempts")
-_INSTANT_FIELDS = (
-    "created_at",
-    "run_at",
-    "expires_at",
-    "started_at",
-    "completed_at",
-    "scheduled_for",
-    "lease_expires_at",
-)
-_DURATION_FIELDS = ("ttl", "retry_delay", "result_ttl", "timeout")
-_TEXT_FIELDS = ("name", "description", "unique_key", "serializer")
-_set = object.__setattr__
-_ZERO = timedelta(0)
-_INT_LIMIT = 2**31  # the columns are 32-bit INTEGERs
-
-
-def _names(value: Any) -> tuple[str, ...] | None:
-    """A list of strings as a tuple; None when it is anything else."""
-    if value.__class__ is not list:
-        return None
-    for item in value:
-        if item.__class__ is not str:
-            return None
-    return tuple(value)
-
-
-def _compile_setter() -> Any:
-    """``build(values, status, tags, depends_on)``: a Task from values, no checks.
-
-    Generated like attrs' own ``__init__`` (one line per field), so that
-    building a record read back costs a few microseconds.
-    """
-    lines = ["def build(values, status, tags, depends_on):", "    self = _new(Task)"]
-    lines.append("    s = _set.__get__(self)")
-    given = {"status": "status", "tags": "tags", "depends_on": "depends_on"}
-    for name in _TASK_FIELDS:
-        value = f"values.get({name!r})" if name in _OPTIONAL_KEYS else f"values[{name!r}]"
-        lines.append(f"    s({name!r}, {given.get(name, value)})")
-    lines.append("    return self")
-    namespace: dict[str, Any] = {"_new": object.__new__, "_set": _set, "Task": Task}
-    exec("\n".join(lines), namespace)
-    return namespace["build"]
-
-
-#: Fields rows may leave out (everything else is a column or the decoded payload).
-_OPTIONAL_KEYS = frozenset({"payload_error"})
-_build = _compile_setter()
-
-
-def _plain(values: dict[str, Any]) -> bool:
-    """True when values are plainly what OmniQ writes (types, ranges, invariants)."""
-    for name in _INT_FIELDS:
-        v = values[name]
-        if v.__class__ is not int or not 0 <= v < _INT_LIMIT:
-            return False
-    for name in _INSTANT_FIELDS:
-        v = values[name]
-        if v is not None and (v.__class__ is not datetime or v.tzinfo is None):
-            return False
-    for name in _DURATION_FIELDS:
-        v = values[name]
-        if v is not None and (v.__class__ is not timedelta or v < _ZERO):
-            return False
-    for name in _TEXT_FIELDS:
-        v = values[name]
-        if v is not None and v.__class__ is not str:
-            return False
-    func, callback, ident, queue = (
-        values["func"],
-        values["callback"],
-        values["id"],
-        values["queue_name"],
-    )
-    return (
-        func.__class__ is str
-        and _REF.match(func) is not None
-        and (callback is None or (callback.__class__ is str and _REF.match(callback) is not None))
-        and ident.__class__ is str
-        and ident != ""
-        and queue.__class__ is str
-        and queue != ""
-        and values["priority"].__class__ is int
-        and values["store_result"].__class__ is bool
-        and values["cancel_requested"].__class__ is bool
-        and values["func_args"].__class__ is tuple
-        and values["callback_args"].__class__ is tuple
-        and values["func_kwargs"].__class__ is dict
-        and values["retry_delay"] is not None
-        and values["created_at"] is not None
-        and values["run_at"] is not None
-        and values["timeout"] != _ZERO
-    )
-
-
 def task_from_row_values(values: dict[str, Any]) -> Task:
     """The Task for values read back from the database (payload already decoded).
 
-    The same record ``Task(**values)`` makes, built without running every
-    validator when the values are plainly what OmniQ itself writes (the
-    claim path reads thousands of rows per second). Anything unusual, such
-    as a hand-edited row, goes through ``Task(**values)`` and its checks,
-    which name the offending field.
+    Every value goes through the record's validators, so a hand-edited row
+    is refused naming the offending field.
     """
-    status = _STATUS_BY_VALUE.get(values["status"])
-    tags = _names(values["tags"])
-    depends_on = _names(values["depends_on"])
-    if (
-        status is None
-        or tags is None
-        or depends_on is None
-        or (depends_on and (len(set(depends_on)) != len(depends_on) or values["id"] in depends_on))
-        or not _plain(values)
-    ):
-        return Task(**values)
-    try:
-        return _build(values, status, tags, depends_on)  # type: ignore[no-any-return]
-    except KeyError:  # a partial row: the record's defaults fill the rest
-        return Task(**values)
+    return Task(**values)

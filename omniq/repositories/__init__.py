@@ -1,4 +1,4 @@
-"""Repositories: one per table, async Core statements on a connection handed in."""
+"""Repositories: one per table, Core statements on a sync Connection handed in."""
 
 from __future__ import annotations
 

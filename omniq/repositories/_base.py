@@ -15,6 +15,7 @@ import sqlalchemy.exc as sa_exc
 from omniq.errors import (
     DatabaseBusy,
     DatabaseError,
+    DatabaseUnavailable,
     DuplicateTask,
     OmniQError,
     SerializationError,
@@ -51,12 +52,17 @@ def translate_errors(what: str) -> Iterator[None]:
             raise DatabaseBusy(f"{what}: database stayed locked: {text}") from exc
         if _FULL.search(text) or type(exc.orig).__name__ == "DiskFullError":
             raise StorageFull(f"{what}: database is full: {text}") from exc
+        if exc.connection_invalidated:
+            raise DatabaseUnavailable(f"{what}: connection lost: {text}") from exc
         if "0x00" in text and "invalid byte sequence" in text:
             raise ValidationError(what, "PostgreSQL text cannot contain NUL (\\x00)") from exc
 
         raise DatabaseError(f"{what}: {type(exc.orig).__name__}: {text}") from exc
     except sa_exc.SQLAlchemyError as exc:
         raise DatabaseError(f"{what}: {exc}") from exc
+    except (OSError, TimeoutError) as exc:
+        # asyncpg raises these itself while connecting (refused, unreachable, timed out).
+        raise DatabaseUnavailable(f"{what}: database unreachable: {exc}") from exc
     except UnicodeEncodeError as exc:
         # The SQLite driver encodes text itself (e.g. a filename decoded with surrogateescape).
         raise SerializationError(

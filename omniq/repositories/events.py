@@ -8,7 +8,7 @@ from typing import Any
 
 import cattrs
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from omniq._time import utcnow
 from omniq.db.engine import Dialect
@@ -71,22 +71,22 @@ class EventRepository:
                 f"event {row.get('id')!r} cannot be read: {root_message(exc)}"
             ) from exc
 
-    async def insert_many(self, conn: AsyncConnection, events: Sequence[TaskEvent]) -> None:
+    def insert_many(self, conn: Connection, events: Sequence[TaskEvent]) -> None:
         """Append events (one multi-row statement)."""
         if not events:
             return
         with translate_errors("log event"):
-            await conn.execute(self._insert, [self.to_row(x) for x in events])
+            conn.execute(self._insert, [self.to_row(x) for x in events])
 
-    async def insert_rows(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+    def insert_rows(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Append pre-built event rows (the hot paths build rows directly)."""
         if rows:
             with translate_errors("log event"):
-                await conn.execute(self._insert, list(rows))
+                conn.execute(self._insert, list(rows))
 
-    async def query(
+    def query(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         *,
         task_id: str | None = None,
         event_types: Collection[EventType] | None = None,
@@ -119,19 +119,19 @@ class EventRepository:
             stmt = stmt.where(e.c.timestamp <= end_time)
         stmt = stmt.order_by(e.c.id.desc()).limit(limit).offset(offset)
         with translate_errors("query events"):
-            rows = (await conn.execute(stmt)).mappings().all()
+            rows = (conn.execute(stmt)).mappings().all()
         return [self.from_row(row) for row in rows]
 
-    async def delete_older_than(self, conn: AsyncConnection, cutoff: datetime, limit: int) -> int:
+    def delete_older_than(self, conn: Connection, cutoff: datetime, limit: int) -> int:
         """Delete up to ``limit`` events with a timestamp before ``cutoff``."""
         sub = sa.select(e.c.id).where(e.c.timestamp < cutoff).limit(limit)
         with translate_errors("clean up events"):
-            res = await conn.execute(sa.delete(e).where(e.c.id.in_(sub)))
+            res = conn.execute(sa.delete(e).where(e.c.id.in_(sub)))
         return int(res.rowcount)
 
-    async def count_by(self, conn: AsyncConnection, column: str) -> dict[str, int]:
+    def count_by(self, conn: Connection, column: str) -> dict[str, int]:
         """Counts grouped by ``event_type`` or ``level`` (one GROUP BY)."""
         col = {"event_type": e.c.event_type, "level": e.c.level}[column]
         stmt = sa.select(col, sa.func.count()).group_by(col)
         with translate_errors("event stats"):
-            return {row[0]: int(row[1]) for row in (await conn.execute(stmt)).all()}
+            return {row[0]: int(row[1]) for row in (conn.execute(stmt)).all()}

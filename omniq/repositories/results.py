@@ -10,7 +10,7 @@ from typing import Any
 
 import cattrs
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from omniq._time import utcnow
 from omniq.db.engine import Dialect
@@ -114,53 +114,53 @@ class ResultRepository:
                 f"result of task {data.get('task_id')!r} cannot be read: {root_message(exc)}"
             ) from exc
 
-    async def upsert_many(self, conn: AsyncConnection, results: Sequence[TaskResult]) -> None:
+    def upsert_many(self, conn: Connection, results: Sequence[TaskResult]) -> None:
         """Insert results, replacing any stored for the same task."""
-        await self.upsert_rows(conn, [self.to_row(x) for x in results])
+        self.upsert_rows(conn, [self.to_row(x) for x in results])
 
-    async def upsert_rows(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+    def upsert_rows(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert rows made by :meth:`to_row`, replacing any stored for the same task."""
         if not rows:
             return
         with translate_errors("store result"):
-            await conn.execute(self._upsert, list(rows))
+            conn.execute(self._upsert, list(rows))
 
-    async def get(self, conn: AsyncConnection, task_id: str) -> TaskResult | None:
+    def get(self, conn: Connection, task_id: str) -> TaskResult | None:
         """The result of ``task_id``, or None."""
         with translate_errors("get result"):
-            row = (await conn.execute(self._get, {"id": task_id})).mappings().one_or_none()
+            row = (conn.execute(self._get, {"id": task_id})).mappings().one_or_none()
         return None if row is None else self.from_row(row)
 
-    async def latest_for_schedule(
-        self, conn: AsyncConnection, schedule_id: str, now: datetime | None = None
+    def latest_for_schedule(
+        self, conn: Connection, schedule_id: str, now: datetime | None = None
     ) -> TaskResult | None:
         """The newest result, unexpired at ``now`` (default: now), of a schedule's tasks."""
         params = {"sid": schedule_id, "now": now or utcnow()}
         with translate_errors("get result"):
-            row = (await conn.execute(self._latest, params)).mappings().one_or_none()
+            row = (conn.execute(self._latest, params)).mappings().one_or_none()
         return None if row is None else self.from_row(row)
 
-    async def update(self, conn: AsyncConnection, task_id: str, values: Mapping[str, Any]) -> bool:
+    def update(self, conn: Connection, task_id: str, values: Mapping[str, Any]) -> bool:
         """Update columns of one result; True if it existed."""
         with translate_errors("update result"):
-            res = await conn.execute(sa.update(r).where(r.c.task_id == task_id).values(**values))
+            res = conn.execute(sa.update(r).where(r.c.task_id == task_id).values(**values))
         return res.rowcount > 0
 
-    async def delete(self, conn: AsyncConnection, task_id: str) -> bool:
+    def delete(self, conn: Connection, task_id: str) -> bool:
         """Delete one result; True if it existed."""
         with translate_errors("delete result"):
-            res = await conn.execute(sa.delete(r).where(r.c.task_id == task_id))
+            res = conn.execute(sa.delete(r).where(r.c.task_id == task_id))
         return res.rowcount > 0
 
-    async def delete_expired(self, conn: AsyncConnection, now: datetime, limit: int) -> int:
+    def delete_expired(self, conn: Connection, now: datetime, limit: int) -> int:
         """Delete up to ``limit`` results whose expires_at has passed."""
         sub = sa.select(r.c.task_id).where(r.c.expires_at <= now).limit(limit)
         with translate_errors("clean up results"):
-            res = await conn.execute(sa.delete(r).where(r.c.task_id.in_(sub)))
+            res = conn.execute(sa.delete(r).where(r.c.task_id.in_(sub)))
         return int(res.rowcount)
 
-    async def count_by_status(self, conn: AsyncConnection) -> dict[str, int]:
+    def count_by_status(self, conn: Connection) -> dict[str, int]:
         """Counts per result status (one GROUP BY)."""
         stmt = sa.select(r.c.status, sa.func.count()).group_by(r.c.status)
         with translate_errors("result stats"):
-            return {row[0]: int(row[1]) for row in (await conn.execute(stmt)).all()}
+            return {row[0]: int(row[1]) for row in (conn.execute(stmt)).all()}

@@ -9,7 +9,7 @@ from typing import Any
 
 import cattrs
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from omniq.db.engine import Dialect
 from omniq.db.schema import schedules as s
@@ -58,20 +58,20 @@ class ScheduleRepository:
                 f"schedule {data.get('id')!r} cannot be read: {root_message(exc)}"
             ) from exc
 
-    async def insert(self, conn: AsyncConnection, schedule: Schedule) -> None:
+    def insert(self, conn: Connection, schedule: Schedule) -> None:
         """Insert one schedule."""
         with translate_errors("create schedule"):
-            await conn.execute(s.insert(), self.to_row(schedule))
+            conn.execute(s.insert(), self.to_row(schedule))
 
-    async def get(self, conn: AsyncConnection, schedule_id: str) -> Schedule | None:
+    def get(self, conn: Connection, schedule_id: str) -> Schedule | None:
         """The schedule with ``schedule_id``, or None."""
         with translate_errors("get schedule"):
-            row = (await conn.execute(self._get, {"id": schedule_id})).mappings().one_or_none()
+            row = (conn.execute(self._get, {"id": schedule_id})).mappings().one_or_none()
         return None if row is None else self.from_row(row)
 
-    async def query(
+    def query(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         *,
         status: Collection[ScheduleStatus] | None = None,
         limit: int = 100,
@@ -86,11 +86,22 @@ class ScheduleRepository:
         if status is not None:
             stmt = stmt.where(s.c.status.in_([x.value for x in status]))
         with translate_errors("list schedules"):
-            rows = (await conn.execute(stmt)).mappings().all()
+            rows = (conn.execute(stmt)).mappings().all()
         return [self.from_row(row) for row in rows]
 
-    async def due(self, conn: AsyncConnection, now: datetime, limit: int) -> list[Schedule]:
-        """Active schedules whose next_run_at has come, earliest first."""
+    def due(
+        self,
+        conn: Connection,
+        now: datetime,
+        limit: int,
+        unreadable: list[tuple[str, str]] | None = None,
+    ) -> list[Schedule]:
+        """Active schedules whose next_run_at has come, earliest first.
+
+        Rows that cannot be read are appended to ``unreadable`` as ``(id,
+        reason)`` (without that list, :class:`InvalidRow` is raised), so one bad
+        row does not stop the others from firing.
+        """
         stmt = (
             sa.select(s)
             .where(s.c.status == ScheduleStatus.ACTIVE.value, s.c.next_run_at <= now)
@@ -100,12 +111,35 @@ class ScheduleRepository:
         if self.dialect.skip_locked:
             stmt = stmt.with_for_update(skip_locked=True)
         with translate_errors("find due schedules"):
-            rows = (await conn.execute(stmt)).mappings().all()
-        return [self.from_row(row) for row in rows]
+            rows = (conn.execute(stmt)).mappings().all()
+        if unreadable is None:
+            return [self.from_row(row) for row in rows]
+        due = []
+        for row in rows:
+            try:
+                due.append(self.from_row(row))
+            except InvalidRow as exc:
+                unreadable.append((str(row["id"]), str(exc)))
+        return due
 
-    async def update(
+    def quarantine(self, conn: Connection, schedule_id: str, now: datetime) -> bool:
+        """Pause a schedule whose row cannot be read (it no longer fires); True if changed."""
+        with translate_errors("quarantine schedule"):
+            result = conn.execute(
+                sa.update(s)
+                .where(s.c.id == schedule_id, s.c.status == ScheduleStatus.ACTIVE.value)
+                .values(
+                    status=ScheduleStatus.PAUSED.value,
+                    next_run_at=None,
+                    updated_at=now,
+                    paused_at=now,
+                )
+            )
+        return result.rowcount > 0
+
+    def update(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         schedule_id: str,
         values: Mapping[str, Any],
         *,
@@ -129,11 +163,11 @@ class ScheduleRepository:
         clean = {k: (v.value if isinstance(v, ScheduleStatus) else v) for k, v in values.items()}
         stmt = stmt.values(**clean).returning(*s.c)
         with translate_errors("update schedule"):
-            row = (await conn.execute(stmt)).mappings().one_or_none()
+            row = (conn.execute(stmt)).mappings().one_or_none()
         return None if row is None else self.from_row(row)
 
-    async def delete(self, conn: AsyncConnection, schedule_id: str) -> bool:
+    def delete(self, conn: Connection, schedule_id: str) -> bool:
         """Delete one schedule; True if it existed."""
         with translate_errors("delete schedule"):
-            result = await conn.execute(sa.delete(s).where(s.c.id == schedule_id))
+            result = conn.execute(sa.delete(s).where(s.c.id == schedule_id))
         return result.rowcount > 0

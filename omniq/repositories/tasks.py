@@ -1,6 +1,6 @@
 """Tasks repository: Core statements on ``omniq_tasks`` and its dependency edges.
 
-Methods run on an AsyncConnection handed in by a service, inside the
+Methods run on an Connection handed in by a service, inside the
 service's transaction; they never begin or commit, and hold no business
 rules beyond the conditions that make a transition atomic.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import cattrs
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from omniq.db.engine import Dialect
 from omniq.db.schema import task_dependencies as deps_t
@@ -23,10 +23,15 @@ from omniq.errors import InvalidRow, OmniQError
 from omniq.models import FINAL_TASK_STATUSES, Task, TaskStatus
 from omniq.models.task import task_from_row_values
 from omniq.repositories._base import PayloadCodec, translate_errors
+from omniq.serialization import check_utf8
 
 #: Task fields stored in their own column (the call's arguments go into ``payload``).
 _ROW_FIELDS = tuple(c.key for c in t.c if c.key != "payload")
 _row_values = operator.attrgetter(*_ROW_FIELDS)
+#: Text columns written from user input (checked to be storable UTF-8).
+_TEXT_COLUMNS = tuple(
+    c.key for c in t.c if isinstance(c.type, sa.String | sa.Text) and c.key != "payload"
+)
 _LIVE = (TaskStatus.PENDING.value, TaskStatus.WAITING.value, TaskStatus.RUNNING.value)
 _ORDER = (t.c.priority.desc(), t.c.run_at, t.c.id)
 
@@ -68,14 +73,34 @@ class TaskRepository:
         self._live_by_key = sa.select(t.c.id).where(
             t.c.unique_key == sa.bindparam("key"), t.c.status.in_(_LIVE)
         )
-        self.claim_by_queue = self._claim_statement(by_queue=True)
-        self.claim_any = self._claim_statement(by_queue=False)
+        #: Claim statements by (by_queue, start): ``start`` also marks the tasks started.
+        self._claims = {
+            (by_queue, start): self._claim_statement(by_queue=by_queue, start=start)
+            for by_queue in (True, False)
+            for start in (True, False)
+        }
+        self._mark_started = (
+            sa.update(t)
+            .where(
+                t.c.id == sa.bindparam("task_id"),
+                t.c.lease_token == sa.bindparam("token"),
+                t.c.status == TaskStatus.RUNNING.value,
+                t.c.started_at.is_(None),
+            )
+            .values(attempts=t.c.attempts + 1, started_at=sa.bindparam("at"))
+        )
 
     # --- rows <-> models ---------------------------------------------------
 
     def to_row(self, task: Task) -> dict[str, Any]:
         """The column values of ``task`` (payload serialized)."""
         row = dict(zip(_ROW_FIELDS, _row_values(task), strict=True))
+        for name in _TEXT_COLUMNS:
+            value = row[name]
+            if value is not None:
+                check_utf8(value, name)
+        for tag in task.tags:
+            check_utf8(tag, "tags")
         row["status"] = task.status._value_
         row["payload"] = self.encode_payload(task)
         return row
@@ -110,14 +135,14 @@ class TaskRepository:
 
     # --- inserts -----------------------------------------------------------
 
-    async def insert_many(self, conn: AsyncConnection, tasks: Sequence[Task]) -> None:
+    def insert_many(self, conn: Connection, tasks: Sequence[Task]) -> None:
         """Insert tasks (one multi-row statement) and their dependency edges."""
         edges = [{"task_id": x.id, "depends_on_id": d} for x in tasks for d in x.depends_on]
-        await self.insert_rows(conn, [self.to_row(task) for task in tasks], edges)
+        self.insert_rows(conn, [self.to_row(task) for task in tasks], edges)
 
-    async def insert_rows(
+    def insert_rows(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         rows: Sequence[Mapping[str, Any]],
         edges: Sequence[Mapping[str, str]] = (),
     ) -> None:
@@ -125,25 +150,28 @@ class TaskRepository:
         if not rows:
             return
         with translate_errors("enqueue"):
-            await conn.execute(self._insert, list(rows))
+            conn.execute(self._insert, list(rows))
             if edges:
-                await conn.execute(self._insert_deps, list(edges))
+                conn.execute(self._insert_deps, list(edges))
 
-    async def insert_unique(self, conn: AsyncConnection, task: Task) -> str | None:
-        """Insert a task that has a unique key; None if a live task holds the key."""
+    def insert_unique(self, conn: Connection, task: Task) -> str | None:
+        """Insert a task row that has a unique key; None if a live task holds the key.
+
+        Its dependency edges are inserted by :meth:`insert_edges`.
+        """
         row = self.to_row(task)
         with translate_errors("enqueue"):
-            inserted: str | None = (
-                await conn.execute(self._insert_unique, row)
-            ).scalar_one_or_none()
-            if inserted is not None and task.depends_on:
-                await conn.execute(
-                    self._insert_deps,
-                    [{"task_id": task.id, "depends_on_id": d} for d in task.depends_on],
-                )
+            inserted: str | None = conn.execute(self._insert_unique, row).scalar_one_or_none()
         return inserted
 
-    async def insert_scheduled(self, conn: AsyncConnection, tasks: Sequence[Task]) -> set[str]:
+    def insert_edges(self, conn: Connection, tasks: Sequence[Task]) -> None:
+        """Insert the dependency edges of ``tasks`` (every endpoint already exists)."""
+        edges = [{"task_id": x.id, "depends_on_id": d} for x in tasks for d in x.depends_on]
+        if edges:
+            with translate_errors("enqueue"):
+                conn.execute(self._insert_deps, edges)
+
+    def insert_scheduled(self, conn: Connection, tasks: Sequence[Task]) -> set[str]:
         """Insert tasks created by a schedule; skip any (schedule, fire time) already present.
 
         Returns the ids inserted. The unique index on (schedule_id,
@@ -154,26 +182,26 @@ class TaskRepository:
         with translate_errors("fire schedule"):
             for task in tasks:
                 row = self.to_row(task)
-                got = (await conn.execute(self._insert_scheduled, row)).scalar_one_or_none()
+                got = (conn.execute(self._insert_scheduled, row)).scalar_one_or_none()
                 if got is not None:
                     inserted.add(got)
         return inserted
 
-    async def live_id_for_key(self, conn: AsyncConnection, key: str) -> str | None:
+    def live_id_for_key(self, conn: Connection, key: str) -> str | None:
         """The id of the live task holding ``key``, if any."""
         with translate_errors("get task"):
-            return (await conn.execute(self._live_by_key, {"key": key})).scalar_one_or_none()
+            return (conn.execute(self._live_by_key, {"key": key})).scalar_one_or_none()
 
     # --- reads ---------------------------------------------------------------
 
-    async def get(self, conn: AsyncConnection, task_id: str) -> Task | None:
+    def get(self, conn: Connection, task_id: str) -> Task | None:
         """The task with ``task_id``, or None."""
         with translate_errors("get task"):
-            row = (await conn.execute(self._get, {"id": task_id})).mappings().one_or_none()
+            row = (conn.execute(self._get, {"id": task_id})).mappings().one_or_none()
         return None if row is None else self.from_row(row)
 
-    async def statuses(
-        self, conn: AsyncConnection, ids: Collection[str], *, lock: bool = False
+    def statuses(
+        self, conn: Connection, ids: Collection[str], *, lock: bool = False
     ) -> dict[str, TaskStatus]:
         """Status of each existing id among ``ids`` (locked FOR SHARE where rows lock)."""
         if not ids:
@@ -182,15 +210,15 @@ class TaskRepository:
         if lock and self.dialect.skip_locked:
             stmt = stmt.with_for_update(read=True)
         with translate_errors("get task"):
-            rows = (await conn.execute(stmt)).all()
+            rows = (conn.execute(stmt)).all()
         try:
             return {row.id: TaskStatus(row.status) for row in rows}
         except ValueError as exc:
             raise InvalidRow(f"task status cannot be read: {exc}") from exc
 
-    async def query(
+    def query(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         *,
         status: Iterable[TaskStatus] | None = None,
         queue_name: str | None = None,
@@ -213,11 +241,11 @@ class TaskRepository:
         stmt = stmt.order_by(order, t.c.id.desc() if descending else t.c.id).limit(limit)
         stmt = stmt.offset(offset)
         with translate_errors("list tasks"):
-            rows = (await conn.execute(stmt)).mappings().all()
+            rows = (conn.execute(stmt)).mappings().all()
         return [self.from_row(row) for row in rows]
 
-    async def count_by(
-        self, conn: AsyncConnection, *, queue_name: str | None = None
+    def count_by(
+        self, conn: Connection, *, queue_name: str | None = None
     ) -> dict[tuple[str, str], int]:
         """Counts per (queue_name, status), one GROUP BY."""
         stmt = sa.select(t.c.queue_name, t.c.status, sa.func.count()).group_by(
@@ -226,34 +254,30 @@ class TaskRepository:
         if queue_name is not None:
             stmt = stmt.where(t.c.queue_name == queue_name)
         with translate_errors("count tasks"):
-            rows = (await conn.execute(stmt)).all()
+            rows = (conn.execute(stmt)).all()
         return {(row[0], row[1]): int(row[2]) for row in rows}
 
-    async def count(
-        self, conn: AsyncConnection, status: TaskStatus, queue_name: str | None = None
-    ) -> int:
+    def count(self, conn: Connection, status: TaskStatus, queue_name: str | None = None) -> int:
         """How many tasks have ``status`` (in ``queue_name``, if given)."""
         stmt = sa.select(sa.func.count()).select_from(t).where(t.c.status == status.value)
         if queue_name is not None:
             stmt = stmt.where(t.c.queue_name == queue_name)
         with translate_errors("count tasks"):
-            return int((await conn.execute(stmt)).scalar_one())
+            return int((conn.execute(stmt)).scalar_one())
 
-    async def next_run_at(
-        self, conn: AsyncConnection, queues: Sequence[str] | None
-    ) -> datetime | None:
+    def next_run_at(self, conn: Connection, queues: Sequence[str] | None) -> datetime | None:
         """The earliest run_at of a pending task in ``queues`` (None: no pending task)."""
         stmt = sa.select(sa.func.min(t.c.run_at)).where(t.c.status == TaskStatus.PENDING.value)
         if queues:
             stmt = stmt.where(t.c.queue_name.in_(list(queues)))
         with translate_errors("peek tasks"):
             # min() keeps the column's type: the value is already an aware datetime.
-            value: datetime | None = (await conn.execute(stmt)).scalar_one_or_none()
+            value: datetime | None = (conn.execute(stmt)).scalar_one_or_none()
         return value
 
     # --- the claim -----------------------------------------------------------
 
-    def _claim_statement(self, *, by_queue: bool) -> sa.Update:
+    def _claim_statement(self, *, by_queue: bool, start: bool) -> sa.Update:
         sub = sa.select(t.c.id).where(
             t.c.status == TaskStatus.PENDING.value,
             t.c.run_at <= sa.bindparam("now", type_=t.c.run_at.type),
@@ -267,23 +291,24 @@ class TaskRepository:
         sub = sub.order_by(*_ORDER).limit(sa.bindparam("n"))
         if self.dialect.skip_locked:
             sub = sub.with_for_update(skip_locked=True)
-        return (
-            sa.update(t)
-            .where(t.c.id.in_(sub))
-            .values(
-                status=TaskStatus.RUNNING.value,
+        values: dict[str, Any] = {
+            "status": TaskStatus.RUNNING.value,
+            "lease_token": sa.bindparam("token"),
+            "lease_expires_at": sa.bindparam("lease_until", type_=t.c.lease_expires_at.type),
+            "worker_id": sa.bindparam("worker_id"),
+        }
+        if start:
+            values.update(
                 attempts=t.c.attempts + 1,
-                started_at=sa.bindparam("now"),
-                lease_token=sa.bindparam("token"),
-                lease_expires_at=sa.bindparam("lease_until"),
-                worker_id=sa.bindparam("worker_id"),
+                started_at=sa.bindparam("now", type_=t.c.started_at.type),
             )
-            .returning(*t.c)
-        )
+        else:
+            values["started_at"] = None
+        return sa.update(t).where(t.c.id.in_(sub)).values(values).returning(*t.c)
 
-    async def claim(
+    def claim(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         *,
         queues: Sequence[str] | None,
         n: int,
@@ -292,11 +317,15 @@ class TaskRepository:
         lease_until: datetime,
         worker_id: str,
         unreadable: list[tuple[str, str]] | None = None,
+        start: bool = True,
     ) -> list[Task]:
         """Atomically move up to ``n`` ready tasks to running under a new lease.
 
         Queues listed first are served first; within a queue: higher priority,
-        then earlier run_at, then FIFO. Attempts count here, at claim time.
+        then earlier run_at, then FIFO. With ``start`` the tasks are also marked
+        started (``attempts`` + 1); a worker that prefetches claims with
+        ``start=False`` and marks each task with :meth:`mark_started` when its
+        function starts.
         Claimed rows that cannot be read are appended to ``unreadable`` as
         ``(task_id, reason)`` (they stay claimed under this lease, for the
         caller to fail); without that list, :class:`InvalidRow` is raised.
@@ -310,7 +339,7 @@ class TaskRepository:
         claimed: list[Task] = []
         with translate_errors("claim tasks"):
             if not queues:
-                rows = (await conn.execute(self.claim_any, {**params, "n": n})).mappings().all()
+                rows = conn.execute(self._claims[False, start], {**params, "n": n}).mappings().all()
                 claimed.extend(self._claimed(rows, unreadable))
             else:
                 for queue in queues:
@@ -318,7 +347,7 @@ class TaskRepository:
                     if want <= 0:
                         break
                     params.update(queue=queue, n=want)
-                    rows = (await conn.execute(self.claim_by_queue, params)).mappings().all()
+                    rows = conn.execute(self._claims[True, start], params).mappings().all()
                     claimed.extend(self._claimed(rows, unreadable))
         return claimed
 
@@ -336,18 +365,34 @@ class TaskRepository:
         tasks.sort(key=lambda x: (-x.priority, x.run_at, x.id))
         return tasks
 
+    def mark_started(
+        self, conn: Connection, starts: Sequence[tuple[str, str | None, datetime]]
+    ) -> None:
+        """Mark running tasks started: ``(task_id, lease_token, started_at)`` each.
+
+        Only tasks still held under that lease and not yet marked change.
+        """
+        if starts:
+            with translate_errors("mark tasks started"):
+                conn.execute(
+                    self._mark_started,
+                    [{"task_id": i, "token": tok, "at": at} for i, tok, at in starts],
+                )
+
     # --- conditional transitions ---------------------------------------------
 
-    async def transition(
+    def transition(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         task_id: str,
         *,
         expected: Collection[TaskStatus],
         values: Mapping[str, Any],
         lease_token: str | None = None,
+        where: sa.ColumnElement[bool] | None = None,
     ) -> Task | None:
-        """Update one task only if it is in ``expected`` (and holds ``lease_token``).
+        """Update one task only if it is in ``expected`` (and holds ``lease_token``,
+        and matches ``where``).
 
         Returns the updated task, or None when the condition did not hold (the
         row count was zero): the caller lost the race or the lease.
@@ -360,13 +405,15 @@ class TaskRepository:
         )
         if lease_token is not None:
             stmt = stmt.where(t.c.lease_token == lease_token)
+        if where is not None:
+            stmt = stmt.where(where)
         with translate_errors("update task"):
-            row = (await conn.execute(stmt)).mappings().one_or_none()
+            row = (conn.execute(stmt)).mappings().one_or_none()
         return None if row is None else self.from_row(row)
 
-    async def finish_leased(
+    def finish_leased(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         leases: Sequence[tuple[str, str | None]],
         values: Mapping[str, Any],
     ) -> set[str]:
@@ -386,11 +433,11 @@ class TaskRepository:
             .returning(t.c.id)
         )
         with translate_errors("update tasks"):
-            return set((await conn.execute(stmt)).scalars().all())
+            return set((conn.execute(stmt)).scalars().all())
 
-    async def transition_many(
+    def transition_many(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         *,
         where: sa.ColumnElement[bool],
         values: Mapping[str, Any],
@@ -405,17 +452,17 @@ class TaskRepository:
             target = t.c.id.in_(sub)
         stmt = sa.update(t).where(target).values(**_values(values)).returning(*t.c)
         with translate_errors("update tasks"):
-            rows = (await conn.execute(stmt)).mappings().all()
+            rows = (conn.execute(stmt)).mappings().all()
         return [self.from_row(row) for row in rows]
 
-    async def renew_leases(
-        self, conn: AsyncConnection, leases: Mapping[str, str], until: datetime
+    def renew_leases(
+        self, conn: Connection, leases: Mapping[str, str], until: datetime
     ) -> set[str]:
         """Extend the leases ``{task_id: token}`` still held; return the ids renewed."""
-        return set(await self.heartbeat(conn, leases, until))
+        return set(self.heartbeat(conn, leases, until))
 
-    async def heartbeat(
-        self, conn: AsyncConnection, leases: Mapping[str, str], until: datetime
+    def heartbeat(
+        self, conn: Connection, leases: Mapping[str, str], until: datetime
     ) -> dict[str, bool]:
         """Extend held leases; return ``{task_id: cancel_requested}`` for those still held."""
         if not leases:
@@ -430,11 +477,11 @@ class TaskRepository:
             .returning(t.c.id, t.c.cancel_requested)
         )
         with translate_errors("renew leases"):
-            rows = (await conn.execute(stmt)).all()
+            rows = (conn.execute(stmt)).all()
         return {row.id: bool(row.cancel_requested) for row in rows}
 
-    async def fail_unknown_statuses(
-        self, conn: AsyncConnection, now: datetime, limit: int
+    def fail_unknown_statuses(
+        self, conn: Connection, now: datetime, limit: int
     ) -> list[tuple[str, str, str | None]]:
         """Fail rows whose status OmniQ does not know (written by hand); return them.
 
@@ -444,10 +491,10 @@ class TaskRepository:
         sub = sa.select(t.c.id).where(t.c.status.not_in(known)).limit(limit)
         old = sa.select(t.c.id, t.c.status, t.c.queue_name).where(t.c.id.in_(sub))
         with translate_errors("quarantine tasks"):
-            rows = (await conn.execute(old)).all()
+            rows = (conn.execute(old)).all()
             if not rows:
                 return []
-            await conn.execute(
+            conn.execute(
                 sa.update(t)
                 .where(t.c.id.in_([r.id for r in rows]), t.c.status.not_in(known))
                 .values(
@@ -460,9 +507,7 @@ class TaskRepository:
             )
         return [(r.id, r.status, r.queue_name) for r in rows]
 
-    async def list_expired_leases(
-        self, conn: AsyncConnection, now: datetime, limit: int
-    ) -> list[Task]:
+    def list_expired_leases(self, conn: Connection, now: datetime, limit: int) -> list[Task]:
         """Running tasks whose lease expired before ``now`` (their worker is gone)."""
         stmt = (
             sa.select(t)
@@ -473,12 +518,12 @@ class TaskRepository:
         if self.dialect.skip_locked:
             stmt = stmt.with_for_update(skip_locked=True)
         with translate_errors("find lost leases"):
-            rows = (await conn.execute(stmt)).mappings().all()
+            rows = (conn.execute(stmt)).mappings().all()
         return [self.from_row(row) for row in rows]
 
     # --- dependencies ----------------------------------------------------------
 
-    async def dependents(self, conn: AsyncConnection, task_ids: Collection[str]) -> list[str]:
+    def dependents(self, conn: Connection, task_ids: Collection[str]) -> list[str]:
         """Ids of waiting tasks that depend on any of ``task_ids`` (locked where rows lock)."""
         if not task_ids:
             return []
@@ -495,10 +540,28 @@ class TaskRepository:
             # Serialise concurrent completions of two dependencies of one task.
             stmt = stmt.with_for_update(of=t)
         with translate_errors("find dependents"):
-            return list(dict.fromkeys((await conn.execute(stmt)).scalars().all()))
+            return list(dict.fromkeys((conn.execute(stmt)).scalars().all()))
 
-    async def release_ready(
-        self, conn: AsyncConnection, candidate_ids: Collection[str], now: datetime
+    def dependency_edges(
+        self, conn: Connection, depends_on: Collection[str]
+    ) -> list[tuple[str, str]]:
+        """``(task_id, depends_on_id)`` of waiting tasks that depend on any of ``depends_on``."""
+        if not depends_on:
+            return []
+        stmt = (
+            sa.select(deps_t.c.task_id, deps_t.c.depends_on_id)
+            .join(t, t.c.id == deps_t.c.task_id)
+            .where(
+                deps_t.c.depends_on_id.in_(list(depends_on)),
+                t.c.status == TaskStatus.WAITING.value,
+            )
+            .order_by(deps_t.c.task_id)
+        )
+        with translate_errors("find dependents"):
+            return [(row[0], row[1]) for row in conn.execute(stmt).all()]
+
+    def release_ready(
+        self, conn: Connection, candidate_ids: Collection[str], now: datetime
     ) -> list[Task]:
         """Move waiting candidates whose dependencies all completed to pending."""
         if not candidate_ids:
@@ -523,25 +586,25 @@ class TaskRepository:
             .returning(*t.c)
         )
         with translate_errors("release dependents"):
-            rows = (await conn.execute(stmt)).mappings().all()
+            rows = (conn.execute(stmt)).mappings().all()
         return [self.from_row(row) for row in rows]
 
     # --- deletes ----------------------------------------------------------------
 
-    async def delete(self, conn: AsyncConnection, task_id: str) -> bool:
+    def delete(self, conn: Connection, task_id: str) -> bool:
         """Delete one task; True if it existed."""
         with translate_errors("delete task"):
-            result = await conn.execute(sa.delete(t).where(t.c.id == task_id))
+            result = conn.execute(sa.delete(t).where(t.c.id == task_id))
         return result.rowcount > 0
 
-    async def delete_where(
-        self, conn: AsyncConnection, where: sa.ColumnElement[bool], limit: int
+    def delete_where(
+        self, conn: Connection, where: sa.ColumnElement[bool], limit: int
     ) -> list[str]:
         """Delete up to ``limit`` tasks matching ``where``; return their ids."""
         sub = sa.select(t.c.id).where(where).limit(limit)
         stmt = sa.delete(t).where(t.c.id.in_(sub)).returning(t.c.id)
         with translate_errors("delete tasks"):
-            return list((await conn.execute(stmt)).scalars().all())
+            return list((conn.execute(stmt)).scalars().all())
 
 
 def final_before(cutoff: datetime) -> sa.ColumnElement[bool]:

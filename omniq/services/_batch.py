@@ -12,10 +12,14 @@ T = TypeVar("T")
 class GroupCommit(Generic[T]):
     """Coalesces concurrent ``submit`` calls into batches written by ``flush``.
 
-    While one batch is being written, new items queue up and go into the
-    next batch. Every caller returns only after the transaction holding its
-    item committed. If a batch fails, its items are retried one by one so
-    that one bad item fails only its own caller.
+    A background drain task (never a caller's own coroutine) writes the
+    batches: while one batch is written, new items queue up for the next.
+    Every caller returns only after the transaction holding its item
+    committed. A caller that is cancelled stops waiting; its item is
+    withdrawn if no batch took it yet, and the other callers are not
+    affected. If a batch fails, its items are retried one by one so that one
+    bad item fails only its own caller. Bound to the event loop it is first
+    used on.
     """
 
     def __init__(self, flush: Callable[[list[T]], Awaitable[None]], max_batch: int = 1000) -> None:
@@ -23,70 +27,65 @@ class GroupCommit(Generic[T]):
         self._max_batch = max_batch
         self._pending: list[tuple[T, asyncio.Future[None]]] = []
         self._drainer: asyncio.Task[None] | None = None
-        self._busy = False
 
     async def submit(self, item: T) -> None:
         """Write ``item`` in the next batch; return once it is committed."""
-        if self._busy:
-            loop = asyncio.get_running_loop()
-            future: asyncio.Future[None] = loop.create_future()
-            self._pending.append((item, future))
-            await future
-            return
-        # Nobody is writing: lead. Let the callers that became ready in this
-        # same turn of the event loop join (one yield), then write; whoever
-        # queues up meanwhile is written by a background drain.
-        self._busy = True
-        try:
-            leader: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._pending.insert(0, (item, leader))
-            await asyncio.sleep(0)
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            await self._write(batch)
-            await leader
-        finally:
-            if self._pending:
-                self._drainer = asyncio.get_running_loop().create_task(self._drain())
-            else:
-                self._busy = False
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        await future  # cancelling the caller cancels only its own future
 
     async def _drain(self) -> None:
+        # Let the callers that became ready in this same turn of the loop join.
+        await asyncio.sleep(0)
         try:
-            await self._drain_pending()
+            while self._pending:
+                batch = [(item, fut) for item, fut in self._pending[: self._max_batch]]
+                del self._pending[: self._max_batch]
+                batch = [(item, fut) for item, fut in batch if not fut.done()]
+                if batch:
+                    await self._write(batch)
         finally:
-            self._busy = False
-
-    async def _drain_pending(self) -> None:
-        while self._pending:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            await self._write(batch)
+            # Settle whatever is left (the drain itself was cancelled: loop shutdown).
+            leftover, self._pending = self._pending, []
+            for _, future in leftover:
+                _settle(future, error=RuntimeError("group commit stopped before writing"))
 
     async def _write(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
         """Write one batch; settle every caller's future (errors isolated per item)."""
         try:
-            await self._flush([item for item, _ in batch])
-        except Exception as exc:
-            if len(batch) == 1:
-                _settle(batch[0][1], error=exc)
-                return
-            for item, future in batch:
-                try:
-                    await self._flush([item])
-                except Exception as single:
-                    _settle(future, error=single)
-                else:
+            try:
+                await self._flush([item for item, _ in batch])
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0][1], error=exc)
+                    return
+                for item, future in batch:
+                    try:
+                        await self._flush([item])
+                    except Exception as single:
+                        _settle(future, error=single)
+                    else:
+                        _settle(future)
+            else:
+                for _, future in batch:
                     _settle(future)
-        else:
+        except BaseException as exc:
+            # Cancelled mid-write (loop shutdown): no caller is left waiting forever.
             for _, future in batch:
-                _settle(future)
+                _settle(future, error=exc if isinstance(exc, Exception) else None, cancel=True)
+            raise
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None = None) -> None:
+def _settle(
+    future: asyncio.Future[None], error: BaseException | None = None, *, cancel: bool = False
+) -> None:
     if future.done():
         return
-    if error is None:
-        future.set_result(None)
-    else:
+    if error is not None:
         future.set_exception(error)
+    elif cancel:
+        future.cancel()
+    else:
+        future.set_result(None)

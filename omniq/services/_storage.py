@@ -1,24 +1,38 @@
-"""The shared state of the services: engine, repositories, settings, wake-ups."""
+"""The shared state of the services: engine, repositories, settings, wake-ups, the clock.
+
+Services own transactions, and every transaction is a plain function over a
+sync SQLAlchemy ``Connection`` (``body(conn)``), written once for both
+engines: :meth:`Storage.write` runs it on PostgreSQL through
+``AsyncConnection.run_sync`` and on SQLite on this process's writer thread
+(:mod:`omniq.db.writer`); :meth:`Storage.read` runs read-only bodies through
+``run_sync`` on the AsyncEngine (aiosqlite or asyncpg).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import random
-import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar, TypeVar, cast
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
-import sqlalchemy.exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from omniq.db.engine import create_engine, dialect_of, normalize_url, read_engine
+from omniq._time import utcnow
+from omniq.db.engine import (
+    create_engine,
+    dialect_of,
+    normalize_url,
+    read_engine,
+    sqlite_writer_engine,
+)
 from omniq.db.migrate import ensure_schema
+from omniq.db.writer import SQLiteWriter, run_in_transaction
 from omniq.models import Settings
 from omniq.repositories import (
     EventRepository,
@@ -27,7 +41,6 @@ from omniq.repositories import (
     TaskRepository,
 )
 from omniq.repositories._base import PayloadCodec, is_locked_error, translate_errors
-from omniq.repositories.hot import SQLiteHotPaths
 from omniq.repositories.locks import LockRepository
 from omniq.serialization import SerializerRegistry
 
@@ -37,8 +50,11 @@ log = logging.getLogger("omniq.db")
 
 #: PostgreSQL channel on which new pending work is announced (see revision 0004).
 WORK_CHANNEL = "omniq_work"
+#: How often the PostgreSQL clock offset is measured again (seconds).
+_CLOCK_REFRESH = 60.0
 
 T = TypeVar("T")
+Body = Callable[[sa.Connection], T]
 
 
 class Notifier:
@@ -98,10 +114,12 @@ class Notifier:
 
 
 class Storage:
-    """Engine, dialect strategy, repositories and settings shared by the services.
+    """Engine, dialect strategy, repositories, settings and clock shared by the services.
 
-    Services own transactions: :meth:`write` for a write transaction (on
-    SQLite it begins IMMEDIATE), :meth:`read` for a read-only one.
+    Services own transactions: :meth:`write` runs a write transaction body,
+    :meth:`read` a read-only one. Objects bound to an event loop (the engine's
+    pool on asyncpg) are used from the loop that opened this Storage
+    (:attr:`loop`); blocking callers elsewhere are handed to it.
     """
 
     def __init__(
@@ -125,21 +143,22 @@ class Storage:
         self.results = ResultRepository(self.dialect, codec)
         self.events = EventRepository(self.dialect)
         self.locks = LockRepository(self.dialect)
-        #: One-hop transactions for the queue's hot paths (SQLite only).
-        self.hot = (
-            SQLiteHotPaths(
-                engine.sync_engine.dialect, self.tasks.claim_by_queue, self.tasks.claim_any
-            )
-            if self.dialect.name == "sqlite"
-            else None
-        )
         self.notifier = Notifier.for_key(engine.url.render_as_string(hide_password=True))
         self._reader = read_engine(engine)
         self._opened = False
-        self._writer: AsyncConnection | None = None
-        #: aiosqlite's connection under ``_writer`` (one-hop bodies run on its thread).
-        self._driver: Any = None
-        self._write_lock: asyncio.Lock | None = None
+        self._writer: SQLiteWriter | None = None
+        if self.dialect.single_writer:
+            self._writer = SQLiteWriter(
+                sqlite_writer_engine(normalize_url(engine.url), self.settings),
+                lock_deadline=self.settings.lock_deadline.total_seconds(),
+                is_locked=is_locked_error,
+            )
+        #: The event loop this Storage was opened on (None until opened).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: Database time minus local time, measured on PostgreSQL (zero on SQLite).
+        self._clock_base: tuple[datetime, float] | None = None
+        #: Writes that outlived their cancelled caller; awaited on close.
+        self._detached: set[asyncio.Future[Any]] = set()
 
     @classmethod
     def from_url(
@@ -162,15 +181,132 @@ class Storage:
         if auto is None:
             auto = self.dialect.name == "sqlite"
         await ensure_schema(self.engine, auto_migrate=auto)
+        self.loop = asyncio.get_running_loop()
+        await self.sync_clock()
         self._opened = True
 
     async def close(self) -> None:
-        """Dispose the engine if this Storage created it."""
+        """Finish detached writes; stop the writer; dispose the engine if this Storage made it."""
+        await self.wait_detached()
         if self._writer is not None:
-            writer, self._writer = self._writer, None
-            await writer.close()
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
         if self.owns_engine:
             await self.engine.dispose()
+
+    # --- the clock -----------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The current time by the database's clock (PostgreSQL) or this machine's (SQLite).
+
+        On PostgreSQL, where workers run on many machines, lease expiry and due
+        times must come from one clock: the database's time is measured (at
+        open, then every minute) and carried forward by this process's
+        monotonic clock, so neither clock skew between machines nor a jump of
+        the local wall clock changes a decision.
+        """
+        base = self._clock_base
+        if base is None:
+            return utcnow()
+        db_time, mono = base
+        return db_time + timedelta(seconds=time.monotonic() - mono)
+
+    async def sync_clock(self, *, force: bool = True) -> None:
+        """Measure the database's clock again (PostgreSQL; no-op on SQLite)."""
+        if self.dialect.name != "postgresql":
+            return
+        base = self._clock_base
+        if not force and base is not None and time.monotonic() - base[1] < _CLOCK_REFRESH:
+            return
+        with translate_errors("read the database clock"):
+            async with self.engine.connect() as conn:
+                before = time.monotonic()
+                value = (await conn.execute(sa.select(sa.func.clock_timestamp()))).scalar_one()
+                after = time.monotonic()
+        self._clock_base = (value, (before + after) / 2)
+
+    # --- transactions --------------------------------------------------------------
+
+    async def write(
+        self,
+        body: Body[T],
+        *,
+        what: str = "write",
+        undo: Callable[[T], Awaitable[Any]] | None = None,
+    ) -> T:
+        """Run ``body(conn)`` in one write transaction; return what it returns.
+
+        The transaction is shielded from the caller's cancellation: it commits
+        or rolls back as a whole, never half. A caller cancelled before the
+        work started leaves nothing written; one cancelled while it ran gets
+        ``CancelledError``, and ``undo(result)`` is then run after the commit
+        (a claim gives its tasks back this way).
+        """
+        cancel: Callable[[], bool]
+        if self._writer is not None:
+            job = self._writer.submit(body)
+            future: asyncio.Future[T] = asyncio.wrap_future(job)
+            cancel = job.cancel  # succeeds only while the job waits for the thread
+        else:
+            if self._clock_base is not None:
+                await self.sync_clock(force=False)
+            future = asyncio.ensure_future(self._run_sync(body))
+            cancel = _never
+        try:
+            with translate_errors(what):
+                return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if not cancel():
+                self._detach(future, undo)
+            raise
+
+    async def _run_sync(self, body: Body[T]) -> T:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(run_in_transaction, body)
+
+    def _detach(
+        self, future: asyncio.Future[Any], undo: Callable[[Any], Awaitable[Any]] | None
+    ) -> None:
+        """Keep a write whose caller was cancelled; undo its effect once it committed."""
+
+        async def settle() -> None:
+            try:
+                result = await future
+            except BaseException:
+                return  # rolled back: nothing to undo
+            if undo is not None:
+                try:
+                    await undo(result)
+                except Exception as exc:
+                    log.error("could not undo the write of a cancelled caller: %s", exc)
+
+        job = asyncio.ensure_future(settle())
+        self._detached.add(job)
+        job.add_done_callback(self._detached.discard)
+
+    async def checkpoint(self) -> bool:
+        """SQLite: checkpoint the WAL (PASSIVE) so it does not grow; True if it completed."""
+        if self._writer is None:
+            return False
+
+        def run(driver: Any) -> Any:
+            return driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+        with translate_errors("checkpoint"):
+            row = await asyncio.wrap_future(self._writer.submit_outside_transaction(run))
+        return bool(row) and row[0] == 0
+
+    async def wait_detached(self) -> None:
+        """Wait until the writes whose callers were cancelled, and their undos, are done."""
+        while self._detached:
+            await asyncio.gather(*list(self._detached), return_exceptions=True)
+
+    async def read(self, body: Body[T], *, what: str = "read") -> T:
+        """Run ``body(conn)`` in one read-only transaction (deferred on SQLite)."""
+        with translate_errors(what):
+            async with self._reader.connect() as conn:
+                return await conn.run_sync(body)
+
+    # --- wake-ups ----------------------------------------------------------------------
 
     @asynccontextmanager
     async def listen_for_work(self) -> AsyncIterator[bool]:
@@ -178,28 +314,19 @@ class Storage:
 
         On PostgreSQL the tasks table's triggers (revision 0004) send ``NOTIFY
         omniq_work`` when a statement makes tasks pending; this holds one
-        connection that LISTENs and wakes :attr:`notifier`. Yields whether it
-        listens: on SQLite, or if LISTEN fails, it does nothing and polling
-        (always on) finds the work.
+        connection of its own (outside the pool) that LISTENs and wakes
+        :attr:`notifier`. Yields whether it listens: on SQLite, or if LISTEN
+        fails, it does nothing and polling (always on) finds the work.
         """
         if self.dialect.name != "postgresql":
             yield False
             return
-        pool = self.engine.sync_engine.pool
-        if (
-            isinstance(pool, QueuePool)
-            and pool.size() > 0  # 0: no limit
-            and pool._max_overflow >= 0  # -1: no limit
-            and pool.size() + pool._max_overflow < 3
-        ):
-            # Holding one of so few connections would starve the worker's own writes.
-            log.warning("connection pool too small to LISTEN for new work: workers poll instead")
-            yield False
-            return
+        listener: AsyncEngine | None = None
         conn: AsyncConnection | None = None
         driver: Any = None
         try:
-            conn = await self.engine.connect()
+            listener = create_async_engine(self.engine.url, poolclass=sa.pool.NullPool)
+            conn = await listener.connect()
             driver = (await conn.get_raw_connection()).driver_connection
             await driver.add_listener(WORK_CHANNEL, self._on_work)
         except Exception as exc:
@@ -207,6 +334,8 @@ class Storage:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
+            if listener is not None:
+                await listener.dispose()
             yield False
             return
         try:
@@ -218,6 +347,7 @@ class Storage:
             finally:
                 with contextlib.suppress(Exception):
                     await conn.close()
+                await listener.dispose()
 
     def _on_work(self, *_: Any) -> None:
         # asyncpg calls this on the loop that owns the listening connection.
@@ -228,113 +358,6 @@ class Storage:
         for listener in list(self.notifier.cancel_listeners):
             listener(task_id)
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """One write transaction (committed on success, rolled back on error).
 
-        On SQLite, where writers serialize on the database anyway, writers of
-        this process queue on an asyncio lock and share one held connection:
-        no pool round trip per transaction, and no busy-waiting inside SQLite
-        for a lock another coroutine of this process holds.
-        """
-        if not self.dialect.single_writer:
-            with translate_errors("write"):
-                async with self.engine.begin() as conn:
-                    yield conn
-            return
-        async with self._lock():
-            with translate_errors("write"):
-                writer = await self._open_writer()
-                try:
-                    transaction = await self._begin_immediate(writer)
-                    try:
-                        yield writer
-                    except BaseException:
-                        await transaction.rollback()
-                        raise
-                    await transaction.commit()
-                except asyncio.CancelledError:
-                    # A cancelled await can leave SQLite inside a transaction that
-                    # SQLAlchemy no longer tracks: drop this connection, never reuse it.
-                    self._writer = None
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(writer.invalidate())
-                    raise
-
-    async def one_hop(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a transaction body (see :mod:`omniq.db.onehop`) on the SQLite writer's thread.
-
-        Serialized with :meth:`write` on this process's write lock; retried with
-        jittered backoff while another process holds the database lock (the body
-        rolled back, so a retry starts clean), up to ``lock_deadline``.
-        """
-        async with self._lock():
-            with translate_errors("write"):
-                await self._open_writer()
-                driver = self._driver
-                if driver is None:
-                    assert self._writer is not None
-                    raw = await self._writer.get_raw_connection()
-                    driver = self._driver = raw.driver_connection
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + self.settings.lock_deadline.total_seconds()
-                delay = 0.01
-                while True:
-                    try:
-                        # aiosqlite runs the callable on the connection's own thread.
-                        return cast(T, await driver._execute(body, driver._conn))
-                    except sqlite3.Error as exc:
-                        wrapped = sa_exc.DBAPIError.instance(None, None, exc, sqlite3.Error)
-                        if not (
-                            isinstance(wrapped, sa_exc.OperationalError)
-                            and is_locked_error(wrapped)
-                            and loop.time() < deadline
-                        ):
-                            raise wrapped from exc
-                    if delay == 0.01:
-                        log.warning("database is locked by another writer; retrying until free")
-                    await asyncio.sleep(
-                        min(delay * random.uniform(0.5, 1.5), max(0.0, deadline - loop.time()))
-                    )
-                    delay = min(delay * 2, 1.0)
-
-    def _lock(self) -> asyncio.Lock:
-        """This process's SQLite write lock (made in the running loop on first use)."""
-        if self._write_lock is None:
-            self._write_lock = asyncio.Lock()
-        return self._write_lock
-
-    async def _open_writer(self) -> AsyncConnection:
-        """The held writer connection, reconnected if it was dropped (under the lock)."""
-        writer = self._writer
-        if writer is None or writer.closed or writer.invalidated:
-            writer = self._writer = await self.engine.connect()
-            self._driver = None  # the new connection's driver is looked up once
-        return writer
-
-    async def _begin_immediate(self, writer: AsyncConnection) -> AsyncTransaction:
-        """BEGIN IMMEDIATE, retried with jittered backoff while another process holds the lock.
-
-        SQLite already waits ``busy_timeout`` inside each attempt; past
-        ``lock_deadline`` the error surfaces as :class:`DatabaseBusy`.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.lock_deadline.total_seconds()
-        delay = 0.01
-        while True:
-            try:
-                return await writer.begin()
-            except sa_exc.OperationalError as exc:
-                if not is_locked_error(exc) or loop.time() >= deadline:
-                    raise
-                if delay == 0.01:
-                    log.warning("database is locked by another writer; retrying until it is free")
-                await asyncio.sleep(min(delay * random.uniform(0.5, 1.5), deadline - loop.time()))
-                delay = min(delay * 2, 1.0)
-
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """One read-only transaction (deferred on SQLite)."""
-        with translate_errors("read"):
-            async with self._reader.connect() as conn:
-                yield conn
+def _never() -> bool:
+    return False

@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from omniq._time import require_aware, to_timedelta, utcnow
+from omniq._time import require_aware, to_timedelta
 from omniq.errors import ValidationError
 from omniq.models import EventLevel, EventType, TaskEvent
 from omniq.services._storage import Storage
@@ -33,8 +33,9 @@ class EventStorage:
         for event in batch:
             if not isinstance(event, TaskEvent):
                 raise ValidationError("event", f"expected a TaskEvent, got {type(event).__name__}")
-        async with self.storage.write() as conn:
-            await self.storage.events.insert_many(conn, batch)
+        await self.storage.write(
+            lambda conn: self.storage.events.insert_many(conn, batch), what="log events"
+        )
 
     async def get_events_async(
         self,
@@ -62,8 +63,8 @@ class EventStorage:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
                 raise ValidationError(name, f"must be a non-negative 64-bit integer, got {value!r}")
 
-        async with self.storage.read() as conn:
-            return await self.storage.events.query(
+        return await self.storage.read(
+            lambda conn: self.storage.events.query(
                 conn,
                 task_id=task_id,
                 event_types=types,
@@ -75,7 +76,9 @@ class EventStorage:
                 end_time=None if end_time is None else require_aware(end_time, "end_time"),
                 limit=limit,
                 offset=offset,
-            )
+            ),
+            what="get events",
+        )
 
     async def get_latest_events_async(self, limit: int = 10) -> list[TaskEvent]:
         """The ``limit`` newest events."""
@@ -93,20 +96,26 @@ class EventStorage:
             age = to_timedelta(max_age, "max_age")
         if age is None:
             return 0
-        cutoff = utcnow() - age
+        cutoff = self.storage.now() - age
         total = 0
         while True:
-            async with self.storage.write() as conn:
-                n = await self.storage.events.delete_older_than(conn, cutoff, batch_size)
+            n = await self.storage.write(
+                lambda conn: self.storage.events.delete_older_than(conn, cutoff, batch_size),
+                what="delete old events",
+            )
             total += n
             if n < batch_size:
                 return total
 
     async def get_stats_async(self) -> dict[str, dict[str, int]]:
         """Event counts by type and by level (one GROUP BY each), with totals."""
-        async with self.storage.read() as conn:
-            by_type = await self.storage.events.count_by(conn, "event_type")
-            by_level = await self.storage.events.count_by(conn, "level")
+        by_type, by_level = await self.storage.read(
+            lambda conn: (
+                self.storage.events.count_by(conn, "event_type"),
+                self.storage.events.count_by(conn, "level"),
+            ),
+            what="count events",
+        )
         return {
             "by_type": by_type,
             "by_level": by_level,

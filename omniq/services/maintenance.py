@@ -12,7 +12,6 @@ from datetime import timedelta
 
 import attrs
 
-from omniq._time import utcnow
 from omniq.services._storage import Storage
 from omniq.services.events import EventStorage
 from omniq.services.queue import TaskQueue
@@ -32,6 +31,8 @@ class MaintenanceReport:
     recovered: int = 0
     expired: int = 0
     quarantined: int = 0
+    #: Waiting tasks settled because a dependency was gone or ended badly.
+    settled: int = 0
     results_deleted: int = 0
     events_deleted: int = 0
     tasks_purged: int = 0
@@ -60,16 +61,20 @@ class Maintenance:
 
     async def acquire_async(self) -> bool:
         """Take (or renew) the maintenance lease; False if another worker holds it."""
-        now = utcnow()
-        async with self.storage.write() as conn:
-            return await self.storage.locks.acquire(
+        now = self.storage.now()
+        return await self.storage.write(
+            lambda conn: self.storage.locks.acquire(
                 conn, LOCK_NAME, self.owner, now, now + self.lease
-            )
+            ),
+            what="acquire maintenance lease",
+        )
 
     async def release_async(self) -> None:
         """Give the maintenance lease up (on shutdown)."""
-        async with self.storage.write() as conn:
-            await self.storage.locks.release(conn, LOCK_NAME, self.owner)
+        await self.storage.write(
+            lambda conn: self.storage.locks.release(conn, LOCK_NAME, self.owner),
+            what="release maintenance lease",
+        )
 
     async def recover_async(self) -> MaintenanceReport:
         """The sweeps every worker may run at once (each change is conditional).
@@ -82,12 +87,17 @@ class Maintenance:
             recovered=await self.queue.recover_expired_leases_async(),
             expired=await self.queue.expire_due_async(),
             quarantined=await self.queue.quarantine_unknown_statuses_async(),
+            settled=await self.queue.settle_orphans_async(),
         )
 
     async def run_once_async(self) -> MaintenanceReport | None:
         """Run every sweep once if this worker holds the lease; None if another does."""
         if not await self.acquire_async():
             return None
+        return await self.sweep_all_async()
+
+    async def sweep_all_async(self) -> MaintenanceReport:
+        """Run every sweep once, now (the caller decides who sweeps)."""
         recovered = await self.recover_async()
         report = attrs.evolve(
             recovered,
@@ -96,7 +106,7 @@ class Maintenance:
             tasks_purged=await self.queue.purge_finished_async(),
             checkpointed=await self._checkpoint(),
         )
-        if any(attrs.astuple(report)[:6]):
+        if any(attrs.astuple(report)[:7]):
             log.info("maintenance: %s", report)
         return report
 
@@ -104,12 +114,4 @@ class Maintenance:
         """Checkpoint the SQLite WAL so it does not grow without bound."""
         if self.storage.dialect.name != "sqlite":
             return False
-        async with self.storage.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            cursor = await driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            row = await cursor.fetchone()
-            await cursor.close()
-        busy = row[0] if row else 1
-        return busy == 0
+        return await self.storage.checkpoint()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import attrs
+import sqlalchemy as sa
 
 from omniq._time import to_timedelta, utcnow
 from omniq.errors import TaskNotFound, ValidationError
-from omniq.models import TaskResult
+from omniq.models import Task, TaskResult
 from omniq.services._storage import Storage
 
 __all__ = ["ResultStorage"]
@@ -32,20 +35,24 @@ class ResultStorage:
         if not isinstance(result, TaskResult):
             raise ValidationError("result", f"expected a TaskResult, got {type(result).__name__}")
         self.storage.results.to_row(result)
-        async with self.storage.write() as conn:
-            await self.storage.results.upsert_many(conn, [result])
+        await self.storage.write(
+            lambda conn: self.storage.results.upsert_many(conn, [result]), what="store result"
+        )
         self.storage.notifier.notify()
 
     async def get_async(self, task_id: str) -> TaskResult | None:
         """The result of ``task_id`` (None if none is stored or it expired)."""
-        async with self.storage.read() as conn:
-            result = await self.storage.results.get(conn, task_id)
+        result = await self.storage.read(
+            lambda conn: self.storage.results.get(conn, task_id), what="get result"
+        )
         return None if result is None or _expired(result) else result
 
     async def get_latest_async(self, schedule_id: str) -> TaskResult | None:
         """The newest unexpired result of the tasks created by ``schedule_id``."""
-        async with self.storage.read() as conn:
-            result = await self.storage.results.latest_for_schedule(conn, schedule_id)
+        result = await self.storage.read(
+            lambda conn: self.storage.results.latest_for_schedule(conn, schedule_id),
+            what="get result",
+        )
         return None if result is None or _expired(result) else result
 
     async def update_async(self, task_id: str, **changes: Any) -> TaskResult:
@@ -55,41 +62,51 @@ class ResultStorage:
             raise ValidationError(
                 "changes", f"cannot update {sorted(unknown)}; allowed: {sorted(_UPDATABLE)}"
             )
-        async with self.storage.write() as conn:
-            current = await self.storage.results.get(conn, task_id)
+
+        def body(conn: sa.Connection) -> TaskResult:
+            current = self.storage.results.get(conn, task_id)
             if current is None:
                 raise TaskNotFound(f"no result for task {task_id!r}")
-            if "ttl" in changes:
-                changes["ttl"] = (
-                    None if changes["ttl"] is None else to_timedelta(changes["ttl"], "ttl")
+            values = dict(changes)
+            if "ttl" in values:
+                values["ttl"] = (
+                    None if values["ttl"] is None else to_timedelta(values["ttl"], "ttl")
                 )
-                if "expires_at" not in changes:
-                    ttl = changes["ttl"]
-                    changes["expires_at"] = current.created_at + ttl if ttl is not None else None
-            updated = attrs.evolve(current, **changes)
+                if "expires_at" not in values:
+                    ttl = values["ttl"]
+                    values["expires_at"] = current.created_at + ttl if ttl is not None else None
+            updated = attrs.evolve(current, **values)
             row = self.storage.results.to_row(updated)
-            await self.storage.results.update(conn, task_id, {k: row[k] for k in changes})
-        return updated
+            self.storage.results.update(conn, task_id, {k: row[k] for k in values})
+            return updated
+
+        return await self.storage.write(body, what="update result")
 
     async def delete_async(self, task_id: str) -> bool:
         """Delete the result of ``task_id``; True if one existed."""
-        async with self.storage.write() as conn:
-            return await self.storage.results.delete(conn, task_id)
+        return await self.storage.write(
+            lambda conn: self.storage.results.delete(conn, task_id), what="delete result"
+        )
 
     async def cleanup_expired_async(self, batch_size: int = _BATCH) -> int:
         """Delete expired results in batches (short transactions); return how many."""
         total = 0
         while True:
-            async with self.storage.write() as conn:
-                n = await self.storage.results.delete_expired(conn, utcnow(), batch_size)
+            n = await self.storage.write(
+                functools.partial(
+                    self.storage.results.delete_expired,
+                    now=self.storage.now(),
+                    limit=batch_size,
+                ),
+                what="delete expired results",
+            )
             total += n
             if n < batch_size:
                 return total
 
     async def get_stats_async(self) -> dict[str, int]:
         """Result counts per status, and the total."""
-        async with self.storage.read() as conn:
-            counts = await self.storage.results.count_by_status(conn)
+        counts = await self.storage.read(self.storage.results.count_by_status, what="count results")
         return {**counts, "total": sum(counts.values())}
 
     async def wait_async(
@@ -105,12 +122,7 @@ class ResultStorage:
         deadline = None if limit is None else loop.time() + limit
         poll = 0.005
         while True:
-            async with self.storage.read() as conn:
-                # Task first: a final status is committed together with its result,
-                # so a result read after it sees that result even where each
-                # statement has its own snapshot (PostgreSQL READ COMMITTED).
-                task = await self.storage.tasks.get(conn, task_id)
-                result = await self.storage.results.get(conn, task_id)
+            task, result = await self.storage.read(self._task_and_result(task_id), what="wait")
             if result is not None:
                 return result
             if task is None:
@@ -122,6 +134,17 @@ class ResultStorage:
                 return None
             await self.storage.notifier.wait(poll if remaining is None else min(poll, remaining))
             poll = min(poll * 2, 0.5)
+
+    def _task_and_result(
+        self, task_id: str
+    ) -> Callable[[sa.Connection], tuple[Task | None, TaskResult | None]]:
+        def body(conn: sa.Connection) -> tuple[Task | None, TaskResult | None]:
+            # Task first: a final status is committed together with its result,
+            # so a result read after it sees that result even where each
+            # statement has its own snapshot (PostgreSQL READ COMMITTED).
+            return self.storage.tasks.get(conn, task_id), self.storage.results.get(conn, task_id)
+
+        return body
 
 
 def _expired(result: TaskResult) -> bool:

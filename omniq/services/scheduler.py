@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
-from sqlalchemy.ext.asyncio import AsyncConnection
+import sqlalchemy as sa
 
-from omniq._time import require_aware, utcnow
+from omniq._time import require_aware
 from omniq.errors import OmniQError
 from omniq.models import (
     EventLevel,
@@ -52,26 +52,56 @@ class Scheduler:
         self.batch_size = batch_size
 
     async def fire_due_async(self, now: datetime | None = None) -> int:
-        """Create the tasks of every schedule due at ``now``; return how many were created."""
-        when = require_aware(now, "now") if now is not None else utcnow()
-        created = 0
-        async with self.storage.write() as conn:
-            due = await self.storage.schedules.due(conn, when, self.batch_size)
-            for schedule in due:
-                created += await self._fire(conn, schedule, when)
+        """Create the tasks of every schedule due at ``now``; return how many were created.
+
+        A schedule row that cannot be read (say an unknown time zone) is
+        quarantined: paused, with an error event saying why; the others fire.
+        """
+        when = require_aware(now, "now") if now is not None else self.storage.now()
+
+        def body(conn: sa.Connection) -> int:
+            unreadable: list[tuple[str, str]] = []
+            due = self.storage.schedules.due(conn, when, self.batch_size, unreadable)
+            for schedule_id, reason in unreadable:
+                self._quarantine(conn, schedule_id, reason, when)
+            return sum(self._fire(conn, schedule, when) for schedule in due)
+
+        created = await self.storage.write(body, what="fire schedules")
         if created:
             self.storage.notifier.notify()
         return created
 
     async def next_due_async(self) -> datetime | None:
         """The earliest next_run_at of an active schedule (None: nothing scheduled)."""
-        async with self.storage.read() as conn:
-            due = await self.storage.schedules.query(
+        due = await self.storage.read(
+            lambda conn: self.storage.schedules.query(
                 conn, status=_ACTIVE, limit=1, order_by="next_run_at"
-            )
+            ),
+            what="list schedules",
+        )
         return due[0].next_run_at if due else None
 
-    async def _fire(self, conn: AsyncConnection, schedule: Schedule, now: datetime) -> int:
+    def _quarantine(
+        self, conn: sa.Connection, schedule_id: str, reason: str, now: datetime
+    ) -> None:
+        log.error("schedule %s cannot be read and was paused: %s", schedule_id, reason)
+        if self.storage.schedules.quarantine(conn, schedule_id, now):
+            self.storage.events.insert_rows(
+                conn,
+                [
+                    event_row(
+                        EventType.SCHEDULE_PAUSED,
+                        schedule_id=schedule_id,
+                        timestamp=now,
+                        source="scheduler",
+                        level=EventLevel.ERROR,
+                        message="quarantined: the stored schedule cannot be read; fix or delete it",
+                        error=reason,
+                    )
+                ],
+            )
+
+    def _fire(self, conn: sa.Connection, schedule: Schedule, now: datetime) -> int:
         first = schedule.next_run_at
         assert first is not None
         missed: list[datetime] = []
@@ -100,7 +130,7 @@ class Scheduler:
         if done:
             values["status"] = ScheduleStatus.COMPLETED
         # Compare-and-set: only the transaction that still sees ``first`` fires it.
-        updated = await self.storage.schedules.update(
+        updated = self.storage.schedules.update(
             conn, schedule.id, values, expected_status=_ACTIVE, expected_next_run_at=first
         )
         if updated is None:
@@ -137,7 +167,7 @@ class Scheduler:
             to_run = []
         skipped = len(missed) - len(to_run)
         if tasks:
-            inserted = await self.storage.tasks.insert_scheduled(conn, tasks)
+            inserted = self.storage.tasks.insert_scheduled(conn, tasks)
             tasks = [task for task in tasks if task.id in inserted]
         for task in tasks:
             events.append(
@@ -177,7 +207,7 @@ class Scheduler:
             )
         if done:
             events.append(_event(EventType.SCHEDULE_COMPLETED, schedule, now))
-        await self.storage.events.insert_rows(conn, events)
+        self.storage.events.insert_rows(conn, events)
         return len(tasks)
 
     @staticmethod

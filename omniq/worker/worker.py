@@ -24,20 +24,20 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
-from omniq._time import new_id, to_timedelta
+from omniq._time import new_id, to_timedelta, utcnow
 from omniq.errors import OmniQError, SerializationError, TaskNotFound, UnsafePayload
 from omniq.models import EventLevel, EventType, Task, TaskStatus
 from omniq.repositories.events import event_row
 from omniq.services._batch import GroupCommit
 from omniq.services.events import EventStorage
 from omniq.services.maintenance import Maintenance
-from omniq.services.queue import ErrorInfo, TaskQueue
+from omniq.services.queue import ErrorInfo, Start, TaskQueue
 from omniq.services.results import ResultStorage
 from omniq.services.scheduler import Scheduler
 from omniq.worker.executors import Executor, RemoteError
@@ -46,6 +46,8 @@ from omniq.worker.registry import TaskRegistry, default_registry
 log = logging.getLogger("omniq.worker")
 
 __all__ = ["Worker", "WorkerStats"]
+
+T = TypeVar("T")
 
 _MIN_POLL = 0.005
 #: Adaptive prefetch: hold what the slots finish within this many seconds...
@@ -173,6 +175,11 @@ class Worker:
         self._pending_events: list[dict[str, Any]] = []
         #: ``executing`` events of pool calls, appended by the threads that start them.
         self._started_events: collections.deque[dict[str, Any]] = collections.deque()
+        #: Tasks whose function started, to be marked in the next transaction
+        #: (appended by the loop and by pool threads).
+        self._starts: collections.deque[Start] = collections.deque()
+        #: Set once shutdown's grace period is over: outcome writes stop retrying.
+        self._abandon_writes = False
         #: Function reference -> True for a sync function (resolved ones only).
         self._sync_refs: dict[str, bool] = {}
         #: Orders a pool thread starting a queued call against shutdown withdrawing it.
@@ -251,6 +258,7 @@ class Worker:
     async def _run(self, *, burst: bool) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = False
+        self._abandon_writes = False
         self._started_at = time.monotonic()
         self.storage.notifier.cancel_listeners.add(self._on_cancel_requested)
         await self._log_worker_event(EventType.WORKER_STARTED, burst=burst)
@@ -286,7 +294,7 @@ class Worker:
                 busy = bool(self._running)
                 try:
                     claimed = await self.queue.dequeue_many_async(
-                        free, self.queues, worker_id=self.worker_id
+                        free, self.queues, worker_id=self.worker_id, start=False
                     )
                 except Exception as exc:
                     # A failed claim (database down, a bug) must not end the worker:
@@ -364,7 +372,11 @@ class Worker:
 
     def _sync_call(self, task: Task) -> bool:
         """True when ``task`` will run a sync function in the thread pool."""
-        if task.payload_error is not None or not self.executor.pools_sync_calls:
+        if (
+            task.payload_error is not None
+            or not self.executor.pools_sync_calls
+            or _needs_durable_start(task)
+        ):
             return False
         sync = self._sync_refs.get(task.func)
         if sync is None:
@@ -392,6 +404,19 @@ class Worker:
             status = self._outcome.pop(task.id, None)
         return status
 
+    def _mark_start(self, entry: _Running) -> None:
+        """The task's function starts now: buffer its start mark and ``executing`` event.
+
+        Safe from a pool thread (deques); the record in ``entry`` is replaced
+        by the started one (started_at, attempts + 1).
+        """
+        task = entry.task
+        if task.started_at is None:
+            now = utcnow()
+            task = entry.task = attrs.evolve(task, started_at=now, attempts=task.attempts + 1)
+            self._starts.append((task.id, task.lease_token, now))
+        self._started_events.append(self._executing_event(task))
+
     def _executing_event(self, task: Task) -> dict[str, Any]:
         return event_row(
             EventType.EXECUTING,
@@ -404,13 +429,16 @@ class Worker:
         )
 
     async def _execute(self, entry: _Running) -> None:
-        task = entry.task
         started = time.perf_counter()
-        if not entry.pooled or entry.cancel_requested:  # (a cancelled one never reaches the pool)
-            entry.started = started
-            self._pending_events.append(self._executing_event(task))
         try:
             try:
+                if _needs_durable_start(entry.task) and not entry.cancel_requested:
+                    # Recovered before: its start is committed before it runs again,
+                    # so a task that kills its worker is counted (crash budget).
+                    await self._mark_started_durably(entry)
+                if not entry.pooled and not entry.cancel_requested:
+                    entry.started = started
+                    self._mark_start(entry)
                 outcome = await self._call(entry)
             finally:
                 self._free_slot(entry)
@@ -420,7 +448,7 @@ class Worker:
                     mean = self._mean_run
                     self._mean_run = ran if mean is None else mean + (ran - mean) * 0.1
         except asyncio.CancelledError:
-            elapsed = time.perf_counter() - started
+            task = entry.task
             if entry.releasing:
                 await self._guard(
                     self.queue.release_async(
@@ -428,28 +456,28 @@ class Worker:
                     )
                 )
             elif entry.cancel_requested:
-                await self._cancelled(task)
+                await self._cancelled(entry)
             elif entry.lost:
                 self._counts["lost"] += 1
             else:
                 raise
         except BaseException as exc:
-            elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - (entry.started or started)
             if entry.lost:
                 self._counts["lost"] += 1
             else:
-                await self._failed(task, exc, elapsed)
+                await self._failed(entry, exc, elapsed)
         else:
-            elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - (entry.started or started)
             if entry.lost:
                 self._counts["lost"] += 1
             elif entry.cancel_requested:
-                await self._cancelled(task)
+                await self._cancelled(entry)
             else:
-                await self._succeeded(task, outcome, elapsed)
+                await self._succeeded(entry, outcome, elapsed)
         finally:
             self._free_slot(entry)
-            self._running.pop(task.id, None)
+            self._running.pop(entry.task.id, None)
             if not self._running:
                 self.storage.notifier.notify()  # burst mode ends on an empty worker
 
@@ -490,7 +518,7 @@ class Worker:
                     if entry.releasing or entry.cancel_requested or entry.lost:
                         raise asyncio.CancelledError  # withdrawn while waiting: never runs
                     entry.started = time.perf_counter()
-                self._started_events.append(self._executing_event(task))
+                self._mark_start(entry)
 
         entry.in_call = True
         try:
@@ -502,16 +530,16 @@ class Worker:
         finally:
             entry.in_call = False
 
-    async def _succeeded(self, task: Task, result: Any, elapsed: float) -> None:
+    async def _succeeded(self, entry: _Running, result: Any, elapsed: float) -> None:
+        task = entry.task
         try:
-            await self._completions.submit((task, result, elapsed))
+            await self._write_outcome(
+                entry, lambda: self._completions.submit((entry.task, result, elapsed))
+            )
         except SerializationError as exc:
-            await self._failed(task, exc, elapsed)
+            await self._failed(entry, exc, elapsed)
             return
-        except OmniQError as exc:
-            await self._report_error(f"completing task {task.id} failed", exc)
-            return
-        if task.id in self._lost_on_commit:
+        if entry.lost or task.id in self._lost_on_commit:
             self._lost_on_commit.discard(task.id)
             self._counts["lost"] += 1
             return
@@ -521,47 +549,102 @@ class Worker:
             await self._run_callback(task, result)
 
     async def _flush_completions(self, items: list[tuple[Task, Any, float]]) -> None:
-        events = self._take_events()
+        events, starts = self._take_buffered()
         try:
             done = await self.queue.complete_many_async(
-                items, worker_id=self.worker_id, events=events
+                items, worker_id=self.worker_id, events=events, starts=starts
             )
         except BaseException:
-            self._pending_events[:0] = events
+            self._restore(events, starts)
             raise
         held = set(done)
         self._lost_on_commit.update(task.id for task, _, _ in items if task.id not in held)
 
-    async def _failed(self, task: Task, exc: BaseException, elapsed: float) -> None:
+    async def _failed(self, entry: _Running, exc: BaseException, elapsed: float) -> None:
         info = _error_info(exc)
         retry = not isinstance(exc, TaskNotFound | SerializationError)
-        events = self._take_events()
-        status = await self._guard(
-            self.queue.fail_async(
-                task,
-                info,
-                retry=retry,
-                worker_id=self.worker_id,
-                execution_time=elapsed,
-                events=events,
-            )
-        )
+
+        async def write() -> TaskStatus | None:
+            events, starts = self._take_buffered()
+            try:
+                return await self.queue.fail_async(
+                    entry.task,
+                    info,
+                    retry=retry,
+                    worker_id=self.worker_id,
+                    execution_time=elapsed,
+                    events=events,
+                    starts=starts,
+                )
+            except BaseException:
+                self._restore(events, starts)
+                raise
+
+        status = await self._write_outcome(entry, write)
         if status is TaskStatus.PENDING:
             self._counts["retried"] += 1
         elif status is TaskStatus.FAILED:
             self._counts["failed"] += 1
+        elif status is TaskStatus.CANCELLED:
+            self._counts["cancelled"] += 1
         elif status is None:
             self._counts["lost"] += 1
         if status is not None:
-            self._settle(task.id, status)
+            self._settle(entry.task.id, status)
 
-    async def _cancelled(self, task: Task) -> None:
-        cancelled = self.queue.cancel_running_async(
-            task, worker_id=self.worker_id, events=self._take_events()
-        )
-        if await self._guard(cancelled):
+    async def _cancelled(self, entry: _Running) -> None:
+        async def write() -> bool:
+            events, starts = self._take_buffered()
+            try:
+                return await self.queue.cancel_running_async(
+                    entry.task, worker_id=self.worker_id, events=events, starts=starts
+                )
+            except BaseException:
+                self._restore(events, starts)
+                raise
+
+        if await self._write_outcome(entry, write):
             self._counts["cancelled"] += 1
-            self._settle(task.id, TaskStatus.CANCELLED)
+            self._settle(entry.task.id, TaskStatus.CANCELLED)
+
+    async def _write_outcome(self, entry: _Running, write: Callable[[], Awaitable[T]]) -> T | None:
+        """Write a finished task's outcome, retrying until it lands or the lease is lost.
+
+        The task stays in ``_running`` meanwhile, so heartbeats keep its lease
+        alive; the write is fenced by the lease, so a retry never overwrites a
+        task someone else now owns. Serialization errors are the caller's.
+        Returns None when the write was given up (lease lost, or shutdown's
+        grace period ended: lease recovery then decides).
+        """
+        delay = 0.05
+        reported = False
+        while True:
+            try:
+                return await write()
+            except SerializationError:
+                raise
+            except Exception as exc:
+                if entry.lost or self._abandon_writes:
+                    log.error(
+                        "task %s: outcome not written (%s); left to lease recovery",
+                        entry.task.id,
+                        exc,
+                    )
+                    return None
+                if not reported:
+                    reported = True
+                    await self._report_error(
+                        f"writing the outcome of task {entry.task.id} failed; retrying", exc
+                    )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _mark_started_durably(self, entry: _Running) -> None:
+        task = entry.task
+        now = utcnow()
+        started = (task.id, task.lease_token, now)
+        await self._write_outcome(entry, lambda: self.queue.mark_started_async([started]))
+        entry.task = attrs.evolve(task, started_at=now, attempts=task.attempts + 1)
 
     async def _run_callback(self, task: Task, result: Any) -> None:
         assert task.callback is not None
@@ -584,18 +667,30 @@ class Worker:
             self._outcome[task_id] = status
 
     def _take_events(self) -> list[dict[str, Any]]:
-        """The buffered events (``executing``), to write with the next transition."""
+        """The buffered events (``executing``), to write with the next transaction."""
         events, self._pending_events = self._pending_events, []
         started = self._started_events
         while started:
             events.append(started.popleft())
         return events
 
+    def _take_buffered(self) -> tuple[list[dict[str, Any]], list[Start]]:
+        """The buffered events and start marks, to write with the next transaction."""
+        starts = []
+        while self._starts:
+            starts.append(self._starts.popleft())
+        return self._take_events(), starts
+
+    def _restore(self, events: list[dict[str, Any]], starts: list[Start]) -> None:
+        """Put back what a failed transaction took (it is written with the next one)."""
+        self._pending_events[:0] = events
+        self._starts.extendleft(reversed(starts))
+
     async def _guard(self, awaitable: Any) -> Any:
-        """Await a database write; report (not raise) database errors."""
+        """Await a database write; report (not raise) any error."""
         try:
             return await awaitable
-        except OmniQError as exc:
+        except Exception as exc:
             await self._report_error("database write failed", exc)
             return None
 
@@ -643,11 +738,11 @@ class Worker:
             if entry.task.lease_token is not None
         }
         leases.update({t.id: t.lease_token for t in self._buffer if t.lease_token is not None})
-        events = self._take_events()
+        events, starts = self._take_buffered()
         try:
-            held = await self.queue.heartbeat_async(leases, events)
-        except OmniQError as exc:
-            self._pending_events[:0] = events
+            held = await self.queue.heartbeat_async(leases, events, starts)
+        except Exception as exc:
+            self._restore(events, starts)
             await self._report_error("heartbeat failed", exc)
             return
         for task_id in leases:
@@ -676,7 +771,7 @@ class Worker:
     async def _fire_schedules(self) -> None:
         try:
             await self.scheduler.fire_due_async()
-        except OmniQError as exc:
+        except Exception as exc:
             await self._report_error("scheduler failed", exc)
 
     async def _maintenance_loop(self) -> None:
@@ -684,7 +779,7 @@ class Worker:
             try:
                 if await self.maintenance.run_once_async() is None:
                     await self.maintenance.recover_async()
-            except OmniQError as exc:
+            except Exception as exc:
                 await self._report_error("maintenance failed", exc)
             if await _wait(self._winding_down, self.maintenance_interval):
                 return
@@ -713,11 +808,13 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
         buffered, self._buffer = self._buffer, []
-        for task in buffered:
-            await self._guard(self.queue.release_async(task, worker_id=self.worker_id))
+        if buffered:
+            await self._guard(self.queue.release_many_async(buffered, worker_id=self.worker_id))
         handles = [e.handle for e in self._running.values() if e.handle is not None]
         if handles:
             _, pending = await asyncio.wait(handles, timeout=self.grace_period)
+            # Past the grace period, outcome writes that keep failing stop retrying.
+            self._abandon_writes = True
             for entry in list(self._running.values()):
                 if entry.handle in pending:
                     entry.releasing = True
@@ -730,8 +827,7 @@ class Worker:
             await heartbeat
         self._background = []
         if self._pending_events or self._started_events:
-            events = self._take_events()
-            await self._guard(self.queue.heartbeat_async({}, events))
+            await self._guard(self.queue.heartbeat_async({}, self._take_events()))
         if self.run_maintenance:
             await self._guard(self.maintenance.release_async())
         self.storage.notifier.cancel_listeners.discard(self._on_cancel_requested)
@@ -756,7 +852,7 @@ class Worker:
         row = event_row(kind, worker_id=self.worker_id, source="worker", **fields)
         try:
             await self.queue.heartbeat_async({}, [row])
-        except OmniQError as exc:
+        except Exception as exc:
             log.error("could not log %s event: %s", kind, exc)
 
     async def _report_error(self, what: str, exc: BaseException) -> None:
@@ -786,6 +882,11 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
 
 class TaskTimeout(TimeoutError):
     """The task ran longer than its timeout."""
+
+
+def _needs_durable_start(task: Task) -> bool:
+    """A task recovered before (lease lost) is marked started in the database before it runs."""
+    return task.lost_count > 0 and task.started_at is None
 
 
 def _error_info(exc: BaseException) -> ErrorInfo:

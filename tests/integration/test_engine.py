@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import stat
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -23,11 +28,13 @@ from omniq.db.engine import (
     normalize_url,
     read_engine,
     sqlite_path,
+    sqlite_writer_engine,
 )
 from omniq.db.schema import tasks as t
 from omniq.errors import ConfigurationError, DatabaseBusy
 from omniq.models import Settings, Task, TaskStatus
 from omniq.repositories import TaskRepository
+from omniq.services import Storage
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -57,6 +64,19 @@ async def sqlite_engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
 async def pragma(engine: AsyncEngine, name: str) -> object:
     async with engine.connect() as conn:
         return (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar_one()
+
+
+def writer_pragmas(url: str, settings: Settings | None = None) -> dict[str, object]:
+    """The PRAGMAs of a connection of the writer thread's engine (pysqlite)."""
+    engine = sqlite_writer_engine(normalize_url(url), settings or Settings())
+    try:
+        with engine.connect() as conn:
+            return {
+                name: conn.exec_driver_sql(f"PRAGMA {name}").scalar_one()
+                for name in ("journal_mode", "foreign_keys", "synchronous", "busy_timeout")
+            }
+    finally:
+        engine.dispose()
 
 
 # --- the database file ---------------------------------------------------------------------
@@ -114,6 +134,15 @@ async def test_sqlite_pragmas_default(sqlite_engine: AsyncEngine) -> None:
     assert await pragma(sqlite_engine, "busy_timeout") == 30_000
 
 
+def test_sqlite_writer_pragmas_default(sqlite_url: str) -> None:
+    assert writer_pragmas(sqlite_url) == {
+        "journal_mode": "wal",
+        "foreign_keys": 1,
+        "synchronous": 1,  # NORMAL
+        "busy_timeout": 30_000,
+    }
+
+
 @pytest.mark.anyio
 async def test_sqlite_pragmas_from_settings(sqlite_url: str) -> None:
     settings = Settings(sqlite_synchronous="FULL", busy_timeout=timedelta(seconds=2.5))
@@ -125,6 +154,13 @@ async def test_sqlite_pragmas_from_settings(sqlite_url: str) -> None:
         assert await pragma(engine, "journal_mode") == "wal"
     finally:
         await engine.dispose()
+    # The writer thread's connections (where every write of a process runs) too.
+    assert writer_pragmas(sqlite_url, settings) == {
+        "journal_mode": "wal",
+        "foreign_keys": 1,
+        "synchronous": 2,  # FULL
+        "busy_timeout": 2_500,
+    }
 
 
 @pytest.mark.anyio
@@ -141,146 +177,191 @@ async def test_pragmas_hold_on_every_pooled_connection(sqlite_engine: AsyncEngin
 
 
 # --- transactions: BEGIN IMMEDIATE -------------------------------------------------------------
+#
+# Every write transaction of a process runs as ``Storage.write(body)``: on SQLite,
+# on that Storage's writer thread (omniq.db.writer), over a pysqlite connection
+# of its own. Several Storages on one file stand for several processes.
 
 
 async def _insert(engine: AsyncEngine, *tasks: Task) -> None:
     async with engine.begin() as conn:
-        await TaskRepository(dialect_of(engine)).insert_many(conn, tasks)
+        await conn.run_sync(TaskRepository(dialect_of(engine)).insert_many, tasks)
 
 
-async def _count(engine: AsyncEngine) -> int:
-    async with read_engine(engine).begin() as conn:
-        return int((await conn.execute(sa.select(sa.func.count()).select_from(t))).scalar_one())
+def _count_tasks(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+
+
+@asynccontextmanager
+async def _open_storages(url: str, *settings: Settings) -> AsyncIterator[list[Storage]]:
+    """One opened Storage (writer thread, engine) per ``settings``; all closed at the end."""
+    storages: list[Storage] = []
+    try:
+        for each in settings:
+            storage = Storage.from_url(url, each)
+            storages.append(storage)
+            await storage.open()
+        yield storages
+    finally:
+        for storage in storages:
+            await storage.close()
+
+
+async def _until_began(write: asyncio.Future[Any], began: asyncio.Event) -> None:
+    """Wait until the body of ``write`` signalled ``began`` (raise if the write failed first)."""
+    signalled: asyncio.Future[Any] = asyncio.ensure_future(began.wait())
+    try:
+        with anyio.fail_after(10):
+            await asyncio.wait([write, signalled], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        signalled.cancel()
+    if not began.is_set():
+        write.result()  # it ended before its body began: report why
+        raise AssertionError("the write ended without running its body")
+
+
+@asynccontextmanager
+async def _holding_write_transaction(storage: Storage) -> AsyncIterator[None]:
+    """A write transaction of ``storage`` that has begun and written nothing, until exit."""
+    loop = asyncio.get_running_loop()
+    began, release = asyncio.Event(), threading.Event()
+
+    def body(conn: sa.Connection) -> None:
+        loop.call_soon_threadsafe(began.set)
+        if not release.wait(30):
+            raise TimeoutError("the write transaction was held for 30 s")
+
+    holding = asyncio.ensure_future(storage.write(body))
+    try:
+        await _until_began(holding, began)
+        yield
+    finally:
+        release.set()
+        await holding
 
 
 @pytest.mark.anyio
 async def test_write_transaction_takes_the_write_lock_at_begin(sqlite_url: str) -> None:
-    holder = create_engine(sqlite_url)
-    impatient = create_engine(sqlite_url, Settings(busy_timeout=timedelta(milliseconds=50)))
-    try:
-        async with holder.begin():
+    impatient = Settings(
+        busy_timeout=timedelta(milliseconds=50), lock_deadline=timedelta(milliseconds=200)
+    )
+    async with _open_storages(sqlite_url, Settings(), impatient) as (holder, other):
+        async with _holding_write_transaction(holder):
             # The holder has not written anything yet: only BEGIN IMMEDIATE holds the lock.
+            with pytest.raises(DatabaseBusy, match="locked"):
+                await other.write(lambda conn: None)
+            # Write transactions on the async engine begin IMMEDIATE as well.
             with pytest.raises((DatabaseBusy, sa.exc.OperationalError), match="locked"):
-                async with impatient.begin():
+                async with other.engine.begin():
                     pass
             # Readers are not blocked by a writer (WAL, deferred read transactions).
-            assert await _count(impatient) == 0
-        async with impatient.begin() as conn:  # free again once the holder committed
-            await TaskRepository(dialect_of(impatient)).insert_many(conn, [Task(func="m:f")])
-        assert await _count(holder) == 1
-    finally:
-        await holder.dispose()
-        await impatient.dispose()
+            assert await other.read(_count_tasks) == 0
+        # Free again once the holder committed.
+        await other.write(lambda conn: other.tasks.insert_many(conn, [Task(func="m:f")]))
+        assert await holder.read(_count_tasks) == 1
 
 
 @pytest.mark.anyio
 async def test_second_writer_waits_until_first_commits(sqlite_url: str) -> None:
-    first = create_engine(sqlite_url)
-    second = create_engine(sqlite_url, Settings(busy_timeout=timedelta(seconds=20)))
+    patient = Settings(busy_timeout=timedelta(seconds=20))
     order: list[str] = []
     seen_by_second: list[int] = []
-    about_to_begin = anyio.Event()
-    try:
-        async with anyio.create_task_group() as tg:
-            async with first.begin() as conn:
-                order.append("first began")
+    about_to_begin = threading.Event()
+    first_began = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    async with _open_storages(sqlite_url, Settings(), patient) as (first, second):
 
-                async def second_writer() -> None:
-                    about_to_begin.set()
-                    async with second.begin() as conn2:
-                        order.append("second began")
-                        count = (
-                            await conn2.execute(sa.select(sa.func.count()).select_from(t))
-                        ).scalar_one()
-                        seen_by_second.append(int(count))
+        def first_body(conn: sa.Connection) -> None:
+            order.append("first began")
+            loop.call_soon_threadsafe(first_began.set)
+            if not about_to_begin.wait(10):
+                raise AssertionError("the second writer never tried to begin")
+            # Work (round trips to the driver) while the second writer is trying to begin.
+            for i in range(20):
+                first.tasks.insert_many(conn, [Task(func="m:f", name=str(i))])
+                _count_tasks(conn)
+                time.sleep(0.005)
+            assert order == ["first began"]
+            order.append("first committing")
 
-                tg.start_soon(second_writer)
-                with anyio.fail_after(10):
-                    await about_to_begin.wait()
-                # Work (round trips to the driver) while the second writer is trying to begin.
-                repo = TaskRepository(dialect_of(first))
-                for i in range(20):
-                    await repo.insert_many(conn, [Task(func="m:f", name=str(i))])
-                    await conn.execute(sa.select(sa.func.count()).select_from(t))
-                assert order == ["first began"]
-                order.append("first committing")
-            order.append("first committed")
-        assert order == ["first began", "first committing", "first committed", "second began"]
-        assert seen_by_second == [20]
-    finally:
-        await first.dispose()
-        await second.dispose()
+        def second_body(conn: sa.Connection) -> None:
+            order.append("second began")
+            seen_by_second.append(_count_tasks(conn))
+
+        writing = asyncio.ensure_future(first.write(first_body))
+        await _until_began(writing, first_began)
+        with anyio.fail_after(30):
+            assert order == ["first began"]
+            about_to_begin.set()
+            await asyncio.gather(writing, second.write(second_body))
+    # The second transaction began after the first's COMMIT (it sees all 20 rows);
+    # both bodies ran on their writer threads, so that is where the order is kept.
+    assert order == ["first began", "first committing", "second began"]
+    assert seen_by_second == [20]
 
 
 @pytest.mark.anyio
 async def test_read_modify_write_never_loses_updates(sqlite_url: str) -> None:
-    engines = [create_engine(sqlite_url) for _ in range(2)]
     counter = Task(func="m:f", priority=0)
-    await _insert(engines[0], counter)
     errors: list[BaseException] = []
+    async with _open_storages(sqlite_url, Settings(), Settings()) as storages:
+        await storages[0].write(lambda conn: storages[0].tasks.insert_many(conn, [counter]))
 
-    async def increment(engine: AsyncEngine) -> None:
-        try:
-            async with engine.begin() as conn:
-                value = (
-                    await conn.execute(sa.select(t.c.priority).where(t.c.id == counter.id))
-                ).scalar_one()
-                await conn.execute(
-                    sa.update(t).where(t.c.id == counter.id).values(priority=value + 1)
-                )
-        except BaseException as exc:  # report, don't cancel the others
-            errors.append(exc)
+        def increment(conn: sa.Connection) -> None:
+            value = conn.execute(sa.select(t.c.priority).where(t.c.id == counter.id)).scalar_one()
+            time.sleep(0.001)  # widen the window a deferred BEGIN would lose an update in
+            conn.execute(sa.update(t).where(t.c.id == counter.id).values(priority=value + 1))
 
-    try:
+        async def run(storage: Storage) -> None:
+            try:
+                await storage.write(increment)
+            except BaseException as exc:  # report, don't cancel the others
+                errors.append(exc)
+
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
                 for i in range(30):
-                    tg.start_soon(increment, engines[i % 2])
+                    tg.start_soon(run, storages[i % 2])
         assert errors == []
-        async with engines[1].begin() as conn:
-            final = (
-                await conn.execute(sa.select(t.c.priority).where(t.c.id == counter.id))
+        final = await storages[1].read(
+            lambda conn: conn.execute(
+                sa.select(t.c.priority).where(t.c.id == counter.id)
             ).scalar_one()
-        assert final == 30
-    finally:
-        for engine in engines:
-            await engine.dispose()
+        )
+    assert final == 30
 
 
 @pytest.mark.anyio
 async def test_concurrent_claims_on_two_engines_never_share_a_task(sqlite_url: str) -> None:
-    engines = [create_engine(sqlite_url) for _ in range(3)]
-    await _insert(engines[0], *[Task(func="m:f", created_at=T0) for _ in range(300)])
     claimed: list[str] = []
+    now = T0 + timedelta(hours=1)
+    async with _open_storages(sqlite_url, Settings(), Settings(), Settings()) as storages:
+        tasks = [Task(func="m:f", created_at=T0) for _ in range(300)]
+        await storages[0].write(lambda conn: storages[0].tasks.insert_many(conn, tasks))
 
-    async def worker(engine: AsyncEngine) -> None:
-        repo = TaskRepository(dialect_of(engine))
-        now = T0 + timedelta(hours=1)
-        while True:
-            async with engine.begin() as conn:
-                got = await repo.claim(
-                    conn,
-                    queues=["default"],
-                    n=7,
-                    now=now,
-                    token=new_id(),
-                    lease_until=now + timedelta(minutes=1),
-                    worker_id="w",
+        async def worker(storage: Storage) -> None:
+            while True:
+                got = await storage.write(
+                    lambda conn: storage.tasks.claim(
+                        conn,
+                        queues=["default"],
+                        n=7,
+                        now=now,
+                        token=new_id(),
+                        lease_until=now + timedelta(minutes=1),
+                        worker_id="w",
+                    )
                 )
-            if not got:
-                return
-            claimed.extend(x.id for x in got)
+                if not got:
+                    return
+                claimed.extend(x.id for x in got)
 
-    try:
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
                 for i in range(6):
-                    tg.start_soon(worker, engines[i % 3])
-        assert len(claimed) == 300
-        assert len(set(claimed)) == 300
-    finally:
-        for engine in engines:
-            await engine.dispose()
+                    tg.start_soon(worker, storages[i % 3])
+    assert len(claimed) == 300
+    assert len(set(claimed)) == 300
 
 
 # --- URLs ---------------------------------------------------------------------------------------
@@ -342,24 +423,58 @@ def test_dialect_of_rejects_other_databases() -> None:
 # --- the claim's query plan on SQLite ---------------------------------------------------------
 
 
-def _plan(path: Path, statement: sa.Update, queue: str | None) -> list[str]:
-    compiled = statement.compile(dialect=sqlite_dialect.dialect(paramstyle="named"))
-    params: dict[str, object] = dict.fromkeys(compiled.params, 0)
-    params.update(token="t", worker_id="w", n=10, status="running", status_1="pending")
-    if queue is not None:
-        params["queue"] = queue
-    con = sqlite3.connect(path)
+def _claim_with_plans(
+    url: str, queues: Sequence[str] | None, *, start: bool, now: datetime
+) -> tuple[list[Task], list[list[str]]]:
+    """Run a claim in a transaction that is rolled back; the query plan of each UPDATE it sent.
+
+    The claim runs on the writer thread's engine (pysqlite), where claims run,
+    and each plan is of the statement and parameters the claim really sent.
+    """
+    engine = sqlite_writer_engine(normalize_url(url), Settings())
+    repo = TaskRepository(dialect_of(engine.dialect))
+    sent: list[tuple[str, Any]] = []
+
+    def capture(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if statement.lstrip().upper().startswith("UPDATE"):
+            sent.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
     try:
-        rows = con.execute(f"EXPLAIN QUERY PLAN {compiled}", params).fetchall()
+        with engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                got = repo.claim(
+                    conn,
+                    queues=queues,
+                    n=10,
+                    now=now,
+                    token=new_id(),
+                    lease_until=now + timedelta(minutes=1),
+                    worker_id="w",
+                    start=start,
+                )
+                plans = [
+                    [
+                        str(row[-1])
+                        for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)
+                    ]
+                    for sql, params in list(sent)
+                ]
+            finally:
+                transaction.rollback()
     finally:
-        con.close()
-    return [str(row[-1]) for row in rows]
+        engine.dispose()
+    return got, plans
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("start", [True, False], ids=["start", "prefetch"])
 @pytest.mark.parametrize("analyze", [False, True], ids=["plain", "analyzed"])
 async def test_claim_uses_index_without_sort(
-    sqlite_url: str, sqlite_engine: AsyncEngine, analyze: bool
+    sqlite_url: str, sqlite_engine: AsyncEngine, analyze: bool, start: bool
 ) -> None:
     statuses = [TaskStatus.PENDING] * 6 + [TaskStatus.COMPLETED] * 3 + [TaskStatus.RUNNING]
     tasks = [
@@ -382,42 +497,35 @@ async def test_claim_uses_index_without_sort(
         con.execute("ANALYZE")
         con.commit()
         con.close()
-    repo = TaskRepository(dialect_of(sqlite_engine))
+    now = T0 + timedelta(minutes=30)
 
-    by_queue = _plan(path, repo.claim_by_queue, queue="q1")
+    got, (by_queue,) = _claim_with_plans(sqlite_url, ["q1"], start=start, now=now)
     assert any("ix_omniq_tasks_claim" in line for line in by_queue), by_queue
     assert not any("TEMP B-TREE" in line for line in by_queue), by_queue
+    # The plan serves the claim: it still returns the right tasks.
+    pending = [x for x in tasks if x.status is TaskStatus.PENDING]
+    expected = sorted(
+        (x for x in pending if x.queue_name == "q1"), key=lambda x: (-x.priority, x.run_at, x.id)
+    )[:10]
+    assert [x.id for x in got] == [x.id for x in expected]
 
-    any_queue = _plan(path, repo.claim_any, queue=None)
+    got, (any_queue,) = _claim_with_plans(sqlite_url, None, start=start, now=now)
     assert any("ix_omniq_tasks_status_order" in line for line in any_queue), any_queue
     assert not any("TEMP B-TREE" in line for line in any_queue), any_queue
-
-    # The plan serves the claim: it still returns the right tasks.
-    now = T0 + timedelta(minutes=30)
-    async with sqlite_engine.begin() as conn:
-        got = await repo.claim(
-            conn,
-            queues=["q1"],
-            n=10,
-            now=now,
-            token=new_id(),
-            lease_until=now + timedelta(minutes=1),
-            worker_id="w",
-        )
-    expected = sorted(
-        (x for x in tasks if x.queue_name == "q1" and x.status is TaskStatus.PENDING),
-        key=lambda x: (-x.priority, x.run_at, x.id),
-    )[:10]
+    expected = sorted(pending, key=lambda x: (-x.priority, x.run_at, x.id))[:10]
     assert [x.id for x in got] == [x.id for x in expected]
 
 
 def test_migrated_template_has_claim_indexes(sqlite_template: Path) -> None:
     con = sqlite3.connect(sqlite_template)
     try:
-        names = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        indexes = dict(con.execute("SELECT name, sql FROM sqlite_master WHERE type='index'"))
     finally:
         con.close()
-    assert {"ix_omniq_tasks_claim", "ix_omniq_tasks_status_order"} <= names
+    assert {"ix_omniq_tasks_claim", "ix_omniq_tasks_status_order"} <= indexes.keys()
+    # In the claim's order (priority DESC, run_at, id), so that it needs no sort.
+    assert "(queue_name, status, priority DESC, run_at, id)" in indexes["ix_omniq_tasks_claim"]
+    assert "(status, priority DESC, run_at, id)" in indexes["ix_omniq_tasks_status_order"]
     assert migrate.head()
 
 

@@ -1,7 +1,9 @@
 """Contract suite for the four repositories, run on every engine the fixtures give.
 
-Each repository method runs on an AsyncConnection inside ``engine.begin()``,
-the way the services use them.
+Repository methods are sync functions over a SQLAlchemy ``Connection``. Each
+runs here through ``AsyncConnection.run_sync`` inside ``engine.begin()``: the
+connection handed in is inside a transaction the caller owns, the way the
+services' transaction bodies (``Storage.write`` / ``Storage.read``) use them.
 """
 
 from __future__ import annotations
@@ -64,13 +66,13 @@ def utc_aware(value: datetime | None) -> bool:
 async def insert(engine: AsyncEngine, *tasks: Task) -> None:
     repo = TaskRepository(dialect_of(engine))
     async with engine.begin() as conn:
-        await repo.insert_many(conn, tasks)
+        await conn.run_sync(repo.insert_many, tasks)
 
 
 async def get(engine: AsyncEngine, task_id: str) -> Task | None:
     repo = TaskRepository(dialect_of(engine))
     async with engine.begin() as conn:
-        return await repo.get(conn, task_id)
+        return await conn.run_sync(repo.get, task_id)
 
 
 async def lease_of(engine: AsyncEngine, task_id: str) -> datetime | None:
@@ -87,17 +89,19 @@ async def claim(
     now: datetime = NOW,
     token: str | None = None,
     worker_id: str = "worker-1",
+    start: bool = True,
 ) -> list[Task]:
     repo = TaskRepository(dialect_of(engine))
     async with engine.begin() as conn:
-        return await repo.claim(
-            conn,
+        return await conn.run_sync(
+            repo.claim,
             queues=queues,
             n=n,
             now=now,
             token=token or new_id(),
             lease_until=now + LEASE,
             worker_id=worker_id,
+            start=start,
         )
 
 
@@ -174,6 +178,7 @@ async def test_task_round_trip_all_fields(engine: AsyncEngine) -> None:
         schedule_id=owner.id,
         scheduled_for=T0 - timedelta(days=365 * 60),  # before the epoch
         attempts=3,
+        lost_count=4,
         lease_token=new_id(),
         lease_expires_at=T0 + timedelta(seconds=90),
         worker_id="host:1234",
@@ -182,8 +187,8 @@ async def test_task_round_trip_all_fields(engine: AsyncEngine) -> None:
     )
     tasks = TaskRepository(dialect_of(engine))
     async with engine.begin() as conn:
-        await ScheduleRepository(dialect_of(engine)).insert(conn, owner)
-        await tasks.insert_many(conn, [parent, original])
+        await conn.run_sync(ScheduleRepository(dialect_of(engine)).insert, owner)
+        await conn.run_sync(tasks.insert_many, [parent, original])
     got = await get(engine, original.id)
     assert got is not None
     assert got == original
@@ -198,13 +203,14 @@ async def test_task_round_trip_all_fields(engine: AsyncEngine) -> None:
     assert got.expires_at == T0 + timedelta(days=3, microseconds=7)
     assert got.scheduled_for == T0 - timedelta(days=365 * 60)
     assert got.priority == 2**62
+    assert got.lost_count == 4
 
 
 async def test_task_round_trip_defaults_and_extremes(engine: AsyncEngine) -> None:
     minimal = Task(func="m:f")
     low = task(priority=-(2**63))
     async with engine.begin() as conn:
-        await TaskRepository(dialect_of(engine)).insert_many(conn, [minimal, low])
+        await conn.run_sync(TaskRepository(dialect_of(engine)).insert_many, [minimal, low])
     assert await get(engine, minimal.id) == minimal
     got_low = await get(engine, low.id)
     assert got_low is not None
@@ -217,12 +223,12 @@ async def test_get_by_id_and_statuses(engine: AsyncEngine) -> None:
     await insert(engine, a, b)
     repo = TaskRepository(dialect_of(engine))
     async with engine.begin() as conn:
-        assert await repo.statuses(conn, [a.id, b.id, "missing"]) == {
+        assert await conn.run_sync(repo.statuses, [a.id, b.id, "missing"]) == {
             a.id: TaskStatus.PENDING,
             b.id: TaskStatus.COMPLETED,
         }
-        assert await repo.statuses(conn, [a.id], lock=True) == {a.id: TaskStatus.PENDING}
-        assert await repo.statuses(conn, []) == {}
+        assert await conn.run_sync(repo.statuses, [a.id], lock=True) == {a.id: TaskStatus.PENDING}
+        assert await conn.run_sync(repo.statuses, []) == {}
 
 
 async def test_insert_many_empty_is_a_no_op(engine: AsyncEngine) -> None:
@@ -343,8 +349,8 @@ async def test_claim_sets_lease_and_counts_attempts(engine: AsyncEngine) -> None
     # Back to pending (a retry): the next claim counts a second attempt.
     repo = TaskRepository(dialect_of(engine))
     async with engine.begin() as conn:
-        retried = await repo.transition(
-            conn,
+        retried = await conn.run_sync(
+            repo.transition,
             job.id,
             expected=[TaskStatus.RUNNING],
             lease_token=token,
@@ -356,6 +362,40 @@ async def test_claim_sets_lease_and_counts_attempts(engine: AsyncEngine) -> None
     assert again.attempts == 2
     assert again.retry_count == 1
     assert again.lease_token != token
+
+
+async def test_claim_without_start_then_mark_started(engine: AsyncEngine) -> None:
+    job = task()
+    await insert(engine, job)
+    token = new_id()
+    (got,) = await claim(engine, token=token, worker_id="host:7", start=False)
+    # Claimed under a lease, but not started: no attempt counted yet.
+    assert got.status is TaskStatus.RUNNING
+    assert got.lease_token == token
+    assert got.lease_expires_at == NOW + LEASE
+    assert got.worker_id == "host:7"
+    assert got.started_at is None
+    assert got.attempts == 0
+    assert await get(engine, job.id) == got
+
+    repo = TaskRepository(dialect_of(engine))
+    started = NOW + timedelta(seconds=2)
+    async with engine.begin() as conn:
+        await conn.run_sync(repo.mark_started, [(job.id, "stolen", started)])  # not its lease
+        await conn.run_sync(repo.mark_started, [])
+    stored = await get(engine, job.id)
+    assert stored is not None
+    assert (stored.started_at, stored.attempts) == (None, 0)
+    async with engine.begin() as conn:
+        await conn.run_sync(repo.mark_started, [(job.id, token, started)])
+        # Marked once: a second mark changes nothing.
+        await conn.run_sync(repo.mark_started, [(job.id, token, started + timedelta(seconds=1))])
+    stored = await get(engine, job.id)
+    assert stored is not None
+    assert stored.started_at == started
+    assert utc_aware(stored.started_at)
+    assert stored.attempts == 1
+    assert stored.lease_token == token
 
 
 # --- tasks: conditional transitions ----------------------------------------------------------
@@ -370,20 +410,32 @@ async def test_transition_is_fenced_by_status_and_lease(engine: AsyncEngine) -> 
     done = {"status": TaskStatus.COMPLETED, "completed_at": NOW + timedelta(seconds=1)}
     async with engine.begin() as conn:
         assert (
-            await repo.transition(
-                conn, job.id, expected=[TaskStatus.RUNNING], lease_token="stolen", values=done
+            await conn.run_sync(
+                repo.transition,
+                job.id,
+                expected=[TaskStatus.RUNNING],
+                lease_token="stolen",
+                values=done,
             )
             is None
         )
         assert (
-            await repo.transition(
-                conn, job.id, expected=[TaskStatus.PENDING], lease_token=token, values=done
+            await conn.run_sync(
+                repo.transition,
+                job.id,
+                expected=[TaskStatus.PENDING],
+                lease_token=token,
+                values=done,
             )
             is None
         )
         assert (
-            await repo.transition(
-                conn, "missing", expected=[TaskStatus.RUNNING], lease_token=token, values=done
+            await conn.run_sync(
+                repo.transition,
+                "missing",
+                expected=[TaskStatus.RUNNING],
+                lease_token=token,
+                values=done,
             )
             is None
         )
@@ -392,8 +444,8 @@ async def test_transition_is_fenced_by_status_and_lease(engine: AsyncEngine) -> 
     assert stored.status is TaskStatus.RUNNING
 
     async with engine.begin() as conn:
-        completed = await repo.transition(
-            conn, job.id, expected=[TaskStatus.RUNNING], lease_token=token, values=done
+        completed = await conn.run_sync(
+            repo.transition, job.id, expected=[TaskStatus.RUNNING], lease_token=token, values=done
         )
     assert completed is not None
     assert completed.status is TaskStatus.COMPLETED
@@ -403,8 +455,12 @@ async def test_transition_is_fenced_by_status_and_lease(engine: AsyncEngine) -> 
     # A second completion (a stale worker) finds nothing to change.
     async with engine.begin() as conn:
         assert (
-            await repo.transition(
-                conn, job.id, expected=[TaskStatus.RUNNING], lease_token=token, values=done
+            await conn.run_sync(
+                repo.transition,
+                job.id,
+                expected=[TaskStatus.RUNNING],
+                lease_token=token,
+                values=done,
             )
             is None
         )
@@ -417,8 +473,8 @@ async def test_transition_without_lease_and_several_expected(engine: AsyncEngine
     expected = [TaskStatus.PENDING, TaskStatus.WAITING]
     async with engine.begin() as conn:
         for job in (a, b):
-            cancelled = await repo.transition(
-                conn,
+            cancelled = await conn.run_sync(
+                repo.transition,
                 job.id,
                 expected=expected,
                 values={"status": TaskStatus.CANCELLED, "last_error": "cancelled by user"},
@@ -436,15 +492,15 @@ async def test_transition_many_with_limit(engine: AsyncEngine) -> None:
     where = sa.and_(t.c.queue_name == "sweep", t.c.status == TaskStatus.PENDING.value)
     values = {"status": TaskStatus.EXPIRED, "completed_at": NOW}
     async with engine.begin() as conn:
-        first = await repo.transition_many(conn, where=where, values=values, limit=2)
+        first = await conn.run_sync(repo.transition_many, where=where, values=values, limit=2)
     assert len(first) == 2
     assert all(x.status is TaskStatus.EXPIRED and x.completed_at == NOW for x in first)
     async with engine.begin() as conn:
-        rest = await repo.transition_many(conn, where=where, values=values)
+        rest = await conn.run_sync(repo.transition_many, where=where, values=values)
     assert len(rest) == 3
     assert {x.id for x in first} | {x.id for x in rest} == {x.id for x in mine}
     async with engine.begin() as conn:
-        assert await repo.transition_many(conn, where=where, values=values, limit=10) == []
+        assert await conn.run_sync(repo.transition_many, where=where, values=values, limit=10) == []
     kept = await get(engine, keep.id)
     assert kept is not None
     assert kept.status is TaskStatus.PENDING
@@ -459,8 +515,10 @@ async def test_renew_leases_only_for_matching_tokens(engine: AsyncEngine) -> Non
     repo = TaskRepository(dialect_of(engine))
     until = NOW + timedelta(minutes=10)
     async with engine.begin() as conn:
-        renewed = await repo.renew_leases(
-            conn, {a.id: token_ab, b.id: "lost-token", c.id: token_c, "gone": token_ab}, until
+        renewed = await conn.run_sync(
+            repo.renew_leases,
+            {a.id: token_ab, b.id: "lost-token", c.id: token_c, "gone": token_ab},
+            until,
         )
     assert renewed == {a.id, c.id}
     assert await lease_of(engine, a.id) == until
@@ -470,8 +528,10 @@ async def test_renew_leases_only_for_matching_tokens(engine: AsyncEngine) -> Non
     # Tokens swapped between tasks: each one's token exists, but not on that task.
     later = NOW + timedelta(minutes=20)
     async with engine.begin() as conn:
-        assert await repo.renew_leases(conn, {a.id: token_c, c.id: token_ab}, later) == set()
-        assert await repo.renew_leases(conn, {}, later) == set()
+        assert (
+            await conn.run_sync(repo.renew_leases, {a.id: token_c, c.id: token_ab}, later) == set()
+        )
+        assert await conn.run_sync(repo.renew_leases, {}, later) == set()
     for task_id in (a.id, c.id):
         assert await lease_of(engine, task_id) == until, "a lease under another token was extended"
 
@@ -483,14 +543,17 @@ async def test_renew_leases_ignores_finished_tasks(engine: AsyncEngine) -> None:
     await claim(engine, token=token)
     repo = TaskRepository(dialect_of(engine))
     async with engine.begin() as conn:
-        await repo.transition(
-            conn,
+        await conn.run_sync(
+            repo.transition,
             job.id,
             expected=[TaskStatus.RUNNING],
             lease_token=token,
             values={"status": TaskStatus.COMPLETED},
         )
-        assert await repo.renew_leases(conn, {job.id: token}, NOW + timedelta(hours=1)) == set()
+        assert (
+            await conn.run_sync(repo.renew_leases, {job.id: token}, NOW + timedelta(hours=1))
+            == set()
+        )
 
 
 # --- tasks: unique keys ---------------------------------------------------------------------
@@ -502,11 +565,11 @@ async def test_insert_unique(engine: AsyncEngine) -> None:
     duplicate = task(unique_key="report:2026-05")
     other_key = task(unique_key="report:2026-06")
     async with engine.begin() as conn:
-        assert await repo.insert_unique(conn, first) == first.id
+        assert await conn.run_sync(repo.insert_unique, first) == first.id
     async with engine.begin() as conn:
-        assert await repo.insert_unique(conn, duplicate) is None
-        assert await repo.insert_unique(conn, other_key) == other_key.id
-        assert await repo.live_id_for_key(conn, "report:2026-05") == first.id
+        assert await conn.run_sync(repo.insert_unique, duplicate) is None
+        assert await conn.run_sync(repo.insert_unique, other_key) == other_key.id
+        assert await conn.run_sync(repo.live_id_for_key, "report:2026-05") == first.id
     assert await get(engine, duplicate.id) is None
 
     # Running still holds the key.
@@ -514,22 +577,22 @@ async def test_insert_unique(engine: AsyncEngine) -> None:
     claimed = await claim(engine, token=token, n=1)
     assert [x.id for x in claimed] == [first.id]
     async with engine.begin() as conn:
-        assert await repo.insert_unique(conn, task(unique_key="report:2026-05")) is None
+        assert await conn.run_sync(repo.insert_unique, task(unique_key="report:2026-05")) is None
 
     # Completed frees the key.
     async with engine.begin() as conn:
-        assert await repo.transition(
-            conn,
+        assert await conn.run_sync(
+            repo.transition,
             first.id,
             expected=[TaskStatus.RUNNING],
             lease_token=token,
             values={"status": TaskStatus.COMPLETED},
         )
-        assert await repo.live_id_for_key(conn, "report:2026-05") is None
+        assert await conn.run_sync(repo.live_id_for_key, "report:2026-05") is None
     again = task(unique_key="report:2026-05")
     async with engine.begin() as conn:
-        assert await repo.insert_unique(conn, again) == again.id
-        assert await repo.live_id_for_key(conn, "report:2026-05") == again.id
+        assert await conn.run_sync(repo.insert_unique, again) == again.id
+        assert await conn.run_sync(repo.live_id_for_key, "report:2026-05") == again.id
     stored = await get(engine, again.id)
     assert stored == again
 
@@ -540,9 +603,17 @@ async def test_insert_unique_key_held_by_waiting_task_and_dependencies(engine: A
     await insert(engine, parent)
     child = task(unique_key="k", depends_on=[parent.id])
     async with engine.begin() as conn:
-        assert await repo.insert_unique(conn, child) == child.id
-        assert await repo.insert_unique(conn, task(unique_key="k")) is None
-        assert await repo.dependents(conn, [parent.id]) == [child.id]
+        assert await conn.run_sync(repo.insert_unique, child) == child.id
+        # The row only: its dependency edges are written by insert_edges.
+        assert await conn.run_sync(repo.dependents, [parent.id]) == []
+        await conn.run_sync(repo.insert_edges, [child])
+        assert await conn.run_sync(repo.insert_unique, task(unique_key="k")) is None
+        assert await conn.run_sync(repo.dependents, [parent.id]) == [child.id]
+        await conn.run_sync(repo.insert_edges, [])  # nothing to write
+    stored = await get(engine, child.id)
+    assert stored == child
+    assert stored is not None
+    assert stored.status is TaskStatus.WAITING
 
 
 async def test_insert_many_duplicate_live_unique_key_raises(engine: AsyncEngine) -> None:
@@ -601,18 +672,20 @@ async def test_dependents_and_release_ready_fan_in(engine: AsyncEngine) -> None:
     assert both.status is TaskStatus.WAITING
     repo = TaskRepository(dialect_of(engine))
     async with engine.begin() as conn:
-        assert set(await repo.dependents(conn, [a.id])) == {both.id, only_a.id}
-        assert await repo.dependents(conn, [b.id]) == [both.id]
-        assert await repo.dependents(conn, [lone.id]) == []
-        assert await repo.dependents(conn, []) == []
-        assert sorted(await repo.dependents(conn, [a.id, b.id])) == sorted({both.id, only_a.id})
+        assert set(await conn.run_sync(repo.dependents, [a.id])) == {both.id, only_a.id}
+        assert await conn.run_sync(repo.dependents, [b.id]) == [both.id]
+        assert await conn.run_sync(repo.dependents, [lone.id]) == []
+        assert await conn.run_sync(repo.dependents, []) == []
+        assert sorted(await conn.run_sync(repo.dependents, [a.id, b.id])) == sorted(
+            {both.id, only_a.id}
+        )
     # Waiting tasks are never claimed.
     assert {x.id for x in await claim(engine, n=10)} == {a.id, b.id, lone.id}
 
     async def complete(task_id: str) -> None:
         async with engine.begin() as conn:
-            done = await repo.transition(
-                conn,
+            done = await conn.run_sync(
+                repo.transition,
                 task_id,
                 expected=[TaskStatus.RUNNING],
                 values={"status": TaskStatus.COMPLETED, "completed_at": NOW},
@@ -621,7 +694,7 @@ async def test_dependents_and_release_ready_fan_in(engine: AsyncEngine) -> None:
 
     await complete(a.id)
     async with engine.begin() as conn:
-        released = await repo.release_ready(conn, [both.id, only_a.id], NOW)
+        released = await conn.run_sync(repo.release_ready, [both.id, only_a.id], NOW)
     assert [x.id for x in released] == [only_a.id]
     assert released[0].status is TaskStatus.PENDING
     stored_both = await get(engine, both.id)
@@ -630,19 +703,25 @@ async def test_dependents_and_release_ready_fan_in(engine: AsyncEngine) -> None:
 
     # A failed dependency does not count as met.
     async with engine.begin() as conn:
-        await repo.transition(
-            conn, b.id, expected=[TaskStatus.RUNNING], values={"status": TaskStatus.FAILED}
+        await conn.run_sync(
+            repo.transition,
+            b.id,
+            expected=[TaskStatus.RUNNING],
+            values={"status": TaskStatus.FAILED},
         )
-        assert await repo.release_ready(conn, [both.id], NOW) == []
-        await repo.transition(
-            conn, b.id, expected=[TaskStatus.FAILED], values={"status": TaskStatus.COMPLETED}
+        assert await conn.run_sync(repo.release_ready, [both.id], NOW) == []
+        await conn.run_sync(
+            repo.transition,
+            b.id,
+            expected=[TaskStatus.FAILED],
+            values={"status": TaskStatus.COMPLETED},
         )
-        released = await repo.release_ready(conn, [both.id], NOW)
+        released = await conn.run_sync(repo.release_ready, [both.id], NOW)
         assert [x.id for x in released] == [both.id]
         # Released once: a second call finds nothing waiting.
-        assert await repo.release_ready(conn, [both.id], NOW) == []
-        assert await repo.release_ready(conn, [], NOW) == []
-        assert await repo.dependents(conn, [a.id, b.id]) == []
+        assert await conn.run_sync(repo.release_ready, [both.id], NOW) == []
+        assert await conn.run_sync(repo.release_ready, [], NOW) == []
+        assert await conn.run_sync(repo.dependents, [a.id, b.id]) == []
     assert {x.id for x in await claim(engine, n=10)} == {both.id, only_a.id}
 
 
@@ -657,15 +736,22 @@ async def test_delete_and_delete_where(engine: AsyncEngine) -> None:
     await insert(engine, *old_done, recent_done, pending, child)
     repo = TaskRepository(dialect_of(engine))
     async with engine.begin() as conn:
-        assert await repo.delete(conn, "missing") is False
-        first = await repo.delete_where(conn, final_before(T0 + timedelta(minutes=1)), limit=2)
+        assert await conn.run_sync(repo.delete, "missing") is False
+        first = await conn.run_sync(
+            repo.delete_where, final_before(T0 + timedelta(minutes=1)), limit=2
+        )
         assert len(first) == 2
-        second = await repo.delete_where(conn, final_before(T0 + timedelta(minutes=1)), limit=2)
+        second = await conn.run_sync(
+            repo.delete_where, final_before(T0 + timedelta(minutes=1)), limit=2
+        )
         assert set(first) | set(second) == {x.id for x in old_done}
-        assert await repo.delete_where(conn, final_before(T0 + timedelta(minutes=1)), 10) == []
+        assert (
+            await conn.run_sync(repo.delete_where, final_before(T0 + timedelta(minutes=1)), 10)
+            == []
+        )
         # Deleting a task removes its dependency edges too.
-        assert await repo.delete(conn, pending.id) is True
-        assert await repo.dependents(conn, [pending.id]) == []
+        assert await conn.run_sync(repo.delete, pending.id) is True
+        assert await conn.run_sync(repo.dependents, [pending.id]) == []
         edges = (
             await conn.execute(sa.select(sa.func.count()).select_from(schema.task_dependencies))
         ).scalar_one()
@@ -685,22 +771,22 @@ async def test_count_by_and_count(engine: AsyncEngine) -> None:
     )
     repo = TaskRepository(dialect_of(engine))
     async with engine.begin() as conn:
-        assert await repo.count_by(conn) == {
+        assert await conn.run_sync(repo.count_by) == {
             ("a", "pending"): 3,
             ("a", "completed"): 1,
             ("b", "failed"): 2,
         }
-        assert await repo.count_by(conn, queue_name="b") == {("b", "failed"): 2}
-        assert await repo.count_by(conn, queue_name="nope") == {}
-        assert await repo.count(conn, TaskStatus.PENDING) == 3
-        assert await repo.count(conn, TaskStatus.FAILED, queue_name="a") == 0
-        assert await repo.count(conn, TaskStatus.FAILED, queue_name="b") == 2
+        assert await conn.run_sync(repo.count_by, queue_name="b") == {("b", "failed"): 2}
+        assert await conn.run_sync(repo.count_by, queue_name="nope") == {}
+        assert await conn.run_sync(repo.count, TaskStatus.PENDING) == 3
+        assert await conn.run_sync(repo.count, TaskStatus.FAILED, queue_name="a") == 0
+        assert await conn.run_sync(repo.count, TaskStatus.FAILED, queue_name="b") == 2
 
 
 async def test_list_filters_order_and_pagination(engine: AsyncEngine) -> None:
     owner = schedule()
     async with engine.begin() as conn:
-        await ScheduleRepository(dialect_of(engine)).insert(conn, owner)
+        await conn.run_sync(ScheduleRepository(dialect_of(engine)).insert, owner)
     tasks = [
         task(
             queue_name="a" if i % 2 else "b",
@@ -715,34 +801,37 @@ async def test_list_filters_order_and_pagination(engine: AsyncEngine) -> None:
     repo = TaskRepository(dialect_of(engine))
     ids = [x.id for x in tasks]
     async with engine.begin() as conn:
-        everything = await repo.query(conn)
+        everything = await conn.run_sync(repo.query)
         assert [x.id for x in everything] == ids  # created_at ascending by default
-        assert [x.id for x in await repo.query(conn, limit=3, offset=2)] == ids[2:5]
-        assert [x.id for x in await repo.query(conn, limit=3, offset=9)] == ids[9:]
-        assert [x.id for x in await repo.query(conn, order_by="priority", descending=True)] == ids[
-            ::-1
-        ]
+        assert [x.id for x in await conn.run_sync(repo.query, limit=3, offset=2)] == ids[2:5]
+        assert [x.id for x in await conn.run_sync(repo.query, limit=3, offset=9)] == ids[9:]
         assert [
-            x.id for x in await repo.query(conn, order_by="priority", descending=True, limit=2)
-        ] == [ids[9], ids[8]]
-        assert [x.id for x in await repo.query(conn, queue_name="a")] == ids[1::2]
-        assert [x.id for x in await repo.query(conn, status=[TaskStatus.COMPLETED])] == ids[8:]
+            x.id for x in await conn.run_sync(repo.query, order_by="priority", descending=True)
+        ] == ids[::-1]
         assert [
             x.id
-            for x in await repo.query(
-                conn, status=[TaskStatus.COMPLETED, TaskStatus.PENDING], queue_name="b"
+            for x in await conn.run_sync(repo.query, order_by="priority", descending=True, limit=2)
+        ] == [ids[9], ids[8]]
+        assert [x.id for x in await conn.run_sync(repo.query, queue_name="a")] == ids[1::2]
+        assert [
+            x.id for x in await conn.run_sync(repo.query, status=[TaskStatus.COMPLETED])
+        ] == ids[8:]
+        assert [
+            x.id
+            for x in await conn.run_sync(
+                repo.query, status=[TaskStatus.COMPLETED, TaskStatus.PENDING], queue_name="b"
             )
         ] == ids[0::2]
-        assert [x.id for x in await repo.query(conn, schedule_id=owner.id)] == ids[1:3]
-        assert await repo.query(conn, status=[TaskStatus.RUNNING]) == []
-        assert [x.id for x in await repo.query(conn, order_by="id")] == sorted(ids)
+        assert [x.id for x in await conn.run_sync(repo.query, schedule_id=owner.id)] == ids[1:3]
+        assert await conn.run_sync(repo.query, status=[TaskStatus.RUNNING]) == []
+        assert [x.id for x in await conn.run_sync(repo.query, order_by="id")] == sorted(ids)
         assert everything == tasks
 
 
 async def test_next_run_at(engine: AsyncEngine) -> None:
     repo = TaskRepository(dialect_of(engine))
     async with engine.begin() as conn:
-        assert await repo.next_run_at(conn, None) is None
+        assert await conn.run_sync(repo.next_run_at, None) is None
     soon = T0 + timedelta(minutes=5, microseconds=1)
     await insert(
         engine,
@@ -752,12 +841,12 @@ async def test_next_run_at(engine: AsyncEngine) -> None:
         task(queue_name="a", run_at=T0, status=TaskStatus.COMPLETED),  # not pending
     )
     async with engine.begin() as conn:
-        first_a = await repo.next_run_at(conn, ["a"])
+        first_a = await conn.run_sync(repo.next_run_at, ["a"])
         assert first_a == soon
         assert utc_aware(first_a)
-        assert await repo.next_run_at(conn, None) == T0 + timedelta(minutes=1)
-        assert await repo.next_run_at(conn, ["a", "b"]) == T0 + timedelta(minutes=1)
-        assert await repo.next_run_at(conn, ["empty"]) is None
+        assert await conn.run_sync(repo.next_run_at, None) == T0 + timedelta(minutes=1)
+        assert await conn.run_sync(repo.next_run_at, ["a", "b"]) == T0 + timedelta(minutes=1)
+        assert await conn.run_sync(repo.next_run_at, ["empty"]) is None
 
 
 async def test_next_run_at_at_the_epoch(engine: AsyncEngine) -> None:
@@ -765,7 +854,7 @@ async def test_next_run_at_at_the_epoch(engine: AsyncEngine) -> None:
     await insert(engine, task(created_at=epoch))
     repo = TaskRepository(dialect_of(engine))
     async with engine.begin() as conn:
-        assert await repo.next_run_at(conn, ["default"]) == epoch
+        assert await conn.run_sync(repo.next_run_at, ["default"]) == epoch
 
 
 # --- tasks: unreadable rows ----------------------------------------------------------------------
@@ -778,13 +867,13 @@ async def test_unknown_task_status_in_row_raises_invalid_row(engine: AsyncEngine
     repo = TaskRepository(dialect_of(engine))
     async with engine.begin() as conn:
         with pytest.raises(InvalidRow, match="bogus"):
-            await repo.get(conn, job.id)
+            await conn.run_sync(repo.get, job.id)
     async with engine.begin() as conn:
         with pytest.raises(InvalidRow):
-            await repo.query(conn)
+            await conn.run_sync(repo.query)
     async with engine.begin() as conn:
         with pytest.raises(InvalidRow):
-            await repo.statuses(conn, [job.id])
+            await conn.run_sync(repo.statuses, [job.id])
 
 
 async def test_invalid_stored_func_reference_raises_invalid_row(engine: AsyncEngine) -> None:
@@ -793,7 +882,7 @@ async def test_invalid_stored_func_reference_raises_invalid_row(engine: AsyncEng
     await set_column(engine, t, job.id, func="not a reference")
     async with engine.begin() as conn:
         with pytest.raises(InvalidRow, match="func"):
-            await TaskRepository(dialect_of(engine)).get(conn, job.id)
+            await conn.run_sync(TaskRepository(dialect_of(engine)).get, job.id)
 
 
 @pytest.mark.parametrize(
@@ -861,18 +950,18 @@ async def test_schedule_round_trip(engine: AsyncEngine) -> None:
     one_shot = schedule(schedule_type="timestamp", interval=None, run_at=NOW)
     async with engine.begin() as conn:
         for item in (cron, interval, one_shot):
-            await repo.insert(conn, item)
+            await conn.run_sync(repo.insert, item)
     async with engine.begin() as conn:
         for item in (cron, interval, one_shot):
-            got = await repo.get(conn, item.id)
+            got = await conn.run_sync(repo.get, item.id)
             assert got == item
             assert got is not None
             assert got.payload_error is None
             assert utc_aware(got.created_at)
-        assert await repo.get(conn, "missing") is None
+        assert await conn.run_sync(repo.get, "missing") is None
     async with engine.begin() as conn:
         with pytest.raises(DuplicateTask):
-            await repo.insert(conn, cron)
+            await conn.run_sync(repo.insert, cron)
 
 
 async def test_schedule_query(engine: AsyncEngine) -> None:
@@ -887,14 +976,16 @@ async def test_schedule_query(engine: AsyncEngine) -> None:
     ]
     async with engine.begin() as conn:
         for item in reversed(items):
-            await repo.insert(conn, item)
+            await conn.run_sync(repo.insert, item)
         ids = [x.id for x in items]
-        assert [x.id for x in await repo.query(conn)] == ids  # oldest first
-        assert await repo.query(conn) == items
-        assert [x.id for x in await repo.query(conn, limit=2, offset=1)] == ids[1:3]
-        assert [x.id for x in await repo.query(conn, status=[ScheduleStatus.PAUSED])] == ids[1::2]
-        assert await repo.query(conn, status=[ScheduleStatus.CANCELLED]) == []
-        by_next = await repo.query(conn, order_by="next_run_at")
+        assert [x.id for x in await conn.run_sync(repo.query)] == ids  # oldest first
+        assert await conn.run_sync(repo.query) == items
+        assert [x.id for x in await conn.run_sync(repo.query, limit=2, offset=1)] == ids[1:3]
+        assert [
+            x.id for x in await conn.run_sync(repo.query, status=[ScheduleStatus.PAUSED])
+        ] == ids[1::2]
+        assert await conn.run_sync(repo.query, status=[ScheduleStatus.CANCELLED]) == []
+        by_next = await conn.run_sync(repo.query, order_by="next_run_at")
         assert [x.id for x in by_next] == [ids[4], ids[3], ids[1], ids[0]]  # unscheduled left out
 
 
@@ -907,10 +998,10 @@ async def test_schedule_due(engine: AsyncEngine) -> None:
     never = schedule(next_run_at=None)
     async with engine.begin() as conn:
         for item in (on_time, future, paused, never, late):
-            await repo.insert(conn, item)
+            await conn.run_sync(repo.insert, item)
     async with engine.begin() as conn:
-        assert [x.id for x in await repo.due(conn, NOW, limit=10)] == [late.id, on_time.id]
-        assert [x.id for x in await repo.due(conn, NOW, limit=1)] == [late.id]
+        assert [x.id for x in await conn.run_sync(repo.due, NOW, limit=10)] == [late.id, on_time.id]
+        assert [x.id for x in await conn.run_sync(repo.due, NOW, limit=1)] == [late.id]
 
 
 async def test_schedule_update_compare_and_set(engine: AsyncEngine) -> None:
@@ -918,27 +1009,30 @@ async def test_schedule_update_compare_and_set(engine: AsyncEngine) -> None:
     fire = NOW
     item = schedule(next_run_at=fire)
     async with engine.begin() as conn:
-        await repo.insert(conn, item)
+        await conn.run_sync(repo.insert, item)
     next_fire = fire + timedelta(minutes=5)
     async with engine.begin() as conn:
-        stale = await repo.update(
-            conn,
+        stale = await conn.run_sync(
+            repo.update,
             item.id,
             {"next_run_at": next_fire},
             expected_next_run_at=fire - timedelta(microseconds=1),
         )
         assert stale is None
-        wrong_status = await repo.update(
-            conn,
+        wrong_status = await conn.run_sync(
+            repo.update,
             item.id,
             {"next_run_at": next_fire},
             expected_status=[ScheduleStatus.PAUSED],
         )
         assert wrong_status is None
-        assert await repo.update(conn, item.id, {"run_count": 1}, expected_next_run_at=None) is None
-        assert await repo.update(conn, "missing", {"run_count": 1}) is None
-        updated = await repo.update(
-            conn,
+        assert (
+            await conn.run_sync(repo.update, item.id, {"run_count": 1}, expected_next_run_at=None)
+            is None
+        )
+        assert await conn.run_sync(repo.update, "missing", {"run_count": 1}) is None
+        updated = await conn.run_sync(
+            repo.update,
             item.id,
             {"next_run_at": next_fire, "last_run_at": fire, "run_count": 1},
             expected_status=[ScheduleStatus.ACTIVE],
@@ -950,37 +1044,40 @@ async def test_schedule_update_compare_and_set(engine: AsyncEngine) -> None:
     assert updated.run_count == 1
     # The same compare-and-set again (a second scheduler) loses.
     async with engine.begin() as conn:
-        assert await repo.update(conn, item.id, {"run_count": 2}, expected_next_run_at=fire) is None
-        paused = await repo.update(
-            conn,
+        assert (
+            await conn.run_sync(repo.update, item.id, {"run_count": 2}, expected_next_run_at=fire)
+            is None
+        )
+        paused = await conn.run_sync(
+            repo.update,
             item.id,
             {"status": ScheduleStatus.PAUSED, "paused_at": NOW, "next_run_at": None},
             expected_status=[ScheduleStatus.ACTIVE],
         )
         assert paused is not None
         assert paused.status is ScheduleStatus.PAUSED
-        resumed = await repo.update(
-            conn,
+        resumed = await conn.run_sync(
+            repo.update,
             item.id,
             {"status": ScheduleStatus.ACTIVE, "next_run_at": next_fire},
             expected_next_run_at=None,
         )
         assert resumed is not None
         assert resumed.status is ScheduleStatus.ACTIVE
-        assert await repo.get(conn, item.id) == resumed
+        assert await conn.run_sync(repo.get, item.id) == resumed
 
 
 async def test_schedule_delete_detaches_its_tasks(engine: AsyncEngine) -> None:
     repo = ScheduleRepository(dialect_of(engine))
     item = schedule()
     async with engine.begin() as conn:
-        await repo.insert(conn, item)
+        await conn.run_sync(repo.insert, item)
     made = task(schedule_id=item.id, scheduled_for=NOW)
     await insert(engine, made)
     async with engine.begin() as conn:
-        assert await repo.delete(conn, item.id) is True
-        assert await repo.delete(conn, item.id) is False
-        assert await repo.get(conn, item.id) is None
+        assert await conn.run_sync(repo.delete, item.id) is True
+        assert await conn.run_sync(repo.delete, item.id) is False
+        assert await conn.run_sync(repo.get, item.id) is None
     stored = await get(engine, made.id)
     assert stored is not None
     assert stored.schedule_id is None
@@ -989,7 +1086,7 @@ async def test_schedule_delete_detaches_its_tasks(engine: AsyncEngine) -> None:
 async def test_one_task_per_schedule_fire_time(engine: AsyncEngine) -> None:
     item = schedule()
     async with engine.begin() as conn:
-        await ScheduleRepository(dialect_of(engine)).insert(conn, item)
+        await conn.run_sync(ScheduleRepository(dialect_of(engine)).insert, item)
     first = task(schedule_id=item.id, scheduled_for=NOW)
     await insert(engine, first)
     with pytest.raises(DuplicateTask):
@@ -1003,17 +1100,17 @@ async def test_schedule_unreadable_rows(engine: AsyncEngine) -> None:
     broken_payload = schedule(func_args=(1,))
     bogus_status = schedule()
     async with engine.begin() as conn:
-        await repo.insert(conn, broken_payload)
-        await repo.insert(conn, bogus_status)
+        await conn.run_sync(repo.insert, broken_payload)
+        await conn.run_sync(repo.insert, bogus_status)
     await set_column(engine, schema.schedules, broken_payload.id, payload="{oops")
     await set_column(engine, schema.schedules, bogus_status.id, status="bogus")
     async with engine.begin() as conn:
-        got = await repo.get(conn, broken_payload.id)
+        got = await conn.run_sync(repo.get, broken_payload.id)
         assert got is not None
         assert got.payload_error is not None
         assert got.func_args == ()
         with pytest.raises(InvalidRow, match="bogus"):
-            await repo.get(conn, bogus_status.id)
+            await conn.run_sync(repo.get, bogus_status.id)
 
 
 # --- results --------------------------------------------------------------------------------------
@@ -1045,33 +1142,33 @@ async def test_result_upsert_get_and_replace(engine: AsyncEngine) -> None:
     )
     none_value = result(result=None)
     async with engine.begin() as conn:
-        await repo.upsert_many(conn, [first, failed, none_value])
-        await repo.upsert_many(conn, [])
+        await conn.run_sync(repo.upsert_many, [first, failed, none_value])
+        await conn.run_sync(repo.upsert_many, [])
     async with engine.begin() as conn:
-        assert await repo.get(conn, first.task_id) == first
-        assert await repo.get(conn, failed.task_id) == failed
-        stored_none = await repo.get(conn, none_value.task_id)
+        assert await conn.run_sync(repo.get, first.task_id) == first
+        assert await conn.run_sync(repo.get, failed.task_id) == failed
+        stored_none = await conn.run_sync(repo.get, none_value.task_id)
         assert stored_none == none_value
-        assert await repo.get(conn, "missing") is None
-        got = await repo.get(conn, first.task_id)
+        assert await conn.run_sync(repo.get, "missing") is None
+        got = await conn.run_sync(repo.get, first.task_id)
         assert got is not None
         assert utc_aware(got.created_at)
         assert got.expires_at == T0 + timedelta(days=1)
     replacement = result(first.task_id, status=ResultStatus.TIMEOUT, error="too slow")
     async with engine.begin() as conn:
-        await repo.upsert_many(conn, [replacement])
+        await conn.run_sync(repo.upsert_many, [replacement])
     async with engine.begin() as conn:
-        assert await repo.get(conn, first.task_id) == replacement
-        assert await repo.count_by_status(conn) == {"success": 1, "error": 1, "timeout": 1}
+        assert await conn.run_sync(repo.get, first.task_id) == replacement
+        assert await conn.run_sync(repo.count_by_status) == {"success": 1, "error": 1, "timeout": 1}
 
 
 async def test_result_value_must_serialize(engine: AsyncEngine) -> None:
     repo = ResultRepository(dialect_of(engine))
     with pytest.raises(SerializationError, match="result"):
         async with engine.begin() as conn:
-            await repo.upsert_many(conn, [result(), result(result={"x": float("nan")})])
+            await conn.run_sync(repo.upsert_many, [result(), result(result={"x": float("nan")})])
     async with engine.begin() as conn:
-        assert await repo.count_by_status(conn) == {}
+        assert await conn.run_sync(repo.count_by_status) == {}
 
 
 async def test_result_latest_for_schedule(engine: AsyncEngine) -> None:
@@ -1081,9 +1178,9 @@ async def test_result_latest_for_schedule(engine: AsyncEngine) -> None:
     middle = result(schedule_id="sched", created_at=T0 + timedelta(minutes=1))
     other = result(schedule_id="other", created_at=T0 + timedelta(hours=1))
     async with engine.begin() as conn:
-        await repo.upsert_many(conn, [older, newest, middle, other])
-        assert await repo.latest_for_schedule(conn, "sched") == newest
-        assert await repo.latest_for_schedule(conn, "none") is None
+        await conn.run_sync(repo.upsert_many, [older, newest, middle, other])
+        assert await conn.run_sync(repo.latest_for_schedule, "sched") == newest
+        assert await conn.run_sync(repo.latest_for_schedule, "none") is None
 
 
 async def test_result_update_delete_and_expiry(engine: AsyncEngine) -> None:
@@ -1093,34 +1190,37 @@ async def test_result_update_delete_and_expiry(engine: AsyncEngine) -> None:
     alive = result(ttl=timedelta(days=1))
     forever = result()
     async with engine.begin() as conn:
-        await repo.upsert_many(conn, [*expired, at_now, alive, forever])
+        await conn.run_sync(repo.upsert_many, [*expired, at_now, alive, forever])
     async with engine.begin() as conn:
-        assert await repo.update(conn, alive.task_id, {"worker_id": "w9", "error": "x"}) is True
-        assert await repo.update(conn, "missing", {"worker_id": "w9"}) is False
-        updated = await repo.get(conn, alive.task_id)
+        assert (
+            await conn.run_sync(repo.update, alive.task_id, {"worker_id": "w9", "error": "x"})
+            is True
+        )
+        assert await conn.run_sync(repo.update, "missing", {"worker_id": "w9"}) is False
+        updated = await conn.run_sync(repo.get, alive.task_id)
         assert updated is not None
         assert (updated.worker_id, updated.error) == ("w9", "x")
-        assert await repo.delete_expired(conn, NOW, limit=2) == 2
-        assert await repo.delete_expired(conn, NOW, limit=10) == 2
-        assert await repo.delete_expired(conn, NOW, limit=10) == 0
-        assert await repo.delete(conn, forever.task_id) is True
-        assert await repo.delete(conn, forever.task_id) is False
-        assert await repo.count_by_status(conn) == {"success": 1}
-        assert await repo.get(conn, alive.task_id) is not None
+        assert await conn.run_sync(repo.delete_expired, NOW, limit=2) == 2
+        assert await conn.run_sync(repo.delete_expired, NOW, limit=10) == 2
+        assert await conn.run_sync(repo.delete_expired, NOW, limit=10) == 0
+        assert await conn.run_sync(repo.delete, forever.task_id) is True
+        assert await conn.run_sync(repo.delete, forever.task_id) is False
+        assert await conn.run_sync(repo.count_by_status) == {"success": 1}
+        assert await conn.run_sync(repo.get, alive.task_id) is not None
 
 
 async def test_result_unreadable_rows(engine: AsyncEngine) -> None:
     repo = ResultRepository(dialect_of(engine))
     bogus, broken = result(), result(result=[1])
     async with engine.begin() as conn:
-        await repo.upsert_many(conn, [bogus, broken])
+        await conn.run_sync(repo.upsert_many, [bogus, broken])
     await set_column(engine, schema.results, bogus.task_id, status="bogus")
     await set_column(engine, schema.results, broken.task_id, result="{not json")
     async with engine.begin() as conn:
         with pytest.raises(InvalidRow, match="bogus"):
-            await repo.get(conn, bogus.task_id)
+            await conn.run_sync(repo.get, bogus.task_id)
         with pytest.raises(InvalidRow):
-            await repo.get(conn, broken.task_id)
+            await conn.run_sync(repo.get, broken.task_id)
 
 
 # --- events ---------------------------------------------------------------------------------------
@@ -1175,12 +1275,12 @@ async def test_event_insert_and_query_filters(engine: AsyncEngine) -> None:
         ),
     ]
     async with engine.begin() as conn:
-        await repo.insert_many(conn, ev)
-        await repo.insert_many(conn, [])
+        await conn.run_sync(repo.insert_many, ev)
+        await conn.run_sync(repo.insert_many, [])
 
     async def ids(**filters: Any) -> list[int]:
         async with engine.begin() as conn:
-            found = await repo.query(conn, **filters)
+            found = await conn.run_sync(repo.query, **filters)
         assert all(x.id is not None for x in found)
         return [x.id for x in found]  # type: ignore[misc]
 
@@ -1190,7 +1290,7 @@ async def test_event_insert_and_query_filters(engine: AsyncEngine) -> None:
     by_pos = dict(enumerate(reversed(all_ids)))  # insertion position -> id
 
     async with engine.begin() as conn:
-        stored = await repo.query(conn)
+        stored = await conn.run_sync(repo.query)
     assert [attrs.evolve(x, id=None) for x in reversed(stored)] == ev
     assert all(utc_aware(x.timestamp) for x in stored)
 
@@ -1220,9 +1320,9 @@ async def test_event_ids_are_assigned_in_order(engine: AsyncEngine) -> None:
     repo = EventRepository(dialect_of(engine))
     for i in range(3):
         async with engine.begin() as conn:
-            await repo.insert_many(conn, [event(event_type="enqueued", task_id=f"t{i}")])
+            await conn.run_sync(repo.insert_many, [event(event_type="enqueued", task_id=f"t{i}")])
     async with engine.begin() as conn:
-        found = await repo.query(conn)
+        found = await conn.run_sync(repo.query)
     assert [x.task_id for x in found] == ["t2", "t1", "t0"]
 
 
@@ -1230,9 +1330,9 @@ async def test_event_insert_rows(engine: AsyncEngine) -> None:
     repo = EventRepository(dialect_of(engine))
     rows = [repo.to_row(event(event_type="retry", task_id="t", retry_count=2))]
     async with engine.begin() as conn:
-        await repo.insert_rows(conn, rows)
-        await repo.insert_rows(conn, [])
-        (found,) = await repo.query(conn)
+        await conn.run_sync(repo.insert_rows, rows)
+        await conn.run_sync(repo.insert_rows, [])
+        (found,) = await conn.run_sync(repo.query)
     assert found.event_type is EventType.RETRY
     assert found.retry_count == 2
 
@@ -1245,29 +1345,29 @@ async def test_event_retention_and_counts(engine: AsyncEngine) -> None:
         event(event_type="failed", level="error", timestamp=NOW),
     ]
     async with engine.begin() as conn:
-        await repo.insert_many(conn, [*old, *new])
-        assert await repo.count_by(conn, "event_type") == {
+        await conn.run_sync(repo.insert_many, [*old, *new])
+        assert await conn.run_sync(repo.count_by, "event_type") == {
             "enqueued": 5,
             "completed": 1,
             "failed": 1,
         }
-        assert await repo.count_by(conn, "level") == {"info": 6, "error": 1}
-        assert await repo.delete_older_than(conn, NOW, limit=3) == 3
-        assert await repo.delete_older_than(conn, NOW, limit=3) == 2
-        assert await repo.delete_older_than(conn, NOW, limit=3) == 0  # cutoff is exclusive
-        assert await repo.count_by(conn, "event_type") == {"completed": 1, "failed": 1}
+        assert await conn.run_sync(repo.count_by, "level") == {"info": 6, "error": 1}
+        assert await conn.run_sync(repo.delete_older_than, NOW, limit=3) == 3
+        assert await conn.run_sync(repo.delete_older_than, NOW, limit=3) == 2
+        assert await conn.run_sync(repo.delete_older_than, NOW, limit=3) == 0  # cutoff is exclusive
+        assert await conn.run_sync(repo.count_by, "event_type") == {"completed": 1, "failed": 1}
 
 
 async def test_event_unreadable_row(engine: AsyncEngine) -> None:
     repo = EventRepository(dialect_of(engine))
     async with engine.begin() as conn:
-        await repo.insert_many(conn, [event(event_type="enqueued")])
-        (stored,) = await repo.query(conn)
+        await conn.run_sync(repo.insert_many, [event(event_type="enqueued")])
+        (stored,) = await conn.run_sync(repo.query)
     await set_column(engine, schema.events, stored.id, level="bogus")
     async with engine.begin() as conn:
         with pytest.raises(InvalidRow, match="bogus"):
-            await repo.query(conn)
+            await conn.run_sync(repo.query)
     await set_column(engine, schema.events, stored.id, level="info", event_type="bogus")
     async with engine.begin() as conn:
         with pytest.raises(InvalidRow, match="bogus"):
-            await repo.query(conn)
+            await conn.run_sync(repo.query)

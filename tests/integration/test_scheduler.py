@@ -83,14 +83,11 @@ def cron_schedule(expression: str, timezone: str, after: datetime, **fields: Any
 
 async def fire_times(svc: Services, schedule_id: str) -> list[datetime]:
     """``scheduled_for`` of every task of the schedule (one entry per task), sorted."""
-    async with svc.storage.read() as conn:
-        rows = (
-            await conn.execute(
-                sa.select(tasks_table.c.scheduled_for).where(
-                    tasks_table.c.schedule_id == schedule_id
-                )
-            )
+    rows = await svc.storage.read(
+        lambda conn: conn.execute(
+            sa.select(tasks_table.c.scheduled_for).where(tasks_table.c.schedule_id == schedule_id)
         ).all()
+    )
     return sorted(row[0] for row in rows)
 
 

@@ -84,12 +84,13 @@ async def claim_one(svc: Services, task_id: str | None = None, **kwargs: Any) ->
 async def expire_lease(svc: Services, task_id: str) -> None:
     """Move a running task's lease into the past (as if its worker died long ago)."""
     t = schema.tasks
-    async with svc.storage.write() as conn:
-        await conn.execute(
+    await svc.storage.write(
+        lambda conn: conn.execute(
             sa.update(t)
             .where(t.c.id == task_id)
             .values(lease_expires_at=utcnow() - timedelta(minutes=5))
         )
+    )
 
 
 def pre_expired(svc: Services, **options: Any) -> Task:
@@ -1013,45 +1014,78 @@ async def test_renew_leases_extends_only_held_leases(svc: Services) -> None:
     assert await svc.queue.renew_leases_async({}) == set()
 
 
-async def test_recover_expired_leases_retries_then_fails_worker_lost(svc: Services) -> None:
+async def test_recover_expired_leases_uses_the_crash_budget_then_fails_worker_lost(
+    svc: Services,
+) -> None:
     q = svc.queue
-    task_id = await q.enqueue_async(FUNC, max_retries=1, retry_delay=0)
+    budget = svc.storage.settings.crash_retries
+    assert budget == 2  # the default
+    task_id = await q.enqueue_async(FUNC, max_retries=0, retry_delay=0)
     healthy_id = await q.enqueue_async(FUNC, run_in=0)
-    first = await claim_one(svc, task_id, worker_id="dead-1")
-    await claim_one(svc, healthy_id)
-    assert await q.recover_expired_leases_async() == 0  # leases still valid
-
-    await expire_lease(svc, task_id)
-    assert await q.recover_expired_leases_async() == 1
-    task = await must_get(svc, task_id)
-    assert task.status is TaskStatus.PENDING
-    assert task.retry_count == 1
-    assert task.lease_token is None
-    (retry,) = await svc.events.get_events_async(task_id=task_id, event_type="retry")
-    assert retry.error is not None
-    assert "WorkerLost" in retry.error
-    assert retry.worker_id == "dead-1"
-
-    second = await claim_one(svc, task_id, worker_id="dead-2")
-    assert second.attempts == 2
-    assert second.lease_token != first.lease_token
-    await expire_lease(svc, task_id)
-    assert await q.recover_expired_leases_async() == 1
+    tokens = set()
+    for crash in range(1, budget + 2):
+        claimed = await claim_one(svc, task_id, worker_id=f"dead-{crash}")
+        if crash == 1:
+            await claim_one(svc, healthy_id)
+        assert claimed.attempts == crash  # dequeue marks it started
+        tokens.add(claimed.lease_token)
+        assert await q.recover_expired_leases_async() == 0  # leases still valid
+        await expire_lease(svc, task_id)
+        assert await q.recover_expired_leases_async() == 1
+        task = await must_get(svc, task_id)
+        if crash <= budget:
+            # Run again from the crash budget; max_retries=0 is not spent.
+            assert task.status is TaskStatus.PENDING
+            assert task.retry_count == 0
+            assert task.lost_count == crash
+            assert task.lease_token is None
+    assert len(tokens) == budget + 1
+    retries = await svc.events.get_events_async(task_id=task_id, event_type="retry")
+    assert len(retries) == budget
+    assert all(r.error is not None and "WorkerLost" in r.error for r in retries)
+    assert {r.worker_id for r in retries} == {"dead-1", "dead-2"}
     task = await must_get(svc, task_id)
     assert task.status is TaskStatus.FAILED
+    assert "crash_retries=2" in (task.last_error or "")
     result = await svc.results.get_async(task_id)
     assert result is not None
     assert result.status is ResultStatus.ERROR
     assert result.error_type == "WorkerLost"
     assert await event_types(svc, task_id) == [
         EventType.ENQUEUED,
-        EventType.DEQUEUED,
-        EventType.RETRY,
+        *([EventType.DEQUEUED, EventType.RETRY] * budget),
         EventType.DEQUEUED,
         EventType.FAILED,
     ]
     assert (await must_get(svc, healthy_id)).status is TaskStatus.RUNNING
     assert await q.recover_expired_leases_async() == 0
+
+
+async def test_a_recovered_task_that_never_started_spends_nothing(svc: Services) -> None:
+    q = svc.queue
+    ids = [await q.enqueue_async(FUNC, max_retries=0) for _ in range(5)]
+    held = await q.dequeue_many_async(5, worker_id="dead", start=False)
+    assert {x.id for x in held} == set(ids)
+    assert all(x.started_at is None and x.attempts == 0 for x in held)
+    # One of them started (its mark was written) before the worker died.
+    started = held[0]
+    await q.mark_started_async([(started.id, started.lease_token, utcnow())])
+    for task_id in ids:
+        await expire_lease(svc, task_id)
+    assert await q.recover_expired_leases_async() == 5
+    for task_id in ids:
+        task = await must_get(svc, task_id)
+        assert task.status is TaskStatus.PENDING
+        assert task.lost_count == 1
+        assert task.retry_count == 0
+        assert task.started_at is None
+        kinds = await event_types(svc, task_id)
+        if task_id == started.id:
+            assert task.attempts == 1
+            assert kinds[-1] is EventType.RETRY
+        else:
+            assert task.attempts == 0  # never started: nothing spent
+            assert kinds[-1] is EventType.RELEASED
 
 
 async def test_recover_with_short_lease_setting(open_services: ServicesFactory) -> None:
@@ -1065,7 +1099,9 @@ async def test_recover_with_short_lease_setting(open_services: ServicesFactory) 
         if not recovered:
             await asyncio.sleep(0.02)
     assert recovered == 1
-    assert (await must_get(svc, task_id)).status is TaskStatus.FAILED
+    task = await must_get(svc, task_id)
+    assert task.status is TaskStatus.PENDING  # run again from the crash budget
+    assert task.lost_count == 1
 
 
 async def test_purge_finished_keeps_recent_and_live(svc: Services) -> None:

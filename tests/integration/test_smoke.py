@@ -17,11 +17,11 @@ async def test_claim_roundtrip(engine: AsyncEngine) -> None:
     repo = TaskRepository(dialect_of(engine))
     tasks = [Task(func="m:f", func_args=[i], priority=i % 3) for i in range(10)]
     async with engine.begin() as conn:
-        await repo.insert_many(conn, tasks)
+        await conn.run_sync(repo.insert_many, tasks)
     now = utcnow()
     async with engine.begin() as conn:
-        got = await repo.claim(
-            conn,
+        got = await conn.run_sync(
+            repo.claim,
             queues=["default"],
             n=4,
             now=now,

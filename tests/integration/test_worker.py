@@ -725,8 +725,7 @@ async def test_maintenance_recovers_expires_and_cleans_up(open_services: Service
     assert len(await events_of(svc, stale_id, EventType.EXPIRED)) == 1
     assert await status_of(svc, fresh_id) is TaskStatus.PENDING
     assert await svc.results.get_async("new-result") is not None
-    async with svc.storage.read() as conn:
-        assert await svc.storage.results.get(conn, "old-result") is None
+    assert await svc.storage.read(lambda conn: svc.storage.results.get(conn, "old-result")) is None
     assert await svc.events.get_events_async(task_id="ancient") == []
     assert len(await svc.events.get_events_async(task_id="recent")) == 1
 

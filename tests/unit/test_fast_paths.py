@@ -1,10 +1,7 @@
-"""The hot paths' shortcuts give exactly what the general code gives, and fall back on anything odd.
+"""Hot-path helpers give exactly what the general code gives.
 
-- Tasks read back are built without running every validator when their
-  values are plainly what OmniQ writes; otherwise ``Task(**values)`` runs
-  and its error names the field.
-- Column bind/result processors take shortcuts for common values; every
-  other value still goes through the column type.
+- Tasks read back equal the validated record; odd values get the
+  validators' error naming the field.
 - Sync functions run in the thread pool hand their outcomes to the loop in
   batches; cancellation before start and timeouts behave as before.
 """
@@ -18,12 +15,8 @@ from typing import Any
 
 import attrs
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.dialects import sqlite
 
 from omniq.db.engine import Dialect
-from omniq.db.onehop import RowCodec
-from omniq.db.schema import events, results, tasks
 from omniq.errors import ValidationError
 from omniq.models import ResultStatus, Task, TaskResult, TaskStatus
 from omniq.models.task import task_from_row_values
@@ -129,126 +122,6 @@ def test_an_aware_non_utc_instant_read_back_is_kept_as_the_same_instant() -> Non
     values = _values(Task(func="pkg.mod:f"))
     values["created_at"] = NOW.astimezone(timezone(timedelta(hours=5)))
     assert task_from_row_values(values).created_at == NOW
-
-
-# --- column processors -------------------------------------------------------------------
-
-
-def _codecs() -> list[tuple[RowCodec, sa.Table]]:
-    dialect = sqlite.dialect()
-    return [(RowCodec(table, dialect), table) for table in (tasks, events, results)]
-
-
-BIND_CASES: dict[str, list[Any]] = {
-    "created_at": [NOW, NOW.astimezone(timezone(timedelta(hours=-3))), 1_700_000_000_000_000],
-    "ttl": [timedelta(0), timedelta(days=2, microseconds=7), 1.5, 3],
-    "tags": [(), [], ["a"], ("a", "b")],
-    "store_result": [True, False],
-    # Event data: one identifier key and an int take the shortcut; the rest do not.
-    "data": [
-        {"attempt": 2},
-        {"attempt": -7},
-        {"attempt": 10**30},
-        {"attempt": True},
-        {"attempt": 1.5},
-        {"attempt": "2"},
-        {"attempt": None},
-        {"naïve": 1},
-        {"a b": 1},
-        {'q"uote': 1},
-        {"": 1},
-        {1: 2},
-        {"attempt": 1, "other": 2},
-        {},
-    ],
-}
-
-
-@pytest.mark.parametrize("column", sorted(BIND_CASES))
-def test_bind_shortcuts_give_what_the_column_type_gives(column: str) -> None:
-    dialect = sqlite.dialect()
-    table = events if column == "data" else tasks
-    codec = RowCodec(table, dialect)
-    slow = table.c[column].type.dialect_impl(dialect).bind_processor(dialect)
-    fast = codec.bind[column]
-    assert slow is not None and fast is not None
-    for value in BIND_CASES[column]:
-        assert fast(value) == slow(value), value
-
-
-def test_a_naive_datetime_is_still_refused_naming_the_column_type() -> None:
-    fast = RowCodec(tasks, sqlite.dialect()).bind["created_at"]
-    assert fast is not None
-    with pytest.raises(ValidationError, match="naive"):
-        fast(datetime(2026, 1, 1))
-
-
-RESULT_CASES: dict[str, list[Any]] = {
-    "created_at": [0, 1_700_000_000_123_456, -5, "1700000000000000"],
-    "ttl": [0.0, 1.25, 86400.0, 1e300, -1e300, 5],
-    "tags": ["[]", '["a"]', '{"k": [1]}'],
-    "store_result": [0, 1],
-}
-
-
-@pytest.mark.parametrize("column", sorted(RESULT_CASES))
-def test_result_shortcuts_give_what_the_column_type_gives(column: str) -> None:
-    dialect = sqlite.dialect()
-    codec = RowCodec(tasks, dialect)
-    slow = tasks.c[column].type.dialect_impl(dialect).result_processor(dialect, None)
-    fast = codec.result[column]
-    assert slow is not None and fast is not None
-    for value in RESULT_CASES[column]:
-        expected, got = slow(value), fast(value)
-        assert type(got) is type(expected) and repr(got) == repr(expected), value
-
-
-def _raw_value(column: sa.Column[Any], variant: int) -> Any:
-    """A driver value of ``column``'s type (variant 0 or 1), as SQLite returns it."""
-    kind = type(column.type).__name__
-    if kind == "UTCDateTime":
-        return (1_700_000_000_123_456, -5)[variant]
-    if kind == "Duration":
-        return (1.5, 5)[variant]
-    if kind == "JSON":
-        return ("[]", '{"k": ["a"]}')[variant]
-    if kind == "Boolean":
-        return (1, 0)[variant]
-    if kind in ("BigInteger", "Integer"):
-        return (3, -3)[variant]
-    return f"{column.key}-{variant}"
-
-
-LOADER_ROWS: list[tuple[Any, ...]] = [
-    (None,) * len(tasks.c),
-    tuple(_raw_value(c, 0) for c in tasks.c),
-    tuple(None if i % 2 else _raw_value(c, 1) for i, c in enumerate(tasks.c)),
-]
-
-
-@pytest.mark.parametrize("raw", LOADER_ROWS)
-def test_the_generated_loader_applies_each_columns_processor_to_non_null_values(
-    raw: tuple[Any, ...],
-) -> None:
-    codec = RowCodec(tasks, sqlite.dialect())
-    names = [c.key for c in tasks.c]
-    expected = {
-        name: value if value is None or codec.result[name] is None else codec.result[name](value)
-        for name, value in zip(names, raw, strict=True)
-    }
-    got = codec.loader(names)(raw)
-    assert list(got) == names
-    assert {k: repr(v) for k, v in got.items()} == {k: repr(v) for k, v in expected.items()}
-
-
-def test_the_generated_loader_refuses_a_row_of_the_wrong_length() -> None:
-    load = RowCodec(tasks, sqlite.dialect()).loader(["id", "created_at"])
-    assert load(("x", 0)) == {"id": "x", "created_at": datetime(1970, 1, 1, tzinfo=UTC)}
-    with pytest.raises(ValueError):
-        load(("x",))
-    with pytest.raises(ValueError):
-        load(("x", 0, 1))
-    assert RowCodec(tasks, sqlite.dialect()).loader(["id"])(("only",)) == {"id": "only"}
 
 
 # --- the thread pool's loop futures --------------------------------------------------------
@@ -383,47 +256,3 @@ def test_a_partial_row_read_back_gets_the_records_defaults() -> None:
     task = task_from_row_values(values)
     assert task.lease_token is None and task.worker_id is None
     assert task == attrs.evolve(SAMPLES[1], lease_token=None, worker_id=None)
-
-
-# --- multi-row inserts --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("count", [1, 2, 3, 127, 128, 129, 300])
-def test_insert_many_writes_every_row_once_in_order(count: int) -> None:
-    import sqlite3
-
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    from omniq.db.onehop import Compiled
-
-    table = sa.Table(
-        "t", sa.MetaData(), sa.Column("k", sa.Integer, primary_key=True), sa.Column("v", sa.Text)
-    )
-    dialect = sqlite.dialect()
-    plain = Compiled(table.insert().values(k=sa.bindparam("k"), v=sa.bindparam("v")), dialect, {})
-    upsert_stmt = sqlite_insert(table).values(k=sa.bindparam("k"), v=sa.bindparam("v"))
-    upsert = Compiled(
-        upsert_stmt.on_conflict_do_update(index_elements=["k"], set_={"v": upsert_stmt.excluded.v}),
-        dialect,
-        {},
-    )
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
-    plain.insert_many(conn, [plain.params({"k": i, "v": f"a{i}"}) for i in range(count)])
-    assert conn.execute("SELECT k, v FROM t ORDER BY rowid").fetchall() == [
-        (i, f"a{i}") for i in range(count)
-    ]
-    # The upsert form keeps its ON CONFLICT clause for every row.
-    upsert.insert_many(conn, [upsert.params({"k": i, "v": f"b{i}"}) for i in range(count + 2)])
-    assert conn.execute("SELECT k, v FROM t ORDER BY k").fetchall() == [
-        (i, f"b{i}") for i in range(count + 2)
-    ]
-    # A failing row fails its statement as executemany would (nothing half-written
-    # once the caller rolls back).
-    conn.execute("BEGIN")
-    with pytest.raises(sqlite3.IntegrityError):
-        plain.insert_many(
-            conn, [plain.params({"k": count + 10, "v": "x"}), plain.params({"k": 0, "v": "dup"})]
-        )
-    conn.execute("ROLLBACK")
-    assert conn.execute("SELECT count(*) FROM t").fetchone() == (count + 2,)

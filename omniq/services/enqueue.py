@@ -1,0 +1,183 @@
+"""Enqueue: one task, many in one transaction, group commit for concurrent callers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import attrs
+import sqlalchemy as sa
+
+from omniq.errors import DuplicateTask, ValidationError
+from omniq.models import EventLevel, EventType, ResultStatus, Task, TaskStatus
+from omniq.services._batch import GroupCommit
+from omniq.services._shared import _event, _final_result
+from omniq.services._storage import Storage
+from omniq.services.dependencies import dependency_order, initial_status
+from omniq.services.sweeps import Sweeps
+
+__all__ = ["Enqueue"]
+
+
+class Enqueue(Sweeps):
+    """Writes new tasks and their ``enqueued`` events."""
+
+    def __init__(self, storage: Storage, queues: Sequence[str] | None = None) -> None:
+        super().__init__(storage, queues)
+        self._group: GroupCommit[tuple[Task, dict[str, Any]]] = GroupCommit(
+            self._write_simple_batch
+        )
+
+    async def enqueue_async(
+        self,
+        func: Task | Callable[..., Any] | str,
+        func_args: Sequence[Any] | Mapping[str, Any] | None = None,
+        func_kwargs: Mapping[str, Any] | None = None,
+        *,
+        on_duplicate: Literal["return", "raise"] = "return",
+        **options: Any,
+    ) -> str:
+        """Enqueue one task; return its id.
+
+        ``func`` is a Task, or a callable / ``"module:qualname"`` reference with
+        ``func_args`` (a list, or a mapping of keyword arguments),
+        ``func_kwargs`` and the options of :meth:`build_task`. When a live
+        task holds the same ``unique_key``, its id is returned (or
+        :class:`DuplicateTask` raised with ``on_duplicate="raise"``).
+        """
+        task = (
+            func
+            if isinstance(func, Task)
+            else self.build_task(func, func_args, func_kwargs, **options)
+        )
+        if task.depends_on or task.unique_key is not None or task.status is not TaskStatus.PENDING:
+            ids = await self._enqueue_in_own_transaction([task], on_duplicate)
+            return ids[0]
+        # Serialize now, so a bad payload fails before anything is written.
+        await self._group.submit((task, self.storage.tasks.to_row(task)))
+        self.storage.notifier.notify()
+        return task.id
+
+    async def enqueue_many_async(
+        self,
+        tasks: Iterable[Task],
+        *,
+        on_duplicate: Literal["return", "raise"] = "return",
+    ) -> list[str]:
+        """Enqueue tasks in one transaction (multi-row insert): all or none."""
+        batch = list(tasks)
+        if not batch:
+            return []
+        for task in batch:
+            if not isinstance(task, Task):
+                raise ValidationError("tasks", f"expected Task records, got {type(task).__name__}")
+        ids = [x.id for x in batch]
+        if len(set(ids)) != len(ids):
+            raise DuplicateTask("enqueue_many: the batch repeats a task id")
+        return await self._enqueue_in_own_transaction(batch, on_duplicate)
+
+    async def _write_simple_batch(self, items: list[tuple[Task, dict[str, Any]]]) -> None:
+        rows = [row for _, row in items]
+        events = [
+            _event(EventType.ENQUEUED, x, timestamp=x.created_at, data=self._enqueued(x))
+            for x, _ in items
+        ]
+
+        def body(conn: sa.Connection) -> None:
+            self.storage.tasks.insert_rows(conn, rows)
+            self.storage.events.insert_rows(conn, events)
+
+        await self.storage.write(body, what="enqueue")
+
+    async def _enqueue_in_own_transaction(
+        self, batch: list[Task], on_duplicate: Literal["return", "raise"]
+    ) -> list[str]:
+        ordered = dependency_order(batch)
+        # Serialize before the transaction: a bad payload fails before anything is written.
+        rows = {x.id: self.storage.tasks.to_row(x) for x in batch}
+        ids = await self.storage.write(
+            lambda conn: self._insert_batch(conn, ordered, rows, on_duplicate), what="enqueue"
+        )
+        self.storage.notifier.notify()
+        return [ids[x.id] for x in batch]
+
+    def _insert_batch(
+        self,
+        conn: sa.Connection,
+        ordered: list[Task],
+        rows: dict[str, dict[str, Any]],
+        on_duplicate: Literal["return", "raise"],
+    ) -> dict[str, str]:
+        """Insert tasks (dependencies first) with edges and events; ``{given id: stored id}``.
+
+        A task whose unique key a live task already holds is not written: its
+        id maps to that task's, and tasks of the batch that depend on it
+        depend on that task instead.
+        """
+        repo = self.storage.tasks
+        in_batch = {x.id for x in ordered}
+        outside = {d for x in ordered for d in x.depends_on} - in_batch
+        status_of = dict(repo.statuses(conn, outside, lock=True))
+        unknown = sorted(outside - status_of.keys())
+        if unknown:
+            raise ValidationError("depends_on", f"unknown task id(s): {', '.join(unknown)}")
+        ids: dict[str, str] = {}
+        batch_given = {id(x) for x in ordered}
+        plain: list[Task] = []
+        written: list[Task] = []
+        for given in ordered:
+            task = given
+            remapped = tuple(ids.get(d, d) for d in task.depends_on)
+            if remapped != task.depends_on:
+                task = attrs.evolve(task, depends_on=remapped)
+            task = initial_status(task, status_of)
+            if task.unique_key is not None:
+                if repo.insert_unique(conn, task) is None:
+                    existing = repo.live_id_for_key(conn, task.unique_key)
+                    if on_duplicate == "raise" or existing is None:
+                        raise DuplicateTask(
+                            f"a live task ({existing}) already holds unique_key "
+                            f"{task.unique_key!r}",
+                            existing_id=existing,
+                        )
+                    ids[task.id] = existing
+                    status_of.update(repo.statuses(conn, [existing], lock=True))
+                    continue
+            else:
+                plain.append(task)
+            ids[task.id] = task.id
+            status_of[task.id] = task.status
+            written.append(task)
+        repo.insert_rows(
+            conn, [rows[x.id] if id(x) in batch_given else repo.to_row(x) for x in plain]
+        )
+        repo.insert_edges(conn, written)
+        self._log_enqueued(conn, written)
+        return ids
+
+    def _enqueued(self, task: Task) -> dict[str, Any]:
+        """The data of an ``enqueued`` event: ids and names, arguments only if asked."""
+        if not self.settings.log_arguments or task.serializer != "json":
+            return {"status": task.status.value}
+        return {
+            "status": task.status.value,
+            "args": list(task.func_args),
+            "kwargs": task.func_kwargs,
+        }
+
+    def _log_enqueued(self, conn: sa.Connection, tasks: list[Task]) -> None:
+        events = []
+        results = []
+        for x in tasks:
+            if x.status is TaskStatus.CANCELLED:
+                events.append(
+                    _event(EventType.CANCELLED, x, message=x.last_error, level=EventLevel.WARNING)
+                )
+                if x.store_result:
+                    results.append(_final_result(x, ResultStatus.CANCELLED, x.last_error))
+            else:
+                events.append(
+                    _event(EventType.ENQUEUED, x, timestamp=x.created_at, data=self._enqueued(x))
+                )
+        self.storage.events.insert_rows(conn, events)
+        self.storage.results.upsert_many(conn, results)

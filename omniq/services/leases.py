@@ -1,0 +1,621 @@
+"""The worker's lease protocol: claim, start, complete, fail, release, heartbeat, recover.
+
+Claims are one atomic statement; every later transition is conditional on
+the status and the claimer's lease token (a worker that lost its lease
+changes nothing). Each is one transaction with its events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from omniq._time import new_id, to_timedelta
+from omniq.db.schema import tasks as t
+from omniq.errors import ValidationError
+from omniq.models import EventLevel, EventType, ResultStatus, Task, TaskResult, TaskStatus
+from omniq.repositories.events import event_row
+from omniq.services._shared import (
+    _NO_LEASE,
+    _RUNNING,
+    _SWEEP_BATCH,
+    ErrorInfo,
+    _completed_event,
+    _completed_ids,
+    _dequeued_events,
+    _event,
+    _finish_values,
+    log,
+)
+from omniq.services.dependencies import finalize, release_dependents
+from omniq.services.enqueue import Enqueue
+
+__all__ = ["Leases", "Start"]
+
+#: A task's function started: ``(task_id, lease_token, started_at)``.
+Start = tuple[str, str | None, datetime]
+
+
+class Leases(Enqueue):
+    """Claims and the transitions of claimed tasks."""
+
+    async def dequeue_async(
+        self,
+        queues: Sequence[str] | None = None,
+        timeout: timedelta | float | None = None,
+        *,
+        worker_id: str | None = None,
+    ) -> Task | None:
+        """Claim the next ready task (waiting up to ``timeout`` for one); None if none."""
+        claimed = await self.dequeue_many_async(1, queues, timeout, worker_id=worker_id)
+        return claimed[0] if claimed else None
+
+    async def dequeue_many_async(
+        self,
+        n: int,
+        queues: Sequence[str] | None = None,
+        timeout: timedelta | float | None = None,
+        *,
+        worker_id: str | None = None,
+        start: bool = True,
+    ) -> list[Task]:
+        """Atomically claim up to ``n`` ready tasks under a lease.
+
+        Queues listed first come first, then higher priority, earlier run_at,
+        FIFO. With ``timeout``, waits (woken by in-process enqueues, else
+        polling) until a task is ready or the timeout passes. The tasks are
+        marked started (``attempts`` + 1) unless ``start=False``: a worker that
+        holds tasks before running them marks each when it starts
+        (:meth:`mark_started_async`, or with its next transition). A caller
+        cancelled during the claim gets ``CancelledError`` and the tasks that
+        were claimed for it go back to pending, unspent.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValidationError("n", f"must be a positive integer, got {n!r}")
+        wait = to_timedelta(timeout, "timeout").total_seconds() if timeout is not None else 0.0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        poll = 0.01
+        queue_list = list(queues) if queues else self.queues
+        while True:
+            claimed = await self._claim(n, queue_list, worker_id, start)
+            remaining = deadline - loop.time()
+            if claimed or remaining <= 0:
+                return claimed
+            await self.storage.notifier.wait(min(poll, remaining))
+            poll = min(poll * 2, 0.5)
+
+    async def _claim(
+        self, n: int, queues: list[str] | None, worker_id: str | None, start: bool
+    ) -> list[Task]:
+        now = self.storage.now()
+        token = new_id()
+        worker = worker_id or "anonymous"
+        sweep = self._expiry_due()
+
+        def body(conn: sa.Connection) -> list[Task]:
+            if sweep:
+                self._expire(conn, now, _SWEEP_BATCH)
+            unreadable: list[tuple[str, str]] = []
+            claimed = self.storage.tasks.claim(
+                conn,
+                queues=queues,
+                n=n,
+                now=now,
+                token=token,
+                lease_until=now + self.settings.lease_duration,
+                worker_id=worker,
+                unreadable=unreadable,
+                start=start,
+            )
+            if unreadable:
+                self._quarantine(conn, unreadable, token, now)
+            attempt = 0 if start else 1
+            self.storage.events.insert_rows(
+                conn,
+                _dequeued_events(
+                    [(x.id, x.queue_name, x.schedule_id, x.attempts + attempt) for x in claimed],
+                    worker,
+                    now,
+                ),
+            )
+            return claimed
+
+        async def undo(claimed: list[Task]) -> None:
+            await self._release_unstarted(claimed, worker)
+
+        claimed = await self.storage.write(body, what="claim tasks", undo=undo)
+        rank = {name: i for i, name in enumerate(queues or ())}
+        claimed.sort(key=lambda x: (rank.get(x.queue_name, 0), -x.priority, x.run_at, x.id))
+        return claimed
+
+    async def _release_unstarted(self, tasks: Sequence[Task], worker_id: str | None) -> None:
+        """Give claimed tasks back to pending as if never claimed (their claimer is gone)."""
+        if not tasks:
+            return
+        now = self.storage.now()
+
+        def body(conn: sa.Connection) -> None:
+            for task in tasks:
+                started = task.started_at is not None
+                updated = self.storage.tasks.transition(
+                    conn,
+                    task.id,
+                    expected=_RUNNING,
+                    lease_token=task.lease_token,
+                    values={
+                        "status": TaskStatus.PENDING,
+                        "attempts": t.c.attempts - 1 if started else t.c.attempts,
+                        "started_at": None,
+                        **_NO_LEASE,
+                    },
+                )
+                if updated is not None:
+                    self.storage.events.insert_rows(
+                        conn,
+                        [_event(EventType.RELEASED, task, timestamp=now, worker_id=worker_id)],
+                    )
+
+        await self.storage.write(body, what="release tasks")
+        self.storage.notifier.notify()
+
+    def _quarantine(
+        self, conn: sa.Connection, rows: list[tuple[str, str]], token: str, now: datetime
+    ) -> None:
+        """Fail claimed rows that cannot be read, with an event saying why."""
+        for task_id, reason in rows:
+            log.error("task %s cannot be read and was failed: %s", task_id, reason)
+            done = self.storage.tasks.finish_leased(
+                conn,
+                [(task_id, token)],
+                {**_finish_values(TaskStatus.FAILED, now), "last_error": reason},
+            )
+            if not done:
+                continue
+            self.storage.events.insert_rows(
+                conn,
+                [
+                    event_row(
+                        EventType.FAILED,
+                        task_id=task_id,
+                        timestamp=now,
+                        level=EventLevel.ERROR,
+                        message="quarantined: the stored task cannot be read",
+                        error=reason,
+                    )
+                ],
+            )
+            self.storage.results.upsert_rows(
+                conn,
+                [
+                    self.storage.results.to_row(
+                        TaskResult(
+                            task_id=task_id,
+                            status=ResultStatus.ERROR,
+                            error=reason,
+                            error_type="InvalidRow",
+                            created_at=now,
+                            completed_at=now,
+                            ttl=self.settings.default_result_ttl,
+                        )
+                    )
+                ],
+            )
+
+    # --- starts --------------------------------------------------------------------------
+
+    async def mark_started_async(self, starts: Sequence[Start]) -> None:
+        """Record that these claimed tasks' functions started (``attempts`` + 1 each).
+
+        ``starts`` holds ``(task_id, lease_token, started_at)``; tasks no longer
+        held under that lease are skipped.
+        """
+        if starts:
+            await self.storage.write(
+                lambda conn: self.storage.tasks.mark_started(conn, starts), what="mark started"
+            )
+
+    # --- outcomes ------------------------------------------------------------------------
+
+    async def complete_async(
+        self,
+        task: Task,
+        result: Any = None,
+        *,
+        execution_time: float | None = None,
+        worker_id: str | None = None,
+    ) -> bool:
+        """Mark a running task completed (with result and event) if its lease still holds.
+
+        Returns False when the lease was lost (another worker owns the task or
+        it was recovered); nothing is written then.
+        """
+        done = await self.complete_many_async([(task, result, execution_time)], worker_id=worker_id)
+        return bool(done)
+
+    async def complete_many_async(
+        self,
+        completions: Sequence[tuple[Task, Any, float | None]],
+        *,
+        worker_id: str | None = None,
+        events: Sequence[Mapping[str, Any]] = (),
+        starts: Sequence[Start] = (),
+    ) -> list[str]:
+        """Complete several running tasks in one transaction; return the ids completed.
+
+        ``events`` (rows from :func:`omniq.repositories.events.event_row`) and
+        ``starts`` (see :meth:`mark_started_async`) are written first in the
+        same transaction: a worker flushes what it buffered this way.
+        """
+        if not completions:
+            return []
+        now = self.storage.now()
+        results_repo = self.storage.results
+        prepared = []
+        for task, value, elapsed in completions:
+            # Serialize before the transaction: an unserializable result fails alone.
+            row = None
+            if task.store_result:
+                row = results_repo.success_row(
+                    task, value, now=now, execution_time=elapsed, worker_id=worker_id
+                )
+            prepared.append((task, row, elapsed))
+
+        def body(conn: sa.Connection) -> list[str]:
+            self.storage.events.insert_rows(conn, events)
+            self.storage.tasks.mark_started(conn, starts)
+            held = self.storage.tasks.finish_leased(
+                conn,
+                [(task.id, task.lease_token) for task, _, _ in prepared],
+                _finish_values(TaskStatus.COMPLETED, now),
+            )
+            done = _completed_ids(prepared, held)
+            self.storage.events.insert_rows(
+                conn,
+                [
+                    _completed_event(task, now, worker_id, elapsed)
+                    for task, _, elapsed in prepared
+                    if task.id in held
+                ],
+            )
+            results_repo.upsert_rows(
+                conn, [row for task, row, _ in prepared if row is not None and task.id in held]
+            )
+            if done:
+                release_dependents(conn, self.storage, done, now)
+            return done
+
+        done = await self.storage.write(body, what="complete tasks")
+        self.storage.notifier.notify()
+        return done
+
+    async def fail_async(
+        self,
+        task: Task,
+        error: ErrorInfo | BaseException,
+        *,
+        retry: bool = True,
+        worker_id: str | None = None,
+        execution_time: float | None = None,
+        events: Sequence[Mapping[str, Any]] = (),
+        starts: Sequence[Start] = (),
+    ) -> TaskStatus | None:
+        """Record a failed attempt: retry with backoff while retries remain, else fail.
+
+        A task whose cancellation was requested while it ran is cancelled
+        instead of retried. Returns the new status (pending for a retry,
+        failed, cancelled), or None when the lease was lost. ``events`` and
+        ``starts`` are written first in the same transaction.
+        """
+        info = error if isinstance(error, ErrorInfo) else ErrorInfo.from_exception(error)
+        now = self.storage.now()
+        delay = self.retry_delay_for(task)
+
+        def body(conn: sa.Connection) -> TaskStatus | None:
+            self.storage.events.insert_rows(conn, events)
+            self.storage.tasks.mark_started(conn, starts)
+            return self._fail(
+                conn,
+                task,
+                info,
+                now=now,
+                retry=retry,
+                delay=delay,
+                worker_id=worker_id,
+                execution_time=execution_time,
+            )
+
+        status = await self.storage.write(body, what="fail task")
+        self.storage.notifier.notify()
+        return status
+
+    def retry_delay_for(self, task: Task) -> timedelta:
+        """Exponential backoff with jitter for the task's next retry."""
+        s = self.settings
+        base = task.retry_delay.total_seconds() * (s.retry_backoff**task.retry_count)
+        base = min(base, s.max_retry_delay.total_seconds())
+        jitter = 1 + random.uniform(-s.retry_jitter, s.retry_jitter)
+        return timedelta(seconds=max(0.0, base * jitter))
+
+    def _fail(
+        self,
+        conn: sa.Connection,
+        task: Task,
+        info: ErrorInfo,
+        *,
+        now: datetime,
+        retry: bool,
+        delay: timedelta,
+        worker_id: str | None,
+        execution_time: float | None,
+    ) -> TaskStatus | None:
+        worker = worker_id or task.worker_id
+        tasks = self.storage.tasks
+        if retry and task.retry_count < task.max_retries:
+            updated = tasks.transition(
+                conn,
+                task.id,
+                expected=_RUNNING,
+                lease_token=task.lease_token,
+                values={
+                    "status": TaskStatus.PENDING,
+                    "run_at": now + delay,
+                    "retry_count": task.retry_count + 1,
+                    "last_error": str(info),
+                    "started_at": None,
+                    **_NO_LEASE,
+                },
+                where=~t.c.cancel_requested,
+            )
+            if updated is not None:
+                self.storage.events.insert_rows(
+                    conn,
+                    [
+                        _event(
+                            EventType.RETRY,
+                            task,
+                            timestamp=now,
+                            worker_id=worker,
+                            error=str(info),
+                            retry_count=task.retry_count + 1,
+                            execution_time=execution_time,
+                            level=EventLevel.WARNING,
+                            data={"delay": delay.total_seconds(), "attempt": updated.attempts},
+                        )
+                    ],
+                )
+                return TaskStatus.PENDING
+            # Not retried: the lease was lost, or a cancel was requested while it ran.
+            cancelled = tasks.transition(
+                conn,
+                task.id,
+                expected=_RUNNING,
+                lease_token=task.lease_token,
+                values={
+                    **_finish_values(TaskStatus.CANCELLED, now),
+                    "last_error": f"cancelled by request (the attempt failed: {info})",
+                },
+                where=t.c.cancel_requested,
+            )
+            if cancelled is None:
+                return None
+            finalize(conn, self.storage, [cancelled], TaskStatus.CANCELLED, now, worker_id=worker)
+            return TaskStatus.CANCELLED
+        updated = tasks.transition(
+            conn,
+            task.id,
+            expected=_RUNNING,
+            lease_token=task.lease_token,
+            values={**_finish_values(TaskStatus.FAILED, now), "last_error": str(info)},
+        )
+        if updated is None:
+            return None
+        finalize(
+            conn,
+            self.storage,
+            [updated],
+            TaskStatus.FAILED,
+            now,
+            error=info,
+            worker_id=worker,
+            execution_time=execution_time,
+        )
+        return TaskStatus.FAILED
+
+    async def release_async(
+        self,
+        task: Task,
+        *,
+        worker_id: str | None = None,
+        events: Sequence[Mapping[str, Any]] = (),
+    ) -> bool:
+        """Give a running task back to pending without spending an attempt (shutdown).
+
+        ``events`` are appended in the same transaction.
+        """
+        return bool(await self.release_many_async([task], worker_id=worker_id, events=events))
+
+    async def release_many_async(
+        self,
+        tasks: Sequence[Task],
+        *,
+        worker_id: str | None = None,
+        events: Sequence[Mapping[str, Any]] = (),
+    ) -> list[str]:
+        """Give running tasks back to pending in one transaction; return the ids released.
+
+        Nothing is spent: a task that was marked started gets its attempt back.
+        """
+        now = self.storage.now()
+
+        def body(conn: sa.Connection) -> list[str]:
+            self.storage.events.insert_rows(conn, events)
+            released = []
+            for task in tasks:
+                updated = self.storage.tasks.transition(
+                    conn,
+                    task.id,
+                    expected=_RUNNING,
+                    lease_token=task.lease_token,
+                    values={
+                        "status": TaskStatus.PENDING,
+                        "attempts": sa.case(
+                            (t.c.started_at.is_(None), t.c.attempts), else_=t.c.attempts - 1
+                        ),
+                        "started_at": None,
+                        **_NO_LEASE,
+                    },
+                )
+                if updated is not None:
+                    released.append(task.id)
+                    self.storage.events.insert_rows(
+                        conn,
+                        [_event(EventType.RELEASED, task, timestamp=now, worker_id=worker_id)],
+                    )
+            return released
+
+        released = await self.storage.write(body, what="release tasks")
+        if released:
+            self.storage.notifier.notify()
+        return released
+
+    async def cancel_running_async(
+        self,
+        task: Task,
+        *,
+        worker_id: str | None = None,
+        reason: str = "cancelled by request",
+        events: Sequence[Mapping[str, Any]] = (),
+        starts: Sequence[Start] = (),
+    ) -> bool:
+        """Worker side of a cancel: running -> cancelled, if the lease still holds."""
+        now = self.storage.now()
+
+        def body(conn: sa.Connection) -> bool:
+            self.storage.events.insert_rows(conn, events)
+            self.storage.tasks.mark_started(conn, starts)
+            updated = self.storage.tasks.transition(
+                conn,
+                task.id,
+                expected=_RUNNING,
+                lease_token=task.lease_token,
+                values={**_finish_values(TaskStatus.CANCELLED, now), "last_error": reason},
+            )
+            if updated is None:
+                return False
+            finalize(conn, self.storage, [updated], TaskStatus.CANCELLED, now, worker_id=worker_id)
+            return True
+
+        done = await self.storage.write(body, what="cancel task")
+        self.storage.notifier.notify()
+        return done
+
+    async def renew_leases_async(self, leases: Mapping[str, str]) -> set[str]:
+        """Extend the leases ``{task_id: lease_token}``; return the ids still held."""
+        return set(await self.heartbeat_async(leases))
+
+    async def heartbeat_async(
+        self,
+        leases: Mapping[str, str],
+        events: Sequence[Mapping[str, Any]] = (),
+        starts: Sequence[Start] = (),
+    ) -> dict[str, bool]:
+        """Extend held leases (writing ``events``, ``starts``): ``{task_id: cancel_requested}``."""
+        await self.storage.sync_clock(force=False)
+        until = self.storage.now() + self.settings.lease_duration
+
+        def body(conn: sa.Connection) -> dict[str, bool]:
+            self.storage.events.insert_rows(conn, events)
+            self.storage.tasks.mark_started(conn, starts)
+            return self.storage.tasks.heartbeat(conn, leases, until)
+
+        return await self.storage.write(body, what="renew leases")
+
+    async def recover_expired_leases_async(self, limit: int = _SWEEP_BATCH) -> int:
+        """Recover running tasks whose lease expired (their worker died); return how many.
+
+        A task that never started goes back to pending, spending nothing. One
+        that was running is run again while its crash budget
+        (``Settings.crash_retries``, separate from ``max_retries``) lasts,
+        else failed with a ``WorkerLost`` error. Either way ``lost_count`` + 1:
+        a recovered task is marked started in the database before it runs
+        again, so a task that kills its worker is counted and stops.
+        """
+        now = self.storage.now()
+        budget = self.settings.crash_retries
+
+        def body(conn: sa.Connection) -> int:
+            recovered = 0
+            for task in self.storage.tasks.list_expired_leases(conn, now, limit):
+                recovered += self._recover(conn, task, now, budget)
+            return recovered
+
+        recovered = await self.storage.write(body, what="recover lost tasks")
+        if recovered:
+            self.storage.notifier.notify()
+        return recovered
+
+    def _recover(self, conn: sa.Connection, task: Task, now: datetime, budget: int) -> int:
+        lost = f"worker {task.worker_id} lost the lease"
+        # Every start not ended by a retried failure ended in a crash (completion,
+        # final failure and cancel are final; a release gives its attempt back).
+        crashes = task.attempts - task.retry_count
+        started = task.started_at is not None
+        if started and crashes > budget:
+            info = ErrorInfo(
+                type="WorkerLost",
+                message=f"{lost} while the task ran, {crashes} time(s) "
+                f"(crash_retries={budget}); not run again",
+            )
+            status = self._fail(
+                conn,
+                task,
+                info,
+                now=now,
+                retry=False,
+                delay=timedelta(0),
+                worker_id=task.worker_id,
+                execution_time=None,
+            )
+            return int(status is not None)
+        updated = self.storage.tasks.transition(
+            conn,
+            task.id,
+            expected=_RUNNING,
+            lease_token=task.lease_token,
+            values={
+                "status": TaskStatus.PENDING,
+                "started_at": None,
+                "lost_count": t.c.lost_count + 1,
+                "last_error": f"WorkerLost: {lost}" if started else task.last_error,
+                **_NO_LEASE,
+            },
+        )
+        if updated is None:
+            return 0
+        message = (
+            f"{lost} while the task ran (crash {crashes} of {budget} allowed); run again"
+            if started
+            else f"{lost} before the task started; back to pending, nothing spent"
+        )
+        self.storage.events.insert_rows(
+            conn,
+            [
+                _event(
+                    EventType.RETRY if started else EventType.RELEASED,
+                    task,
+                    timestamp=now,
+                    worker_id=task.worker_id,
+                    error=f"WorkerLost: {lost}" if started else None,
+                    message=message,
+                    level=EventLevel.WARNING,
+                    data={"attempt": task.attempts, "crashes": crashes if started else 0},
+                )
+            ],
+        )
+        return 1

@@ -1,0 +1,65 @@
+"""Queries: read tasks, list them, count them."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from omniq.errors import ValidationError
+from omniq.models import Task, TaskStatus
+from omniq.services._shared import _check_page, _statuses
+from omniq.services.admin import Administration
+
+__all__ = ["Queries"]
+
+
+class Queries(Administration):
+    """Read-only views of the tasks."""
+
+    async def get_task_async(self, task_id: str) -> Task | None:
+        """The task with ``task_id``, or None."""
+        return await self.storage.read(
+            lambda conn: self.storage.tasks.get(conn, task_id), what="get task"
+        )
+
+    async def list_tasks_async(
+        self,
+        status: TaskStatus | str | Collection[TaskStatus | str] | None = None,
+        queue_name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        *,
+        order_by: str = "created_at",
+        descending: bool = False,
+    ) -> list[Task]:
+        """Tasks filtered by status (one or several) and queue, paginated."""
+        statuses = _statuses(status)
+        _check_page(limit, offset)
+        if order_by not in ("created_at", "run_at", "priority", "completed_at", "id"):
+            raise ValidationError("order_by", f"cannot sort by {order_by!r}")
+        return await self.storage.read(
+            lambda conn: self.storage.tasks.query(
+                conn,
+                status=statuses,
+                queue_name=queue_name,
+                limit=limit,
+                offset=offset,
+                order_by=order_by,
+                descending=descending,
+            ),
+            what="list tasks",
+        )
+
+    async def size_async(self, queue_name: str | None = None) -> int:
+        """How many tasks are pending (in ``queue_name``, or in all queues)."""
+        return await self.storage.read(
+            lambda conn: self.storage.tasks.count(conn, TaskStatus.PENDING, queue_name),
+            what="count tasks",
+        )
+
+    async def stats_async(self) -> dict[str, dict[str, int]]:
+        """Task counts ``{queue_name: {status: n}}`` (one GROUP BY)."""
+        counts = await self.storage.read(self.storage.tasks.count_by, what="count tasks")
+        out: dict[str, dict[str, int]] = {}
+        for (queue, status), n in sorted(counts.items()):
+            out.setdefault(queue, {})[status] = n
+        return out

@@ -1,0 +1,210 @@
+"""Schedule CRUD: create, read, change, pause, resume, cancel, delete (the scheduler fires)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from datetime import datetime
+from typing import Any
+
+import attrs
+import sqlalchemy as sa
+
+from omniq._time import require_aware
+from omniq.errors import InvalidTransition, ScheduleNotFound, ValidationError
+from omniq.models import EventType, Schedule, ScheduleStatus
+from omniq.services import timing
+from omniq.services._shared import _check_page, _schedule_event, _schedule_status
+from omniq.services.queries import Queries
+
+__all__ = ["ScheduleAdmin"]
+
+
+class ScheduleAdmin(Queries):
+    """Stored schedules and their lifecycle."""
+
+    async def schedule_async(self, schedule: Schedule) -> str:
+        """Store a new schedule (next_run_at computed if unset); return its id."""
+        if not isinstance(schedule, Schedule):
+            raise ValidationError("schedule", f"expected a Schedule, got {type(schedule).__name__}")
+        now = self.storage.now()
+        if schedule.next_run_at is None and schedule.status is ScheduleStatus.ACTIVE:
+            schedule = attrs.evolve(schedule, next_run_at=timing.first_run(schedule, now))
+        self.storage.schedules.to_row(schedule)
+        self._check_template(schedule)
+
+        def body(conn: sa.Connection) -> None:
+            self.storage.schedules.insert(conn, schedule)
+            self.storage.events.insert_rows(
+                conn, [_schedule_event(EventType.SCHEDULED, schedule, now)]
+            )
+
+        await self.storage.write(body, what="create schedule")
+        return schedule.id
+
+    def _check_template(self, schedule: Schedule) -> None:
+        """Build (not store) a task from the template: options that cannot make a
+        task would otherwise fail every fire of the schedule."""
+        self.storage.tasks.to_row(
+            self.build_task(
+                schedule.func,
+                schedule.func_args,
+                schedule.func_kwargs,
+                queue_name=schedule.queue_name,
+                serializer=schedule.serializer,
+                **schedule.task_options,
+            )
+        )
+
+    async def get_schedule_async(self, schedule_id: str) -> Schedule | None:
+        """The schedule with ``schedule_id``, or None."""
+        return await self.storage.read(
+            lambda conn: self.storage.schedules.get(conn, schedule_id), what="get schedule"
+        )
+
+    async def list_schedules_async(
+        self,
+        status: ScheduleStatus | str | Collection[ScheduleStatus | str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Schedule]:
+        """Schedules (optionally by status), oldest first."""
+        _check_page(limit, offset)
+        wanted = None
+        if status is not None:
+            items = [status] if isinstance(status, str) else list(status)
+            wanted = [_schedule_status(x) for x in items]
+        return await self.storage.read(
+            lambda conn: self.storage.schedules.query(
+                conn, status=wanted, limit=limit, offset=offset
+            ),
+            what="list schedules",
+        )
+
+    async def get_ready_schedules_async(
+        self, now: datetime | None = None, limit: int = 100
+    ) -> list[Schedule]:
+        """Active schedules whose next run time has come."""
+        when = require_aware(now, "now") if now is not None else self.storage.now()
+        return await self.storage.read(
+            lambda conn: self.storage.schedules.due(conn, when, limit), what="find due schedules"
+        )
+
+    async def update_schedule_async(self, schedule_id: str, **changes: Any) -> Schedule:
+        """Change a schedule's template or timing; next_run_at is recomputed when timing changes."""
+        forbidden = {"id", "created_at", "run_count", "last_run_at", "status"} & set(changes)
+        if forbidden:
+            raise ValidationError(
+                "changes", f"cannot update {sorted(forbidden)} (use pause/resume/cancel)"
+            )
+        now = self.storage.now()
+
+        def body(conn: sa.Connection) -> Schedule:
+            current = self._require_schedule(conn, schedule_id)
+            candidate = attrs.evolve(current, updated_at=now, **changes)
+            timing_keys = {"schedule_type", "cron_expression", "timezone", "interval", "run_at"}
+            if timing_keys & set(changes) and "next_run_at" not in changes:
+                candidate = attrs.evolve(candidate, next_run_at=timing.run_from_now(candidate, now))
+            row = self.storage.schedules.to_row(candidate)
+            self._check_template(candidate)
+            row.pop("id")
+            updated = self.storage.schedules.update(
+                conn, schedule_id, row, expected_status=[current.status]
+            )
+            if updated is None:
+                raise InvalidTransition(f"schedule {schedule_id} changed during update; retry")
+            self.storage.events.insert_rows(
+                conn,
+                [
+                    _schedule_event(
+                        EventType.SCHEDULE_UPDATED, updated, now, data={"fields": sorted(changes)}
+                    )
+                ],
+            )
+            return updated
+
+        return await self.storage.write(body, what="update schedule")
+
+    async def pause_schedule_async(self, schedule_id: str) -> Schedule:
+        """Pause an active schedule (it creates no tasks until resumed)."""
+        return await self._set_schedule_status(
+            schedule_id,
+            from_=[ScheduleStatus.ACTIVE],
+            to=ScheduleStatus.PAUSED,
+            event=EventType.SCHEDULE_PAUSED,
+            extra=lambda _s, now: {"paused_at": now},
+        )
+
+    async def resume_schedule_async(self, schedule_id: str) -> Schedule:
+        """Resume a paused schedule; its next run is computed from now (no burst of missed runs)."""
+
+        def values(schedule: Schedule, now: datetime) -> dict[str, Any]:
+            return {"resumed_at": now, "next_run_at": timing.run_from_now(schedule, now)}
+
+        return await self._set_schedule_status(
+            schedule_id,
+            from_=[ScheduleStatus.PAUSED],
+            to=ScheduleStatus.ACTIVE,
+            event=EventType.SCHEDULE_RESUMED,
+            extra=values,
+        )
+
+    async def cancel_schedule_async(self, schedule_id: str) -> Schedule:
+        """Cancel a schedule for good (it stays visible with status cancelled)."""
+        return await self._set_schedule_status(
+            schedule_id,
+            from_=[ScheduleStatus.ACTIVE, ScheduleStatus.PAUSED],
+            to=ScheduleStatus.CANCELLED,
+            event=EventType.SCHEDULE_CANCELLED,
+            extra=lambda _s, _now: {"next_run_at": None},
+        )
+
+    async def delete_schedule_async(self, schedule_id: str) -> bool:
+        """Delete a schedule (its tasks stay, detached); True if it existed."""
+        now = self.storage.now()
+
+        def body(conn: sa.Connection) -> bool:
+            schedule = self.storage.schedules.get(conn, schedule_id)
+            if schedule is None:
+                return False
+            self.storage.schedules.delete(conn, schedule_id)
+            self.storage.events.insert_rows(
+                conn, [_schedule_event(EventType.DELETED, schedule, now)]
+            )
+            return True
+
+        return await self.storage.write(body, what="delete schedule")
+
+    async def _set_schedule_status(
+        self,
+        schedule_id: str,
+        *,
+        from_: list[ScheduleStatus],
+        to: ScheduleStatus,
+        event: EventType,
+        extra: Callable[[Schedule, datetime], dict[str, Any]],
+    ) -> Schedule:
+        now = self.storage.now()
+
+        def body(conn: sa.Connection) -> Schedule:
+            current = self._require_schedule(conn, schedule_id)
+            if current.status not in from_:
+                raise InvalidTransition(
+                    f"schedule {schedule_id} is {current.status}; expected "
+                    + " or ".join(str(s) for s in from_)
+                )
+            values = {"status": to, "updated_at": now, **extra(current, now)}
+            updated = self.storage.schedules.update(
+                conn, schedule_id, values, expected_status=[current.status]
+            )
+            if updated is None:
+                raise InvalidTransition(f"schedule {schedule_id} changed concurrently; retry")
+            self.storage.events.insert_rows(conn, [_schedule_event(event, updated, now)])
+            return updated
+
+        return await self.storage.write(body, what="update schedule")
+
+    def _require_schedule(self, conn: sa.Connection, schedule_id: str) -> Schedule:
+        schedule = self.storage.schedules.get(conn, schedule_id)
+        if schedule is None:
+            raise ScheduleNotFound(f"no schedule with id {schedule_id!r}")
+        return schedule

@@ -1,0 +1,346 @@
+"""Regression tests of the core's promises at the edges (issue "One trustworthy core").
+
+Each runs on SQLite and, when configured, PostgreSQL: cancellation at every
+await of enqueue and claim, cancel requests that meet a failing attempt,
+dependencies that would otherwise wait forever, unique keys inside a batch,
+unreadable schedules, ``cleanup()``, text that no database can store, and the
+database's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from omniq import AsyncOmniQ
+from omniq._time import utcnow
+from omniq.db import schema
+from omniq.errors import SerializationError
+from omniq.models import EventType, Schedule, ScheduleStatus, TaskStatus
+from omniq.services import ErrorInfo, Services
+from tests.integration.test_services_queue import FUNC, claim_one, event_types, must_get
+from tests.waiting import DEADLINE
+
+pytestmark = pytest.mark.anyio
+
+t = schema.tasks
+
+
+async def statuses(svc: Services) -> dict[str, TaskStatus]:
+    return {x.id: x.status for x in await svc.queue.list_tasks_async(limit=100_000)}
+
+
+# --- 1. group commit: a cancelled caller never strands the others ----------------------------
+
+
+@pytest.mark.parametrize("yields", [0, 1, 2, 3, 5, 8])
+async def test_cancelling_one_enqueue_of_a_shared_batch_never_hangs_the_others(
+    svc: Services, yields: int
+) -> None:
+    calls = [asyncio.ensure_future(svc.queue.enqueue_async(FUNC, [i])) for i in range(50)]
+    for _ in range(yields):
+        await asyncio.sleep(0)
+    calls[0].cancel()
+    calls[25].cancel()
+    done = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=DEADLINE)
+    stored = await statuses(svc)
+    for i, outcome in enumerate(done):
+        if i in (0, 25):
+            continue  # cancelled: written or not, but nobody waits forever
+        assert isinstance(outcome, str), outcome
+        assert stored[outcome] is TaskStatus.PENDING
+    # Every id a caller got back is stored, and nothing else.
+    assert len(stored) in (48, 49, 50)
+
+
+# --- 2. a cancelled claim leaves nothing claimed under a dead lease --------------------------
+
+
+@pytest.mark.parametrize("yields", [0, 1, 2, 4, 8, 16])
+async def test_a_cancelled_claim_gives_its_tasks_back(svc: Services, yields: int) -> None:
+    tasks = [svc.queue.build_task(FUNC, [i]) for i in range(1000)]
+    await svc.queue.enqueue_many_async(tasks)
+    claim = asyncio.ensure_future(svc.queue.dequeue_many_async(1000, worker_id="gone"))
+    for _ in range(yields):
+        await asyncio.sleep(0)
+    claim.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await claim
+    await asyncio.wait_for(svc.storage.wait_detached(), timeout=DEADLINE)
+    assert set((await statuses(svc)).values()) == {TaskStatus.PENDING}
+    listed = await svc.queue.list_tasks_async(limit=2000)
+    assert all(x.attempts == 0 and x.lease_token is None for x in listed)
+    # And they are claimable at once, by someone alive.
+    again = await svc.queue.dequeue_many_async(1000, worker_id="alive")
+    assert len(again) == 1000
+
+
+# --- 3. a blocking enqueue from another thread while the app's loop enqueues -----------------
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+async def test_blocking_enqueue_from_a_thread_while_the_loop_enqueues(db_url: str) -> None:
+    async with AsyncOmniQ(url=db_url) as oq:
+        handle = oq.task()(_double)
+        from_thread: list[str] = []
+
+        def sync_endpoint() -> None:
+            for i in range(20):
+                from_thread.append(handle.enqueue(i))
+
+        thread = threading.Thread(target=sync_endpoint)
+        thread.start()
+        in_loop = [await handle.enqueue_async(100 + i) for i in range(20)]
+        await asyncio.wait_for(asyncio.to_thread(thread.join), timeout=DEADLINE)
+        assert len(from_thread) == 20
+        for task_id in [*from_thread, *in_loop]:
+            assert (await oq.get_task_async(task_id)) is not None
+
+
+# --- 4. a cancel requested while the task runs survives a failed attempt ---------------------
+
+
+async def test_a_cancel_requested_during_a_failing_attempt_is_not_retried(svc: Services) -> None:
+    q = svc.queue
+    task_id = await q.enqueue_async(FUNC, max_retries=3, retry_delay=0)
+    running = await claim_one(svc, task_id)
+    assert await q.cancel_async(task_id)  # running: cancellation requested
+    status = await q.fail_async(running, ErrorInfo(type="ValueError", message="boom"))
+    assert status is TaskStatus.CANCELLED
+    task = await must_get(svc, task_id)
+    assert task.status is TaskStatus.CANCELLED
+    assert task.retry_count == 0
+    assert await q.dequeue_async() is None
+    assert EventType.RETRY not in await event_types(svc, task_id)
+
+
+# --- 5. dependencies never wait forever ------------------------------------------------------
+
+
+async def _failed_task(svc: Services) -> str:
+    task_id = await svc.queue.enqueue_async(FUNC)
+    await svc.queue.fail_async(await claim_one(svc, task_id), ErrorInfo(type="E", message="x"))
+    assert (await must_get(svc, task_id)).status is TaskStatus.FAILED
+    return task_id
+
+
+async def test_a_batch_is_resolved_in_dependency_order_not_input_order(svc: Services) -> None:
+    dead = await _failed_task(svc)
+    a = svc.queue.build_task(FUNC, depends_on=[dead])
+    b = svc.queue.build_task(FUNC, depends_on=[a.id])
+    c = svc.queue.build_task(FUNC, depends_on=[b.id])
+    await svc.queue.enqueue_many_async([c, b, a])  # dependents first
+    for task in (a, b, c):
+        assert (await must_get(svc, task.id)).status is TaskStatus.CANCELLED
+
+
+async def test_deleting_an_unfinished_dependency_cancels_its_dependents(svc: Services) -> None:
+    parent = await svc.queue.enqueue_async(FUNC)
+    child = await svc.queue.enqueue_async(FUNC, depends_on=[parent])
+    grandchild = await svc.queue.enqueue_async(FUNC, depends_on=[child])
+    assert await svc.queue.delete_task_async(parent)
+    assert (await must_get(svc, child)).status is TaskStatus.CANCELLED
+    assert (await must_get(svc, grandchild)).status is TaskStatus.CANCELLED
+
+
+async def test_deleting_a_completed_dependency_does_not_block_its_dependents(
+    svc: Services,
+) -> None:
+    done = await svc.queue.enqueue_async(FUNC)
+    other = await svc.queue.enqueue_async(FUNC, priority=-1)
+    child = await svc.queue.enqueue_async(FUNC, depends_on=[done, other])
+    assert await svc.queue.complete_async(await claim_one(svc, done))
+    assert await svc.queue.delete_task_async(done)
+    assert (await must_get(svc, child)).status is TaskStatus.WAITING
+    assert await svc.queue.complete_async(await claim_one(svc, other))
+    assert (await must_get(svc, child)).status is TaskStatus.PENDING
+
+
+async def test_clearing_a_queue_cancels_dependents_in_other_queues(svc: Services) -> None:
+    parent = await svc.queue.enqueue_async(FUNC, queue_name="q1")
+    child = await svc.queue.enqueue_async(FUNC, queue_name="q2", depends_on=[parent])
+    assert await svc.queue.clear_async("q1") == 1
+    assert await svc.queue.get_task_async(parent) is None
+    task = await must_get(svc, child)
+    assert task.status is TaskStatus.CANCELLED
+    assert parent in (task.last_error or "")
+
+
+async def test_the_sweep_settles_waiting_tasks_whose_dependency_is_dead_or_gone(
+    svc: Services,
+) -> None:
+    dead = await _failed_task(svc)
+    parent = await svc.queue.enqueue_async(FUNC)
+    stuck = svc.queue.build_task(FUNC, depends_on=[parent])
+    orphan = svc.queue.build_task(FUNC, depends_on=[parent])
+    await svc.queue.enqueue_many_async([stuck, orphan])
+    edges = schema.task_dependencies
+
+    def rewrite(conn: sa.Connection) -> None:
+        # As if a cancellation had been lost: an edge to a dead task, and a
+        # dependency removed behind OmniQ's back.
+        conn.execute(sa.update(edges).where(edges.c.task_id == stuck.id).values(depends_on_id=dead))
+        conn.execute(sa.delete(edges).where(edges.c.task_id == orphan.id))
+
+    await svc.storage.write(rewrite)
+    assert await svc.queue.settle_orphans_async() == 2
+    assert (await must_get(svc, stuck.id)).status is TaskStatus.CANCELLED
+    assert (await must_get(svc, orphan.id)).status is TaskStatus.PENDING
+    assert await svc.queue.settle_orphans_async() == 0
+
+
+# --- 6. unique keys inside a batch -----------------------------------------------------------
+
+
+async def test_a_task_may_depend_on_a_unique_task_of_the_same_batch(svc: Services) -> None:
+    unique = svc.queue.build_task(FUNC, unique_key="report-1")
+    child = svc.queue.build_task(FUNC, depends_on=[unique.id])
+    ids = await svc.queue.enqueue_many_async([child, unique])
+    assert ids == [child.id, unique.id]
+    assert (await must_get(svc, unique.id)).status is TaskStatus.PENDING
+    assert (await must_get(svc, child.id)).status is TaskStatus.WAITING
+    assert await svc.queue.complete_async(await claim_one(svc, unique.id))
+    assert (await must_get(svc, child.id)).status is TaskStatus.PENDING
+
+
+async def test_a_dependent_of_a_deduplicated_unique_task_waits_on_the_live_one(
+    svc: Services,
+) -> None:
+    live = await svc.queue.enqueue_async(FUNC, unique_key="nightly")
+    again = svc.queue.build_task(FUNC, unique_key="nightly")
+    child = svc.queue.build_task(FUNC, depends_on=[again.id])
+    ids = await svc.queue.enqueue_many_async([again, child])
+    assert ids == [live, child.id]
+    stored = await must_get(svc, child.id)
+    assert stored.depends_on == (live,)
+    assert stored.status is TaskStatus.WAITING
+    assert await svc.queue.complete_async(await claim_one(svc, live))
+    assert (await must_get(svc, child.id)).status is TaskStatus.PENDING
+
+
+# --- 11. one unreadable schedule does not stop the others ------------------------------------
+
+
+async def test_an_unreadable_schedule_is_quarantined_and_the_others_fire(svc: Services) -> None:
+    q = svc.queue
+    now = utcnow()
+    good = await q.schedule_async(
+        Schedule(
+            func=FUNC, schedule_type="interval", interval=timedelta(seconds=60), next_run_at=now
+        )
+    )
+    bad = await q.schedule_async(
+        Schedule(func=FUNC, schedule_type="cron", cron_expression="* * * * *", next_run_at=now)
+    )
+    s = schema.schedules
+    await svc.storage.write(
+        lambda conn: conn.execute(
+            sa.update(s).where(s.c.id == bad).values(timezone="Mars/Olympus_Mons")
+        )
+    )
+    scheduler = _scheduler(svc)
+    assert await scheduler.fire_due_async(now + timedelta(seconds=1)) == 1
+    fired = await q.list_tasks_async()
+    assert [x.schedule_id for x in fired] == [good]
+    row = await svc.storage.read(
+        lambda conn: conn.execute(sa.select(s.c.status).where(s.c.id == bad)).scalar_one()
+    )
+    assert row == ScheduleStatus.PAUSED.value
+    errors = await svc.events.get_events_async(schedule_id=bad, level="error")
+    assert errors and "cannot be read" in (errors[0].message or "")
+    # The next fire is not blocked either.
+    assert await scheduler.fire_due_async(now + timedelta(seconds=61)) == 1
+
+
+def _scheduler(svc: Services) -> Any:
+    from omniq.services.scheduler import Scheduler
+
+    return Scheduler(svc.storage, svc.queue)
+
+
+# --- 12. cleanup() runs the sweeps now, and holds no lease afterwards ------------------------
+
+
+async def test_cleanup_runs_every_sweep_now_even_while_a_worker_holds_the_lease(
+    db_url: str,
+) -> None:
+    async with AsyncOmniQ(url=db_url) as oq:
+        svc = oq.services
+        from omniq.services.maintenance import Maintenance
+
+        holder = Maintenance(svc.storage, svc.queue, svc.results, svc.events, owner="worker-x")
+        assert await holder.acquire_async()
+        past = utcnow() - timedelta(hours=1)
+        stale = svc.queue.build_task(FUNC, ttl=60)
+        import attrs
+
+        stale = attrs.evolve(stale, created_at=past, run_at=past, expires_at=past)
+        await svc.queue.enqueue_many_async([stale])
+        report = await oq.cleanup_async()
+        assert report.expired == 1
+        assert (await must_get(svc, stale.id)).status is TaskStatus.EXPIRED
+        # A second call works at once too (no lease left behind by the first).
+        again = svc.queue.build_task(FUNC, ttl=60)
+        again = attrs.evolve(again, created_at=past, run_at=past, expires_at=past)
+        await svc.queue.enqueue_many_async([again])
+        assert (await oq.cleanup_async()).expired == 1
+        owner = await svc.storage.read(
+            lambda conn: conn.execute(sa.select(schema.locks.c.owner)).scalars().all()
+        )
+        assert owner == ["worker-x"]
+
+
+# --- 14. text no database can store -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"func_args": ["bad \udc80 byte"]}, "func_args"),
+        ({"func_kwargs": {"path": "\ud800"}}, "func_args/func_kwargs"),
+        ({"name": "report \udcff"}, "name"),
+        ({"tags": ["ok", "\udce9"]}, "tags"),
+    ],
+)
+async def test_a_lone_surrogate_is_a_serialization_error_naming_the_field(
+    svc: Services, options: dict[str, Any], field: str
+) -> None:
+    before = await statuses(svc)
+    with pytest.raises(SerializationError, match=field.split("/")[0]):
+        await svc.queue.enqueue_async(FUNC, **options)
+    with pytest.raises(SerializationError):
+        await svc.queue.enqueue_many_async([svc.queue.build_task(FUNC, **options)])
+    assert await statuses(svc) == before
+
+
+# --- 13. one clock: the database's, on PostgreSQL ---------------------------------------------
+
+
+async def test_leases_and_due_times_follow_the_database_clock_not_the_clients(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if svc.storage.dialect.name != "postgresql":
+        pytest.skip("SQLite runs on one machine: its clock is the database's clock")
+    import omniq._time
+
+    real = omniq._time.utcnow
+    skewed = lambda: real() + timedelta(minutes=30)  # noqa: E731 - a client clock 30 min ahead
+    monkeypatch.setattr(omniq._time, "utcnow", skewed)
+    monkeypatch.setattr("omniq.services._storage.utcnow", skewed)
+    task_id = await svc.queue.enqueue_async(FUNC)
+    db_now = await svc.storage.read(
+        lambda conn: conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one()
+    )
+    task = await claim_one(svc, task_id)  # due now by the database's clock
+    assert task.lease_expires_at is not None
+    lease_left = task.lease_expires_at - db_now
+    assert timedelta(seconds=30) < lease_left < timedelta(seconds=90)
+    assert abs(task.run_at - db_now) < timedelta(seconds=30)
