@@ -46,6 +46,7 @@ class SyncTaskQueue:
     release = sync_twin(TaskQueue.release_async)
     release_many = sync_twin(TaskQueue.release_many_async)
     mark_started = sync_twin(TaskQueue.mark_started_async)
+    fail_many = sync_twin(TaskQueue.fail_many_async)
     settle_orphans = sync_twin(TaskQueue.settle_orphans_async)
     renew_leases = sync_twin(TaskQueue.renew_leases_async)
     recover_expired_leases = sync_twin(TaskQueue.recover_expired_leases_async)

@@ -7,10 +7,14 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
-class GroupCommit(Generic[T]):
+class GroupCommit(Generic[T, R]):
     """Coalesces concurrent ``submit`` calls into batches written by ``flush``.
+
+    ``flush(items)`` writes one batch in one transaction and returns one
+    result per item, in order; ``submit`` returns its item's result.
 
     A background drain task (never a caller's own coroutine) writes the
     batches: while one batch is written, new items queue up for the next.
@@ -22,19 +26,21 @@ class GroupCommit(Generic[T]):
     used on.
     """
 
-    def __init__(self, flush: Callable[[list[T]], Awaitable[None]], max_batch: int = 1000) -> None:
+    def __init__(
+        self, flush: Callable[[list[T]], Awaitable[list[R]]], max_batch: int = 1000
+    ) -> None:
         self._flush = flush
         self._max_batch = max_batch
-        self._pending: list[tuple[T, asyncio.Future[None]]] = []
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
-    async def submit(self, item: T) -> None:
-        """Write ``item`` in the next batch; return once it is committed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def submit(self, item: T) -> R:
+        """Write ``item`` in the next batch; return its result once it is committed."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.get_running_loop().create_task(self._drain())
-        await future  # cancelling the caller cancels only its own future
+        return await future  # cancelling the caller cancels only its own future
 
     async def _drain(self) -> None:
         # Let the callers that became ready in this same turn of the loop join.
@@ -52,25 +58,25 @@ class GroupCommit(Generic[T]):
             for _, future in leftover:
                 _settle(future, error=RuntimeError("group commit stopped before writing"))
 
-    async def _write(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
+    async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         """Write one batch; settle every caller's future (errors isolated per item)."""
         try:
             try:
-                await self._flush([item for item, _ in batch])
+                results = await self._flush([item for item, _ in batch])
             except Exception as exc:
                 if len(batch) == 1:
                     _settle(batch[0][1], error=exc)
                     return
                 for item, future in batch:
                     try:
-                        await self._flush([item])
+                        (result,) = await self._flush([item])
                     except Exception as single:
                         _settle(future, error=single)
                     else:
-                        _settle(future)
+                        _settle(future, result)
             else:
-                for _, future in batch:
-                    _settle(future)
+                for (_, future), result in zip(batch, results, strict=True):
+                    _settle(future, result)
         except BaseException as exc:
             # Cancelled mid-write (loop shutdown): no caller is left waiting forever.
             for _, future in batch:
@@ -79,7 +85,11 @@ class GroupCommit(Generic[T]):
 
 
 def _settle(
-    future: asyncio.Future[None], error: BaseException | None = None, *, cancel: bool = False
+    future: asyncio.Future[R],
+    result: R | None = None,
+    *,
+    error: BaseException | None = None,
+    cancel: bool = False,
 ) -> None:
     if future.done():
         return
@@ -88,4 +98,4 @@ def _settle(
     elif cancel:
         future.cancel()
     else:
-        future.set_result(None)
+        future.set_result(result)  # type: ignore[arg-type]

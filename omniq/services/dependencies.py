@@ -8,7 +8,7 @@ plain functions over the transaction's ``Connection``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import attrs
@@ -106,16 +106,23 @@ def finalize(
     status: TaskStatus,
     now: datetime,
     *,
-    error: ErrorInfo | None = None,
+    error: ErrorInfo | Mapping[str, ErrorInfo] | None = None,
     worker_id: str | None = None,
-    execution_time: float | None = None,
+    execution_time: float | Mapping[str, float | None] | None = None,
 ) -> None:
-    """Events, results and dependent cancellation for tasks that just ended badly."""
+    """Events, results and dependent cancellation for tasks that just ended badly.
+
+    ``error`` and ``execution_time`` are one value for all tasks or one per task id.
+    """
     kind, result_status, level = _FINAL_EVENT[status]
     events = []
     results = []
     for x in tasks:
-        message = str(error) if error else x.last_error
+        info = error.get(x.id) if isinstance(error, Mapping) else error
+        elapsed = (
+            execution_time.get(x.id) if isinstance(execution_time, Mapping) else execution_time
+        )
+        message = str(info) if info else x.last_error
         events.append(
             _event(
                 kind,
@@ -123,8 +130,8 @@ def finalize(
                 timestamp=now,
                 worker_id=worker_id,
                 message=message,
-                error=str(error) if error else None,
-                execution_time=execution_time,
+                error=str(info) if info else None,
+                execution_time=elapsed,
                 retry_count=x.retry_count,
                 level=level,
             )
@@ -136,9 +143,9 @@ def finalize(
                     result_status,
                     message,
                     now=now,
-                    error=error,
+                    error=info,
                     worker_id=worker_id,
-                    execution_time=execution_time,
+                    execution_time=elapsed,
                 )
             )
     storage.events.insert_rows(conn, events)

@@ -24,7 +24,7 @@ class Enqueue(Sweeps):
 
     def __init__(self, storage: Storage, queues: Sequence[str] | None = None) -> None:
         super().__init__(storage, queues)
-        self._group: GroupCommit[tuple[Task, dict[str, Any]]] = GroupCommit(
+        self._group: GroupCommit[tuple[Task, dict[str, Any]], None] = GroupCommit(
             self._write_simple_batch
         )
 
@@ -76,7 +76,7 @@ class Enqueue(Sweeps):
             raise DuplicateTask("enqueue_many: the batch repeats a task id")
         return await self._enqueue_in_own_transaction(batch, on_duplicate)
 
-    async def _write_simple_batch(self, items: list[tuple[Task, dict[str, Any]]]) -> None:
+    async def _write_simple_batch(self, items: list[tuple[Task, dict[str, Any]]]) -> list[None]:
         rows = [row for _, row in items]
         events = [
             _event(EventType.ENQUEUED, x, timestamp=x.created_at, data=self._enqueued(x))
@@ -88,6 +88,7 @@ class Enqueue(Sweeps):
             self.storage.events.insert_rows(conn, events)
 
         await self.storage.write(body, what="enqueue")
+        return [None] * len(items)
 
     async def _enqueue_in_own_transaction(
         self, batch: list[Task], on_duplicate: Literal["return", "raise"]

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import attrs
 import sqlalchemy as sa
 
 from omniq._time import new_id, to_timedelta
@@ -312,27 +313,108 @@ class Leases(Enqueue):
         failed, cancelled), or None when the lease was lost. ``events`` and
         ``starts`` are written first in the same transaction.
         """
-        info = error if isinstance(error, ErrorInfo) else ErrorInfo.from_exception(error)
-        now = self.storage.now()
-        delay = self.retry_delay_for(task)
+        (status,) = await self.fail_many_async(
+            [(task, error, retry, execution_time)],
+            worker_id=worker_id,
+            events=events,
+            starts=starts,
+        )
+        return status
 
-        def body(conn: sa.Connection) -> TaskStatus | None:
+    async def fail_many_async(
+        self,
+        failures: Sequence[tuple[Task, ErrorInfo | BaseException, bool, float | None]],
+        *,
+        worker_id: str | None = None,
+        events: Sequence[Mapping[str, Any]] = (),
+        starts: Sequence[Start] = (),
+    ) -> list[TaskStatus | None]:
+        """Record several failed attempts in one transaction (see :meth:`fail_async`).
+
+        ``failures`` holds ``(task, error, retry, execution_time)``; returns each
+        task's new status (None: lease lost), in order.
+        """
+        now = self.storage.now()
+        prepared = [
+            (
+                task,
+                error if isinstance(error, ErrorInfo) else ErrorInfo.from_exception(error),
+                retry,
+                elapsed,
+                self.retry_delay_for(task),
+            )
+            for task, error, retry, elapsed in failures
+        ]
+
+        def body(conn: sa.Connection) -> list[TaskStatus | None]:
             self.storage.events.insert_rows(conn, events)
             self.storage.tasks.mark_started(conn, starts)
-            return self._fail(
-                conn,
-                task,
-                info,
-                now=now,
-                retry=retry,
-                delay=delay,
-                worker_id=worker_id,
-                execution_time=execution_time,
-            )
+            final = [
+                (task, info, elapsed)
+                for task, info, retry, elapsed, _ in prepared
+                if not (retry and task.retry_count < task.max_retries)
+            ]
+            failed = self._fail_final(conn, final, now, worker_id) if final else set()
+            return [
+                (TaskStatus.FAILED if task.id in failed else None)
+                if not (retry and task.retry_count < task.max_retries)
+                else self._fail(
+                    conn,
+                    task,
+                    info,
+                    now=now,
+                    retry=retry,
+                    delay=delay,
+                    worker_id=worker_id,
+                    execution_time=elapsed,
+                )
+                for task, info, retry, elapsed, delay in prepared
+            ]
 
-        status = await self.storage.write(body, what="fail task")
+        statuses = await self.storage.write(body, what="fail tasks")
         self.storage.notifier.notify()
-        return status
+        return statuses
+
+    def _fail_final(
+        self,
+        conn: sa.Connection,
+        final: Sequence[tuple[Task, ErrorInfo, float | None]],
+        now: datetime,
+        worker_id: str | None,
+    ) -> set[str]:
+        """Fail tasks for good, all in one statement; return the ids whose lease held."""
+        messages = {task.id: str(info) for task, info, _ in final}
+        held = self.storage.tasks.finish_leased(
+            conn,
+            [(task.id, task.lease_token) for task, _, _ in final],
+            {
+                **_finish_values(TaskStatus.FAILED, now),
+                "last_error": sa.case(messages, value=t.c.id),
+            },
+        )
+        if held:
+            finalize(
+                conn,
+                self.storage,
+                [
+                    attrs.evolve(
+                        task,
+                        status=TaskStatus.FAILED,
+                        completed_at=now,
+                        last_error=messages[task.id],
+                        lease_token=None,
+                        lease_expires_at=None,
+                    )
+                    for task, _, _ in final
+                    if task.id in held
+                ],
+                TaskStatus.FAILED,
+                now,
+                error={task.id: info for task, info, _ in final},
+                worker_id=worker_id,
+                execution_time={task.id: elapsed for task, _, elapsed in final},
+            )
+        return held
 
     def retry_delay_for(self, task: Task) -> timedelta:
         """Exponential backoff with jitter for the task's next retry."""

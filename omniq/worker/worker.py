@@ -184,7 +184,12 @@ class Worker:
         self._sync_refs: dict[str, bool] = {}
         #: Orders a pool thread starting a queued call against shutdown withdrawing it.
         self._start_lock = threading.Lock()
-        self._completions = GroupCommit(self._flush_completions)
+        self._completions: GroupCommit[tuple[Task, Any, float], bool] = GroupCommit(
+            self._flush_completions
+        )
+        self._failures: GroupCommit[tuple[Task, ErrorInfo, bool, float], TaskStatus | None] = (
+            GroupCommit(self._flush_failures)
+        )
         self._stopping = False
         self._main: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -194,7 +199,6 @@ class Worker:
         self._started_at: float | None = None
         #: Outcomes of tasks run through process_task_async (only those: no growth).
         self._outcome: dict[str, TaskStatus | None] = {}
-        self._lost_on_commit: set[str] = set()
         self._counts = {"completed": 0, "failed": 0, "retried": 0, "cancelled": 0, "lost": 0}
 
     # --- lifecycle -------------------------------------------------------------
@@ -533,14 +537,13 @@ class Worker:
     async def _succeeded(self, entry: _Running, result: Any, elapsed: float) -> None:
         task = entry.task
         try:
-            await self._write_outcome(
+            held = await self._write_outcome(
                 entry, lambda: self._completions.submit((entry.task, result, elapsed))
             )
         except SerializationError as exc:
             await self._failed(entry, exc, elapsed)
             return
-        if entry.lost or task.id in self._lost_on_commit:
-            self._lost_on_commit.discard(task.id)
+        if not held:
             self._counts["lost"] += 1
             return
         self._counts["completed"] += 1
@@ -548,7 +551,7 @@ class Worker:
         if task.callback:
             await self._run_callback(task, result)
 
-    async def _flush_completions(self, items: list[tuple[Task, Any, float]]) -> None:
+    async def _flush_completions(self, items: list[tuple[Task, Any, float]]) -> list[bool]:
         events, starts = self._take_buffered()
         try:
             done = await self.queue.complete_many_async(
@@ -558,29 +561,27 @@ class Worker:
             self._restore(events, starts)
             raise
         held = set(done)
-        self._lost_on_commit.update(task.id for task, _, _ in items if task.id not in held)
+        return [task.id in held for task, _, _ in items]
+
+    async def _flush_failures(
+        self, items: list[tuple[Task, ErrorInfo, bool, float]]
+    ) -> list[TaskStatus | None]:
+        events, starts = self._take_buffered()
+        try:
+            return await self.queue.fail_many_async(
+                items, worker_id=self.worker_id, events=events, starts=starts
+            )
+        except BaseException:
+            self._restore(events, starts)
+            raise
 
     async def _failed(self, entry: _Running, exc: BaseException, elapsed: float) -> None:
         info = _error_info(exc)
         retry = not isinstance(exc, TaskNotFound | SerializationError)
 
-        async def write() -> TaskStatus | None:
-            events, starts = self._take_buffered()
-            try:
-                return await self.queue.fail_async(
-                    entry.task,
-                    info,
-                    retry=retry,
-                    worker_id=self.worker_id,
-                    execution_time=elapsed,
-                    events=events,
-                    starts=starts,
-                )
-            except BaseException:
-                self._restore(events, starts)
-                raise
-
-        status = await self._write_outcome(entry, write)
+        status = await self._write_outcome(
+            entry, lambda: self._failures.submit((entry.task, info, retry, elapsed))
+        )
         if status is TaskStatus.PENDING:
             self._counts["retried"] += 1
         elif status is TaskStatus.FAILED:
