@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,33 @@ class Row:
     #: True/False against the target; None for reference lines without one.
     passed: bool | None
     note: str
+
+
+def verdict(ok: bool) -> str:
+    """The target column's word for a row with a target."""
+    return "PASS" if ok else "MISS"
+
+
+def ratio_row(
+    label: str,
+    omniq: float,
+    other: float,
+    minimum: float,
+    target: str,
+    note: str,
+    *,
+    unit: Callable[[float], str] | None = None,
+) -> Row:
+    """A row whose target is ``omniq / other >= minimum``."""
+    unit = unit or fmt_rate
+    ratio = omniq / other if other else 0.0
+    ok = ratio >= minimum
+    return Row(label, unit(omniq), unit(other), ratio, f"{verdict(ok)} {target}", ok, note)
+
+
+def skipped_row(label: str, reason: str) -> Row:
+    """A row that was not measured here, with why (the target column says SKIP)."""
+    return Row(label, "skipped", "-", None, "SKIP", None, f"skipped: {reason}")
 
 
 def rate(n: int, seconds: float) -> float:

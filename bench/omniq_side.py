@@ -7,6 +7,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from bench import tasks
 from bench.common import percentile, rate, sqlite_url
@@ -16,27 +17,38 @@ from omniq.worker import Worker
 NOOP = "bench.tasks:noop"
 
 
-async def _with_services(path: Path, body: Callable[[Services], Awaitable[float]]) -> float:
-    services = await Services.open_async(sqlite_url(path))
+def url_of(target: Path | str) -> str:
+    """The OmniQ URL of a SQLite file (a Path) or the URL itself (a str)."""
+    return sqlite_url(target) if isinstance(target, Path) else target
+
+
+async def _with_services(target: Path | str, body: Callable[[Services], Awaitable[float]]) -> float:
+    services = await Services.open_async(url_of(target))
     try:
         return await body(services)
     finally:
         await services.close_async()
 
 
-async def fill(path: Path, n: int, func: str = NOOP, batch: int = 1000) -> None:
-    """Enqueue ``n`` tasks of ``func`` (in batches of ``batch``); untimed setup."""
+async def fill(
+    target: Path | str, n: int, func: str = NOOP, batch: int = 1000, **options: Any
+) -> None:
+    """Enqueue ``n`` tasks of ``func`` (in batches of ``batch``); untimed setup.
+
+    ``target`` is a SQLite file or a database URL; ``options`` go to ``build_task``
+    (e.g. ``max_retries``).
+    """
 
     async def body(services: Services) -> float:
         queue = services.queue
         for start in range(0, n, batch):
             size = min(batch, n - start)
             await queue.enqueue_many_async(
-                [queue.build_task(func, [start + i]) for i in range(size)]
+                [queue.build_task(func, [start + i], **options) for i in range(size)]
             )
         return 0.0
 
-    await _with_services(path, body)
+    await _with_services(target, body)
 
 
 async def enqueue_many_rate(path: Path, n: int, batch: int = 1000) -> float:

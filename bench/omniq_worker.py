@@ -1,24 +1,31 @@
 """An OmniQ worker process for the benchmarks.
 
-``python -m bench.omniq_worker URL [--serve] [--rss-at 10000,100000] [--concurrency N]``
+``python -m bench.omniq_worker URL [--serve] [--rss-at 10000,100000] [--concurrency N]
+[--trace-sql]``
 
 Opens the services, builds a default :class:`omniq.worker.Worker` (events
 and results on, ``allow_modules=["bench.tasks"]``), reports ``ready``, waits
 for ``go`` on stdin, then either drains the queue in burst mode
 (``run_until_complete_async``) or, with ``--serve``, works until stdin says
 ``stop``. It reports its own timings: the wall-clock time just before the
-first claim that returned tasks and just after the last committed
-completion, so interpreter start-up and shutdown are excluded.
+first claim that returned tasks and just after the last committed outcome
+(a completion or a failure), so interpreter start-up and shutdown are
+excluded. ``--trace-sql`` also reports what the engine sent to the database
+(see :func:`trace_sql`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
+
+from sqlalchemy import event
 
 from bench.common import emit, rss_kib, wait_for_go
 from omniq.models import Task
@@ -27,15 +34,19 @@ from omniq.worker import Worker
 
 
 class TimedQueue(TaskQueue):
-    """A TaskQueue that notes when claims and completions happen (the library is untouched)."""
+    """A TaskQueue that notes when claims and outcomes happen (the library is untouched)."""
 
     def __init__(self, base: TaskQueue, rss_at: Sequence[int] = ()) -> None:
         super().__init__(base.storage, base.queues)
         self.first_claim: float | None = None
         self.last_complete: float | None = None
+        #: Process CPU time (all threads) at those two moments.
+        self.cpu_first: float | None = None
+        self.cpu_last: float | None = None
         self.completed = 0
         self.claims = 0
         self.flushes = 0
+        self.fail_writes = 0
         self.rss_at = sorted(rss_at)
         self.rss: dict[int, int] = {}
 
@@ -47,12 +58,12 @@ class TimedQueue(TaskQueue):
         *,
         worker_id: str | None = None,
     ) -> list[Task]:
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         claimed = await super().dequeue_many_async(n, queues, timeout, worker_id=worker_id)
         if claimed:
             self.claims += 1
             if self.first_claim is None:
-                self.first_claim = started
+                self.first_claim, self.cpu_first = started, cpu
         return claimed
 
     async def complete_many_async(
@@ -63,15 +74,97 @@ class TimedQueue(TaskQueue):
         events: Sequence[Mapping[str, Any]] = (),
     ) -> list[str]:
         done = await super().complete_many_async(completions, worker_id=worker_id, events=events)
-        self.last_complete = time.time()
+        self.last_complete, self.cpu_last = time.time(), time.process_time()
         self.completed += len(done)
         self.flushes += 1
         while self.rss_at and self.completed >= self.rss_at[0]:
             self.rss[self.rss_at.pop(0)] = rss_kib()
         return done
 
+    async def fail_async(self, task: Task, error: Any, **kwargs: Any) -> Any:
+        status = await super().fail_async(task, error, **kwargs)
+        self.last_complete, self.cpu_last = time.time(), time.process_time()
+        self.fail_writes += 1
+        return status
 
-async def main_async(url: str, serve: bool, rss_at: Sequence[int], concurrency: int | None) -> None:
+
+_TABLE = re.compile(r"\b(?:INTO|UPDATE|FROM)\s+\"?(\w+)", re.IGNORECASE)
+
+
+def trace_sql(services: Services) -> dict[str, Any]:
+    """Count what the engine sends (filled in as the worker runs; bench-only hooks).
+
+    Statements by kind (verb + table), transactions begun / committed, pool
+    check-outs and pre-ping round trips, and the time spent awaiting
+    statements, pings and the pool. Empty if the services have no
+    SQLAlchemy engine to listen on.
+    """
+    stats: dict[str, Any] = {
+        "statements": 0,
+        "executemany": 0,
+        "begins": 0,
+        "commits": 0,
+        "rollbacks": 0,
+        "checkouts": 0,
+        "pings": 0,
+        "statement_s": 0.0,
+        "ping_s": 0.0,
+        "pool_wait_s": 0.0,
+        "kinds": Counter(),
+    }
+    engine = getattr(getattr(services, "storage", None), "engine", None)
+    sync = getattr(engine, "sync_engine", None)
+    if sync is None:
+        return {}
+
+    @event.listens_for(sync, "before_cursor_execute")
+    def before(conn: Any, cursor: Any, sql: str, params: Any, ctx: Any, many: bool) -> None:
+        conn.info["bench_t0"] = time.perf_counter()
+
+    @event.listens_for(sync, "after_cursor_execute")
+    def after(conn: Any, cursor: Any, sql: str, params: Any, ctx: Any, many: bool) -> None:
+        stats["statement_s"] += time.perf_counter() - conn.info.pop("bench_t0", time.perf_counter())
+        stats["statements"] += 1
+        stats["executemany"] += bool(many)
+        table = _TABLE.search(sql)
+        stats["kinds"][f"{sql.split(None, 1)[0].upper()} {table[1] if table else ''}".strip()] += 1
+
+    def counter(key: str) -> Any:
+        def count(*_: Any) -> None:
+            stats[key] += 1
+
+        return count
+
+    for name in ("begin", "commit", "rollback"):
+        event.listen(sync, name, counter(f"{name}s"))
+    event.listen(sync.pool, "checkout", counter("checkouts"))
+
+    def timed(obj: Any, attr: str, key: str, count: str | None = None) -> None:
+        original = getattr(obj, attr, None)
+        if original is None:
+            return
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                stats[key] += time.perf_counter() - began
+                if count:
+                    stats[count] += 1
+
+        setattr(obj, attr, wrapper)
+
+    # Private hooks of SQLAlchemy (this process only): time spent getting a
+    # connection from the pool, and the pre-ping round trip of each check-out.
+    timed(sync.pool, "_do_get", "pool_wait_s")
+    timed(sync.dialect, "do_ping", "ping_s", "pings")
+    return stats
+
+
+async def main_async(
+    url: str, serve: bool, rss_at: Sequence[int], concurrency: int | None, trace: bool
+) -> None:
     services = await Services.open_async(url)
     try:
         queue = TimedQueue(services.queue, rss_at)
@@ -82,6 +175,7 @@ async def main_async(url: str, serve: bool, rss_at: Sequence[int], concurrency: 
             allow_modules=["bench.tasks"],
             concurrency=concurrency,
         )
+        sql = trace_sql(services) if trace else {}
         emit({"event": "ready", "rss_kib": rss_kib()})
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, wait_for_go)
@@ -92,17 +186,30 @@ async def main_async(url: str, serve: bool, rss_at: Sequence[int], concurrency: 
         else:
             await worker.run_until_complete_async()
         stats = worker.get_stats()
+        last = queue.last_complete
+        # Failures are timed through fail_async; should the library record them some
+        # other way, time to the worker's return instead (shutdown included).
+        to_exit = last is None or stats.failed + stats.retried > queue.fail_writes
+        if to_exit:
+            last = time.time()
         emit(
             {
                 "event": "done",
                 "first_claim": queue.first_claim,
-                "last_complete": queue.last_complete,
+                "last_complete": last,
+                "timed_to_exit": to_exit,
                 "completed": stats.completed,
                 "failed": stats.failed,
+                "retried": stats.retried,
                 "lost": stats.lost,
                 "claims": queue.claims,
                 "flushes": queue.flushes,
+                "fail_writes": queue.fail_writes,
+                "cpu_s": None
+                if queue.cpu_first is None or queue.cpu_last is None
+                else queue.cpu_last - queue.cpu_first,
                 "rss_kib": {str(k): v for k, v in queue.rss.items()},
+                "sql": sql,
             }
         )
     finally:
@@ -116,9 +223,10 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true", help="work until stdin says stop")
     parser.add_argument("--rss-at", default="", help="completion counts at which to read VmRSS")
     parser.add_argument("--concurrency", type=int, default=None, help="default: the Worker's")
+    parser.add_argument("--trace-sql", action="store_true", help="count statements sent")
     args = parser.parse_args()
     rss_at = [int(x) for x in args.rss_at.split(",") if x]
-    asyncio.run(main_async(args.url, args.serve, rss_at, args.concurrency))
+    asyncio.run(main_async(args.url, args.serve, rss_at, args.concurrency, args.trace_sql))
 
 
 if __name__ == "__main__":

@@ -9,18 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import sqlite3
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import huey_side, omniq_side, raw_sqlite
+from bench import failing, huey_side, omniq_side, pg_side, raw_sqlite, workers
 from bench.common import (
     Child,
     Row,
@@ -28,10 +24,13 @@ from bench.common import (
     fmt_rate,
     percentile,
     rate,
+    ratio_row,
     sqlite_url,
+    verdict,
 )
 from bench.tasks import RECORD_DIR_ENV, STAMP_FILE_ENV
-from omniq.services import Services
+from bench.workers import executions, span_rate
+from bench.workspace import FULL, QUICK, Sizes, Workspace
 
 #: Benchmark labels, in table order (the smoke test looks for each).
 LABELS = (
@@ -46,136 +45,10 @@ LABELS = (
     "7a. latency, in-process worker",
     "7b. latency, worker process",
     "8. worker RSS, many vs few tasks",
+    *failing.LABELS,
+    *pg_side.LABELS,
 )
 HEADER = ("benchmark", "omniq", "comparison", "ratio", "target")
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """How much work each benchmark does."""
-
-    repeats: int
-    process_repeats: int
-    enqueue_many: int
-    huey_enqueue: int
-    huey_default_enqueue: int
-    single: int
-    producers: int
-    per_producer: int
-    claim_backlog: int
-    claim_small: int
-    claim_per_run: int
-    burn: int
-    multi: int
-    latency: int
-    rss_low: int
-    rss_high: int
-
-
-FULL = Sizes(
-    repeats=3,
-    process_repeats=3,
-    enqueue_many=20_000,
-    huey_enqueue=10_000,
-    huey_default_enqueue=2_000,
-    single=2_000,
-    producers=100,
-    per_producer=50,
-    claim_backlog=100_000,
-    claim_small=1_000,
-    claim_per_run=5_000,
-    burn=10_000,
-    multi=5_000,
-    latency=200,
-    rss_low=10_000,
-    rss_high=100_000,
-)
-QUICK = Sizes(
-    repeats=1,
-    process_repeats=1,
-    enqueue_many=3_000,
-    huey_enqueue=2_000,
-    huey_default_enqueue=300,
-    single=300,
-    producers=100,
-    per_producer=10,
-    claim_backlog=20_000,
-    claim_small=1_000,
-    claim_per_run=2_000,
-    burn=2_000,
-    multi=2_000,
-    latency=40,
-    rss_low=5_000,
-    rss_high=20_000,
-)
-
-
-class Workspace:
-    """A temporary directory of database files, removed at the end."""
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="omniq-bench-"))
-        self._serial = 0
-        self.schema = self.root / "schema.db"
-        self.template = self._make_schema_and_template()
-
-    def _make_schema_and_template(self) -> raw_sqlite.Template:
-        async def build() -> None:
-            services = await Services.open_async(sqlite_url(self.schema))
-            await services.close_async()
-            sample = self.root / "sample.db"
-            shutil.copyfile(self.schema, sample)
-            await omniq_side.fill(sample, 1)
-
-        asyncio.run(build())
-        conn = sqlite3.connect(self.schema)
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.close()
-        return raw_sqlite.template_rows(self.root / "sample.db")
-
-    def _next(self, stem: str, suffix: str = ".db") -> Path:
-        self._serial += 1
-        return self.root / f"{stem}-{self._serial}{suffix}"
-
-    def omniq_db(self, stem: str) -> Path:
-        """A new database file with OmniQ's schema at head and no rows."""
-        path = self._next(stem)
-        shutil.copyfile(self.schema, path)
-        path.chmod(0o600)
-        return path
-
-    def huey_db(self, stem: str) -> Path:
-        """A path for a new Huey database (not created yet)."""
-        return self._next(f"huey-{stem}")
-
-    def directory(self, stem: str) -> Path:
-        """A new empty directory."""
-        path = self._next(stem, "")
-        path.mkdir()
-        return path
-
-    def cleanup(self) -> None:
-        """Remove everything."""
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def _ratio_row(
-    label: str,
-    omniq: float,
-    other: float,
-    minimum: float,
-    target: str,
-    note: str,
-    *,
-    unit: Callable[[float], str] = fmt_rate,
-) -> Row:
-    ratio = omniq / other if other else 0.0
-    ok = ratio >= minimum
-    return Row(label, unit(omniq), unit(other), ratio, f"{_verdict(ok)} {target}", ok, note)
 
 
 # --- 1-3: enqueue -------------------------------------------------------------------------
@@ -192,7 +65,7 @@ def bench_enqueue_many(ws: Workspace, sizes: Sizes) -> list[Row]:
         raw = max(raw, raw_sqlite.enqueue_rate(ws.omniq_db("raw"), sizes.enqueue_many, ws.template))
     stock = huey_side.enqueue_rate(ws.huey_db("stock"), sizes.huey_default_enqueue, "default")
     return [
-        _ratio_row(
+        ratio_row(
             LABELS[0],
             omniq,
             huey,
@@ -224,7 +97,7 @@ def bench_enqueue_single(ws: Workspace, sizes: Sizes) -> list[Row]:
         )
         huey = max(huey, huey_side.enqueue_rate(ws.huey_db("enq"), sizes.huey_enqueue))
     return [
-        _ratio_row(
+        ratio_row(
             LABELS[2],
             omniq,
             huey,
@@ -249,7 +122,7 @@ def bench_enqueue_concurrent(ws: Workspace, sizes: Sizes) -> list[Row]:
         )
         huey = max(huey, huey_side.enqueue_rate(ws.huey_db("enq"), sizes.huey_enqueue))
     return [
-        _ratio_row(
+        ratio_row(
             LABELS[3],
             omniq,
             huey,
@@ -276,7 +149,7 @@ def bench_claim(ws: Workspace, sizes: Sizes) -> list[Row]:
         )
     )
     return [
-        _ratio_row(
+        ratio_row(
             LABELS[4],
             big,
             small,
@@ -293,32 +166,6 @@ def bench_claim(ws: Workspace, sizes: Sizes) -> list[Row]:
 # --- 5-6, 7b, 8: worker processes --------------------------------------------------------------
 
 
-def _worker_children(
-    ws: Workspace,
-    db: Path,
-    count: int,
-    *,
-    extra: tuple[str, ...] = (),
-    env: dict[str, str] | None = None,
-) -> list[Child]:
-    children = [
-        Child(
-            ["-m", "bench.omniq_worker", sqlite_url(db), *extra],
-            ws.root,
-            child_env(**(env or {})),
-        )
-        for _ in range(count)
-    ]
-    try:
-        for child in children:
-            child.expect("ready", timeout=120)
-    except BaseException:
-        for child in children:
-            child.kill()
-        raise
-    return children
-
-
 def run_omniq_workers(
     ws: Workspace,
     db: Path,
@@ -327,34 +174,14 @@ def run_omniq_workers(
     extra: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Start ``count`` burst-mode workers on ``db`` together; their ``done`` reports."""
-    children = _worker_children(ws, db, count, extra=extra, env=env)
-    try:
-        for child in children:
-            child.send("go")
-        reports = [child.expect("done", timeout=900) for child in children]
-        for child in children:
-            child.finish()
-    finally:
-        for child in children:
-            child.kill()
-    return reports
-
-
-def _span_rate(reports: list[dict[str, Any]]) -> tuple[int, float]:
-    """(tasks completed, tasks/s from the earliest first claim to the latest completion)."""
-    firsts = [float(r["first_claim"]) for r in reports if r.get("first_claim") is not None]
-    lasts = [float(r["last_complete"]) for r in reports if r.get("last_complete") is not None]
-    done = sum(int(r["completed"]) for r in reports)
-    if not firsts or not lasts:
-        return done, 0.0
-    return done, rate(done, max(lasts) - min(firsts))
+    """Start ``count`` burst-mode workers on the SQLite file ``db`` together; their reports."""
+    return workers.run_omniq_workers(sqlite_url(db), count, ws.root, extra=extra, env=env)
 
 
 def _omniq_burn(ws: Workspace, n: int) -> float:
     db = ws.omniq_db("burn")
     asyncio.run(omniq_side.fill(db, n))
-    done, tasks_per_s = _span_rate(run_omniq_workers(ws, db, 1))
+    done, tasks_per_s = span_rate(run_omniq_workers(ws, db, 1))
     if done != n:
         raise RuntimeError(f"the OmniQ worker completed {done} of {n} tasks")
     return tasks_per_s
@@ -382,7 +209,7 @@ def bench_burn(ws: Workspace, sizes: Sizes) -> list[Row]:
         omniq = max(omniq, _omniq_burn(ws, sizes.burn))
         huey = max(huey, _huey_burn(ws, sizes.burn))
     return [
-        _ratio_row(
+        ratio_row(
             LABELS[5],
             omniq,
             huey,
@@ -406,10 +233,8 @@ def _multi_run(ws: Workspace, n: int, processes: int) -> tuple[float, int, int]:
     asyncio.run(omniq_side.fill(db, n, func="bench.tasks:record"))
     record_dir = ws.directory(f"exec{processes}")
     reports = run_omniq_workers(ws, db, processes, env={RECORD_DIR_ENV: str(record_dir)})
-    done, tasks_per_s = _span_rate(reports)
-    executed: list[str] = []
-    for log in record_dir.glob("exec-*.log"):
-        executed.extend(log.read_text().split())
+    done, tasks_per_s = span_rate(reports)
+    executed = executions(record_dir)
     if done != n:
         raise RuntimeError(f"{processes} workers completed {done} of {n} tasks")
     return tasks_per_s, len(executed), len(set(executed))
@@ -437,7 +262,7 @@ def bench_multi(ws: Workspace, sizes: Sizes) -> list[Row]:
                 fmt_rate(best[processes]),
                 fmt_rate(best[1]),
                 ratio,
-                f"{_verdict(ok)} >= 0.9x, 0 double runs",
+                f"{verdict(ok)} >= 0.9x, 0 double runs",
                 ok,
                 f"{n:,} tasks that append their id to a per-process file, drained by "
                 f"{processes} worker processes on one SQLite file vs 1 process; executions "
@@ -453,8 +278,8 @@ def bench_latency(ws: Workspace, sizes: Sizes) -> list[Row]:
     p50_in, p95_in = asyncio.run(omniq_side.in_process_latency(ws.omniq_db("lat"), sizes.latency))
     db = ws.omniq_db("lat-proc")
     stamp_file = ws.root / f"stamps-{time.monotonic_ns()}.txt"
-    children = _worker_children(
-        ws, db, 1, extra=("--serve",), env={STAMP_FILE_ENV: str(stamp_file)}
+    children = workers.worker_children(
+        sqlite_url(db), 1, ws.root, extra=("--serve",), env={STAMP_FILE_ENV: str(stamp_file)}
     )
     child = children[0]
     try:
@@ -488,7 +313,7 @@ def bench_latency(ws: Workspace, sizes: Sizes) -> list[Row]:
             f"p50 {ms(p50_in)}",
             f"p95 {ms(p95_in)}",
             None,
-            f"{_verdict(p50_in <= 0.010)} p50 <= 10 ms",
+            f"{verdict(p50_in <= 0.010)} p50 <= 10 ms",
             p50_in <= 0.010,
             f"{sizes.latency} enqueue_async calls 10-100 ms apart; the worker runs on the "
             "producer's event loop (idle, woken by the in-process notifier); latency = "
@@ -499,7 +324,7 @@ def bench_latency(ws: Workspace, sizes: Sizes) -> list[Row]:
             f"p50 {ms(p50_out)}",
             f"p95 {ms(p95_out)}",
             None,
-            f"{_verdict(p50_out <= 0.100)} p50 <= 100 ms",
+            f"{verdict(p50_out <= 0.100)} p50 <= 100 ms",
             p50_out <= 0.100,
             f"The same {sizes.latency} probes with the worker in another process at default "
             "settings (it polls: adaptive 5 ms doubling up to poll_interval=1 s after activity).",
@@ -530,7 +355,7 @@ def bench_rss(ws: Workspace, sizes: Sizes) -> list[Row]:
             mib(high),
             mib(low),
             ratio,
-            f"{_verdict(ok)} <= 1.2x",
+            f"{verdict(ok)} <= 1.2x",
             ok,
             f"VmRSS of one worker process (read in-process) after {sizes.rss_high:,} "
             f"completed no-op tasks (omniq) vs after {sizes.rss_low:,} (comparison), same "
@@ -551,6 +376,8 @@ BENCHMARKS: tuple[tuple[str, Callable[[Workspace, Sizes], list[Row]], tuple[str,
     ("multi-process", bench_multi, LABELS[6:8]),
     ("latency", bench_latency, LABELS[8:10]),
     ("worker RSS", bench_rss, LABELS[10:11]),
+    ("failing tasks", failing.bench_failing, failing.LABELS),
+    ("postgresql", pg_side.bench_postgres, pg_side.LABELS),
 )
 
 
@@ -584,7 +411,7 @@ def render(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; print the table. Exit 1 only if a benchmark could not run."""
     parser = argparse.ArgumentParser(description="OmniQ benchmarks (reports, never asserts).")
-    parser.add_argument("--quick", action="store_true", help="small sizes (< 60 s)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (< 90 s)")
     parser.add_argument(
         "--only", default="", help="comma-separated benchmark numbers to run (e.g. 1,5)"
     )

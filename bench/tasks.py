@@ -1,5 +1,7 @@
 """No-op task functions for the benchmarks (OmniQ workers allow ``bench.tasks``).
 
+``fail(i)`` raises ValueError (the failing-task benchmark).
+
 ``record`` and ``stamp`` leave a trace of each execution:
 
 - ``record(i)`` appends ``i`` to a file per process under ``$OMNIQ_BENCH_RECORD_DIR``
@@ -41,6 +43,11 @@ def _append_fd(path: str) -> int:
 
 def noop(i: int) -> None:
     """Do nothing."""
+
+
+def fail(i: int) -> None:
+    """Raise ValueError (the failing-task benchmark: the traceback is stored)."""
+    raise ValueError(f"bench task {i} fails on purpose")
 
 
 async def anoop(i: int) -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,58 @@ class Dialect:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         return sqlite_insert(table)
+
+    # --- batch statements: one fixed statement per batch, whatever its size -----------
+    #
+    # PostgreSQL binds a batch as one array per column and reads it back as rows
+    # with ``unnest``: the statement's text does not depend on the batch size, so
+    # asyncpg prepares it once per connection and the server plans it once, and
+    # a batch of n rows is one Bind/Execute instead of n. SQLite keeps
+    # executemany and expanding ``IN`` lists, which cost it nothing (no round
+    # trips, no planning worth caching).
+
+    @property
+    def array_batches(self) -> bool:
+        """Batches are bound as arrays (PostgreSQL), not executemany (SQLite)."""
+        return self.name == "postgresql"
+
+    def batch_rows(
+        self, name: str, columns: Sequence[tuple[str, sa.types.TypeEngine[Any]]]
+    ) -> sa.TableValuedAlias:
+        """PostgreSQL: ``unnest(:b_<key>, ...) AS name(<key>, ...)``, one row per index.
+
+        Bind :meth:`batch_params` of the rows to it. Only for :attr:`array_batches`.
+        """
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        binds = [sa.bindparam(f"b_{key}", type_=ARRAY(type_)) for key, type_ in columns]
+        return (
+            sa.func.unnest(*binds)
+            .table_valued(*(sa.column(key, type_) for key, type_ in columns))
+            .render_derived(name=name)
+        )
+
+    @staticmethod
+    def batch_params(
+        keys: Iterable[str], rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]]
+    ) -> dict[str, list[Any]]:
+        """The array parameters of :meth:`batch_rows` for ``rows`` (mappings or tuples)."""
+        keys = list(keys)
+        if rows and not isinstance(rows[0], Mapping):
+            return {
+                f"b_{key}": list(col)
+                for key, col in zip(keys, zip(*rows, strict=True), strict=True)
+            }
+        return {f"b_{key}": [row[key] for row in rows] for key in keys}  # type: ignore[call-overload]
+
+    def in_(self, column: sa.ColumnElement[Any], values: Collection[Any]) -> sa.ColumnElement[bool]:
+        """``column IN values``: PostgreSQL binds one array (``= ANY``), fixed text."""
+        if self.array_batches:
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            array = sa.bindparam(None, list(values), type_=ARRAY(column.type), unique=True)
+            return column == sa.any_(array)
+        return column.in_(list(values))
 
 
 def dialect_of(engine: AsyncEngine | sa.engine.Connection | sa.Dialect) -> Dialect:
@@ -209,6 +262,7 @@ def install_sqlite_events(engine: sa.Engine, settings: Settings) -> None:
     """
     busy_ms = int(settings.busy_timeout.total_seconds() * 1000)
     synchronous = settings.sqlite_synchronous
+    max_pages = settings.sqlite_max_page_count
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -224,6 +278,8 @@ def install_sqlite_events(engine: sa.Engine, settings: Settings) -> None:
             # After a long reader held checkpoints back, the next reset of the WAL
             # truncates it to this size instead of keeping its high-water mark.
             cursor.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
+            if max_pages is not None:
+                cursor.execute(f"PRAGMA max_page_count = {int(max_pages)}")
         finally:
             cursor.close()
 

@@ -54,6 +54,11 @@ class Settings:
     sqlite_synchronous: Literal["NORMAL", "FULL"] = attrs.field(
         default="NORMAL", validator=attrs.validators.in_(("NORMAL", "FULL"))
     )
+    #: SQLite: cap the database file at this many pages (``PRAGMA max_page_count``,
+    #: pages of 4 KiB by default); past it writes raise :class:`StorageFull`.
+    sqlite_max_page_count: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
     #: None means: on for SQLite files, off for servers.
     auto_migrate: bool | None = None
     #: How long a write keeps retrying (jittered backoff) while another process holds

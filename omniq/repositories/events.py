@@ -53,6 +53,13 @@ class EventRepository:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self._insert = e.insert()
+        #: Column keys of an event row (every column but the id).
+        self._keys = [c.key for c in e.c if c.key != "id"]
+        self._insert_batch: sa.Insert | None = None
+        if dialect.array_batches:
+            # One fixed INSERT ... SELECT FROM unnest(arrays) per batch (PostgreSQL).
+            src = dialect.batch_rows("v", [(c.key, c.type) for c in e.c if c.key != "id"])
+            self._insert_batch = e.insert().from_select(self._keys, sa.select(*src.c))
 
     @staticmethod
     def to_row(event: TaskEvent) -> dict[str, Any]:
@@ -75,13 +82,16 @@ class EventRepository:
         """Append events (one multi-row statement)."""
         if not events:
             return
-        with translate_errors("log event"):
-            conn.execute(self._insert, [self.to_row(x) for x in events])
+        self.insert_rows(conn, [self.to_row(x) for x in events])
 
     def insert_rows(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Append pre-built event rows (the hot paths build rows directly)."""
-        if rows:
-            with translate_errors("log event"):
+        if not rows:
+            return
+        with translate_errors("log event"):
+            if self._insert_batch is not None and len(rows) > 1:
+                conn.execute(self._insert_batch, self.dialect.batch_params(self._keys, rows))
+            else:
                 conn.execute(self._insert, list(rows))
 
     def query(

@@ -37,6 +37,15 @@ class ResultRepository:
             index_elements=[r.c.task_id],
             set_={c.name: ins.excluded[c.name] for c in r.c if c.name != "task_id"},
         )
+        self._upsert_batch: sa.Insert | None = None
+        if dialect.array_batches:
+            # One fixed INSERT ... SELECT FROM unnest(arrays) per batch (PostgreSQL).
+            src = dialect.batch_rows("v", [(c.key, c.type) for c in r.c])
+            ins = dialect.insert(r).from_select(list(_ROW_FIELDS), sa.select(*src.c))
+            self._upsert_batch = ins.on_conflict_do_update(
+                index_elements=[r.c.task_id],
+                set_={c.name: ins.excluded[c.name] for c in r.c if c.name != "task_id"},
+            )
         self._get = sa.select(r).where(r.c.task_id == sa.bindparam("id"))
         self._latest = (
             sa.select(r)
@@ -123,7 +132,13 @@ class ResultRepository:
         if not rows:
             return
         with translate_errors("store result"):
-            conn.execute(self._upsert, list(rows))
+            if self._upsert_batch is not None and len(rows) > 1:
+                # One statement cannot upsert a row twice: the last row of a task wins,
+                # as it does when the rows are written one after another.
+                last = list({row["task_id"]: row for row in rows}.values())
+                conn.execute(self._upsert_batch, self.dialect.batch_params(_ROW_FIELDS, last))
+            else:
+                conn.execute(self._upsert, list(rows))
 
     def get(self, conn: Connection, task_id: str) -> TaskResult | None:
         """The result of ``task_id``, or None."""

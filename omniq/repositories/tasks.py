@@ -89,6 +89,31 @@ class TaskRepository:
             )
             .values(attempts=t.c.attempts + 1, started_at=sa.bindparam("at"))
         )
+        #: PostgreSQL: batches of (task_id, lease_token[, at]) as one fixed statement.
+        self._leases: sa.TableValuedAlias | None = None
+        self._mark_started_batch: sa.Update | None = None
+        if dialect.array_batches:
+            self._leases = dialect.batch_rows(
+                "held", [("task_id", t.c.id.type), ("token", t.c.lease_token.type)]
+            )
+            starts = dialect.batch_rows(
+                "starts",
+                [
+                    ("task_id", t.c.id.type),
+                    ("token", t.c.lease_token.type),
+                    ("at", t.c.started_at.type),
+                ],
+            )
+            self._mark_started_batch = (
+                sa.update(t)
+                .where(
+                    t.c.id == starts.c.task_id,
+                    t.c.lease_token == starts.c.token,
+                    t.c.status == TaskStatus.RUNNING.value,
+                    t.c.started_at.is_(None),
+                )
+                .values(attempts=t.c.attempts + 1, started_at=starts.c.at)
+            )
 
     # --- rows <-> models ---------------------------------------------------
 
@@ -372,8 +397,14 @@ class TaskRepository:
 
         Only tasks still held under that lease and not yet marked change.
         """
-        if starts:
-            with translate_errors("mark tasks started"):
+        if not starts:
+            return
+        with translate_errors("mark tasks started"):
+            if self._mark_started_batch is not None and len(starts) > 1:
+                # A task listed twice is marked once (started_at IS NULL), as before.
+                params = self.dialect.batch_params(("task_id", "token", "at"), starts)
+                conn.execute(self._mark_started_batch, params)
+            else:
                 conn.execute(
                     self._mark_started,
                     [{"task_id": i, "token": tok, "at": at} for i, tok, at in starts],
@@ -423,17 +454,28 @@ class TaskRepository:
         """
         if not leases:
             return set()
+        held, params = self._held(leases)
         stmt = (
             sa.update(t)
-            .where(
-                sa.tuple_(t.c.id, t.c.lease_token).in_(list(leases)),
-                t.c.status == TaskStatus.RUNNING.value,
-            )
+            .where(held, t.c.status == TaskStatus.RUNNING.value)
             .values(**_values(values))
             .returning(t.c.id)
         )
         with translate_errors("update tasks"):
-            return set((conn.execute(stmt)).scalars().all())
+            return set((conn.execute(stmt, params)).scalars().all())
+
+    def _held(
+        self, leases: Sequence[tuple[str, str | None]]
+    ) -> tuple[sa.ColumnElement[bool], dict[str, Any]]:
+        """The condition "the task is held under one of ``leases``", and its parameters.
+
+        PostgreSQL joins the arrays of ids and tokens (one fixed statement, an
+        index lookup per id); SQLite compares row values, ``(id, token) IN (...)``.
+        """
+        if self._leases is None:
+            return sa.tuple_(t.c.id, t.c.lease_token).in_(list(leases)), {}
+        cond = sa.and_(t.c.id == self._leases.c.task_id, t.c.lease_token == self._leases.c.token)
+        return cond, self.dialect.batch_params(("task_id", "token"), leases)
 
     def transition_many(
         self,
@@ -467,17 +509,15 @@ class TaskRepository:
         """Extend held leases; return ``{task_id: cancel_requested}`` for those still held."""
         if not leases:
             return {}
+        held, params = self._held(list(leases.items()))
         stmt = (
             sa.update(t)
-            .where(
-                sa.tuple_(t.c.id, t.c.lease_token).in_(list(leases.items())),
-                t.c.status == TaskStatus.RUNNING.value,
-            )
+            .where(held, t.c.status == TaskStatus.RUNNING.value)
             .values(lease_expires_at=until)
             .returning(t.c.id, t.c.cancel_requested)
         )
         with translate_errors("renew leases"):
-            rows = (conn.execute(stmt)).all()
+            rows = (conn.execute(stmt, params)).all()
         return {row.id: bool(row.cancel_requested) for row in rows}
 
     def fail_unknown_statuses(
@@ -531,7 +571,7 @@ class TaskRepository:
             sa.select(t.c.id)
             .join(deps_t, deps_t.c.task_id == t.c.id)
             .where(
-                deps_t.c.depends_on_id.in_(list(task_ids)),
+                self.dialect.in_(deps_t.c.depends_on_id, task_ids),
                 t.c.status == TaskStatus.WAITING.value,
             )
             .order_by(t.c.id)

@@ -1,10 +1,13 @@
 """`python bench/run.py --quick` runs to the end and prints the whole table.
 
 It reports numbers; this test never looks at them (DESIGN.md: no timed asserts).
+The PostgreSQL rows run when a server is given (OMNIQ_BENCH_POSTGRES_URL or
+OMNIQ_TEST_POSTGRES_URL); otherwise they are printed as skipped, with the reason.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -27,7 +30,24 @@ ROWS = (
     "7a. latency, in-process worker",
     "7b. latency, worker process",
     "8. worker RSS, many vs few tasks",
+    "9a. failing tasks vs no-op",
+    "9b. refused tasks vs no-op",
+    "9c. failing + 1 retry vs no-op",
 )
+POSTGRES_ROWS = (
+    "10a. PG burn-down, 1 worker process",
+    "10b. PG 4 worker processes vs 1",
+    "10c. PG raw asyncpg, events vs bare",
+    "10d. PG raw asyncpg, 4 conns vs 1",
+)
+POSTGRES_ENVS = ("OMNIQ_BENCH_POSTGRES_URL", "OMNIQ_TEST_POSTGRES_URL")
+
+
+def _row(lines: list[str], label: str, stdout: str) -> str:
+    row = [line for line in lines if line.startswith(label + "  ")]
+    assert row, f"missing row {label!r}:\n{stdout}"
+    assert "ERROR" not in row[0], row[0]
+    return row[0]
 
 
 @pytest.mark.slow
@@ -43,7 +63,16 @@ def test_quick_bench_prints_every_row() -> None:
     lines = proc.stdout.splitlines()
     assert any(re.fullmatch(r"\s*".join(HEADER) + r"\s*", line) for line in lines), proc.stdout
     for label in ROWS:
-        row = [line for line in lines if line.startswith(label + "  ")]
-        assert row, f"missing row {label!r}:\n{proc.stdout}"
-        assert "ERROR" not in row[0], row[0]
-        assert re.search(r"\b(PASS|MISS|ref)\b", row[0]), row[0]
+        row = _row(lines, label, proc.stdout)
+        assert re.search(r"\b(PASS|MISS|ref)\b", row), row
+    postgres = any(os.environ.get(name, "").strip() for name in POSTGRES_ENVS)
+    for label in POSTGRES_ROWS:
+        row = _row(lines, label, proc.stdout)
+        if postgres:
+            assert re.search(r"\b(PASS|MISS|ref)\b", row), row
+        else:
+            assert re.search(r"\bskipped\b.*\bSKIP\b", row), row
+            number = label.split(" ", 1)[0]
+            assert any(
+                line.startswith(f"{number} skipped: set {POSTGRES_ENVS[0]}") for line in lines
+            ), proc.stdout

@@ -14,12 +14,10 @@ import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omniq._time import utcnow
@@ -370,17 +368,8 @@ async def test_full_database_raises_storage_full_and_keeps_committed_tasks(
     with sqlite3.connect(sqlite_path) as raw:
         pages = raw.execute("PRAGMA page_count").fetchone()[0]
 
-    limited = create_engine(url)
-
-    @event.listens_for(limited.sync_engine, "connect")
-    def _limit(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA max_page_count = {pages + 4}")
-        finally:
-            cursor.close()
-
-    svc = await Services.open_async(limited)
+    # The size limit applies to every connection, the writer thread's included.
+    svc = await Services.open_async(url, Settings(sqlite_max_page_count=pages + 4))
     try:
         big = "x" * 200_000
         with pytest.raises(StorageFull, match="full"):
@@ -395,7 +384,6 @@ async def test_full_database_raises_storage_full_and_keeps_committed_tasks(
         assert sorted(t.func_args[1] for t in kept) == sorted(f"b{i}" for i in range(20))
     finally:
         await svc.close_async()
-        await limited.dispose()
     with sqlite3.connect(sqlite_path) as raw:
         assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 

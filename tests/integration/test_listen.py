@@ -36,7 +36,7 @@ async def _write_elsewhere(
     engine = create_engine(db_url)
     try:
         async with engine.begin() as conn:
-            await svc.storage.tasks.insert_rows(conn, [row])
+            await conn.run_sync(svc.storage.tasks.insert_rows, [row])
     finally:
         await engine.dispose()
     return task.id
@@ -115,10 +115,14 @@ async def test_without_listening_another_process_s_work_is_only_found_by_polling
     assert await quiet is False
 
 
-async def test_a_pool_too_small_to_spare_a_connection_does_not_listen(
+async def test_listening_uses_a_connection_of_its_own_even_with_a_tiny_pool(
     db_url: str, open_services: Any
 ) -> None:
-    small: Services = await open_services(pool_size=1, max_overflow=1)
+    small: Services = await open_services(pool_size=1, max_overflow=0)
     _postgres_only(small)
     async with small.storage.listen_for_work() as listening:
-        assert listening is False  # the worker polls instead of starving its own writes
+        assert listening is True
+        pool = small.storage.engine.sync_engine.pool
+        assert pool.checkedout() == 0  # the pool's one connection stays free for writes
+        task_id = await small.queue.enqueue_async("tests.worker_tasks:add_sync", [1, 2])
+        assert await small.queue.get_task_async(task_id) is not None

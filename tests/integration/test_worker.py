@@ -651,7 +651,7 @@ async def test_lease_taken_over_fences_the_first_worker(open_services: ServicesF
 async def test_recovered_lease_without_attempts_left_fails_as_worker_lost(
     open_services: ServicesFactory,
 ) -> None:
-    svc = await open_services(Settings(lease_duration=timedelta(seconds=0.3)))
+    svc = await open_services(Settings(lease_duration=timedelta(seconds=0.3), crash_retries=0))
     task_id = await svc.queue.enqueue_async(ref("add"), [1, 2])
     assert await svc.queue.dequeue_async(worker_id="crashed") is not None
 
@@ -718,7 +718,8 @@ async def test_maintenance_recovers_expires_and_cleans_up(open_services: Service
     await wait_until(swept_everything, "the expired lease to be recovered")
     assert totals == {"recovered": 1, "expired": 1, "results": 1, "events": 3}
     lost = await must_task(svc, lost_id)
-    assert (lost.status, lost.retry_count) == (TaskStatus.PENDING, 1)
+    # Run again from the crash budget; max_retries is not spent.
+    assert (lost.status, lost.retry_count, lost.lost_count) == (TaskStatus.PENDING, 0, 1)
     assert "WorkerLost" in (lost.last_error or "")
     assert await status_of(svc, stale_id) is TaskStatus.EXPIRED
     assert (await must_result(svc, stale_id)).status is ResultStatus.EXPIRED
@@ -783,7 +784,7 @@ async def test_worker_runs_maintenance_in_the_background(open_services: Services
     finally:
         await worker.stop_async(grace_period=1.0)
     task = await must_task(svc, task_id)
-    assert (task.attempts, task.retry_count) == (2, 1)
+    assert (task.attempts, task.retry_count, task.lost_count) == (2, 0, 1)
     assert (await must_result(svc, task_id)).result == 7
 
 

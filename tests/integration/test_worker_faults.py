@@ -1,0 +1,126 @@
+"""The worker under injected database errors: outcomes are not dropped, loops survive.
+
+Errors are injected at the service boundary (what a refused connection, a
+restart or a full disk look like to the worker); tests/faults/ makes the same
+faults for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from omniq.errors import DatabaseUnavailable, StorageFull
+from omniq.models import EventType, Settings, TaskStatus
+from omniq.services import Services
+from tests import worker_tasks
+from tests.integration.test_worker import make_worker, ref
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.anyio
+
+ServicesFactory = Callable[..., Awaitable[Services]]
+
+
+def fail_first(
+    monkeypatch: pytest.MonkeyPatch, target: Any, name: str, times: int, error: BaseException
+) -> list[int]:
+    """Make ``target.name`` raise ``error`` on its first ``times`` calls; count the calls."""
+    real = getattr(target, name)
+    calls = [0]
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] <= times:
+            raise error
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, flaky)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "error",
+    [DatabaseUnavailable("connection refused"), StorageFull("disk full"), OSError("refused")],
+    ids=["unavailable", "full", "oserror"],
+)
+async def test_a_completion_whose_write_fails_is_retried_not_dropped(
+    svc: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    log = tmp_path / "runs.log"
+    ids = [
+        await svc.queue.enqueue_async(ref("record_sync"), [str(log), f"t{i}"], max_retries=2)
+        for i in range(20)
+    ]
+    calls = fail_first(monkeypatch, svc.queue, "complete_many_async", 3, error)
+    worker = make_worker(svc, concurrency=4)
+    await asyncio.wait_for(worker.run_until_complete_async(), timeout=60)
+    assert calls[0] > 3
+    for task_id in ids:
+        task = await svc.queue.get_task_async(task_id)
+        assert task is not None and task.status is TaskStatus.COMPLETED
+        assert task.retry_count == 0
+    runs = [line[0] for line in worker_tasks.read_records(log)]
+    assert sorted(runs) == sorted(f"t{i}" for i in range(20))  # each exactly once
+    stats = worker.get_stats()
+    assert (stats.completed, stats.failed, stats.retried, stats.lost) == (20, 0, 0, 0)
+
+
+async def test_a_failure_whose_write_fails_is_retried_too(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id = await svc.queue.enqueue_async(ref("always_fails"), ["boom"], max_retries=0)
+    fail_first(monkeypatch, svc.queue, "fail_many_async", 2, DatabaseUnavailable("down"))
+    worker = make_worker(svc)
+    await asyncio.wait_for(worker.run_until_complete_async(), timeout=60)
+    task = await svc.queue.get_task_async(task_id)
+    assert task is not None and task.status is TaskStatus.FAILED
+    assert len(await svc.events.get_events_async(task_id=task_id, event_type="failed")) == 1
+
+
+async def test_every_loop_survives_any_error_and_resumes(
+    open_services: ServicesFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = await open_services(
+        Settings(lease_duration=timedelta(seconds=5), heartbeat_interval=timedelta(seconds=0.1))
+    )
+    heartbeats = fail_first(monkeypatch, svc.queue, "heartbeat_async", 5, OSError("refused"))
+    claims = fail_first(
+        monkeypatch, svc.queue, "dequeue_many_async", 2, ConnectionRefusedError("refused")
+    )
+    worker = make_worker(
+        svc,
+        run_scheduler=True,
+        run_maintenance=True,
+        scheduler_interval=0.05,
+        maintenance_interval=0.05,
+        poll_interval=0.05,
+    )
+    from omniq.services.scheduler import Scheduler
+
+    fires = fail_first(monkeypatch, Scheduler, "fire_due_async", 3, RuntimeError("bug"))
+    await worker.start_async()
+    try:
+        task_id = await svc.queue.enqueue_async(ref("add"), [1, 2])
+
+        async def completed() -> bool:
+            task = await svc.queue.get_task_async(task_id)
+            return task is not None and task.status is TaskStatus.COMPLETED
+
+        await wait_until(completed, "the task to complete after the claim errors")
+
+        async def all_resumed() -> bool:
+            return heartbeats[0] > 5 and claims[0] > 2 and fires[0] > 3
+
+        await wait_until(all_resumed, "heartbeat, claim and scheduler loops to run again")
+    finally:
+        await worker.stop_async(grace_period=5)
+    errors = await svc.events.get_events_async(event_type="error", limit=100)
+    assert errors  # each failure was reported
+    stopped = await svc.events.get_events_async(event_type=EventType.WORKER_STOPPED)
+    assert len(stopped) == 1
