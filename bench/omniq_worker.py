@@ -57,9 +57,12 @@ class TimedQueue(TaskQueue):
         timeout: timedelta | float | None = None,
         *,
         worker_id: str | None = None,
+        **kwargs: Any,
     ) -> list[Task]:
         started, cpu = time.time(), time.process_time()
-        claimed = await super().dequeue_many_async(n, queues, timeout, worker_id=worker_id)
+        claimed = await super().dequeue_many_async(
+            n, queues, timeout, worker_id=worker_id, **kwargs
+        )
         if claimed:
             self.claims += 1
             if self.first_claim is None:
@@ -72,14 +75,23 @@ class TimedQueue(TaskQueue):
         *,
         worker_id: str | None = None,
         events: Sequence[Mapping[str, Any]] = (),
+        **kwargs: Any,
     ) -> list[str]:
-        done = await super().complete_many_async(completions, worker_id=worker_id, events=events)
+        done = await super().complete_many_async(
+            completions, worker_id=worker_id, events=events, **kwargs
+        )
         self.last_complete, self.cpu_last = time.time(), time.process_time()
         self.completed += len(done)
         self.flushes += 1
         while self.rss_at and self.completed >= self.rss_at[0]:
             self.rss[self.rss_at.pop(0)] = rss_kib()
         return done
+
+    async def fail_many_async(self, failures: Any, **kwargs: Any) -> Any:
+        statuses = await super().fail_many_async(failures, **kwargs)
+        self.last_complete, self.cpu_last = time.time(), time.process_time()
+        self.fail_writes += 1
+        return statuses
 
     async def fail_async(self, task: Task, error: Any, **kwargs: Any) -> Any:
         status = await super().fail_async(task, error, **kwargs)

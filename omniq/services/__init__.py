@@ -9,12 +9,21 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omniq.models import Settings
+from omniq.repositories.events import event_row
 from omniq.services._storage import Storage
 from omniq.services.events import EventStorage
 from omniq.services.queue import ErrorInfo, TaskQueue
 from omniq.services.results import ResultStorage
 
-__all__ = ["ErrorInfo", "EventStorage", "ResultStorage", "Services", "Storage", "TaskQueue"]
+__all__ = [
+    "ErrorInfo",
+    "EventStorage",
+    "ResultStorage",
+    "Services",
+    "Storage",
+    "TaskQueue",
+    "event_row",
+]
 
 
 class Services:

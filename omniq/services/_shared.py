@@ -36,25 +36,6 @@ _DEAD = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED})
 _EXPIRY_SWEEP_EVERY = 1.0
 _SWEEP_BATCH = 500
 
-#: Fields of a queued task that ``update_task`` may change.
-UPDATABLE_FIELDS = frozenset(
-    {
-        "priority",
-        "run_at",
-        "queue_name",
-        "ttl",
-        "max_retries",
-        "retry_delay",
-        "timeout",
-        "result_ttl",
-        "store_result",
-        "name",
-        "description",
-        "tags",
-    }
-)
-
-
 @attrs.frozen(kw_only=True)
 class ErrorInfo:
     """How a task failed: exception type, message and traceback text."""

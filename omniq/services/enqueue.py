@@ -9,8 +9,8 @@ import attrs
 import sqlalchemy as sa
 
 from omniq.errors import DuplicateTask, ValidationError
+from omniq.group_commit import GroupCommit
 from omniq.models import EventLevel, EventType, ResultStatus, Task, TaskStatus
-from omniq.services._batch import GroupCommit
 from omniq.services._shared import _event, _final_result
 from omniq.services._storage import Storage
 from omniq.services.dependencies import dependency_order, initial_status

@@ -7,7 +7,6 @@ changes nothing). Each is one transaction with its events.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -16,11 +15,8 @@ from typing import Any
 import attrs
 import sqlalchemy as sa
 
-from omniq._time import new_id, to_timedelta
 from omniq.db.schema import tasks as t
-from omniq.errors import ValidationError
-from omniq.models import EventLevel, EventType, ResultStatus, Task, TaskResult, TaskStatus
-from omniq.repositories.events import event_row
+from omniq.models import EventLevel, EventType, Task, TaskStatus
 from omniq.services._shared import (
     _NO_LEASE,
     _RUNNING,
@@ -28,13 +24,11 @@ from omniq.services._shared import (
     ErrorInfo,
     _completed_event,
     _completed_ids,
-    _dequeued_events,
     _event,
     _finish_values,
-    log,
 )
+from omniq.services.claims import Claims
 from omniq.services.dependencies import finalize, release_dependents
-from omniq.services.enqueue import Enqueue
 
 __all__ = ["Leases", "Start"]
 
@@ -42,171 +36,8 @@ __all__ = ["Leases", "Start"]
 Start = tuple[str, str | None, datetime]
 
 
-class Leases(Enqueue):
-    """Claims and the transitions of claimed tasks."""
-
-    async def dequeue_async(
-        self,
-        queues: Sequence[str] | None = None,
-        timeout: timedelta | float | None = None,
-        *,
-        worker_id: str | None = None,
-    ) -> Task | None:
-        """Claim the next ready task (waiting up to ``timeout`` for one); None if none."""
-        claimed = await self.dequeue_many_async(1, queues, timeout, worker_id=worker_id)
-        return claimed[0] if claimed else None
-
-    async def dequeue_many_async(
-        self,
-        n: int,
-        queues: Sequence[str] | None = None,
-        timeout: timedelta | float | None = None,
-        *,
-        worker_id: str | None = None,
-        start: bool = True,
-    ) -> list[Task]:
-        """Atomically claim up to ``n`` ready tasks under a lease.
-
-        Queues listed first come first, then higher priority, earlier run_at,
-        FIFO. With ``timeout``, waits (woken by in-process enqueues, else
-        polling) until a task is ready or the timeout passes. The tasks are
-        marked started (``attempts`` + 1) unless ``start=False``: a worker that
-        holds tasks before running them marks each when it starts
-        (:meth:`mark_started_async`, or with its next transition). A caller
-        cancelled during the claim gets ``CancelledError`` and the tasks that
-        were claimed for it go back to pending, unspent.
-        """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValidationError("n", f"must be a positive integer, got {n!r}")
-        wait = to_timedelta(timeout, "timeout").total_seconds() if timeout is not None else 0.0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        poll = 0.01
-        queue_list = list(queues) if queues else self.queues
-        while True:
-            claimed = await self._claim(n, queue_list, worker_id, start)
-            remaining = deadline - loop.time()
-            if claimed or remaining <= 0:
-                return claimed
-            await self.storage.notifier.wait(min(poll, remaining))
-            poll = min(poll * 2, 0.5)
-
-    async def _claim(
-        self, n: int, queues: list[str] | None, worker_id: str | None, start: bool
-    ) -> list[Task]:
-        now = self.storage.now()
-        token = new_id()
-        worker = worker_id or "anonymous"
-        sweep = self._expiry_due()
-
-        def body(conn: sa.Connection) -> list[Task]:
-            if sweep:
-                self._expire(conn, now, _SWEEP_BATCH)
-            unreadable: list[tuple[str, str]] = []
-            claimed = self.storage.tasks.claim(
-                conn,
-                queues=queues,
-                n=n,
-                now=now,
-                token=token,
-                lease_until=now + self.settings.lease_duration,
-                worker_id=worker,
-                unreadable=unreadable,
-                start=start,
-            )
-            if unreadable:
-                self._quarantine(conn, unreadable, token, now)
-            attempt = 0 if start else 1
-            self.storage.events.insert_rows(
-                conn,
-                _dequeued_events(
-                    [(x.id, x.queue_name, x.schedule_id, x.attempts + attempt) for x in claimed],
-                    worker,
-                    now,
-                ),
-            )
-            return claimed
-
-        async def undo(claimed: list[Task]) -> None:
-            await self._release_unstarted(claimed, worker)
-
-        claimed = await self.storage.write(body, what="claim tasks", undo=undo)
-        rank = {name: i for i, name in enumerate(queues or ())}
-        claimed.sort(key=lambda x: (rank.get(x.queue_name, 0), -x.priority, x.run_at, x.id))
-        return claimed
-
-    async def _release_unstarted(self, tasks: Sequence[Task], worker_id: str | None) -> None:
-        """Give claimed tasks back to pending as if never claimed (their claimer is gone)."""
-        if not tasks:
-            return
-        now = self.storage.now()
-
-        def body(conn: sa.Connection) -> None:
-            for task in tasks:
-                started = task.started_at is not None
-                updated = self.storage.tasks.transition(
-                    conn,
-                    task.id,
-                    expected=_RUNNING,
-                    lease_token=task.lease_token,
-                    values={
-                        "status": TaskStatus.PENDING,
-                        "attempts": t.c.attempts - 1 if started else t.c.attempts,
-                        "started_at": None,
-                        **_NO_LEASE,
-                    },
-                )
-                if updated is not None:
-                    self.storage.events.insert_rows(
-                        conn,
-                        [_event(EventType.RELEASED, task, timestamp=now, worker_id=worker_id)],
-                    )
-
-        await self.storage.write(body, what="release tasks")
-        self.storage.notifier.notify()
-
-    def _quarantine(
-        self, conn: sa.Connection, rows: list[tuple[str, str]], token: str, now: datetime
-    ) -> None:
-        """Fail claimed rows that cannot be read, with an event saying why."""
-        for task_id, reason in rows:
-            log.error("task %s cannot be read and was failed: %s", task_id, reason)
-            done = self.storage.tasks.finish_leased(
-                conn,
-                [(task_id, token)],
-                {**_finish_values(TaskStatus.FAILED, now), "last_error": reason},
-            )
-            if not done:
-                continue
-            self.storage.events.insert_rows(
-                conn,
-                [
-                    event_row(
-                        EventType.FAILED,
-                        task_id=task_id,
-                        timestamp=now,
-                        level=EventLevel.ERROR,
-                        message="quarantined: the stored task cannot be read",
-                        error=reason,
-                    )
-                ],
-            )
-            self.storage.results.upsert_rows(
-                conn,
-                [
-                    self.storage.results.to_row(
-                        TaskResult(
-                            task_id=task_id,
-                            status=ResultStatus.ERROR,
-                            error=reason,
-                            error_type="InvalidRow",
-                            created_at=now,
-                            completed_at=now,
-                            ttl=self.settings.default_result_ttl,
-                        )
-                    )
-                ],
-            )
+class Leases(Claims):
+    """The transitions of claimed tasks: start, outcomes, heartbeat, recovery."""
 
     # --- starts --------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 Each concept lives in its own module (imports flow downward):
 :mod:`~omniq.services.building` (building tasks) ->
 :mod:`~omniq.services.sweeps` -> :mod:`~omniq.services.enqueue` ->
-:mod:`~omniq.services.leases` (the worker's lease protocol) ->
+:mod:`~omniq.services.claims` -> :mod:`~omniq.services.leases` (start,
+outcomes, heartbeat and recovery of claimed tasks) ->
 :mod:`~omniq.services.admin` -> :mod:`~omniq.services.queries` ->
 :mod:`~omniq.services.schedules` (schedule CRUD). Every state change is one
 short write transaction that also writes its event (DESIGN.md §2.1);

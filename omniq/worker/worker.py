@@ -32,9 +32,9 @@ import attrs
 
 from omniq._time import new_id, to_timedelta, utcnow
 from omniq.errors import OmniQError, SerializationError, TaskNotFound, UnsafePayload
+from omniq.group_commit import GroupCommit
 from omniq.models import EventLevel, EventType, Task, TaskStatus
-from omniq.repositories.events import event_row
-from omniq.services._batch import GroupCommit
+from omniq.services import event_row
 from omniq.services.events import EventStorage
 from omniq.services.maintenance import Maintenance
 from omniq.services.queue import ErrorInfo, Start, TaskQueue

@@ -47,9 +47,12 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
 def test_enqueue_worker_result_round_trip(db_url: str) -> None:
     task_id = as_json(omniq(db_url, "enqueue", f"{APP}:add", "--args", "[1, 2]", "--json"))
     assert isinstance(task_id, dict)
-    kw_id = omniq(db_url, "enqueue", f"{APP}:greet", "--kwargs", '{"name": "Tom"}').stdout.strip()
+    enqueued = omniq(db_url, "enqueue", f"{APP}:greet", "--kwargs", '{"name": "Tom"}')
+    assert enqueued.returncode == 0, enqueued.stderr
+    kw_id = enqueued.stdout.strip()
     pending = as_json(omniq(db_url, "tasks", "--status", "pending", "--json"))
-    assert isinstance(pending, list) and len(pending) == 2
+    assert isinstance(pending, list)
+    assert {t["id"] for t in pending} == {task_id["task_id"], kw_id}, pending
 
     worker = omniq(db_url, "worker", "--app", APP, "--burst", "--json")
     assert worker.returncode == 0, worker.stderr
