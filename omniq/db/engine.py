@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,55 +69,103 @@ class Dialect:
 
     # --- batch statements: one fixed statement per batch, whatever its size -----------
     #
-    # PostgreSQL binds a batch as one array per column and reads it back as rows
-    # with ``unnest``: the statement's text does not depend on the batch size, so
-    # asyncpg prepares it once per connection and the server plans it once, and
-    # a batch of n rows is one Bind/Execute instead of n. SQLite keeps
-    # executemany and expanding ``IN`` lists, which cost it nothing (no round
-    # trips, no planning worth caching).
+    # A batch of rows is bound as data, not as n parameter sets, and read back
+    # as rows inside the statement: the statement's text does not depend on the
+    # batch size, and a batch of n rows is one statement instead of n.
+    # PostgreSQL binds one array per column and reads them with ``unnest``
+    # (asyncpg prepares the statement once per connection, the server plans it
+    # once). SQLite binds the rows as one JSON text and reads it with
+    # ``json_each``: one statement step instead of n, each of which would let
+    # the event loop's thread take the GIL from the writer thread.
 
     @property
     def array_batches(self) -> bool:
-        """Batches are bound as arrays (PostgreSQL), not executemany (SQLite)."""
-        return self.name == "postgresql"
+        """Batches are bound as data and read back as rows (both engines)."""
+        return True
 
     def batch_rows(
         self, name: str, columns: Sequence[tuple[str, sa.types.TypeEngine[Any]]]
-    ) -> sa.TableValuedAlias:
-        """PostgreSQL: ``unnest(:b_<key>, ...) AS name(<key>, ...)``, one row per index.
-
-        Bind :meth:`batch_params` of the rows to it. Only for :attr:`array_batches`.
-        """
-        from sqlalchemy.dialects.postgresql import ARRAY
-
-        binds = [sa.bindparam(f"b_{key}", type_=ARRAY(type_)) for key, type_ in columns]
-        return (
-            sa.func.unnest(*binds)
-            .table_valued(*(sa.column(key, type_) for key, type_ in columns))
-            .render_derived(name=name)
-        )
-
-    @staticmethod
-    def batch_params(
-        keys: Iterable[str], rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]]
-    ) -> dict[str, list[Any]]:
-        """The array parameters of :meth:`batch_rows` for ``rows`` (mappings or tuples)."""
-        keys = list(keys)
-        if rows and not isinstance(rows[0], Mapping):
-            return {
-                f"b_{key}": list(col)
-                for key, col in zip(keys, zip(*rows, strict=True), strict=True)
-            }
-        return {f"b_{key}": [row[key] for row in rows] for key in keys}  # type: ignore[call-overload]
+    ) -> Batch:
+        """Rows of a batch, usable in FROM: ``name(<key>, ...)``; see :class:`Batch`."""
+        return Batch(self.name, name, tuple(columns))
 
     def in_(self, column: sa.ColumnElement[Any], values: Collection[Any]) -> sa.ColumnElement[bool]:
         """``column IN values``: PostgreSQL binds one array (``= ANY``), fixed text."""
-        if self.array_batches:
+        if self.name == "postgresql":
             from sqlalchemy.dialects.postgresql import ARRAY
 
             array = sa.bindparam(None, list(values), type_=ARRAY(column.type), unique=True)
             return column == sa.any_(array)
         return column.in_(list(values))
+
+
+class Batch:
+    """A batch of rows bound as data: ``.c`` are its columns, :meth:`params` binds rows."""
+
+    def __init__(
+        self, engine: str, name: str, columns: tuple[tuple[str, sa.types.TypeEngine[Any]], ...]
+    ) -> None:
+        self.keys = [key for key, _ in columns]
+        self._engine = engine
+        self._bind = f"b_{name}"
+        if engine == "postgresql":
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            binds = [sa.bindparam(f"b_{key}", type_=ARRAY(type_)) for key, type_ in columns]
+            self.rows: sa.FromClause = (
+                sa.func.unnest(*binds)
+                .table_valued(*(sa.column(key, type_) for key, type_ in columns))
+                .render_derived(name=name)
+            )
+            self._processors: list[Any] = []
+            return
+        from sqlalchemy.dialects import sqlite
+
+        dialect = sqlite.dialect()
+        each = sa.func.json_each(sa.bindparam(self._bind, type_=sa.String)).table_valued("value")
+        self.rows = (
+            sa.select(
+                *(
+                    sa.type_coerce(sa.func.json_extract(each.c.value, f"$[{i}]"), type_).label(key)
+                    for i, (key, type_) in enumerate(columns)
+                )
+            )
+            .select_from(each)
+            .subquery(name)
+        )
+        # The SELECT hands SQLite the stored values: bind processing happens here.
+        self._processors = [
+            type_.dialect_impl(dialect).bind_processor(dialect) for _, type_ in columns
+        ]
+
+    @property
+    def c(self) -> Any:
+        """The batch's columns."""
+        return self.rows.c
+
+    def params(self, rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]]) -> dict[str, Any]:
+        """The parameters binding ``rows`` (mappings by key, or tuples in column order)."""
+        if rows and isinstance(rows[0], Mapping):
+            tuples: list[Sequence[Any]] = [
+                [row[key] for key in self.keys]  # type: ignore[call-overload]
+                for row in rows
+            ]
+        else:
+            tuples = list(rows)  # type: ignore[arg-type]
+        if self._engine == "postgresql":
+            return {
+                f"b_{key}": list(col)
+                for key, col in zip(self.keys, zip(*tuples, strict=True), strict=True)
+            }
+        processors = self._processors
+        data = [
+            [
+                value if value is None or fn is None else fn(value)
+                for value, fn in zip(row, processors, strict=True)
+            ]
+            for row in tuples
+        ]
+        return {self._bind: json.dumps(data)}
 
 
 def dialect_of(engine: AsyncEngine | sa.engine.Connection | sa.Dialect) -> Dialect:

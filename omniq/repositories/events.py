@@ -58,8 +58,10 @@ class EventRepository:
         self._insert_batch: sa.Insert | None = None
         if dialect.array_batches:
             # One fixed INSERT ... SELECT FROM unnest(arrays) per batch (PostgreSQL).
-            src = dialect.batch_rows("v", [(c.key, c.type) for c in e.c if c.key != "id"])
-            self._insert_batch = e.insert().from_select(self._keys, sa.select(*src.c))
+            self._batch = dialect.batch_rows("v", [(c.key, c.type) for c in e.c if c.key != "id"])
+            self._insert_batch = e.insert().from_select(
+                self._keys, sa.select(*self._batch.c).where(sa.true())
+            )
 
     @staticmethod
     def to_row(event: TaskEvent) -> dict[str, Any]:
@@ -90,7 +92,7 @@ class EventRepository:
             return
         with translate_errors("log event"):
             if self._insert_batch is not None and len(rows) > 1:
-                conn.execute(self._insert_batch, self.dialect.batch_params(self._keys, rows))
+                conn.execute(self._insert_batch, self._batch.params(rows))
             else:
                 conn.execute(self._insert, list(rows))
 

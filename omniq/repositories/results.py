@@ -40,8 +40,11 @@ class ResultRepository:
         self._upsert_batch: sa.Insert | None = None
         if dialect.array_batches:
             # One fixed INSERT ... SELECT FROM unnest(arrays) per batch (PostgreSQL).
-            src = dialect.batch_rows("v", [(c.key, c.type) for c in r.c])
-            ins = dialect.insert(r).from_select(list(_ROW_FIELDS), sa.select(*src.c))
+            self._batch = dialect.batch_rows("v", [(c.key, c.type) for c in r.c])
+            # WHERE true: SQLite's parser needs it before ON CONFLICT after a SELECT.
+            ins = dialect.insert(r).from_select(
+                list(_ROW_FIELDS), sa.select(*self._batch.c).where(sa.true())
+            )
             self._upsert_batch = ins.on_conflict_do_update(
                 index_elements=[r.c.task_id],
                 set_={c.name: ins.excluded[c.name] for c in r.c if c.name != "task_id"},
@@ -136,7 +139,7 @@ class ResultRepository:
                 # One statement cannot upsert a row twice: the last row of a task wins,
                 # as it does when the rows are written one after another.
                 last = list({row["task_id"]: row for row in rows}.values())
-                conn.execute(self._upsert_batch, self.dialect.batch_params(_ROW_FIELDS, last))
+                conn.execute(self._upsert_batch, self._batch.params(last))
             else:
                 conn.execute(self._upsert, list(rows))
 

@@ -16,7 +16,7 @@ import cattrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from omniq.db.engine import Dialect
+from omniq.db.engine import Batch, Dialect
 from omniq.db.schema import task_dependencies as deps_t
 from omniq.db.schema import tasks as t
 from omniq.errors import InvalidRow, OmniQError
@@ -90,13 +90,29 @@ class TaskRepository:
             .values(attempts=t.c.attempts + 1, started_at=sa.bindparam("at"))
         )
         #: PostgreSQL: batches of (task_id, lease_token[, at]) as one fixed statement.
-        self._leases: sa.TableValuedAlias | None = None
+        #: SQLite: many task rows in one fixed INSERT ... SELECT (see Dialect.batch_rows;
+        #: PostgreSQL's arrays cannot carry the JSON list columns: executemany there).
+        self._rows = dialect.batch_rows("v", [(c.key, c.type) for c in t.c])
+        self._insert_batch = (
+            t.insert().from_select([c.key for c in t.c], sa.select(*self._rows.c).where(sa.true()))
+            if dialect.name == "sqlite"
+            else None
+        )
+        self._leases: Batch | None = None
         self._mark_started_batch: sa.Update | None = None
+        #: "status = 'running'" in statements joined to a batch. SQLite must not
+        #: plan it as an index search (it would scan every running task per batch
+        #: row): wrapped, the batch drives and each task is a primary-key lookup.
+        self._running_in_batch: sa.ColumnElement[bool] = (
+            t.c.status == TaskStatus.RUNNING.value
+            if dialect.name == "postgresql"
+            else sa.func.coalesce(t.c.status, "") == TaskStatus.RUNNING.value
+        )
         if dialect.array_batches:
             self._leases = dialect.batch_rows(
                 "held", [("task_id", t.c.id.type), ("token", t.c.lease_token.type)]
             )
-            starts = dialect.batch_rows(
+            starts = self._starts = dialect.batch_rows(
                 "starts",
                 [
                     ("task_id", t.c.id.type),
@@ -109,7 +125,7 @@ class TaskRepository:
                 .where(
                     t.c.id == starts.c.task_id,
                     t.c.lease_token == starts.c.token,
-                    t.c.status == TaskStatus.RUNNING.value,
+                    self._running_in_batch,
                     t.c.started_at.is_(None),
                 )
                 .values(attempts=t.c.attempts + 1, started_at=starts.c.at)
@@ -175,7 +191,10 @@ class TaskRepository:
         if not rows:
             return
         with translate_errors("enqueue"):
-            conn.execute(self._insert, list(rows))
+            if self._insert_batch is not None and len(rows) > 1:
+                conn.execute(self._insert_batch, self._rows.params(rows))
+            else:
+                conn.execute(self._insert, list(rows))
             if edges:
                 conn.execute(self._insert_deps, list(edges))
 
@@ -401,8 +420,11 @@ class TaskRepository:
             return
         with translate_errors("mark tasks started"):
             if self._mark_started_batch is not None and len(starts) > 1:
-                # A task listed twice is marked once (started_at IS NULL), as before.
-                params = self.dialect.batch_params(("task_id", "token", "at"), starts)
+                # A task listed twice is marked once, by its first start.
+                first: dict[str, tuple[str, str | None, datetime]] = {}
+                for start in starts:
+                    first.setdefault(start[0], start)
+                params = self._starts.params(list(first.values()))
                 conn.execute(self._mark_started_batch, params)
             else:
                 conn.execute(
@@ -455,12 +477,7 @@ class TaskRepository:
         if not leases:
             return set()
         held, params = self._held(leases)
-        stmt = (
-            sa.update(t)
-            .where(held, t.c.status == TaskStatus.RUNNING.value)
-            .values(**_values(values))
-            .returning(t.c.id)
-        )
+        stmt = sa.update(t).where(held).values(**_values(values)).returning(t.c.id)
         with translate_errors("update tasks"):
             return set((conn.execute(stmt, params)).scalars().all())
 
@@ -469,13 +486,18 @@ class TaskRepository:
     ) -> tuple[sa.ColumnElement[bool], dict[str, Any]]:
         """The condition "the task is held under one of ``leases``", and its parameters.
 
-        PostgreSQL joins the arrays of ids and tokens (one fixed statement, an
-        index lookup per id); SQLite compares row values, ``(id, token) IN (...)``.
+        The batch of ids and tokens is joined (one fixed statement, a primary-key
+        lookup per held lease, see :attr:`_running_in_batch`).
         """
         if self._leases is None:
-            return sa.tuple_(t.c.id, t.c.lease_token).in_(list(leases)), {}
-        cond = sa.and_(t.c.id == self._leases.c.task_id, t.c.lease_token == self._leases.c.token)
-        return cond, self.dialect.batch_params(("task_id", "token"), leases)
+            pairs = sa.tuple_(t.c.id, t.c.lease_token).in_(list(leases))
+            return sa.and_(pairs, t.c.status == TaskStatus.RUNNING.value), {}
+        cond = sa.and_(
+            t.c.id == self._leases.c.task_id,
+            t.c.lease_token == self._leases.c.token,
+            self._running_in_batch,
+        )
+        return cond, self._leases.params(leases)
 
     def transition_many(
         self,
@@ -512,7 +534,7 @@ class TaskRepository:
         held, params = self._held(list(leases.items()))
         stmt = (
             sa.update(t)
-            .where(held, t.c.status == TaskStatus.RUNNING.value)
+            .where(held)
             .values(lease_expires_at=until)
             .returning(t.c.id, t.c.cancel_requested)
         )

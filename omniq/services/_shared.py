@@ -36,6 +36,7 @@ _DEAD = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED})
 _EXPIRY_SWEEP_EVERY = 1.0
 _SWEEP_BATCH = 500
 
+
 @attrs.frozen(kw_only=True)
 class ErrorInfo:
     """How a task failed: exception type, message and traceback text."""
