@@ -99,6 +99,16 @@ class Dialect:
         return column.in_(list(values))
 
 
+def _native_json(value: Any) -> Any:
+    """A JSON column's value inside a batch: arrays and objects as they are."""
+    if isinstance(value, list | tuple | dict):
+        return value
+    return json.dumps(value)  # a scalar document: its JSON text, stored as text
+
+
+_NATIVE_JSON = _native_json
+
+
 class Batch:
     """A batch of rows bound as data: ``.c`` are its columns, :meth:`params` binds rows."""
 
@@ -134,8 +144,13 @@ class Batch:
             .subquery(name)
         )
         # The SELECT hands SQLite the stored values: bind processing happens here.
+        # JSON columns ride inside the batch's JSON as they are: json_extract
+        # returns an array or object as its JSON text, which is what they store.
         self._processors = [
-            type_.dialect_impl(dialect).bind_processor(dialect) for _, type_ in columns
+            _NATIVE_JSON
+            if isinstance(type_, sa.JSON)
+            else type_.dialect_impl(dialect).bind_processor(dialect)
+            for _, type_ in columns
         ]
 
     @property
@@ -165,7 +180,7 @@ class Batch:
             ]
             for row in tuples
         ]
-        return {self._bind: json.dumps(data)}
+        return {self._bind: json.dumps(data, separators=(",", ":"))}
 
 
 def dialect_of(engine: AsyncEngine | sa.engine.Connection | sa.Dialect) -> Dialect:

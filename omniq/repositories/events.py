@@ -94,7 +94,7 @@ class EventRepository:
             if self._insert_batch is not None and len(rows) > 1:
                 conn.execute(self._insert_batch, self._batch.params(rows))
             else:
-                conn.execute(self._insert, list(rows))
+                conn.execute(self._insert, rows[0] if len(rows) == 1 else list(rows))
 
     def query(
         self,

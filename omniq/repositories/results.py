@@ -141,7 +141,7 @@ class ResultRepository:
                 last = list({row["task_id"]: row for row in rows}.values())
                 conn.execute(self._upsert_batch, self._batch.params(last))
             else:
-                conn.execute(self._upsert, list(rows))
+                conn.execute(self._upsert, rows[0] if len(rows) == 1 else list(rows))
 
     def get(self, conn: Connection, task_id: str) -> TaskResult | None:
         """The result of ``task_id``, or None."""

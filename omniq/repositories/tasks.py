@@ -194,7 +194,7 @@ class TaskRepository:
             if self._insert_batch is not None and len(rows) > 1:
                 conn.execute(self._insert_batch, self._rows.params(rows))
             else:
-                conn.execute(self._insert, list(rows))
+                conn.execute(self._insert, rows[0] if len(rows) == 1 else list(rows))
             if edges:
                 conn.execute(self._insert_deps, list(edges))
 
