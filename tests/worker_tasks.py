@@ -126,6 +126,24 @@ async def record(path: str, label: str) -> str:
     return label
 
 
+async def record_when_all_claimed(path: str, label: str, rendezvous: str, processes: int) -> str:
+    """:func:`record`, then hold the slot until ``processes`` processes ran such a task.
+
+    Makes "several processes competed" certain instead of hoped for: nobody
+    finishes a rendezvous task until every process has claimed one. Fails after
+    60 s if they never do.
+    """
+    append_line(path, f"{label} {os.getpid()}")
+    os.makedirs(rendezvous, exist_ok=True)
+    append_line(os.path.join(rendezvous, f"pid-{os.getpid()}"), "here")
+    deadline = time.monotonic() + 60
+    while len(os.listdir(rendezvous)) < processes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(os.listdir(rendezvous))} of {processes} processes")
+        await asyncio.sleep(0.02)
+    return label
+
+
 def record_sync(path: str, label: str) -> str:
     """Sync twin of :func:`record`."""
     append_line(path, f"{label} {os.getpid()}")

@@ -154,7 +154,8 @@ async def test_killed_worker_tasks_are_recovered_and_rerun_boundedly(
             max_retries=kills + 2,
             retry_delay=0,
         )
-    lease = ("--lease", "2", "--heartbeat", "0.4")
+    # A lease that a stall of a loaded machine cannot outlast by chance.
+    lease = ("--lease", "5", "--heartbeat", "0.5")
     victim_options = (*lease, "--concurrency", str(concurrency))
 
     # Kill the worker while it holds claimed tasks, restart it, a few times. Nobody
@@ -248,7 +249,16 @@ async def test_four_worker_processes_execute_every_task_exactly_once(
     count = 2_000
     log = tmp_path / "executions"
     gate = tmp_path / "go"
-    tasks = [svc.queue.build_task(RECORD, [str(log), f"t{i}"]) for i in range(count)]
+    # The first 32 tasks (highest priority) hold their slot until each of the 4
+    # processes claimed one: with 8 slots each, every process must take part.
+    meet = str(tmp_path / "rendezvous")
+    first = [
+        svc.queue.build_task(
+            "tests.worker_tasks:record_when_all_claimed", [str(log), f"t{i}", meet, 4], priority=1
+        )
+        for i in range(32)
+    ]
+    tasks = first + [svc.queue.build_task(RECORD, [str(log), f"t{i}"]) for i in range(32, count)]
     for start in range(0, count, 500):
         await svc.queue.enqueue_many_async(tasks[start : start + 500])
     workers = [
@@ -264,7 +274,7 @@ async def test_four_worker_processes_execute_every_task_exactly_once(
     assert set(executions) == {f"t{i}" for i in range(count)}
     duplicated = {label: n for label, n in executions.items() if n > 1}
     assert duplicated == {}, f"tasks executed more than once: {duplicated}"
-    assert len({pid for _, pid in records}) >= 2, "only one process did any work"
+    assert len({pid for _, pid in records}) == 4, "every process did work"
     assert await status_counts(svc) == {"completed": count}
     assert {t.attempts for t in await all_tasks(svc)} == {1}
 
