@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from omniq.errors import DatabaseError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -64,10 +66,15 @@ class GroupCommit(Generic[T, R]):
             try:
                 results = await self._flush([item for item, _ in batch])
             except Exception as exc:
-                if len(batch) == 1:
-                    _settle(batch[0][1], error=exc)
+                if len(batch) == 1 or isinstance(exc, DatabaseError | OSError):
+                    # The database refused the whole batch (busy, down, full): every
+                    # caller gets the error now, not once per item after retries.
+                    for _, future in batch:
+                        _settle(future, error=exc)
                     return
                 for item, future in batch:
+                    if future.done():
+                        continue  # its caller was cancelled
                     try:
                         (result,) = await self._flush([item])
                     except Exception as single:

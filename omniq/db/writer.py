@@ -34,6 +34,8 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 
+from omniq.errors import DatabaseError
+
 log = logging.getLogger("omniq.db")
 
 T = TypeVar("T")
@@ -72,12 +74,21 @@ class SQLiteWriter:
     def submit(self, body: Body[T]) -> Future[T]:
         """Queue ``body`` for the thread; the future holds its result or error."""
         future: Future[T] = Future()
-        if self._closed:
-            future.set_exception(RuntimeError("the SQLite writer is closed"))
-            return future
-        self._ensure_thread()
-        self._jobs.put((future, body))
+        self._enqueue(future, body)
         return future
+
+    def _enqueue(self, future: Future[Any], job: Body[Any] | _Raw) -> None:
+        """Queue a job, or fail its future if the writer is closed (under the lock)."""
+        with self._start_lock:
+            if self._closed:
+                future.set_exception(DatabaseError("the database was closed"))
+                return
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._serve, name="omniq-sqlite-writer", daemon=True
+                )
+                self._thread.start()
+            self._jobs.put((future, job))
 
     def submit_outside_transaction(self, fn: Callable[[Any], T]) -> Future[T]:
         """Queue ``fn(driver_connection)``, run outside any transaction, once (no retry).
@@ -90,11 +101,7 @@ class SQLiteWriter:
             return fn(conn.connection.dbapi_connection)
 
         future: Future[T] = Future()
-        if self._closed:
-            future.set_exception(RuntimeError("the SQLite writer is closed"))
-            return future
-        self._ensure_thread()
-        self._jobs.put((future, _Raw(body)))
+        self._enqueue(future, _Raw(body))
         return future
 
     def close(self) -> None:
@@ -107,21 +114,12 @@ class SQLiteWriter:
             thread.join()
         self.engine.dispose()
 
-    def _ensure_thread(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._serve, name="omniq-sqlite-writer", daemon=True
-                )
-                self._thread.start()
-
     def _serve(self) -> None:
         try:
             while True:
                 job = self._jobs.get()
                 if job is None:
+                    # Closed: nothing can be queued after the sentinel (see _enqueue).
                     return
                 future, body = job
                 if not future.set_running_or_notify_cancel():

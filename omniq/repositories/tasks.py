@@ -411,13 +411,14 @@ class TaskRepository:
 
     def mark_started(
         self, conn: Connection, starts: Sequence[tuple[str, str | None, datetime]]
-    ) -> None:
+    ) -> int:
         """Mark running tasks started: ``(task_id, lease_token, started_at)`` each.
 
-        Only tasks still held under that lease and not yet marked change.
+        Only tasks still held under that lease and not yet marked change;
+        returns how many did.
         """
         if not starts:
-            return
+            return 0
         with translate_errors("mark tasks started"):
             if self._mark_started_batch is not None and len(starts) > 1:
                 # A task listed twice is marked once, by its first start.
@@ -425,12 +426,10 @@ class TaskRepository:
                 for start in starts:
                     first.setdefault(start[0], start)
                 params = self._starts.params(list(first.values()))
-                conn.execute(self._mark_started_batch, params)
-            else:
-                conn.execute(
-                    self._mark_started,
-                    [{"task_id": i, "token": tok, "at": at} for i, tok, at in starts],
-                )
+                return int(conn.execute(self._mark_started_batch, params).rowcount)
+            ((task_id, token, at),) = starts
+            params = {"task_id": task_id, "token": token, "at": at}
+            return int(conn.execute(self._mark_started, params).rowcount)
 
     # --- conditional transitions ---------------------------------------------
 

@@ -85,8 +85,8 @@ def format_traceback(exc: BaseException) -> str:
 
 
 def _storable(text: str) -> str:
-    """``text`` with lone surrogates escaped, so any error message can be stored."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """``text`` with lone surrogates and NULs escaped, so any error message can be stored."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def _event(kind: EventType, task: Task, **fields: Any) -> dict[str, Any]:

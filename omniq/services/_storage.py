@@ -208,20 +208,20 @@ class Storage:
         if base is None:
             return utcnow()
         db_time, mono = base
-        return db_time + timedelta(seconds=time.monotonic() - mono)
+        return db_time + timedelta(seconds=_elapsed_clock() - mono)
 
     async def sync_clock(self, *, force: bool = True) -> None:
         """Measure the database's clock again (PostgreSQL; no-op on SQLite)."""
         if self.dialect.name != "postgresql":
             return
         base = self._clock_base
-        if not force and base is not None and time.monotonic() - base[1] < _CLOCK_REFRESH:
+        if not force and base is not None and _elapsed_clock() - base[1] < _CLOCK_REFRESH:
             return
         with translate_errors("read the database clock"):
             async with self.engine.connect() as conn:
-                before = time.monotonic()
+                before = _elapsed_clock()
                 value = (await conn.execute(sa.select(sa.func.clock_timestamp()))).scalar_one()
-                after = time.monotonic()
+                after = _elapsed_clock()
         self._clock_base = (value, (before + after) / 2)
 
     # --- transactions --------------------------------------------------------------
@@ -236,10 +236,11 @@ class Storage:
         """Run ``body(conn)`` in one write transaction; return what it returns.
 
         The transaction is shielded from the caller's cancellation: it commits
-        or rolls back as a whole, never half. A caller cancelled before the
-        work started leaves nothing written; one cancelled while it ran gets
-        ``CancelledError``, and ``undo(result)`` is then run after the commit
-        (a claim gives its tasks back this way).
+        or rolls back as a whole, never half. A caller cancelled while the
+        work runs (on PostgreSQL: at any point) gets ``CancelledError`` and the
+        work finishes on its own; ``undo(result)`` is then run after the commit
+        (a claim gives its tasks back this way). On SQLite a caller cancelled
+        while its work still waits for the writer thread leaves nothing written.
         """
         cancel: Callable[[], bool]
         if self._writer is not None:
@@ -357,6 +358,15 @@ class Storage:
         """Tell this process's workers on the database that ``task_id`` should stop."""
         for listener in list(self.notifier.cancel_listeners):
             listener(task_id)
+
+
+def _elapsed_clock() -> float:
+    """Seconds of a clock that keeps counting through a system suspend (Linux
+    ``CLOCK_BOOTTIME``; the monotonic clock elsewhere), never set back."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is not None:
+        return time.clock_gettime(boottime)
+    return time.monotonic()
 
 
 def _never() -> bool:

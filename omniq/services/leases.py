@@ -41,16 +41,18 @@ class Leases(Claims):
 
     # --- starts --------------------------------------------------------------------------
 
-    async def mark_started_async(self, starts: Sequence[Start]) -> None:
+    async def mark_started_async(self, starts: Sequence[Start]) -> int:
         """Record that these claimed tasks' functions started (``attempts`` + 1 each).
 
         ``starts`` holds ``(task_id, lease_token, started_at)``; tasks no longer
-        held under that lease are skipped.
+        held under that lease (or already marked) are skipped. Returns how many
+        were marked.
         """
-        if starts:
-            await self.storage.write(
-                lambda conn: self.storage.tasks.mark_started(conn, starts), what="mark started"
-            )
+        if not starts:
+            return 0
+        return await self.storage.write(
+            lambda conn: self.storage.tasks.mark_started(conn, starts), what="mark started"
+        )
 
     # --- outcomes ------------------------------------------------------------------------
 
@@ -363,6 +365,7 @@ class Leases(Claims):
         """Give running tasks back to pending in one transaction; return the ids released.
 
         Nothing is spent: a task that was marked started gets its attempt back.
+        A task whose cancellation was requested meanwhile is cancelled instead.
         """
         now = self.storage.now()
 
@@ -383,6 +386,7 @@ class Leases(Claims):
                         "started_at": None,
                         **_NO_LEASE,
                     },
+                    where=~t.c.cancel_requested,
                 )
                 if updated is not None:
                     released.append(task.id)
@@ -390,6 +394,8 @@ class Leases(Claims):
                         conn,
                         [_event(EventType.RELEASED, task, timestamp=now, worker_id=worker_id)],
                     )
+                else:
+                    self._cancel_if_requested(conn, task, now, worker_id)
             return released
 
         released = await self.storage.write(body, what="release tasks")
@@ -473,7 +479,29 @@ class Leases(Claims):
             self.storage.notifier.notify()
         return recovered
 
+    def _cancel_if_requested(
+        self, conn: sa.Connection, task: Task, now: datetime, worker_id: str | None
+    ) -> bool:
+        """Cancel a held task whose cancellation was requested (instead of running it again)."""
+        cancelled = self.storage.tasks.transition(
+            conn,
+            task.id,
+            expected=_RUNNING,
+            lease_token=task.lease_token,
+            values={
+                **_finish_values(TaskStatus.CANCELLED, now),
+                "last_error": "cancelled by request",
+            },
+            where=t.c.cancel_requested,
+        )
+        if cancelled is None:
+            return False
+        finalize(conn, self.storage, [cancelled], TaskStatus.CANCELLED, now, worker_id=worker_id)
+        return True
+
     def _recover(self, conn: sa.Connection, task: Task, now: datetime, budget: int) -> int:
+        if task.cancel_requested:
+            return int(self._cancel_if_requested(conn, task, now, task.worker_id))
         lost = f"worker {task.worker_id} lost the lease"
         # Every start not ended by a retried failure ended in a crash (completion,
         # final failure and cancel are final; a release gives its attempt back).

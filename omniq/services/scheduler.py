@@ -17,7 +17,7 @@ import attrs
 import sqlalchemy as sa
 
 from omniq._time import require_aware
-from omniq.errors import OmniQError
+from omniq.errors import DatabaseError, OmniQError
 from omniq.models import (
     EventLevel,
     EventType,
@@ -64,7 +64,17 @@ class Scheduler:
             due = self.storage.schedules.due(conn, when, self.batch_size, unreadable)
             for schedule_id, reason in unreadable:
                 self._quarantine(conn, schedule_id, reason, when)
-            return sum(self._fire(conn, schedule, when) for schedule in due)
+            created = 0
+            for schedule in due:
+                # One schedule whose timing cannot be computed must not stop the others.
+                try:
+                    with conn.begin_nested():
+                        created += self._fire(conn, schedule, when)
+                except DatabaseError:
+                    raise
+                except Exception as exc:
+                    self._quarantine(conn, schedule.id, f"{type(exc).__name__}: {exc}", when)
+            return created
 
         created = await self.storage.write(body, what="fire schedules")
         if created:

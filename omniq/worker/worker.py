@@ -31,7 +31,14 @@ from typing import Any, TypeVar
 import attrs
 
 from omniq._time import new_id, to_timedelta, utcnow
-from omniq.errors import OmniQError, SerializationError, TaskNotFound, UnsafePayload
+from omniq.errors import (
+    DatabaseError,
+    OmniQError,
+    SerializationError,
+    TaskNotFound,
+    UnsafePayload,
+    ValidationError,
+)
 from omniq.group_commit import GroupCommit
 from omniq.models import EventLevel, EventType, Task, TaskStatus
 from omniq.services import event_row
@@ -436,10 +443,16 @@ class Worker:
         started = time.perf_counter()
         try:
             try:
-                if _needs_durable_start(entry.task) and not entry.cancel_requested:
-                    # Recovered before: its start is committed before it runs again,
-                    # so a task that kills its worker is counted (crash budget).
-                    await self._mark_started_durably(entry)
+                # Recovered before: its start is committed before it runs again, so
+                # a task that kills its worker is counted (crash budget). If the mark
+                # does not land under this lease, the task is not run.
+                if (
+                    _needs_durable_start(entry.task)
+                    and not entry.cancel_requested
+                    and not await self._mark_started_durably(entry)
+                ):
+                    entry.lost = True
+                    raise asyncio.CancelledError
                 if not entry.pooled and not entry.cancel_requested:
                     entry.started = started
                     self._mark_start(entry)
@@ -507,7 +520,7 @@ class Worker:
 
     async def _call(self, entry: _Running) -> Any:
         task = entry.task
-        if entry.cancel_requested:
+        if entry.cancel_requested or entry.lost or entry.releasing:
             raise asyncio.CancelledError
         if task.payload_error is not None:
             kind = UnsafePayload if "UnsafePayload" in task.payload_error else SerializationError
@@ -540,7 +553,8 @@ class Worker:
             held = await self._write_outcome(
                 entry, lambda: self._completions.submit((entry.task, result, elapsed))
             )
-        except SerializationError as exc:
+        except (SerializationError, ValidationError) as exc:
+            # The result cannot be stored (here or by this database): the task fails.
             await self._failed(entry, exc, elapsed)
             return
         if not held:
@@ -579,9 +593,13 @@ class Worker:
         info = _error_info(exc)
         retry = not isinstance(exc, TaskNotFound | SerializationError)
 
-        status = await self._write_outcome(
-            entry, lambda: self._failures.submit((entry.task, info, retry, elapsed))
-        )
+        try:
+            status = await self._write_outcome(
+                entry, lambda: self._failures.submit((entry.task, info, retry, elapsed))
+            )
+        except (SerializationError, ValidationError) as exc:
+            await self._report_error(f"the failure of task {entry.task.id} cannot be stored", exc)
+            status = None
         if status is TaskStatus.PENDING:
             self._counts["retried"] += 1
         elif status is TaskStatus.FAILED:
@@ -604,27 +622,40 @@ class Worker:
                 self._restore(events, starts)
                 raise
 
-        if await self._write_outcome(entry, write):
+        try:
+            cancelled = await self._write_outcome(entry, write)
+        except (SerializationError, ValidationError) as exc:
+            await self._report_error(f"the cancel of task {entry.task.id} cannot be stored", exc)
+            cancelled = None
+        if cancelled:
             self._counts["cancelled"] += 1
             self._settle(entry.task.id, TaskStatus.CANCELLED)
+        else:
+            self._counts["lost"] += 1
 
     async def _write_outcome(self, entry: _Running, write: Callable[[], Awaitable[T]]) -> T | None:
         """Write a finished task's outcome, retrying until it lands or the lease is lost.
 
         The task stays in ``_running`` meanwhile, so heartbeats keep its lease
         alive; the write is fenced by the lease, so a retry never overwrites a
-        task someone else now owns. Serialization errors are the caller's.
-        Returns None when the write was given up (lease lost, or shutdown's
-        grace period ended: lease recovery then decides).
+        task someone else now owns. Only database errors are retried (busy,
+        unavailable, full, a lost connection); bad values (serialization,
+        validation) are the caller's. Returns None when the write was given up
+        (any other error, lease lost, or shutdown's grace period ended: lease
+        recovery then decides).
         """
         delay = 0.05
         reported = False
         while True:
             try:
                 return await write()
-            except SerializationError:
+            except (SerializationError, ValidationError):
                 raise
             except Exception as exc:
+                if not isinstance(exc, DatabaseError | OSError):
+                    log.error("task %s: outcome not written: %s", entry.task.id, exc)
+                    await self._report_error(f"writing the outcome of task {entry.task.id}", exc)
+                    return None
                 if entry.lost or self._abandon_writes:
                     log.error(
                         "task %s: outcome not written (%s); left to lease recovery",
@@ -640,12 +671,22 @@ class Worker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _mark_started_durably(self, entry: _Running) -> None:
+    async def _mark_started_durably(self, entry: _Running) -> bool:
+        """Commit the task's start under its lease; False if it did not land (do not run)."""
         task = entry.task
         now = utcnow()
         started = (task.id, task.lease_token, now)
-        await self._write_outcome(entry, lambda: self.queue.mark_started_async([started]))
+        try:
+            marked = await self._write_outcome(
+                entry, lambda: self.queue.mark_started_async([started])
+            )
+        except (SerializationError, ValidationError):
+            return False
+        if marked != 1:
+            log.warning("task %s: its start could not be written under its lease; not run", task.id)
+            return False
         entry.task = attrs.evolve(task, started_at=now, attempts=task.attempts + 1)
+        return True
 
     async def _run_callback(self, task: Task, result: Any) -> None:
         assert task.callback is not None
@@ -822,7 +863,13 @@ class Worker:
                     if entry.in_call:
                         entry.handle.cancel()
             if pending:
-                await asyncio.wait(pending)
+                # Bounded: a write that hangs (not fails) must not hold shutdown; its
+                # transaction is shielded and finishes or rolls back on its own.
+                _, stuck = await asyncio.wait(pending, timeout=max(10.0, self.grace_period))
+                for handle in stuck:
+                    handle.cancel()
+                if stuck:
+                    await asyncio.wait(stuck, timeout=5.0)
         self._tasks_settled.set()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat

@@ -344,3 +344,73 @@ async def test_leases_and_due_times_follow_the_database_clock_not_the_clients(
     lease_left = task.lease_expires_at - db_now
     assert timedelta(seconds=30) < lease_left < timedelta(seconds=90)
     assert abs(task.run_at - db_now) < timedelta(seconds=30)
+
+
+# --- found in review: fencing of a durable start, cancel requests, unstorable errors ------------
+
+
+async def test_a_released_task_whose_cancel_was_requested_is_cancelled_not_rerun(
+    svc: Services,
+) -> None:
+    task_id = await svc.queue.enqueue_async(FUNC)
+    held = await claim_one(svc, task_id)
+    assert await svc.queue.cancel_async(task_id)  # running: requested
+    assert await svc.queue.release_many_async([held]) == []
+    assert (await must_get(svc, task_id)).status is TaskStatus.CANCELLED
+    assert await svc.queue.dequeue_async() is None
+
+
+async def test_a_recovered_task_whose_cancel_was_requested_is_cancelled(svc: Services) -> None:
+    from tests.integration.test_services_queue import expire_lease
+
+    task_id = await svc.queue.enqueue_async(FUNC)
+    await claim_one(svc, task_id)
+    assert await svc.queue.cancel_async(task_id)
+    await expire_lease(svc, task_id)
+    assert await svc.queue.recover_expired_leases_async() == 1
+    assert (await must_get(svc, task_id)).status is TaskStatus.CANCELLED
+
+
+async def test_a_durable_start_that_does_not_land_under_the_lease_is_not_run(
+    svc: Services, tmp_path: Any
+) -> None:
+    from omniq.worker import Worker
+
+    log = tmp_path / "ran.log"
+    task_id = await svc.queue.enqueue_async(
+        "tests.worker_tasks:record_sync", [str(log), "x"], max_retries=0
+    )
+    claimed = await svc.queue.dequeue_many_async(1, worker_id="w", start=False)
+    # Recovered once before (lost_count > 0), and meanwhile its lease went to
+    # someone else: the durable start matches no row.
+    await svc.storage.write(
+        lambda conn: conn.execute(
+            sa.update(t).where(t.c.id == task_id).values(lease_token="someone-else", lost_count=1)
+        )
+    )
+    task = claimed[0]
+    import attrs
+
+    worker = Worker(
+        svc.queue, allow_modules=["tests.worker_tasks"], run_scheduler=False, run_maintenance=False
+    )
+    status = await worker.process_task_async(attrs.evolve(task, lost_count=1))
+    assert status is None
+    assert not log.exists()  # never ran
+    assert (await must_get(svc, task_id)).status is TaskStatus.RUNNING  # still the other's
+
+
+async def test_an_error_text_with_nul_is_stored_and_the_task_fails(svc: Services) -> None:
+    from omniq.worker import Worker
+
+    task_id = await svc.queue.enqueue_async(
+        "tests.worker_tasks:always_fails", ["bad\x00byte"], max_retries=0
+    )
+    worker = Worker(
+        svc.queue, allow_modules=["tests.worker_tasks"], run_scheduler=False, run_maintenance=False
+    )
+    await asyncio.wait_for(worker.run_until_complete_async(), timeout=DEADLINE)
+    task = await must_get(svc, task_id)
+    assert task.status is TaskStatus.FAILED
+    result = await svc.results.get_async(task_id)
+    assert result is not None and "bad\\x00byte" in (result.error or "")

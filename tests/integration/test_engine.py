@@ -92,13 +92,15 @@ async def test_sqlite_file_created_0600_in_new_directory_0700(tmp_path: Path) ->
         assert mode(directory) == 0o700
         assert path.is_file()
         assert mode(path) == 0o600
-        async with engine.begin() as conn:
+        async with engine.connect() as conn:
             await conn.exec_driver_sql("CREATE TABLE probe (x INTEGER)")
             await conn.exec_driver_sql("INSERT INTO probe VALUES (1)")
-        # SQLite gives its side files the database file's permissions.
-        wal = path.with_name(path.name + "-wal")
-        assert wal.exists()
-        assert mode(wal) == 0o600
+            await conn.commit()
+            # SQLite gives its side files the database file's permissions. (Checked
+            # while a connection is open: closing the last one removes the WAL.)
+            wal = path.with_name(path.name + "-wal")
+            assert wal.exists()
+            assert mode(wal) == 0o600
         assert mode(path) == 0o600
     finally:
         await engine.dispose()
