@@ -24,7 +24,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -32,23 +32,23 @@ import attrs
 
 from omniq._time import new_id, to_timedelta, utcnow
 from omniq.errors import (
-    DatabaseError,
     OmniQError,
     SerializationError,
-    TaskNotFound,
     UnsafePayload,
-    ValidationError,
 )
 from omniq.group_commit import GroupCommit
-from omniq.models import EventLevel, EventType, Task, TaskStatus
+from omniq.models import EventType, Task, TaskStatus
 from omniq.services import event_row
 from omniq.services.events import EventStorage
 from omniq.services.maintenance import Maintenance
 from omniq.services.queue import ErrorInfo, Start, TaskQueue
 from omniq.services.results import ResultStorage
 from omniq.services.scheduler import Scheduler
-from omniq.worker.executors import Executor, RemoteError
+from omniq.worker.background import BackgroundLoops, TaskTimeout
+from omniq.worker.executors import Executor
+from omniq.worker.outcomes import _needs_durable_start, _Running
 from omniq.worker.registry import TaskRegistry, default_registry
+from omniq.worker.stats import WorkerStats
 
 log = logging.getLogger("omniq.worker")
 
@@ -65,44 +65,7 @@ _PREFETCH_FACTOR = 30
 _PREFETCH_MAX = 1000
 
 
-@attrs.frozen(kw_only=True)
-class WorkerStats:
-    """A snapshot of what a worker did."""
-
-    worker_id: str
-    running: int
-    completed: int
-    failed: int
-    retried: int
-    cancelled: int
-    lost: int
-    uptime: float
-    queues: tuple[str, ...] | None
-    concurrency: int
-    executor: str
-
-
-@attrs.define
-class _Running:
-    task: Task
-    handle: asyncio.Task[None] | None = None
-    cancel_requested: bool = False
-    lost: bool = False
-    releasing: bool = False
-    #: True while the task's function runs: only then may it be cancelled (never
-    #: while its outcome is being written, which would break the transaction).
-    in_call: bool = False
-    #: True until the function has returned: the task holds one of the
-    #: ``concurrency`` slots; its outcome is then written without holding one.
-    slot: bool = False
-    #: A sync function run in the thread pool: its ``executing`` event is
-    #: logged (and its run time measured) when a thread starts it.
-    pooled: bool = False
-    #: ``time.perf_counter()`` when the function started (None: not yet).
-    started: float | None = None
-
-
-class Worker:
+class Worker(BackgroundLoops):
     """Runs tasks from a :class:`TaskQueue`: async functions on the loop, sync ones in threads.
 
     ``executor="process"`` runs sync functions in child processes instead
@@ -547,195 +510,6 @@ class Worker:
         finally:
             entry.in_call = False
 
-    async def _succeeded(self, entry: _Running, result: Any, elapsed: float) -> None:
-        task = entry.task
-        try:
-            held = await self._write_outcome(
-                entry, lambda: self._completions.submit((entry.task, result, elapsed))
-            )
-        except (SerializationError, ValidationError) as exc:
-            # The result cannot be stored (here or by this database): the task fails.
-            await self._failed(entry, exc, elapsed)
-            return
-        if not held:
-            self._counts["lost"] += 1
-            return
-        self._counts["completed"] += 1
-        self._settle(task.id, TaskStatus.COMPLETED)
-        if task.callback:
-            await self._run_callback(task, result)
-
-    async def _flush_completions(self, items: list[tuple[Task, Any, float]]) -> list[bool]:
-        events, starts = self._take_buffered()
-        try:
-            done = await self.queue.complete_many_async(
-                items, worker_id=self.worker_id, events=events, starts=starts
-            )
-        except BaseException:
-            self._restore(events, starts)
-            raise
-        held = set(done)
-        return [task.id in held for task, _, _ in items]
-
-    async def _flush_failures(
-        self, items: list[tuple[Task, ErrorInfo, bool, float]]
-    ) -> list[TaskStatus | None]:
-        events, starts = self._take_buffered()
-        try:
-            return await self.queue.fail_many_async(
-                items, worker_id=self.worker_id, events=events, starts=starts
-            )
-        except BaseException:
-            self._restore(events, starts)
-            raise
-
-    async def _failed(self, entry: _Running, exc: BaseException, elapsed: float) -> None:
-        info = _error_info(exc)
-        retry = not isinstance(exc, TaskNotFound | SerializationError)
-
-        try:
-            status = await self._write_outcome(
-                entry, lambda: self._failures.submit((entry.task, info, retry, elapsed))
-            )
-        except (SerializationError, ValidationError) as exc:
-            await self._report_error(f"the failure of task {entry.task.id} cannot be stored", exc)
-            status = None
-        if status is TaskStatus.PENDING:
-            self._counts["retried"] += 1
-        elif status is TaskStatus.FAILED:
-            self._counts["failed"] += 1
-        elif status is TaskStatus.CANCELLED:
-            self._counts["cancelled"] += 1
-        elif status is None:
-            self._counts["lost"] += 1
-        if status is not None:
-            self._settle(entry.task.id, status)
-
-    async def _cancelled(self, entry: _Running) -> None:
-        async def write() -> bool:
-            events, starts = self._take_buffered()
-            try:
-                return await self.queue.cancel_running_async(
-                    entry.task, worker_id=self.worker_id, events=events, starts=starts
-                )
-            except BaseException:
-                self._restore(events, starts)
-                raise
-
-        try:
-            cancelled = await self._write_outcome(entry, write)
-        except (SerializationError, ValidationError) as exc:
-            await self._report_error(f"the cancel of task {entry.task.id} cannot be stored", exc)
-            cancelled = None
-        if cancelled:
-            self._counts["cancelled"] += 1
-            self._settle(entry.task.id, TaskStatus.CANCELLED)
-        else:
-            self._counts["lost"] += 1
-
-    async def _write_outcome(self, entry: _Running, write: Callable[[], Awaitable[T]]) -> T | None:
-        """Write a finished task's outcome, retrying until it lands or the lease is lost.
-
-        The task stays in ``_running`` meanwhile, so heartbeats keep its lease
-        alive; the write is fenced by the lease, so a retry never overwrites a
-        task someone else now owns. Only database errors are retried (busy,
-        unavailable, full, a lost connection); bad values (serialization,
-        validation) are the caller's. Returns None when the write was given up
-        (any other error, lease lost, or shutdown's grace period ended: lease
-        recovery then decides).
-        """
-        delay = 0.05
-        reported = False
-        while True:
-            try:
-                return await write()
-            except (SerializationError, ValidationError):
-                raise
-            except Exception as exc:
-                if not isinstance(exc, DatabaseError | OSError):
-                    log.error("task %s: outcome not written: %s", entry.task.id, exc)
-                    await self._report_error(f"writing the outcome of task {entry.task.id}", exc)
-                    return None
-                if entry.lost or self._abandon_writes:
-                    log.error(
-                        "task %s: outcome not written (%s); left to lease recovery",
-                        entry.task.id,
-                        exc,
-                    )
-                    return None
-                if not reported:
-                    reported = True
-                    await self._report_error(
-                        f"writing the outcome of task {entry.task.id} failed; retrying", exc
-                    )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    async def _mark_started_durably(self, entry: _Running) -> bool:
-        """Commit the task's start under its lease; False if it did not land (do not run)."""
-        task = entry.task
-        now = utcnow()
-        started = (task.id, task.lease_token, now)
-        try:
-            marked = await self._write_outcome(
-                entry, lambda: self.queue.mark_started_async([started])
-            )
-        except (SerializationError, ValidationError):
-            return False
-        if marked != 1:
-            log.warning("task %s: its start could not be written under its lease; not run", task.id)
-            return False
-        entry.task = attrs.evolve(task, started_at=now, attempts=task.attempts + 1)
-        return True
-
-    async def _run_callback(self, task: Task, result: Any) -> None:
-        assert task.callback is not None
-        try:
-            callback = self.registry.resolve(task.callback)
-            await self.executor.call(callback, result, *task.callback_args)
-        except Exception as exc:
-            log.warning("callback %s of task %s failed: %s", task.callback, task.id, exc)
-            await self._log_event_now(
-                EventType.CALLBACK_FAILED,
-                task_id=task.id,
-                queue_name=task.queue_name,
-                level=EventLevel.WARNING,
-                error=str(_error_info(exc)),
-                message=f"callback {task.callback} failed; the task's outcome is unchanged",
-            )
-
-    def _settle(self, task_id: str, status: TaskStatus) -> None:
-        if task_id in self._outcome:
-            self._outcome[task_id] = status
-
-    def _take_events(self) -> list[dict[str, Any]]:
-        """The buffered events (``executing``), to write with the next transaction."""
-        events, self._pending_events = self._pending_events, []
-        started = self._started_events
-        while started:
-            events.append(started.popleft())
-        return events
-
-    def _take_buffered(self) -> tuple[list[dict[str, Any]], list[Start]]:
-        """The buffered events and start marks, to write with the next transaction."""
-        starts = []
-        while self._starts:
-            starts.append(self._starts.popleft())
-        return self._take_events(), starts
-
-    def _restore(self, events: list[dict[str, Any]], starts: list[Start]) -> None:
-        """Put back what a failed transaction took (it is written with the next one)."""
-        self._pending_events[:0] = events
-        self._starts.extendleft(reversed(starts))
-
-    async def _guard(self, awaitable: Any) -> Any:
-        """Await a database write; report (not raise) any error."""
-        try:
-            return await awaitable
-        except Exception as exc:
-            await self._report_error("database write failed", exc)
-            return None
-
     # --- cancellation, leases ----------------------------------------------------------
 
     def _on_cancel_requested(self, task_id: str) -> None:
@@ -767,64 +541,6 @@ class Worker:
         entry.cancel_requested = True
         if entry.handle is not None and entry.in_call:
             entry.handle.cancel()
-
-    async def _heartbeat_loop(self) -> None:
-        interval = self.settings.heartbeat_interval.total_seconds()
-        while not await _wait(self._tasks_settled, interval):
-            await self._heartbeat()
-
-    async def _heartbeat(self) -> None:
-        leases = {
-            task_id: entry.task.lease_token
-            for task_id, entry in self._running.items()
-            if entry.task.lease_token is not None
-        }
-        leases.update({t.id: t.lease_token for t in self._buffer if t.lease_token is not None})
-        events, starts = self._take_buffered()
-        try:
-            held = await self.queue.heartbeat_async(leases, events, starts)
-        except Exception as exc:
-            self._restore(events, starts)
-            await self._report_error("heartbeat failed", exc)
-            return
-        for task_id in leases:
-            if task_id not in held:
-                self._lose(task_id)
-            elif held[task_id]:
-                self._cancel_local(task_id)
-
-    def _lose(self, task_id: str) -> None:
-        self._buffer = [t for t in self._buffer if t.id != task_id]
-        entry = self._running.get(task_id)
-        if entry is not None and not entry.lost:
-            log.warning("task %s: lease lost; stopping it and discarding its outcome", task_id)
-            entry.lost = True
-            if entry.handle is not None and entry.in_call:
-                entry.handle.cancel()
-
-    # --- scheduler and maintenance -------------------------------------------------------
-
-    async def _scheduler_loop(self) -> None:
-        while True:
-            await self._fire_schedules()
-            if await _wait(self._winding_down, self.scheduler_interval):
-                return
-
-    async def _fire_schedules(self) -> None:
-        try:
-            await self.scheduler.fire_due_async()
-        except Exception as exc:
-            await self._report_error("scheduler failed", exc)
-
-    async def _maintenance_loop(self) -> None:
-        while True:
-            try:
-                if await self.maintenance.run_once_async() is None:
-                    await self.maintenance.recover_async()
-            except Exception as exc:
-                await self._report_error("maintenance failed", exc)
-            if await _wait(self._winding_down, self.maintenance_interval):
-                return
 
     # --- shutdown -----------------------------------------------------------------------
 
@@ -881,63 +597,3 @@ class Worker:
         self.storage.notifier.cancel_listeners.discard(self._on_cancel_requested)
         await self._log_worker_event(EventType.WORKER_STOPPED)
         self.executor.shutdown()
-
-    # --- events -----------------------------------------------------------------------
-
-    async def _log_worker_event(self, kind: EventType, **data: Any) -> None:
-        await self._log_event_now(
-            kind,
-            data={
-                "queues": self.queues,
-                "concurrency": self.concurrency,
-                "executor": self.executor.kind,
-                **data,
-                **self._counts,
-            },
-        )
-
-    async def _log_event_now(self, kind: EventType, **fields: Any) -> None:
-        row = event_row(kind, worker_id=self.worker_id, source="worker", **fields)
-        try:
-            await self.queue.heartbeat_async({}, [row])
-        except Exception as exc:
-            log.error("could not log %s event: %s", kind, exc)
-
-    async def _report_error(self, what: str, exc: BaseException) -> None:
-        log.error("%s: %s", what, exc)
-        with contextlib.suppress(Exception):  # best effort: the database may be what failed
-            await self.queue.heartbeat_async(
-                {},
-                [
-                    event_row(
-                        EventType.ERROR,
-                        worker_id=self.worker_id,
-                        source="worker",
-                        level=EventLevel.ERROR,
-                        message=what,
-                        error=str(_error_info(exc)),
-                    )
-                ],
-            )
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
-    """Wait up to ``seconds`` for ``event``; True if it is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), seconds)
-    return event.is_set()
-
-
-class TaskTimeout(TimeoutError):
-    """The task ran longer than its timeout."""
-
-
-def _needs_durable_start(task: Task) -> bool:
-    """A task recovered before (lease lost) is marked started in the database before it runs."""
-    return task.lost_count > 0 and task.started_at is None
-
-
-def _error_info(exc: BaseException) -> ErrorInfo:
-    if isinstance(exc, RemoteError):
-        return ErrorInfo(type=exc.type_name, message=str(exc), traceback=exc.remote_traceback)
-    return ErrorInfo.from_exception(exc)

@@ -1,0 +1,104 @@
+"""The worker's background loops: heartbeats (leases, cancel requests), scheduler, maintenance.
+
+Every loop survives every error: it reports it, waits its interval and
+tries again, so a database outage pauses the loops and never ends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from omniq.models import Settings, Task
+from omniq.services.maintenance import Maintenance
+from omniq.services.scheduler import Scheduler
+from omniq.worker.outcomes import OutcomeWriting, _Running, log
+
+__all__ = ["BackgroundLoops", "TaskTimeout"]
+
+
+class BackgroundLoops(OutcomeWriting):
+    """Heartbeat, scheduler and maintenance loops of a worker (a part of :class:`Worker`)."""
+
+    settings: Settings
+    scheduler: Scheduler
+    maintenance: Maintenance
+    scheduler_interval: float
+    maintenance_interval: float
+    _running: dict[str, _Running]
+    _buffer: list[Task]
+    _tasks_settled: asyncio.Event
+    _winding_down: asyncio.Event
+
+    def _cancel_local(self, task_id: str) -> None:
+        """Stop ``task_id`` here because its cancellation was requested (see Worker)."""
+        raise NotImplementedError
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval.total_seconds()
+        while not await _wait(self._tasks_settled, interval):
+            await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        leases = {
+            task_id: entry.task.lease_token
+            for task_id, entry in self._running.items()
+            if entry.task.lease_token is not None
+        }
+        leases.update({t.id: t.lease_token for t in self._buffer if t.lease_token is not None})
+        events, starts = self._take_buffered()
+        try:
+            held = await self.queue.heartbeat_async(leases, events, starts)
+        except Exception as exc:
+            self._restore(events, starts)
+            await self._report_error("heartbeat failed", exc)
+            return
+        for task_id in leases:
+            if task_id not in held:
+                self._lose(task_id)
+            elif held[task_id]:
+                self._cancel_local(task_id)
+
+    def _lose(self, task_id: str) -> None:
+        self._buffer = [t for t in self._buffer if t.id != task_id]
+        entry = self._running.get(task_id)
+        if entry is not None and not entry.lost:
+            log.warning("task %s: lease lost; stopping it and discarding its outcome", task_id)
+            entry.lost = True
+            if entry.handle is not None and entry.in_call:
+                entry.handle.cancel()
+
+    # --- scheduler and maintenance -------------------------------------------------------
+
+    async def _scheduler_loop(self) -> None:
+        while True:
+            await self._fire_schedules()
+            if await _wait(self._winding_down, self.scheduler_interval):
+                return
+
+    async def _fire_schedules(self) -> None:
+        try:
+            await self.scheduler.fire_due_async()
+        except Exception as exc:
+            await self._report_error("scheduler failed", exc)
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            try:
+                if await self.maintenance.run_once_async() is None:
+                    await self.maintenance.recover_async()
+            except Exception as exc:
+                await self._report_error("maintenance failed", exc)
+            if await _wait(self._winding_down, self.maintenance_interval):
+                return
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``event``; True if it is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+    return event.is_set()
+
+
+class TaskTimeout(TimeoutError):
+    """The task ran longer than its timeout."""
