@@ -80,6 +80,32 @@ async def test_a_cancelled_claim_gives_its_tasks_back(svc: Services, yields: int
     assert len(again) == 1000
 
 
+@pytest.mark.parametrize("yields", [0, 1, 2, 4, 8])
+async def test_a_cancelled_completion_is_all_or_nothing_and_never_hangs(
+    svc: Services, yields: int
+) -> None:
+    await svc.queue.enqueue_many_async([svc.queue.build_task(FUNC, [i]) for i in range(200)])
+    claimed = await svc.queue.dequeue_many_async(200, worker_id="w")
+    done = asyncio.ensure_future(
+        svc.queue.complete_many_async([(x, {"i": i}, 0.0) for i, x in enumerate(claimed)])
+    )
+    for _ in range(yields):
+        await asyncio.sleep(0)
+    done.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await done
+    await asyncio.wait_for(svc.storage.wait_detached(), timeout=DEADLINE)
+    stored = await svc.queue.list_tasks_async(limit=1000)
+    # One transaction: all completed, or (cancelled before it ran) all still held
+    # under the caller's own lease, so it can complete them again.
+    assert {x.status for x in stored} in ({TaskStatus.COMPLETED}, {TaskStatus.RUNNING})
+    if stored[0].status is TaskStatus.RUNNING:
+        leases = {x.id: x.lease_token for x in claimed}
+        assert all(x.lease_token == leases[x.id] for x in stored)
+        again = [(x, None, 0.0) for x in claimed]
+        assert len(await svc.queue.complete_many_async(again)) == 200
+
+
 # --- 3. a blocking enqueue from another thread while the app's loop enqueues -----------------
 
 
