@@ -430,11 +430,10 @@ class Worker(BackgroundLoops):
         except asyncio.CancelledError:
             task = entry.task
             if entry.releasing:
-                await self._guard(
-                    self.queue.release_async(
-                        task, worker_id=self.worker_id, events=self._take_events()
-                    )
-                )
+                events = self._take_events()
+                released = self.queue.release_async(task, worker_id=self.worker_id, events=events)
+                if await self._guard(released) is None:
+                    self._restore(events, [])  # written with the next transaction instead
             elif entry.cancel_requested:
                 await self._cancelled(entry)
             elif entry.lost:
