@@ -57,6 +57,8 @@ class Model:
     max_retries: int
     retry_count: int = 0
     lease: Task | None = None
+    #: A cancel was requested while the task ran (it holds through a failed attempt).
+    cancel_requested: bool = False
 
 
 class Lifecycle(RuleBasedStateMachine):
@@ -154,7 +156,11 @@ class Lifecycle(RuleBasedStateMachine):
         model = self.tasks[task_id]
         assert model.lease is not None
         status = self.svc.queue.fail(model.lease, ErrorInfo(type="E", message="x"), retry=retry)
-        if retry and model.retry_count < model.max_retries:
+        if retry and model.retry_count < model.max_retries and model.cancel_requested:
+            assert status is TaskStatus.CANCELLED
+            model.status = TaskStatus.CANCELLED
+            model.events.append(EventType.CANCELLED)
+        elif retry and model.retry_count < model.max_retries:
             assert status is TaskStatus.PENDING
             model.status = TaskStatus.PENDING
             model.retry_count += 1
@@ -178,6 +184,7 @@ class Lifecycle(RuleBasedStateMachine):
         elif model.status is TaskStatus.RUNNING:
             assert done
             model.events.append(EventType.CANCEL_REQUESTED)
+            model.cancel_requested = True
         else:
             assert not done
 
