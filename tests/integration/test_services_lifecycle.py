@@ -226,6 +226,7 @@ class Lifecycle(RuleBasedStateMachine):
         assert task.retry_count == 0
         model.status = TaskStatus.PENDING
         model.retry_count = 0
+        model.cancel_requested = False
         model.events.append(EventType.REQUEUED)
 
     # --- invariants ---------------------------------------------------------------------
