@@ -66,7 +66,7 @@ class SQLiteWriter:
         self._jobs: queue.SimpleQueue[tuple[Future[Any], Body[Any] | _Raw] | None] = (
             queue.SimpleQueue()
         )
-        self._conn: sa.Connection | None = None
+        self._held_conn: sa.Connection | None = None
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -148,9 +148,9 @@ class SQLiteWriter:
             delay = min(delay * 2, 1.0)
 
     def _connect(self) -> sa.Connection:
-        conn = self._conn
+        conn = self._held_conn
         if conn is None or conn.closed or conn.invalidated:
-            conn = self._conn = self.engine.connect()
+            conn = self._held_conn = self.engine.connect()
         return conn
 
     def _transact(self, body: Body[T]) -> T:
@@ -181,7 +181,7 @@ class SQLiteWriter:
         return result
 
     def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._held_conn = self._held_conn, None
         if conn is None:
             return
         with contextlib.suppress(Exception):

@@ -20,9 +20,11 @@ from omniq.db.engine import Batch, Dialect
 from omniq.db.schema import task_dependencies as deps_t
 from omniq.db.schema import tasks as t
 from omniq.errors import InvalidRow, OmniQError
-from omniq.models import FINAL_TASK_STATUSES, Task, TaskStatus
+from omniq.models import Task, TaskStatus
 from omniq.models.task import task_from_row_values
 from omniq.repositories._base import PayloadCodec, translate_errors
+from omniq.repositories.dependencies import DependencyStatements
+from omniq.repositories.task_sweeps import SweepStatements
 from omniq.serialization import check_utf8
 
 #: Task fields stored in their own column (the call's arguments go into ``payload``).
@@ -45,7 +47,7 @@ SORTABLE = {
 }
 
 
-class TaskRepository:
+class TaskRepository(DependencyStatements, SweepStatements):
     """CRUD, the atomic claim and conditional transitions of tasks."""
 
     def __init__(self, dialect: Dialect, codec: PayloadCodec | None = None) -> None:
@@ -207,13 +209,6 @@ class TaskRepository:
         with translate_errors("enqueue"):
             inserted: str | None = conn.execute(self._insert_unique, row).scalar_one_or_none()
         return inserted
-
-    def insert_edges(self, conn: Connection, tasks: Sequence[Task]) -> None:
-        """Insert the dependency edges of ``tasks`` (every endpoint already exists)."""
-        edges = [{"task_id": x.id, "depends_on_id": d} for x in tasks for d in x.depends_on]
-        if edges:
-            with translate_errors("enqueue"):
-                conn.execute(self._insert_deps, edges)
 
     def insert_scheduled(self, conn: Connection, tasks: Sequence[Task]) -> set[str]:
         """Insert tasks created by a schedule; skip any (schedule, fire time) already present.
@@ -540,139 +535,6 @@ class TaskRepository:
         with translate_errors("renew leases"):
             rows = (conn.execute(stmt, params)).all()
         return {row.id: bool(row.cancel_requested) for row in rows}
-
-    def fail_unknown_statuses(
-        self, conn: Connection, now: datetime, limit: int
-    ) -> list[tuple[str, str, str | None]]:
-        """Fail rows whose status OmniQ does not know (written by hand); return them.
-
-        Returns ``(task_id, old_status, queue_name)`` for each row failed.
-        """
-        known = [s.value for s in TaskStatus]
-        sub = sa.select(t.c.id).where(t.c.status.not_in(known)).limit(limit)
-        old = sa.select(t.c.id, t.c.status, t.c.queue_name).where(t.c.id.in_(sub))
-        with translate_errors("quarantine tasks"):
-            rows = (conn.execute(old)).all()
-            if not rows:
-                return []
-            conn.execute(
-                sa.update(t)
-                .where(t.c.id.in_([r.id for r in rows]), t.c.status.not_in(known))
-                .values(
-                    status=TaskStatus.FAILED.value,
-                    completed_at=now,
-                    lease_token=None,
-                    lease_expires_at=None,
-                    last_error=sa.literal("quarantined: unknown status ") + t.c.status,
-                )
-            )
-        return [(r.id, r.status, r.queue_name) for r in rows]
-
-    def list_expired_leases(self, conn: Connection, now: datetime, limit: int) -> list[Task]:
-        """Running tasks whose lease expired before ``now`` (their worker is gone)."""
-        stmt = (
-            sa.select(t)
-            .where(t.c.lease_expires_at < now, t.c.status == TaskStatus.RUNNING.value)
-            .order_by(t.c.lease_expires_at)
-            .limit(limit)
-        )
-        if self.dialect.skip_locked:
-            stmt = stmt.with_for_update(skip_locked=True)
-        with translate_errors("find lost leases"):
-            rows = (conn.execute(stmt)).mappings().all()
-        return [self.from_row(row) for row in rows]
-
-    # --- dependencies ----------------------------------------------------------
-
-    def dependents(self, conn: Connection, task_ids: Collection[str]) -> list[str]:
-        """Ids of waiting tasks that depend on any of ``task_ids`` (locked where rows lock)."""
-        if not task_ids:
-            return []
-        stmt = (
-            sa.select(t.c.id)
-            .join(deps_t, deps_t.c.task_id == t.c.id)
-            .where(
-                self.dialect.in_(deps_t.c.depends_on_id, task_ids),
-                t.c.status == TaskStatus.WAITING.value,
-            )
-            .order_by(t.c.id)
-        )
-        if self.dialect.skip_locked:
-            # Serialise concurrent completions of two dependencies of one task.
-            stmt = stmt.with_for_update(of=t)
-        with translate_errors("find dependents"):
-            return list(dict.fromkeys((conn.execute(stmt)).scalars().all()))
-
-    def dependency_edges(
-        self, conn: Connection, depends_on: Collection[str]
-    ) -> list[tuple[str, str]]:
-        """``(task_id, depends_on_id)`` of waiting tasks that depend on any of ``depends_on``."""
-        if not depends_on:
-            return []
-        stmt = (
-            sa.select(deps_t.c.task_id, deps_t.c.depends_on_id)
-            .join(t, t.c.id == deps_t.c.task_id)
-            .where(
-                deps_t.c.depends_on_id.in_(list(depends_on)),
-                t.c.status == TaskStatus.WAITING.value,
-            )
-            .order_by(deps_t.c.task_id)
-        )
-        with translate_errors("find dependents"):
-            return [(row[0], row[1]) for row in conn.execute(stmt).all()]
-
-    def release_ready(
-        self, conn: Connection, candidate_ids: Collection[str], now: datetime
-    ) -> list[Task]:
-        """Move waiting candidates whose dependencies all completed to pending."""
-        if not candidate_ids:
-            return []
-        other = t.alias("dep")
-        unmet = (
-            sa.select(sa.literal(1))
-            .select_from(deps_t.join(other, other.c.id == deps_t.c.depends_on_id))
-            .where(
-                deps_t.c.task_id == t.c.id,
-                other.c.status != TaskStatus.COMPLETED.value,
-            )
-        )
-        stmt = (
-            sa.update(t)
-            .where(
-                t.c.id.in_(list(candidate_ids)),
-                t.c.status == TaskStatus.WAITING.value,
-                ~sa.exists(unmet),
-            )
-            .values(status=TaskStatus.PENDING.value)
-            .returning(*t.c)
-        )
-        with translate_errors("release dependents"):
-            rows = (conn.execute(stmt)).mappings().all()
-        return [self.from_row(row) for row in rows]
-
-    # --- deletes ----------------------------------------------------------------
-
-    def delete(self, conn: Connection, task_id: str) -> bool:
-        """Delete one task; True if it existed."""
-        with translate_errors("delete task"):
-            result = conn.execute(sa.delete(t).where(t.c.id == task_id))
-        return result.rowcount > 0
-
-    def delete_where(
-        self, conn: Connection, where: sa.ColumnElement[bool], limit: int
-    ) -> list[str]:
-        """Delete up to ``limit`` tasks matching ``where``; return their ids."""
-        sub = sa.select(t.c.id).where(where).limit(limit)
-        stmt = sa.delete(t).where(t.c.id.in_(sub)).returning(t.c.id)
-        with translate_errors("delete tasks"):
-            return list((conn.execute(stmt)).scalars().all())
-
-
-def final_before(cutoff: datetime) -> sa.ColumnElement[bool]:
-    """Finished tasks completed before ``cutoff`` (for retention)."""
-    return sa.and_(
-        t.c.completed_at < cutoff, t.c.status.in_([s.value for s in FINAL_TASK_STATUSES])
-    )
 
 
 def _values(values: Mapping[str, Any]) -> dict[str, Any]:

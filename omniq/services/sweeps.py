@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from omniq.db.schema import tasks as t
 from omniq.models import EventLevel, EventType, TaskStatus
 from omniq.repositories.events import event_row
-from omniq.repositories.tasks import final_before
+from omniq.repositories.task_sweeps import final_before
 from omniq.services._shared import (
     _EXPIRY_SWEEP_EVERY,
     _QUEUED,

@@ -38,7 +38,7 @@ from omniq.repositories import (
     ScheduleRepository,
     TaskRepository,
 )
-from omniq.repositories.tasks import final_before
+from omniq.repositories.task_sweeps import final_before
 
 pytestmark = pytest.mark.anyio
 
