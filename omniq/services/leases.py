@@ -306,20 +306,9 @@ class Leases(Claims):
                 )
                 return TaskStatus.PENDING
             # Not retried: the lease was lost, or a cancel was requested while it ran.
-            cancelled = tasks.transition(
-                conn,
-                task.id,
-                expected=_RUNNING,
-                lease_token=task.lease_token,
-                values={
-                    **_finish_values(TaskStatus.CANCELLED, now),
-                    "last_error": f"cancelled by request (the attempt failed: {info})",
-                },
-                where=t.c.cancel_requested,
-            )
-            if cancelled is None:
+            reason = f"cancelled by request (the attempt failed: {info})"
+            if not self._cancel_if_requested(conn, task, now, worker, reason):
                 return None
-            finalize(conn, self.storage, [cancelled], TaskStatus.CANCELLED, now, worker_id=worker)
             return TaskStatus.CANCELLED
         updated = tasks.transition(
             conn,
@@ -480,7 +469,12 @@ class Leases(Claims):
         return recovered
 
     def _cancel_if_requested(
-        self, conn: sa.Connection, task: Task, now: datetime, worker_id: str | None
+        self,
+        conn: sa.Connection,
+        task: Task,
+        now: datetime,
+        worker_id: str | None,
+        reason: str = "cancelled by request",
     ) -> bool:
         """Cancel a held task whose cancellation was requested (instead of running it again)."""
         cancelled = self.storage.tasks.transition(
@@ -490,7 +484,7 @@ class Leases(Claims):
             lease_token=task.lease_token,
             values={
                 **_finish_values(TaskStatus.CANCELLED, now),
-                "last_error": "cancelled by request",
+                "last_error": reason,
             },
             where=t.c.cancel_requested,
         )
