@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 import sqlite3
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from omniq._time import EPOCH
+from omniq.db.types import Duration, UTCDateTime
 from omniq.errors import ConfigurationError
 from omniq.models.settings import Settings
 
@@ -89,14 +93,16 @@ class Dialect:
         """Rows of a batch, usable in FROM: ``name(<key>, ...)``; see :class:`Batch`."""
         return Batch(self.name, name, tuple(columns))
 
-    def in_(self, column: sa.ColumnElement[Any], values: Collection[Any]) -> sa.ColumnElement[bool]:
-        """``column IN values``: PostgreSQL binds one array (``= ANY``), fixed text."""
-        if self.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import ARRAY
+    def driver_rows(
+        self, stmt: sa.Insert, columns: Sequence[tuple[str, sa.types.TypeEngine[Any]]]
+    ) -> DriverRows | None:
+        """SQLite: ``stmt`` run per row by the driver (see :class:`DriverRows`); else None."""
+        return DriverRows(stmt, columns) if self.name == "sqlite" else None
 
-            array = sa.bindparam(None, list(values), type_=ARRAY(column.type), unique=True)
-            return column == sa.any_(array)
-        return column.in_(list(values))
+
+def _json_text(value: Any) -> str:
+    """A JSON column's value bound directly: its compact JSON text."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _native_json(value: Any) -> Any:
@@ -106,9 +112,6 @@ def _native_json(value: Any) -> Any:
     return json.dumps(value)  # a scalar document: its JSON text, stored as text
 
 
-_NATIVE_JSON = _native_json
-
-
 class Batch:
     """A batch of rows bound as data: ``.c`` are its columns, :meth:`params` binds rows."""
 
@@ -116,6 +119,10 @@ class Batch:
         self, engine: str, name: str, columns: tuple[tuple[str, sa.types.TypeEngine[Any]], ...]
     ) -> None:
         self.keys = [key for key, _ in columns]
+        #: A row mapping -> its values in column order.
+        self._getter: Callable[[Mapping[str, Any]], Sequence[Any]] = (
+            operator.itemgetter(*self.keys) if len(self.keys) > 1 else _one_value(self.keys[0])
+        )
         self._engine = engine
         self._bind = f"b_{name}"
         if engine == "postgresql":
@@ -127,7 +134,7 @@ class Batch:
                 .table_valued(*(sa.column(key, type_) for key, type_ in columns))
                 .render_derived(name=name)
             )
-            self._processors: list[Any] = []
+            self._convert: list[tuple[int, Callable[[Any], Any]]] = []
             return
         from sqlalchemy.dialects import sqlite
 
@@ -143,15 +150,13 @@ class Batch:
             .select_from(each)
             .subquery(name)
         )
-        # The SELECT hands SQLite the stored values: bind processing happens here.
+        # The SELECT hands SQLite the stored values: bind processing happens here,
+        # once per value, so it is the batch's cost: each column gets the cheapest
+        # converter that stores what its type's bind processor would store.
         # JSON columns ride inside the batch's JSON as they are: json_extract
         # returns an array or object as its JSON text, which is what they store.
-        self._processors = [
-            _NATIVE_JSON
-            if isinstance(type_, sa.JSON)
-            else type_.dialect_impl(dialect).bind_processor(dialect)
-            for _, type_ in columns
-        ]
+        converters = [_converter(type_, dialect) for _, type_ in columns]
+        self._convert = [(i, fn) for i, fn in enumerate(converters) if fn is not None]
 
     @property
     def c(self) -> Any:
@@ -161,10 +166,8 @@ class Batch:
     def params(self, rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]]) -> dict[str, Any]:
         """The parameters binding ``rows`` (mappings by key, or tuples in column order)."""
         if rows and isinstance(rows[0], Mapping):
-            tuples: list[Sequence[Any]] = [
-                [row[key] for key in self.keys]  # type: ignore[call-overload]
-                for row in rows
-            ]
+            get = self._getter
+            tuples: list[Sequence[Any]] = [get(row) for row in rows]  # type: ignore[arg-type]
         else:
             tuples = list(rows)  # type: ignore[arg-type]
         if self._engine == "postgresql":
@@ -172,15 +175,102 @@ class Batch:
                 f"b_{key}": list(col)
                 for key, col in zip(self.keys, zip(*tuples, strict=True), strict=True)
             }
-        processors = self._processors
-        data = [
-            [
-                value if value is None or fn is None else fn(value)
-                for value, fn in zip(row, processors, strict=True)
-            ]
-            for row in tuples
-        ]
+        convert = self._convert
+        data = []
+        for row in tuples:
+            values = list(row)
+            for i, fn in convert:
+                value = values[i]
+                if value is not None:
+                    values[i] = fn(value)
+            data.append(values)
         return {self._bind: json.dumps(data, separators=(",", ":"))}
+
+
+class DriverRows:
+    """Many rows through one statement's own text, run by the driver's executemany (SQLite).
+
+    For plain INSERTs (and upserts) SQLite binds each row's values natively
+    in the driver's C loop, which costs less than reading the rows back out of
+    one JSON text (:class:`Batch`). The text is the Core statement compiled
+    once; values are converted here as the statement's bind processing would.
+    """
+
+    def __init__(
+        self, stmt: sa.Insert, columns: Sequence[tuple[str, sa.types.TypeEngine[Any]]]
+    ) -> None:
+        from sqlalchemy.dialects import sqlite
+
+        dialect = sqlite.dialect()
+        types = dict(columns)
+        compiled = stmt.compile(dialect=dialect, column_keys=list(types))
+        order = list(compiled.positiontup or ())
+        unknown = [key for key in order if key not in types]
+        if unknown:
+            raise ValueError(f"statement binds values not in the rows: {unknown}")
+        #: The statement's text (positional ``?`` parameters).
+        self.sql = str(compiled)
+        self._getter: Callable[[Mapping[str, Any]], Sequence[Any]] = (
+            operator.itemgetter(*order) if len(order) > 1 else _one_value(order[0])
+        )
+        converters = [_converter(types[key], dialect, json_text=True) for key in order]
+        self._convert = [(i, fn) for i, fn in enumerate(converters) if fn is not None]
+
+    def execute(self, conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run the statement once per row of ``rows`` (mappings by column key)."""
+        get = self._getter
+        convert = self._convert
+        data = []
+        for row in rows:
+            values = list(get(row))
+            for i, fn in convert:
+                value = values[i]
+                if value is not None:
+                    values[i] = fn(value)
+            data.append(tuple(values))
+        conn.exec_driver_sql(self.sql, data)
+
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _one_value(key: str) -> Callable[[Mapping[str, Any]], Sequence[Any]]:
+    """The getter of a one-column batch's values."""
+    return lambda row: (row[key],)
+
+
+def _converter(
+    type_: sa.types.TypeEngine[Any], dialect: sa.Dialect, *, json_text: bool = False
+) -> Any:
+    """The function storing a non-None value of ``type_`` in SQLite (None: as is).
+
+    JSON documents are embedded as they are in a JSON batch, or as their
+    compact text (``json_text``) where bound directly. Instants and durations
+    already in their canonical form (aware UTC datetimes, timedeltas) are
+    converted inline; anything else goes through the type's own bind
+    processing, which validates it.
+    """
+    if isinstance(type_, sa.JSON):
+        return _json_text if json_text else _native_json
+    if isinstance(type_, UTCDateTime):
+        slow_instant = type_.process_bind_param
+
+        def instant(value: Any) -> Any:
+            if value.__class__ is datetime and value.tzinfo is UTC:
+                return (value - EPOCH) // _MICROSECOND
+            return slow_instant(value, dialect)
+
+        return instant
+    if isinstance(type_, Duration):
+        slow_duration = type_.process_bind_param
+
+        def duration(value: Any) -> Any:
+            if value.__class__ is timedelta:
+                return value.total_seconds()
+            return slow_duration(value, dialect)
+
+        return duration
+    return type_.dialect_impl(dialect).bind_processor(dialect)
 
 
 def dialect_of(engine: AsyncEngine | sa.engine.Connection | sa.Dialect) -> Dialect:

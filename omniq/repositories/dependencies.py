@@ -25,6 +25,29 @@ class DependencyStatements:
     dialect: Dialect
     _insert_deps: sa.Insert
 
+    def _dependency_statements(self) -> None:
+        """Build the fixed statements (called by the repository's constructor)."""
+        done = self._done = self.dialect.batch_rows("done", [("id", deps_t.c.depends_on_id.type)])
+        # SQLite must not search the status index (every waiting task, per batch
+        # row): wrapped, the batch drives through the edges' index to each task.
+        waiting = (
+            t.c.status == TaskStatus.WAITING.value
+            if self.dialect.name == "postgresql"
+            else sa.func.coalesce(t.c.status, "") == TaskStatus.WAITING.value
+        )
+        stmt = (
+            sa.select(t.c.id)
+            .select_from(done.rows)
+            .join(deps_t, deps_t.c.depends_on_id == done.c.id)
+            .join(t, t.c.id == deps_t.c.task_id)
+            .where(waiting)
+            .order_by(t.c.id)
+        )
+        if self.dialect.skip_locked:
+            # Serialise concurrent completions of two dependencies of one task.
+            stmt = stmt.with_for_update(of=t)
+        self._dependents = stmt
+
     def from_row(self, row: Mapping[str, Any] | sa.RowMapping) -> Task:
         """The Task of a row (see TaskRepository)."""
         raise NotImplementedError
@@ -42,20 +65,9 @@ class DependencyStatements:
         """Ids of waiting tasks that depend on any of ``task_ids`` (locked where rows lock)."""
         if not task_ids:
             return []
-        stmt = (
-            sa.select(t.c.id)
-            .join(deps_t, deps_t.c.task_id == t.c.id)
-            .where(
-                self.dialect.in_(deps_t.c.depends_on_id, task_ids),
-                t.c.status == TaskStatus.WAITING.value,
-            )
-            .order_by(t.c.id)
-        )
-        if self.dialect.skip_locked:
-            # Serialise concurrent completions of two dependencies of one task.
-            stmt = stmt.with_for_update(of=t)
+        params = self._done.params([(x,) for x in task_ids])
         with translate_errors("find dependents"):
-            return list(dict.fromkeys((conn.execute(stmt)).scalars().all()))
+            return list(dict.fromkeys((conn.execute(self._dependents, params)).scalars().all()))
 
     def dependency_edges(
         self, conn: Connection, depends_on: Collection[str]

@@ -55,10 +55,13 @@ class EventRepository:
         self._insert = e.insert()
         #: Column keys of an event row (every column but the id).
         self._keys = [c.key for c in e.c if c.key != "id"]
+        columns = [(c.key, c.type) for c in e.c if c.key != "id"]
+        #: SQLite: rows bound natively by the driver (see Dialect.driver_rows).
+        self._insert_rows = dialect.driver_rows(self._insert, columns)
         self._insert_batch: sa.Insert | None = None
-        if dialect.array_batches:
+        if self._insert_rows is None:
             # One fixed INSERT ... SELECT FROM unnest(arrays) per batch (PostgreSQL).
-            self._batch = dialect.batch_rows("v", [(c.key, c.type) for c in e.c if c.key != "id"])
+            self._batch = dialect.batch_rows("v", columns)
             self._insert_batch = e.insert().from_select(
                 self._keys, sa.select(*self._batch.c).where(sa.true())
             )
@@ -91,7 +94,9 @@ class EventRepository:
         if not rows:
             return
         with translate_errors("log event"):
-            if self._insert_batch is not None and len(rows) > 1:
+            if self._insert_rows is not None:
+                self._insert_rows.execute(conn, rows)
+            elif self._insert_batch is not None and len(rows) > 1:
                 conn.execute(self._insert_batch, self._batch.params(rows))
             else:
                 conn.execute(self._insert, rows[0] if len(rows) == 1 else list(rows))

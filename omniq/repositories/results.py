@@ -37,14 +37,15 @@ class ResultRepository:
             index_elements=[r.c.task_id],
             set_={c.name: ins.excluded[c.name] for c in r.c if c.name != "task_id"},
         )
+        columns = [(c.key, c.type) for c in r.c]
+        #: SQLite: rows bound natively by the driver (see Dialect.driver_rows); a
+        #: task's later row replaces its earlier one, as statements one by one would.
+        self._upsert_rows = dialect.driver_rows(self._upsert, columns)
         self._upsert_batch: sa.Insert | None = None
-        if dialect.array_batches:
+        if self._upsert_rows is None:
             # One fixed INSERT ... SELECT FROM unnest(arrays) per batch (PostgreSQL).
-            self._batch = dialect.batch_rows("v", [(c.key, c.type) for c in r.c])
-            # WHERE true: SQLite's parser needs it before ON CONFLICT after a SELECT.
-            ins = dialect.insert(r).from_select(
-                list(_ROW_FIELDS), sa.select(*self._batch.c).where(sa.true())
-            )
+            self._batch = dialect.batch_rows("v", columns)
+            ins = dialect.insert(r).from_select(list(_ROW_FIELDS), sa.select(*self._batch.c))
             self._upsert_batch = ins.on_conflict_do_update(
                 index_elements=[r.c.task_id],
                 set_={c.name: ins.excluded[c.name] for c in r.c if c.name != "task_id"},
@@ -135,7 +136,9 @@ class ResultRepository:
         if not rows:
             return
         with translate_errors("store result"):
-            if self._upsert_batch is not None and len(rows) > 1:
+            if self._upsert_rows is not None:
+                self._upsert_rows.execute(conn, rows)
+            elif self._upsert_batch is not None and len(rows) > 1:
                 # One statement cannot upsert a row twice: the last row of a task wins,
                 # as it does when the rows are written one after another.
                 last = list({row["task_id"]: row for row in rows}.values())

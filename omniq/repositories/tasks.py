@@ -55,6 +55,7 @@ class TaskRepository(DependencyStatements, SweepStatements):
         self.codec = codec or PayloadCodec()
         self._insert = t.insert()
         self._insert_deps = deps_t.insert()
+        self._dependency_statements()
         self._get = sa.select(t).where(t.c.id == sa.bindparam("id"))
         live_where = sa.text(
             "unique_key IS NOT NULL AND status IN ('pending', 'waiting', 'running')"
@@ -92,14 +93,9 @@ class TaskRepository(DependencyStatements, SweepStatements):
             .values(attempts=t.c.attempts + 1, started_at=sa.bindparam("at"))
         )
         #: PostgreSQL: batches of (task_id, lease_token[, at]) as one fixed statement.
-        #: SQLite: many task rows in one fixed INSERT ... SELECT (see Dialect.batch_rows;
-        #: PostgreSQL's arrays cannot carry the JSON list columns: executemany there).
-        self._rows = dialect.batch_rows("v", [(c.key, c.type) for c in t.c])
-        self._insert_batch = (
-            t.insert().from_select([c.key for c in t.c], sa.select(*self._rows.c).where(sa.true()))
-            if dialect.name == "sqlite"
-            else None
-        )
+        #: SQLite: many task rows bound natively by the driver (see Dialect.driver_rows);
+        #: PostgreSQL's arrays cannot carry the JSON list columns: executemany there.
+        self._insert_rows = dialect.driver_rows(t.insert(), [(c.key, c.type) for c in t.c])
         self._leases: Batch | None = None
         self._mark_started_batch: sa.Update | None = None
         #: "status = 'running'" in statements joined to a batch. SQLite must not
@@ -193,8 +189,8 @@ class TaskRepository(DependencyStatements, SweepStatements):
         if not rows:
             return
         with translate_errors("enqueue"):
-            if self._insert_batch is not None and len(rows) > 1:
-                conn.execute(self._insert_batch, self._rows.params(rows))
+            if self._insert_rows is not None:
+                self._insert_rows.execute(conn, rows)
             else:
                 conn.execute(self._insert, rows[0] if len(rows) == 1 else list(rows))
             if edges:
