@@ -233,13 +233,25 @@ overlap_peak = 0
 _overlap_lock = threading.Lock()
 
 
+def _rendezvous_deadline() -> float:
+    """Until when the first probe waits for a second one (so two surely overlap once)."""
+    return time.monotonic() + 10.0
+
+
 def overlap_probe(seconds: float) -> int:
-    """Sync: note how many probes run at once (see :data:`overlap_peak`), sleep, return it."""
+    """Sync: note how many probes run at once (see :data:`overlap_peak`), sleep, return it.
+
+    Until two probes have run at once, a probe waits (up to 10 s) for a second
+    one: with two slots the peak is then 2 on any machine, however loaded.
+    """
     global _running_now, overlap_peak
     with _overlap_lock:
         _running_now += 1
         overlap_peak = max(overlap_peak, _running_now)
         now = _running_now
+    deadline = _rendezvous_deadline()
+    while overlap_peak < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
     time.sleep(seconds)
     with _overlap_lock:
         _running_now -= 1
@@ -253,6 +265,9 @@ async def overlap_probe_async(seconds: float) -> int:
         _running_now += 1
         overlap_peak = max(overlap_peak, _running_now)
         now = _running_now
+    deadline = _rendezvous_deadline()
+    while overlap_peak < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.001)
     await asyncio.sleep(seconds)
     with _overlap_lock:
         _running_now -= 1

@@ -146,7 +146,8 @@ async def test_running_worker_rides_out_a_held_lock(
     producer = await open_on(services, url, FAST_LOCK)
     out = tmp_path / "out"
     first = await svc.queue.enqueue_many_async(
-        [svc.queue.build_task(ref("record_async"), [str(out), f"a{i}", 0.05]) for i in range(60)]
+        # 60 tasks of 0.2 s on 4 slots take 3 s: the lock is surely taken before they end.
+        [svc.queue.build_task(ref("record_async"), [str(out), f"a{i}", 0.2]) for i in range(60)]
     )
     worker = make_worker(svc, concurrency=4)
     await worker.start_async()

@@ -104,9 +104,9 @@ async def _true(value: bool) -> bool:
 
 @pytest.fixture
 async def fast_leases(open_services: ServicesFactory) -> Services:
-    """Services whose leases last 1 s and are renewed every 0.2 s."""
+    """Services whose leases last 2 s and are renewed every 0.2 s."""
     settings = Settings(
-        lease_duration=timedelta(seconds=1), heartbeat_interval=timedelta(seconds=0.2)
+        lease_duration=timedelta(seconds=2), heartbeat_interval=timedelta(seconds=0.2)
     )
     return await open_services(settings)
 
@@ -542,7 +542,7 @@ async def test_unknown_function_reference_fails_with_task_not_found_without_impo
 
 async def test_heartbeat_renews_the_lease_of_a_long_task(fast_leases: Services) -> None:
     svc = fast_leases
-    task_id = await svc.queue.enqueue_async(ref("sleep_async"), [3, "done"])
+    task_id = await svc.queue.enqueue_async(ref("sleep_async"), [4, "done"])
     worker = make_worker(svc)
     recovered = 0
     expiries: set[Any] = set()
@@ -569,8 +569,8 @@ async def test_heartbeat_renews_the_lease_of_a_long_task(fast_leases: Services) 
     assert task.attempts == 1
     assert (await must_result(svc, task_id)).result == "done"
     assert task.started_at is not None
-    # The 1 s lease was pushed forward while the 3 s task ran.
-    assert max(expiries) > task.started_at + timedelta(seconds=1.5)
+    # The 2 s lease was pushed forward while the 4 s task ran.
+    assert max(expiries) > task.started_at + timedelta(seconds=3)
     assert worker.get_stats().lost == 0
 
 
@@ -813,7 +813,7 @@ async def test_leases_hold_while_a_stopping_worker_lets_tasks_finish(
     fast_leases: Services,
 ) -> None:
     svc = fast_leases
-    task_id = await svc.queue.enqueue_async(ref("sleep_async"), [2.5, "finished"])
+    task_id = await svc.queue.enqueue_async(ref("sleep_async"), [4.5, "finished"])
     worker = make_worker(svc)
     await worker.start_async()
 
@@ -833,7 +833,7 @@ async def test_leases_hold_while_a_stopping_worker_lets_tasks_finish(
     with anyio.fail_after(DEADLINE):
         async with anyio.create_task_group() as group:
             group.start_soon(sweep_while_stopping)
-            # The 1 s lease must outlive the 2.5 s task within the 10 s grace period.
+            # The 2 s lease must outlive the 4.5 s task within the 10 s grace period.
             await worker.stop_async(grace_period=10)
 
     assert recovered == 0

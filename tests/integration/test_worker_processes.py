@@ -285,11 +285,13 @@ async def test_four_worker_processes_execute_every_task_exactly_once(
 async def test_sigterm_finishes_running_tasks_within_grace_and_releases_the_rest(
     svc: Services, spawn: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
-    grace = 4.0
+    # Short tasks take 3 s: long enough to be still running when the test sees all
+    # four start, short enough to finish well inside the 8 s grace period.
+    grace = 8.0
     log = tmp_path / "progress"
     func = "tests.worker_tasks:started_and_finished"
     short = [
-        await svc.queue.enqueue_async(func, [str(log), f"short{i}", 1.5], priority=10)
+        await svc.queue.enqueue_async(func, [str(log), f"short{i}", 3], priority=10)
         for i in range(2)
     ]
     long = [
