@@ -103,6 +103,16 @@ async def always_fails(message: str) -> None:
     raise ValueError(message)
 
 
+async def raises_cancelled() -> None:
+    """Raise CancelledError itself (nobody cancelled it): a failed attempt."""
+    raise asyncio.CancelledError("raised by the task")
+
+
+def raises_cancelled_sync() -> None:
+    """Sync twin of :func:`raises_cancelled` (run in the worker's thread pool)."""
+    raise asyncio.CancelledError("raised by the task")
+
+
 def fail_in_process(message: str) -> None:
     """Raise KeyError(message) (run by the process executor)."""
     raise KeyError(message)

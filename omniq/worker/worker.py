@@ -427,7 +427,7 @@ class Worker(BackgroundLoops):
                     ran = time.perf_counter() - started
                     mean = self._mean_run
                     self._mean_run = ran if mean is None else mean + (ran - mean) * 0.1
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             task = entry.task
             if entry.releasing:
                 events = self._take_events()
@@ -438,6 +438,9 @@ class Worker(BackgroundLoops):
                 await self._cancelled(entry)
             elif entry.lost:
                 self._counts["lost"] += 1
+            elif not _being_cancelled():
+                # The function raised CancelledError itself: its attempt failed.
+                await self._failed(entry, exc, time.perf_counter() - (entry.started or started))
             else:
                 raise
         except BaseException as exc:
@@ -596,3 +599,9 @@ class Worker(BackgroundLoops):
         self.storage.notifier.cancel_listeners.discard(self._on_cancel_requested)
         await self._log_worker_event(EventType.WORKER_STOPPED)
         self.executor.shutdown()
+
+
+def _being_cancelled() -> bool:
+    """True when this asyncio task was asked to stop (not a CancelledError raised by code)."""
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0

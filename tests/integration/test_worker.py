@@ -922,6 +922,24 @@ async def test_a_module_that_fails_to_import_fails_its_task_and_the_worker_goes_
     assert (await must_result(svc, fine)).result["sum"] == 5
 
 
+@pytest.mark.parametrize("func", ["raises_cancelled", "raises_cancelled_sync"])
+async def test_a_task_raising_cancelled_error_itself_fails_and_is_retried(
+    svc: Services, func: str
+) -> None:
+    # Nobody cancelled it: the attempt failed like any other, it is not left running.
+    task_id = await svc.queue.enqueue_async(ref(func), max_retries=1, retry_delay=0)
+    fine = await svc.queue.enqueue_async(ref("add_sync"), [2, 3])
+    worker = make_worker(svc, concurrency=2)
+    with anyio.fail_after(DEADLINE):
+        stats = await worker.run_until_complete_async()
+    assert (stats.completed, stats.retried, stats.failed, stats.lost) == (1, 1, 1, 0)
+    task = await must_task(svc, task_id)
+    assert (task.status, task.attempts, task.lease_token) == (TaskStatus.FAILED, 2, None)
+    error = await must_result(svc, task_id)
+    assert error.error_type == "CancelledError" and "raised by the task" in (error.error or "")
+    assert (await must_result(svc, fine)).result["sum"] == 5
+
+
 async def test_a_thread_stuck_past_its_timeout_does_not_hold_up_the_next_task(
     svc: Services,
 ) -> None:
