@@ -128,13 +128,25 @@ class Batch:
         if engine == "postgresql":
             from sqlalchemy.dialects.postgresql import ARRAY
 
-            binds = [sa.bindparam(f"b_{key}", type_=ARRAY(type_)) for key, type_ in columns]
+            # Instants and durations are converted here (inline when canonical) and
+            # bound as arrays of their stored type: the array type would otherwise
+            # run the column type's processor element by element.
+            pg = sa.engine.default.DefaultDialect()  # our types ignore the dialect
+            stored = [_stored_type(type_) for _, type_ in columns]
+            binds = [
+                sa.bindparam(f"b_{key}", type_=ARRAY(bound))
+                for (key, _), bound in zip(columns, stored, strict=True)
+            ]
             self.rows: sa.FromClause = (
                 sa.func.unnest(*binds)
                 .table_valued(*(sa.column(key, type_) for key, type_ in columns))
                 .render_derived(name=name)
             )
-            self._convert: list[tuple[int, Callable[[Any], Any]]] = []
+            self._convert: list[tuple[int, Callable[[Any], Any]]] = [
+                (i, _converter(type_, pg))
+                for i, ((_, type_), bound) in enumerate(zip(columns, stored, strict=True))
+                if bound is not type_
+            ]
             return
         from sqlalchemy.dialects import sqlite
 
@@ -171,10 +183,10 @@ class Batch:
         else:
             tuples = list(rows)  # type: ignore[arg-type]
         if self._engine == "postgresql":
-            return {
-                f"b_{key}": list(col)
-                for key, col in zip(self.keys, zip(*tuples, strict=True), strict=True)
-            }
+            columns = [list(col) for col in zip(*tuples, strict=True)] or [[] for _ in self.keys]
+            for i, fn in self._convert:
+                columns[i] = [None if value is None else fn(value) for value in columns[i]]
+            return {f"b_{key}": col for key, col in zip(self.keys, columns, strict=True)}
         convert = self._convert
         data = []
         for row in tuples:
@@ -232,6 +244,15 @@ class DriverRows:
 
 
 _MICROSECOND = timedelta(microseconds=1)
+
+
+def _stored_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
+    """What an instant or a duration is stored as; other types as they are."""
+    if isinstance(type_, UTCDateTime):
+        return sa.BigInteger()
+    if isinstance(type_, Duration):
+        return sa.Float()
+    return type_
 
 
 def _one_value(key: str) -> Callable[[Mapping[str, Any]], Sequence[Any]]:
