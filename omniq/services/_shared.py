@@ -57,6 +57,13 @@ class ErrorInfo:
     def __str__(self) -> str:
         return f"{self.type}: {self.message}"
 
+    def as_event_data(self) -> dict[str, str]:
+        """What a failure event records of it besides ``error`` (type and traceback)."""
+        data = {"error_type": self.type}
+        if self.traceback:
+            data["traceback"] = self.traceback
+        return data
+
 
 #: Formatted tracebacks by where they were raised (see :func:`format_traceback`).
 _TRACEBACKS: dict[tuple[Any, ...], str] = {}

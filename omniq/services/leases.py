@@ -300,7 +300,11 @@ class Leases(Claims):
                             retry_count=task.retry_count + 1,
                             execution_time=execution_time,
                             level=EventLevel.WARNING,
-                            data={"delay": delay.total_seconds(), "attempt": updated.attempts},
+                            data={
+                                "delay": delay.total_seconds(),
+                                "attempt": updated.attempts,
+                                **info.as_event_data(),
+                            },
                         )
                     ],
                 )
