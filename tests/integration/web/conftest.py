@@ -17,10 +17,10 @@ import pytest
 
 pytest.importorskip("starlette", reason='the dashboard tests need the web extra: "omniq[web]"')
 
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.testclient import TestClient
 
-from omniq import OmniQ, Settings  # noqa: E402
-from omniq.web import create_app  # noqa: E402
+from omniq import OmniQ, Settings
+from omniq.web import create_app
 
 #: A client on this machine (the default access rule serves loopback only).
 LOCAL = ("127.0.0.1", 50123)
