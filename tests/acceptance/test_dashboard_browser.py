@@ -34,7 +34,7 @@ DEADLINE = 30.0
 
 
 def _browser() -> tuple[str, str]:
-    """(browser, driver) paths, or skip (fail under OMNIQ_REQUIRE_BROWSER) naming what is missing."""
+    """(browser, driver) paths; else skip (fail with OMNIQ_REQUIRE_BROWSER) naming what lacks."""
     missing = []
     for module in ("selenium", "starlette", "uvicorn"):
         try:
