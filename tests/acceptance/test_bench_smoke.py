@@ -33,6 +33,10 @@ ROWS = (
     "9a. failing tasks vs no-op",
     "9b. refused tasks vs no-op",
     "9c. failing + 1 retry vs no-op",
+    "11a. task page, newest, deep",
+    "11b. task page, failed only, deep",
+    "11c. task page, by priority",
+    "11d. dead letters page (3 statuses)",
 )
 POSTGRES_ROWS = (
     "10a. PG burn-down, 1 worker process",
