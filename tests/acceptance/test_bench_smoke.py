@@ -37,6 +37,8 @@ ROWS = (
     "11b. task page, failed only, deep",
     "11c. task page, by priority",
     "11d. dead letters page (3 statuses)",
+    "11e. task page, by priority, all",
+    "11f. task page, function filter",
 )
 POSTGRES_ROWS = (
     "10a. PG burn-down, 1 worker process",
