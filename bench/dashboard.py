@@ -90,7 +90,10 @@ def _middle_key(path: Path, n: int, where: str) -> tuple[int, str]:
     return int(row[0]), str(row[1])
 
 
-async def _median_ms(call: Callable[[], Awaitable[object]], runs: int) -> float:
+Read = Callable[[], Awaitable[object]]
+
+
+async def _median_ms(call: Read, runs: int) -> float:
     await call()  # warm: statement compilation, page cache
     times = []
     for _ in range(runs):
@@ -120,66 +123,51 @@ async def _measure(path: Path, n: int, runs: int) -> dict[str, tuple[float, floa
         everything = TaskFilter()
         by_func = TaskFilter(func="noop")
         rare_func = TaskFilter(func="no-such-function")
+        keyset = browser.page_async
+        # (label, the dashboard's read, its comparison)
+        pairs: list[tuple[str, Read, Read]] = [
+            (
+                LABELS[0],
+                lambda: keyset(everything, cursor=deep, limit=PAGE),
+                lambda: queue.list_tasks_async(
+                    limit=PAGE, offset=half, order_by="created_at", descending=True
+                ),
+            ),
+            (
+                LABELS[1],
+                lambda: keyset(failed, cursor=deep_failed, limit=PAGE),
+                lambda: queue.list_tasks_async(
+                    "failed", limit=PAGE, offset=n // 20, descending=True
+                ),
+            ),
+            (
+                LABELS[2],
+                lambda: keyset(pending, TaskSort.PRIORITY, limit=PAGE),
+                lambda: queue.list_tasks_async(
+                    "pending", limit=PAGE, order_by="priority", descending=True
+                ),
+            ),
+            (
+                LABELS[3],
+                lambda: keyset(dead, limit=PAGE),
+                lambda: queue.list_tasks_async(
+                    ["failed", "cancelled", "expired"], limit=PAGE, descending=True
+                ),
+            ),
+            (
+                LABELS[4],
+                lambda: keyset(everything, TaskSort.PRIORITY, limit=PAGE),
+                lambda: queue.list_tasks_async(limit=PAGE, order_by="priority", descending=True),
+            ),
+            (
+                LABELS[5],
+                lambda: keyset(by_func, limit=PAGE),
+                lambda: keyset(rare_func, limit=PAGE),
+            ),
+        ]
         out = {
-            LABELS[0]: (
-                await _median_ms(
-                    lambda: browser.page_async(everything, cursor=deep, limit=PAGE), runs
-                ),
-                await _median_ms(
-                    lambda: queue.list_tasks_async(
-                        limit=PAGE, offset=half, order_by="created_at", descending=True
-                    ),
-                    max(3, runs // 4),
-                ),
-            ),
-            LABELS[1]: (
-                await _median_ms(
-                    lambda: browser.page_async(failed, cursor=deep_failed, limit=PAGE), runs
-                ),
-                await _median_ms(
-                    lambda: queue.list_tasks_async(
-                        "failed", limit=PAGE, offset=n // 20, descending=True
-                    ),
-                    max(3, runs // 4),
-                ),
-            ),
-            LABELS[2]: (
-                await _median_ms(
-                    lambda: browser.page_async(pending, TaskSort.PRIORITY, limit=PAGE), runs
-                ),
-                await _median_ms(
-                    lambda: queue.list_tasks_async(
-                        "pending", limit=PAGE, order_by="priority", descending=True
-                    ),
-                    max(3, runs // 4),
-                ),
-            ),
-            LABELS[3]: (
-                await _median_ms(lambda: browser.page_async(dead, limit=PAGE), runs),
-                await _median_ms(
-                    lambda: queue.list_tasks_async(
-                        ["failed", "cancelled", "expired"], limit=PAGE, descending=True
-                    ),
-                    max(3, runs // 4),
-                ),
-            ),
-            LABELS[4]: (
-                await _median_ms(
-                    lambda: browser.page_async(everything, TaskSort.PRIORITY, limit=PAGE), runs
-                ),
-                await _median_ms(
-                    lambda: queue.list_tasks_async(
-                        limit=PAGE, order_by="priority", descending=True
-                    ),
-                    max(3, runs // 4),
-                ),
-            ),
-            LABELS[5]: (
-                await _median_ms(lambda: browser.page_async(by_func, limit=PAGE), runs),
-                await _median_ms(
-                    lambda: browser.page_async(rare_func, limit=PAGE), max(3, runs // 4)
-                ),
-            ),
+            label: (await _median_ms(ours, runs), await _median_ms(theirs, max(3, runs // 4)))
+            for label, ours, theirs in pairs
         }
     finally:
         await services.close_async()

@@ -13,13 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +21,9 @@ from typing import Any
 import pytest
 
 from omniq import OmniQ, Settings, TaskStatus
+from tests.acceptance.dashboard_server import DEADLINE, dashboard_process
 
-ROOT = Path(__file__).resolve().parents[2]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-DEADLINE = 30.0
 
 
 def _browser() -> tuple[str, str]:
@@ -56,13 +49,6 @@ def _browser() -> tuple[str, str]:
     return browser, driver
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _wait(condition: Callable[[], Any], what: str) -> Any:
     deadline = time.monotonic() + DEADLINE
     while True:
@@ -72,14 +58,6 @@ def _wait(condition: Callable[[], Any], what: str) -> Any:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {DEADLINE:g}s waiting for {what}")
         time.sleep(0.05)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 @pytest.fixture
@@ -107,31 +85,10 @@ def driver() -> Iterator[Any]:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """`omniq dashboard` on a free port over a database with one failed task: (base URL, db URL)."""
+    """`omniq dashboard` on a free port over a new database: (base URL, database URL)."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'dash.db'}"
-    port = _free_port()
-    log = (tmp_path / "dashboard.log").open("w")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "omniq", "dashboard", "--url", url, "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait(lambda: proc.poll() is not None or _answers(base + "/"), "the dashboard to answer")
-        assert proc.poll() is None, (tmp_path / "dashboard.log").read_text()
-        yield base, url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=DEADLINE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with dashboard_process(tmp_path, url) as server:
+        yield server.base, url
 
 
 def _shoot(chrome: Any, name: str) -> None:
