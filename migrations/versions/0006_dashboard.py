@@ -40,9 +40,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_omniq_tasks_created", "omniq_tasks", ["created_at", "id"])
     op.create_index("ix_omniq_tasks_status_created", "omniq_tasks", ["status", "created_at", "id"])
+    op.create_index(
+        "ix_omniq_tasks_priority_order", "omniq_tasks", [sa.text("priority DESC"), "run_at", "id"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_omniq_tasks_priority_order", table_name="omniq_tasks")
     op.drop_index("ix_omniq_tasks_status_created", table_name="omniq_tasks")
     op.drop_index("ix_omniq_tasks_created", table_name="omniq_tasks")
     op.drop_table("omniq_workers")

@@ -111,10 +111,11 @@ sa.Index(
     tasks.c.id,
 )
 
-# The dashboard's task list: keyset pages newest first, over all tasks or one
-# status (revision 0006). Sorting by priority uses the two indexes above.
+# The dashboard's task list (revision 0006): keyset pages newest first, over all
+# tasks or one status; in claim order over all tasks (one status: the index above).
 sa.Index("ix_omniq_tasks_created", tasks.c.created_at, tasks.c.id)
 sa.Index("ix_omniq_tasks_status_created", tasks.c.status, tasks.c.created_at, tasks.c.id)
+sa.Index("ix_omniq_tasks_priority_order", tasks.c.priority.desc(), tasks.c.run_at, tasks.c.id)
 
 task_dependencies = sa.Table(
     "omniq_task_dependencies",

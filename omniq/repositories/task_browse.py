@@ -4,8 +4,8 @@
 Pages are keysets, never offsets: the next page starts after the last row's
 sort key, so page 5,000 costs what page 1 costs. The sort keys are indexed:
 ``(created_at, id)`` and ``(status, created_at, id)`` for time,
-``(status, priority DESC, run_at, id)`` for priority (revision 0006 and the
-claim indexes).
+``(priority DESC, run_at, id)`` and ``(status, priority DESC, run_at, id)``
+for priority (revision 0006 and the claim indexes).
 """
 
 from __future__ import annotations

@@ -50,9 +50,7 @@ class QueueOverview:
         self.storage = storage
         self.workers = WorkerRegistry(storage)
 
-    async def overview_async(
-        self, *, minutes: int = 60, due_schedules: int = 10, queue_name: str | None = None
-    ) -> Overview:
+    async def overview_async(self, *, minutes: int = 60, due_schedules: int = 10) -> Overview:
         """Counts per queue, throughput per minute over the last ``minutes``, live
         workers and the ``due_schedules`` active schedules that fire next."""
         now = self.storage.now()
@@ -69,7 +67,7 @@ class QueueOverview:
         ]:
             tasks = self.storage.tasks
             return (
-                tasks.count_by(conn, queue_name=queue_name),
+                tasks.count_by(conn),
                 tasks.oldest_pending(conn),
                 tasks.outcomes_per_minute(conn, since),
                 self.storage.schedules.query(
