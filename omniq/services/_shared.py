@@ -58,11 +58,12 @@ class ErrorInfo:
         return f"{self.type}: {self.message}"
 
     def as_event_data(self) -> dict[str, str]:
-        """What a failure event records of it besides ``error`` (type and traceback)."""
-        data = {"error_type": self.type}
-        if self.traceback:
-            data["traceback"] = self.traceback
-        return data
+        """What a failure event records of it besides ``error``: the exception type.
+
+        Never the traceback: events are the long-kept audit trail and carry
+        no tracebacks (the final failure's is in the task's result).
+        """
+        return {"error_type": self.type}
 
 
 #: Formatted tracebacks by where they were raised (see :func:`format_traceback`).

@@ -158,12 +158,14 @@ def test_task_detail_shows_each_failed_attempt_result_timeline_and_relations(
     assert page.status_code == 200
     html = page.text
     assert 'id="task-status" class="status failed"' in html
-    attempts = re.findall(r'<details class="failure".*?</details>', html, re.S)
+    attempts = re.findall(r'<div class="failure">.*?</div>', html, re.S)
     assert len(attempts) == 2  # the retry, then the final failure
-    for attempt in attempts:
-        assert "RuntimeError" in attempt and "kaboom" in attempt
-        assert 'class="traceback"' in attempt and "raise RuntimeError" in attempt
-    assert 'id="result-traceback"' in html
+    for attempt, kind in zip(attempts, ("retry", "failed"), strict=True):
+        assert f"· {kind} ·" in attempt
+        assert '<span class="error-type">RuntimeError</span>' in attempt
+        assert "RuntimeError: kaboom" in attempt
+    traceback = re.search(r'<pre class="traceback" id="result-traceback">(.*?)</pre>', html, re.S)
+    assert traceback is not None and "raise RuntimeError" in traceback.group(1)
     timeline = re.search(r'<table id="timeline">.*?</table>', html, re.S)
     assert timeline is not None
     kinds = re.findall(r"</td><td>([a-z_]+)</td>", timeline.group(0))
