@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import failing, huey_side, omniq_side, pg_side, raw_sqlite, workers
+from bench import dashboard, failing, huey_side, omniq_side, pg_side, raw_sqlite, workers
 from bench.common import (
     Child,
     Row,
@@ -47,6 +47,7 @@ LABELS = (
     "8. worker RSS, many vs few tasks",
     *failing.LABELS,
     *pg_side.LABELS,
+    *dashboard.LABELS,
 )
 HEADER = ("benchmark", "omniq", "comparison", "ratio", "target")
 
@@ -378,6 +379,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[Workspace, Sizes], list[Row]], tuple[str,
     ("worker RSS", bench_rss, LABELS[10:11]),
     ("failing tasks", failing.bench_failing, failing.LABELS),
     ("postgresql", pg_side.bench_postgres, pg_side.LABELS),
+    ("dashboard task list", dashboard.bench_dashboard, dashboard.LABELS),
 )
 
 

@@ -38,6 +38,8 @@ class Sizes:
     failing: int
     #: Tasks per PostgreSQL run (10), one worker or four.
     pg_tasks: int
+    #: Rows of the table the dashboard's task list pages through (11).
+    dashboard_tasks: int
 
 
 FULL = Sizes(
@@ -59,6 +61,7 @@ FULL = Sizes(
     rss_high=100_000,
     failing=2_000,
     pg_tasks=5_000,
+    dashboard_tasks=1_000_000,
 )
 QUICK = Sizes(
     repeats=1,
@@ -79,6 +82,7 @@ QUICK = Sizes(
     rss_high=20_000,
     failing=2_000,
     pg_tasks=5_000,
+    dashboard_tasks=20_000,
 )
 
 

@@ -6,6 +6,7 @@ PostgreSQL when the work outgrows one machine: the same code, another URL.
 
 from __future__ import annotations
 
+from omniq._version import VERSION
 from omniq.app import AsyncOmniQ, TaskHandle
 from omniq.config import OmniQConfig
 from omniq.errors import (
@@ -52,7 +53,7 @@ from omniq.sync import (
 )
 from omniq.worker import TaskRegistry, Worker, WorkerStats, task
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "AsyncOmniQ",

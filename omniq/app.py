@@ -29,6 +29,7 @@ from omniq.models import (
     TaskEvent,
     TaskResult,
     TaskStatus,
+    WorkerInfo,
 )
 from omniq.serialization import callable_ref
 from omniq.services import Services
@@ -504,6 +505,10 @@ class AsyncOmniQ:
         ).sweep_all_async()
 
     # --- workers ------------------------------------------------------------------------
+
+    async def list_workers_async(self) -> list[WorkerInfo]:
+        """Worker processes registered in this database (``lost``: silent past the lease)."""
+        return await (await self._svc()).workers.list_workers_async()
 
     def _make_worker(self, **options: Any) -> Worker:
         svc = self.services

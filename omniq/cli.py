@@ -211,6 +211,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["upgrade", "current", "check", "downgrade"])
     p.add_argument("revision", nargs="?", help="target revision (default head / base)")
 
+    p = sub.add_parser("dashboard", parents=[common], help='serve the web dashboard ("omniq[web]")')
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+
     p = sub.add_parser("demo", parents=[common], help="run the demo on embedded SQLite")
     p.add_argument("--tasks", type=int, default=3000)
     return parser
@@ -355,6 +359,15 @@ async def _run(args: argparse.Namespace) -> int:
         return await _cmd_db(args, config)
     if args.command == "worker":
         return await _cmd_worker(args, config)
+    if args.command == "dashboard":
+        try:
+            from omniq.web.serve import serve_async
+        except ImportError as exc:
+            raise CLIError(
+                f'the dashboard needs the web extra: pip install "omniq[web]" ({exc})', 1
+            ) from None
+        await serve_async(AsyncOmniQ.from_config(config), host=args.host, port=args.port)
+        return 0
     if args.command == "demo":
         from omniq.demo import run_demo
 

@@ -233,3 +233,4 @@ class OmniQ:
     start_worker = sync_twin(AsyncOmniQ.start_worker_async)
     stop_worker = sync_twin(AsyncOmniQ.stop_worker_async)
     run_worker = sync_twin(AsyncOmniQ.run_worker_async)
+    list_workers = sync_twin(AsyncOmniQ.list_workers_async)

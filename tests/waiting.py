@@ -21,3 +21,12 @@ async def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
         await anyio.sleep(0.02)
+
+
+def wait_until_sync(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    """Blocking :func:`wait_until`: poll ``condition`` until it holds, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.02)

@@ -111,6 +111,12 @@ sa.Index(
     tasks.c.id,
 )
 
+# The dashboard's task list (revision 0006): keyset pages newest first, over all
+# tasks or one status; in claim order over all tasks (one status: the index above).
+sa.Index("ix_omniq_tasks_created", tasks.c.created_at, tasks.c.id)
+sa.Index("ix_omniq_tasks_status_created", tasks.c.status, tasks.c.created_at, tasks.c.id)
+sa.Index("ix_omniq_tasks_priority_order", tasks.c.priority.desc(), tasks.c.run_at, tasks.c.id)
+
 task_dependencies = sa.Table(
     "omniq_task_dependencies",
     metadata,
@@ -231,4 +237,29 @@ locks = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False),
 )
 
-__all__ = ["events", "locks", "metadata", "results", "schedules", "task_dependencies", "tasks"]
+workers = sa.Table(
+    "omniq_workers",
+    metadata,
+    # The worker registry: a row per running worker process, written at start,
+    # refreshed by its heartbeat, deleted at a clean stop (revision 0006).
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("queues", sa.JSON),
+    sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("executor", sa.String(16), nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("last_heartbeat", UTCDateTime, nullable=False),
+)
+
+__all__ = [
+    "events",
+    "locks",
+    "metadata",
+    "results",
+    "schedules",
+    "task_dependencies",
+    "tasks",
+    "workers",
+]

@@ -14,10 +14,12 @@ from omniq.models.enums import (
     TaskStatus,
 )
 from omniq.models.event import TaskEvent
+from omniq.models.filters import TaskFilter, TaskSort
 from omniq.models.result import TaskResult
 from omniq.models.schedule import TASK_OPTION_KEYS, Schedule
 from omniq.models.settings import Settings
 from omniq.models.task import Task
+from omniq.models.worker import WorkerInfo
 
 __all__ = [
     "FINAL_TASK_STATUSES",
@@ -33,6 +35,9 @@ __all__ = [
     "Settings",
     "Task",
     "TaskEvent",
+    "TaskFilter",
     "TaskResult",
+    "TaskSort",
     "TaskStatus",
+    "WorkerInfo",
 ]

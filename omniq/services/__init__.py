@@ -14,6 +14,7 @@ from omniq.services._storage import Storage
 from omniq.services.events import EventStorage
 from omniq.services.queue import ErrorInfo, TaskQueue
 from omniq.services.results import ResultStorage
+from omniq.services.workers import WorkerRegistry
 
 __all__ = [
     "ErrorInfo",
@@ -22,6 +23,7 @@ __all__ = [
     "Services",
     "Storage",
     "TaskQueue",
+    "WorkerRegistry",
     "event_row",
 ]
 
@@ -34,6 +36,7 @@ class Services:
         self.queue = TaskQueue(storage, queues)
         self.results = ResultStorage(storage)
         self.events = EventStorage(storage)
+        self.workers = WorkerRegistry(storage)
 
     @classmethod
     async def open_async(

@@ -57,6 +57,14 @@ class ErrorInfo:
     def __str__(self) -> str:
         return f"{self.type}: {self.message}"
 
+    def as_event_data(self) -> dict[str, str]:
+        """What a failure event records of it besides ``error``: the exception type.
+
+        Never the traceback: events are the long-kept audit trail and carry
+        no tracebacks (the final failure's is in the task's result).
+        """
+        return {"error_type": self.type}
+
 
 #: Formatted tracebacks by where they were raised (see :func:`format_traceback`).
 _TRACEBACKS: dict[tuple[Any, ...], str] = {}

@@ -42,6 +42,7 @@ from omniq.repositories import (
 )
 from omniq.repositories._base import PayloadCodec, is_locked_error, translate_errors
 from omniq.repositories.locks import LockRepository
+from omniq.repositories.workers import WorkerRepository
 from omniq.serialization import SerializerRegistry
 
 __all__ = ["Notifier", "Storage"]
@@ -143,6 +144,7 @@ class Storage:
         self.results = ResultRepository(self.dialect, codec)
         self.events = EventRepository(self.dialect)
         self.locks = LockRepository(self.dialect)
+        self.workers = WorkerRepository(self.dialect)
         self.notifier = Notifier.for_key(engine.url.render_as_string(hide_password=True))
         self._reader = read_engine(engine)
         self._opened = False

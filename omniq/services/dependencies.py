@@ -134,6 +134,7 @@ def finalize(
                 execution_time=elapsed,
                 retry_count=x.retry_count,
                 level=level,
+                data=info.as_event_data() if info else None,
             )
         )
         if x.store_result:

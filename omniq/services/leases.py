@@ -16,7 +16,7 @@ import attrs
 import sqlalchemy as sa
 
 from omniq.db.schema import tasks as t
-from omniq.models import EventLevel, EventType, Task, TaskStatus
+from omniq.models import EventLevel, EventType, Task, TaskStatus, WorkerInfo
 from omniq.services._shared import (
     _NO_LEASE,
     _RUNNING,
@@ -300,7 +300,11 @@ class Leases(Claims):
                             retry_count=task.retry_count + 1,
                             execution_time=execution_time,
                             level=EventLevel.WARNING,
-                            data={"delay": delay.total_seconds(), "attempt": updated.attempts},
+                            data={
+                                "delay": delay.total_seconds(),
+                                "attempt": updated.attempts,
+                                **info.as_event_data(),
+                            },
                         )
                     ],
                 )
@@ -432,12 +436,21 @@ class Leases(Claims):
         leases: Mapping[str, str],
         events: Sequence[Mapping[str, Any]] = (),
         starts: Sequence[Start] = (),
+        worker: WorkerInfo | None = None,
     ) -> dict[str, bool]:
-        """Extend held leases (writing ``events``, ``starts``): ``{task_id: cancel_requested}``."""
+        """Extend held leases (writing ``events``, ``starts``): ``{task_id: cancel_requested}``.
+
+        With ``worker``, its registry row is written too (its heartbeat now).
+        """
         await self.storage.sync_clock(force=False)
-        until = self.storage.now() + self.settings.lease_duration
+        now = self.storage.now()
+        until = now + self.settings.lease_duration
+        if worker is not None:
+            worker = attrs.evolve(worker, last_heartbeat=now)
 
         def body(conn: sa.Connection) -> dict[str, bool]:
+            if worker is not None:
+                self.storage.workers.register(conn, worker)
             self.storage.events.insert_rows(conn, events)
             self.storage.tasks.mark_started(conn, starts)
             return self.storage.tasks.heartbeat(conn, leases, until)

@@ -16,6 +16,7 @@ from omniq.services._storage import Storage
 from omniq.services.events import EventStorage
 from omniq.services.queue import TaskQueue
 from omniq.services.results import ResultStorage
+from omniq.services.workers import WorkerRegistry
 
 log = logging.getLogger("omniq.maintenance")
 
@@ -36,6 +37,8 @@ class MaintenanceReport:
     results_deleted: int = 0
     events_deleted: int = 0
     tasks_purged: int = 0
+    #: Registry rows of workers silent for longer than LOST_WORKER_RETENTION.
+    workers_pruned: int = 0
     checkpointed: bool = False
 
 
@@ -104,9 +107,10 @@ class Maintenance:
             results_deleted=await self.results.cleanup_expired_async(),
             events_deleted=await self.events.cleanup_expired_async(),
             tasks_purged=await self.queue.purge_finished_async(),
+            workers_pruned=await WorkerRegistry(self.storage).prune_async(),
             checkpointed=await self._checkpoint(),
         )
-        if any(attrs.astuple(report)[:7]):
+        if any(attrs.astuple(report)[:8]):
             log.info("maintenance: %s", report)
         return report
 

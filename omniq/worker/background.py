@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+from datetime import datetime
+from typing import Any
 
-from omniq.models import Settings, Task
+from omniq._version import VERSION
+from omniq.models import EventType, Settings, Task, WorkerInfo
+from omniq.services import event_row
+from omniq.services._storage import Storage
 from omniq.services.maintenance import Maintenance
 from omniq.services.scheduler import Scheduler
+from omniq.services.workers import WorkerRegistry
 from omniq.worker.outcomes import OutcomeWriting, _Running, log
 
 __all__ = ["BackgroundLoops", "TaskTimeout"]
@@ -29,6 +37,64 @@ class BackgroundLoops(OutcomeWriting):
     _buffer: list[Task]
     _tasks_settled: asyncio.Event
     _winding_down: asyncio.Event
+    storage: Storage
+    worker_registry: WorkerRegistry
+    _registered_at: datetime | None
+
+    # --- the worker registry ----------------------------------------------------------
+
+    def _worker_info(self) -> WorkerInfo | None:
+        """This worker's registry row (None until it started)."""
+        if self._registered_at is None:
+            return None
+        return WorkerInfo(
+            id=self.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=tuple(self.queues) if self.queues else None,
+            concurrency=self.concurrency,
+            executor=self.executor.kind,
+            version=VERSION,
+            started_at=self._registered_at,
+            last_heartbeat=self.storage.now(),
+        )
+
+    async def _register(self, **data: Any) -> None:
+        """Register this worker and write its ``worker_started`` event (one transaction)."""
+        self._registered_at = self.storage.now()
+        info = self._worker_info()
+        assert info is not None
+        row = self._worker_event(EventType.WORKER_STARTED, **data)
+        try:
+            await self.worker_registry.register_async(info, [row])
+        except Exception as exc:
+            # The next heartbeat writes the row; the worker runs on regardless.
+            log.error("could not register worker %s: %s", self.worker_id, exc)
+
+    async def _unregister(self) -> None:
+        """Remove this worker's row and write its ``worker_stopped`` event."""
+        row = self._worker_event(EventType.WORKER_STOPPED)
+        try:
+            await self.worker_registry.unregister_async(self.worker_id, [row])
+        except Exception as exc:
+            log.error("could not unregister worker %s: %s", self.worker_id, exc)
+        self._registered_at = None
+
+    def _worker_event(self, kind: EventType, **data: Any) -> dict[str, Any]:
+        return event_row(
+            kind,
+            worker_id=self.worker_id,
+            source="worker",
+            data={
+                "queues": self.queues,
+                "concurrency": self.concurrency,
+                "executor": self.executor.kind,
+                **data,
+                **self._counts,
+            },
+        )
+
+    # --- heartbeats -------------------------------------------------------------------
 
     def _cancel_local(self, task_id: str) -> None:
         """Stop ``task_id`` here because its cancellation was requested (see Worker)."""
@@ -48,7 +114,9 @@ class BackgroundLoops(OutcomeWriting):
         leases.update({t.id: t.lease_token for t in self._buffer if t.lease_token is not None})
         events, starts = self._take_buffered()
         try:
-            held = await self.queue.heartbeat_async(leases, events, starts)
+            held = await self.queue.heartbeat_async(
+                leases, events, starts, worker=self._worker_info()
+            )
         except Exception as exc:
             self._restore(events, starts)
             await self._report_error("heartbeat failed", exc)

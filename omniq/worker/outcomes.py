@@ -266,18 +266,6 @@ class OutcomeWriting:
 
     # --- events -----------------------------------------------------------------------
 
-    async def _log_worker_event(self, kind: EventType, **data: Any) -> None:
-        await self._log_event_now(
-            kind,
-            data={
-                "queues": self.queues,
-                "concurrency": self.concurrency,
-                "executor": self.executor.kind,
-                **data,
-                **self._counts,
-            },
-        )
-
     async def _log_event_now(self, kind: EventType, **fields: Any) -> None:
         row = event_row(kind, worker_id=self.worker_id, source="worker", **fields)
         try:

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import attrs
@@ -44,6 +44,7 @@ from omniq.services.maintenance import Maintenance
 from omniq.services.queue import ErrorInfo, Start, TaskQueue
 from omniq.services.results import ResultStorage
 from omniq.services.scheduler import Scheduler
+from omniq.services.workers import WorkerRegistry
 from omniq.worker.background import BackgroundLoops, TaskTimeout
 from omniq.worker.executors import Executor
 from omniq.worker.outcomes import _needs_durable_start, _Running
@@ -98,6 +99,8 @@ class Worker(BackgroundLoops):
         self.settings = self.storage.settings
         self.results = result_storage or ResultStorage(self.storage)
         self.events = event_storage or EventStorage(self.storage)
+        self.worker_registry = WorkerRegistry(self.storage)
+        self._registered_at: datetime | None = None
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self.queues = list(queues) if queues else task_queue.queues
         slots = concurrency if concurrency is not None else max_workers
@@ -235,7 +238,7 @@ class Worker(BackgroundLoops):
         self._abandon_writes = False
         self._started_at = time.monotonic()
         self.storage.notifier.cancel_listeners.add(self._on_cancel_requested)
-        await self._log_worker_event(EventType.WORKER_STARTED, burst=burst)
+        await self._register(burst=burst)
         self._winding_down = asyncio.Event()
         self._tasks_settled = asyncio.Event()
         self._background = [self._loop.create_task(self._heartbeat_loop())]
@@ -597,7 +600,7 @@ class Worker(BackgroundLoops):
         if self.run_maintenance:
             await self._guard(self.maintenance.release_async())
         self.storage.notifier.cancel_listeners.discard(self._on_cancel_requested)
-        await self._log_worker_event(EventType.WORKER_STOPPED)
+        await self._unregister()
         self.executor.shutdown()
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import dashboard
+
 ROOT = Path(__file__).resolve().parents[2]
 
 HEADER = ("benchmark", "omniq", "comparison", "ratio", "target")
@@ -33,6 +35,7 @@ ROWS = (
     "9a. failing tasks vs no-op",
     "9b. refused tasks vs no-op",
     "9c. failing + 1 retry vs no-op",
+    *dashboard.LABELS,
 )
 POSTGRES_ROWS = (
     "10a. PG burn-down, 1 worker process",
