@@ -152,6 +152,8 @@ schedules = sa.Table(
     sa.Column("run_count", sa.Integer, nullable=False),
     sa.Column("paused_at", UTCDateTime),
     sa.Column("resumed_at", UTCDateTime),
+    sa.Column("end_at", UTCDateTime),
+    sa.Column("metadata", sa.JSON, nullable=False, server_default=sa.text("'{}'")),
     sa.Index("ix_omniq_schedules_due", "status", "next_run_at"),
 )
 
@@ -221,6 +223,28 @@ events = sa.Table(
     sa.Index("ix_omniq_events_timestamp", "timestamp"),
 )
 
+attempts = sa.Table(
+    "omniq_task_attempts",
+    metadata,
+    # One row per failed attempt of a task (its final outcome is in omniq_results).
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("task_id", ID, sa.ForeignKey("omniq_tasks.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("error_type", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("traceback", sa.Text),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime, nullable=False),
+    sa.Column("retryable", sa.Boolean, nullable=False),
+    sa.Column("worker_id", sa.Text),
+    sa.Index("ix_omniq_task_attempts_task", "task_id", "id"),
+)
+
 locks = sa.Table(
     "omniq_locks",
     metadata,
@@ -231,4 +255,13 @@ locks = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False),
 )
 
-__all__ = ["events", "locks", "metadata", "results", "schedules", "task_dependencies", "tasks"]
+__all__ = [
+    "attempts",
+    "events",
+    "locks",
+    "metadata",
+    "results",
+    "schedules",
+    "task_dependencies",
+    "tasks",
+]

@@ -17,6 +17,7 @@ from omniq.models._fields import (
     to_result_status,
 )
 from omniq.models.enums import ResultStatus
+from omniq.models.error import TaskError
 
 
 def _default_expires(result: TaskResult) -> datetime | None:
@@ -51,6 +52,20 @@ class TaskResult:
     worker_id: str | None = None
     retry_count: int = attrs.field(default=0, validator=non_negative_int)
     serializer: str = "json"
+
+    @property
+    def task_error(self) -> TaskError | None:
+        """The error as a :class:`TaskError` record (None for a success)."""
+        if self.status is ResultStatus.SUCCESS or self.error is None:
+            return None
+        return TaskError(
+            type=self.error_type or self.status.value,
+            message=self.error,
+            traceback=self.error_traceback,
+            attempt=self.retry_count + 1,
+            at=self.completed_at,
+            retryable=False,
+        )
 
     @property
     def success(self) -> bool:

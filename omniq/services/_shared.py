@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
-
-import attrs
 
 from omniq._time import to_timedelta, utcnow
 from omniq.errors import ValidationError
@@ -19,6 +16,7 @@ from omniq.models import (
     Schedule,
     ScheduleStatus,
     Task,
+    TaskError,
     TaskResult,
     TaskStatus,
 )
@@ -37,56 +35,8 @@ _EXPIRY_SWEEP_EVERY = 1.0
 _SWEEP_BATCH = 500
 
 
-@attrs.frozen(kw_only=True)
-class ErrorInfo:
-    """How a task failed: exception type, message and traceback text."""
-
-    type: str
-    message: str
-    traceback: str | None = None
-
-    @classmethod
-    def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        """Capture an exception (with its traceback)."""
-        return cls(
-            type=type(exc).__qualname__,
-            message=_storable(str(exc) or type(exc).__qualname__),
-            traceback=_storable(format_traceback(exc)),
-        )
-
-    def __str__(self) -> str:
-        return f"{self.type}: {self.message}"
-
-
-#: Formatted tracebacks by where they were raised (see :func:`format_traceback`).
-_TRACEBACKS: dict[tuple[Any, ...], str] = {}
-_TRACEBACK_CACHE_SIZE = 256
-
-
-def format_traceback(exc: BaseException) -> str:
-    """``traceback.format_exception(exc)``, its stack part remembered per raising site.
-
-    Formatting a stack reads source lines and re-parses them (about a
-    millisecond per exception); when a downstream outage makes every task
-    fail at the same place, that part is the same each time, so it is made
-    once. The exception line (type and message) is formatted every time.
-    """
-    tb = exc.__traceback__
-    if tb is None or exc.__cause__ is not None or exc.__context__ is not None:
-        return "".join(traceback.format_exception(exc))
-    key = tuple((frame.f_code, lineno) for frame, lineno in traceback.walk_tb(tb))
-    stack = _TRACEBACKS.get(key)
-    if stack is None:
-        stack = "Traceback (most recent call last):\n" + "".join(traceback.extract_tb(tb).format())
-        if len(_TRACEBACKS) >= _TRACEBACK_CACHE_SIZE:
-            _TRACEBACKS.pop(next(iter(_TRACEBACKS)))
-        _TRACEBACKS[key] = stack
-    return stack + "".join(traceback.format_exception_only(exc))
-
-
-def _storable(text: str) -> str:
-    """``text`` with lone surrogates and NULs escaped, so any error message can be stored."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+#: How a task failed (the record results and attempts carry); the former name.
+ErrorInfo = TaskError
 
 
 def _event(kind: EventType, task: Task, **fields: Any) -> dict[str, Any]:
