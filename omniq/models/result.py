@@ -19,6 +19,8 @@ from omniq.models._fields import (
 from omniq.models.enums import ResultStatus
 from omniq.models.error import TaskError
 
+__all__ = ["ResultStatus", "TaskError", "TaskResult"]
+
 
 def _default_expires(result: TaskResult) -> datetime | None:
     # Bad types are left to the field validators, which name the field.
@@ -58,9 +60,11 @@ class TaskResult:
         """The error as a :class:`TaskError` record (None for a success)."""
         if self.status is ResultStatus.SUCCESS or self.error is None:
             return None
+        kind = self.error_type or self.status.value
         return TaskError(
-            type=self.error_type or self.status.value,
-            message=self.error,
+            type=kind,
+            # ``error`` reads "Type: message" (as str(TaskError) does).
+            message=self.error.removeprefix(f"{kind}: "),
             traceback=self.error_traceback,
             attempt=self.retry_count + 1,
             at=self.completed_at,

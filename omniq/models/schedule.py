@@ -29,6 +29,8 @@ from omniq.models._fields import (
 from omniq.models.enums import MisfirePolicy, ScheduleStatus, ScheduleType
 from omniq.models.task import func_ref, to_func_ref
 
+__all__ = ["TASK_OPTION_KEYS", "MisfirePolicy", "Schedule", "ScheduleStatus", "ScheduleType"]
+
 #: Task options a schedule may carry into the tasks it creates.
 TASK_OPTION_KEYS = frozenset(
     {

@@ -26,6 +26,15 @@ from omniq.models._fields import (
 from omniq.models.enums import TaskStatus
 from omniq.refs import remember_function
 
+__all__ = [
+    "DEFAULT_MAX_RETRIES",
+    "Task",
+    "TaskStatus",
+    "func_ref",
+    "task_from_row_values",
+    "to_func_ref",
+]
+
 _REF = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
