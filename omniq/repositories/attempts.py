@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,10 +18,10 @@ from omniq.repositories._base import root_message, translate_errors
 def attempt_row(
     task: Task, error: TaskError, *, finished_at: datetime, worker_id: str | None
 ) -> dict[str, Any]:
-    """The row of a failed attempt of ``task`` (its number: the task's starts so far)."""
+    """The row of a failed attempt of ``task`` (``error.attempt`` is its number)."""
     return {
         "task_id": task.id,
-        "attempt": error.attempt if error.attempt is not None else max(task.attempts, 1),
+        "attempt": error.attempt,
         "error_type": error.type,
         "message": error.message,
         "traceback": error.traceback,
@@ -44,6 +44,18 @@ class AttemptRepository:
         if rows:
             with translate_errors("record attempt"):
                 conn.execute(self._insert, list(rows))
+
+    def counts(self, conn: Connection, task_ids: Collection[str]) -> dict[str, int]:
+        """How many failed attempts each of ``task_ids`` has recorded (absent: none)."""
+        if not task_ids:
+            return {}
+        stmt = (
+            sa.select(a.c.task_id, sa.func.count())
+            .where(a.c.task_id.in_(list(task_ids)))
+            .group_by(a.c.task_id)
+        )
+        with translate_errors("count attempts"):
+            return {row[0]: int(row[1]) for row in conn.execute(stmt).all()}
 
     def for_task(self, conn: Connection, task_id: str) -> list[TaskAttempt]:
         """The failed attempts of ``task_id``, oldest first."""

@@ -268,22 +268,19 @@ class Leases(Claims):
         worker_id: str | None,
     ) -> None:
         """Keep the error record of each failed attempt whose outcome was written
-        (status None: the lease was lost, nothing was written)."""
-        rows = [
-            attempt_row(
-                task,
-                attrs.evolve(
-                    info,
-                    attempt=max(task.attempts, 1),
-                    at=now,
-                    retryable=status is TaskStatus.PENDING,
-                ),
-                finished_at=now,
-                worker_id=worker_id,
+        (status None: the lease was lost, nothing was written). Attempts are
+        numbered 1, 2, ... per task, in the order their failures commit."""
+        written = [(task, info, status) for task, info, status in failed if status is not None]
+        if not written:
+            return
+        before = self.storage.attempts.counts(conn, {task.id for task, _, _ in written})
+        rows = []
+        for task, info, status in written:
+            number = before[task.id] = before.get(task.id, 0) + 1
+            error = attrs.evolve(
+                info, attempt=number, at=now, retryable=status is TaskStatus.PENDING
             )
-            for task, info, status in failed
-            if status is not None
-        ]
+            rows.append(attempt_row(task, error, finished_at=now, worker_id=worker_id))
         self.storage.attempts.insert_rows(conn, rows)
 
     def retry_delay_for(self, task: Task) -> timedelta:
