@@ -25,6 +25,18 @@ _LIVE = "status IN ('pending', 'waiting', 'running')"
 _SCHEDULED = sa.text("schedule_id IS NOT NULL")
 
 ID = sa.String(64)
+
+
+def _serial_id() -> sa.Column[int]:
+    """An autoincrement 64-bit primary key (INTEGER on SQLite: its rowid)."""
+    return sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    )
+
+
 NAME = sa.String(200)
 
 tasks = sa.Table(
@@ -189,12 +201,7 @@ results = sa.Table(
 events = sa.Table(
     "omniq_events",
     metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _serial_id(),
     # No foreign key: worker and scheduler events have no task, and events
     # outlive the tasks that retention deletes.
     sa.Column("task_id", ID),
@@ -227,12 +234,7 @@ attempts = sa.Table(
     "omniq_task_attempts",
     metadata,
     # One row per failed attempt of a task (its final outcome is in omniq_results).
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _serial_id(),
     sa.Column("task_id", ID, sa.ForeignKey("omniq_tasks.id", ondelete="CASCADE"), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("error_type", sa.Text, nullable=False),

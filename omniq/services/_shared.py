@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from omniq._time import to_timedelta, utcnow
 from omniq.errors import ValidationError
@@ -172,32 +172,35 @@ def _duration(
     return to_timedelta(value, field)
 
 
-def _statuses(
-    value: TaskStatus | str | Collection[TaskStatus | str] | None,
-) -> list[TaskStatus] | None:
+S = TypeVar("S", TaskStatus, ScheduleStatus, ResultStatus)
+
+
+def _status_list(value: S | str | Collection[S | str] | None, kind: type[S]) -> list[S] | None:
+    """One status or several (as members or values) of ``kind``; None stays None."""
     if value is None:
         return None
     if not isinstance(value, str | Collection):
         raise ValidationError("status", f"expected a status or a list of them, got {value!r}")
     items = [value] if isinstance(value, str) else list(value)
-    out = []
-    for item in items:
-        try:
-            out.append(TaskStatus(item))
-        except ValueError:
-            allowed = ", ".join(s.value for s in TaskStatus)
-            raise ValidationError(
-                "status", f"unknown status {item!r} (one of: {allowed})"
-            ) from None
-    return out
+    return [_status(item, kind) for item in items]
+
+
+def _status(value: S | str, kind: type[S]) -> S:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(s.value for s in kind)
+        raise ValidationError("status", f"unknown status {value!r} (one of: {allowed})") from None
+
+
+def _statuses(
+    value: TaskStatus | str | Collection[TaskStatus | str] | None,
+) -> list[TaskStatus] | None:
+    return _status_list(value, TaskStatus)
 
 
 def _schedule_status(value: ScheduleStatus | str) -> ScheduleStatus:
-    try:
-        return ScheduleStatus(value)
-    except ValueError:
-        allowed = ", ".join(s.value for s in ScheduleStatus)
-        raise ValidationError("status", f"unknown status {value!r} (one of: {allowed})") from None
+    return _status(value, ScheduleStatus)
 
 
 def _check_page(limit: int, offset: int) -> None:

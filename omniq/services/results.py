@@ -14,9 +14,8 @@ import sqlalchemy as sa
 from omniq._time import require_aware, to_timedelta, utcnow
 from omniq.errors import SerializationError, TaskNotFound, ValidationError
 from omniq.models import ResultStatus, Task, TaskResult
-from omniq.models._fields import to_result_status
 from omniq.refs import callable_ref
-from omniq.services._shared import _check_page
+from omniq.services._shared import _check_page, _status_list
 from omniq.services._storage import Storage
 
 __all__ = ["ResultStorage"]
@@ -72,7 +71,7 @@ class ResultStorage:
         """Unexpired results, newest first: by status (one or several), the task's
         function (a function or its reference) or name, schedule, and a range of
         ``created_at`` (the time the outcome was stored); paginated."""
-        statuses = _result_statuses(status)
+        statuses = _status_list(status, ResultStatus)
         _check_page(limit, offset)
         since = None if start_time is None else require_aware(start_time, "start_time")
         until = None if end_time is None else require_aware(end_time, "end_time")
@@ -190,17 +189,6 @@ class ResultStorage:
             return self.storage.tasks.get(conn, task_id), self.storage.results.get(conn, task_id)
 
         return body
-
-
-def _result_statuses(
-    value: ResultStatus | str | Collection[ResultStatus | str] | None,
-) -> list[ResultStatus] | None:
-    if value is None:
-        return None
-    if not isinstance(value, str | Collection):
-        raise ValidationError("status", f"expected a status or a list of them, got {value!r}")
-    items = [value] if isinstance(value, str) else list(value)
-    return [to_result_status(item) for item in items]
 
 
 def _func_ref(func: Callable[..., Any] | str) -> str:

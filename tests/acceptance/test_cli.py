@@ -278,7 +278,7 @@ def test_results_listing_and_a_tasks_failed_attempts(db_url: str) -> None:
     assert table.stdout.splitlines()[0].split()[:2] == ["TASK", "STATUS"]
     assert "RuntimeError: boom" in table.stdout
     unknown = omniq(db_url, "results", "--status", "done")
-    assert unknown.returncode == 2 and "status: unknown ResultStatus 'done'" in unknown.stderr
+    assert unknown.returncode == 2 and "status: unknown status 'done'" in unknown.stderr
 
     task = as_json(omniq(db_url, "task", bad["task_id"], "--json"))
     assert isinstance(task, dict) and task["status"] == "failed"

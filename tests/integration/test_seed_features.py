@@ -136,7 +136,7 @@ async def test_results_are_listed_with_filters_and_paging(svc: Services) -> None
     assert [r.task_id for r in since] == [bad, ok2]
     assert [r.task_id for r in await svc.results.list_results_async(limit=1, offset=1)] == [ok2]
     assert await svc.results.list_results_async(end_time=middle - timedelta(hours=1)) == []
-    with pytest.raises(ValidationError, match=r"^status: unknown ResultStatus 'done'"):
+    with pytest.raises(ValidationError, match=r"^status: unknown status 'done'"):
         await svc.results.list_results_async(status="done")
     with pytest.raises(ValidationError, match=r"^limit: "):
         await svc.results.list_results_async(limit=-1)
