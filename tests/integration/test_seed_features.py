@@ -9,9 +9,18 @@ from typing import Any
 
 import pytest
 
+from omniq import AsyncOmniQ
 from omniq._time import utcnow
 from omniq.errors import TaskNotFound, ValidationError
-from omniq.models import ResultStatus, Schedule, ScheduleStatus, Task, TaskResult, TaskStatus
+from omniq.models import (
+    ResultStatus,
+    Schedule,
+    ScheduleStatus,
+    Settings,
+    Task,
+    TaskResult,
+    TaskStatus,
+)
 from omniq.services import Services
 from omniq.services.scheduler import Scheduler
 from omniq.worker import Worker
@@ -204,3 +213,27 @@ async def test_end_at_before_the_first_run_is_refused_and_moving_it_back_complet
     schedule_id = await svc.queue.schedule_async(Schedule(**template))
     changed = await svc.queue.update_schedule_async(schedule_id, end_at=now + timedelta(minutes=5))
     assert changed.status is ScheduleStatus.COMPLETED and changed.next_run_at is None
+
+
+async def test_the_facade_lists_results_shows_attempts_and_schedules_with_an_end(
+    db_url: str,
+) -> None:
+    async with AsyncOmniQ("facade", db_url, settings=Settings(default_retry_delay=timedelta(0))) as oq:
+        bad = await oq.enqueue_async(seed_tasks.always_fails, max_retries=2)
+        good = await oq.enqueue_async(seed_tasks.seed_add, [1, 2], name="sum")
+        await oq.run_worker_async(executor="thread")
+        attempts = await oq.get_attempts_async(bad)
+        assert [(a.attempt, a.will_retry) for a in attempts] == [(1, True), (2, True), (3, False)]
+        assert [r.task_id for r in await oq.list_results_async(status="error")] == [bad]
+        assert [r.task_id for r in await oq.list_results_async(task_name="sum")] == [good]
+        end = utcnow() + timedelta(days=1)
+        schedule_id = await oq.schedule_async(
+            seed_tasks.seed_add, [1, 1], interval=3600, end_at=end, metadata={"k": "v"}
+        )
+        schedule = await oq.get_schedule_async(schedule_id)
+        assert schedule is not None
+        assert (schedule.end_at, schedule.metadata) == (end, {"k": "v"})
+        with pytest.raises(ValidationError, match=r"^end_at: naive"):
+            await oq.schedule_async(
+                seed_tasks.seed_add, interval=3600, end_at=end.replace(tzinfo=None)
+            )
