@@ -218,7 +218,9 @@ async def test_end_at_before_the_first_run_is_refused_and_moving_it_back_complet
 async def test_the_facade_lists_results_shows_attempts_and_schedules_with_an_end(
     db_url: str,
 ) -> None:
-    async with AsyncOmniQ("facade", db_url, settings=Settings(default_retry_delay=timedelta(0))) as oq:
+    async with AsyncOmniQ(
+        "facade", db_url, settings=Settings(default_retry_delay=timedelta(0))
+    ) as oq:
         bad = await oq.enqueue_async(seed_tasks.always_fails, max_retries=2)
         good = await oq.enqueue_async(seed_tasks.seed_add, [1, 2], name="sum")
         await oq.run_worker_async(executor="thread")
