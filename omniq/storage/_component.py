@@ -24,6 +24,9 @@ __all__ = ["Component", "StorageComponent"]
 class Component:
     """A part of a backend: ``name(...)`` blocks, ``await name_async(...)`` does not."""
 
+    #: The class of the service (its ``*_async`` methods are this component's).
+    service_type: type[Any]
+
     def __init__(self, backend: SQLBackend) -> None:
         self.backend = backend
         self.project_name = backend.project_name
@@ -51,7 +54,11 @@ class Component:
         return self._service
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
-        if not name.endswith("_async") or name.startswith("_"):
+        if (
+            not name.endswith("_async")
+            or name.startswith("_")
+            or not callable(getattr(self.service_type, name, None))
+        ):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
         async def method(*args: Any, **kwargs: Any) -> Any:

@@ -13,5 +13,7 @@ class SQLiteEventStorage(StorageComponent, SyncEventStorage):
     """``SQLiteEventStorage(backend)``: every method of
     :class:`omniq.services.EventStorage`, blocking and as ``*_async``."""
 
+    service_type = EventStorage
+
     def _make_service(self, services: Services) -> EventStorage:
         return services.events

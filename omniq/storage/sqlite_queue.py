@@ -20,6 +20,8 @@ class SQLiteTaskQueue(StorageComponent, SyncTaskQueue):
     ``SQLiteTaskQueue(backend, ["emails"])``; every method of
     :class:`omniq.services.TaskQueue`, blocking and as ``*_async``."""
 
+    service_type = TaskQueue
+
     def __init__(self, backend: SQLBackend, queues: Sequence[str] | None = None) -> None:
         super().__init__(backend)
         self.queues = list(queues) if queues else ["default"]

@@ -13,5 +13,7 @@ class SQLiteResultStorage(StorageComponent, SyncResultStorage):
     """``SQLiteResultStorage(backend)``: every method of
     :class:`omniq.services.ResultStorage`, blocking and as ``*_async``."""
 
+    service_type = ResultStorage
+
     def _make_service(self, services: Services) -> ResultStorage:
         return services.results

@@ -25,6 +25,8 @@ class SQLiteWorker(Component, SyncWorker):
     too); ``run_until_complete`` works until nothing is ready.
     """
 
+    service_type = Worker
+
     def __init__(
         self,
         task_queue: SQLiteTaskQueue,

@@ -215,6 +215,7 @@ def test_worker_types_and_the_getters(tmp_path: Path) -> None:
     try:
         queue = get_task_queue(backend)
         assert queue.queues == ["default"]
+        assert hasattr(queue, "dequeue_async") and not hasattr(queue, "no_such_async")
         results, events = get_result_storage(backend), get_event_storage(backend)
         ids = [queue.enqueue(Task(func=app_tasks.add, func_args=[n, n])) for n in range(3)]
         for kind in ("thread", "process"):
