@@ -13,19 +13,18 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from omniq._time import require_aware, to_timedelta
+from omniq.app_schedules import ScheduleMethods
 from omniq.config import OmniQConfig
 from omniq.db.engine import default_sqlite_url
 from omniq.errors import ConfigurationError, ValidationError
 from omniq.models import (
     EventLevel,
     EventType,
-    MisfirePolicy,
-    Schedule,
+    ResultStatus,
     ScheduleStatus,
-    ScheduleType,
     Settings,
     Task,
+    TaskAttempt,
     TaskEvent,
     TaskResult,
     TaskStatus,
@@ -74,7 +73,7 @@ class TaskHandle(Generic[P, R]):
         return run_sync_on(self.app.loop, self.enqueue_async, *args, **kwargs)
 
 
-class AsyncOmniQ:
+class AsyncOmniQ(ScheduleMethods):
     """One OmniQ project: its database, queue, results, events, schedules and workers.
 
     ``url=None`` means the SQLite file ``<base_dir>/<project_name>.db``; an
@@ -332,6 +331,26 @@ class AsyncOmniQ:
             return await svc.results.wait_async(task_id, timeout)
         return await svc.results.get_async(task_id)
 
+    async def list_results_async(
+        self,
+        status: ResultStatus | str | Sequence[ResultStatus | str] | None = None,
+        func: Callable[..., Any] | str | None = None,
+        task_name: str | None = None,
+        schedule_id: str | None = None,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskResult]:
+        """Stored results, newest first, filtered (see ``ResultStorage.list_results_async``)."""
+        return await (await self._svc()).results.list_results_async(
+            status, func, task_name, schedule_id, start_time, end_time, limit, offset
+        )
+
+    async def get_attempts_async(self, task_id: str) -> list[TaskAttempt]:
+        """The failed attempts of a task, oldest first, each with its error record."""
+        return await (await self._svc()).queue.get_attempts_async(task_id)
+
     async def cancel_async(self, task_id: str) -> bool:
         """Cancel a queued task, or request cancellation of a running one."""
         return await (await self._svc()).queue.cancel_async(task_id)
@@ -352,101 +371,6 @@ class AsyncOmniQ:
     ) -> list[Task]:
         """Tasks by status and queue, oldest first."""
         return await (await self._svc()).queue.list_tasks_async(status, queue_name, limit, offset)
-
-    # --- schedules -------------------------------------------------------------------
-
-    async def schedule_async(
-        self,
-        func: Callable[..., Any] | str,
-        func_args: Sequence[Any] | Mapping[str, Any] | None = None,
-        func_kwargs: Mapping[str, Any] | None = None,
-        *,
-        cron: str | None = None,
-        interval: timedelta | float | None = None,
-        at: datetime | None = None,
-        timezone: str = "UTC",
-        start_at: datetime | None = None,
-        queue_name: str | None = None,
-        max_runs: int | None = None,
-        misfire: MisfirePolicy | str = MisfirePolicy.RUN_ONCE,
-        misfire_grace: timedelta | float | None = None,
-        name: str | None = None,
-        description: str | None = None,
-        tags: Sequence[str] | None = None,
-        **task_options: Any,
-    ) -> str:
-        """Create a schedule: ``cron=`` (in ``timezone``), ``interval=`` or one-shot ``at=``.
-
-        Each fire creates a new task from this template; ``task_options``
-        (priority, max_retries, timeout, ...) apply to those tasks.
-        """
-        svc = await self._svc()
-        given = [x for x in (cron, interval, at) if x is not None]
-        if len(given) != 1:
-            raise ValidationError("schedule", "give exactly one of cron=, interval= or at=")
-        self._remember(func)
-        if isinstance(func_args, Mapping):
-            func_kwargs = func_args
-            func_args = ()
-        kind = (
-            ScheduleType.CRON
-            if cron is not None
-            else ScheduleType.INTERVAL
-            if interval is not None
-            else ScheduleType.TIMESTAMP
-        )
-        options = {
-            k: (v.total_seconds() if isinstance(v, timedelta) else v)
-            for k, v in task_options.items()
-        }
-        schedule = Schedule(
-            func=callable_ref(func),
-            func_args=func_args or (),
-            func_kwargs=func_kwargs or {},
-            schedule_type=kind,
-            cron_expression=cron,
-            timezone=timezone,
-            interval=to_timedelta(interval, "interval", allow_zero=False)
-            if interval is not None
-            else None,
-            run_at=require_aware(at, "at")
-            if at is not None
-            else (require_aware(start_at, "start_at") if start_at is not None else None),
-            queue_name=queue_name or self.settings.default_queue,
-            max_runs=max_runs,
-            misfire_policy=misfire,
-            misfire_grace=to_timedelta(misfire_grace, "misfire_grace")
-            if misfire_grace is not None
-            else None,
-            name=name,
-            description=description,
-            tags=tags if isinstance(tags, str) or not isinstance(tags, Iterable) else tuple(tags),
-            task_options=options,
-            serializer=self.settings.serializer,
-        )
-        return await svc.queue.schedule_async(schedule)
-
-    async def get_schedule_async(self, schedule_id: str) -> Schedule | None:
-        """The schedule with ``schedule_id``, or None."""
-        return await (await self._svc()).queue.get_schedule_async(schedule_id)
-
-    async def pause_schedule_async(self, schedule_id: str) -> Schedule:
-        """Pause a schedule."""
-        return await (await self._svc()).queue.pause_schedule_async(schedule_id)
-
-    async def resume_schedule_async(self, schedule_id: str) -> Schedule:
-        """Resume a paused schedule (next run computed from now)."""
-        return await (await self._svc()).queue.resume_schedule_async(schedule_id)
-
-    async def cancel_schedule_async(self, schedule_id: str) -> Schedule:
-        """Cancel a schedule for good."""
-        return await (await self._svc()).queue.cancel_schedule_async(schedule_id)
-
-    async def list_schedules_async(
-        self, status: ScheduleStatus | str | Sequence[ScheduleStatus | str] | None = None
-    ) -> list[Schedule]:
-        """Schedules, optionally by status."""
-        return await (await self._svc()).queue.list_schedules_async(status)
 
     # --- events and stats --------------------------------------------------------------
 

@@ -14,15 +14,15 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
 from omniq._time import utcnow
 from omniq.app import AsyncOmniQ
-from omniq.config import OmniQConfig, parse_duration
+from omniq.cli_output import CLIError, duration_arg, emit, json_arg, plain, record, table
+from omniq.config import OmniQConfig
 from omniq.db import migrate
 from omniq.db.engine import create_engine, default_sqlite_url
 from omniq.errors import (
@@ -33,96 +33,11 @@ from omniq.errors import (
     TaskNotFound,
     ValidationError,
 )
+from omniq.models import Task, TaskAttempt
 
 __all__ = ["main"]
 
 _INPUT_ERRORS = (ValidationError, ConfigurationError, SerializationError)
-
-
-class CLIError(Exception):
-    """A one-line error for the user, with an exit code."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# --- output ---------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    if attrs.has(type(value)):
-        return {k: _plain(v) for k, v in attrs.asdict(value, recurse=False).items()}
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "value") and isinstance(value.value, str):
-        return value.value
-    return value
-
-
-def _cell(value: Any) -> str:
-    value = _plain(value)
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value if len(value) <= 60 else value[:57] + "..."
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else str(value)
-
-
-def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
-    out = [line.rstrip()]
-    for row in cells:
-        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(out)
-
-
-def _emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
-    if args.json:
-        print(json.dumps(_plain(data), indent=2, ensure_ascii=False, default=str))
-    else:
-        print(human())
-
-
-def _record(obj: Any) -> str:
-    data = _plain(obj)
-    width = max(len(k) for k in data) if data else 0
-    return "\n".join(f"{k.ljust(width)}  {_cell(v)}" for k, v in data.items())
-
-
-# --- argument parsing ------------------------------------------------------------------
-
-
-def _json_arg(text: str, what: str, kind: type) -> Any:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CLIError(
-            f"{what}: not valid JSON ({exc.msg} at column {exc.colno}): {text!r}"
-        ) from None
-    if not isinstance(value, kind):
-        raise CLIError(f"{what}: expected a JSON {kind.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _duration_arg(text: str, what: str) -> timedelta:
-    try:
-        value = parse_duration(text, what)
-    except ConfigurationError as exc:
-        raise CLIError(str(exc)) from None
-    if value is None:
-        raise CLIError(f"{what}: a duration is required, got {text!r}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,6 +98,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("task", parents=[common], help="show one task")
     p.add_argument("task_id")
+
+    p = sub.add_parser("results", parents=[common], help="list results, newest first")
+    p.add_argument("--status", action="append", dest="statuses")
+    p.add_argument("--func", help="the task's function reference, e.g. app.tasks:send")
+    p.add_argument("--name", help="the task's name")
+    p.add_argument("--schedule", help="results of this schedule's tasks")
+    p.add_argument("--since", help="only results newer than this, e.g. 1h")
+    p.add_argument("--until", help="only results older than this, e.g. 10m")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0)
 
     p = sub.add_parser("result", parents=[common], help="show a task's result")
     p.add_argument("task_id")
@@ -245,11 +170,11 @@ async def _cmd_db(args: argparse.Namespace, config: OmniQConfig) -> int:
         if args.action == "upgrade":
             await migrate.upgrade_async(engine, args.revision or "head")
             current = await migrate.current_async(engine)
-            _emit(args, {"current": current}, lambda: f"database at revision {current}")
+            emit(args, {"current": current}, lambda: f"database at revision {current}")
         elif args.action == "downgrade":
             await migrate.downgrade_async(engine, args.revision or "base")
             current = await migrate.current_async(engine)
-            _emit(args, {"current": current}, lambda: f"database at revision {current}")
+            emit(args, {"current": current}, lambda: f"database at revision {current}")
         elif args.action == "current":
             current = await migrate.current_async(engine)
             head = migrate.head()
@@ -258,7 +183,7 @@ async def _cmd_db(args: argparse.Namespace, config: OmniQConfig) -> int:
                 "head": head,
                 "up_to_date": current == head,
             }
-            _emit(args, data, lambda: f"current {current or '<empty>'} (head {head})")
+            emit(args, data, lambda: f"current {current or '<empty>'} (head {head})")
         else:
             diffs = await migrate.diff_async(engine)
             current = await migrate.current_async(engine)
@@ -268,7 +193,7 @@ async def _cmd_db(args: argparse.Namespace, config: OmniQConfig) -> int:
                 "head": migrate.head(),
                 "differences": [str(d) for d in diffs],
             }
-            _emit(
+            emit(
                 args,
                 data,
                 lambda: (
@@ -286,7 +211,7 @@ async def _cmd_db(args: argparse.Namespace, config: OmniQConfig) -> int:
 async def _cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
     settings = config.settings
     changes: dict[str, Any] = {
-        name: _duration_arg(value, f"--{name.replace('_', '-')}")
+        name: duration_arg(value, f"--{name.replace('_', '-')}")
         for name, value in (
             ("lease_duration", args.lease_duration),
             ("heartbeat_interval", args.heartbeat_interval),
@@ -302,11 +227,11 @@ async def _cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
         raise CLIError(f"--app: cannot import {exc.name or exc}: {exc}") from None
     options: dict[str, Any] = {"run_scheduler": not args.no_scheduler}
     if args.poll_interval:
-        options["poll_interval"] = _duration_arg(args.poll_interval, "--poll-interval")
+        options["poll_interval"] = duration_arg(args.poll_interval, "--poll-interval")
     if args.grace_period:
-        options["grace_period"] = _duration_arg(args.grace_period, "--grace-period")
+        options["grace_period"] = duration_arg(args.grace_period, "--grace-period")
     if args.maintenance_interval:
-        options["maintenance_interval"] = _duration_arg(
+        options["maintenance_interval"] = duration_arg(
             args.maintenance_interval, "--maintenance-interval"
         )
     if args.prefetch is not None:
@@ -334,7 +259,7 @@ async def _cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
             finally:
                 reporter.cancel()
             sys.stderr.write("\n")
-            _emit(args, stats, lambda: _record(stats))
+            emit(args, stats, lambda: record(stats))
         else:
             await worker.run_async(install_signal_handlers=True)
             stats = worker.get_stats()
@@ -373,7 +298,7 @@ async def _run(args: argparse.Namespace) -> int:
 
         summary = await run_demo(config.base_dir, tasks=args.tasks)
         if args.json:
-            print(json.dumps(_plain(summary), indent=2))
+            print(json.dumps(plain(summary), indent=2))
         return 0
     async with AsyncOmniQ.from_config(config) as oq:
         return await _dispatch(args, oq)
@@ -386,30 +311,30 @@ async def _dispatch(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
         if args.queue:
             options["queue_name"] = args.queue
         if args.run_in:
-            options["run_in"] = _duration_arg(args.run_in, "--in")
+            options["run_in"] = duration_arg(args.run_in, "--in")
         if args.timeout:
-            options["timeout"] = _duration_arg(args.timeout, "--timeout")
+            options["timeout"] = duration_arg(args.timeout, "--timeout")
         if args.max_retries is not None:
             options["max_retries"] = args.max_retries
         if args.unique_key:
             options["unique_key"] = args.unique_key
         task_id = await oq.enqueue_async(
             args.func,
-            _json_arg(args.args, "--args", list),
-            _json_arg(args.kwargs, "--kwargs", dict),
+            json_arg(args.args, "--args", list),
+            json_arg(args.kwargs, "--kwargs", dict),
             **options,
         )
-        _emit(args, {"task_id": task_id}, lambda: task_id)
+        emit(args, {"task_id": task_id}, lambda: task_id)
     elif command == "tasks":
         tasks = await oq.list_tasks_async(args.status, args.queue, limit=args.limit)
         rows: list[tuple[Any, ...]] = [
             (t.id, t.queue_name, t.status, t.priority, t.func, t.created_at, t.attempts)
             for t in tasks
         ]
-        _emit(
+        emit(
             args,
             tasks,
-            lambda: _table(
+            lambda: table(
                 rows, ["id", "queue", "status", "priority", "func", "created", "attempts"]
             ),
         )
@@ -417,22 +342,49 @@ async def _dispatch(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
         task = await oq.get_task_async(args.task_id)
         if task is None:
             raise TaskNotFound(f"no task with id {args.task_id!r}")
-        _emit(args, task, lambda: _record(task))
+        attempts = await oq.get_attempts_async(args.task_id)
+        shown: Task = task
+        emit(
+            args,
+            {**plain(shown), "failed_attempts": plain(attempts)},
+            lambda: _task_text(shown, attempts),
+        )
+    elif command == "results":
+        now = utcnow()
+        results = await oq.list_results_async(
+            args.statuses,
+            func=args.func,
+            task_name=args.name,
+            schedule_id=args.schedule,
+            start_time=now - duration_arg(args.since, "--since") if args.since else None,
+            end_time=now - duration_arg(args.until, "--until") if args.until else None,
+            limit=args.limit,
+            offset=args.offset,
+        )
+        rows = [
+            (r.task_id, r.status, r.created_at, r.execution_time, r.error or r.result)
+            for r in results
+        ]
+        emit(
+            args,
+            results,
+            lambda: table(rows, ["task", "status", "stored", "seconds", "result or error"]),
+        )
     elif command == "result":
-        timeout = _duration_arg(args.timeout, "--timeout") if args.timeout else None
+        timeout = duration_arg(args.timeout, "--timeout") if args.timeout else None
         if await oq.get_task_async(args.task_id) is None:
             raise TaskNotFound(f"no task with id {args.task_id!r}")
         result = await oq.get_result_async(args.task_id, wait=args.wait, timeout=timeout)
         if result is None:
             raise CLIError(f"task {args.task_id} has no result yet", code=1)
-        _emit(args, result, lambda: _record(result))
+        emit(args, result, lambda: record(result))
     elif command == "cancel":
         done = await oq.cancel_async(args.task_id)
-        _emit(args, {"cancelled": done}, lambda: "cancelled" if done else "already finished")
+        emit(args, {"cancelled": done}, lambda: "cancelled" if done else "already finished")
         return 0 if done else 1
     elif command == "requeue":
         task = await oq.requeue_async(args.task_id)
-        _emit(args, task, lambda: f"requeued {task.id} ({task.status})")
+        emit(args, task, lambda: f"requeued {task.id} ({task.status})")
     elif command == "schedules":
         schedules = await oq.list_schedules_async()
         rows = [
@@ -447,10 +399,10 @@ async def _dispatch(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
             )
             for s in schedules
         ]
-        _emit(
+        emit(
             args,
             schedules,
-            lambda: _table(rows, ["id", "name", "type", "spec", "status", "next run", "runs"]),
+            lambda: table(rows, ["id", "name", "type", "spec", "status", "next run", "runs"]),
         )
     elif command == "schedule":
         action = {
@@ -459,9 +411,9 @@ async def _dispatch(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
             "cancel": oq.cancel_schedule_async,
         }[args.action]
         schedule = await action(args.schedule_id)
-        _emit(args, schedule, lambda: f"schedule {schedule.id} is {schedule.status}")
+        emit(args, schedule, lambda: f"schedule {schedule.id} is {schedule.status}")
     elif command == "events":
-        since = utcnow() - _duration_arg(args.since, "--since") if args.since else None
+        since = utcnow() - duration_arg(args.since, "--since") if args.since else None
         events = await oq.get_events_async(
             task_id=args.task,
             event_type=args.types,
@@ -481,21 +433,32 @@ async def _dispatch(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
             )
             for e in events
         ]
-        _emit(
+        emit(
             args,
             events,
-            lambda: _table(rows, ["id", "time", "type", "task", "queue", "level", "detail"]),
+            lambda: table(rows, ["id", "time", "type", "task", "queue", "level", "detail"]),
         )
     elif command == "stats":
         stats = await oq.stats_async()
-        _emit(args, stats, lambda: _stats_text(stats))
+        emit(args, stats, lambda: _stats_text(stats))
     return 0
+
+
+def _task_text(task: Task, attempts: Sequence[TaskAttempt]) -> str:
+    if not attempts:
+        return record(task)
+    rows = [
+        (a.attempt, a.started_at, a.finished_at, a.error, "yes" if a.will_retry else "no")
+        for a in attempts
+    ]
+    history = table(rows, ["attempt", "started", "finished", "error", "retried"])
+    return f"{record(task)}\n\nfailed attempts:\n{history}"
 
 
 def _stats_text(stats: dict[str, Any]) -> str:
     statuses = sorted({s for per in stats["tasks"].values() for s in per})
     rows = [[q, *(per.get(s, 0) for s in statuses)] for q, per in sorted(stats["tasks"].items())]
-    parts = [_table(rows, ["queue", *statuses]) if rows else "no tasks"]
+    parts = [table(rows, ["queue", *statuses]) if rows else "no tasks"]
     results = {k: v for k, v in stats["results"].items() if k != "total"}
     results_text = ", ".join(f"{k} {v}" for k, v in sorted(results.items())) or "none"
     parts.append("results: " + results_text)

@@ -25,6 +25,18 @@ _LIVE = "status IN ('pending', 'waiting', 'running')"
 _SCHEDULED = sa.text("schedule_id IS NOT NULL")
 
 ID = sa.String(64)
+
+
+def _serial_id() -> sa.Column[int]:
+    """An autoincrement 64-bit primary key (INTEGER on SQLite: its rowid)."""
+    return sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    )
+
+
 NAME = sa.String(200)
 
 tasks = sa.Table(
@@ -158,6 +170,8 @@ schedules = sa.Table(
     sa.Column("run_count", sa.Integer, nullable=False),
     sa.Column("paused_at", UTCDateTime),
     sa.Column("resumed_at", UTCDateTime),
+    sa.Column("end_at", UTCDateTime),
+    sa.Column("metadata", sa.JSON, nullable=False, server_default=sa.text("'{}'")),
     sa.Index("ix_omniq_schedules_due", "status", "next_run_at"),
 )
 
@@ -193,12 +207,7 @@ results = sa.Table(
 events = sa.Table(
     "omniq_events",
     metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _serial_id(),
     # No foreign key: worker and scheduler events have no task, and events
     # outlive the tasks that retention deletes.
     sa.Column("task_id", ID),
@@ -225,6 +234,23 @@ events = sa.Table(
         postgresql_where=_SCHEDULED,
     ),
     sa.Index("ix_omniq_events_timestamp", "timestamp"),
+)
+
+attempts = sa.Table(
+    "omniq_task_attempts",
+    metadata,
+    # One row per failed attempt of a task (its final outcome is in omniq_results).
+    _serial_id(),
+    sa.Column("task_id", ID, sa.ForeignKey("omniq_tasks.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("error_type", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("traceback", sa.Text),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime, nullable=False),
+    sa.Column("retryable", sa.Boolean, nullable=False),
+    sa.Column("worker_id", sa.Text),
+    sa.Index("ix_omniq_task_attempts_task", "task_id", "id"),
 )
 
 locks = sa.Table(
@@ -254,6 +280,7 @@ workers = sa.Table(
 )
 
 __all__ = [
+    "attempts",
     "events",
     "locks",
     "metadata",

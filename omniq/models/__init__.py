@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from omniq.models.attempt import TaskAttempt
 from omniq.models.enums import (
     FINAL_TASK_STATUSES,
     LIVE_TASK_STATUSES,
@@ -13,6 +14,7 @@ from omniq.models.enums import (
     ScheduleType,
     TaskStatus,
 )
+from omniq.models.error import TaskError
 from omniq.models.event import TaskEvent
 from omniq.models.filters import TaskFilter, TaskSort
 from omniq.models.result import TaskResult
@@ -34,6 +36,8 @@ __all__ = [
     "ScheduleType",
     "Settings",
     "Task",
+    "TaskAttempt",
+    "TaskError",
     "TaskEvent",
     "TaskFilter",
     "TaskResult",

@@ -92,8 +92,8 @@ def finite_float(_inst: object, attribute: attrs.Attribute[Any], value: float | 
         raise ValidationError(attribute.name, f"expected a finite number, got {value!r}")
 
 
-def enum_converter(enum_cls: type[E]) -> Callable[[Any], E]:
-    """Converter: accept an enum member or its string value; reject others clearly."""
+def enum_converter(enum_cls: type[E], field: str) -> Callable[[Any], E]:
+    """Converter: accept an enum member or its string value; reject others naming ``field``."""
 
     def convert(value: Any) -> E:
         if value.__class__ is enum_cls:
@@ -103,7 +103,7 @@ def enum_converter(enum_cls: type[E]) -> Callable[[Any], E]:
         except ValueError:
             allowed = ", ".join(str(m.value) for m in enum_cls)
             raise ValidationError(
-                enum_cls.__name__, f"unknown value {value!r} (expected one of: {allowed})"
+                field, f"unknown {enum_cls.__name__} {value!r} (expected one of: {allowed})"
             ) from None
 
     return convert
@@ -111,13 +111,13 @@ def enum_converter(enum_cls: type[E]) -> Callable[[Any], E]:
 
 # Named converters for the enum fields: the attrs mypy plugin accepts named
 # functions as converters, not the closures ``enum_converter`` returns.
-_task_status = enum_converter(TaskStatus)
-_result_status = enum_converter(ResultStatus)
-_event_type = enum_converter(EventType)
-_event_level = enum_converter(EventLevel)
-_schedule_type = enum_converter(ScheduleType)
-_schedule_status = enum_converter(ScheduleStatus)
-_misfire_policy = enum_converter(MisfirePolicy)
+_task_status = enum_converter(TaskStatus, "status")
+_result_status = enum_converter(ResultStatus, "status")
+_event_type = enum_converter(EventType, "event_type")
+_event_level = enum_converter(EventLevel, "level")
+_schedule_type = enum_converter(ScheduleType, "schedule_type")
+_schedule_status = enum_converter(ScheduleStatus, "status")
+_misfire_policy = enum_converter(MisfirePolicy, "misfire_policy")
 
 
 def to_task_status(value: Any) -> TaskStatus:

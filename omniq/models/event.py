@@ -17,6 +17,8 @@ from omniq.models._fields import (
 )
 from omniq.models.enums import EventLevel, EventType
 
+__all__ = ["EventLevel", "EventType", "TaskEvent"]
+
 
 @attrs.frozen(kw_only=True)
 class TaskEvent:

@@ -17,6 +17,9 @@ from omniq.models._fields import (
     to_result_status,
 )
 from omniq.models.enums import ResultStatus
+from omniq.models.error import TaskError
+
+__all__ = ["ResultStatus", "TaskError", "TaskResult"]
 
 
 def _default_expires(result: TaskResult) -> datetime | None:
@@ -51,6 +54,22 @@ class TaskResult:
     worker_id: str | None = None
     retry_count: int = attrs.field(default=0, validator=non_negative_int)
     serializer: str = "json"
+
+    @property
+    def task_error(self) -> TaskError | None:
+        """The error as a :class:`TaskError` record (None for a success)."""
+        if self.status is ResultStatus.SUCCESS or self.error is None:
+            return None
+        kind = self.error_type or self.status.value
+        return TaskError(
+            type=kind,
+            # ``error`` reads "Type: message" (as str(TaskError) does).
+            message=self.error.removeprefix(f"{kind}: "),
+            traceback=self.error_traceback,
+            attempt=self.retry_count + 1,
+            at=self.completed_at,
+            retryable=False,
+        )
 
     @property
     def success(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -25,7 +27,9 @@ from omniq.models._fields import (
     to_schedule_type,
 )
 from omniq.models.enums import MisfirePolicy, ScheduleStatus, ScheduleType
-from omniq.models.task import func_ref
+from omniq.models.task import func_ref, to_func_ref
+
+__all__ = ["TASK_OPTION_KEYS", "MisfirePolicy", "Schedule", "ScheduleStatus", "ScheduleType"]
 
 #: Task options a schedule may carry into the tasks it creates.
 TASK_OPTION_KEYS = frozenset(
@@ -62,6 +66,19 @@ def _check_timezone(_inst: object, _attr: attrs.Attribute[Any], value: str) -> N
         raise ValidationError("timezone", f"unknown time zone {value!r}") from None
 
 
+def _check_metadata(_inst: object, _attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValidationError("metadata", f"expected a mapping with string keys, got {value!r}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError("metadata", f"must be JSON data: {exc}") from None
+
+
+def _to_dict(value: Any) -> Any:
+    return {} if value is None else dict(value) if isinstance(value, Mapping) else value
+
+
 def _check_cron(_inst: object, _attr: attrs.Attribute[Any], value: str | None) -> None:
     if value is None:
         return
@@ -74,10 +91,11 @@ class Schedule:
     """A recurring or one-shot plan that creates tasks from its template.
 
     ``schedule_type`` says which of ``cron_expression`` (with ``timezone``),
-    ``interval`` or ``run_at`` drives ``next_run_at``.
+    ``interval`` or ``run_at`` drives ``next_run_at``. It completes after
+    ``max_runs`` runs or once its next run would fall after ``end_at``.
     """
 
-    func: str = attrs.field(validator=func_ref)
+    func: str = attrs.field(converter=to_func_ref, validator=func_ref)
     schedule_type: ScheduleType = attrs.field(converter=to_schedule_type)
     func_args: tuple[Any, ...] = attrs.field(default=(), converter=args_tuple)
     func_kwargs: dict[str, Any] = attrs.field(factory=dict, converter=kwargs_dict)
@@ -92,6 +110,12 @@ class Schedule:
     interval: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
     run_at: datetime | None = attrs.field(default=None, validator=aware)
     max_runs: int | None = attrs.field(default=None, validator=non_negative_int)
+    #: No run after this instant: the schedule completes instead.
+    end_at: datetime | None = attrs.field(default=None, validator=aware)
+    #: Free-form JSON data of the application's (not used by OmniQ).
+    metadata: dict[str, Any] = attrs.field(
+        factory=dict, converter=_to_dict, validator=_check_metadata
+    )
     status: ScheduleStatus = attrs.field(
         default=ScheduleStatus.ACTIVE, converter=to_schedule_status
     )

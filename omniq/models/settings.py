@@ -24,7 +24,8 @@ class Settings:
     default_timeout: timedelta | None = attrs.field(
         default=timedelta(minutes=30), validator=non_negative_duration
     )
-    default_max_retries: int = attrs.field(default=0, validator=non_negative_int)
+    #: Retries of a failing task (3, as in the seed's schema); 0 fails at the first error.
+    default_max_retries: int = attrs.field(default=3, validator=non_negative_int)
     default_retry_delay: timedelta = attrs.field(
         default=timedelta(seconds=1), validator=non_negative_duration
     )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
 
 from omniq._time import new_id, utcnow
-from omniq.errors import ValidationError
+from omniq.errors import SerializationError, ValidationError
 from omniq.models._fields import (
     args_tuple,
     aware,
@@ -23,6 +24,16 @@ from omniq.models._fields import (
     to_task_status,
 )
 from omniq.models.enums import TaskStatus
+from omniq.refs import remember_function
+
+__all__ = [
+    "DEFAULT_MAX_RETRIES",
+    "Task",
+    "TaskStatus",
+    "func_ref",
+    "task_from_row_values",
+    "to_func_ref",
+]
 
 _REF = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -35,6 +46,28 @@ def func_ref(_inst: object, attribute: attrs.Attribute[Any], value: str | None) 
         raise ValidationError(
             attribute.name, f"expected a reference 'package.module:qualname', got {value!r}"
         )
+
+
+#: The default of ``max_retries`` (the seed's schema); ``Settings.default_max_retries``
+#: sets it for tasks the queue builds.
+DEFAULT_MAX_RETRIES = 3
+
+
+def to_func_ref(value: Callable[..., Any] | str) -> str:
+    """Converter: a function becomes its reference, and workers of this process may run it.
+
+    Anything not callable is left to :func:`func_ref`, which names the field.
+    """
+    if isinstance(value, str) or not callable(value):
+        return value
+    try:
+        return remember_function(value)
+    except SerializationError as exc:
+        raise ValidationError(
+            "func",
+            f"{exc}. A task stores its function by reference (module and name) so that "
+            "any worker can import it: pass a function defined at module level",
+        ) from None
 
 
 def _default_status(task: Task) -> TaskStatus:
@@ -79,12 +112,15 @@ def _callback_args(value: Any) -> tuple[Any, ...]:
 class Task:
     """A unit of work: a function reference, its arguments and its queue options.
 
+    ``func`` may be given as a module-level function: it is stored as its
+    reference, and workers of this process may run it.
+
     Records are immutable; change one with ``attrs.evolve``. ``expires_at`` is
     ``created_at + ttl`` unless given; ``status`` is ``waiting`` while
     ``depends_on`` names tasks, else ``pending``.
     """
 
-    func: str = attrs.field(validator=func_ref)
+    func: str = attrs.field(converter=to_func_ref, validator=func_ref)
     func_args: tuple[Any, ...] = attrs.field(default=(), converter=args_tuple)
     func_kwargs: dict[str, Any] = attrs.field(factory=dict, converter=kwargs_dict)
     id: str = attrs.field(factory=new_id, validator=name_str)
@@ -112,7 +148,7 @@ class Task:
     callback_args: tuple[Any, ...] = attrs.field(default=(), converter=_callback_args)
 
     retry_count: int = attrs.field(default=0, validator=non_negative_int)
-    max_retries: int = attrs.field(default=0, validator=non_negative_int)
+    max_retries: int = attrs.field(default=DEFAULT_MAX_RETRIES, validator=non_negative_int)
     retry_delay: timedelta = attrs.field(
         default=timedelta(seconds=1), validator=non_negative_duration
     )

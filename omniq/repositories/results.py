@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from omniq._time import utcnow
 from omniq.db.engine import Dialect
 from omniq.db.schema import results as r
+from omniq.db.schema import tasks as t
 from omniq.errors import InvalidRow, OmniQError
 from omniq.models import ResultStatus, Task, TaskResult
 from omniq.repositories._base import PayloadCodec, root_message, translate_errors
@@ -160,6 +161,42 @@ class ResultRepository:
         with translate_errors("get result"):
             row = (conn.execute(self._latest, params)).mappings().one_or_none()
         return None if row is None else self.from_row(row)
+
+    def query(
+        self,
+        conn: Connection,
+        *,
+        now: datetime,
+        status: Sequence[ResultStatus] | None = None,
+        func: str | None = None,
+        task_name: str | None = None,
+        schedule_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskResult]:
+        """Unexpired results, newest first, filtered; ``func``/``task_name`` match the
+        result's task (results whose task was purged match neither)."""
+        stmt = sa.select(r).where(sa.or_(r.c.expires_at.is_(None), r.c.expires_at > now))
+        if func is not None or task_name is not None:
+            stmt = stmt.join(t, t.c.id == r.c.task_id)
+            if func is not None:
+                stmt = stmt.where(t.c.func == func)
+            if task_name is not None:
+                stmt = stmt.where(t.c.name == task_name)
+        if status is not None:
+            stmt = stmt.where(r.c.status.in_([x.value for x in status]))
+        if schedule_id is not None:
+            stmt = stmt.where(r.c.schedule_id == schedule_id)
+        if since is not None:
+            stmt = stmt.where(r.c.created_at >= since)
+        if until is not None:
+            stmt = stmt.where(r.c.created_at <= until)
+        stmt = stmt.order_by(r.c.created_at.desc(), r.c.task_id.desc()).limit(limit).offset(offset)
+        with translate_errors("list results"):
+            rows = conn.execute(stmt).mappings().all()
+        return [self.from_row(row) for row in rows]
 
     def update(self, conn: Connection, task_id: str, values: Mapping[str, Any]) -> bool:
         """Update columns of one result; True if it existed."""

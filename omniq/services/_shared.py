@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
-
-import attrs
+from typing import Any, TypeVar
 
 from omniq._time import to_timedelta, utcnow
 from omniq.errors import ValidationError
@@ -19,6 +16,7 @@ from omniq.models import (
     Schedule,
     ScheduleStatus,
     Task,
+    TaskError,
     TaskResult,
     TaskStatus,
 )
@@ -37,64 +35,8 @@ _EXPIRY_SWEEP_EVERY = 1.0
 _SWEEP_BATCH = 500
 
 
-@attrs.frozen(kw_only=True)
-class ErrorInfo:
-    """How a task failed: exception type, message and traceback text."""
-
-    type: str
-    message: str
-    traceback: str | None = None
-
-    @classmethod
-    def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        """Capture an exception (with its traceback)."""
-        return cls(
-            type=type(exc).__qualname__,
-            message=_storable(str(exc) or type(exc).__qualname__),
-            traceback=_storable(format_traceback(exc)),
-        )
-
-    def __str__(self) -> str:
-        return f"{self.type}: {self.message}"
-
-    def as_event_data(self) -> dict[str, str]:
-        """What a failure event records of it besides ``error``: the exception type.
-
-        Never the traceback: events are the long-kept audit trail and carry
-        no tracebacks (the final failure's is in the task's result).
-        """
-        return {"error_type": self.type}
-
-
-#: Formatted tracebacks by where they were raised (see :func:`format_traceback`).
-_TRACEBACKS: dict[tuple[Any, ...], str] = {}
-_TRACEBACK_CACHE_SIZE = 256
-
-
-def format_traceback(exc: BaseException) -> str:
-    """``traceback.format_exception(exc)``, its stack part remembered per raising site.
-
-    Formatting a stack reads source lines and re-parses them (about a
-    millisecond per exception); when a downstream outage makes every task
-    fail at the same place, that part is the same each time, so it is made
-    once. The exception line (type and message) is formatted every time.
-    """
-    tb = exc.__traceback__
-    if tb is None or exc.__cause__ is not None or exc.__context__ is not None:
-        return "".join(traceback.format_exception(exc))
-    key = tuple((frame.f_code, lineno) for frame, lineno in traceback.walk_tb(tb))
-    stack = _TRACEBACKS.get(key)
-    if stack is None:
-        stack = "Traceback (most recent call last):\n" + "".join(traceback.extract_tb(tb).format())
-        if len(_TRACEBACKS) >= _TRACEBACK_CACHE_SIZE:
-            _TRACEBACKS.pop(next(iter(_TRACEBACKS)))
-        _TRACEBACKS[key] = stack
-    return stack + "".join(traceback.format_exception_only(exc))
-
-
-def _storable(text: str) -> str:
-    """``text`` with lone surrogates and NULs escaped, so any error message can be stored."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+#: How a task failed (the record results and attempts carry); the former name.
+ErrorInfo = TaskError
 
 
 def _event(kind: EventType, task: Task, **fields: Any) -> dict[str, Any]:
@@ -230,32 +172,35 @@ def _duration(
     return to_timedelta(value, field)
 
 
-def _statuses(
-    value: TaskStatus | str | Collection[TaskStatus | str] | None,
-) -> list[TaskStatus] | None:
+S = TypeVar("S", TaskStatus, ScheduleStatus, ResultStatus)
+
+
+def _status_list(value: S | str | Collection[S | str] | None, kind: type[S]) -> list[S] | None:
+    """One status or several (as members or values) of ``kind``; None stays None."""
     if value is None:
         return None
     if not isinstance(value, str | Collection):
         raise ValidationError("status", f"expected a status or a list of them, got {value!r}")
     items = [value] if isinstance(value, str) else list(value)
-    out = []
-    for item in items:
-        try:
-            out.append(TaskStatus(item))
-        except ValueError:
-            allowed = ", ".join(s.value for s in TaskStatus)
-            raise ValidationError(
-                "status", f"unknown status {item!r} (one of: {allowed})"
-            ) from None
-    return out
+    return [_status(item, kind) for item in items]
+
+
+def _status(value: S | str, kind: type[S]) -> S:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(s.value for s in kind)
+        raise ValidationError("status", f"unknown status {value!r} (one of: {allowed})") from None
+
+
+def _statuses(
+    value: TaskStatus | str | Collection[TaskStatus | str] | None,
+) -> list[TaskStatus] | None:
+    return _status_list(value, TaskStatus)
 
 
 def _schedule_status(value: ScheduleStatus | str) -> ScheduleStatus:
-    try:
-        return ScheduleStatus(value)
-    except ValueError:
-        allowed = ", ".join(s.value for s in ScheduleStatus)
-        raise ValidationError("status", f"unknown status {value!r} (one of: {allowed})") from None
+    return _status(value, ScheduleStatus)
 
 
 def _check_page(limit: int, offset: int) -> None:

@@ -35,6 +35,7 @@ from omniq.db.migrate import ensure_schema
 from omniq.db.writer import SQLiteWriter, run_in_transaction
 from omniq.models import Settings
 from omniq.repositories import (
+    AttemptRepository,
     EventRepository,
     ResultRepository,
     ScheduleRepository,
@@ -145,6 +146,7 @@ class Storage:
         self.events = EventRepository(self.dialect)
         self.locks = LockRepository(self.dialect)
         self.workers = WorkerRepository(self.dialect)
+        self.attempts = AttemptRepository()
         self.notifier = Notifier.for_key(engine.url.render_as_string(hide_password=True))
         self._reader = read_engine(engine)
         self._opened = False

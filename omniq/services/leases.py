@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from omniq.db.schema import tasks as t
 from omniq.models import EventLevel, EventType, Task, TaskStatus, WorkerInfo
+from omniq.repositories.attempts import attempt_row
 from omniq.services._shared import (
     _NO_LEASE,
     _RUNNING,
@@ -188,7 +189,7 @@ class Leases(Claims):
                 if not (retry and task.retry_count < task.max_retries)
             ]
             failed = self._fail_final(conn, final, now, worker_id) if final else set()
-            return [
+            statuses = [
                 (TaskStatus.FAILED if task.id in failed else None)
                 if not (retry and task.retry_count < task.max_retries)
                 else self._fail(
@@ -203,6 +204,16 @@ class Leases(Claims):
                 )
                 for task, info, retry, elapsed, delay in prepared
             ]
+            self._record_attempts(
+                conn,
+                [
+                    (task, info, status)
+                    for (task, info, *_), status in zip(prepared, statuses, strict=True)
+                ],
+                now,
+                worker_id,
+            )
+            return statuses
 
         statuses = await self.storage.write(body, what="fail tasks")
         self.storage.notifier.notify()
@@ -248,6 +259,29 @@ class Leases(Claims):
                 execution_time={task.id: elapsed for task, _, elapsed in final},
             )
         return held
+
+    def _record_attempts(
+        self,
+        conn: sa.Connection,
+        failed: Sequence[tuple[Task, ErrorInfo, TaskStatus | None]],
+        now: datetime,
+        worker_id: str | None,
+    ) -> None:
+        """Keep the error record of each failed attempt whose outcome was written
+        (status None: the lease was lost, nothing was written). Attempts are
+        numbered 1, 2, ... per task, in the order their failures commit."""
+        written = [(task, info, status) for task, info, status in failed if status is not None]
+        if not written:
+            return
+        before = self.storage.attempts.counts(conn, {task.id for task, _, _ in written})
+        rows = []
+        for task, info, status in written:
+            number = before[task.id] = before.get(task.id, 0) + 1
+            error = attrs.evolve(
+                info, attempt=number, at=now, retryable=status is TaskStatus.PENDING
+            )
+            rows.append(attempt_row(task, error, finished_at=now, worker_id=worker_id))
+        self.storage.attempts.insert_rows(conn, rows)
 
     def retry_delay_for(self, task: Task) -> timedelta:
         """Exponential backoff with jitter for the task's next retry."""
@@ -530,6 +564,7 @@ class Leases(Claims):
                 worker_id=task.worker_id,
                 execution_time=None,
             )
+            self._record_attempts(conn, [(task, info, status)], now, task.worker_id)
             return int(status is not None)
         updated = self.storage.tasks.transition(
             conn,
@@ -551,6 +586,9 @@ class Leases(Claims):
             if started
             else f"{lost} before the task started; back to pending, nothing spent"
         )
+        if started:
+            info = ErrorInfo(type="WorkerLost", message=message)
+            self._record_attempts(conn, [(task, info, TaskStatus.PENDING)], now, task.worker_id)
         self.storage.events.insert_rows(
             conn,
             [

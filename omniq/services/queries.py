@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from omniq.errors import ValidationError
-from omniq.models import Task, TaskStatus
+import sqlalchemy as sa
+
+from omniq.errors import TaskNotFound, ValidationError
+from omniq.models import Task, TaskAttempt, TaskStatus
 from omniq.services._shared import _check_page, _statuses
 from omniq.services.admin import Administration
 
@@ -20,6 +22,21 @@ class Queries(Administration):
         return await self.storage.read(
             lambda conn: self.storage.tasks.get(conn, task_id), what="get task"
         )
+
+    async def get_attempts_async(self, task_id: str) -> list[TaskAttempt]:
+        """The failed attempts of ``task_id``, oldest first, each with its error record.
+
+        The final outcome is the task's result; an unknown task raises
+        :class:`TaskNotFound`.
+        """
+
+        def body(conn: sa.Connection) -> list[TaskAttempt]:
+            attempts = self.storage.attempts.for_task(conn, task_id)
+            if not attempts and self.storage.tasks.get(conn, task_id) is None:
+                raise TaskNotFound(f"no task with id {task_id!r}")
+            return attempts
+
+        return await self.storage.read(body, what="get attempts")
 
     async def list_tasks_async(
         self,

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Collection
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
 import sqlalchemy as sa
 
-from omniq._time import to_timedelta, utcnow
-from omniq.errors import TaskNotFound, ValidationError
-from omniq.models import Task, TaskResult
+from omniq._time import require_aware, to_timedelta, utcnow
+from omniq.errors import SerializationError, TaskNotFound, ValidationError
+from omniq.models import ResultStatus, Task, TaskResult
+from omniq.refs import callable_ref
+from omniq.services._shared import _check_page, _status_list
 from omniq.services._storage import Storage
 
 __all__ = ["ResultStorage"]
@@ -54,6 +56,48 @@ class ResultStorage:
             what="get result",
         )
         return None if result is None or _expired(result) else result
+
+    async def list_results_async(
+        self,
+        status: ResultStatus | str | Collection[ResultStatus | str] | None = None,
+        func: Callable[..., Any] | str | None = None,
+        task_name: str | None = None,
+        schedule_id: str | None = None,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskResult]:
+        """Unexpired results, newest first: by status (one or several), the task's
+        function (a function or its reference) or name, schedule, and a range of
+        ``created_at`` (the time the outcome was stored); paginated."""
+        statuses = _status_list(status, ResultStatus)
+        _check_page(limit, offset)
+        since = None if start_time is None else require_aware(start_time, "start_time")
+        until = None if end_time is None else require_aware(end_time, "end_time")
+        ref = None if func is None else _func_ref(func)
+        if task_name is not None and not isinstance(task_name, str):
+            raise ValidationError("task_name", f"expected a string, got {task_name!r}")
+        now = self.storage.now()
+        return await self.storage.read(
+            lambda conn: self.storage.results.query(
+                conn,
+                now=now,
+                status=statuses,
+                func=ref,
+                task_name=task_name,
+                schedule_id=schedule_id,
+                since=since,
+                until=until,
+                limit=limit,
+                offset=offset,
+            ),
+            what="list results",
+        )
+
+    async def get_results_async(self, *args: Any, **kwargs: Any) -> list[TaskResult]:
+        """The seed's name of :meth:`list_results_async` (the same arguments)."""
+        return await self.list_results_async(*args, **kwargs)
 
     async def update_async(self, task_id: str, **changes: Any) -> TaskResult:
         """Change fields of a stored result (status, result, error..., ttl)."""
@@ -145,6 +189,13 @@ class ResultStorage:
             return self.storage.tasks.get(conn, task_id), self.storage.results.get(conn, task_id)
 
         return body
+
+
+def _func_ref(func: Callable[..., Any] | str) -> str:
+    try:
+        return callable_ref(func)
+    except SerializationError as exc:
+        raise ValidationError("func", str(exc)) from None
 
 
 def _expired(result: TaskResult) -> bool:

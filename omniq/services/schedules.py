@@ -28,7 +28,12 @@ class ScheduleAdmin(Queries):
             raise ValidationError("schedule", f"expected a Schedule, got {type(schedule).__name__}")
         now = self.storage.now()
         if schedule.next_run_at is None and schedule.status is ScheduleStatus.ACTIVE:
-            schedule = attrs.evolve(schedule, next_run_at=timing.first_run(schedule, now))
+            first = timing.first_run(schedule, now)
+            if first is None and schedule.end_at is not None:
+                raise ValidationError(
+                    "end_at", f"{schedule.end_at.isoformat()} comes before the first run"
+                )
+            schedule = attrs.evolve(schedule, next_run_at=first)
         self.storage.schedules.to_row(schedule)
         self._check_template(schedule)
 
@@ -101,9 +106,20 @@ class ScheduleAdmin(Queries):
         def body(conn: sa.Connection) -> Schedule:
             current = self._require_schedule(conn, schedule_id)
             candidate = attrs.evolve(current, updated_at=now, **changes)
-            timing_keys = {"schedule_type", "cron_expression", "timezone", "interval", "run_at"}
+            timing_keys = {
+                "schedule_type",
+                "cron_expression",
+                "timezone",
+                "interval",
+                "run_at",
+                "end_at",
+            }
             if timing_keys & set(changes) and "next_run_at" not in changes:
-                candidate = attrs.evolve(candidate, next_run_at=timing.run_from_now(candidate, now))
+                nxt = timing.run_from_now(candidate, now)
+                if nxt is None and candidate.status is ScheduleStatus.ACTIVE:
+                    # The new end_at lies before the next run: the schedule is done.
+                    candidate = attrs.evolve(candidate, status=ScheduleStatus.COMPLETED)
+                candidate = attrs.evolve(candidate, next_run_at=nxt)
             row = self.storage.schedules.to_row(candidate)
             self._check_template(candidate)
             row.pop("id")
@@ -138,7 +154,10 @@ class ScheduleAdmin(Queries):
         """Resume a paused schedule; its next run is computed from now (no burst of missed runs)."""
 
         def values(schedule: Schedule, now: datetime) -> dict[str, Any]:
-            return {"resumed_at": now, "next_run_at": timing.run_from_now(schedule, now)}
+            nxt = timing.run_from_now(schedule, now)
+            # Past its end_at while paused: it resumes straight into completed.
+            done = {"status": ScheduleStatus.COMPLETED} if nxt is None else {}
+            return {"resumed_at": now, "next_run_at": nxt, **done}
 
         return await self._set_schedule_status(
             schedule_id,

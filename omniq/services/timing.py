@@ -33,8 +33,19 @@ def next_cron_time(expression: str, timezone: str, after: datetime) -> datetime:
             return instant
 
 
+def _within_end(schedule: Schedule, when: datetime | None) -> datetime | None:
+    """``when``, or None if it falls after the schedule's ``end_at`` (the schedule is done)."""
+    if when is None or schedule.end_at is None or when <= schedule.end_at:
+        return when
+    return None
+
+
 def first_run(schedule: Schedule, now: datetime) -> datetime | None:
-    """When a new schedule fires first."""
+    """When a new schedule fires first (None: its ``end_at`` comes before that)."""
+    return _within_end(schedule, _first_run(schedule, now))
+
+
+def _first_run(schedule: Schedule, now: datetime) -> datetime | None:
     kind = schedule.schedule_type
     if kind is ScheduleType.TIMESTAMP:
         return schedule.run_at
@@ -57,7 +68,11 @@ def first_run(schedule: Schedule, now: datetime) -> datetime | None:
 
 
 def next_run(schedule: Schedule, fired_at: datetime) -> datetime | None:
-    """The fire time after ``fired_at`` (None: a one-shot schedule is done)."""
+    """The fire time after ``fired_at`` (None: a one-shot is done, or ``end_at`` passed)."""
+    return _within_end(schedule, _next_run(schedule, fired_at))
+
+
+def _next_run(schedule: Schedule, fired_at: datetime) -> datetime | None:
     kind = schedule.schedule_type
     if kind is ScheduleType.TIMESTAMP:
         return None
@@ -74,9 +89,9 @@ def run_from_now(schedule: Schedule, now: datetime) -> datetime | None:
     An interval schedule whose start lies in the past continues from now; a
     one-shot whose time passed fires once, now.
     """
-    nxt = first_run(schedule, now)
+    nxt = _first_run(schedule, now)
     if nxt is not None and nxt < now:
         if schedule.schedule_type is ScheduleType.INTERVAL and schedule.interval is not None:
-            return now + schedule.interval
-        return now
-    return nxt
+            return _within_end(schedule, now + schedule.interval)
+        return _within_end(schedule, now)
+    return _within_end(schedule, nxt)

@@ -29,9 +29,9 @@ from concurrent.futures import Future
 from typing import Any, Literal
 
 from omniq.errors import ConfigurationError
+from omniq.models.config import EXECUTOR_KINDS
 
 ExecutorKind = Literal["async", "thread", "process"]
-EXECUTOR_KINDS: tuple[str, ...] = ("async", "thread", "process")
 
 __all__ = ["EXECUTOR_KINDS", "Executor", "ExecutorKind", "RemoteError"]
 

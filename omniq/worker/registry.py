@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
 from omniq.errors import TaskNotFound
-from omniq.serialization import callable_ref, resolve_ref
+from omniq.refs import callable_ref, code_functions, resolve_ref
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,9 +26,14 @@ class TaskRegistry:
     """Functions this process may run, by reference, plus allowed modules."""
 
     def __init__(
-        self, allow_modules: Iterable[str] = (), *, parents: Iterable[TaskRegistry] = ()
+        self,
+        allow_modules: Iterable[str] = (),
+        *,
+        parents: Iterable[TaskRegistry] = (),
+        functions: dict[str, Callable[..., Any]] | None = None,
     ) -> None:
-        self._functions: dict[str, Callable[..., Any]] = {}
+        #: Registered functions by reference (``functions``: a table shared with others).
+        self._functions: dict[str, Callable[..., Any]] = {} if functions is None else functions
         self._modules: set[str] = set()
         #: Functions imported for allowed references (imported once, not per task).
         self._imported: dict[str, Callable[..., Any]] = {}
@@ -44,6 +49,17 @@ class TaskRegistry:
         with self._lock:
             self._functions[ref] = func
         return func
+
+    def unregister(self, name: str | Callable[..., Any]) -> bool:
+        """Withdraw a registered function (by reference, name or the function itself).
+
+        Workers stop running it: its tasks then fail as not allowed (unless its
+        module is allowed). Returns False if nothing was registered under it.
+        """
+        ref = name if isinstance(name, str) else callable_ref(name)
+        with self._lock:
+            self._imported.pop(ref, None)
+            return self._functions.pop(ref, None) is not None
 
     def allow_module(self, module: str) -> None:
         """Allow every function of ``module`` (and its submodules)."""
@@ -92,8 +108,9 @@ class TaskRegistry:
         return func
 
 
-#: The process-wide registry that ``@omniq.task`` registers into.
-default_registry = TaskRegistry()
+#: The process-wide registry that ``@omniq.task`` registers into; it also holds
+#: the functions code handed over as objects (``Task(func=f)``, see omniq.refs).
+default_registry = TaskRegistry(functions=code_functions)
 
 
 @overload

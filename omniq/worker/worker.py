@@ -66,6 +66,11 @@ _PREFETCH_FACTOR = 30
 _PREFETCH_MAX = 1000
 
 
+def default_worker_id() -> str:
+    """A new worker id: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+
+
 class Worker(BackgroundLoops):
     """Runs tasks from a :class:`TaskQueue`: async functions on the loop, sync ones in threads.
 
@@ -101,7 +106,7 @@ class Worker(BackgroundLoops):
         self.events = event_storage or EventStorage(self.storage)
         self.worker_registry = WorkerRegistry(self.storage)
         self._registered_at: datetime | None = None
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self.worker_id = worker_id or default_worker_id()
         self.queues = list(queues) if queues else task_queue.queues
         slots = concurrency if concurrency is not None else max_workers
         self.concurrency = slots if slots is not None else 10
@@ -175,6 +180,11 @@ class Worker(BackgroundLoops):
         self._counts = {"completed": 0, "failed": 0, "retried": 0, "cancelled": 0, "lost": 0}
 
     # --- lifecycle -------------------------------------------------------------
+
+    @property
+    def is_running(self) -> bool:
+        """True while started with :meth:`start_async` and not stopped."""
+        return self._main is not None and not self._main.done()
 
     async def start_async(self) -> None:
         """Start working in the background of the running event loop."""

@@ -18,3 +18,7 @@ def slow(seconds: float, marker: str) -> str:
         fh.write("started\n")
     time.sleep(seconds)
     return "slept"
+
+
+def boom() -> None:
+    raise RuntimeError("boom")

@@ -248,3 +248,46 @@ def test_worker_flags_are_checked(db_url: str) -> None:
         proc = omniq(db_url, "worker", "--burst", *flags)
         assert proc.returncode == 2, proc.stderr
         assert named in proc.stderr and proc.stderr.startswith("omniq: error:")
+
+
+def test_results_listing_and_a_tasks_failed_attempts(db_url: str) -> None:
+    ok = as_json(omniq(db_url, "enqueue", f"{APP}:add", "--args", "[2, 2]", "--json"))
+    bad = as_json(omniq(db_url, "enqueue", f"{APP}:boom", "--max-retries", "1", "--json"))
+    assert isinstance(ok, dict) and isinstance(bad, dict)
+
+    def failed_for_good() -> bool:
+        # Burst mode stops when nothing is ready: the retry waits about a second.
+        worker = omniq(db_url, "worker", "--app", APP, "--burst", "--json")
+        assert worker.returncode == 0, worker.stderr
+        task = as_json(omniq(db_url, "task", bad["task_id"], "--json"))
+        return isinstance(task, dict) and task["status"] == "failed"
+
+    wait_for(failed_for_good)
+
+    listed = as_json(omniq(db_url, "results", "--json"))
+    assert isinstance(listed, list)
+    assert {r["task_id"] for r in listed} == {ok["task_id"], bad["task_id"]}
+    errors = as_json(omniq(db_url, "results", "--status", "error", "--json"))
+    assert isinstance(errors, list) and [r["task_id"] for r in errors] == [bad["task_id"]]
+    by_func = as_json(omniq(db_url, "results", "--func", f"{APP}:add", "--since", "1h", "--json"))
+    assert isinstance(by_func, list) and [r["task_id"] for r in by_func] == [ok["task_id"]]
+    paged = as_json(omniq(db_url, "results", "--limit", "1", "--offset", "1", "--json"))
+    assert isinstance(paged, list) and len(paged) == 1
+    table = omniq(db_url, "results", "--status", "error")
+    assert table.returncode == 0
+    assert table.stdout.splitlines()[0].split()[:2] == ["TASK", "STATUS"]
+    assert "RuntimeError: boom" in table.stdout
+    unknown = omniq(db_url, "results", "--status", "done")
+    assert unknown.returncode == 2 and "status: unknown status 'done'" in unknown.stderr
+
+    task = as_json(omniq(db_url, "task", bad["task_id"], "--json"))
+    assert isinstance(task, dict) and task["status"] == "failed"
+    attempts = task["failed_attempts"]
+    assert [(a["attempt"], a["error"]["type"], a["error"]["retryable"]) for a in attempts] == [
+        (1, "RuntimeError", True),
+        (2, "RuntimeError", False),
+    ]
+    text = omniq(db_url, "task", bad["task_id"])
+    assert text.returncode == 0 and "failed attempts:" in text.stdout
+    assert "RuntimeError: boom" in text.stdout
+    assert "failed attempts:" not in omniq(db_url, "task", ok["task_id"]).stdout

@@ -276,7 +276,7 @@ async def test_events_carry_no_arguments_by_default(
         ref("touch_arg"), [secret, str(tmp_path / "out")], {}, tags=["t"]
     )
     kw = await svc.queue.enqueue_async(ref("noop"), [], {"password": secret})
-    bad = await svc.queue.enqueue_async(ref("fail"), ["boom"])
+    bad = await svc.queue.enqueue_async(ref("fail"), ["boom"], max_retries=0)
     many = await svc.queue.enqueue_many_async(
         [svc.queue.build_task(ref("noop"), [secret], unique_key=f"u-{secret[-6:]}")]
     )

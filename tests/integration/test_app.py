@@ -200,9 +200,11 @@ def test_seed_backend_components(tmp_path: Path) -> None:
         {"project_name": "seed", "base_dir": str(tmp_path), "queues": ["default"]}
     )
     try:
-        assert parts.task_queue.size() == 0
-        assert parts.result_storage.get_stats()["total"] == 2
+        assert parts["task_queue"].size() == 0
+        assert parts["result_storage"].get_stats()["total"] == 2
+        worker = get_worker(
+            "process", parts["task_queue"], parts["result_storage"], parts["event_storage"]
+        )
+        assert worker.worker_id
     finally:
-        parts.backend.close()
-    worker = get_worker("process", project_name="seed", base_dir=tmp_path)
-    assert worker.worker_id
+        parts["backend"].close()

@@ -152,7 +152,7 @@ async def test_a_cancel_requested_during_a_failing_attempt_is_not_retried(svc: S
 
 
 async def _failed_task(svc: Services) -> str:
-    task_id = await svc.queue.enqueue_async(FUNC)
+    task_id = await svc.queue.enqueue_async(FUNC, max_retries=0)
     await svc.queue.fail_async(await claim_one(svc, task_id), ErrorInfo(type="E", message="x"))
     assert (await must_get(svc, task_id)).status is TaskStatus.FAILED
     return task_id

@@ -402,7 +402,7 @@ async def test_ttl_expiry_cancels_dependents(svc: Services) -> None:
 
 async def test_dependency_chain_runs_in_order(svc: Services) -> None:
     q = svc.queue
-    a = await q.enqueue_async(FUNC, ["a"])
+    a = await q.enqueue_async(FUNC, ["a"], max_retries=0)
     b = await q.enqueue_async(FUNC, ["b"], depends_on=[a])
     c = await q.enqueue_async(FUNC, ["c"], depends_on=[b])
     assert [(await must_get(svc, x)).status for x in (a, b, c)] == [
@@ -444,7 +444,7 @@ async def test_fan_in_waits_for_every_dependency(svc: Services) -> None:
 
 async def test_failure_cancels_dependents_in_cascade(svc: Services) -> None:
     q = svc.queue
-    a = await q.enqueue_async(FUNC, ["a"])
+    a = await q.enqueue_async(FUNC, ["a"], max_retries=0)
     b = await q.enqueue_async(FUNC, ["b"], depends_on=[a])
     c = await q.enqueue_async(FUNC, ["c"], depends_on=[b])
     independent = await q.enqueue_async(FUNC, ["x"], run_in=3600)
@@ -491,7 +491,7 @@ async def test_unknown_dependency_is_rejected(svc: Services) -> None:
 async def test_depending_on_finished_tasks(svc: Services) -> None:
     q = svc.queue
     ok = await q.enqueue_async(FUNC, ["ok"])
-    bad = await q.enqueue_async(FUNC, ["bad"])
+    bad = await q.enqueue_async(FUNC, ["bad"], max_retries=0)
     assert await q.complete_async(await claim_one(svc, ok))
     assert await q.fail_async(await claim_one(svc, bad), error_info()) is TaskStatus.FAILED
 

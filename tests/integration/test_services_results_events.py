@@ -222,7 +222,7 @@ async def test_wait_sees_completion_by_another_engine(
     svc: Services, open_services: ServicesFactory
 ) -> None:
     worker = await open_services()
-    task_id = await svc.queue.enqueue_async(FUNC)
+    task_id = await svc.queue.enqueue_async(FUNC, max_retries=0)
 
     async def work() -> None:
         task = await worker.queue.dequeue_async(timeout=5)

@@ -50,7 +50,7 @@ def test_sync_services_roundtrip(db_url: str) -> None:
             svc.events.get_events(event_type="bogus")
 
         # build_task + enqueue_many, dependencies and a timeout dequeue.
-        a = svc.queue.build_task(FUNC, ["a"])
+        a = svc.queue.build_task(FUNC, ["a"], max_retries=0)
         b = svc.queue.build_task(FUNC, ["b"], depends_on=[a.id])
         assert svc.queue.enqueue_many([a, b]) == [a.id, b.id]
         claimed = svc.queue.dequeue_many(5, timeout=0.05)

@@ -159,7 +159,7 @@ async def test_burst_worker_runs_async_and_sync_tasks_and_stores_results(svc: Se
 async def test_process_executor_runs_sync_tasks_in_child_processes(svc: Services) -> None:
     cpu_id = await svc.queue.enqueue_async(ref("cpu_bound"), [10_000])
     async_id = await svc.queue.enqueue_async(ref("add"), [1, 1])
-    failing_id = await svc.queue.enqueue_async(ref("fail_in_process"), ["nope"])
+    failing_id = await svc.queue.enqueue_async(ref("fail_in_process"), ["nope"], max_retries=0)
 
     stats = await make_worker(svc, executor="process", concurrency=3).run_until_complete_async()
 
@@ -183,7 +183,7 @@ async def test_stats_count_outcomes(svc: Services, tmp_path: Path) -> None:
     await svc.queue.enqueue_async(
         ref("flaky"), [str(tmp_path / "flaky"), 1], max_retries=2, retry_delay=0
     )
-    await svc.queue.enqueue_async(ref("always_fails"), ["boom"])
+    await svc.queue.enqueue_async(ref("always_fails"), ["boom"], max_retries=0)
     worker = make_worker(svc, concurrency=3)
     assert worker.get_stats().completed == 0
 
@@ -303,7 +303,7 @@ async def test_end_to_end_retry_events_carry_the_backoff_delay(
 
 
 async def test_async_task_timeout_cancels_it(svc: Services) -> None:
-    task_id = await svc.queue.enqueue_async(ref("sleep_async"), [30], timeout=0.2)
+    task_id = await svc.queue.enqueue_async(ref("sleep_async"), [30], timeout=0.2, max_retries=0)
     started = time.monotonic()
 
     stats = await make_worker(svc).run_until_complete_async()
@@ -324,7 +324,9 @@ async def test_thread_task_timeout_marks_it_timed_out_while_the_thread_runs_on(
     # late result is discarded, but the function keeps running in its thread
     # until it returns. The test releases it instead of waiting for it.
     key = f"thread-timeout-{uuid.uuid4().hex}"
-    task_id = await svc.queue.enqueue_async(ref("block_until_released"), [key], timeout=0.2)
+    task_id = await svc.queue.enqueue_async(
+        ref("block_until_released"), [key], timeout=0.2, max_retries=0
+    )
     try:
         await make_worker(svc, executor="thread").run_until_complete_async()
 
@@ -342,7 +344,7 @@ async def test_thread_task_timeout_marks_it_timed_out_while_the_thread_runs_on(
 async def test_process_task_timeout_kills_the_child_process(svc: Services, tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     task_id = await svc.queue.enqueue_async(
-        ref("write_pid_then_sleep"), [str(pid_file), 120], timeout=10
+        ref("write_pid_then_sleep"), [str(pid_file), 120], timeout=10, max_retries=0
     )
     started = time.monotonic()
 
@@ -910,7 +912,9 @@ async def test_sync_calls_never_queue_beside_running_async_ones(svc: Services) -
 async def test_a_module_that_fails_to_import_fails_its_task_and_the_worker_goes_on(
     svc: Services,
 ) -> None:
-    broken = await svc.queue.enqueue_async("tests.broken_tasks:never_runs", priority=10)
+    broken = await svc.queue.enqueue_async(
+        "tests.broken_tasks:never_runs", priority=10, max_retries=0
+    )
     fine = await svc.queue.enqueue_async(ref("add_sync"), [2, 3])
     worker = make_worker(svc, also_allow=("tests.broken_tasks",), concurrency=2, prefetch=4)
     with anyio.fail_after(DEADLINE):
@@ -945,7 +949,7 @@ async def test_a_thread_stuck_past_its_timeout_does_not_hold_up_the_next_task(
 ) -> None:
     key = f"stuck-{uuid.uuid4()}"
     stuck = await svc.queue.enqueue_async(
-        ref("block_until_released"), [key], timeout=0.2, priority=10
+        ref("block_until_released"), [key], timeout=0.2, priority=10, max_retries=0
     )
     after = await svc.queue.enqueue_async(ref("add_sync"), [4, 5])
     worker = make_worker(svc, concurrency=1, prefetch=1)

@@ -62,7 +62,7 @@ def test_task_defaults() -> None:
     assert task.expires_at is None
     assert task.attempts == 0
     assert task.retry_count == 0
-    assert task.max_retries == 0
+    assert task.max_retries == 3  # the seed schema's default
     assert task.retry_delay == timedelta(seconds=1)
     assert task.store_result is True
     assert task.serializer == "json"
@@ -320,18 +320,19 @@ def test_callback_may_be_none() -> None:
 
 
 @pytest.mark.parametrize(
-    ("factory", "enum_name"),
+    ("factory", "field", "enum_name"),
     [
-        (lambda: Task(func=FUNC, status="bogus"), "TaskStatus"),
-        (lambda: Task(func=FUNC, status="PENDING"), "TaskStatus"),
-        (lambda: TaskEvent(event_type="nope"), "EventType"),
-        (lambda: TaskEvent(event_type="enqueued", level="loud"), "EventLevel"),
-        (lambda: TaskResult(task_id="t", status="ok"), "ResultStatus"),
-        (lambda: Schedule(func=FUNC, schedule_type="weekly"), "ScheduleType"),
+        (lambda: Task(func=FUNC, status="bogus"), "status", "TaskStatus"),
+        (lambda: Task(func=FUNC, status="PENDING"), "status", "TaskStatus"),
+        (lambda: TaskEvent(event_type="nope"), "event_type", "EventType"),
+        (lambda: TaskEvent(event_type="enqueued", level="loud"), "level", "EventLevel"),
+        (lambda: TaskResult(task_id="t", status="ok"), "status", "ResultStatus"),
+        (lambda: Schedule(func=FUNC, schedule_type="weekly"), "schedule_type", "ScheduleType"),
         (
             lambda: Schedule(
                 func=FUNC, schedule_type="interval", interval=timedelta(1), status="zombie"
             ),
+            "status",
             "ScheduleStatus",
         ),
         (
@@ -341,16 +342,17 @@ def test_callback_may_be_none() -> None:
                 interval=timedelta(1),
                 misfire_policy="sometimes",
             ),
+            "misfire_policy",
             "MisfirePolicy",
         ),
     ],
 )
-def test_unknown_enum_strings_rejected(factory: Any, enum_name: str) -> None:
+def test_unknown_enum_strings_rejected(factory: Any, field: str, enum_name: str) -> None:
     with pytest.raises(ValidationError) as info:
         factory()
     assert isinstance(info.value, OmniQError)
-    assert info.value.field == enum_name
-    assert "unknown value" in str(info.value)
+    assert info.value.field == field  # the field, not the enum class
+    assert str(info.value).startswith(f"{field}: unknown {enum_name} ")
 
 
 def test_enum_strings_converted() -> None:

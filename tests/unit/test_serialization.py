@@ -468,7 +468,7 @@ def test_converter_rejects_wrong_instant_types() -> None:
 
 
 def test_references_are_remembered_and_refusals_are_not() -> None:
-    from omniq.serialization import _REFS
+    from omniq.refs import _REFS
 
     assert callable_ref(json.dumps) == "json:dumps"
     assert _REFS[json.dumps] == "json:dumps"

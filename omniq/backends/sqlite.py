@@ -1,0 +1,143 @@
+"""The seed's backends: a database and the getters of its components.
+
+:class:`SQLiteBackend` is ``<base_dir>/<project_name>.db``; :class:`SQLBackend`
+takes any engine URL (PostgreSQL too). A backend opens on first use (or
+``initialize``) on OmniQ's portal thread and is shared by its components.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omniq._portal import run_in_portal, run_sync
+from omniq.db.engine import default_sqlite_url
+from omniq.errors import ConfigurationError
+from omniq.models import Settings
+from omniq.models.config import EXECUTOR_KINDS
+from omniq.services import Services
+from omniq.storage import SQLiteEventStorage, SQLiteResultStorage, SQLiteTaskQueue
+from omniq.worker import TaskRegistry
+from omniq.workers import SQLiteWorker
+
+__all__ = ["SQLBackend", "SQLiteBackend"]
+
+
+class SQLBackend:
+    """A database (any supported engine URL) with the seed's component getters.
+
+    ``allow_modules`` names modules whose functions this backend's workers
+    may run (besides ``@task`` functions and functions passed as objects).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        project_name: str = "omniq",
+        settings: Settings | None = None,
+        allow_modules: Sequence[str] = (),
+    ) -> None:
+        self.url = url
+        self.project_name = project_name
+        self.settings = settings or Settings()
+        self.registry = TaskRegistry(allow_modules)
+        self._services: Services | None = None
+        self._opening: asyncio.Lock | None = None
+
+    async def _open(self) -> None:
+        # Runs on the portal loop only, so the lock belongs to that loop.
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._services is None:
+                self._services = await Services.open_async(self.url, self.settings)
+
+    async def _close(self) -> None:
+        if self._services is not None:
+            services, self._services = self._services, None
+            await services.close_async()
+
+    def initialize(self) -> None:
+        """Connect and check (or migrate) the schema; idempotent."""
+        run_sync(self._open)
+
+    async def initialize_async(self) -> None:
+        """Awaitable :meth:`initialize`."""
+        if self._services is None:
+            await run_in_portal(self._open)
+
+    def close(self) -> None:
+        """Close the database connections."""
+        run_sync(self._close)
+
+    async def close_async(self) -> None:
+        """Awaitable :meth:`close`."""
+        await run_in_portal(self._close)
+
+    def __enter__(self) -> SQLBackend:
+        self.initialize()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def services(self) -> Services:
+        """The services underneath (initializes on first use)."""
+        if self._services is None:
+            self.initialize()
+        assert self._services is not None
+        return self._services
+
+    def get_task_queue(self, queues: Sequence[str] | None = None) -> SQLiteTaskQueue:
+        """A task queue serving ``queues`` (``["default"]`` when None)."""
+        return SQLiteTaskQueue(self, queues)
+
+    def get_result_storage(self) -> SQLiteResultStorage:
+        """The result storage."""
+        return SQLiteResultStorage(self)
+
+    def get_event_storage(self) -> SQLiteEventStorage:
+        """The event storage."""
+        return SQLiteEventStorage(self)
+
+    def get_worker(
+        self, worker_type: str = "async", queues: Sequence[str] | None = None, **options: Any
+    ) -> SQLiteWorker:
+        """A worker of ``queues``: ``worker_type`` is async, thread or process (the executor)."""
+        return SQLiteWorker(
+            self.get_task_queue(queues),
+            self.get_result_storage(),
+            self.get_event_storage(),
+            executor=check_worker_type(worker_type),
+            **options,
+        )
+
+
+class SQLiteBackend(SQLBackend):
+    """The embedded default: the SQLite file ``<base_dir>/<project_name>.db``."""
+
+    def __init__(
+        self,
+        project_name: str,
+        base_dir: str | os.PathLike[str] = "./omniq_data",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            default_sqlite_url(project_name, base_dir), project_name=project_name, **kwargs
+        )
+        self.base_dir = Path(base_dir)
+        self.db_path = self.base_dir / f"{project_name}.db"
+
+
+def check_worker_type(worker_type: str) -> str:
+    """``worker_type`` if it names an executor, else :class:`ConfigurationError`."""
+    if worker_type not in EXECUTOR_KINDS:
+        raise ConfigurationError(
+            f"unknown worker type {worker_type!r}: use one of {', '.join(EXECUTOR_KINDS)}"
+        )
+    return worker_type

@@ -1,0 +1,87 @@
+"""The base of the seed's components: a backend, a lazily opened service, both call styles.
+
+A component is built without I/O (``SQLiteTaskQueue(backend, queues)``, as
+the seed builds it). Its blocking methods (``enqueue``) are the sync twins of
+:mod:`omniq.sync`; its awaitable methods (``enqueue_async``) open the backend
+if needed and run the service's method on OmniQ's portal loop, where the
+backend's connections live, so they work from any event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from omniq._portal import run_in_portal
+from omniq.services import Services
+
+if TYPE_CHECKING:
+    from omniq.backends.sqlite import SQLBackend
+
+__all__ = ["Component", "StorageComponent"]
+
+
+class Component:
+    """A part of a backend: ``name(...)`` blocks, ``await name_async(...)`` does not."""
+
+    #: The class of the service (its ``*_async`` methods are this component's).
+    service_type: type[Any]
+
+    def __init__(self, backend: SQLBackend) -> None:
+        self.backend = backend
+        self.project_name = backend.project_name
+        self._service: Any = None
+
+    def _make_service(self, services: Services) -> Any:
+        """The async service this component fronts (built once the backend is open)."""
+        raise NotImplementedError
+
+    @property
+    def _async(self) -> Any:
+        # The blocking twins call methods of ``self._async`` (omniq.sync).
+        if self._service is None:
+            self._service = self._make_service(self.backend.services)
+        return self._service
+
+    @_async.setter
+    def _async(self, service: Any) -> None:
+        self._service = service
+
+    async def _async_service(self) -> Any:
+        if self._service is None:
+            await self.backend.initialize_async()
+            self._service = self._make_service(self.backend.services)
+        return self._service
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        if (
+            not name.endswith("_async")
+            or name.startswith("_")
+            or not callable(getattr(self.service_type, name, None))
+        ):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+        async def method(*args: Any, **kwargs: Any) -> Any:
+            target = getattr(await self._async_service(), name)
+            return await run_in_portal(target, *args, **kwargs)
+
+        method.__name__ = name
+        return method
+
+
+class StorageComponent(Component):
+    """A queue or storage: ``start``/``stop`` open the backend / do nothing (as the seed's)."""
+
+    def start(self) -> None:
+        """Open the backend (connect, check or migrate the schema)."""
+        self.backend.initialize()
+
+    async def start_async(self) -> None:
+        """Awaitable :meth:`start`."""
+        await self._async_service()
+
+    def stop(self) -> None:
+        """Nothing to release: the backend owns the connections (close the backend)."""
+
+    async def stop_async(self) -> None:
+        """Awaitable :meth:`stop`."""
