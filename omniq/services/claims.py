@@ -1,4 +1,5 @@
-"""Claims: atomically take ready tasks under a new lease (and give them back if unwanted).
+"""Claims: atomically take ready tasks under a new lease, hold it (start marks,
+heartbeats), and give unwanted tasks back.
 
 Claims are one atomic statement; every later transition is conditional on
 the status and the claimer's lease token (a worker that lost its lease
@@ -8,15 +9,25 @@ changes nothing). Each is one transaction with its events.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
+import attrs
 import sqlalchemy as sa
 
 from omniq._time import new_id, to_timedelta
 from omniq.db.schema import tasks as t
 from omniq.errors import ValidationError
-from omniq.models import EventLevel, EventType, ResultStatus, Task, TaskResult, TaskStatus
+from omniq.models import (
+    EventLevel,
+    EventType,
+    ResultStatus,
+    Task,
+    TaskResult,
+    TaskStatus,
+    WorkerInfo,
+)
 from omniq.repositories.events import event_row
 from omniq.services._shared import (
     _NO_LEASE,
@@ -29,7 +40,10 @@ from omniq.services._shared import (
 )
 from omniq.services.enqueue import Enqueue
 
-__all__ = ["Claims"]
+__all__ = ["Claims", "Start"]
+
+#: A task's function started: ``(task_id, lease_token, started_at)``.
+Start = tuple[str, str | None, datetime]
 
 
 class Claims(Enqueue):
@@ -197,3 +211,52 @@ class Claims(Enqueue):
                     )
                 ],
             )
+
+    # --- starts --------------------------------------------------------------------------
+
+    async def mark_started_async(self, starts: Sequence[Start]) -> int:
+        """Record that these claimed tasks' functions started (``attempts`` + 1 each).
+
+        ``starts`` holds ``(task_id, lease_token, started_at)``; tasks no longer
+        held under that lease (or already marked) are skipped. Returns how many
+        were marked.
+        """
+        if not starts:
+            return 0
+        return await self.storage.write(
+            lambda conn: self.storage.tasks.mark_started(conn, starts), what="mark started"
+        )
+
+    # --- outcomes ------------------------------------------------------------------------
+
+    # --- holding leases --------------------------------------------------------------
+
+    async def renew_leases_async(self, leases: Mapping[str, str]) -> set[str]:
+        """Extend the leases ``{task_id: lease_token}``; return the ids still held."""
+        return set(await self.heartbeat_async(leases))
+
+    async def heartbeat_async(
+        self,
+        leases: Mapping[str, str],
+        events: Sequence[Mapping[str, Any]] = (),
+        starts: Sequence[Start] = (),
+        worker: WorkerInfo | None = None,
+    ) -> dict[str, bool]:
+        """Extend held leases (writing ``events``, ``starts``): ``{task_id: cancel_requested}``.
+
+        With ``worker``, its registry row is written too (its heartbeat now).
+        """
+        await self.storage.sync_clock(force=False)
+        now = self.storage.now()
+        until = now + self.settings.lease_duration
+        if worker is not None:
+            worker = attrs.evolve(worker, last_heartbeat=now)
+
+        def body(conn: sa.Connection) -> dict[str, bool]:
+            if worker is not None:
+                self.storage.workers.register(conn, worker)
+            self.storage.events.insert_rows(conn, events)
+            self.storage.tasks.mark_started(conn, starts)
+            return self.storage.tasks.heartbeat(conn, leases, until)
+
+        return await self.storage.write(body, what="renew leases")

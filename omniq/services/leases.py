@@ -16,7 +16,7 @@ import attrs
 import sqlalchemy as sa
 
 from omniq.db.schema import tasks as t
-from omniq.models import EventLevel, EventType, Task, TaskStatus, WorkerInfo
+from omniq.models import EventLevel, EventType, Task, TaskStatus
 from omniq.repositories.attempts import attempt_row
 from omniq.services._shared import (
     _NO_LEASE,
@@ -28,34 +28,14 @@ from omniq.services._shared import (
     _event,
     _finish_values,
 )
-from omniq.services.claims import Claims
+from omniq.services.claims import Claims, Start
 from omniq.services.dependencies import finalize, release_dependents
 
 __all__ = ["Leases", "Start"]
 
-#: A task's function started: ``(task_id, lease_token, started_at)``.
-Start = tuple[str, str | None, datetime]
-
 
 class Leases(Claims):
-    """The transitions of claimed tasks: start, outcomes, heartbeat, recovery."""
-
-    # --- starts --------------------------------------------------------------------------
-
-    async def mark_started_async(self, starts: Sequence[Start]) -> int:
-        """Record that these claimed tasks' functions started (``attempts`` + 1 each).
-
-        ``starts`` holds ``(task_id, lease_token, started_at)``; tasks no longer
-        held under that lease (or already marked) are skipped. Returns how many
-        were marked.
-        """
-        if not starts:
-            return 0
-        return await self.storage.write(
-            lambda conn: self.storage.tasks.mark_started(conn, starts), what="mark started"
-        )
-
-    # --- outcomes ------------------------------------------------------------------------
+    """The outcomes of claimed tasks (complete, fail, release, cancel) and lease recovery."""
 
     async def complete_async(
         self,
@@ -460,36 +440,6 @@ class Leases(Claims):
         done = await self.storage.write(body, what="cancel task")
         self.storage.notifier.notify()
         return done
-
-    async def renew_leases_async(self, leases: Mapping[str, str]) -> set[str]:
-        """Extend the leases ``{task_id: lease_token}``; return the ids still held."""
-        return set(await self.heartbeat_async(leases))
-
-    async def heartbeat_async(
-        self,
-        leases: Mapping[str, str],
-        events: Sequence[Mapping[str, Any]] = (),
-        starts: Sequence[Start] = (),
-        worker: WorkerInfo | None = None,
-    ) -> dict[str, bool]:
-        """Extend held leases (writing ``events``, ``starts``): ``{task_id: cancel_requested}``.
-
-        With ``worker``, its registry row is written too (its heartbeat now).
-        """
-        await self.storage.sync_clock(force=False)
-        now = self.storage.now()
-        until = now + self.settings.lease_duration
-        if worker is not None:
-            worker = attrs.evolve(worker, last_heartbeat=now)
-
-        def body(conn: sa.Connection) -> dict[str, bool]:
-            if worker is not None:
-                self.storage.workers.register(conn, worker)
-            self.storage.events.insert_rows(conn, events)
-            self.storage.tasks.mark_started(conn, starts)
-            return self.storage.tasks.heartbeat(conn, leases, until)
-
-        return await self.storage.write(body, what="renew leases")
 
     async def recover_expired_leases_async(self, limit: int = _SWEEP_BATCH) -> int:
         """Recover running tasks whose lease expired (their worker died); return how many.

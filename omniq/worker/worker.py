@@ -45,7 +45,8 @@ from omniq.services.queue import ErrorInfo, Start, TaskQueue
 from omniq.services.results import ResultStorage
 from omniq.services.scheduler import Scheduler
 from omniq.services.workers import WorkerRegistry
-from omniq.worker.background import BackgroundLoops, TaskTimeout
+from omniq.worker.background import TaskTimeout
+from omniq.worker.cancellation import Cancellation
 from omniq.worker.executors import Executor
 from omniq.worker.outcomes import _needs_durable_start, _Running
 from omniq.worker.registry import TaskRegistry, default_registry
@@ -71,7 +72,7 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
 
 
-class Worker(BackgroundLoops):
+class Worker(Cancellation):
     """Runs tasks from a :class:`TaskQueue`: async functions on the loop, sync ones in threads.
 
     ``executor="process"`` runs sync functions in child processes instead
@@ -525,50 +526,7 @@ class Worker(BackgroundLoops):
         finally:
             entry.in_call = False
 
-    # --- cancellation, leases ----------------------------------------------------------
-
-    def _on_cancel_requested(self, task_id: str) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._cancel_local(task_id)
-        else:
-            loop.call_soon_threadsafe(self._cancel_local, task_id)
-
-    def _cancel_local(self, task_id: str) -> None:
-        entry = self._running.get(task_id)
-        if entry is None:
-            # Claimed but not started (prefetched): settle it as cancelled, never run it.
-            task = next((t for t in self._buffer if t.id == task_id), None)
-            if task is None or self._loop is None:
-                return
-            self._buffer.remove(task)
-            entry = self._running[task_id] = _Running(task=task, cancel_requested=True)
-            entry.handle = self._loop.create_task(self._execute(entry))
-            return
-        if entry.cancel_requested:
-            return
-        entry.cancel_requested = True
-        if entry.handle is not None and entry.in_call:
-            entry.handle.cancel()
-
     # --- shutdown -----------------------------------------------------------------------
-
-    def _withdraw_queued_calls(self) -> None:
-        """Pool calls still waiting for a thread are prefetched work: release, never run them."""
-        for entry in list(self._running.values()):
-            if not (entry.pooled and entry.in_call and entry.handle is not None):
-                continue
-            with self._start_lock:
-                if entry.started is not None:
-                    continue  # running: it gets the grace period
-                entry.releasing = True
-            entry.handle.cancel()
 
     async def _shutdown(self) -> None:
         # Background loops finish the write they are in (a cancelled write would
