@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from omniq.errors import ScheduleNotFound, TaskNotFound, ValidationError
-from omniq.models import EventType, ScheduleStatus, TaskStatus
+from omniq.models import ScheduleStatus, TaskStatus
 from omniq.services.browse import RETRYABLE, BulkAction
 from omniq.web.backend import Backend
 from omniq.web.chart import throughput_chart
@@ -18,8 +18,6 @@ from omniq.web.rendering import render
 __all__ = ["dead", "overview", "overview_live", "schedule", "schedules", "task", "tasks", "workers"]
 
 PAGE_SIZE = 50
-#: Events that record a failed attempt (with its error type, message and traceback).
-FAILURE_EVENTS = frozenset({EventType.RETRY, EventType.FAILED, EventType.TIMEOUT})
 
 
 def _backend(request: Request) -> Backend:
@@ -82,13 +80,13 @@ async def task(request: Request) -> Response:
     detail = await _backend(request).browse(lambda b: b.detail_async(task_id))
     if detail is None:
         raise TaskNotFound(f"no task with id {task_id!r}")
-    failures = [e for e in detail.events if e.event_type in FAILURE_EVENTS and e.error]
+    attempts = await _backend(request).call(lambda s: s.queue.get_attempts_async(task_id))
     return render(
         request,
         "task.html",
         d=detail,
         t=detail.task,
-        failures=failures,
+        attempts=attempts,
         show_arguments=_backend(request).settings.log_arguments,
         retryable=RETRYABLE,
     )

@@ -158,12 +158,15 @@ def test_task_detail_shows_each_failed_attempt_result_timeline_and_relations(
     assert page.status_code == 200
     html = page.text
     assert 'id="task-status" class="status failed"' in html
-    attempts = re.findall(r'<div class="failure">.*?</div>', html, re.S)
-    assert len(attempts) == 2  # the retry, then the final failure
-    for attempt, kind in zip(attempts, ("retry", "failed"), strict=True):
+    attempts = re.findall(r'<div class="failure" id="attempt-(\d)">(.*?)</details>', html, re.S)
+    assert [n for n, _ in attempts] == ["1", "2"]  # the retried attempt, then the final one
+    for (_, attempt), kind in zip(attempts, ("retried", "final"), strict=True):
         assert f"· {kind} ·" in attempt
         assert '<span class="error-type">RuntimeError</span>' in attempt
-        assert "RuntimeError: kaboom" in attempt
+        assert '<span class="error-cell">kaboom</span>' in attempt
+        # Each attempt shows its own traceback.
+        tb = re.search(r'<pre class="traceback">(.*?)</pre>', attempt, re.S)
+        assert tb is not None and "raise RuntimeError" in tb.group(1)
     traceback = re.search(r'<pre class="traceback" id="result-traceback">(.*?)</pre>', html, re.S)
     assert traceback is not None and "raise RuntimeError" in traceback.group(1)
     timeline = re.search(r'<table id="timeline">.*?</table>', html, re.S)
