@@ -193,7 +193,11 @@ class Lifecycle(RuleBasedStateMachine):
         unique_key = self.key(key)
         holder = self.live_holder(unique_key)
         built = self.svc.queue.build_task(
-            FUNC, queue_name=self.queue, ttl=timedelta(minutes=1), unique_key=unique_key
+            FUNC,
+            queue_name=self.queue,
+            ttl=timedelta(minutes=1),
+            unique_key=unique_key,
+            max_retries=0,
         )
         past = utcnow() - timedelta(hours=1)
         task = attrs.evolve(built, created_at=past, run_at=past, expires_at=past)

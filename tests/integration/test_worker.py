@@ -760,7 +760,8 @@ async def test_maintenance_lease_passes_on_when_its_holder_stops_renewing(
 ) -> None:
     svc_a = await open_services()
     svc_b = await open_services()
-    crashed = maintenance(svc_a, "crashed", lease=0.3)
+    # 2 s: the survivor's first look surely falls inside the crashed holder's lease.
+    crashed = maintenance(svc_a, "crashed", lease=2.0)
     survivor = maintenance(svc_b, "survivor", lease=60)
     assert await crashed.acquire_async()
     assert await survivor.run_once_async() is None
