@@ -205,7 +205,8 @@ class DriverRows:
     For plain INSERTs (and upserts) SQLite binds each row's values natively
     in the driver's C loop, which costs less than reading the rows back out of
     one JSON text (:class:`Batch`). The text is the Core statement compiled
-    once; values are converted here as the statement's bind processing would.
+    once with named parameters (the column keys); values are converted here
+    as the statement's bind processing would.
     """
 
     def __init__(
@@ -213,33 +214,32 @@ class DriverRows:
     ) -> None:
         from sqlalchemy.dialects import sqlite
 
-        dialect = sqlite.dialect()
+        dialect = sqlite.dialect(paramstyle="named")
         types = dict(columns)
         compiled = stmt.compile(dialect=dialect, column_keys=list(types))
-        order = list(compiled.positiontup or ())
-        unknown = [key for key in order if key not in types]
+        unknown = sorted(set(compiled.params) - types.keys())
         if unknown:
             raise ValueError(f"statement binds values not in the rows: {unknown}")
-        #: The statement's text (positional ``?`` parameters).
+        #: The statement's text (``:key`` parameters).
         self.sql = str(compiled)
-        self._getter: Callable[[Mapping[str, Any]], Sequence[Any]] = (
-            operator.itemgetter(*order) if len(order) > 1 else _one_value(order[0])
-        )
-        converters = [_converter(types[key], dialect, json_text=True) for key in order]
-        self._convert = [(i, fn) for i, fn in enumerate(converters) if fn is not None]
+        self._convert = [
+            (key, fn)
+            for key, type_ in columns
+            if key in compiled.params
+            and (fn := _converter(type_, dialect, json_text=True)) is not None
+        ]
 
     def execute(self, conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run the statement once per row of ``rows`` (mappings by column key)."""
-        get = self._getter
         convert = self._convert
         data = []
         for row in rows:
-            values = list(get(row))
-            for i, fn in convert:
-                value = values[i]
+            values = dict(row)
+            for key, fn in convert:
+                value = values[key]
                 if value is not None:
-                    values[i] = fn(value)
-            data.append(tuple(values))
+                    values[key] = fn(value)
+            data.append(values)
         conn.exec_driver_sql(self.sql, data)
 
 
