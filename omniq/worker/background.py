@@ -114,8 +114,8 @@ class BackgroundLoops(OutcomeWriting):
         leases.update({t.id: t.lease_token for t in self._buffer if t.lease_token is not None})
         events, starts = self._take_buffered()
         try:
-            held = await self.queue.heartbeat_async(
-                leases, events, starts, worker=self._worker_info()
+            held = await self._in_turn(
+                self.queue.heartbeat_async(leases, events, starts, worker=self._worker_info())
             )
         except Exception as exc:
             self._restore(events, starts)

@@ -74,6 +74,12 @@ class OutcomeWriting:
     _abandon_writes: bool
     _completions: GroupCommit[tuple[Task, Any, float], bool]
     _failures: GroupCommit[tuple[Task, ErrorInfo, bool, float], TaskStatus | None]
+    _lease_writes: asyncio.Lock
+
+    async def _in_turn(self, write: Awaitable[T]) -> T:
+        """Await ``write`` (a lease-protocol write of this worker) after the one before it."""
+        async with self._lease_writes:
+            return await write
 
     async def _succeeded(self, entry: _Running, result: Any, elapsed: float) -> None:
         task = entry.task
@@ -96,8 +102,10 @@ class OutcomeWriting:
     async def _flush_completions(self, items: list[tuple[Task, Any, float]]) -> list[bool]:
         events, starts = self._take_buffered()
         try:
-            done = await self.queue.complete_many_async(
-                items, worker_id=self.worker_id, events=events, starts=starts
+            done = await self._in_turn(
+                self.queue.complete_many_async(
+                    items, worker_id=self.worker_id, events=events, starts=starts
+                )
             )
         except BaseException:
             self._restore(events, starts)
@@ -110,8 +118,10 @@ class OutcomeWriting:
     ) -> list[TaskStatus | None]:
         events, starts = self._take_buffered()
         try:
-            return await self.queue.fail_many_async(
-                items, worker_id=self.worker_id, events=events, starts=starts
+            return await self._in_turn(
+                self.queue.fail_many_async(
+                    items, worker_id=self.worker_id, events=events, starts=starts
+                )
             )
         except BaseException:
             self._restore(events, starts)

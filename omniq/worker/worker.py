@@ -163,6 +163,10 @@ class Worker(Cancellation):
         self._sync_refs: dict[str, bool] = {}
         #: Orders a pool thread starting a queued call against shutdown withdrawing it.
         self._start_lock = threading.Lock()
+        #: One lease-protocol write (outcomes, heartbeat, release) at a time: on
+        #: PostgreSQL a heartbeat and a completion locking the same task rows in
+        #: different orders would deadlock (and wait out ``deadlock_timeout``).
+        self._lease_writes = asyncio.Lock()
         self._completions: GroupCommit[tuple[Task, Any, float], bool] = GroupCommit(
             self._flush_completions
         )
@@ -446,7 +450,7 @@ class Worker(Cancellation):
             if entry.releasing:
                 events = self._take_events()
                 released = self.queue.release_async(task, worker_id=self.worker_id, events=events)
-                if await self._guard(released) is None:
+                if await self._guard(self._in_turn(released)) is None:
                     self._restore(events, [])  # written with the next transaction instead
             elif entry.cancel_requested:
                 await self._cancelled(entry)
@@ -540,7 +544,9 @@ class Worker(Cancellation):
                 await job
         buffered, self._buffer = self._buffer, []
         if buffered:
-            await self._guard(self.queue.release_many_async(buffered, worker_id=self.worker_id))
+            await self._guard(
+                self._in_turn(self.queue.release_many_async(buffered, worker_id=self.worker_id))
+            )
         handles = [e.handle for e in self._running.values() if e.handle is not None]
         if handles:
             _, pending = await asyncio.wait(handles, timeout=self.grace_period)

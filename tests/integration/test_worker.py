@@ -812,6 +812,25 @@ async def test_stopping_a_worker_leaves_the_services_usable(
     assert await svc.events.get_events_async(event_type=EventType.ERROR) == []
 
 
+async def test_heartbeats_beside_completions_never_deadlock(
+    open_services: ServicesFactory,
+) -> None:
+    # A heartbeat renews the leases of the running tasks while completions settle
+    # some of them: on PostgreSQL two such statements locking the same rows in
+    # different orders deadlocked (each costing a second of deadlock_timeout and
+    # an "outcome write failed" error). Every write must succeed the first time.
+    svc = await open_services(Settings(heartbeat_interval=timedelta(milliseconds=1)))
+    ids = await svc.queue.enqueue_many_async(
+        [Task(func=ref("add"), func_args=[i, 1]) for i in range(1500)]
+    )
+    worker = make_worker(svc, concurrency=50)
+    with anyio.fail_after(DEADLINE * 4):
+        await worker.run_until_complete_async()
+    assert await svc.events.get_events_async(event_type=EventType.ERROR) == []
+    stats = await svc.queue.stats_async()
+    assert stats["default"].get("completed") == len(ids), stats
+
+
 async def test_leases_hold_while_a_stopping_worker_lets_tasks_finish(
     fast_leases: Services,
 ) -> None:
