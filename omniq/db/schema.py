@@ -76,6 +76,8 @@ tasks = sa.Table(
     sa.Column("worker_id", sa.Text),
     sa.Column("last_error", sa.Text),
     sa.Column("cancel_requested", sa.Boolean, nullable=False),
+    # W3C trace context (traceparent/tracestate as JSON) of the span that enqueued it.
+    sa.Column("trace_context", sa.Text),
     # Partial indexes: only rows that can match the sweeps are indexed.
     *(
         sa.Index(
@@ -251,6 +253,18 @@ attempts = sa.Table(
     sa.Column("retryable", sa.Boolean, nullable=False),
     sa.Column("worker_id", sa.Text),
     sa.Index("ix_omniq_task_attempts_task", "task_id", "id"),
+)
+
+task_progress = sa.Table(
+    "omniq_task_progress",
+    metadata,
+    # The last progress a running task reported (revision 0008): one row per task.
+    sa.Column("task_id", ID, sa.ForeignKey("omniq_tasks.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("done", sa.Float, nullable=False),
+    sa.Column("total", sa.Float),
+    sa.Column("message", sa.Text),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
 locks = sa.Table(

@@ -170,6 +170,9 @@ class Task:
     last_error: str | None = None
     cancel_requested: bool = False
     serializer: str = "json"
+    #: The W3C trace context (JSON of ``traceparent``/``tracestate``) of the span
+    #: that enqueued the task, when tracing is on; None otherwise.
+    trace_context: str | None = attrs.field(default=None, validator=optional_str)
     #: Set when the stored payload could not be decoded; the args are then empty
     #: and the worker fails the task with this message instead of running it.
     payload_error: str | None = attrs.field(default=None, eq=False)
