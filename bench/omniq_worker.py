@@ -124,16 +124,21 @@ def trace_sql(services: Services) -> dict[str, Any]:
         "pool_wait_s": 0.0,
         "kinds": Counter(),
     }
-    engine = getattr(getattr(services, "storage", None), "engine", None)
+    storage = getattr(services, "storage", None)
+    engine = getattr(storage, "engine", None)
     sync = getattr(engine, "sync_engine", None)
     if sync is None:
         return {}
+    # Reads go through the async engine; writes through Storage.write_engine
+    # (on SQLite the writer thread's own engine).
+    engines = [sync]
+    writes = getattr(storage, "write_engine", sync)
+    if writes is not sync:
+        engines.append(writes)
 
-    @event.listens_for(sync, "before_cursor_execute")
     def before(conn: Any, cursor: Any, sql: str, params: Any, ctx: Any, many: bool) -> None:
         conn.info["bench_t0"] = time.perf_counter()
 
-    @event.listens_for(sync, "after_cursor_execute")
     def after(conn: Any, cursor: Any, sql: str, params: Any, ctx: Any, many: bool) -> None:
         stats["statement_s"] += time.perf_counter() - conn.info.pop("bench_t0", time.perf_counter())
         stats["statements"] += 1
@@ -147,8 +152,11 @@ def trace_sql(services: Services) -> dict[str, Any]:
 
         return count
 
-    for name in ("begin", "commit", "rollback"):
-        event.listen(sync, name, counter(f"{name}s"))
+    for each in engines:
+        event.listen(each, "before_cursor_execute", before)
+        event.listen(each, "after_cursor_execute", after)
+        for name in ("begin", "commit", "rollback"):
+            event.listen(each, name, counter(f"{name}s"))
     event.listen(sync.pool, "checkout", counter("checkouts"))
 
     def timed(obj: Any, attr: str, key: str, count: str | None = None) -> None:

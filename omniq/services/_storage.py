@@ -173,6 +173,13 @@ class Storage:
         return cls(create_engine(url, settings, **engine_kwargs), settings, owns_engine=True)
 
     @property
+    def write_engine(self) -> sa.Engine:
+        """The sync Engine write transactions run on (SQLite: the writer thread's own)."""
+        if self._writer is not None:
+            return self._writer.engine
+        return self.engine.sync_engine
+
+    @property
     def url(self) -> sa.URL:
         """The engine URL."""
         return normalize_url(self.engine.url)
