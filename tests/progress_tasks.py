@@ -77,3 +77,12 @@ def no_task_error() -> str:
     except omniq.NoCurrentTask as exc:
         return str(exc)
     return "no error"
+
+
+def fail_first_attempt() -> int:
+    """Report ``attempt`` of 2 with a message; fail on the first attempt."""
+    task = omniq.current_task()
+    task.progress(task.attempt, 2, f"attempt {task.attempt}")
+    if task.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return task.attempt

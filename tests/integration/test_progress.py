@@ -233,3 +233,17 @@ def test_current_task_outside_a_task_raises_no_current_task() -> None:
     thread.start()
     thread.join()
     assert "outside a task" in box[0]
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+async def test_a_retry_reports_again_under_its_own_attempt(svc: Services, executor: str) -> None:
+    task_id = await svc.queue.enqueue_async(
+        f"{MODULE}:fail_first_attempt", max_retries=1, retry_delay=0
+    )
+    stats = await make_worker(svc, executor).run_until_complete_async()
+    assert (stats.retried, stats.completed) == (1, 1)
+    progress = await progress_of(svc, task_id)
+    assert progress is not None
+    assert (progress.attempt, progress.done, progress.message) == (2, 2, "attempt 2")
+    task = await svc.queue.get_task_async(task_id)
+    assert task is not None and task.attempts == 2
