@@ -123,6 +123,14 @@ class ProgressReporter:
         async with self._write_lock:
             with self._lock:
                 row = self._pending.pop(task_id, None)
+                idle = not self._pending
+                if idle:
+                    self._scheduled = False
+            flusher = self._flusher
+            if idle and flusher is not None and not flusher.done():
+                # Nothing left for it (it waits for its turn or its interval); a
+                # report from now on starts a new one. No await since the check.
+                flusher.cancel()
             if row is not None:
                 await self._write([row])
 

@@ -19,6 +19,7 @@ from typing import IO, Any
 import pytest
 import sqlalchemy as sa
 
+from omniq.db.schema import task_progress
 from omniq.errors import TaskNotFound
 from omniq.models import TaskProgress, TaskStatus
 from omniq.services import Services
@@ -247,3 +248,17 @@ async def test_a_retry_reports_again_under_its_own_attempt(svc: Services, execut
     assert (progress.attempt, progress.done, progress.message) == (2, 2, "attempt 2")
     task = await svc.queue.get_task_async(task_id)
     assert task is not None and task.attempts == 2
+
+
+async def test_progress_is_deleted_with_its_task(svc: Services) -> None:
+    task_id = await svc.queue.enqueue_async(f"{MODULE}:report_many", [10])
+    await make_worker(svc, "thread").run_until_complete_async()
+    assert await progress_of(svc, task_id) is not None
+    assert await svc.queue.delete_task_async(task_id)
+    with pytest.raises(TaskNotFound):
+        await progress_of(svc, task_id)
+
+    def rows(conn: sa.Connection) -> int:
+        return len(conn.execute(sa.select(task_progress.c.task_id)).all())
+
+    assert await svc.storage.read(rows) == 0
