@@ -18,6 +18,7 @@ from omniq.errors import (
     InvalidRow,
     InvalidTransition,
     LeaseLost,
+    NoCurrentTask,
     OmniQError,
     ScheduleNotFound,
     SchemaOutOfDate,
@@ -39,6 +40,7 @@ from omniq.models import (
     Settings,
     Task,
     TaskEvent,
+    TaskProgress,
     TaskResult,
     TaskStatus,
 )
@@ -51,6 +53,7 @@ from omniq.sync import (
     SyncTaskQueue,
     SyncWorker,
 )
+from omniq.task_context import CurrentTask, current_task
 from omniq.worker import TaskRegistry, Worker, WorkerStats, task
 
 __version__ = VERSION
@@ -58,6 +61,7 @@ __version__ = VERSION
 __all__ = [
     "AsyncOmniQ",
     "ConfigurationError",
+    "CurrentTask",
     "DatabaseBusy",
     "DatabaseError",
     "DatabaseUnavailable",
@@ -70,6 +74,7 @@ __all__ = [
     "InvalidTransition",
     "LeaseLost",
     "MisfirePolicy",
+    "NoCurrentTask",
     "OmniQ",
     "OmniQConfig",
     "OmniQError",
@@ -95,6 +100,7 @@ __all__ = [
     "TaskEvent",
     "TaskHandle",
     "TaskNotFound",
+    "TaskProgress",
     "TaskQueue",
     "TaskRegistry",
     "TaskResult",
@@ -104,5 +110,6 @@ __all__ = [
     "Worker",
     "WorkerStats",
     "__version__",
+    "current_task",
     "task",
 ]

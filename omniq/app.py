@@ -26,6 +26,7 @@ from omniq.models import (
     Task,
     TaskAttempt,
     TaskEvent,
+    TaskProgress,
     TaskResult,
     TaskStatus,
     WorkerInfo,
@@ -346,6 +347,10 @@ class AsyncOmniQ(ScheduleMethods):
         return await (await self._svc()).results.list_results_async(
             status, func, task_name, schedule_id, start_time, end_time, limit, offset
         )
+
+    async def get_progress_async(self, task_id: str) -> TaskProgress | None:
+        """The last progress ``task_id`` reported (see :func:`omniq.current_task`), or None."""
+        return await (await self._svc()).queue.get_progress_async(task_id)
 
     async def get_attempts_async(self, task_id: str) -> list[TaskAttempt]:
         """The failed attempts of a task, oldest first, each with its error record."""

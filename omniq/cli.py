@@ -22,6 +22,7 @@ import attrs
 from omniq._time import utcnow
 from omniq.app import AsyncOmniQ
 from omniq.cli_output import CLIError, duration_arg, emit, json_arg, plain, record, table
+from omniq.cli_progress import progress_data, with_progress
 from omniq.config import OmniQConfig
 from omniq.db import migrate
 from omniq.db.engine import create_engine, default_sqlite_url
@@ -343,11 +344,13 @@ async def _dispatch(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
         if task is None:
             raise TaskNotFound(f"no task with id {args.task_id!r}")
         attempts = await oq.get_attempts_async(args.task_id)
+        progress = await oq.get_progress_async(args.task_id)
         shown: Task = task
+        reported = progress_data(progress)
         emit(
             args,
-            {**plain(shown), "failed_attempts": plain(attempts)},
-            lambda: _task_text(shown, attempts),
+            {**plain(shown), "failed_attempts": plain(attempts), "progress": reported},
+            lambda: with_progress(_task_text(shown, attempts), progress),
         )
     elif command == "results":
         now = utcnow()

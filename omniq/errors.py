@@ -15,6 +15,7 @@ __all__ = [
     "InvalidRow",
     "InvalidTransition",
     "LeaseLost",
+    "NoCurrentTask",
     "OmniQError",
     "ScheduleNotFound",
     "SchemaOutOfDate",
@@ -110,3 +111,7 @@ class DatabaseUnavailable(DatabaseError):
 
 class SyncInAsyncContext(OmniQError, RuntimeError):
     """A sync API was called from inside a running event loop."""
+
+
+class NoCurrentTask(OmniQError, LookupError):
+    """``omniq.current_task()`` was called outside a task run by a worker."""

@@ -43,6 +43,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--burst", action="store_true", help="stop when no task is left")
     parser.add_argument("--gate", default=None, help="wait until this file exists")
+    parser.add_argument(
+        "--allow", action="append", default=[], help="also allow this module's functions"
+    )
     return parser.parse_args(argv)
 
 
@@ -60,7 +63,7 @@ async def main(args: argparse.Namespace) -> None:
             worker_id=args.worker_id,
             concurrency=args.concurrency,
             executor=args.executor,
-            allow_modules=["tests.worker_tasks"],
+            allow_modules=["tests.worker_tasks", *args.allow],
             poll_interval=0.05,
             grace_period=args.grace,
             run_scheduler=False,

@@ -17,6 +17,7 @@ from omniq.models.enums import (
 from omniq.models.error import TaskError
 from omniq.models.event import TaskEvent
 from omniq.models.filters import TaskFilter, TaskSort
+from omniq.models.progress import TaskProgress
 from omniq.models.result import TaskResult
 from omniq.models.schedule import TASK_OPTION_KEYS, Schedule
 from omniq.models.settings import Settings
@@ -40,6 +41,7 @@ __all__ = [
     "TaskError",
     "TaskEvent",
     "TaskFilter",
+    "TaskProgress",
     "TaskResult",
     "TaskSort",
     "TaskStatus",

@@ -43,6 +43,7 @@ from omniq.repositories import (
 )
 from omniq.repositories._base import PayloadCodec, is_locked_error, translate_errors
 from omniq.repositories.locks import LockRepository
+from omniq.repositories.progress import ProgressRepository
 from omniq.repositories.workers import WorkerRepository
 from omniq.serialization import SerializerRegistry
 
@@ -147,6 +148,7 @@ class Storage:
         self.locks = LockRepository(self.dialect)
         self.workers = WorkerRepository(self.dialect)
         self.attempts = AttemptRepository()
+        self.progress = ProgressRepository(self.dialect)
         self.notifier = Notifier.for_key(engine.url.render_as_string(hide_password=True))
         self._reader = read_engine(engine)
         self._opened = False

@@ -7,7 +7,7 @@ from collections.abc import Collection
 import sqlalchemy as sa
 
 from omniq.errors import TaskNotFound, ValidationError
-from omniq.models import Task, TaskAttempt, TaskStatus
+from omniq.models import Task, TaskAttempt, TaskProgress, TaskStatus
 from omniq.services._shared import _check_page, _statuses
 from omniq.services.admin import Administration
 
@@ -37,6 +37,21 @@ class Queries(Administration):
             return attempts
 
         return await self.storage.read(body, what="get attempts")
+
+    async def get_progress_async(self, task_id: str) -> TaskProgress | None:
+        """The last progress ``task_id`` reported from inside its function, or None.
+
+        Kept after the task finished (its final report); an unknown task raises
+        :class:`TaskNotFound`.
+        """
+
+        def body(conn: sa.Connection) -> TaskProgress | None:
+            progress = self.storage.progress.get(conn, task_id)
+            if progress is None and self.storage.tasks.get(conn, task_id) is None:
+                raise TaskNotFound(f"no task with id {task_id!r}")
+            return progress
+
+        return await self.storage.read(body, what="get progress")
 
     async def list_tasks_async(
         self,

@@ -81,12 +81,14 @@ async def task(request: Request) -> Response:
     if detail is None:
         raise TaskNotFound(f"no task with id {task_id!r}")
     attempts = await _backend(request).call(lambda s: s.queue.get_attempts_async(task_id))
+    progress = await _backend(request).call(lambda s: s.queue.get_progress_async(task_id))
     return render(
         request,
         "task.html",
         d=detail,
         t=detail.task,
         attempts=attempts,
+        progress=progress,
         show_arguments=_backend(request).settings.log_arguments,
         retryable=RETRYABLE,
     )

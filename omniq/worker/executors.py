@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import multiprocessing
@@ -30,6 +31,7 @@ from typing import Any, Literal
 
 from omniq.errors import ConfigurationError
 from omniq.models.config import EXECUTOR_KINDS
+from omniq.task_context import CurrentTask, _current
 
 ExecutorKind = Literal["async", "thread", "process"]
 
@@ -51,15 +53,32 @@ def _child_main(
     kwargs: dict[str, Any],
     conn: multiprocessing.connection.Connection,
     worker_pid: int,
+    task_info: tuple[str, int, str, str] | None = None,
 ) -> None:
     _exit_with_worker(worker_pid)
     # The parent checked that ``ref`` is allowed before starting this process.
     from omniq.serialization import resolve_ref
+    from omniq.worker.pipe_progress import PipeProgress
 
+    progress = PipeProgress(conn)
+    if task_info is not None:
+        task_id, attempt, queue_name, func_ref = task_info
+        _current.set(
+            CurrentTask(
+                id=task_id,
+                attempt=attempt,
+                queue=queue_name,
+                function=func_ref,
+                sink=progress.report,
+            )
+        )
     try:
-        result = resolve_ref(ref)(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = asyncio.run(_await(result))
+        try:
+            result = resolve_ref(ref)(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = asyncio.run(_await(result))
+        finally:
+            progress.close()  # the last report goes before the outcome
         conn.send(("ok", result))
     except BaseException as exc:
         conn.send(("err", type(exc).__qualname__, str(exc), traceback.format_exc()))
@@ -324,8 +343,12 @@ class Executor:
                 on_start()
             return await self._run_process(ref, args, kwargs, timeout)
         loop = asyncio.get_running_loop()
+        # The thread runs in a copy of this context: omniq.current_task() works there.
+        context = contextvars.copy_context()
         if timeout is None and on_start is None:
-            result = await self._threads.call_async(loop, functools.partial(func, *args, **kwargs))
+            result = await self._threads.call_async(
+                loop, functools.partial(context.run, func, *args, **kwargs)
+            )
         else:
             # The thread cannot be stopped: on timeout its future fails now and
             # the call's eventual outcome is dropped.
@@ -336,7 +359,7 @@ class Executor:
                 if on_start is not None:
                     on_start()
                 try:
-                    return func(*args, **kwargs)
+                    return context.run(func, *args, **kwargs)
                 finally:
                     state.ended = True
 
@@ -373,33 +396,24 @@ class Executor:
         assert self._mp is not None
         loop = asyncio.get_running_loop()
         receiver, sender = self._mp.Pipe(duplex=False)
+        current = _current.get()
+        task_info = None
+        if current is not None:
+            task_info = (current.id, current.attempt, current.queue, current.function)
         process = self._mp.Process(
             target=_child_main,
-            args=(ref, args, kwargs, sender, os.getpid()),
+            args=(ref, args, kwargs, sender, os.getpid(), task_info),
             daemon=True,
             name=f"omniq-task-{ref}",
         )
         await loop.run_in_executor(self._threads, process.start)
         sender.close()
-        ready: asyncio.Future[None] = loop.create_future()
+        readable = asyncio.Event()
         fd = receiver.fileno()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(fd, wake)
+        loop.add_reader(fd, readable.set)
         try:
-            await asyncio.wait_for(ready, timeout)
-            try:
-                message = receiver.recv()
-            except EOFError:
-                process.join(1)
-                raise RemoteError(
-                    "ProcessDied",
-                    f"the task's process exited with code {process.exitcode}",
-                    "",
-                ) from None
+            async with asyncio.timeout(timeout):
+                message = await self._outcome_of(process, receiver, readable, current)
         except BaseException:
             process.kill()
             raise
@@ -410,6 +424,32 @@ class Executor:
         if message[0] == "ok":
             return message[1]
         raise RemoteError(message[1], message[2], message[3])
+
+    @staticmethod
+    async def _outcome_of(
+        process: Any,
+        receiver: multiprocessing.connection.Connection,
+        readable: asyncio.Event,
+        current: CurrentTask | None,
+    ) -> Any:
+        """The child's outcome message; its progress messages on the way go to ``current``."""
+        while True:
+            await readable.wait()
+            readable.clear()
+            while receiver.poll():
+                try:
+                    message = receiver.recv()
+                except EOFError:
+                    process.join(1)
+                    raise RemoteError(
+                        "ProcessDied",
+                        f"the task's process exited with code {process.exitcode}",
+                        "",
+                    ) from None
+                if message[0] != "progress":
+                    return message
+                if current is not None:
+                    current.progress(*message[1:])
 
     @property
     def _threads(self) -> DaemonThreadPool:

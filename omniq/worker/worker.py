@@ -45,10 +45,12 @@ from omniq.services.queue import ErrorInfo, Start, TaskQueue
 from omniq.services.results import ResultStorage
 from omniq.services.scheduler import Scheduler
 from omniq.services.workers import WorkerRegistry
+from omniq.task_context import _current
 from omniq.worker.background import TaskTimeout
 from omniq.worker.cancellation import Cancellation
 from omniq.worker.executors import Executor
 from omniq.worker.outcomes import _needs_durable_start, _Running
+from omniq.worker.progress import ProgressReporter
 from omniq.worker.registry import TaskRegistry, default_registry
 from omniq.worker.stats import WorkerStats
 
@@ -183,6 +185,8 @@ class Worker(Cancellation):
         #: Outcomes of tasks run through process_task_async (only those: no growth).
         self._outcome: dict[str, TaskStatus | None] = {}
         self._counts = {"completed": 0, "failed": 0, "retried": 0, "cancelled": 0, "lost": 0}
+        #: Progress reported by running tasks (omniq.current_task().progress()).
+        self._progress = ProgressReporter(self.storage)
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -521,6 +525,9 @@ class Worker(Cancellation):
                 self._mark_start(entry)
 
         entry.in_call = True
+        # omniq.current_task() inside the function (its attempt counts the start).
+        attempt = task.attempts if task.started_at is not None else task.attempts + 1
+        current = _current.set(self._progress.current(task, attempt))
         try:
             return await self.executor.run(
                 func, task.func, task.func_args, task.func_kwargs, timeout, on_start
@@ -529,6 +536,9 @@ class Worker(Cancellation):
             raise TaskTimeout(f"task timed out after {timeout:g}s") from exc
         finally:
             entry.in_call = False
+            _current.reset(current)
+            if self._progress.has_pending(task.id) and not entry.lost:
+                await self._progress.flush_task(task.id)  # its last report, before the outcome
 
     # --- shutdown -----------------------------------------------------------------------
 
@@ -571,6 +581,7 @@ class Worker(Cancellation):
         self._background = []
         if self._pending_events or self._started_events:
             await self._guard(self.queue.heartbeat_async({}, self._take_events()))
+        await self._progress.close()
         if self.run_maintenance:
             await self._guard(self.maintenance.release_async())
         self.storage.notifier.cancel_listeners.discard(self._on_cancel_requested)
