@@ -90,7 +90,7 @@ def prepare_connection(connection: sa.Connection, schema: str | None, *, create:
     connection.exec_driver_sql(f'SET LOCAL search_path TO "{schema}"')
 
 
-def revisions_of(script: ScriptDirectory) -> set[str]:
+def _revisions_of(script: ScriptDirectory) -> set[str]:
     """Every revision id of OmniQ's migrations."""
     return {rev.revision for rev in script.walk_revisions("base", "heads")}
 
@@ -121,7 +121,7 @@ def adopt_legacy_version_table(
         schema=schema,
     )
     found: list[str] = list(connection.execute(sa.select(legacy.c.version_num)).scalars())
-    if not _only_ours(found, revisions_of(script)):
+    if not _only_ours(found, _revisions_of(script)):
         log.debug("%s holds %s: not OmniQ's, left alone", LEGACY_VERSION_TABLE, found)
         return None
     revision = found[0]
