@@ -46,8 +46,10 @@ __all__ = [
     "install_sqlite_events",
     "normalize_url",
     "read_engine",
+    "schema_of",
     "sqlite_path",
     "sqlite_writer_engine",
+    "with_schema",
 ]
 
 
@@ -373,6 +375,11 @@ def create_engine(
     """Create the AsyncEngine for ``url`` with OmniQ's per-engine settings."""
     settings = settings or Settings()
     parsed = normalize_url(url)
+    _check_schema_supported(parsed.get_backend_name(), settings.db_schema)
+    if settings.db_schema is not None:
+        options = dict(engine_kwargs.get("execution_options") or {})
+        options["schema_translate_map"] = _translate_map(options, settings.db_schema)
+        engine_kwargs["execution_options"] = options
     if parsed.get_backend_name() == "sqlite":
         path = sqlite_path(parsed)
         assert path is not None
@@ -383,6 +390,54 @@ def create_engine(
         return engine
     engine_kwargs.setdefault("pool_pre_ping", True)
     return create_async_engine(parsed, **engine_kwargs)
+
+
+#: The execution option that puts OmniQ's schema-less tables in ``Settings.db_schema``.
+_TRANSLATE = "schema_translate_map"
+
+
+def _check_schema_supported(backend: str, schema: str | None) -> None:
+    if schema is not None and backend != "postgresql":
+        raise ConfigurationError(
+            f"db_schema={schema!r} needs PostgreSQL: SQLite has no schemas "
+            "(its namespace is the database file: give OmniQ a file of its own instead)"
+        )
+
+
+def _translate_map(options: Mapping[str, Any], schema: str) -> dict[str | None, str | None]:
+    current = dict(options.get(_TRANSLATE) or {})
+    if current.get(None, schema) != schema:
+        raise ConfigurationError(
+            f"db_schema={schema!r} conflicts with the engine's schema_translate_map {current!r}"
+        )
+    current[None] = schema
+    return current
+
+
+def schema_of(bind: AsyncEngine | sa.Engine | sa.Connection) -> str | None:
+    """The schema OmniQ's tables live in on ``bind`` (None: the default schema).
+
+    It is carried by the engine itself, as SQLAlchemy's ``schema_translate_map``
+    execution option (``{None: schema}``), so every statement built from the
+    schema-less metadata of :mod:`omniq.db.schema` names the schema.
+    """
+    translate = bind.get_execution_options().get(_TRANSLATE) or {}
+    schema = translate.get(None)
+    return schema if isinstance(schema, str) else None
+
+
+def with_schema(engine: AsyncEngine, settings: Settings) -> AsyncEngine:
+    """``engine`` with ``settings.db_schema`` applied (as is when it already carries it).
+
+    For an engine made elsewhere (by the application): the result shares its
+    pool and differs only in its execution options.
+    """
+    schema = settings.db_schema
+    _check_schema_supported(engine.dialect.name, schema)
+    if schema is None or schema_of(engine) == schema:
+        return engine
+    translate = _translate_map(engine.get_execution_options(), schema)
+    return engine.execution_options(**{_TRANSLATE: translate})
 
 
 class MalformedJSON:

@@ -1,7 +1,10 @@
 """Programmatic Alembic: upgrade, downgrade, current revision, check, schema guard.
 
 The migration scripts ship inside the package (``omniq._migrations``), so
-these work from a wheel install with no checkout.
+these work from a wheel install with no checkout. OmniQ's revision lives in
+its own version table, :data:`VERSION_TABLE` (see :mod:`omniq.db.coexist`);
+on PostgreSQL the schema is the engine's (``Settings.db_schema``, or
+``schema=`` of the sync functions).
 """
 
 from __future__ import annotations
@@ -18,11 +21,15 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from omniq.db.engine import create_engine
+from omniq.db import coexist
+from omniq.db.coexist import VERSION_TABLE
+from omniq.db.engine import create_engine, schema_of
 from omniq.db.schema import metadata
 from omniq.errors import SchemaOutOfDate
+from omniq.models.settings import Settings
 
 __all__ = [
+    "VERSION_TABLE",
     "check",
     "check_async",
     "current",
@@ -54,11 +61,25 @@ def head() -> str:
 
 async def _with_connection(engine: AsyncEngine, fn: Any, *args: Any) -> Any:
     async with engine.begin() as conn:
-        return await conn.run_sync(fn, *args)
+        return await conn.run_sync(_prepared, fn, *args)
+
+
+def _prepared(connection: Connection, fn: Any, *args: Any) -> Any:
+    """Run ``fn`` on OmniQ's schema (PostgreSQL), after adopting an old version table."""
+    schema = schema_of(connection)
+    coexist.prepare_connection(connection, schema, create=fn is _upgrade)
+    coexist.adopt_legacy_version_table(connection, schema, ScriptDirectory.from_config(_config()))
+    return fn(connection, *args)
+
+
+def _context(connection: Connection) -> MigrationContext:
+    return MigrationContext.configure(
+        connection, opts=coexist.context_options(schema_of(connection))
+    )
 
 
 def _current(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    return _context(connection).get_current_revision()
 
 
 def _upgrade(connection: Connection, revision: str) -> None:
@@ -70,7 +91,7 @@ def _downgrade(connection: Connection, revision: str) -> None:
 
 
 def _diffs(connection: Connection) -> list[Any]:
-    diffs: list[Any] = compare_metadata(MigrationContext.configure(connection), metadata)
+    diffs: list[Any] = compare_metadata(_context(connection), metadata)
     return diffs
 
 
@@ -113,9 +134,9 @@ async def ensure_schema(engine: AsyncEngine, *, auto_migrate: bool) -> None:
     raise SchemaOutOfDate(at, target)
 
 
-def _run(url: str, fn: Any, *args: Any) -> Any:
+def _run(url: str, schema: str | None, fn: Any, *args: Any) -> Any:
     async def main() -> Any:
-        engine = create_engine(url)
+        engine = create_engine(url, Settings(db_schema=schema))
         try:
             return await fn(engine, *args)
         finally:
@@ -124,21 +145,21 @@ def _run(url: str, fn: Any, *args: Any) -> Any:
     return asyncio.run(main())
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "head", *, schema: str | None = None) -> None:
     """Upgrade the database at ``url`` to ``revision`` (sync; no running loop allowed)."""
-    _run(url, upgrade_async, revision)
+    _run(url, schema, upgrade_async, revision)
 
 
-def downgrade(url: str, revision: str = "base") -> None:
+def downgrade(url: str, revision: str = "base", *, schema: str | None = None) -> None:
     """Downgrade the database at ``url`` to ``revision`` (sync)."""
-    _run(url, downgrade_async, revision)
+    _run(url, schema, downgrade_async, revision)
 
 
-def current(url: str) -> str | None:
+def current(url: str, *, schema: str | None = None) -> str | None:
     """The revision the database at ``url`` is at (sync)."""
-    return _run(url, current_async)  # type: ignore[no-any-return]
+    return _run(url, schema, current_async)  # type: ignore[no-any-return]
 
 
-def check(url: str) -> None:
+def check(url: str, *, schema: str | None = None) -> None:
     """Raise :class:`SchemaOutOfDate` if the database at ``url`` differs from the metadata."""
-    _run(url, check_async)
+    _run(url, schema, check_async)

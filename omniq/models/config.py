@@ -20,6 +20,7 @@ Environment variables (all optional):
 ``OMNIQ_SERIALIZER``        ``json`` (default) | ``pickle`` (needs allow_pickle)
 ``OMNIQ_ALLOW_PICKLE``      ``1`` to opt in to pickle payloads
 ``OMNIQ_LOG_LEVEL``         logging level of the ``omniq`` loggers
+``OMNIQ_DB_SCHEMA``         PostgreSQL schema of OmniQ's tables (default: none)
 ==========================  =====================================================
 """
 
@@ -313,6 +314,7 @@ class OmniQConfig:
             "OMNIQ_EXECUTOR": "executor",
             "OMNIQ_POLL_INTERVAL": "poll_interval",
             "OMNIQ_LOG_LEVEL": "log_level",
+            "OMNIQ_DB_SCHEMA": "db_schema",
         }
         for var, key in mapping.items():
             if var in env:
@@ -372,6 +374,8 @@ def _settings(values: Mapping[str, Any]) -> Settings:
             clean[key] = float(value)
         elif key == "auto_migrate":
             clean[key] = None if value is None else _bool(value, key)
+        elif key == "db_schema":
+            clean[key] = None if value is None or str(value).strip() == "" else str(value).strip()
         else:
             clean[key] = value
     for required in ("lease_duration", "heartbeat_interval", "busy_timeout", "max_retry_delay"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -9,6 +10,22 @@ import attrs
 
 from omniq.errors import ValidationError
 from omniq.models._fields import non_negative_duration, non_negative_int
+
+#: A PostgreSQL schema OmniQ may use: a plain identifier (no quoting needed), not ``pg_*``.
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _schema_name(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not _SCHEMA_NAME.fullmatch(value):
+        raise ValidationError(
+            attribute.name,
+            f"{value!r} is not a schema name OmniQ accepts "
+            "(letters, digits and underscores, not starting with a digit, at most 63)",
+        )
+    if value.lower().startswith("pg_") or value.lower() == "information_schema":
+        raise ValidationError(attribute.name, f"{value!r} is reserved by PostgreSQL")
 
 
 def _positive(_inst: object, attribute: attrs.Attribute[Any], value: timedelta) -> None:
@@ -71,3 +88,7 @@ class Settings:
     signing_key: str | None = attrs.field(default=None, repr=False)
     #: Copy task arguments into ``enqueued`` events (off: events carry ids and names only).
     log_arguments: bool = False
+    #: PostgreSQL: the schema holding every OmniQ table, index, trigger function and
+    #: OmniQ's version table (created if missing); None: the connection's default
+    #: schema. SQLite refuses it (:class:`~omniq.errors.ConfigurationError`).
+    db_schema: str | None = attrs.field(default=None, validator=_schema_name)

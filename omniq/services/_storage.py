@@ -30,6 +30,7 @@ from omniq.db.engine import (
     normalize_url,
     read_engine,
     sqlite_writer_engine,
+    with_schema,
 )
 from omniq.db.migrate import ensure_schema
 from omniq.db.writer import SQLiteWriter, run_in_transaction
@@ -133,8 +134,9 @@ class Storage:
         owns_engine: bool = False,
         serializers: SerializerRegistry | None = None,
     ) -> None:
-        self.engine = engine
         self.settings = settings or Settings()
+        # Settings.db_schema (PostgreSQL): statements name OmniQ's schema.
+        self.engine = with_schema(engine, self.settings)
         self.owns_engine = owns_engine
         self.dialect = dialect_of(engine)
         self.serializers = serializers or SerializerRegistry(
@@ -149,7 +151,10 @@ class Storage:
         self.workers = WorkerRepository(self.dialect)
         self.attempts = AttemptRepository()
         self.progress = ProgressRepository(self.dialect)
-        self.notifier = Notifier.for_key(engine.url.render_as_string(hide_password=True))
+        key = engine.url.render_as_string(hide_password=True)
+        if self.settings.db_schema is not None:
+            key = f"{key}#{self.settings.db_schema}"
+        self.notifier = Notifier.for_key(key)
         self._reader = read_engine(engine)
         self._opened = False
         self._writer: SQLiteWriter | None = None
