@@ -138,9 +138,13 @@ def adopt_legacy_version_table(
 
 
 def _legacy_candidate(connection: sa.Connection, schema: str | None) -> bool:
+    # OmniQ's tables must be there too: an application that numbers its own
+    # revisions "0001"... keeps its alembic_version when OmniQ never ran here.
     inspector = sa.inspect(connection)
-    return not inspector.has_table(VERSION_TABLE, schema=schema) and inspector.has_table(
-        LEGACY_VERSION_TABLE, schema=schema
+    return (
+        not inspector.has_table(VERSION_TABLE, schema=schema)
+        and inspector.has_table(LEGACY_VERSION_TABLE, schema=schema)
+        and inspector.has_table("omniq_tasks", schema=schema)
     )
 
 

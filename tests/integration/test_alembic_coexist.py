@@ -441,6 +441,29 @@ def test_an_alembic_version_of_the_application_is_left_alone(
     oq.assert_clean()
 
 
+def test_an_application_numbering_revisions_like_omniq_is_left_alone(
+    fresh_url: str, tmp_path: Path
+) -> None:
+    # The application's own revision "0003" looks like one of OmniQ's, but no
+    # OmniQ table is there: it is the application's, and stays where it is.
+    async def stamp() -> None:
+        engine = create_engine(fresh_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(
+                    lambda c: MigrationContext.configure(c).stamp(_script(), "0003")
+                )
+                await conn.execute(sa.text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(stamp())
+    oq = OmniQSide(tmp_path, fresh_url)
+    oq.upgrade()
+    assert versions(fresh_url, LEGACY_VERSION_TABLE) == ["0003"]
+    assert versions(fresh_url, VERSION_TABLE) == [migrate.head()]
+
+
 def test_two_processes_adopting_at_once_on_postgres(
     postgres_databases: PostgresDatabases | None,
 ) -> None:
