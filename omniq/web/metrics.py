@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -13,8 +11,12 @@ __all__ = ["available", "metrics"]
 
 
 def available() -> bool:
-    """True when prometheus_client is installed (the route is added only then)."""
-    return importlib.util.find_spec("prometheus_client") is not None
+    """True when prometheus_client can be imported (the route is added only then)."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 async def metrics(request: Request) -> Response:
