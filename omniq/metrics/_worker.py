@@ -69,7 +69,9 @@ class WorkerMetrics:
     - ``omniq_tasks_running{queue}``: functions running now (read at scrape time).
 
     ``task`` is the function's reference (``package.module:function``); no
-    label ever carries a task id or an argument.
+    label ever carries a task id or an argument. An attempt whose outcome was
+    left to lease recovery (its worker lost the lease) counts in the duration
+    histogram only.
     """
 
     def __init__(

@@ -250,3 +250,26 @@ async def test_collector_read_async_on_the_owning_loop(db_url: str) -> None:
         # Blocking collect() on this very loop would deadlock: it reports the database down.
         (up, *_rest) = list(DatabaseCollector(oq).collect())
         assert up.samples[0].value == 0
+
+
+async def test_two_workers_in_one_process_keep_their_own_metrics(db_url: str) -> None:
+    async with AsyncOmniQ(url=db_url) as oq:
+        for i in range(20):
+            await oq.enqueue_async(ADD, [i, i])
+        metrics = [WorkerMetrics(), WorkerMetrics()]
+        workers = [
+            Worker(oq.services.queue, allow_modules=["tests.worker_tasks"], metrics=m)
+            for m in metrics
+        ]
+        servers = [start_metrics_server(oq, port=0, worker=m) for m in metrics]
+        try:
+            stats = await asyncio.gather(*(w.run_until_complete_async() for w in workers))
+            scraped = [await scrape(server.url) for server in servers]
+        finally:
+            for server in servers:
+                server.close()
+        for one, samples in zip(stats, scraped, strict=True):
+            counted = by_label(samples, "omniq_tasks_finished_total", "task", "outcome")
+            assert counted.get((ADD, "completed"), 0) == one.completed
+            assert pick(samples, "omniq_tasks", queue="default", status="completed") == 20
+        assert sum(s.completed for s in stats) == 20
