@@ -54,6 +54,8 @@ def test_metrics_options_without_the_extra_name_it(tmp_path: Path) -> None:
         assert proc.returncode == 1, proc.stderr
         assert "needs the metrics extra" in proc.stderr
         assert 'pip install "omniq[metrics]"' in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "cli.db").exists()  # refused before opening anything
 
 
 def test_the_dashboard_has_no_metrics_page_without_the_extra(tmp_path: Path) -> None:
