@@ -1,7 +1,7 @@
 """An OmniQ worker process for the benchmarks.
 
 ``python -m bench.omniq_worker URL [--serve] [--rss-at 10000,100000] [--concurrency N]
-[--trace-sql]``
+[--trace-sql] [--metrics]``
 
 Opens the services, builds a default :class:`omniq.worker.Worker` (events
 and results on, ``allow_modules=["bench.tasks"]``), reports ``ready``, waits
@@ -11,7 +11,10 @@ for ``go`` on stdin, then either drains the queue in burst mode
 first claim that returned tasks and just after the last committed outcome
 (a completion or a failure), so interpreter start-up and shutdown are
 excluded. ``--trace-sql`` also reports what the engine sent to the database
-(see :func:`trace_sql`).
+(see :func:`trace_sql`). ``--metrics`` turns Prometheus metrics on (a
+``WorkerMetrics`` and its HTTP server on a free port, as ``omniq worker
+--metrics-port`` does) and reports how many finished tasks they counted,
+scraped over HTTP at the end.
 """
 
 from __future__ import annotations
@@ -182,18 +185,51 @@ def trace_sql(services: Services) -> dict[str, Any]:
     return stats
 
 
+def _metrics_on(services: Services) -> tuple[Any, Any]:
+    """A WorkerMetrics and its HTTP server (port 0), as `omniq worker --metrics-port` runs them."""
+    from omniq.metrics import WorkerMetrics, start_metrics_server
+
+    metrics = WorkerMetrics()
+    return metrics, start_metrics_server(services, port=0, worker=metrics)
+
+
+def _scraped_finished(server: Any) -> int:
+    """The finished tasks the metrics page counts (scraped over HTTP, from a thread)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(server.url, timeout=30) as response:
+        text = response.read().decode()
+    return int(
+        sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "omniq_tasks_finished_total"
+        )
+    )
+
+
 async def main_async(
-    url: str, serve: bool, rss_at: Sequence[int], concurrency: int | None, trace: bool
+    url: str,
+    serve: bool,
+    rss_at: Sequence[int],
+    concurrency: int | None,
+    trace: bool,
+    metrics_on: bool = False,
 ) -> None:
     services = await Services.open_async(url)
     try:
         queue = TimedQueue(services.queue, rss_at)
+        metrics, server = _metrics_on(services) if metrics_on else (None, None)
         worker = Worker(
             queue,
             services.results,
             services.events,
             allow_modules=["bench.tasks"],
             concurrency=concurrency,
+            metrics=metrics,
         )
         sql = trace_sql(services) if trace else {}
         emit({"event": "ready", "rss_kib": rss_kib()})
@@ -212,6 +248,10 @@ async def main_async(
         to_exit = last is None or stats.failed + stats.retried > queue.fail_writes
         if to_exit:
             last = time.time()
+        counted = None
+        if server is not None:
+            counted = await loop.run_in_executor(None, _scraped_finished, server)
+            server.close()
         emit(
             {
                 "event": "done",
@@ -230,6 +270,7 @@ async def main_async(
                 else queue.cpu_last - queue.cpu_first,
                 "rss_kib": {str(k): v for k, v in queue.rss.items()},
                 "sql": sql,
+                "metrics_finished": counted,
             }
         )
     finally:
@@ -244,9 +285,12 @@ def main() -> None:
     parser.add_argument("--rss-at", default="", help="completion counts at which to read VmRSS")
     parser.add_argument("--concurrency", type=int, default=None, help="default: the Worker's")
     parser.add_argument("--trace-sql", action="store_true", help="count statements sent")
+    parser.add_argument("--metrics", action="store_true", help="Prometheus metrics on")
     args = parser.parse_args()
     rss_at = [int(x) for x in args.rss_at.split(",") if x]
-    asyncio.run(main_async(args.url, args.serve, rss_at, args.concurrency, args.trace_sql))
+    asyncio.run(
+        main_async(args.url, args.serve, rss_at, args.concurrency, args.trace_sql, args.metrics)
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from bench.common import (
     percentile,
     rate,
     ratio_row,
+    skipped_row,
     sqlite_url,
     verdict,
 )
@@ -49,6 +50,8 @@ LABELS = (
     *pg_side.LABELS,
     *dashboard.LABELS,
 )
+#: Shown under row 5 (measured in the same runs): the burn-down with Prometheus metrics on.
+METRICS_LABEL = "5m. burn-down, metrics on vs off"
 HEADER = ("benchmark", "omniq", "comparison", "ratio", "target")
 
 
@@ -179,12 +182,15 @@ def run_omniq_workers(
     return workers.run_omniq_workers(sqlite_url(db), count, ws.root, extra=extra, env=env)
 
 
-def _omniq_burn(ws: Workspace, n: int) -> float:
+def _omniq_burn(ws: Workspace, n: int, *, metrics: bool = False) -> float:
     db = ws.omniq_db("burn")
     asyncio.run(omniq_side.fill(db, n))
-    done, tasks_per_s = span_rate(run_omniq_workers(ws, db, 1))
+    reports = run_omniq_workers(ws, db, 1, extra=("--metrics",) if metrics else ())
+    done, tasks_per_s = span_rate(reports)
     if done != n:
         raise RuntimeError(f"the OmniQ worker completed {done} of {n} tasks")
+    if metrics and reports[0]["metrics_finished"] != n:
+        raise RuntimeError(f"the metrics counted {reports[0]['metrics_finished']} of {n} tasks")
     return tasks_per_s
 
 
@@ -205,9 +211,12 @@ def _huey_burn(ws: Workspace, n: int) -> float:
 
 
 def bench_burn(ws: Workspace, sizes: Sizes) -> list[Row]:
-    omniq = huey = 0.0
+    omniq = huey = metered = 0.0
+    metrics = _has_metrics()
     for _ in range(sizes.process_repeats):
         omniq = max(omniq, _omniq_burn(ws, sizes.burn))
+        if metrics:
+            metered = max(metered, _omniq_burn(ws, sizes.burn, metrics=True))
         huey = max(huey, _huey_burn(ws, sizes.burn))
     return [
         ratio_row(
@@ -224,8 +233,28 @@ def bench_burn(ws: Workspace, sizes: Sizes) -> list[Row]:
             "Huey's Consumer(workers=1, worker_type='thread') from its first dequeue to the "
             "last `complete` signal. Per task OmniQ also writes "
             "a result row and 3 events; Huey stores nothing for a None result.",
+        ),
+        ratio_row(
+            METRICS_LABEL,
+            metered,
+            omniq,
+            0.9,
+            ">= 0.9x",
+            "Row 5's burn-down with Prometheus metrics on (Worker(metrics=WorkerMetrics()) "
+            "and its HTTP server, as `omniq worker --metrics-port`: per attempt a wait and a "
+            "duration observation and an outcome count; the metrics page, scraped once at "
+            "the end, counted every task) vs off (row 5's number), best of the same runs.",
         )
+        if metrics
+        else skipped_row(METRICS_LABEL, 'install the metrics extra: pip install "omniq[metrics]"'),
     ]
+
+
+def _has_metrics() -> bool:
+    """True when prometheus_client (the metrics extra) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("prometheus_client") is not None
 
 
 def _multi_run(ws: Workspace, n: int, processes: int) -> tuple[float, int, int]:
@@ -373,7 +402,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[Workspace, Sizes], list[Row]], tuple[str,
     ("enqueue_async sequential", bench_enqueue_single, LABELS[2:3]),
     ("enqueue_async concurrent", bench_enqueue_concurrent, LABELS[3:4]),
     ("claim rate", bench_claim, LABELS[4:5]),
-    ("burn-down", bench_burn, LABELS[5:6]),
+    ("burn-down", bench_burn, (LABELS[5], METRICS_LABEL)),
     ("multi-process", bench_multi, LABELS[6:8]),
     ("latency", bench_latency, LABELS[8:10]),
     ("worker RSS", bench_rss, LABELS[10:11]),

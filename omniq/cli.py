@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
         help="tasks claimed beyond the free slots (default: adapts to task run time)",
     )
     p.add_argument("--no-scheduler", action="store_true", help="do not fire schedules")
+    p.add_argument(
+        "--metrics-port", type=int, help='serve Prometheus metrics on this port ("omniq[metrics]")'
+    )
+    p.add_argument("--metrics-addr", default="127.0.0.1", help="metrics address (127.0.0.1)")
 
     p = sub.add_parser("enqueue", parents=[common], help="enqueue a task")
     p.add_argument("func", help="function reference, package.module:function")
@@ -140,6 +144,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", parents=[common], help='serve the web dashboard ("omniq[web]")')
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+
+    p = sub.add_parser(
+        "metrics", parents=[common], help='serve the database gauges ("omniq[metrics]")'
+    )
+    p.add_argument("--port", type=int, default=9100, help="port (default 9100; 0: any free one)")
+    p.add_argument("--addr", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
 
     p = sub.add_parser("demo", parents=[common], help="run the demo on embedded SQLite")
     p.add_argument("--tasks", type=int, default=3000)
@@ -239,11 +249,18 @@ async def _cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
         if args.prefetch < 0:
             raise CLIError(f"--prefetch: must be 0 or more, got {args.prefetch}")
         options["prefetch"] = args.prefetch
+    if args.metrics_port is not None:
+        options["metrics"] = _metrics_extra("--metrics-port").WorkerMetrics()
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     async with oq:
         worker = oq._make_worker(
             queues=queues, concurrency=args.concurrency, executor=args.executor, **options
         )
+        if args.metrics_port is not None:  # served by a daemon thread until the process exits
+            server = _metrics_extra("--metrics-port").start_metrics_server(
+                oq, port=args.metrics_port, addr=args.metrics_addr, worker=options["metrics"]
+            )
+            logging.getLogger("omniq").info("metrics on %s", server.url)
         logging.getLogger("omniq").info(
             "worker %s serving %s", worker.worker_id, ",".join(worker.queues or ["all queues"])
         )
@@ -279,6 +296,16 @@ async def _progress(worker: Any, total: int) -> None:
         await asyncio.sleep(0.2)
 
 
+def _metrics_extra(what: str) -> Any:
+    """The omniq.metrics module, or a clear error naming the extra it needs."""
+    try:
+        import omniq.metrics as metrics
+    except ImportError as exc:
+        hint = 'pip install "omniq[metrics]"'
+        raise CLIError(f"{what} needs the metrics extra: {hint} ({exc})", 1) from None
+    return metrics
+
+
 async def _run(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.command == "db":
@@ -293,6 +320,14 @@ async def _run(args: argparse.Namespace) -> int:
                 f'the dashboard needs the web extra: pip install "omniq[web]" ({exc})', 1
             ) from None
         await serve_async(AsyncOmniQ.from_config(config), host=args.host, port=args.port)
+        return 0
+    if args.command == "metrics":
+        await _metrics_extra("omniq metrics").serve_async(
+            AsyncOmniQ.from_config(config),
+            port=args.port,
+            addr=args.addr,
+            ready=lambda url: print(f"serving metrics on {url}", flush=True),
+        )
         return 0
     if args.command == "demo":
         from omniq.demo import run_demo

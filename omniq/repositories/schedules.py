@@ -122,6 +122,20 @@ class ScheduleRepository:
                 unreadable.append((str(row["id"]), str(exc)))
         return due
 
+    def overdue(
+        self, conn: Connection, now: datetime, limit: int
+    ) -> list[tuple[str, str | None, datetime]]:
+        """``(id, name, next_run_at)`` of active schedules due before ``now``, earliest first
+        (a plain read: no locks, nothing decoded)."""
+        stmt = (
+            sa.select(s.c.id, s.c.name, s.c.next_run_at)
+            .where(s.c.status == ScheduleStatus.ACTIVE.value, s.c.next_run_at < now)
+            .order_by(s.c.next_run_at, s.c.id)
+            .limit(limit)
+        )
+        with translate_errors("find overdue schedules"):
+            return [(row[0], row[1], row[2]) for row in conn.execute(stmt).all()]
+
     def quarantine(self, conn: Connection, schedule_id: str, now: datetime) -> bool:
         """Pause a schedule whose row cannot be read (it no longer fires); True if changed."""
         with translate_errors("quarantine schedule"):

@@ -169,6 +169,22 @@ class BrowseStatements:
             rows = conn.execute(stmt).all()
         return {row[0]: row[1] for row in rows if row[1] is not None}
 
+    def counts_and_oldest_due(
+        self, conn: Connection, now: datetime
+    ) -> dict[tuple[str, str], tuple[int, datetime | None]]:
+        """Per (queue_name, status): the count and the earliest run_at at or before ``now``.
+
+        One GROUP BY (the metrics' scrape): a pending group's earliest due
+        run_at is when its longest-waiting ready task became due.
+        """
+        oldest_due = sa.func.min(sa.case((t.c.run_at <= now, t.c.run_at), else_=None))
+        stmt = sa.select(
+            t.c.queue_name, t.c.status, sa.func.count(), sa.type_coerce(oldest_due, t.c.run_at.type)
+        ).group_by(t.c.queue_name, t.c.status)
+        with translate_errors("count tasks"):
+            rows = conn.execute(stmt).all()
+        return {(row[0], row[1]): (int(row[2]), row[3]) for row in rows}
+
     def all_dependents(self, conn: Connection, task_id: str) -> dict[str, TaskStatus]:
         """Every task that depends on ``task_id``, with its status (no locks)."""
         stmt = (

@@ -11,7 +11,10 @@ from omniq.models import Schedule, ScheduleStatus, TaskStatus, WorkerInfo
 from omniq.services._storage import Storage
 from omniq.services.workers import WorkerRegistry
 
-__all__ = ["MinuteOutcomes", "Overview", "QueueOverview", "QueueSummary"]
+__all__ = ["MinuteOutcomes", "Overview", "QueueGauges", "QueueOverview", "QueueSummary"]
+
+#: At most this many overdue schedules are read per scrape (the most overdue first).
+OVERDUE_SCHEDULES_READ = 1000
 
 
 @attrs.frozen(kw_only=True)
@@ -41,6 +44,26 @@ class Overview:
     throughput: list[MinuteOutcomes]
     workers: list[WorkerInfo]
     due_schedules: list[Schedule]
+
+
+@attrs.frozen(kw_only=True)
+class QueueGauges:
+    """The figures the metrics gauges report, read in one transaction at ``now``.
+
+    - ``tasks``: per ``(queue, status)``, how many tasks have that status.
+    - ``oldest_pending_age``: per queue with tasks, how long its longest-waiting
+      ready pending task has been due (``run_at`` to now); zero when none is due.
+    - ``workers``: registered workers by state, ``alive`` and ``lost`` (silent
+      longer than the lease duration, as the worker registry shows them).
+    - ``schedule_lag``: per overdue active schedule (its name, else its id),
+      how long past its ``next_run_at`` it is.
+    """
+
+    now: datetime
+    tasks: dict[tuple[str, str], int]
+    oldest_pending_age: dict[str, timedelta]
+    workers: dict[str, int]
+    schedule_lag: dict[str, timedelta]
 
 
 class QueueOverview:
@@ -109,4 +132,43 @@ class QueueOverview:
             throughput=series,
             workers=await self.workers.list_workers_async(),
             due_schedules=schedules,
+        )
+
+    async def gauges_async(self) -> QueueGauges:
+        """Task counts per queue and status, backlog age, workers, schedule lag (one read)."""
+        now = self.storage.now()
+
+        def body(
+            conn: sa.Connection,
+        ) -> tuple[
+            dict[tuple[str, str], tuple[int, datetime | None]],
+            list[WorkerInfo],
+            list[tuple[str, str | None, datetime]],
+        ]:
+            return (
+                self.storage.tasks.counts_and_oldest_due(conn, now),
+                self.storage.workers.list(conn),
+                self.storage.schedules.overdue(conn, now, OVERDUE_SCHEDULES_READ),
+            )
+
+        groups, workers, overdue = await self.storage.read(body, what="metrics")
+        tasks: dict[tuple[str, str], int] = {}
+        oldest: dict[str, timedelta] = {}
+        for (queue, status), (count, due) in groups.items():
+            tasks[(queue, status)] = count
+            age = oldest.setdefault(queue, timedelta(0))
+            if status == TaskStatus.PENDING.value and due is not None:
+                oldest[queue] = max(age, now - due)
+        bound = self.storage.settings.lease_duration
+        lost = sum(1 for w in workers if w.is_lost(now, bound))
+        lag: dict[str, timedelta] = {}
+        for schedule_id, name, next_run_at in overdue:
+            label = name or schedule_id
+            lag[label] = max(lag.get(label, timedelta(0)), now - next_run_at)
+        return QueueGauges(
+            now=now,
+            tasks=tasks,
+            oldest_pending_age=oldest,
+            workers={"alive": len(workers) - lost, "lost": lost},
+            schedule_lag=lag,
         )

@@ -24,7 +24,7 @@ from omniq.errors import (
     ValidationError,
 )
 from omniq.sync import OmniQ
-from omniq.web import actions, pages
+from omniq.web import actions, metrics, pages
 from omniq.web.backend import Backend
 from omniq.web.rendering import STATIC_DIR, error_page
 from omniq.web.security import (
@@ -106,7 +106,8 @@ def create_app(
     receives each request and returns :class:`~omniq.web.Access` (or a
     ``(read, act)`` pair); without it only loopback clients are served.
     ``read_only=True`` hides and refuses every action. ``bulk_cap`` bounds
-    "retry all" and "cancel all".
+    "retry all" and "cancel all". With prometheus_client installed,
+    ``/metrics`` serves the database gauges (see :mod:`omniq.metrics`).
     """
     if isinstance(bulk_cap, bool) or not isinstance(bulk_cap, int) or bulk_cap < 1:
         raise ValidationError("bulk_cap", f"must be a positive integer, got {bulk_cap!r}")
@@ -131,6 +132,8 @@ def create_app(
         Route("/workers", g(pages.workers), name="workers"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
+    if metrics.available():  # the database gauges for Prometheus ("omniq[metrics]")
+        routes.append(Route("/metrics", g(metrics.metrics), name="metrics"))
     backend = Backend(oq)
 
     @contextlib.asynccontextmanager

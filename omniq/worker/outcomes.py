@@ -30,6 +30,7 @@ from omniq.models import EventLevel, EventType, Task, TaskStatus
 from omniq.services import event_row
 from omniq.services.queue import ErrorInfo, Start, TaskQueue
 from omniq.worker.executors import Executor, RemoteError
+from omniq.worker.metering import WorkerMetricsHook, outcome_of
 from omniq.worker.registry import TaskRegistry
 
 log = logging.getLogger("omniq.worker")
@@ -66,6 +67,7 @@ class OutcomeWriting:
     executor: Executor
     queues: list[str] | None
     concurrency: int
+    metrics: WorkerMetricsHook | None
     _counts: dict[str, int]
     _outcome: dict[str, TaskStatus | None]
     _pending_events: list[dict[str, Any]]
@@ -96,6 +98,8 @@ class OutcomeWriting:
             return
         self._counts["completed"] += 1
         self._settle(task.id, TaskStatus.COMPLETED)
+        if self.metrics is not None:
+            self.metrics.attempt_settled(task, "completed")
         if task.callback:
             await self._run_callback(task, result)
 
@@ -148,6 +152,10 @@ class OutcomeWriting:
             self._counts["lost"] += 1
         if status is not None:
             self._settle(entry.task.id, status)
+            if self.metrics is not None:
+                outcome = outcome_of(status)
+                if outcome is not None:
+                    self.metrics.attempt_settled(entry.task, outcome)
 
     async def _cancelled(self, entry: _Running) -> None:
         async def write() -> bool:
@@ -168,6 +176,8 @@ class OutcomeWriting:
         if cancelled:
             self._counts["cancelled"] += 1
             self._settle(entry.task.id, TaskStatus.CANCELLED)
+            if self.metrics is not None:
+                self.metrics.attempt_settled(entry.task, "cancelled")
         else:
             self._counts["lost"] += 1
 

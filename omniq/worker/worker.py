@@ -49,6 +49,7 @@ from omniq.task_context import _current
 from omniq.worker.background import TaskTimeout
 from omniq.worker.cancellation import Cancellation
 from omniq.worker.executors import Executor
+from omniq.worker.metering import WorkerMetricsHook
 from omniq.worker.outcomes import _needs_durable_start, _Running
 from omniq.worker.progress import ProgressReporter
 from omniq.worker.registry import TaskRegistry, default_registry
@@ -78,7 +79,9 @@ class Worker(Cancellation):
     """Runs tasks from a :class:`TaskQueue`: async functions on the loop, sync ones in threads.
 
     ``executor="process"`` runs sync functions in child processes instead
-    (CPU-bound work; a timeout kills the process).
+    (CPU-bound work; a timeout kills the process). ``metrics`` (an
+    :class:`omniq.metrics.WorkerMetrics`) counts attempts, outcomes and their
+    durations for Prometheus.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class Worker(Cancellation):
         run_maintenance: bool = True,
         maintenance_interval: timedelta | float = 30.0,
         scheduler_interval: timedelta | float = 1.0,
+        metrics: WorkerMetricsHook | None = None,
     ) -> None:
         self.queue = task_queue
         self.storage = task_queue.storage
@@ -136,6 +140,10 @@ class Worker(Cancellation):
             scheduler_interval, "scheduler_interval"
         ).total_seconds()
         self.scheduler = Scheduler(self.storage, task_queue)
+        #: Told of every attempt (omniq.metrics.WorkerMetrics); None: metrics off, no per-task work.
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.attach(self)
         self.maintenance = Maintenance(
             self.storage,
             task_queue,
@@ -248,6 +256,15 @@ class Worker(Cancellation):
     async def get_stats_async(self) -> WorkerStats:
         """Counters of this worker since it started (async twin of :meth:`get_stats`)."""
         return self.get_stats()
+
+    def running_per_queue(self) -> dict[str, int]:
+        """How many task functions run now, per queue (read it on the worker's event loop)."""
+        counts: dict[str, int] = {}
+        for entry in list(self._running.values()):
+            if entry.slot and entry.started is not None:
+                queue = entry.task.queue_name
+                counts[queue] = counts.get(queue, 0) + 1
+        return counts
 
     # --- the loop ----------------------------------------------------------------
 
@@ -412,6 +429,8 @@ class Worker(Cancellation):
             task = entry.task = attrs.evolve(task, started_at=now, attempts=task.attempts + 1)
             self._starts.append((task.id, task.lease_token, now))
         self._started_events.append(self._executing_event(task))
+        if self.metrics is not None:
+            self.metrics.attempt_started(task, self.storage.now())
 
     def _executing_event(self, task: Task) -> dict[str, Any]:
         return event_row(
@@ -449,6 +468,8 @@ class Worker(Cancellation):
                     ran = time.perf_counter() - started
                     mean = self._mean_run
                     self._mean_run = ran if mean is None else mean + (ran - mean) * 0.1
+                    if self.metrics is not None:
+                        self.metrics.attempt_ended(entry.task, ran)
         except asyncio.CancelledError as exc:
             task = entry.task
             if entry.releasing:

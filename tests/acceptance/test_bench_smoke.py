@@ -27,6 +27,7 @@ ROWS = (
     "3. enqueue_async 100 producers",
     "4. claim+complete at big backlog",
     "5. burn-down, 1 worker process",
+    "5m. burn-down, metrics on vs off",
     "6a. 2 worker processes vs 1",
     "6b. 4 worker processes vs 1",
     "7a. latency, in-process worker",
