@@ -27,6 +27,7 @@ from omniq.errors import (
     TaskNotFound,
     UnsafePayload,
     ValidationError,
+    WrongDatabase,
 )
 from omniq.models import (
     EventLevel,
@@ -103,6 +104,7 @@ __all__ = [
     "ValidationError",
     "Worker",
     "WorkerStats",
+    "WrongDatabase",
     "__version__",
     "task",
 ]

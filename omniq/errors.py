@@ -24,6 +24,7 @@ __all__ = [
     "TaskNotFound",
     "UnsafePayload",
     "ValidationError",
+    "WrongDatabase",
 ]
 
 
@@ -110,3 +111,7 @@ class DatabaseUnavailable(DatabaseError):
 
 class SyncInAsyncContext(OmniQError, RuntimeError):
     """A sync API was called from inside a running event loop."""
+
+
+class WrongDatabase(ConfigurationError):
+    """A connection handed to OmniQ is not on OmniQ's database (enqueue in a transaction)."""

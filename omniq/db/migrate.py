@@ -27,6 +27,7 @@ __all__ = [
     "check_async",
     "current",
     "current_async",
+    "current_revision",
     "diff_async",
     "downgrade",
     "downgrade_async",
@@ -59,6 +60,11 @@ async def _with_connection(engine: AsyncEngine, fn: Any, *args: Any) -> Any:
 
 def _current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision of OmniQ's schema seen through ``connection`` (an application's, too)."""
+    return _current(connection)
 
 
 def _upgrade(connection: Connection, revision: str) -> None:
