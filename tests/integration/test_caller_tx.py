@@ -221,9 +221,9 @@ async def test_an_idle_worker_in_this_process_wakes_after_the_commit(
             # The worker backs off while idle: wait until it sleeps long enough that
             # only a wake-up (not its next poll) can start the task promptly.
             await wait_until(
-                lambda: _true(spy.long_wait_in_progress(1.0) is not None), "an idle worker"
+                lambda: _true(spy.long_wait_in_progress(2.0) is not None), "an idle worker"
             )
-            sleeping = spy.long_wait_in_progress(1.0)
+            sleeping = spy.long_wait_in_progress(2.0)
             assert sleeping is not None
             async with app_engine.connect() as conn:
                 await conn.begin()
