@@ -19,6 +19,7 @@ causes finds no new task, which costs one empty claim and nothing else.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import weakref
@@ -29,6 +30,8 @@ from sqlalchemy import event
 from omniq.services._storage import Notifier
 
 __all__ = ["wake_after_commit"]
+
+log = logging.getLogger("omniq.db")
 
 #: How soon, and at most how often, a watcher looks whether the COMMIT returned.
 _FIRST_LOOK = 0.0005
@@ -83,6 +86,13 @@ def _on_commit(conn: sa.Connection) -> None:
     owed = _take(conn)
     if not owed:
         return
+    try:
+        _watch(conn, owed)
+    except Exception as exc:  # never let a wake-up break the caller's COMMIT
+        log.warning("could not arrange the wake-up after a commit (workers poll): %s", exc)
+
+
+def _watch(conn: sa.Connection, owed: dict[Notifier, asyncio.AbstractEventLoop | None]) -> None:
     transaction = conn.get_transaction()
     try:
         running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
