@@ -28,6 +28,7 @@ from omniq.errors import (
     TaskNotFound,
     UnsafePayload,
     ValidationError,
+    WrongDatabase,
 )
 from omniq.models import (
     EventLevel,
@@ -109,6 +110,7 @@ __all__ = [
     "ValidationError",
     "Worker",
     "WorkerStats",
+    "WrongDatabase",
     "__version__",
     "current_task",
     "task",

@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Generic, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -33,8 +33,13 @@ from omniq.models import (
 )
 from omniq.serialization import callable_ref
 from omniq.services import Services
+from omniq.services.caller_tx import run_inline
 from omniq.services.maintenance import Maintenance, MaintenanceReport
 from omniq.worker import TaskRegistry, Worker, WorkerStats
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger("omniq.app")
 
@@ -72,6 +77,46 @@ class TaskHandle(Generic[P, R]):
         from omniq._portal import run_sync_on
 
         return run_sync_on(self.app.loop, self.enqueue_async, *args, **kwargs)
+
+    # --- in the caller's transaction (see AsyncOmniQ.enqueue_async's connection=) ---
+
+    async def enqueue_in_async(
+        self,
+        tx: AsyncConnection | AsyncSession | sa.Connection | Session,
+        /,
+        *args: Any,
+        **kwargs: Any,
+    ) -> str:
+        """Enqueue a call in the open transaction of ``tx`` (the application's
+        connection or ORM session); it exists once that transaction commits."""
+        return await self.app.enqueue_async(
+            self.ref, list(args), kwargs, **self.options, **_tx_argument(tx)
+        )
+
+    def enqueue_in(self, tx: sa.Connection | Session, /, *args: Any, **kwargs: Any) -> str:
+        """Blocking twin of :meth:`enqueue_in_async`, for a sync Connection or Session;
+        it runs on the calling thread, in that transaction."""
+        if not _is_sync_tx(tx):
+            raise ValidationError(
+                "tx",
+                "enqueue_in takes a sync Connection or Session; "
+                "use `await handle.enqueue_in_async(...)` with an AsyncConnection or AsyncSession",
+            )
+        self.app._prepare_for_sync_caller_tx()
+        return run_inline(self.enqueue_in_async(tx, *args, **kwargs))
+
+
+def _tx_argument(tx: Any) -> dict[str, Any]:
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
+
+    return {"session": tx} if isinstance(tx, Session | AsyncSession) else {"connection": tx}
+
+
+def _is_sync_tx(tx: Any) -> bool:
+    from sqlalchemy.orm import Session
+
+    return isinstance(tx, sa.Connection | Session)
 
 
 class AsyncOmniQ(ScheduleMethods):
@@ -257,10 +302,17 @@ class AsyncOmniQ(ScheduleMethods):
         tags: Sequence[str] | None = None,
         store_result: bool = True,
         on_duplicate: Literal["return", "raise"] = "return",
+        connection: AsyncConnection | sa.Connection | None = None,
+        session: AsyncSession | Session | None = None,
     ) -> str:
         """Enqueue ``func(*func_args, **func_kwargs)``; return the task id.
 
-        ``func_args`` may also be a mapping of keyword arguments.
+        ``func_args`` may also be a mapping of keyword arguments. With
+        ``connection=`` (an ``AsyncConnection``, or a ``Connection`` for the
+        sync twin) or ``session=`` (an ``AsyncSession`` / ``Session``) the task
+        is written in that open transaction of the application's, in a
+        savepoint: it exists once the application commits, not at all if it
+        rolls back (README: "Enqueue in your transaction").
         """
         svc = await self._svc()
         self._remember(func)
@@ -288,18 +340,42 @@ class AsyncOmniQ(ScheduleMethods):
             tags=tags,
             store_result=store_result,
             on_duplicate=on_duplicate,
+            connection=connection,
+            session=session,
         )
-        if self.mode == "eager":
+        # A task in the caller's transaction cannot run before that commits.
+        if self.mode == "eager" and connection is None and session is None:
             await self._run_eagerly()
         return task_id
 
-    async def enqueue_many_async(self, tasks: Iterable[Task]) -> list[str]:
-        """Enqueue Task records (see :meth:`build_task`) in one transaction."""
+    async def enqueue_many_async(
+        self,
+        tasks: Iterable[Task],
+        *,
+        connection: AsyncConnection | sa.Connection | None = None,
+        session: AsyncSession | Session | None = None,
+    ) -> list[str]:
+        """Enqueue Task records (see :meth:`build_task`) in one transaction
+        (OmniQ's own, or the application's with ``connection=`` / ``session=``)."""
         svc = await self._svc()
-        ids = await svc.queue.enqueue_many_async(tasks)
-        if self.mode == "eager":
+        ids = await svc.queue.enqueue_many_async(tasks, connection=connection, session=session)
+        if self.mode == "eager" and connection is None and session is None:
             await self._run_eagerly()
         return ids
+
+    async def _prepare_caller_tx_async(self) -> None:
+        """Open, and get ready to write in the application's transactions."""
+        await (await self._svc()).queue._prepare_caller_tx_async()
+
+    def _ready_for_caller_tx(self) -> bool:
+        return self._services is not None and self._services.queue._ready_for_caller_tx()
+
+    def _prepare_for_sync_caller_tx(self) -> None:
+        """Blocking :meth:`_prepare_caller_tx_async` (a no-op once done)."""
+        if not self._ready_for_caller_tx():
+            from omniq._portal import run_sync_on
+
+            run_sync_on(self.loop, self._prepare_caller_tx_async)
 
     def build_task(self, func: Callable[..., Any] | str, *args: Any, **options: Any) -> Task:
         """A Task record for :meth:`enqueue_many_async` (same options as enqueue)."""

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omniq._time import require_aware, to_timedelta
 from omniq.errors import ValidationError
 from omniq.models import MisfirePolicy, Schedule, ScheduleStatus, ScheduleType, Settings
 from omniq.refs import callable_ref
 from omniq.services import Services
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    from sqlalchemy.orm import Session
 
 __all__ = ["ScheduleMethods"]
 
@@ -48,6 +53,8 @@ class ScheduleMethods:
         name: str | None = None,
         description: str | None = None,
         tags: Sequence[str] | None = None,
+        connection: AsyncConnection | sa.Connection | None = None,
+        session: AsyncSession | Session | None = None,
         **task_options: Any,
     ) -> str:
         """Create a schedule: ``cron=`` (in ``timezone``), ``interval=`` or one-shot ``at=``.
@@ -55,7 +62,9 @@ class ScheduleMethods:
         Each fire creates a new task from this template; ``task_options``
         (priority, max_retries, timeout, ...) apply to those tasks. The
         schedule completes after ``max_runs`` runs, or at ``end_at``;
-        ``metadata`` is free-form JSON kept with it.
+        ``metadata`` is free-form JSON kept with it. With ``connection=`` /
+        ``session=`` the schedule is created in that open transaction of the
+        application's.
         """
         svc = await self._svc()
         given = [x for x in (cron, interval, at) if x is not None]
@@ -103,7 +112,7 @@ class ScheduleMethods:
             task_options=options,
             serializer=self.settings.serializer,
         )
-        return await svc.queue.schedule_async(schedule)
+        return await svc.queue.schedule_async(schedule, connection=connection, session=session)
 
     async def get_schedule_async(self, schedule_id: str) -> Schedule | None:
         """The schedule with ``schedule_id``, or None."""

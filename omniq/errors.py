@@ -25,6 +25,7 @@ __all__ = [
     "TaskNotFound",
     "UnsafePayload",
     "ValidationError",
+    "WrongDatabase",
 ]
 
 
@@ -115,3 +116,7 @@ class SyncInAsyncContext(OmniQError, RuntimeError):
 
 class NoCurrentTask(OmniQError, LookupError):
     """``omniq.current_task()`` was called outside a task run by a worker."""
+
+
+class WrongDatabase(ConfigurationError):
+    """A connection handed to OmniQ is not on OmniQ's database (enqueue in a transaction)."""

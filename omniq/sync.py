@@ -6,6 +6,7 @@ the same signature; each twin is one line.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from omniq.app import AsyncOmniQ
 from omniq.config import OmniQConfig
 from omniq.models import Settings, Task
 from omniq.services import EventStorage, ResultStorage, Services, TaskQueue
+from omniq.services.caller_tx import is_sync_transaction, run_inline
 from omniq.worker import Worker
 
 __all__ = [
@@ -29,6 +31,30 @@ __all__ = [
 ]
 
 
+def tx_twin(async_method: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`sync_twin` of a method taking ``connection=`` / ``session=``.
+
+    Given a sync Connection or Session, the work runs on the calling thread,
+    in that transaction (a sync connection is not handed to another thread);
+    otherwise through the portal like every twin.
+    """
+    portal_twin = sync_twin(async_method)
+    name = async_method.__name__
+
+    @functools.wraps(async_method)
+    def method(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if not is_sync_transaction(kwargs):
+            return portal_twin(self, *args, **kwargs)
+        target = self._async
+        if not target._ready_for_caller_tx():
+            run_sync(target._prepare_caller_tx_async)
+        return run_inline(getattr(target, name)(*args, **kwargs))
+
+    method.__name__ = portal_twin.__name__
+    method.__qualname__ = portal_twin.__qualname__
+    return method
+
+
 class SyncTaskQueue:
     """Blocking twin of :class:`omniq.services.TaskQueue`."""
 
@@ -36,8 +62,8 @@ class SyncTaskQueue:
         self._async = queue
 
     build_task = property(lambda self: self._async.build_task)
-    enqueue = sync_twin(TaskQueue.enqueue_async)
-    enqueue_many = sync_twin(TaskQueue.enqueue_many_async)
+    enqueue = tx_twin(TaskQueue.enqueue_async)
+    enqueue_many = tx_twin(TaskQueue.enqueue_many_async)
     dequeue = sync_twin(TaskQueue.dequeue_async)
     dequeue_many = sync_twin(TaskQueue.dequeue_many_async)
     complete = sync_twin(TaskQueue.complete_async)
@@ -66,7 +92,7 @@ class SyncTaskQueue:
     cancel_running = sync_twin(TaskQueue.cancel_running_async)
     heartbeat = sync_twin(TaskQueue.heartbeat_async)
     purge_finished = sync_twin(TaskQueue.purge_finished_async)
-    schedule = sync_twin(TaskQueue.schedule_async)
+    schedule = tx_twin(TaskQueue.schedule_async)
     get_schedule = sync_twin(TaskQueue.get_schedule_async)
     list_schedules = sync_twin(TaskQueue.list_schedules_async)
     get_ready_schedules = sync_twin(TaskQueue.get_ready_schedules_async)
@@ -218,8 +244,8 @@ class OmniQ:
 
     open = sync_twin(AsyncOmniQ.open_async)
     close = sync_twin(AsyncOmniQ.close_async)
-    enqueue = sync_twin(AsyncOmniQ.enqueue_async)
-    enqueue_many = sync_twin(AsyncOmniQ.enqueue_many_async)
+    enqueue = tx_twin(AsyncOmniQ.enqueue_async)
+    enqueue_many = tx_twin(AsyncOmniQ.enqueue_many_async)
     get_task = sync_twin(AsyncOmniQ.get_task_async)
     get_result = sync_twin(AsyncOmniQ.get_result_async)
     list_results = sync_twin(AsyncOmniQ.list_results_async)
@@ -228,7 +254,7 @@ class OmniQ:
     cancel = sync_twin(AsyncOmniQ.cancel_async)
     requeue = sync_twin(AsyncOmniQ.requeue_async)
     list_tasks = sync_twin(AsyncOmniQ.list_tasks_async)
-    schedule = sync_twin(AsyncOmniQ.schedule_async)
+    schedule = tx_twin(AsyncOmniQ.schedule_async)
     get_schedule = sync_twin(AsyncOmniQ.get_schedule_async)
     pause_schedule = sync_twin(AsyncOmniQ.pause_schedule_async)
     resume_schedule = sync_twin(AsyncOmniQ.resume_schedule_async)

@@ -34,6 +34,7 @@ __all__ = [
     "check_async",
     "current",
     "current_async",
+    "current_revision",
     "diff_async",
     "downgrade",
     "downgrade_async",
@@ -80,6 +81,11 @@ def _context(connection: Connection) -> MigrationContext:
 
 def _current(connection: Connection) -> str | None:
     return _context(connection).get_current_revision()
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision of OmniQ's schema seen through ``connection`` (an application's, too)."""
+    return _current(connection)
 
 
 def _upgrade(connection: Connection, revision: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import sqlalchemy as sa
@@ -13,8 +13,13 @@ from omniq.group_commit import GroupCommit
 from omniq.models import EventLevel, EventType, ResultStatus, Task, TaskStatus
 from omniq.services._shared import _event, _final_result
 from omniq.services._storage import Storage
+from omniq.services.caller_tx import CallerTx, caller_tx, prepare_caller_tx, ready_for_caller_tx
 from omniq.services.dependencies import dependency_order, initial_status
 from omniq.services.sweeps import Sweeps
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    from sqlalchemy.orm import Session
 
 __all__ = ["Enqueue"]
 
@@ -35,6 +40,8 @@ class Enqueue(Sweeps):
         func_kwargs: Mapping[str, Any] | None = None,
         *,
         on_duplicate: Literal["return", "raise"] = "return",
+        connection: AsyncConnection | sa.Connection | None = None,
+        session: AsyncSession | Session | None = None,
         **options: Any,
     ) -> str:
         """Enqueue one task; return its id.
@@ -44,12 +51,18 @@ class Enqueue(Sweeps):
         ``func_kwargs`` and the options of :meth:`build_task`. When a live
         task holds the same ``unique_key``, its id is returned (or
         :class:`DuplicateTask` raised with ``on_duplicate="raise"``).
+
+        With ``connection=`` (or ``session=``), the task is written in that
+        open transaction of the application's (see :mod:`omniq.services.caller_tx`).
         """
+        tx = caller_tx(connection, session)
         task = (
             func
             if isinstance(func, Task)
             else self.build_task(func, func_args, func_kwargs, **options)
         )
+        if tx is not None:
+            return (await self._enqueue_in_own_transaction([task], on_duplicate, tx))[0]
         if task.depends_on or task.unique_key is not None or task.status is not TaskStatus.PENDING:
             ids = await self._enqueue_in_own_transaction([task], on_duplicate)
             return ids[0]
@@ -63,8 +76,15 @@ class Enqueue(Sweeps):
         tasks: Iterable[Task],
         *,
         on_duplicate: Literal["return", "raise"] = "return",
+        connection: AsyncConnection | sa.Connection | None = None,
+        session: AsyncSession | Session | None = None,
     ) -> list[str]:
-        """Enqueue tasks in one transaction (multi-row insert): all or none."""
+        """Enqueue tasks in one transaction (multi-row insert): all or none.
+
+        With ``connection=`` (or ``session=``), in that open transaction of the
+        application's.
+        """
+        tx = caller_tx(connection, session)
         batch = list(tasks)
         if not batch:
             return []
@@ -74,7 +94,14 @@ class Enqueue(Sweeps):
         ids = [x.id for x in batch]
         if len(set(ids)) != len(ids):
             raise DuplicateTask("enqueue_many: the batch repeats a task id")
-        return await self._enqueue_in_own_transaction(batch, on_duplicate)
+        return await self._enqueue_in_own_transaction(batch, on_duplicate, tx)
+
+    async def _prepare_caller_tx_async(self) -> None:
+        """Get ready to write in callers' transactions (see :func:`prepare_caller_tx`)."""
+        await prepare_caller_tx(self.storage)
+
+    def _ready_for_caller_tx(self) -> bool:
+        return ready_for_caller_tx(self.storage)
 
     async def _write_simple_batch(self, items: list[tuple[Task, dict[str, Any]]]) -> list[None]:
         rows = [row for _, row in items]
@@ -91,15 +118,24 @@ class Enqueue(Sweeps):
         return [None] * len(items)
 
     async def _enqueue_in_own_transaction(
-        self, batch: list[Task], on_duplicate: Literal["return", "raise"]
+        self,
+        batch: list[Task],
+        on_duplicate: Literal["return", "raise"],
+        tx: CallerTx | None = None,
     ) -> list[str]:
         ordered = dependency_order(batch)
         # Serialize before the transaction: a bad payload fails before anything is written.
         rows = {x.id: self.storage.tasks.to_row(x) for x in batch}
-        ids = await self.storage.write(
-            lambda conn: self._insert_batch(conn, ordered, rows, on_duplicate), what="enqueue"
-        )
-        self.storage.notifier.notify()
+
+        def body(conn: sa.Connection) -> dict[str, str]:
+            return self._insert_batch(conn, ordered, rows, on_duplicate)
+
+        if tx is not None:
+            # The caller's transaction: workers are woken once it commits.
+            ids = await tx.write(self.storage, body, what="enqueue", wake=True)
+        else:
+            ids = await self.storage.write(body, what="enqueue")
+            self.storage.notifier.notify()
         return [ids[x.id] for x in batch]
 
     def _insert_batch(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import sqlalchemy as sa
@@ -14,7 +14,12 @@ from omniq.errors import InvalidTransition, ScheduleNotFound, ValidationError
 from omniq.models import EventType, Schedule, ScheduleStatus
 from omniq.services import timing
 from omniq.services._shared import _check_page, _schedule_event, _schedule_status
+from omniq.services.caller_tx import caller_tx
 from omniq.services.queries import Queries
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    from sqlalchemy.orm import Session
 
 __all__ = ["ScheduleAdmin"]
 
@@ -22,8 +27,19 @@ __all__ = ["ScheduleAdmin"]
 class ScheduleAdmin(Queries):
     """Stored schedules and their lifecycle."""
 
-    async def schedule_async(self, schedule: Schedule) -> str:
-        """Store a new schedule (next_run_at computed if unset); return its id."""
+    async def schedule_async(
+        self,
+        schedule: Schedule,
+        *,
+        connection: AsyncConnection | sa.Connection | None = None,
+        session: AsyncSession | Session | None = None,
+    ) -> str:
+        """Store a new schedule (next_run_at computed if unset); return its id.
+
+        With ``connection=`` (or ``session=``), in that open transaction of the
+        application's.
+        """
+        tx = caller_tx(connection, session)
         if not isinstance(schedule, Schedule):
             raise ValidationError("schedule", f"expected a Schedule, got {type(schedule).__name__}")
         now = self.storage.now()
@@ -43,7 +59,10 @@ class ScheduleAdmin(Queries):
                 conn, [_schedule_event(EventType.SCHEDULED, schedule, now)]
             )
 
-        await self.storage.write(body, what="create schedule")
+        if tx is not None:
+            await tx.write(self.storage, body, what="create schedule", wake=False)
+        else:
+            await self.storage.write(body, what="create schedule")
         return schedule.id
 
     def _check_template(self, schedule: Schedule) -> None:
