@@ -23,6 +23,7 @@ from omniq.db.schema import metadata
 from omniq.errors import SchemaOutOfDate
 
 __all__ = [
+    "alembic_config",
     "check",
     "check_async",
     "current",
@@ -35,6 +36,11 @@ __all__ = [
     "upgrade",
     "upgrade_async",
 ]
+
+
+def alembic_config() -> Config:
+    """The Alembic configuration of the migrations shipped with this OmniQ."""
+    return _config()
 
 
 def _config(connection: Connection | None = None) -> Config:
