@@ -269,11 +269,13 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
     default = "INFO" if args.command == "worker" else "WARNING"
     level = "DEBUG" if args.debug else os.environ.get("OMNIQ_LOG_LEVEL", default)
+    # OmniQ's own loggers at the chosen level; libraries (Alembic, drivers) only warn.
     logging.basicConfig(
-        level=level.upper(),
+        level=logging.WARNING,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("omniq").setLevel(level.upper())
 
 
 def _quiet_closed_pipe() -> int:
