@@ -70,9 +70,7 @@ def enqueue(url: str, *args: str) -> str:
 
 
 @pytest.mark.parametrize("position", ["before", "after"])
-def test_url_and_json_work_before_and_after_the_command(
-    empty_db_url: str, position: str
-) -> None:
+def test_url_and_json_work_before_and_after_the_command(empty_db_url: str, position: str) -> None:
     def omniq(command: list[str], *options: str) -> subprocess.CompletedProcess[str]:
         if position == "before":
             return run(*options, *command)
@@ -127,7 +125,7 @@ def test_version_and_a_usage_error_are_one_line() -> None:
     one_error_line(unknown, 2, "invalid choice: 'taks'")
 
 
-# --- failures -----------------------------------------------------------------------------
+# --- failures ---------------------------------------------------------------------------
 
 
 def _postgres_base() -> sa.URL:
@@ -218,7 +216,7 @@ def test_a_closed_pipe_ends_quietly(db_url: str) -> None:
     assert head.stdout.decode().split()[:2] == ["ID", "QUEUE"]
 
 
-# --- read-only commands ---------------------------------------------------------------------
+# --- read-only commands -----------------------------------------------------------------
 
 
 def test_read_only_commands_never_create_a_database(tmp_path: Path) -> None:
@@ -253,7 +251,7 @@ def test_read_only_commands_leave_an_old_sqlite_schema_as_it_is(tmp_path: Path) 
     }
 
 
-# --- db downgrade and check -------------------------------------------------------------------
+# --- db downgrade and check -------------------------------------------------------------
 
 
 def test_db_downgrade_needs_a_revision_and_a_confirmation(empty_db_url: str) -> None:
@@ -302,7 +300,7 @@ def test_db_check_on_an_unmigrated_database_is_a_short_summary(
     assert len(json.loads(as_data.stdout)["differences"]) > 8
 
 
-# --- listing, waiting, cancelling ---------------------------------------------------------------
+# --- listing, waiting, cancelling -------------------------------------------------------
 
 
 def test_tasks_says_when_it_shows_the_first_n_of_more(db_url: str) -> None:
@@ -357,15 +355,17 @@ def test_cancelling_a_finished_task_says_so_on_stderr(db_url: str) -> None:
     assert json.loads(as_data.stdout) == {"cancelled": False, "status": "cancelled"}
 
 
-# --- omniq workers ---------------------------------------------------------------------------------
+# --- omniq workers ----------------------------------------------------------------------
 
 
 def test_workers_lists_alive_and_lost_workers(db_url: str) -> None:
     assert run("--url", db_url, "workers").stdout.strip() == "no workers registered"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "omniq", "worker", "--url", db_url, "--app", APP]
-        + ["--queues", "default,mail", "--concurrency", "3", "--executor", "thread"],
+        [
+            *(sys.executable, "-m", "omniq", "worker", "--url", db_url, "--app", APP),
+            *("--queues", "default,mail", "--concurrency", "3", "--executor", "thread"),
+        ],
         cwd=ROOT,
         env={**env, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
@@ -417,7 +417,7 @@ def test_workers_lists_alive_and_lost_workers(db_url: str) -> None:
     assert run("--url", db_url, "workers").stdout.splitlines()[1].split()[-1] == "lost"
 
 
-# --- start-up --------------------------------------------------------------------------------------
+# --- start-up ---------------------------------------------------------------------------
 
 
 def test_help_and_version_do_not_import_the_database_layer() -> None:
