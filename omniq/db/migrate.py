@@ -7,20 +7,24 @@ these work from a wheel install with no checkout.
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omniq.db.engine import create_engine
-from omniq.db.schema import metadata
 from omniq.errors import SchemaOutOfDate
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic (with Mako) is imported only when a migration, a check or a revision
+# walk runs: opening a database that is already at head needs neither (it reads
+# the version table with one SELECT), so commands and workers start faster.
 
 __all__ = [
     "alembic_config",
@@ -44,6 +48,8 @@ def alembic_config() -> Config:
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("omniq._migrations")))
     if connection is not None:
@@ -53,9 +59,46 @@ def _config(connection: Connection | None = None) -> Config:
 
 def head() -> str:
     """The head revision of the migrations shipped with this OmniQ."""
+    return _shipped_head() or _alembic_head()
+
+
+def _alembic_head() -> str:
+    from alembic.script import ScriptDirectory
+
     revision = ScriptDirectory.from_config(_config()).get_current_head()
     assert revision is not None
     return revision
+
+
+_REVISION = re.compile(r'^revision(?:: str)? = "([^"]+)"$', re.M)
+_DOWN = re.compile(r'^down_revision(?:: [^=]+)? = (?:None|"([^"]*)")$', re.M)
+
+
+@functools.cache
+def _shipped_head() -> str | None:
+    """The head read from the shipped revision files' ``revision``/``down_revision``
+    lines without importing Alembic; None (Alembic decides) unless exactly one head
+    is found in a plain linear chain."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    try:
+        versions = resources.files("omniq._migrations").joinpath("versions")
+        for entry in versions.iterdir():
+            if not entry.name.endswith(".py") or entry.name.startswith("_"):
+                continue
+            text = entry.read_text(encoding="utf-8")
+            found, down = _REVISION.findall(text), _DOWN.findall(text)
+            if len(found) != 1 or len(down) != 1:
+                return None
+            revisions.add(found[0])
+            if down[0]:
+                parents.add(down[0])
+    except (OSError, ValueError):
+        return None
+    heads = revisions - parents
+    if len(heads) != 1 or not parents <= revisions or len(parents) != len(revisions) - 1:
+        return None
+    return heads.pop()
 
 
 async def _with_connection(engine: AsyncEngine, fn: Any, *args: Any) -> Any:
@@ -64,18 +107,42 @@ async def _with_connection(engine: AsyncEngine, fn: Any, *args: Any) -> Any:
 
 
 def _current(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(connection).get_current_revision()
 
 
+_VERSION_TABLE = sa.table("alembic_version", sa.column("version_num", sa.String))
+
+
+def _current_fast(connection: Connection) -> str | None:
+    """The revision in Alembic's version table, read with Core (no Alembic import)."""
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return None
+    rows = connection.execute(sa.select(_VERSION_TABLE.c.version_num)).scalars().all()
+    if len(rows) == 1:
+        return str(rows[0])
+    return _current(connection)  # several heads or none: Alembic decides
+
+
 def _upgrade(connection: Connection, revision: str) -> None:
+    from alembic import command
+
     command.upgrade(_config(connection), revision)
 
 
 def _downgrade(connection: Connection, revision: str) -> None:
+    from alembic import command
+
     command.downgrade(_config(connection), revision)
 
 
 def _diffs(connection: Connection) -> list[Any]:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from omniq.db.schema import metadata
+
     diffs: list[Any] = compare_metadata(MigrationContext.configure(connection), metadata)
     return diffs
 
@@ -109,7 +176,7 @@ async def check_async(engine: AsyncEngine) -> None:
 
 async def ensure_schema(engine: AsyncEngine, *, auto_migrate: bool) -> None:
     """Make sure the database is at head: upgrade when allowed, else raise."""
-    at = await current_async(engine)
+    at = await _with_connection(engine, _current_fast)
     target = head()
     if at == target:
         return
