@@ -450,3 +450,39 @@ def test_import_omniq_still_exports_its_whole_api() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def _downgrade_at_a_terminal(url: str, answer: bytes) -> tuple[int, str]:
+    """``omniq db downgrade 0007`` with a terminal on stdin that answers ``answer``."""
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omniq", "--url", url, "db", "downgrade", "0007"],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        stdin=follower,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    os.close(follower)
+    try:
+        os.write(leader, answer)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        os.close(leader)
+    return proc.returncode, stderr.decode()
+
+
+def test_db_downgrade_asks_at_a_terminal(empty_db_url: str) -> None:
+    assert run("--url", empty_db_url, "db", "upgrade").returncode == 0
+    code, stderr = _downgrade_at_a_terminal(empty_db_url, b"no\n")
+    assert code == 1 and "0008  observability" in stderr and "Type 'yes'" in stderr
+    assert "not confirmed, nothing changed" in stderr
+    current = as_json(run("--url", empty_db_url, "db", "current", "--json"))
+    assert isinstance(current, dict) and current["current"] == migrate.head()
+    code, stderr = _downgrade_at_a_terminal(empty_db_url, b"yes\n")
+    assert code == 0, stderr
+    current = as_json(run("--url", empty_db_url, "db", "current", "--json"))
+    assert isinstance(current, dict) and current["current"] == "0007"
