@@ -57,6 +57,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: Options that take no value (a negative number after them is not theirs).
+_FLAGS = frozenset(
+    {"--json", "--debug", "--burst", "--wait", "--yes", "--no-scheduler", "--help", "--version"}
+)
+
+
 def _join_negative_values(argv: Sequence[str]) -> list[str]:
     """``--in -5s`` -> ``--in=-5s``: argparse would take ``-5s`` for an option.
 
@@ -69,7 +75,8 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
     while i < len(tokens):
         token = tokens[i]
         following = tokens[i + 1] if i + 1 < len(tokens) else ""
-        if token.startswith("--") and "=" not in token and re.match(r"-\.?\d", following):
+        takes_value = token.startswith("--") and len(token) > 2 and token not in _FLAGS
+        if takes_value and "=" not in token and re.match(r"-\.?\d", following):
             out.append(f"{token}={following}")
             i += 2
             continue
