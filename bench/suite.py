@@ -16,7 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import dashboard, failing, huey_side, omniq_side, pg_side, raw_sqlite, workers
+from bench import (
+    dashboard,
+    failing,
+    huey_side,
+    omniq_side,
+    pg_side,
+    raw_sqlite,
+    startup,
+    workers,
+)
 from bench.common import (
     Child,
     Row,
@@ -49,6 +58,7 @@ LABELS = (
     *failing.LABELS,
     *pg_side.LABELS,
     *dashboard.LABELS,
+    *startup.LABELS,
 )
 #: Shown under row 5 (measured in the same runs): the burn-down with Prometheus metrics on.
 METRICS_LABEL = "5m. burn-down, metrics on vs off"
@@ -409,6 +419,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[Workspace, Sizes], list[Row]], tuple[str,
     ("failing tasks", failing.bench_failing, failing.LABELS),
     ("postgresql", pg_side.bench_postgres, pg_side.LABELS),
     ("dashboard task list", dashboard.bench_dashboard, dashboard.LABELS),
+    ("command start-up", startup.bench_startup, startup.LABELS),
 )
 
 

@@ -1,60 +1,121 @@
-"""The ``omniq`` command (also ``python -m omniq``).
+"""The ``omniq`` command (also ``python -m omniq``): its options and its entry point.
 
-Output is an aligned table for humans, or JSON with ``--json``. Bad input
-gives one clear line on stderr and a non-zero exit code: 2 for usage and
-input errors, 1 for everything else that failed.
+Output is an aligned table for humans, or JSON with ``--json``. Every failure
+is one line ``omniq: error: ...`` on stderr (a traceback only with
+``--debug``) and an exit code from :mod:`omniq.cli_errors` (see the README's
+CLI section). The global options (``--url``, ``--project``, ``--base-dir``,
+``--json``, ``--debug``) work before and after the command.
+
+This module imports nothing heavy at import time: ``omniq --help`` and
+``omniq --version`` never load SQLAlchemy; each command imports what it uses.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import logging
+import contextlib
 import os
+import re
 import sys
-import time
 from collections.abc import Sequence
-from typing import Any
-
-import attrs
-
-from omniq._time import utcnow
-from omniq.app import AsyncOmniQ
-from omniq.cli_output import CLIError, duration_arg, emit, json_arg, plain, record, table
-from omniq.cli_progress import progress_data, with_progress
-from omniq.config import OmniQConfig
-from omniq.db import migrate
-from omniq.db.engine import create_engine, default_sqlite_url
-from omniq.errors import (
-    ConfigurationError,
-    OmniQError,
-    ScheduleNotFound,
-    SerializationError,
-    TaskNotFound,
-    ValidationError,
-)
-from omniq.models import Task, TaskAttempt
+from typing import NoReturn
 
 __all__ = ["main"]
 
-_INPUT_ERRORS = (ValidationError, ConfigurationError, SerializationError)
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line ``omniq: error: ...`` for usage errors (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f" (see `{self.prog} --help`)"
+        self.exit(2, f"omniq: error: {message}{hint}\n")
+
+
+def _version() -> str:
+    from omniq._version import VERSION
+
+    return f"omniq {VERSION}"
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+#: Options that take no value (a negative number after them is not theirs).
+_FLAGS = frozenset(
+    {"--json", "--debug", "--burst", "--wait", "--yes", "--no-scheduler", "--help", "--version"}
+)
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--in -5s`` -> ``--in=-5s``: argparse would take ``-5s`` for an option.
+
+    The value then reaches the option's own check, which names what is wrong
+    with it ("cannot be negative") instead of "expected one argument".
+    """
+    out: list[str] = []
+    tokens = list(argv)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        following = tokens[i + 1] if i + 1 < len(tokens) else ""
+        takes_value = token.startswith("--") and len(token) > 2 and token not in _FLAGS
+        if takes_value and "=" not in token and re.match(r"-\.?\d", following):
+            out.append(f"{token}={following}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def _global_options(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: an option left out of one position never overwrites the other's value.
+    s = argparse.SUPPRESS
+    parser.add_argument(
+        "--url", default=s, help="database URL (default: OMNIQ_DATABASE_URL or SQLite file)"
+    )
+    parser.add_argument("--project", default=s, help="project name (default database <project>.db)")
+    parser.add_argument("--base-dir", default=s, help="directory of the default SQLite database")
+    parser.add_argument("--json", action="store_true", default=s, help="print JSON, not tables")
+    parser.add_argument(
+        "--debug", action="store_true", default=s, help="show tracebacks and debug logs"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help="database URL (default: OMNIQ_DATABASE_URL or SQLite file)")
-    common.add_argument("--project", help="project name (default database <project>.db)")
-    common.add_argument("--base-dir", help="directory of the default SQLite database")
-    common.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser = argparse.ArgumentParser(
+    common = _Parser(add_help=False)
+    _global_options(common)
+    parser = _Parser(
         prog="omniq",
         description="OmniQ: a task queue whose whole state lives in SQL.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 bad input, 3 timed out, 130 interrupted.",
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("worker", parents=[common], help="run a worker")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=text)
+        return p
+
+    p = command("worker", "run a worker")
     p.add_argument(
         "--app",
         action="append",
@@ -63,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         help="module(s) whose functions this worker may run (repeatable)",
     )
     p.add_argument("--queues", help="comma-separated queues, served in this order")
-    p.add_argument("--concurrency", type=int, help="tasks run at once")
+    p.add_argument("--concurrency", type=_positive_int, help="tasks run at once")
     p.add_argument("--executor", choices=["async", "thread", "process"])
     p.add_argument("--burst", action="store_true", help="drain ready tasks, then exit")
     p.add_argument("--poll-interval", help="longest idle poll (e.g. 1s)")
@@ -76,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--prefetch",
-        type=int,
+        type=_non_negative_int,
         help="tasks claimed beyond the free slots (default: adapts to task run time)",
     )
     p.add_argument("--no-scheduler", action="store_true", help="do not fire schedules")
@@ -85,453 +146,200 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--metrics-addr", default="127.0.0.1", help="metrics address (127.0.0.1)")
 
-    p = sub.add_parser("enqueue", parents=[common], help="enqueue a task")
+    p = command("workers", "list registered workers (alive or lost)")
+
+    p = command("enqueue", "enqueue a task")
     p.add_argument("func", help="function reference, package.module:function")
     p.add_argument("--args", default="[]", help="positional arguments as a JSON list")
     p.add_argument("--kwargs", default="{}", help="keyword arguments as a JSON object")
     p.add_argument("--queue", help="queue name")
     p.add_argument("--in", dest="run_in", help="delay, e.g. 10s, 5m")
     p.add_argument("--priority", type=int, default=0)
-    p.add_argument("--max-retries", type=int)
+    p.add_argument("--max-retries", type=_non_negative_int)
     p.add_argument("--timeout", help="task timeout, e.g. 30s")
     p.add_argument("--unique-key")
 
-    p = sub.add_parser("tasks", parents=[common], help="list tasks")
+    p = command("tasks", "list tasks, oldest first")
     p.add_argument("--status")
     p.add_argument("--queue")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_positive_int, default=50, help="rows shown (default 50)")
+    p.add_argument("--offset", type=_non_negative_int, default=0, help="rows skipped first")
 
-    p = sub.add_parser("task", parents=[common], help="show one task")
+    p = command("task", "show one task")
     p.add_argument("task_id")
 
-    p = sub.add_parser("results", parents=[common], help="list results, newest first")
+    p = command("results", "list results, newest first")
     p.add_argument("--status", action="append", dest="statuses")
     p.add_argument("--func", help="the task's function reference, e.g. app.tasks:send")
     p.add_argument("--name", help="the task's name")
     p.add_argument("--schedule", help="results of this schedule's tasks")
     p.add_argument("--since", help="only results newer than this, e.g. 1h")
     p.add_argument("--until", help="only results older than this, e.g. 10m")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--offset", type=_non_negative_int, default=0)
 
-    p = sub.add_parser("result", parents=[common], help="show a task's result")
+    p = command("result", "show a task's result")
     p.add_argument("task_id")
     p.add_argument("--wait", action="store_true", help="wait until the task is final")
-    p.add_argument("--timeout", help="how long to wait (with --wait)")
+    p.add_argument("--timeout", help="how long to wait (with --wait); exit 3 when it runs out")
 
     for name, text in (("cancel", "cancel a task"), ("requeue", "requeue a dead task")):
-        p = sub.add_parser(name, parents=[common], help=text)
+        p = command(name, text)
         p.add_argument("task_id")
 
-    sub.add_parser("schedules", parents=[common], help="list schedules")
-    p = sub.add_parser("schedule", parents=[common], help="pause, resume or cancel a schedule")
+    command("schedules", "list schedules")
+    p = command("schedule", "pause, resume or cancel a schedule")
     p.add_argument("action", choices=["pause", "resume", "cancel"])
     p.add_argument("schedule_id")
 
-    p = sub.add_parser("events", parents=[common], help="query events, newest first")
+    p = command("events", "query events, newest first (by time)")
     p.add_argument("--task")
     p.add_argument("--type", action="append", dest="types")
     p.add_argument("--queue")
     p.add_argument("--since", help="only events newer than this, e.g. 1h")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--offset", type=_non_negative_int, default=0)
 
-    sub.add_parser("stats", parents=[common], help="counts per queue, status, event type")
+    command("stats", "counts per queue, status, event type")
 
-    p = sub.add_parser("db", parents=[common], help="database schema (Alembic)")
+    p = command("db", "database schema (Alembic)")
     p.add_argument("action", choices=["upgrade", "current", "check", "downgrade"])
-    p.add_argument("revision", nargs="?", help="target revision (default head / base)")
+    p.add_argument(
+        "revision", nargs="?", help="target revision (upgrade: default head; downgrade: required)"
+    )
+    p.add_argument("--yes", action="store_true", help="downgrade without asking")
 
-    p = sub.add_parser("dashboard", parents=[common], help='serve the web dashboard ("omniq[web]")')
+    p = command("dashboard", 'serve the web dashboard ("omniq[web]")')
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
 
-    p = sub.add_parser(
-        "metrics", parents=[common], help='serve the database gauges ("omniq[metrics]")'
-    )
+    p = command("metrics", 'serve the database gauges ("omniq[metrics]")')
     p.add_argument("--port", type=int, default=9100, help="port (default 9100; 0: any free one)")
     p.add_argument("--addr", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
 
-    p = sub.add_parser("demo", parents=[common], help="run the demo on embedded SQLite")
-    p.add_argument("--tasks", type=int, default=3000)
+    p = command("demo", "run the demo on embedded SQLite")
+    p.add_argument("--tasks", type=_positive_int, default=3000)
     return parser
 
 
-# --- commands ----------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; the global options get their defaults here."""
+    tokens = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(_join_negative_values(tokens))
+    for name in ("url", "project", "base_dir"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    for name in ("json", "debug"):
+        if not hasattr(args, name):
+            setattr(args, name, False)
+    return args
 
 
-def _config(args: argparse.Namespace) -> OmniQConfig:
-    config = OmniQConfig.from_env()
-    changes: dict[str, Any] = {}
-    if args.url:
-        changes["url"] = args.url
-    if args.project:
-        changes["project_name"] = args.project
-    if args.base_dir:
-        changes["base_dir"] = args.base_dir
-    return attrs.evolve(config, **changes)
-
-
-def _url(config: OmniQConfig) -> str:
-    return config.url or default_sqlite_url(config.project_name, config.base_dir)
-
-
-async def _cmd_db(args: argparse.Namespace, config: OmniQConfig) -> int:
-    engine = create_engine(_url(config), config.settings)
-    try:
-        if args.action == "upgrade":
-            await migrate.upgrade_async(engine, args.revision or "head")
-            current = await migrate.current_async(engine)
-            emit(args, {"current": current}, lambda: f"database at revision {current}")
-        elif args.action == "downgrade":
-            await migrate.downgrade_async(engine, args.revision or "base")
-            current = await migrate.current_async(engine)
-            emit(args, {"current": current}, lambda: f"database at revision {current}")
-        elif args.action == "current":
-            current = await migrate.current_async(engine)
-            head = migrate.head()
-            data: dict[str, Any] = {
-                "current": current,
-                "head": head,
-                "up_to_date": current == head,
-            }
-            emit(args, data, lambda: f"current {current or '<empty>'} (head {head})")
-        else:
-            diffs = await migrate.diff_async(engine)
-            current = await migrate.current_async(engine)
-            ok = not diffs and current == migrate.head()
-            data = {
-                "current": current,
-                "head": migrate.head(),
-                "differences": [str(d) for d in diffs],
-            }
-            emit(
-                args,
-                data,
-                lambda: (
-                    "schema matches head"
-                    if ok
-                    else f"schema differs from head ({current=}): {diffs!r}"
-                ),
-            )
-            return 0 if ok else 1
-    finally:
-        await engine.dispose()
-    return 0
-
-
-async def _cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
-    settings = config.settings
-    changes: dict[str, Any] = {
-        name: duration_arg(value, f"--{name.replace('_', '-')}")
-        for name, value in (
-            ("lease_duration", args.lease_duration),
-            ("heartbeat_interval", args.heartbeat_interval),
-        )
-        if value
-    }
-    if changes:
-        settings = attrs.evolve(settings, **changes)
-    oq = AsyncOmniQ.from_config(attrs.evolve(config, settings=settings))
-    try:
-        oq.registry.import_modules(args.app)
-    except ImportError as exc:
-        raise CLIError(f"--app: cannot import {exc.name or exc}: {exc}") from None
-    options: dict[str, Any] = {"run_scheduler": not args.no_scheduler}
-    if args.poll_interval:
-        options["poll_interval"] = duration_arg(args.poll_interval, "--poll-interval")
-    if args.grace_period:
-        options["grace_period"] = duration_arg(args.grace_period, "--grace-period")
-    if args.maintenance_interval:
-        options["maintenance_interval"] = duration_arg(
-            args.maintenance_interval, "--maintenance-interval"
-        )
-    if args.prefetch is not None:
-        if args.prefetch < 0:
-            raise CLIError(f"--prefetch: must be 0 or more, got {args.prefetch}")
-        options["prefetch"] = args.prefetch
-    if args.metrics_port is not None:
-        options["metrics"] = _metrics_extra("--metrics-port").WorkerMetrics()
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
-    async with oq:
-        worker = oq._make_worker(
-            queues=queues, concurrency=args.concurrency, executor=args.executor, **options
-        )
-        if args.metrics_port is not None:  # served by a daemon thread until the process exits
-            server = _metrics_extra("--metrics-port").start_metrics_server(
-                oq, port=args.metrics_port, addr=args.metrics_addr, worker=options["metrics"]
-            )
-            logging.getLogger("omniq").info("metrics on %s", server.url)
-        logging.getLogger("omniq").info(
-            "worker %s serving %s", worker.worker_id, ",".join(worker.queues or ["all queues"])
-        )
-        if args.burst:
-            total = sum(
-                n
-                for per in (await oq.services.queue.stats_async()).values()
-                for s, n in per.items()
-                if s in ("pending", "waiting")
-            )
-            reporter = asyncio.get_running_loop().create_task(_progress(worker, total))
-            try:
-                stats = await worker.run_until_complete_async()
-            finally:
-                reporter.cancel()
-            sys.stderr.write("\n")
-            emit(args, stats, lambda: record(stats))
-        else:
-            await worker.run_async(install_signal_handlers=True)
-            stats = worker.get_stats()
-            logging.getLogger("omniq").info("worker stopped: %s", stats)
-    return 0
-
-
-async def _progress(worker: Any, total: int) -> None:
-    started = time.perf_counter()
-    while True:
-        stats = worker.get_stats()
-        done = stats.completed + stats.failed
-        rate = done / max(time.perf_counter() - started, 1e-9)
-        sys.stderr.write(f"\r  {done}/{total} done, {stats.running} running, {rate:,.0f} tasks/s ")
-        sys.stderr.flush()
-        await asyncio.sleep(0.2)
-
-
-def _metrics_extra(what: str) -> Any:
-    """The omniq.metrics module, or a clear error naming the extra it needs."""
-    try:
-        import omniq.metrics as metrics
-    except ImportError as exc:
-        hint = 'pip install "omniq[metrics]"'
-        raise CLIError(f"{what} needs the metrics extra: {hint} ({exc})", 1) from None
-    return metrics
+# --- running -------------------------------------------------------------------------------
 
 
 async def _run(args: argparse.Namespace) -> int:
-    config = _config(args)
-    if args.command == "db":
-        return await _cmd_db(args, config)
-    if args.command == "worker":
-        return await _cmd_worker(args, config)
-    if args.command == "dashboard":
+    from omniq.cli_context import config_of
+
+    config = config_of(args)
+    command = args.command
+    if command == "db":
+        from omniq.cli_db import cmd_db
+
+        return await cmd_db(args, config)
+    if command == "worker":
+        from omniq.cli_worker import cmd_worker
+
+        return await cmd_worker(args, config)
+    if command == "dashboard":
         try:
             from omniq.web.serve import serve_async
         except ImportError as exc:
+            from omniq.cli_output import CLIError
+
             raise CLIError(
                 f'the dashboard needs the web extra: pip install "omniq[web]" ({exc})', 1
             ) from None
+        from omniq.app import AsyncOmniQ
+
         await serve_async(AsyncOmniQ.from_config(config), host=args.host, port=args.port)
         return 0
-    if args.command == "metrics":
-        await _metrics_extra("omniq metrics").serve_async(
+    if command == "metrics":
+        from omniq.app import AsyncOmniQ
+        from omniq.cli_worker import metrics_extra
+
+        await metrics_extra("omniq metrics").serve_async(
             AsyncOmniQ.from_config(config),
             port=args.port,
             addr=args.addr,
             ready=lambda url: print(f"serving metrics on {url}", flush=True),
         )
         return 0
-    if args.command == "demo":
+    if command == "demo":
+        import json
+
+        from omniq.cli_output import plain
         from omniq.demo import run_demo
 
         summary = await run_demo(config.base_dir, tasks=args.tasks)
         if args.json:
             print(json.dumps(plain(summary), indent=2))
         return 0
-    async with AsyncOmniQ.from_config(config) as oq:
-        return await _dispatch(args, oq)
+    from omniq.cli_commands import dispatch
+
+    return await dispatch(args, config)
 
 
-async def _dispatch(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
-    command = args.command
-    if command == "enqueue":
-        options: dict[str, Any] = {"priority": args.priority}
-        if args.queue:
-            options["queue_name"] = args.queue
-        if args.run_in:
-            options["run_in"] = duration_arg(args.run_in, "--in")
-        if args.timeout:
-            options["timeout"] = duration_arg(args.timeout, "--timeout")
-        if args.max_retries is not None:
-            options["max_retries"] = args.max_retries
-        if args.unique_key:
-            options["unique_key"] = args.unique_key
-        task_id = await oq.enqueue_async(
-            args.func,
-            json_arg(args.args, "--args", list),
-            json_arg(args.kwargs, "--kwargs", dict),
-            **options,
-        )
-        emit(args, {"task_id": task_id}, lambda: task_id)
-    elif command == "tasks":
-        tasks = await oq.list_tasks_async(args.status, args.queue, limit=args.limit)
-        rows: list[tuple[Any, ...]] = [
-            (t.id, t.queue_name, t.status, t.priority, t.func, t.created_at, t.attempts)
-            for t in tasks
-        ]
-        emit(
-            args,
-            tasks,
-            lambda: table(
-                rows, ["id", "queue", "status", "priority", "func", "created", "attempts"]
-            ),
-        )
-    elif command == "task":
-        task = await oq.get_task_async(args.task_id)
-        if task is None:
-            raise TaskNotFound(f"no task with id {args.task_id!r}")
-        attempts = await oq.get_attempts_async(args.task_id)
-        progress = await oq.get_progress_async(args.task_id)
-        shown: Task = task
-        reported = progress_data(progress)
-        emit(
-            args,
-            {**plain(shown), "failed_attempts": plain(attempts), "progress": reported},
-            lambda: with_progress(_task_text(shown, attempts), progress),
-        )
-    elif command == "results":
-        now = utcnow()
-        results = await oq.list_results_async(
-            args.statuses,
-            func=args.func,
-            task_name=args.name,
-            schedule_id=args.schedule,
-            start_time=now - duration_arg(args.since, "--since") if args.since else None,
-            end_time=now - duration_arg(args.until, "--until") if args.until else None,
-            limit=args.limit,
-            offset=args.offset,
-        )
-        rows = [
-            (r.task_id, r.status, r.created_at, r.execution_time, r.error or r.result)
-            for r in results
-        ]
-        emit(
-            args,
-            results,
-            lambda: table(rows, ["task", "status", "stored", "seconds", "result or error"]),
-        )
-    elif command == "result":
-        timeout = duration_arg(args.timeout, "--timeout") if args.timeout else None
-        if await oq.get_task_async(args.task_id) is None:
-            raise TaskNotFound(f"no task with id {args.task_id!r}")
-        result = await oq.get_result_async(args.task_id, wait=args.wait, timeout=timeout)
-        if result is None:
-            raise CLIError(f"task {args.task_id} has no result yet", code=1)
-        emit(args, result, lambda: record(result))
-    elif command == "cancel":
-        done = await oq.cancel_async(args.task_id)
-        emit(args, {"cancelled": done}, lambda: "cancelled" if done else "already finished")
-        return 0 if done else 1
-    elif command == "requeue":
-        task = await oq.requeue_async(args.task_id)
-        emit(args, task, lambda: f"requeued {task.id} ({task.status})")
-    elif command == "schedules":
-        schedules = await oq.list_schedules_async()
-        rows = [
-            (
-                s.id,
-                s.name or s.func,
-                s.schedule_type,
-                s.cron_expression or s.interval,
-                s.status,
-                s.next_run_at,
-                s.run_count,
-            )
-            for s in schedules
-        ]
-        emit(
-            args,
-            schedules,
-            lambda: table(rows, ["id", "name", "type", "spec", "status", "next run", "runs"]),
-        )
-    elif command == "schedule":
-        action = {
-            "pause": oq.pause_schedule_async,
-            "resume": oq.resume_schedule_async,
-            "cancel": oq.cancel_schedule_async,
-        }[args.action]
-        schedule = await action(args.schedule_id)
-        emit(args, schedule, lambda: f"schedule {schedule.id} is {schedule.status}")
-    elif command == "events":
-        since = utcnow() - duration_arg(args.since, "--since") if args.since else None
-        events = await oq.get_events_async(
-            task_id=args.task,
-            event_type=args.types,
-            queue_name=args.queue,
-            start_time=since,
-            limit=args.limit,
-        )
-        rows = [
-            (
-                e.id,
-                e.timestamp,
-                e.event_type,
-                e.task_id,
-                e.queue_name,
-                e.level,
-                e.error or e.message,
-            )
-            for e in events
-        ]
-        emit(
-            args,
-            events,
-            lambda: table(rows, ["id", "time", "type", "task", "queue", "level", "detail"]),
-        )
-    elif command == "stats":
-        stats = await oq.stats_async()
-        emit(args, stats, lambda: _stats_text(stats))
-    return 0
+def _configure_logging(args: argparse.Namespace) -> None:
+    import logging
+
+    default = "INFO" if args.command == "worker" else "WARNING"
+    level = "DEBUG" if args.debug else os.environ.get("OMNIQ_LOG_LEVEL", default)
+    # OmniQ's own loggers at the chosen level; libraries (Alembic, drivers) only warn.
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("omniq").setLevel(level.upper())
 
 
-def _task_text(task: Task, attempts: Sequence[TaskAttempt]) -> str:
-    if not attempts:
-        return record(task)
-    rows = [
-        (a.attempt, a.started_at, a.finished_at, a.error, "yes" if a.will_retry else "no")
-        for a in attempts
-    ]
-    history = table(rows, ["attempt", "started", "finished", "error", "retried"])
-    return f"{record(task)}\n\nfailed attempts:\n{history}"
-
-
-def _stats_text(stats: dict[str, Any]) -> str:
-    statuses = sorted({s for per in stats["tasks"].values() for s in per})
-    rows = [[q, *(per.get(s, 0) for s in statuses)] for q, per in sorted(stats["tasks"].items())]
-    parts = [table(rows, ["queue", *statuses]) if rows else "no tasks"]
-    results = {k: v for k, v in stats["results"].items() if k != "total"}
-    results_text = ", ".join(f"{k} {v}" for k, v in sorted(results.items())) or "none"
-    parts.append("results: " + results_text)
-    by_type = stats["events"]["by_type"]
-    parts.append("events: " + (", ".join(f"{k} {v}" for k, v in sorted(by_type.items())) or "none"))
-    parts.append(f"active schedules: {stats['schedules']}")
-    return "\n".join(parts)
+def _quiet_closed_pipe() -> int:
+    # The reader went away (``omniq tasks | head -1``): stop quietly, like other
+    # Unix tools, and keep the interpreter from complaining when it flushes stdout.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141  # 128 + SIGPIPE: what a shell reports for a tool stopped by a closed pipe
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``omniq`` command; returns the exit code."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    level = os.environ.get("OMNIQ_LOG_LEVEL", "INFO" if args.command == "worker" else "WARNING")
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    args = parse_args(argv)
+    _configure_logging(args)
+    import asyncio
+
     try:
-        return asyncio.run(_run(args))
-    except CLIError as exc:
-        print(f"omniq: error: {exc}", file=sys.stderr)
-        return exc.code
-    except _INPUT_ERRORS as exc:
-        print(f"omniq: error: {exc}", file=sys.stderr)
-        return 2
-    except (TaskNotFound, ScheduleNotFound) as exc:
-        print(f"omniq: error: {exc}", file=sys.stderr)
-        return 1
-    except OmniQError as exc:
-        print(f"omniq: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        code = asyncio.run(_run(args))
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _quiet_closed_pipe()
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from omniq.cli_errors import explain
+
+        message, code = explain(exc, args)
+        if args.debug:
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        with contextlib.suppress(BrokenPipeError):
+            print(f"omniq: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":  # pragma: no cover

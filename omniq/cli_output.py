@@ -99,7 +99,9 @@ def json_arg(text: str, what: str, kind: type) -> Any:
 
 
 def duration_arg(text: str, what: str) -> timedelta:
-    """Parse a duration argument such as ``30s`` or ``1h``."""
+    """Parse a duration argument such as ``30s`` or ``1h`` (never negative)."""
+    if text.strip().startswith("-"):
+        raise CLIError(f"{what}: a duration cannot be negative, got {text!r}")
     try:
         value = parse_duration(text, what)
     except ConfigurationError as exc:

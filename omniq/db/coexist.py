@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from omniq.db.schema import metadata
+
+if TYPE_CHECKING:
+    from alembic.script import ScriptDirectory
+
+# Alembic is imported only where a migration context is needed (adoption):
+# opening a database at head reads the version table with Core.
 
 __all__ = [
     "LEGACY_VERSION_TABLE",
@@ -125,6 +129,8 @@ def adopt_legacy_version_table(
         log.debug("%s holds %s: not OmniQ's, left alone", LEGACY_VERSION_TABLE, found)
         return None
     revision = found[0]
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(connection, opts=context_options(schema))
     context.stamp(script, revision)
     legacy.drop(connection)

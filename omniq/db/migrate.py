@@ -10,26 +10,32 @@ on PostgreSQL the schema is the engine's (``Settings.db_schema``, or
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omniq.db import coexist
 from omniq.db.coexist import VERSION_TABLE
 from omniq.db.engine import create_engine, schema_of
-from omniq.db.schema import metadata
 from omniq.errors import SchemaOutOfDate
 from omniq.models.settings import Settings
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+
+# Alembic (with Mako) is imported only when a migration, a check or a revision
+# walk runs: opening a database that is already at head needs neither (it reads
+# the version table with one SELECT), so commands and workers start faster.
+
 __all__ = [
     "VERSION_TABLE",
+    "alembic_config",
     "check",
     "check_async",
     "current",
@@ -45,7 +51,14 @@ __all__ = [
 ]
 
 
+def alembic_config() -> Config:
+    """The Alembic configuration of the migrations shipped with this OmniQ."""
+    return _config()
+
+
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("omniq._migrations")))
     if connection is not None:
@@ -55,9 +68,46 @@ def _config(connection: Connection | None = None) -> Config:
 
 def head() -> str:
     """The head revision of the migrations shipped with this OmniQ."""
+    return _shipped_head() or _alembic_head()
+
+
+def _alembic_head() -> str:
+    from alembic.script import ScriptDirectory
+
     revision = ScriptDirectory.from_config(_config()).get_current_head()
     assert revision is not None
     return revision
+
+
+_REVISION = re.compile(r'^revision(?:: str)? = "([^"]+)"$', re.M)
+_DOWN = re.compile(r'^down_revision(?:: [^=]+)? = (?:None|"([^"]*)")$', re.M)
+
+
+@functools.cache
+def _shipped_head() -> str | None:
+    """The head read from the shipped revision files' ``revision``/``down_revision``
+    lines without importing Alembic; None (Alembic decides) unless exactly one head
+    is found in a plain linear chain."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    try:
+        versions = resources.files("omniq._migrations").joinpath("versions")
+        for entry in versions.iterdir():
+            if not entry.name.endswith(".py") or entry.name.startswith("_"):
+                continue
+            text = entry.read_text(encoding="utf-8")
+            found, down = _REVISION.findall(text), _DOWN.findall(text)
+            if len(found) != 1 or len(down) != 1:
+                return None
+            revisions.add(found[0])
+            if down[0]:
+                parents.add(down[0])
+    except (OSError, ValueError):
+        return None
+    heads = revisions - parents
+    if len(heads) != 1 or not parents <= revisions or len(parents) != len(revisions) - 1:
+        return None
+    return heads.pop()
 
 
 async def _with_connection(engine: AsyncEngine, fn: Any, *args: Any) -> Any:
@@ -67,6 +117,8 @@ async def _with_connection(engine: AsyncEngine, fn: Any, *args: Any) -> Any:
 
 def _prepared(connection: Connection, fn: Any, *args: Any) -> Any:
     """Run ``fn`` on OmniQ's schema (PostgreSQL), after adopting an old version table."""
+    from alembic.script import ScriptDirectory
+
     schema = schema_of(connection)
     coexist.prepare_connection(connection, schema, create=fn is _upgrade)
     coexist.adopt_legacy_version_table(connection, schema, ScriptDirectory.from_config(_config()))
@@ -74,6 +126,8 @@ def _prepared(connection: Connection, fn: Any, *args: Any) -> Any:
 
 
 def _context(connection: Connection) -> MigrationContext:
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(
         connection, opts=coexist.context_options(schema_of(connection))
     )
@@ -88,15 +142,38 @@ def current_revision(connection: Connection) -> str | None:
     return _current(connection)
 
 
+def _current_fast(connection: Connection) -> str | None:
+    """The revision in OmniQ's version table, read with Core (no Alembic import).
+
+    None when that is not plain: no version table yet (a new database, or one
+    whose old ``alembic_version`` is still to be adopted) or several rows;
+    the caller then asks Alembic (:func:`current_async`).
+    """
+    schema = schema_of(connection)
+    if not sa.inspect(connection).has_table(VERSION_TABLE, schema=schema):
+        return None
+    table = sa.table(VERSION_TABLE, sa.column("version_num", sa.String), schema=schema)
+    rows = connection.execute(sa.select(table.c.version_num)).scalars().all()
+    return str(rows[0]) if len(rows) == 1 else None
+
+
 def _upgrade(connection: Connection, revision: str) -> None:
+    from alembic import command
+
     command.upgrade(_config(connection), revision)
 
 
 def _downgrade(connection: Connection, revision: str) -> None:
+    from alembic import command
+
     command.downgrade(_config(connection), revision)
 
 
 def _diffs(connection: Connection) -> list[Any]:
+    from alembic.autogenerate import compare_metadata
+
+    from omniq.db.schema import metadata
+
     diffs: list[Any] = compare_metadata(_context(connection), metadata)
     return diffs
 
@@ -130,8 +207,11 @@ async def check_async(engine: AsyncEngine) -> None:
 
 async def ensure_schema(engine: AsyncEngine, *, auto_migrate: bool) -> None:
     """Make sure the database is at head: upgrade when allowed, else raise."""
-    at = await current_async(engine)
+    async with engine.begin() as conn:
+        at = await conn.run_sync(_current_fast)
     target = head()
+    if at != target:
+        at = await current_async(engine)  # adoption, then Alembic decides
     if at == target:
         return
     if auto_migrate:

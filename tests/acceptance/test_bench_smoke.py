@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import dashboard
+from bench import dashboard, startup
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,6 +37,7 @@ ROWS = (
     "9b. refused tasks vs no-op",
     "9c. failing + 1 retry vs no-op",
     *dashboard.LABELS,
+    *startup.LABELS,
 )
 POSTGRES_ROWS = (
     "10a. PG burn-down, 1 worker process",

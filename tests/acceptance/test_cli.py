@@ -80,7 +80,7 @@ def test_delays_priorities_cancel_and_requeue(db_url: str) -> None:
     assert isinstance(task, dict) and task["status"] == "pending"
     assert omniq(db_url, "cancel", later).returncode == 0
     again = omniq(db_url, "cancel", later)
-    assert again.returncode == 1 and "already finished" in again.stdout
+    assert again.returncode == 1 and "already finished" in again.stderr
     requeued = omniq(db_url, "requeue", later)
     assert requeued.returncode == 0 and "pending" in requeued.stdout
 
@@ -98,7 +98,7 @@ def test_bad_input_gives_one_line_and_exit_code(db_url: str, tmp_path: Path) -> 
     assert bad_ref.returncode == 2 and "func" in bad_ref.stderr
 
     unknown = omniq(db_url, "task", "no-such-task")
-    assert unknown.returncode == 1 and "no task with id 'no-such-task'" in unknown.stderr
+    assert unknown.returncode == 2 and "no task with id 'no-such-task'" in unknown.stderr
 
     bad_url = omniq("mysql://localhost/x", "tasks")
     assert bad_url.returncode == 2 and "unsupported database URL scheme" in bad_url.stderr
@@ -114,8 +114,13 @@ def test_bad_input_gives_one_line_and_exit_code(db_url: str, tmp_path: Path) -> 
 
 
 def test_db_commands_on_a_new_database(empty_db_url: str) -> None:
-    current = as_json(omniq(empty_db_url, "db", "current", "--json"))
-    assert current == {"current": None, "head": migrate.head(), "up_to_date": False}
+    if empty_db_url.startswith("sqlite"):
+        # `db current` only reads: it does not create the file.
+        missing = omniq(empty_db_url, "db", "current", "--json")
+        assert missing.returncode == 1 and "there is no OmniQ database" in missing.stderr
+    else:
+        current = as_json(omniq(empty_db_url, "db", "current", "--json"))
+        assert current == {"current": None, "head": migrate.head(), "up_to_date": False}
     assert omniq(empty_db_url, "db", "upgrade").returncode == 0
     assert as_json(omniq(empty_db_url, "db", "current", "--json")) == {
         "current": migrate.head(),
@@ -128,8 +133,9 @@ def test_db_commands_on_a_new_database(empty_db_url: str) -> None:
 
 def test_server_database_behind_head_is_reported(empty_db_url: str) -> None:
     if empty_db_url.startswith("sqlite"):
-        # SQLite files are migrated automatically when opened.
-        assert omniq(empty_db_url, "tasks", "--json").returncode == 0
+        # Reading never creates a SQLite file (a worker or `db upgrade` does).
+        proc = omniq(empty_db_url, "tasks", "--json")
+        assert proc.returncode == 1 and "there is no OmniQ database" in proc.stderr
         return
     proc = omniq(empty_db_url, "tasks")
     assert proc.returncode == 1
@@ -192,7 +198,7 @@ def test_schedules_listing_and_actions(db_url: str, fmt: str) -> None:
     assert again.returncode == 1 and "expected active" in again.stderr
     assert omniq(db_url, "schedule", "resume", sid).returncode == 0
     missing = omniq(db_url, "schedule", "cancel", "nope")
-    assert missing.returncode == 1 and "no schedule with id 'nope'" in missing.stderr
+    assert missing.returncode == 2 and "no schedule with id 'nope'" in missing.stderr
 
 
 def test_a_cli_worker_recovers_a_killed_workers_task_at_its_maintenance_interval(

@@ -1,0 +1,117 @@
+"""``omniq worker``: run a worker until SIGTERM/SIGINT, or drain the ready tasks (``--burst``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+import attrs
+
+from omniq.cli_output import CLIError, duration_arg, emit, record
+from omniq.config import OmniQConfig
+
+__all__ = ["cmd_worker", "metrics_extra"]
+
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _check_app_names(names: list[str]) -> None:
+    for name in names:
+        if not _MODULE_NAME.fullmatch(name):
+            raise CLIError(
+                f"--app: {name!r} is not a module name (a dotted import path, e.g. myapp.tasks)"
+            )
+
+
+async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
+    """Run ``omniq worker``."""
+    from omniq.app import AsyncOmniQ
+
+    _check_app_names(args.app)
+    settings = config.settings
+    changes: dict[str, Any] = {
+        name: duration_arg(value, f"--{name.replace('_', '-')}")
+        for name, value in (
+            ("lease_duration", args.lease_duration),
+            ("heartbeat_interval", args.heartbeat_interval),
+        )
+        if value
+    }
+    if changes:
+        settings = attrs.evolve(settings, **changes)
+    oq = AsyncOmniQ.from_config(attrs.evolve(config, settings=settings))
+    try:
+        oq.registry.import_modules(args.app)
+    except ImportError as exc:
+        raise CLIError(f"--app: cannot import {exc.name or exc}: {exc}") from None
+    options: dict[str, Any] = {"run_scheduler": not args.no_scheduler}
+    if args.poll_interval:
+        options["poll_interval"] = duration_arg(args.poll_interval, "--poll-interval")
+    if args.grace_period:
+        options["grace_period"] = duration_arg(args.grace_period, "--grace-period")
+    if args.maintenance_interval:
+        options["maintenance_interval"] = duration_arg(
+            args.maintenance_interval, "--maintenance-interval"
+        )
+    if args.prefetch is not None:
+        options["prefetch"] = args.prefetch
+    if args.metrics_port is not None:
+        options["metrics"] = metrics_extra("--metrics-port").WorkerMetrics()
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    async with oq:
+        worker = oq._make_worker(
+            queues=queues, concurrency=args.concurrency, executor=args.executor, **options
+        )
+        if args.metrics_port is not None:  # served by a daemon thread until the process exits
+            server = metrics_extra("--metrics-port").start_metrics_server(
+                oq, port=args.metrics_port, addr=args.metrics_addr, worker=options["metrics"]
+            )
+            logging.getLogger("omniq").info("metrics on %s", server.url)
+        logging.getLogger("omniq").info(
+            "worker %s serving %s", worker.worker_id, ",".join(worker.queues or ["all queues"])
+        )
+        if args.burst:
+            total = sum(
+                n
+                for per in (await oq.services.queue.stats_async()).values()
+                for s, n in per.items()
+                if s in ("pending", "waiting")
+            )
+            reporter = asyncio.get_running_loop().create_task(_progress(worker, total))
+            try:
+                stats = await worker.run_until_complete_async()
+            finally:
+                reporter.cancel()
+            sys.stderr.write("\n")
+            emit(args, stats, lambda: record(stats))
+        else:
+            await worker.run_async(install_signal_handlers=True)
+            stats = worker.get_stats()
+            logging.getLogger("omniq").info("worker stopped: %s", stats)
+    return 0
+
+
+def metrics_extra(what: str) -> Any:
+    """The omniq.metrics module, or a clear error naming the extra it needs."""
+    try:
+        import omniq.metrics as metrics
+    except ImportError as exc:
+        hint = 'pip install "omniq[metrics]"'
+        raise CLIError(f"{what} needs the metrics extra: {hint} ({exc})", 1) from None
+    return metrics
+
+
+async def _progress(worker: Any, total: int) -> None:
+    started = time.perf_counter()
+    while True:
+        stats = worker.get_stats()
+        done = stats.completed + stats.failed
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        sys.stderr.write(f"\r  {done}/{total} done, {stats.running} running, {rate:,.0f} tasks/s ")
+        sys.stderr.flush()
+        await asyncio.sleep(0.2)
