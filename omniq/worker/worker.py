@@ -45,6 +45,7 @@ from omniq.services.queue import ErrorInfo, Start, TaskQueue
 from omniq.services.results import ResultStorage
 from omniq.services.scheduler import Scheduler
 from omniq.services.workers import WorkerRegistry
+from omniq.tracing import attempt_trace
 from omniq.worker.background import TaskTimeout
 from omniq.worker.cancellation import Cancellation
 from omniq.worker.executors import Executor
@@ -407,6 +408,8 @@ class Worker(Cancellation):
             now = utcnow()
             task = entry.task = attrs.evolve(task, started_at=now, attempts=task.attempts + 1)
             self._starts.append((task.id, task.lease_token, now))
+        if entry.trace is not None:  # tracing: the attempt's span starts with the function
+            entry.trace.start(task, current=not entry.pooled)
         self._started_events.append(self._executing_event(task))
 
     def _executing_event(self, task: Task) -> dict[str, Any]:
@@ -422,6 +425,7 @@ class Worker(Cancellation):
 
     async def _execute(self, entry: _Running) -> None:
         started = time.perf_counter()
+        entry.trace = attempt_trace(self.worker_id)  # None unless tracing is on
         try:
             try:
                 # Recovered before: its start is committed before it runs again, so
@@ -448,6 +452,7 @@ class Worker(Cancellation):
         except asyncio.CancelledError as exc:
             task = entry.task
             if entry.releasing:
+                entry.outcome = "released"
                 events = self._take_events()
                 released = self.queue.release_async(task, worker_id=self.worker_id, events=events)
                 if await self._guard(self._in_turn(released)) is None:
@@ -476,6 +481,8 @@ class Worker(Cancellation):
             else:
                 await self._succeeded(entry, outcome, elapsed)
         finally:
+            if entry.trace is not None:
+                entry.trace.end(entry.outcome, entry.error)
             self._free_slot(entry)
             self._running.pop(entry.task.id, None)
             if not self._running:
@@ -509,6 +516,8 @@ class Worker(Cancellation):
             kind = UnsafePayload if "UnsafePayload" in task.payload_error else SerializationError
             raise kind(task.payload_error)
         func = self.registry.resolve(task.func)
+        if entry.pooled and entry.trace is not None:
+            func = entry.trace.bind(func)  # the span is current in the pool thread too
         timeout = task.timeout.total_seconds() if task.timeout else None
         on_start = None
         if entry.pooled:
