@@ -20,6 +20,7 @@ and attempt while none is set, and stores no trace context.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.util
 import inspect
@@ -33,7 +34,6 @@ from omniq._version import VERSION
 from omniq.models import Task
 from omniq.services import hooks
 from omniq.services.hooks import WriteTasks
-from omniq.worker.executors import RemoteError
 
 if TYPE_CHECKING:
     from contextvars import Token
@@ -202,6 +202,16 @@ class AttemptTrace:
         if current:
             self._token = context.attach(trace.set_span_in_context(span))
 
+    def carrier(self) -> dict[str, str] | None:
+        """The span's W3C context, for a child process (the process executor)."""
+        from opentelemetry import propagate, trace
+
+        if self.span is None:
+            return None
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(self.span))
+        return carrier
+
     def bind(self, func: Callable[..., R]) -> Callable[..., R]:
         """``func`` run with this attempt's span current (for a sync function in a pool thread)."""
         from opentelemetry import trace
@@ -241,6 +251,34 @@ class AttemptTrace:
                 description = f"attempt {outcome}"
             span.set_status(trace.Status(trace.StatusCode.ERROR, description))
         span.end()
+
+
+def in_child_process(
+    carrier: dict[str, str], func: Callable[..., Any], args: Any, kwargs: Any
+) -> Any:
+    """Run a task's function in the process executor's child with the attempt's span current.
+
+    Spans the function makes (with a tracer provider set in the child, e.g.
+    when its module is imported) are children of ``process <queue>``; they
+    are flushed before the child exits (it ends without running atexit).
+    """
+    from opentelemetry import context, propagate, trace
+
+    token = context.attach(propagate.extract(carrier, context=context.Context()))
+    try:
+        result = func(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_awaited(result))  # the task copies the attached context
+        return result
+    finally:
+        context.detach(token)
+        flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+        if callable(flush):  # the SDK's provider; the API's has none
+            flush()
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 async def _awaited_in(span: Span, awaitable: Awaitable[Any]) -> Any:
@@ -285,11 +323,15 @@ def _extract(stored: str | None, propagate: Any) -> Context | None:
 
 
 def _type_name(error: BaseException) -> str:
+    from omniq.worker.executors import RemoteError
+
     # A task's exception from a child process keeps its own type name.
     return error.type_name if isinstance(error, RemoteError) else type(error).__qualname__
 
 
 def _exception_attributes(error: BaseException) -> dict[str, Any] | None:
+    from omniq.worker.executors import RemoteError
+
     if not isinstance(error, RemoteError):
         return None
     return {"exception.type": error.type_name, "exception.stacktrace": error.remote_traceback}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from datetime import timedelta
@@ -43,6 +44,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--burst", action="store_true", help="stop when no task is left")
     parser.add_argument("--gate", default=None, help="wait until this file exists")
+    parser.add_argument(
+        "--allow-module", action="append", default=[], help="also run this module's functions"
+    )
     return parser.parse_args(argv)
 
 
@@ -60,7 +64,7 @@ async def main(args: argparse.Namespace) -> None:
             worker_id=args.worker_id,
             concurrency=args.concurrency,
             executor=args.executor,
-            allow_modules=["tests.worker_tasks"],
+            allow_modules=["tests.worker_tasks", *args.allow_module],
             poll_interval=0.05,
             grace_period=args.grace,
             run_scheduler=False,
@@ -83,4 +87,8 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("OMNIQ_TEST_SPANS"):  # tracing tests: spans go to that file
+        from tests.tracing_spans import install
+
+        install()
     asyncio.run(main(parse(sys.argv[1:])))

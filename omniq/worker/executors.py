@@ -51,15 +51,22 @@ def _child_main(
     kwargs: dict[str, Any],
     conn: multiprocessing.connection.Connection,
     worker_pid: int,
+    trace_context: dict[str, str] | None = None,
 ) -> None:
     _exit_with_worker(worker_pid)
     # The parent checked that ``ref`` is allowed before starting this process.
     from omniq.serialization import resolve_ref
 
     try:
-        result = resolve_ref(ref)(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = asyncio.run(_await(result))
+        func = resolve_ref(ref)
+        if trace_context is not None:
+            from omniq.tracing import in_child_process
+
+            result = in_child_process(trace_context, func, args, kwargs)
+        else:
+            result = func(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = asyncio.run(_await(result))
         conn.send(("ok", result))
     except BaseException as exc:
         conn.send(("err", type(exc).__qualname__, str(exc), traceback.format_exc()))
@@ -306,13 +313,15 @@ class Executor:
         kwargs: dict[str, Any],
         timeout: float | None,
         on_start: Callable[[], None] | None = None,
+        trace_context: dict[str, str] | None = None,
     ) -> Any:
         """Call ``func(*args, **kwargs)``; TimeoutError past ``timeout`` seconds.
 
         ``on_start`` is called just before the function runs: on the loop for
         coroutines and processes, in the pool thread for sync functions (which
         may wait in the pool's queue for a free thread first; their timeout
-        counts from when they start).
+        counts from when they start). ``trace_context`` (tracing, process
+        executor): the W3C context the child process makes current.
         """
         if inspect.iscoroutinefunction(func):
             if on_start is not None:
@@ -322,7 +331,7 @@ class Executor:
         if self._mp is not None:
             if on_start is not None:
                 on_start()
-            return await self._run_process(ref, args, kwargs, timeout)
+            return await self._run_process(ref, args, kwargs, timeout, trace_context)
         loop = asyncio.get_running_loop()
         if timeout is None and on_start is None:
             result = await self._threads.call_async(loop, functools.partial(func, *args, **kwargs))
@@ -369,13 +378,14 @@ class Executor:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout: float | None,
+        trace_context: dict[str, str] | None = None,
     ) -> Any:
         assert self._mp is not None
         loop = asyncio.get_running_loop()
         receiver, sender = self._mp.Pipe(duplex=False)
         process = self._mp.Process(
             target=_child_main,
-            args=(ref, args, kwargs, sender, os.getpid()),
+            args=(ref, args, kwargs, sender, os.getpid(), trace_context),
             daemon=True,
             name=f"omniq-task-{ref}",
         )

@@ -529,10 +529,14 @@ class Worker(Cancellation):
                     entry.started = time.perf_counter()
                 self._mark_start(entry)
 
+        # Tracing, process executor: the child makes the attempt's span current.
+        carrier = None
+        if entry.trace is not None and not self.executor.pools_sync_calls:
+            carrier = entry.trace.carrier()
         entry.in_call = True
         try:
             return await self.executor.run(
-                func, task.func, task.func_args, task.func_kwargs, timeout, on_start
+                func, task.func, task.func_args, task.func_kwargs, timeout, on_start, carrier
             )
         except TimeoutError as exc:
             raise TaskTimeout(f"task timed out after {timeout:g}s") from exc
