@@ -67,7 +67,16 @@ TASK_NAME = "omniq.task.name"
 #: Outcomes that are errors of the attempt (its span's status is ERROR).
 _ERROR_OUTCOMES = frozenset({"failed", "retried", "lost"})
 
-_AVAILABLE = importlib.util.find_spec("opentelemetry") is not None
+
+
+def _installed() -> bool:
+    try:
+        return importlib.util.find_spec("opentelemetry") is not None  # imports nothing
+    except (ImportError, ValueError):
+        return False
+
+
+_AVAILABLE = _installed()
 _tracer: Tracer | None = None
 
 
@@ -86,8 +95,12 @@ def tracer() -> Tracer | None:
 
 
 def _find_tracer() -> Tracer | None:
-    global _tracer
-    from opentelemetry import trace
+    global _tracer, _AVAILABLE
+    try:
+        from opentelemetry import trace
+    except ImportError:  # another opentelemetry distribution, without the API
+        _AVAILABLE = False
+        return None
 
     provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):

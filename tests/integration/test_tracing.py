@@ -273,3 +273,57 @@ async def test_no_tracer_provider_stores_no_trace_context(db_url: str) -> None:
             assert task is not None and task.trace_context is None
         stats = await oq.run_worker_async(burst=True, allow_modules=["tests.tracing_tasks"])
         assert stats.completed == 4
+
+
+#: Runs OmniQ as if opentelemetry were not installed (its import fails).
+WITHOUT_OTEL = """
+import asyncio, importlib.abc, sys
+
+class NoOpenTelemetry(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "opentelemetry" or name.startswith("opentelemetry."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoOpenTelemetry())
+
+from omniq import AsyncOmniQ, tracing
+from omniq.services import hooks
+
+async def main():
+    assert hooks.send is None and tracing.tracer() is None
+    async with AsyncOmniQ(url=sys.argv[1]) as oq:
+        ids = [await oq.enqueue_async("tests.worker_tasks:always_fails", ["x"], max_retries=0)]
+        ids += await oq.enqueue_many_async(
+            [oq.build_task("tests.worker_tasks:add_sync", [1, 2]) for _ in range(2)]
+        )
+        stats = await oq.run_worker_async(burst=True, allow_modules=["tests.worker_tasks"])
+        tasks = [await oq.get_task_async(x) for x in ids]
+    assert stats.completed == 2 and stats.failed == 1, stats
+    assert [x.trace_context for x in tasks] == [None, None, None]
+    assert not [m for m in sys.modules if m.startswith("opentelemetry")]
+    print("ran without opentelemetry")
+
+asyncio.run(main())
+"""
+
+
+def test_omniq_runs_without_opentelemetry(db_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_OTEL, db_url],
+        capture_output=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip() == "ran without opentelemetry"
+
+
+def test_importing_omniq_does_not_import_opentelemetry() -> None:
+    code = "import sys, omniq; print(sorted(m for m in sys.modules if 'opentelemetry' in m))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, timeout=DEADLINE, check=True
+    )
+    assert done.stdout.decode().strip() == "[]"
