@@ -68,7 +68,6 @@ TASK_NAME = "omniq.task.name"
 _ERROR_OUTCOMES = frozenset({"failed", "retried", "lost"})
 
 
-
 def _installed() -> bool:
     try:
         return importlib.util.find_spec("opentelemetry") is not None  # imports nothing

@@ -20,11 +20,11 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk", reason="tracing tests need opentelemetry-sdk (dev extra)")
 
-from omniq import AsyncOmniQ, tracing  # noqa: E402
-from omniq.models import TaskStatus  # noqa: E402
-from omniq.services import Services  # noqa: E402
-from tests.tracing_spans import read_spans  # noqa: E402
-from tests.waiting import wait_until  # noqa: E402
+from omniq import AsyncOmniQ, tracing
+from omniq.models import TaskStatus
+from omniq.services import Services
+from tests.tracing_spans import read_spans
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
