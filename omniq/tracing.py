@@ -25,6 +25,7 @@ import functools
 import importlib.util
 import inspect
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -84,25 +85,32 @@ def tracer() -> Tracer | None:
 
     On means opentelemetry-api is installed and a tracer provider other than
     the API's default (proxy) or no-op one is set. The API allows setting
-    the global provider once, so a tracer found is kept.
+    the global provider once, so a tracer found is kept; while none is set,
+    the provider is looked at again at most every :data:`_RECHECK` seconds
+    (a provider set later is used from then on).
     """
     if _tracer is not None:
         return _tracer
-    if not _AVAILABLE:
+    if not _AVAILABLE or time.monotonic() < _recheck_at:
         return None
     return _find_tracer()
 
 
+#: Seconds between two looks at the global provider while none is set.
+_RECHECK = 1.0
+_recheck_at = 0.0
+
+
 def _find_tracer() -> Tracer | None:
-    global _tracer, _AVAILABLE
+    global _tracer, _AVAILABLE, _recheck_at
     try:
         from opentelemetry import trace
     except ImportError:  # another opentelemetry distribution, without the API
         _AVAILABLE = False
         return None
-
     provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        _recheck_at = time.monotonic() + _RECHECK
         return None
     _tracer = provider.get_tracer("omniq", VERSION)
     return _tracer
