@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import event
 
+from bench import tracing
 from bench.common import emit, rss_kib, wait_for_go
 from omniq.models import Task
 from omniq.services import Services, TaskQueue
@@ -238,6 +239,7 @@ def main() -> None:
     parser.add_argument("--trace-sql", action="store_true", help="count statements sent")
     args = parser.parse_args()
     rss_at = [int(x) for x in args.rss_at.split(",") if x]
+    tracing.install_if_asked()  # row 12: OMNIQ_BENCH_TRACING
     asyncio.run(main_async(args.url, args.serve, rss_at, args.concurrency, args.trace_sql))
 
 

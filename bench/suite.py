@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import dashboard, failing, huey_side, omniq_side, pg_side, raw_sqlite, workers
+from bench import dashboard, failing, huey_side, omniq_side, pg_side, raw_sqlite, tracing, workers
 from bench.common import (
     Child,
     Row,
@@ -48,6 +48,7 @@ LABELS = (
     *failing.LABELS,
     *pg_side.LABELS,
     *dashboard.LABELS,
+    *tracing.LABELS,
 )
 HEADER = ("benchmark", "omniq", "comparison", "ratio", "target")
 
@@ -380,6 +381,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[Workspace, Sizes], list[Row]], tuple[str,
     ("failing tasks", failing.bench_failing, failing.LABELS),
     ("postgresql", pg_side.bench_postgres, pg_side.LABELS),
     ("dashboard task list", dashboard.bench_dashboard, dashboard.LABELS),
+    ("tracing", tracing.bench_tracing, tracing.LABELS),
 )
 
 

@@ -60,7 +60,7 @@ def _child_main(
     try:
         func = resolve_ref(ref)
         if trace_context is not None:
-            from omniq.tracing import in_child_process
+            from omniq._otel_spans import in_child_process
 
             result = in_child_process(trace_context, func, args, kwargs)
         else:

@@ -33,7 +33,7 @@ from omniq.worker.executors import Executor, RemoteError
 from omniq.worker.registry import TaskRegistry
 
 if TYPE_CHECKING:
-    from omniq.tracing import AttemptTrace
+    from omniq._otel_spans import AttemptTrace
 
 log = logging.getLogger("omniq.worker")
 

@@ -36,6 +36,8 @@ ROWS = (
     "9b. refused tasks vs no-op",
     "9c. failing + 1 retry vs no-op",
     *dashboard.LABELS,
+    "12a. burn-down, tracing on vs off",
+    "12b. enqueue_async, tracing on vs off",
 )
 POSTGRES_ROWS = (
     "10a. PG burn-down, 1 worker process",
