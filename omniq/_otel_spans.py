@@ -6,6 +6,7 @@ import asyncio
 import functools
 import inspect
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from contextvars import Token
 from typing import Any, TypeVar, cast
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+
+log = logging.getLogger("omniq.tracing")
 
 #: ``messaging.system`` of OmniQ's spans.
 SYSTEM = "omniq"
@@ -113,6 +116,12 @@ class AttemptTrace:
         """
         if self.span is not None:
             return
+        try:
+            self._start(task, current)
+        except Exception:  # tracing never stops a task from running
+            log.exception("task %s: its span could not be started", task.id)
+
+    def _start(self, task: Task, current: bool) -> None:
         parent, links = _parent_and_links(task)
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
@@ -165,6 +174,13 @@ class AttemptTrace:
         span = self.span
         if span is None:
             return
+        self.span = None
+        try:
+            self._end(span, outcome, error)
+        except Exception:  # tracing never stops the worker
+            log.exception("an attempt's span could not be ended")
+
+    def _end(self, span: Span, outcome: str | None, error: BaseException | None) -> None:
         if self._token is not None:
             context.detach(self._token)
             self._token = None
