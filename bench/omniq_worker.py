@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import event
 
+from bench import tracing
 from bench.common import emit, rss_kib, wait_for_go
 from omniq.models import Task
 from omniq.services import Services, TaskQueue
@@ -288,6 +289,7 @@ def main() -> None:
     parser.add_argument("--metrics", action="store_true", help="Prometheus metrics on")
     args = parser.parse_args()
     rss_at = [int(x) for x in args.rss_at.split(",") if x]
+    tracing.install_if_asked()  # row 13: OMNIQ_BENCH_TRACING
     asyncio.run(
         main_async(args.url, args.serve, rss_at, args.concurrency, args.trace_sql, args.metrics)
     )

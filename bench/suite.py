@@ -24,6 +24,7 @@ from bench import (
     pg_side,
     raw_sqlite,
     startup,
+    tracing,
     workers,
 )
 from bench.common import (
@@ -59,6 +60,7 @@ LABELS = (
     *pg_side.LABELS,
     *dashboard.LABELS,
     *startup.LABELS,
+    *tracing.LABELS,
 )
 #: Shown under row 5 (measured in the same runs): the burn-down with Prometheus metrics on.
 METRICS_LABEL = "5m. burn-down, metrics on vs off"
@@ -420,6 +422,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[Workspace, Sizes], list[Row]], tuple[str,
     ("postgresql", pg_side.bench_postgres, pg_side.LABELS),
     ("dashboard task list", dashboard.bench_dashboard, dashboard.LABELS),
     ("command start-up", startup.bench_startup, startup.LABELS),
+    ("tracing", tracing.bench_tracing, tracing.LABELS),
 )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from datetime import timedelta
@@ -86,4 +87,8 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("OMNIQ_TEST_SPANS"):  # tracing tests: spans go to that file
+        from tests.tracing_spans import install
+
+        install()
     asyncio.run(main(parse(sys.argv[1:])))

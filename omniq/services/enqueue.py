@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from omniq.errors import DuplicateTask, ValidationError
 from omniq.group_commit import GroupCommit
 from omniq.models import EventLevel, EventType, ResultStatus, Task, TaskStatus
+from omniq.services import hooks
 from omniq.services._shared import _event, _final_result
 from omniq.services._storage import Storage
 from omniq.services.caller_tx import CallerTx, caller_tx, prepare_caller_tx, ready_for_caller_tx
@@ -61,15 +62,23 @@ class Enqueue(Sweeps):
             if isinstance(func, Task)
             else self.build_task(func, func_args, func_kwargs, **options)
         )
+        if hooks.send is not None:
+            wrapped = hooks.send([task], lambda tasks: self._write_one(tasks[0], on_duplicate, tx))
+            if wrapped is not None:
+                return (await wrapped)[0]
+        return (await self._write_one(task, on_duplicate, tx))[0]
+
+    async def _write_one(
+        self, task: Task, on_duplicate: Literal["return", "raise"], tx: CallerTx | None = None
+    ) -> list[str]:
         if tx is not None:
-            return (await self._enqueue_in_own_transaction([task], on_duplicate, tx))[0]
+            return await self._enqueue_in_own_transaction([task], on_duplicate, tx)
         if task.depends_on or task.unique_key is not None or task.status is not TaskStatus.PENDING:
-            ids = await self._enqueue_in_own_transaction([task], on_duplicate)
-            return ids[0]
+            return await self._enqueue_in_own_transaction([task], on_duplicate)
         # Serialize now, so a bad payload fails before anything is written.
         await self._group.submit((task, self.storage.tasks.to_row(task)))
         self.storage.notifier.notify()
-        return task.id
+        return [task.id]
 
     async def enqueue_many_async(
         self,
@@ -94,6 +103,12 @@ class Enqueue(Sweeps):
         ids = [x.id for x in batch]
         if len(set(ids)) != len(ids):
             raise DuplicateTask("enqueue_many: the batch repeats a task id")
+        if hooks.send is not None:
+            wrapped = hooks.send(
+                batch, lambda tasks: self._enqueue_in_own_transaction(tasks, on_duplicate, tx)
+            )
+            if wrapped is not None:
+                return await wrapped
         return await self._enqueue_in_own_transaction(batch, on_duplicate, tx)
 
     async def _prepare_caller_tx_async(self) -> None:

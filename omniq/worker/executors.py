@@ -54,6 +54,7 @@ def _child_main(
     conn: multiprocessing.connection.Connection,
     worker_pid: int,
     task_info: tuple[str, int, str, str] | None = None,
+    trace_context: dict[str, str] | None = None,
 ) -> None:
     _exit_with_worker(worker_pid)
     # The parent checked that ``ref`` is allowed before starting this process.
@@ -74,9 +75,15 @@ def _child_main(
         )
     try:
         try:
-            result = resolve_ref(ref)(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = asyncio.run(_await(result))
+            func = resolve_ref(ref)
+            if trace_context is not None:
+                from omniq._otel_spans import in_child_process
+
+                result = in_child_process(trace_context, func, args, kwargs)
+            else:
+                result = func(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = asyncio.run(_await(result))
         finally:
             progress.close()  # the last report goes before the outcome
         conn.send(("ok", result))
@@ -325,13 +332,15 @@ class Executor:
         kwargs: dict[str, Any],
         timeout: float | None,
         on_start: Callable[[], None] | None = None,
+        trace_context: dict[str, str] | None = None,
     ) -> Any:
         """Call ``func(*args, **kwargs)``; TimeoutError past ``timeout`` seconds.
 
         ``on_start`` is called just before the function runs: on the loop for
         coroutines and processes, in the pool thread for sync functions (which
         may wait in the pool's queue for a free thread first; their timeout
-        counts from when they start).
+        counts from when they start). ``trace_context`` (tracing, process
+        executor): the W3C context the child process makes current.
         """
         if inspect.iscoroutinefunction(func):
             if on_start is not None:
@@ -341,7 +350,7 @@ class Executor:
         if self._mp is not None:
             if on_start is not None:
                 on_start()
-            return await self._run_process(ref, args, kwargs, timeout)
+            return await self._run_process(ref, args, kwargs, timeout, trace_context)
         loop = asyncio.get_running_loop()
         # The thread runs in a copy of this context: omniq.current_task() works there.
         context = contextvars.copy_context()
@@ -392,6 +401,7 @@ class Executor:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout: float | None,
+        trace_context: dict[str, str] | None = None,
     ) -> Any:
         assert self._mp is not None
         loop = asyncio.get_running_loop()
@@ -402,7 +412,7 @@ class Executor:
             task_info = (current.id, current.attempt, current.queue, current.function)
         process = self._mp.Process(
             target=_child_main,
-            args=(ref, args, kwargs, sender, os.getpid(), task_info),
+            args=(ref, args, kwargs, sender, os.getpid(), task_info, trace_context),
             daemon=True,
             name=f"omniq-task-{ref}",
         )

@@ -14,7 +14,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -32,6 +32,9 @@ from omniq.services.queue import ErrorInfo, Start, TaskQueue
 from omniq.worker.executors import Executor, RemoteError
 from omniq.worker.metering import WorkerMetricsHook, outcome_of
 from omniq.worker.registry import TaskRegistry
+
+if TYPE_CHECKING:
+    from omniq._otel_spans import AttemptTrace
 
 log = logging.getLogger("omniq.worker")
 
@@ -56,6 +59,11 @@ class _Running:
     pooled: bool = False
     #: ``time.perf_counter()`` when the function started (None: not yet).
     started: float | None = None
+    #: Tracing: the attempt's span (None: tracing is off), how the attempt ended
+    #: (succeeded, retried, failed, cancelled, lost, released) and its error.
+    trace: AttemptTrace | None = None
+    outcome: str | None = None
+    error: BaseException | None = None
 
 
 class OutcomeWriting:
@@ -96,6 +104,7 @@ class OutcomeWriting:
         if not held:
             self._counts["lost"] += 1
             return
+        entry.outcome = "succeeded"
         self._counts["completed"] += 1
         self._settle(task.id, TaskStatus.COMPLETED)
         if self.metrics is not None:
@@ -134,6 +143,7 @@ class OutcomeWriting:
     async def _failed(self, entry: _Running, exc: BaseException, elapsed: float) -> None:
         info = _error_info(exc)
         retry = not isinstance(exc, TaskNotFound | SerializationError)
+        entry.error = exc
 
         try:
             status = await self._write_outcome(
@@ -142,6 +152,7 @@ class OutcomeWriting:
         except (SerializationError, ValidationError) as exc:
             await self._report_error(f"the failure of task {entry.task.id} cannot be stored", exc)
             status = None
+        entry.outcome = "lost" if status is None else _FAILED_OUTCOMES.get(status, "lost")
         if status is TaskStatus.PENDING:
             self._counts["retried"] += 1
         elif status is TaskStatus.FAILED:
@@ -174,6 +185,7 @@ class OutcomeWriting:
             await self._report_error(f"the cancel of task {entry.task.id} cannot be stored", exc)
             cancelled = None
         if cancelled:
+            entry.outcome = "cancelled"
             self._counts["cancelled"] += 1
             self._settle(entry.task.id, TaskStatus.CANCELLED)
             if self.metrics is not None:
@@ -309,6 +321,14 @@ class OutcomeWriting:
                     )
                 ],
             )
+
+
+#: A failed attempt's outcome, by the status its failure left the task in.
+_FAILED_OUTCOMES = {
+    TaskStatus.PENDING: "retried",
+    TaskStatus.FAILED: "failed",
+    TaskStatus.CANCELLED: "cancelled",
+}
 
 
 def _needs_durable_start(task: Task) -> bool:

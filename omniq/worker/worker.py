@@ -46,6 +46,7 @@ from omniq.services.results import ResultStorage
 from omniq.services.scheduler import Scheduler
 from omniq.services.workers import WorkerRegistry
 from omniq.task_context import _current
+from omniq.tracing import attempt_trace
 from omniq.worker.background import TaskTimeout
 from omniq.worker.cancellation import Cancellation
 from omniq.worker.executors import Executor
@@ -428,6 +429,8 @@ class Worker(Cancellation):
             now = utcnow()
             task = entry.task = attrs.evolve(task, started_at=now, attempts=task.attempts + 1)
             self._starts.append((task.id, task.lease_token, now))
+        if entry.trace is not None:  # tracing: the attempt's span starts with the function
+            entry.trace.start(task, current=not entry.pooled)
         self._started_events.append(self._executing_event(task))
         if self.metrics is not None:
             self.metrics.attempt_started(task, self.storage.now())
@@ -445,6 +448,7 @@ class Worker(Cancellation):
 
     async def _execute(self, entry: _Running) -> None:
         started = time.perf_counter()
+        entry.trace = attempt_trace(self.worker_id)  # None unless tracing is on
         try:
             try:
                 # Recovered before: its start is committed before it runs again, so
@@ -473,6 +477,7 @@ class Worker(Cancellation):
         except asyncio.CancelledError as exc:
             task = entry.task
             if entry.releasing:
+                entry.outcome = "released"
                 events = self._take_events()
                 released = self.queue.release_async(task, worker_id=self.worker_id, events=events)
                 if await self._guard(self._in_turn(released)) is None:
@@ -501,6 +506,8 @@ class Worker(Cancellation):
             else:
                 await self._succeeded(entry, outcome, elapsed)
         finally:
+            if entry.trace is not None:
+                entry.trace.end(entry.outcome, entry.error)
             self._free_slot(entry)
             self._running.pop(entry.task.id, None)
             if not self._running:
@@ -534,6 +541,8 @@ class Worker(Cancellation):
             kind = UnsafePayload if "UnsafePayload" in task.payload_error else SerializationError
             raise kind(task.payload_error)
         func = self.registry.resolve(task.func)
+        if entry.pooled and entry.trace is not None:
+            func = entry.trace.bind(func)  # the span is current in the pool thread too
         timeout = task.timeout.total_seconds() if task.timeout else None
         on_start = None
         if entry.pooled:
@@ -545,13 +554,17 @@ class Worker(Cancellation):
                     entry.started = time.perf_counter()
                 self._mark_start(entry)
 
+        # Tracing, process executor: the child makes the attempt's span current.
+        carrier = None
+        if entry.trace is not None and not self.executor.pools_sync_calls:
+            carrier = entry.trace.carrier()
         entry.in_call = True
         # omniq.current_task() inside the function (its attempt counts the start).
         attempt = task.attempts if task.started_at is not None else task.attempts + 1
         current = _current.set(self._progress.current(task, attempt))
         try:
             return await self.executor.run(
-                func, task.func, task.func_args, task.func_kwargs, timeout, on_start
+                func, task.func, task.func_args, task.func_kwargs, timeout, on_start, carrier
             )
         except TimeoutError as exc:
             raise TaskTimeout(f"task timed out after {timeout:g}s") from exc

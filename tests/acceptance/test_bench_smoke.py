@@ -38,6 +38,8 @@ ROWS = (
     "9c. failing + 1 retry vs no-op",
     *dashboard.LABELS,
     *startup.LABELS,
+    "13a. burn-down, tracing on vs off",
+    "13b. enqueue_async, tracing on vs off",
 )
 POSTGRES_ROWS = (
     "10a. PG burn-down, 1 worker process",
