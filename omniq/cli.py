@@ -33,7 +33,9 @@ from omniq.errors import (
     TaskNotFound,
     ValidationError,
 )
+from omniq.logs import configure_logging
 from omniq.models import Task, TaskAttempt
+from omniq.models.settings import evolve_settings
 
 __all__ = ["main"]
 
@@ -79,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
         help="tasks claimed beyond the free slots (default: adapts to task run time)",
     )
     p.add_argument("--no-scheduler", action="store_true", help="do not fire schedules")
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="level of OmniQ's log lines (default: OMNIQ_LOG_LEVEL or INFO)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line (default: OMNIQ_LOG_FORMAT or text)",
+    )
 
     p = sub.add_parser("enqueue", parents=[common], help="enqueue a task")
     p.add_argument("func", help="function reference, package.module:function")
@@ -157,6 +170,8 @@ def _config(args: argparse.Namespace) -> OmniQConfig:
         changes["project_name"] = args.project
     if args.base_dir:
         changes["base_dir"] = args.base_dir
+    if getattr(args, "log_level", None):
+        changes["log_level"] = args.log_level
     return attrs.evolve(config, **changes)
 
 
@@ -219,7 +234,7 @@ async def _cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
         if value
     }
     if changes:
-        settings = attrs.evolve(settings, **changes)
+        settings = evolve_settings(settings, **changes)
     oq = AsyncOmniQ.from_config(attrs.evolve(config, settings=settings))
     try:
         oq.registry.import_modules(args.app)
@@ -243,9 +258,6 @@ async def _cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
         worker = oq._make_worker(
             queues=queues, concurrency=args.concurrency, executor=args.executor, **options
         )
-        logging.getLogger("omniq").info(
-            "worker %s serving %s", worker.worker_id, ",".join(worker.queues or ["all queues"])
-        )
         if args.burst:
             total = sum(
                 n
@@ -253,17 +265,25 @@ async def _cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
                 for s, n in per.items()
                 if s in ("pending", "waiting")
             )
-            reporter = asyncio.get_running_loop().create_task(_progress(worker, total))
+            # A \r progress line only on a terminal where no per-task lines are logged.
+            progress = sys.stderr.isatty() and not logging.getLogger("omniq.worker").isEnabledFor(
+                logging.INFO
+            )
+            reporter = (
+                asyncio.get_running_loop().create_task(_progress(worker, total))
+                if progress
+                else None
+            )
             try:
                 stats = await worker.run_until_complete_async()
             finally:
-                reporter.cancel()
-            sys.stderr.write("\n")
+                if reporter is not None:
+                    reporter.cancel()
+            if progress:
+                sys.stderr.write("\n")
             emit(args, stats, lambda: record(stats))
         else:
             await worker.run_async(install_signal_handlers=True)
-            stats = worker.get_stats()
-            logging.getLogger("omniq").info("worker stopped: %s", stats)
     return 0
 
 
@@ -472,12 +492,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``omniq`` command; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    level = os.environ.get("OMNIQ_LOG_LEVEL", "INFO" if args.command == "worker" else "WARNING")
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    level = getattr(args, "log_level", None) or os.environ.get(
+        "OMNIQ_LOG_LEVEL", "INFO" if args.command == "worker" else "WARNING"
     )
+    try:
+        configure_logging(level, getattr(args, "log_format", None))
+    except ValueError as exc:
+        print(f"omniq: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(_run(args))
     except CLIError as exc:

@@ -37,6 +37,7 @@ from typing import Any
 import attrs
 
 from omniq.errors import ConfigurationError, OmniQError
+from omniq.models.rules import check_worker_options
 from omniq.models.settings import Settings
 
 __all__ = [
@@ -240,6 +241,11 @@ class OmniQConfig:
             max_workers=self.concurrency,
             poll_interval=self.poll_interval,
             worker_type=self.executor,
+        )
+
+    def __attrs_post_init__(self) -> None:
+        check_worker_options(
+            self.settings, {"concurrency": self.concurrency, "poll_interval": self.poll_interval}
         )
 
     @executor.validator

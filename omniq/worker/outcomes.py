@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -29,6 +30,7 @@ from omniq.group_commit import GroupCommit
 from omniq.models import EventLevel, EventType, Task, TaskStatus
 from omniq.services import event_row
 from omniq.services.queue import ErrorInfo, Start, TaskQueue
+from omniq.worker import logs
 from omniq.worker.executors import Executor, RemoteError
 from omniq.worker.registry import TaskRegistry
 
@@ -95,6 +97,8 @@ class OutcomeWriting:
             self._counts["lost"] += 1
             return
         self._counts["completed"] += 1
+        if log.isEnabledFor(logging.INFO):
+            logs.task_succeeded(self.worker_id, task, elapsed)
         self._settle(task.id, TaskStatus.COMPLETED)
         if task.callback:
             await self._run_callback(task, result)
@@ -147,6 +151,7 @@ class OutcomeWriting:
         elif status is None:
             self._counts["lost"] += 1
         if status is not None:
+            logs.task_failed(self.worker_id, entry.task, info, status, elapsed)
             self._settle(entry.task.id, status)
 
     async def _cancelled(self, entry: _Running) -> None:
@@ -167,6 +172,8 @@ class OutcomeWriting:
             cancelled = None
         if cancelled:
             self._counts["cancelled"] += 1
+            ran = None if entry.started is None else time.perf_counter() - entry.started
+            logs.task_cancelled(self.worker_id, entry.task, ran)
             self._settle(entry.task.id, TaskStatus.CANCELLED)
         else:
             self._counts["lost"] += 1
