@@ -20,6 +20,7 @@ Environment variables (all optional):
 ``OMNIQ_SERIALIZER``        ``json`` (default) | ``pickle`` (needs allow_pickle)
 ``OMNIQ_ALLOW_PICKLE``      ``1`` to opt in to pickle payloads
 ``OMNIQ_LOG_LEVEL``         logging level of the ``omniq`` loggers
+``OMNIQ_LOG_FORMAT``        ``text`` or ``json`` log lines (the ``omniq`` command)
 ==========================  =====================================================
 """
 
