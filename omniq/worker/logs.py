@@ -93,6 +93,8 @@ def task_failed(
         return
     timed_out = error.type == _TIMEOUT
     retrying = status is TaskStatus.PENDING
+    if not log.isEnabledFor(logging.INFO if retrying else logging.ERROR):
+        return
     outcome = "timed_out" if timed_out else ("retrying" if retrying else "failed")
     fields = _task_fields(worker_id, task, outcome, duration)
     fields.update(error=str(error), error_type=error.type, will_retry=retrying)
@@ -120,6 +122,8 @@ def task_failed(
 
 def task_cancelled(worker_id: str, task: Task, duration: float | None) -> None:
     """``task f[id] cancelled after 0.200s`` (or ``before it started``)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
     fields = _task_fields(worker_id, task, "cancelled", duration)
     if duration is None:
         _emit(logging.INFO, "task %s[%s] cancelled before it started", (task.func, task.id), fields)
