@@ -29,4 +29,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) omniq_data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) omniq_data .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -31,6 +31,7 @@ from omniq.models import (
     TaskStatus,
     WorkerInfo,
 )
+from omniq.models.rules import check_worker_options
 from omniq.serialization import callable_ref
 from omniq.services import Services
 from omniq.services.caller_tx import run_inline
@@ -157,6 +158,7 @@ class AsyncOmniQ(ScheduleMethods):
             "poll_interval": poll_interval,
             **(worker or {}),
         }
+        check_worker_options(self.settings, self.worker_defaults)
         self.registry = TaskRegistry(allow_modules)
         self._services: Services | None = None
         self._worker: Worker | None = None

@@ -145,6 +145,17 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, help='serve Prometheus metrics on this port ("omniq[metrics]")'
     )
     p.add_argument("--metrics-addr", default="127.0.0.1", help="metrics address (127.0.0.1)")
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="level of OmniQ's log lines (default: OMNIQ_LOG_LEVEL or INFO)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line (default: OMNIQ_LOG_FORMAT or text)",
+    )
 
     p = command("workers", "list registered workers (alive or lost)")
 
@@ -291,17 +302,16 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    import logging
+    """OmniQ's log lines at the chosen level and format (libraries only warn); ValueError if bad."""
+    from omniq.logs import configure_logging
 
     default = "INFO" if args.command == "worker" else "WARNING"
-    level = "DEBUG" if args.debug else os.environ.get("OMNIQ_LOG_LEVEL", default)
-    # OmniQ's own loggers at the chosen level; libraries (Alembic, drivers) only warn.
-    logging.basicConfig(
-        level=logging.WARNING,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    level = (
+        "DEBUG"
+        if args.debug
+        else getattr(args, "log_level", None) or os.environ.get("OMNIQ_LOG_LEVEL") or default
     )
-    logging.getLogger("omniq").setLevel(level.upper())
+    configure_logging(level, getattr(args, "log_format", None))
 
 
 def _quiet_closed_pipe() -> int:
@@ -318,7 +328,11 @@ def _quiet_closed_pipe() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``omniq`` command; returns the exit code."""
     args = parse_args(argv)
-    _configure_logging(args)
+    try:
+        _configure_logging(args)
+    except ValueError as exc:
+        print(f"omniq: error: {exc}", file=sys.stderr)
+        return 2
     import asyncio
 
     try:

@@ -27,6 +27,8 @@ def config_of(args: argparse.Namespace) -> OmniQConfig:
         changes["project_name"] = args.project
     if args.base_dir:
         changes["base_dir"] = args.base_dir
+    if getattr(args, "log_level", None):
+        changes["log_level"] = args.log_level
     return attrs.evolve(config, **changes)
 
 

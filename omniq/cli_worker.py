@@ -14,6 +14,7 @@ import attrs
 
 from omniq.cli_output import CLIError, duration_arg, emit, record
 from omniq.config import OmniQConfig
+from omniq.models.settings import evolve_settings
 
 __all__ = ["cmd_worker", "metrics_extra"]
 
@@ -43,7 +44,7 @@ async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
         if value
     }
     if changes:
-        settings = attrs.evolve(settings, **changes)
+        settings = evolve_settings(settings, **changes)
     oq = AsyncOmniQ.from_config(attrs.evolve(config, settings=settings))
     try:
         oq.registry.import_modules(args.app)
@@ -72,9 +73,6 @@ async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
                 oq, port=args.metrics_port, addr=args.metrics_addr, worker=options["metrics"]
             )
             logging.getLogger("omniq").info("metrics on %s", server.url)
-        logging.getLogger("omniq").info(
-            "worker %s serving %s", worker.worker_id, ",".join(worker.queues or ["all queues"])
-        )
         if args.burst:
             total = sum(
                 n
@@ -82,17 +80,25 @@ async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
                 for s, n in per.items()
                 if s in ("pending", "waiting")
             )
-            reporter = asyncio.get_running_loop().create_task(_progress(worker, total))
+            # A \r progress line only on a terminal where no per-task lines are logged.
+            progress = sys.stderr.isatty() and not logging.getLogger("omniq.worker").isEnabledFor(
+                logging.INFO
+            )
+            reporter = (
+                asyncio.get_running_loop().create_task(_progress(worker, total))
+                if progress
+                else None
+            )
             try:
                 stats = await worker.run_until_complete_async()
             finally:
-                reporter.cancel()
-            sys.stderr.write("\n")
+                if reporter is not None:
+                    reporter.cancel()
+            if progress:
+                sys.stderr.write("\n")
             emit(args, stats, lambda: record(stats))
         else:
             await worker.run_async(install_signal_handlers=True)
-            stats = worker.get_stats()
-            logging.getLogger("omniq").info("worker stopped: %s", stats)
     return 0
 
 

@@ -3,16 +3,24 @@
 Migrates a fresh database, enqueues a few thousand tasks across queues and
 priorities, a dependency chain, a task that fails then succeeds on retry,
 one that fails for good, one that times out, an interval and a cron
-schedule; runs a worker with a live progress line; then prints results, one
-task's events, stats per status and queue, and the throughput reached.
+schedule; runs a worker with a live progress line (rewritten in place on a
+terminal, a plain line now and then otherwise); then prints results, one
+task's events, stats per status and queue, and the throughput reached. Each
+count says what it covers: the bulk (until nothing was left to run), the
+worker's whole run (the schedules' runs too), or the database at the end.
+Scratch files live in a temporary directory, removed at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -71,6 +79,53 @@ def heartbeat(kind: str) -> str:
 # --- the demo itself ---------------------------------------------------------------
 
 
+class _NoOutcomeLines(logging.Filter):
+    """Drops the worker's per-task outcome lines: the demo reports outcomes itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not hasattr(record, "outcome")
+
+
+@contextlib.contextmanager
+def _quiet_outcomes() -> Iterator[None]:
+    logger = logging.getLogger("omniq.worker")
+    quiet = _NoOutcomeLines()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+class _Progress:
+    """The worker's progress: one line rewritten in place on a terminal, else a line a second."""
+
+    def __init__(self, out: TextIO, every: float = 1.0) -> None:
+        self.out = out
+        isatty = getattr(out, "isatty", None)
+        self.tty = bool(isatty and isatty())
+        self.every = every
+        self.last = -every
+        self.shown = False
+        self.key: object = None
+
+    def update(self, text: str, key: object, *, final: bool = False) -> None:
+        """Show ``text``; off a terminal only when ``key`` changed, at most once a second."""
+        now = time.perf_counter()
+        if self.tty:
+            self.out.write(f"\r  {text}   ")
+            self.shown = True
+        elif final or (key != self.key and now - self.last >= self.every):
+            self.out.write(f"  {text}\n")
+            self.last, self.key = now, key
+        self.out.flush()
+
+    def end(self) -> None:
+        if self.tty and self.shown:
+            self.out.write("\n")
+            self.out.flush()
+
+
 async def run_demo(
     base_dir: str | Path = "omniq_data", tasks: int = 3000, out: TextIO = sys.stdout
 ) -> dict[str, Any]:
@@ -78,10 +133,13 @@ async def run_demo(
     base = Path(base_dir)
     for suffix in ("", "-wal", "-shm"):
         (base / f"demo.db{suffix}").unlink(missing_ok=True)
-    scratch = base / "demo-scratch"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True, exist_ok=True)
+    # Earlier versions left their scratch files here.
+    shutil.rmtree(base / "demo-scratch", ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="omniq-demo-") as scratch, _quiet_outcomes():
+        return await _run_demo(base, tasks, out, Path(scratch))
 
+
+async def _run_demo(base: Path, tasks: int, out: TextIO, scratch: Path) -> dict[str, Any]:
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)
 
@@ -120,6 +178,7 @@ async def run_demo(
         say("      a task that times out, an interval schedule (every 1 s, 3 runs) and a cron one")
 
         worker = await oq.start_worker_async(concurrency=32)
+        progress = _Progress(out)
         t0 = time.perf_counter()
         deadline = t0 + 50
         # Throughput is measured over the bulk (until the first moment nothing is
@@ -131,28 +190,34 @@ async def run_demo(
             done = sum(counts.get(s.value, 0) for s in TaskStatus if s.is_final)
             schedule = await oq.get_schedule_async(interval)
             elapsed = time.perf_counter() - t0
-            out.write(
-                f"\r  worker: {done}/{sum(counts.values())} tasks done, "
-                f"{done / max(elapsed, 1e-9):,.0f} tasks/s   "
-            )
-            out.flush()
             live = sum(counts.get(s, 0) for s in ("pending", "waiting", "running"))
+            finished = schedule is not None and schedule.status is ScheduleStatus.COMPLETED
+            last = (live == 0 and finished) or time.perf_counter() > deadline
+            progress.update(
+                f"worker: {done} of the {sum(counts.values())} tasks in the database finished, "
+                f"{done / max(elapsed, 1e-9):,.0f} tasks/s",
+                done,
+                final=last,
+            )
             if live == 0 and drained is None:
                 drained = (done, elapsed)
-            finished = schedule is not None and schedule.status is ScheduleStatus.COMPLETED
-            if (live == 0 and finished) or time.perf_counter() > deadline:
+            if last:
                 break
             await asyncio.sleep(0.1)
+        progress.end()
         elapsed = time.perf_counter() - t0
         await oq.stop_worker_async()
-        say()
         wstats = worker.get_stats()
         bulk_done, bulk_elapsed = drained or (wstats.completed + wstats.failed, elapsed)
         throughput = bulk_done / bulk_elapsed if bulk_elapsed else 0.0
         say(
-            f"worker {wstats.worker_id}: {wstats.completed} completed, {wstats.failed} failed, "
-            f"{wstats.retried} retried; {bulk_done} tasks finished in {bulk_elapsed:.1f} s "
-            f"({throughput:,.0f} tasks/s), then waited for the schedules ({elapsed:.1f} s in all)"
+            f"bulk (until nothing was left to run, {bulk_elapsed:.1f} s): "
+            f"{bulk_done} tasks finished, {throughput:,.0f} tasks/s"
+        )
+        say(
+            f"worker {wstats.worker_id} (its whole run, {elapsed:.1f} s, schedule runs "
+            f"included): {wstats.completed} completed, {wstats.failed} failed, "
+            f"{wstats.retried} retried"
         )
         say()
         say("results:")
@@ -177,7 +242,7 @@ async def run_demo(
             say(f"  {event.timestamp:%H:%M:%S.%f}  {event.event_type.value:<10} {detail}")
         say()
         stats = await oq.stats_async()
-        say("tasks per queue and status:")
+        say("tasks per queue and status (the database at the end, schedule runs included):")
         statuses = sorted({s for per in stats["tasks"].values() for s in per})
         say("  " + f"{'queue':<10}" + "".join(f"{s:>11}" for s in statuses))
         for queue_name, per in sorted(stats["tasks"].items()):
@@ -185,7 +250,7 @@ async def run_demo(
         await oq.cancel_schedule_async(cron)
         say()
         say(
-            f"throughput: {throughput:,.0f} tasks/s end to end "
+            f"throughput: {throughput:,.0f} tasks/s end to end over the bulk "
             f"(one worker, 32 slots, events and results on); enqueue {enqueue_rate:,.0f}/s"
         )
         return {

@@ -42,7 +42,16 @@ class ValidationError(OmniQError, ValueError):
 
 
 class ConfigurationError(OmniQError, ValueError):
-    """A setting, URL or environment variable is invalid or unsupported."""
+    """A setting, URL or environment variable is invalid or unsupported.
+
+    ``fields`` names the settings involved when a rule between them is broken
+    (e.g. ``("heartbeat_interval", "lease_duration")``); ``rule`` states it.
+    """
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = (), rule: str | None = None):
+        self.fields = fields
+        self.rule = rule
+        super().__init__(message)
 
 
 class SerializationError(OmniQError, ValueError):

@@ -10,7 +10,9 @@ on PostgreSQL the schema is the engine's (``Settings.db_schema``, or
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
+import logging
 import re
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -54,6 +56,41 @@ __all__ = [
 def alembic_config() -> Config:
     """The Alembic configuration of the migrations shipped with this OmniQ."""
     return _config()
+
+
+#: While this context runs an upgrade or downgrade: Alembic's connection
+#: lines held back until a migration step actually runs (None: not migrating).
+_held: contextvars.ContextVar[list[logging.LogRecord] | None] = contextvars.ContextVar(
+    "omniq_alembic_held", default=None
+)
+
+
+class _QuietUnlessMigrating(logging.Filter):
+    """Alembic's "Context impl ..." / "Will assume ..." lines only when a migration runs.
+
+    Alembic logs them each time OmniQ reads the revision (every start) and
+    on an upgrade that finds nothing to do; they say nothing then. During an
+    upgrade or downgrade they are held back and let out just before the
+    first "Running upgrade ..." line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        chatter = str(record.msg).startswith(("Context impl", "Will assume"))
+        held = _held.get()
+        if held is None:
+            return not chatter
+        if chatter:
+            held.append(record)
+            return False
+        if str(record.msg).startswith("Running ") and held:
+            logger = logging.getLogger(record.name)
+            for earlier in held:
+                logger.callHandlers(earlier)
+            held.clear()
+        return True
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_QuietUnlessMigrating())
 
 
 def _config(connection: Connection | None = None) -> Config:
@@ -160,13 +197,21 @@ def _current_fast(connection: Connection) -> str | None:
 def _upgrade(connection: Connection, revision: str) -> None:
     from alembic import command
 
-    command.upgrade(_config(connection), revision)
+    token = _held.set([])
+    try:
+        command.upgrade(_config(connection), revision)
+    finally:
+        _held.reset(token)
 
 
 def _downgrade(connection: Connection, revision: str) -> None:
     from alembic import command
 
-    command.downgrade(_config(connection), revision)
+    token = _held.set([])
+    try:
+        command.downgrade(_config(connection), revision)
+    finally:
+        _held.reset(token)
 
 
 def _diffs(connection: Connection) -> list[Any]:

@@ -21,6 +21,7 @@ Environment variables (all optional):
 ``OMNIQ_ALLOW_PICKLE``      ``1`` to opt in to pickle payloads
 ``OMNIQ_LOG_LEVEL``         logging level of the ``omniq`` loggers
 ``OMNIQ_DB_SCHEMA``         PostgreSQL schema of OmniQ's tables (default: none)
+``OMNIQ_LOG_FORMAT``        ``text`` or ``json`` log lines (the ``omniq`` command)
 ==========================  =====================================================
 """
 
@@ -38,6 +39,7 @@ from typing import Any
 import attrs
 
 from omniq.errors import ConfigurationError, OmniQError
+from omniq.models.rules import check_worker_options
 from omniq.models.settings import Settings
 
 __all__ = [
@@ -241,6 +243,11 @@ class OmniQConfig:
             max_workers=self.concurrency,
             poll_interval=self.poll_interval,
             worker_type=self.executor,
+        )
+
+    def __attrs_post_init__(self) -> None:
+        check_worker_options(
+            self.settings, {"concurrency": self.concurrency, "poll_interval": self.poll_interval}
         )
 
     @executor.validator

@@ -10,6 +10,12 @@ import attrs
 
 from omniq.errors import ValidationError
 from omniq.models._fields import non_negative_duration, non_negative_int
+from omniq.models.rules import check_settings
+
+__all__ = ["DEFAULT_HEARTBEATS_PER_LEASE", "Settings", "evolve_settings"]
+
+#: Left unset, ``heartbeat_interval`` is ``lease_duration`` divided by this.
+DEFAULT_HEARTBEATS_PER_LEASE = 4
 
 #: A PostgreSQL schema OmniQ may use: a plain identifier (no quoting needed), not ``pg_*``.
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -61,7 +67,14 @@ class Settings:
     #: ``max_retries``; a claimed task that never started costs nothing.
     crash_retries: int = attrs.field(default=2, validator=non_negative_int)
     lease_duration: timedelta = attrs.field(default=timedelta(seconds=60), validator=_positive)
-    heartbeat_interval: timedelta = attrs.field(default=timedelta(seconds=15), validator=_positive)
+    #: Default: a quarter of ``lease_duration`` (15 s for the default 60 s lease).
+    #: Rule: at most a third of it (see :mod:`omniq.models.rules`).
+    heartbeat_interval: timedelta = attrs.field(
+        default=attrs.Factory(
+            lambda self: self.lease_duration / DEFAULT_HEARTBEATS_PER_LEASE, takes_self=True
+        ),
+        validator=_positive,
+    )
     #: Retry delay = retry_delay * retry_backoff ** retry_count, capped, +/- jitter.
     retry_backoff: float = attrs.field(default=2.0, validator=attrs.validators.ge(1.0))
     retry_jitter: float = attrs.field(
@@ -92,3 +105,22 @@ class Settings:
     #: OmniQ's version table (created if missing); None: the connection's default
     #: schema. SQLite refuses it (:class:`~omniq.errors.ConfigurationError`).
     db_schema: str | None = attrs.field(default=None, validator=_schema_name)
+
+    def __attrs_post_init__(self) -> None:
+        check_settings(self)
+
+
+def evolve_settings(settings: Settings, **changes: Any) -> Settings:
+    """``attrs.evolve(settings, **changes)``; a default heartbeat follows a new lease.
+
+    When ``lease_duration`` changes and ``heartbeat_interval`` does not, a
+    heartbeat at its default (a quarter of the old lease) becomes a quarter
+    of the new one, as if the settings had been built with the new lease.
+    """
+    if (
+        "lease_duration" in changes
+        and "heartbeat_interval" not in changes
+        and settings.heartbeat_interval == settings.lease_duration / DEFAULT_HEARTBEATS_PER_LEASE
+    ):
+        changes["heartbeat_interval"] = changes["lease_duration"] / DEFAULT_HEARTBEATS_PER_LEASE
+    return attrs.evolve(settings, **changes)

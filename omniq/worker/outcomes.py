@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,6 +30,7 @@ from omniq.group_commit import GroupCommit
 from omniq.models import EventLevel, EventType, Task, TaskStatus
 from omniq.services import event_row
 from omniq.services.queue import ErrorInfo, Start, TaskQueue
+from omniq.worker import logs
 from omniq.worker.executors import Executor, RemoteError
 from omniq.worker.metering import WorkerMetricsHook, outcome_of
 from omniq.worker.registry import TaskRegistry
@@ -106,6 +108,8 @@ class OutcomeWriting:
             return
         entry.outcome = "succeeded"
         self._counts["completed"] += 1
+        if log.isEnabledFor(logging.INFO):
+            logs.task_succeeded(self.worker_id, task, elapsed)
         self._settle(task.id, TaskStatus.COMPLETED)
         if self.metrics is not None:
             self.metrics.attempt_settled(task, "completed")
@@ -162,6 +166,7 @@ class OutcomeWriting:
         elif status is None:
             self._counts["lost"] += 1
         if status is not None:
+            logs.task_failed(self.worker_id, entry.task, info, status, elapsed)
             self._settle(entry.task.id, status)
             if self.metrics is not None:
                 outcome = outcome_of(status)
@@ -187,6 +192,8 @@ class OutcomeWriting:
         if cancelled:
             entry.outcome = "cancelled"
             self._counts["cancelled"] += 1
+            ran = None if entry.started is None else time.perf_counter() - entry.started
+            logs.task_cancelled(self.worker_id, entry.task, ran)
             self._settle(entry.task.id, TaskStatus.CANCELLED)
             if self.metrics is not None:
                 self.metrics.attempt_settled(entry.task, "cancelled")

@@ -38,6 +38,7 @@ from omniq.errors import (
 )
 from omniq.group_commit import GroupCommit
 from omniq.models import EventType, Task, TaskStatus
+from omniq.models.rules import check_worker_options
 from omniq.services import event_row
 from omniq.services.events import EventStorage
 from omniq.services.maintenance import Maintenance
@@ -47,6 +48,7 @@ from omniq.services.scheduler import Scheduler
 from omniq.services.workers import WorkerRegistry
 from omniq.task_context import _current
 from omniq.tracing import attempt_trace
+from omniq.worker import logs
 from omniq.worker.background import TaskTimeout
 from omniq.worker.cancellation import Cancellation
 from omniq.worker.executors import Executor
@@ -118,13 +120,18 @@ class Worker(Cancellation):
         self.queues = list(queues) if queues else task_queue.queues
         slots = concurrency if concurrency is not None else max_workers
         self.concurrency = slots if slots is not None else 10
-        if self.concurrency < 1:
-            raise OmniQError(f"concurrency must be at least 1, got {self.concurrency}")
+        check_worker_options(
+            self.settings,
+            {
+                "concurrency": self.concurrency,
+                "prefetch": prefetch,
+                "poll_interval": poll_interval,
+                "maintenance_interval": maintenance_interval,
+                "scheduler_interval": scheduler_interval,
+                "grace_period": grace_period,
+            },
+        )
         self.poll_interval = to_timedelta(poll_interval, "poll_interval").total_seconds()
-        if prefetch is not None and (
-            isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0
-        ):
-            raise OmniQError(f"prefetch must be a non-negative integer or None, got {prefetch!r}")
         #: Tasks claimed beyond the free slots; None: adapt to how fast tasks finish.
         self.prefetch = prefetch
         self._mean_run: float | None = None  # moving average of function run times (s)
@@ -185,6 +192,8 @@ class Worker(Cancellation):
             GroupCommit(self._flush_failures)
         )
         self._stopping = False
+        #: Why the worker stops (the shutdown log line).
+        self._stop_reason = "stop requested"
         self._main: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
         self._winding_down = asyncio.Event()  # scheduler and maintenance loops: stop
@@ -215,7 +224,7 @@ class Worker(Cancellation):
         loop = asyncio.get_running_loop()
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._request_stop)
+                loop.add_signal_handler(sig, self._request_stop, f"{sig.name} received")
         try:
             await self._run(burst=False)
         finally:
@@ -237,7 +246,9 @@ class Worker(Cancellation):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._main
 
-    def _request_stop(self) -> None:
+    def _request_stop(self, reason: str = "stop requested") -> None:
+        if not self._stopping:
+            self._stop_reason = reason
         self._stopping = True
         self.storage.notifier.notify()
 
@@ -272,10 +283,23 @@ class Worker(Cancellation):
     async def _run(self, *, burst: bool) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = False
+        self._stop_reason = "stop requested"
         self._abandon_writes = False
         self._started_at = time.monotonic()
         self.storage.notifier.cancel_listeners.add(self._on_cancel_requested)
         await self._register(burst=burst)
+        if log.isEnabledFor(logging.INFO):
+            logs.started(
+                worker_id=self.worker_id,
+                url=self.storage.engine.url.render_as_string(hide_password=True),
+                queues=self.queues,
+                concurrency=self.concurrency,
+                executor=self.executor.kind,
+                prefetch=self.prefetch,
+                burst=burst,
+                scheduler=self.run_scheduler,
+                maintenance=self.run_maintenance,
+            )
         self._winding_down = asyncio.Event()
         self._tasks_settled = asyncio.Event()
         self._background = [self._loop.create_task(self._heartbeat_loop())]
@@ -291,7 +315,13 @@ class Worker(Cancellation):
             async with self.storage.listen_for_work():
                 await self._claim_loop(burst)
         finally:
+            if self._stopping:
+                reason = self._stop_reason
+            else:
+                reason = "burst: no task left" if burst else "worker cancelled"
+            logs.shutting_down(self.worker_id, reason, len(self._running), self.grace_period)
             await self._shutdown()
+            logs.stopped(self.get_stats())
 
     async def _claim_loop(self, burst: bool) -> None:
         idle = _MIN_POLL

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,9 @@ async def test_demo_runs_everything_and_reruns(tmp_path: Path) -> None:
 
 
 def test_demo_command(tmp_path: Path) -> None:
+    # stdout is a pipe here, not a terminal: plain progress lines, no carriage returns.
+    scratch_before = set(Path(tempfile.gettempdir()).glob("omniq-demo-*"))
+    (tmp_path / "demo-scratch").mkdir()  # left behind by an earlier version
     proc = subprocess.run(
         [sys.executable, "-m", "omniq", "demo", "--tasks", "200", "--base-dir", str(tmp_path)],
         capture_output=True,
@@ -43,5 +49,36 @@ def test_demo_command(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "OmniQ demo" in proc.stdout and "throughput:" in proc.stdout
-    assert (tmp_path / "demo.db").exists()
+    out = proc.stdout
+    assert "OmniQ demo" in out and "throughput:" in out
+    assert "\r" not in out
+    progress = [line for line in out.splitlines() if line.startswith("  worker: ")]
+    assert progress, out
+    # Sparingly: a line when the count changed (at most about one a second), and the last.
+    counts = [line.split()[1] for line in progress]
+    assert len(set(counts[:-1])) == len(counts[:-1]), progress
+    last = re.match(r"  worker: (\d+) of the (\d+) tasks in the database finished", progress[-1])
+    assert last and last.group(1) == last.group(2), progress
+    # Each count says what it covers.
+    bulk = r"^bulk \(until nothing was left to run, [\d.]+ s\): \d+ tasks finished"
+    assert re.search(bulk, out, re.M), out
+    whole = r"^worker \S+ \(its whole run, [\d.]+ s, schedule runs included\)"
+    assert re.search(whole, out, re.M), out
+    assert "tasks per queue and status (the database at the end" in out
+    # The failures are shown by the demo itself, not as worker log lines on stderr.
+    assert "Traceback" not in proc.stderr and "omniq.worker" not in proc.stderr, proc.stderr
+    # Nothing left behind but the database.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.db"]
+    assert set(Path(tempfile.gettempdir()).glob("omniq-demo-*")) <= scratch_before
+
+
+def test_demo_progress_is_one_line_rewritten_on_a_terminal(tmp_path: Path) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    asyncio.run(run_demo(tmp_path, tasks=50, out=out))
+    text = out.getvalue()
+    rows = [row for row in text.split("\n") if "worker: " in row]
+    assert len(rows) == 1 and rows[0].startswith("\r  worker: "), rows

@@ -1,0 +1,144 @@
+"""Settings checked at the door: the rules between settings and worker options.
+
+Each field is checked on its own where it is declared (a positive lease, a
+non-negative retry count...). These are the rules that involve several
+settings, or worker options beside the settings. A broken rule raises
+:class:`~omniq.errors.ConfigurationError` naming the fields (``.fields``) and
+the rule (``.rule``), whether the values came from keyword arguments, the
+environment, a configuration file, ``AsyncOmniQ(worker={...})`` or the
+``omniq worker`` options.
+
+The rules:
+
+- ``heartbeat_interval <= lease_duration / 3``: a lease outlives two missed
+  heartbeats, so a healthy but busy worker never loses its own tasks (a
+  10 s heartbeat with a 3 s lease fails a healthy 8 s task as ``WorkerLost``).
+  Left unset, ``heartbeat_interval`` is a quarter of ``lease_duration``.
+- Retention (``default_result_ttl``, ``default_task_ttl``,
+  ``event_retention``, ``finished_task_retention``) is positive or ``None``
+  (keep forever): zero would delete results and events, or expire tasks, as
+  soon as they are written.
+- ``concurrency`` is an integer of at least 1; ``prefetch`` is ``None``
+  (adaptive) or an integer of at least 0.
+- ``poll_interval``, ``maintenance_interval`` and ``scheduler_interval`` are
+  positive (zero would spin the loop) and at most one day (longer is a unit
+  mistake: the loop would look dead); ``grace_period`` is not negative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from omniq.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from omniq.models.settings import Settings
+
+__all__ = [
+    "HEARTBEATS_PER_LEASE",
+    "RETENTION_FIELDS",
+    "WORKER_INTERVALS",
+    "check_settings",
+    "check_worker_options",
+]
+
+#: A lease lasts at least this many heartbeat intervals.
+HEARTBEATS_PER_LEASE = 3
+
+#: Settings that say how long finished things are kept (None: forever).
+RETENTION_FIELDS = (
+    "default_result_ttl",
+    "default_task_ttl",
+    "event_retention",
+    "finished_task_retention",
+)
+
+#: Worker loop intervals: positive, at most a day.
+WORKER_INTERVALS = ("poll_interval", "maintenance_interval", "scheduler_interval")
+_LONGEST_INTERVAL = timedelta(days=1)
+
+
+def _show(value: timedelta | float) -> str:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    return f"{seconds:g}s"
+
+
+def check_settings(settings: Settings) -> None:
+    """Raise :class:`ConfigurationError` if ``settings`` break a rule between fields."""
+    lease, heartbeat = settings.lease_duration, settings.heartbeat_interval
+    if heartbeat * HEARTBEATS_PER_LEASE > lease:
+        raise ConfigurationError(
+            f"heartbeat_interval ({_show(heartbeat)}) is too long for lease_duration "
+            f"({_show(lease)}): the rule is heartbeat_interval <= lease_duration / "
+            f"{HEARTBEATS_PER_LEASE} (here at most {_show(lease / HEARTBEATS_PER_LEASE)}), "
+            "so that a lease outlives two missed heartbeats",
+            fields=("heartbeat_interval", "lease_duration"),
+            rule=f"heartbeat_interval <= lease_duration / {HEARTBEATS_PER_LEASE}",
+        )
+    for name in RETENTION_FIELDS:
+        value = getattr(settings, name)
+        if value is not None and value <= timedelta(0):
+            raise ConfigurationError(
+                f"{name} ({_show(value)}): retention must be positive, or none to keep "
+                "forever (zero would delete or expire at once)",
+                fields=(name,),
+                rule=f"{name} > 0 or None",
+            )
+
+
+def check_worker_options(settings: Settings, options: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigurationError` if worker ``options`` are invalid beside ``settings``.
+
+    ``options`` holds what a worker is built with (``concurrency``,
+    ``prefetch``, ``poll_interval``...); keys it does not know are ignored,
+    as are values of None where None means a default.
+    """
+    del settings  # the settings' own rules were checked when they were built
+    concurrency = options.get("concurrency", options.get("max_workers"))
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise ConfigurationError(
+            f"concurrency must be an integer of at least 1, got {concurrency!r}",
+            fields=("concurrency",),
+            rule="concurrency >= 1",
+        )
+    prefetch = options.get("prefetch")
+    if prefetch is not None and (
+        isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0
+    ):
+        raise ConfigurationError(
+            f"prefetch must be None (adaptive) or an integer of at least 0, got {prefetch!r}",
+            fields=("prefetch",),
+            rule="prefetch is None or prefetch >= 0",
+        )
+    for name in WORKER_INTERVALS:
+        value = options.get(name)
+        if value is None:
+            continue
+        seconds = _seconds(value, name)
+        if not 0 < seconds <= _LONGEST_INTERVAL.total_seconds():
+            raise ConfigurationError(
+                f"{name} must be positive and at most a day, got {_show(seconds)}",
+                fields=(name,),
+                rule=f"0 < {name} <= 1 day",
+            )
+    grace = options.get("grace_period")
+    if grace is not None and _seconds(grace, "grace_period") < 0:
+        raise ConfigurationError(
+            f"grace_period must not be negative, got {_show(_seconds(grace, 'grace_period'))}",
+            fields=("grace_period",),
+            rule="grace_period >= 0",
+        )
+
+
+def _seconds(value: Any, name: str) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(
+            f"{name}: expected seconds or a timedelta, got {value!r}", fields=(name,)
+        )
+    return float(value)

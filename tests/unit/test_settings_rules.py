@@ -1,0 +1,116 @@
+"""Settings checked at the door: each rule raises a ConfigurationError naming its fields."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from omniq import AsyncOmniQ, Settings
+from omniq.config import OmniQConfig
+from omniq.errors import ConfigurationError, OmniQError
+from omniq.models.rules import RETENTION_FIELDS
+from omniq.models.settings import evolve_settings
+
+S = timedelta(seconds=1)
+
+
+def test_heartbeat_must_be_at_most_a_third_of_the_lease() -> None:
+    # The issue's case: a 10 s heartbeat with a 3 s lease would fail a healthy 8 s task.
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(lease_duration=3 * S, heartbeat_interval=10 * S)
+    error = caught.value
+    assert error.fields == ("heartbeat_interval", "lease_duration")
+    assert error.rule == "heartbeat_interval <= lease_duration / 3"
+    assert "heartbeat_interval (10s)" in str(error) and "lease_duration (3s)" in str(error)
+    assert "at most 1s" in str(error)
+    with pytest.raises(ConfigurationError):
+        Settings(lease_duration=30 * S, heartbeat_interval=10.001 * S)
+    assert Settings(lease_duration=30 * S, heartbeat_interval=10 * S).heartbeat_interval == 10 * S
+
+
+def test_the_default_heartbeat_is_a_quarter_of_the_lease() -> None:
+    assert Settings().heartbeat_interval == 15 * S  # the default 60 s lease
+    assert Settings(lease_duration=3 * S).heartbeat_interval == timedelta(seconds=0.75)
+    # Changing only the lease of existing settings: a default heartbeat follows it...
+    assert evolve_settings(Settings(), lease_duration=2 * S).heartbeat_interval == 0.5 * S
+    # ... a chosen one does not (and the rule still holds).
+    chosen = Settings(heartbeat_interval=5 * S)
+    assert evolve_settings(chosen, lease_duration=30 * S).heartbeat_interval == 5 * S
+    with pytest.raises(ConfigurationError) as caught:
+        evolve_settings(chosen, lease_duration=12 * S)
+    assert caught.value.fields == ("heartbeat_interval", "lease_duration")
+
+
+@pytest.mark.parametrize("field", RETENTION_FIELDS)
+def test_retention_is_positive_or_none(field: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(**{field: timedelta(0)})
+    assert caught.value.fields == (field,)
+    assert field in str(caught.value) and "none to keep forever" in str(caught.value)
+    assert getattr(Settings(**{field: None}), field) is None
+    assert getattr(Settings(**{field: S}), field) == S
+
+
+def test_rules_hold_for_the_environment_and_config_files(tmp_path: Path) -> None:
+    env = {"OMNIQ_LEASE_DURATION": "3s", "OMNIQ_HEARTBEAT_INTERVAL": "10s"}
+    with pytest.raises(ConfigurationError) as caught:
+        OmniQConfig.from_env(env)
+    assert caught.value.fields == ("heartbeat_interval", "lease_duration")
+    # A lease alone: the heartbeat follows it.
+    alone = OmniQConfig.from_env({"OMNIQ_LEASE_DURATION": "4s"})
+    assert alone.settings.heartbeat_interval == S
+    with pytest.raises(ConfigurationError) as caught:
+        OmniQConfig.from_env({"OMNIQ_RESULT_TTL": "0"})
+    assert caught.value.fields == ("default_result_ttl",)
+    with pytest.raises(ConfigurationError) as caught:
+        OmniQConfig.from_env({"OMNIQ_CONCURRENCY": "0"})
+    assert caught.value.fields == ("concurrency",)
+
+    toml = tmp_path / "omniq.toml"
+    toml.write_text('[omniq]\nlease_duration = "5s"\nheartbeat_interval = "2s"\n', "utf-8")
+    with pytest.raises(ConfigurationError) as caught:
+        OmniQConfig.from_file(toml)
+    assert caught.value.fields == ("heartbeat_interval", "lease_duration")
+    as_json = tmp_path / "omniq.json"
+    as_json.write_text('{"worker": {"max_workers": 0}}', "utf-8")
+    with pytest.raises(ConfigurationError) as caught:
+        OmniQConfig.from_file(as_json)
+    assert caught.value.fields == ("concurrency",)
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"concurrency": True}, "concurrency"),
+        ({"prefetch": -1}, "prefetch"),
+        ({"prefetch": 1.5}, "prefetch"),
+        ({"poll_interval": 0}, "poll_interval"),
+        ({"poll_interval": timedelta(days=2)}, "poll_interval"),
+        ({"maintenance_interval": 0.0}, "maintenance_interval"),
+        ({"maintenance_interval": -1}, "maintenance_interval"),
+        ({"scheduler_interval": float("nan")}, "scheduler_interval"),
+        ({"grace_period": -1}, "grace_period"),
+    ],
+)
+def test_worker_options_are_checked_when_the_app_is_built(
+    options: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        AsyncOmniQ("rules", worker=options)
+    assert caught.value.fields == (field,)
+    assert field in str(caught.value)
+    assert isinstance(caught.value, OmniQError | ValueError)
+
+
+def test_valid_worker_options_pass() -> None:
+    AsyncOmniQ(
+        "rules",
+        concurrency=1,
+        poll_interval=0.01,
+        worker={"prefetch": 0, "maintenance_interval": 0.5, "grace_period": 0},
+    )
+    AsyncOmniQ("rules", worker={"prefetch": None})
