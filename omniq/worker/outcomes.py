@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from omniq._time import utcnow
 from omniq.errors import (
     DatabaseError,
     SerializationError,
@@ -29,6 +28,7 @@ from omniq.errors import (
 from omniq.group_commit import GroupCommit
 from omniq.models import EventLevel, EventType, Task, TaskStatus
 from omniq.services import event_row
+from omniq.services._storage import Storage
 from omniq.services.queue import ErrorInfo, Start, TaskQueue
 from omniq.worker import logs
 from omniq.worker.executors import Executor, RemoteError
@@ -72,6 +72,7 @@ class OutcomeWriting:
     """Writes outcomes, start marks and events for a worker (a part of :class:`Worker`)."""
 
     queue: TaskQueue
+    storage: Storage
     worker_id: str
     registry: TaskRegistry
     executor: Executor
@@ -241,7 +242,7 @@ class OutcomeWriting:
     async def _mark_started_durably(self, entry: _Running) -> bool:
         """Commit the task's start under its lease; False if it did not land (do not run)."""
         task = entry.task
-        now = utcnow()
+        now = self.storage.now()
         started = (task.id, task.lease_token, now)
         try:
             marked = await self._write_outcome(

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from omniq._time import new_id, to_timedelta, utcnow
+from omniq._time import new_id, to_timedelta
 from omniq.errors import (
     OmniQError,
     SerializationError,
@@ -456,7 +456,7 @@ class Worker(Cancellation):
         """
         task = entry.task
         if task.started_at is None:
-            now = utcnow()
+            now = self.storage.now()  # the clock outcomes are stamped with
             task = entry.task = attrs.evolve(task, started_at=now, attempts=task.attempts + 1)
             self._starts.append((task.id, task.lease_token, now))
         if entry.trace is not None:  # tracing: the attempt's span starts with the function
