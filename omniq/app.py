@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Generic, Literal, ParamSpec, TypeVar
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -46,7 +46,14 @@ Mode = Literal["normal", "eager"]
 
 
 class TaskHandle(Generic[P, R]):
-    """A function registered with ``@oq.task``: still callable, plus ``enqueue``."""
+    """A function registered with ``@oq.task``: still callable, plus ``enqueue``.
+
+    Typed with the function's parameters: under mypy, ``handle(...)``,
+    ``handle.enqueue(...)`` and ``handle.enqueue_async(...)`` check their
+    arguments against the function's signature. Enqueue options (priority,
+    run_in, ...) go through :meth:`with_options`, so they never collide with
+    the function's own parameter names.
+    """
 
     def __init__(self, app: AsyncOmniQ, func: Callable[P, R], options: dict[str, Any]) -> None:
         self.app = app
@@ -58,11 +65,40 @@ class TaskHandle(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
 
-    async def enqueue_async(self, *args: Any, **kwargs: Any) -> str:
-        """Enqueue a call with these arguments and the decorator's options; return its id."""
+    def with_options(
+        self,
+        *,
+        queue_name: str | None = None,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        run_in: timedelta | float | None = None,
+        ttl: timedelta | float | None = None,
+        result_ttl: timedelta | float | None = None,
+        max_retries: int | None = None,
+        retry_delay: timedelta | float | None = None,
+        timeout: timedelta | float | None = None,
+        depends_on: Sequence[str] | None = None,
+        callback: Callable[..., Any] | str | None = None,
+        callback_args: Sequence[Any] | None = None,
+        unique_key: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        tags: Sequence[str] | None = None,
+        store_result: bool | None = None,
+        on_duplicate: Literal["return", "raise"] | None = None,
+    ) -> TaskHandle[P, R]:
+        """A copy of this handle whose enqueues use these options (over the decorator's).
+
+        ``send_email.with_options(priority=5, run_in=60).enqueue("ada@example.org")``
+        """
+        given = {k: v for k, v in locals().items() if k != "self" and v is not None}
+        return TaskHandle(self.app, self.func, {**self.options, **given})
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Enqueue a call with these arguments and the handle's options; return its id."""
         return await self.app.enqueue_async(self.ref, list(args), kwargs, **self.options)
 
-    def enqueue(self, *args: Any, **kwargs: Any) -> str:
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Blocking twin of :meth:`enqueue_async`.
 
         Called from another thread while the app runs on its own event loop
@@ -204,6 +240,12 @@ class AsyncOmniQ(ScheduleMethods):
 
     # --- tasks ----------------------------------------------------------------------
 
+    @overload
+    def task(self, func: Callable[P, R], /) -> TaskHandle[P, R]: ...
+    @overload
+    def task(
+        self, func: None = None, /, *, queue_name: str | None = None, **options: Any
+    ) -> Callable[[Callable[P, R]], TaskHandle[P, R]]: ...
     def task(
         self,
         func: Callable[P, R] | None = None,
@@ -211,11 +253,12 @@ class AsyncOmniQ(ScheduleMethods):
         *,
         queue_name: str | None = None,
         **options: Any,
-    ) -> Any:
+    ) -> TaskHandle[P, R] | Callable[[Callable[P, R]], TaskHandle[P, R]]:
         """Decorator: register a function (workers of this app may run it) and give it ``enqueue``.
 
         Options (queue_name, priority, max_retries, retry_delay, timeout, ttl,
-        result_ttl...) become the defaults of its ``enqueue``.
+        result_ttl...) become the defaults of its ``enqueue``. The handle keeps
+        the function's signature for type checkers (see :class:`TaskHandle`).
         """
         if queue_name is not None:
             options["queue_name"] = queue_name
