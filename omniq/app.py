@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -30,9 +29,9 @@ from omniq.models import (
     TaskStatus,
     WorkerInfo,
 )
-from omniq.serialization import callable_ref
 from omniq.services import Services
 from omniq.services.maintenance import Maintenance, MaintenanceReport
+from omniq.task_handle import TaskHandle
 from omniq.worker import TaskRegistry, Worker, WorkerStats
 
 log = logging.getLogger("omniq.app")
@@ -43,70 +42,6 @@ R = TypeVar("R")
 __all__ = ["AsyncOmniQ", "TaskHandle"]
 
 Mode = Literal["normal", "eager"]
-
-
-class TaskHandle(Generic[P, R]):
-    """A function registered with ``@oq.task``: still callable, plus ``enqueue``.
-
-    Typed with the function's parameters: under mypy, ``handle(...)``,
-    ``handle.enqueue(...)`` and ``handle.enqueue_async(...)`` check their
-    arguments against the function's signature. Enqueue options (priority,
-    run_in, ...) go through :meth:`with_options`, so they never collide with
-    the function's own parameter names.
-    """
-
-    def __init__(self, app: AsyncOmniQ, func: Callable[P, R], options: dict[str, Any]) -> None:
-        self.app = app
-        self.func = func
-        self.options = options
-        self.ref = callable_ref(func)
-        functools.update_wrapper(self, func)
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.func(*args, **kwargs)
-
-    def with_options(
-        self,
-        *,
-        queue_name: str | None = None,
-        priority: int | None = None,
-        run_at: datetime | None = None,
-        run_in: timedelta | float | None = None,
-        ttl: timedelta | float | None = None,
-        result_ttl: timedelta | float | None = None,
-        max_retries: int | None = None,
-        retry_delay: timedelta | float | None = None,
-        timeout: timedelta | float | None = None,
-        depends_on: Sequence[str] | None = None,
-        callback: Callable[..., Any] | str | None = None,
-        callback_args: Sequence[Any] | None = None,
-        unique_key: str | None = None,
-        name: str | None = None,
-        description: str | None = None,
-        tags: Sequence[str] | None = None,
-        store_result: bool | None = None,
-        on_duplicate: Literal["return", "raise"] | None = None,
-    ) -> TaskHandle[P, R]:
-        """A copy of this handle whose enqueues use these options (over the decorator's).
-
-        ``send_email.with_options(priority=5, run_in=60).enqueue("ada@example.org")``
-        """
-        given = {k: v for k, v in locals().items() if k != "self" and v is not None}
-        return TaskHandle(self.app, self.func, {**self.options, **given})
-
-    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Enqueue a call with these arguments and the handle's options; return its id."""
-        return await self.app.enqueue_async(self.ref, list(args), kwargs, **self.options)
-
-    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Blocking twin of :meth:`enqueue_async`.
-
-        Called from another thread while the app runs on its own event loop
-        (a sync endpoint of an async web app), the call is handed to that loop.
-        """
-        from omniq._portal import run_sync_on
-
-        return run_sync_on(self.app.loop, self.enqueue_async, *args, **kwargs)
 
 
 class AsyncOmniQ(ScheduleMethods):
@@ -150,6 +85,8 @@ class AsyncOmniQ(ScheduleMethods):
         self.registry = TaskRegistry(allow_modules)
         self._services: Services | None = None
         self._worker: Worker | None = None
+        self._declared = {}
+        self._unsynced = set()
 
     # --- construction ---------------------------------------------------------
 
@@ -202,6 +139,8 @@ class AsyncOmniQ(ScheduleMethods):
         """Connect and check (or migrate) the schema; idempotent."""
         if self._services is None:
             self._services = await Services.open_async(self.url, self.settings, queues=self.queues)
+        if self._unsynced:
+            await self._upsert_declared_async(self._services)
         return self
 
     async def close_async(self) -> None:
@@ -233,7 +172,7 @@ class AsyncOmniQ(ScheduleMethods):
         return self._services
 
     async def _svc(self) -> Services:
-        if self._services is None:
+        if self._services is None or self._unsynced:
             await self.open_async()
         assert self._services is not None
         return self._services
@@ -241,7 +180,9 @@ class AsyncOmniQ(ScheduleMethods):
     # --- tasks ----------------------------------------------------------------------
 
     @overload
-    def task(self, func: Callable[P, R], /) -> TaskHandle[P, R]: ...
+    def task(
+        self, func: Callable[P, R], /, *, queue_name: str | None = None, **options: Any
+    ) -> TaskHandle[P, R]: ...
     @overload
     def task(
         self, func: None = None, /, *, queue_name: str | None = None, **options: Any

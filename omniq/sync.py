@@ -205,7 +205,9 @@ class OmniQ:
         return self._async
 
     @overload
-    def task(self, func: Callable[P, R], /) -> TaskHandle[P, R]: ...
+    def task(
+        self, func: Callable[P, R], /, *, queue_name: str | None = None, **options: Any
+    ) -> TaskHandle[P, R]: ...
     @overload
     def task(
         self, func: None = None, /, *, queue_name: str | None = None, **options: Any
@@ -217,6 +219,11 @@ class OmniQ:
         if func is None:
             return self._async.task(**options)
         return self._async.task(func, **options)
+
+    def periodic(self, **options: Any) -> Callable[[Callable[P, R]], TaskHandle[P, R]]:
+        """Decorator: a task that also runs on ``cron=`` or every ``interval=`` (see
+        :meth:`AsyncOmniQ.periodic`); its schedule is upserted by name when the app opens."""
+        return self._async.periodic(**options)
 
     def build_task(self, func: Callable[..., Any] | str, *args: Any, **options: Any) -> Task:
         """A Task record for :meth:`enqueue_many`."""

@@ -51,7 +51,8 @@ def sync_enqueues() -> list[str]:
     return [
         send_email.enqueue("ada@example.org", subject="Welcome"),
         send_email.with_options(priority=5, run_in=60).enqueue("bob@example.org", "Hi"),
-        handle.enqueue(1, y=2),
+        handle.enqueue(1, 2),
+        add.enqueue(1, y=2),
         cleanup.enqueue(days=3),
     ]
 
