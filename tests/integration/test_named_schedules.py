@@ -81,9 +81,7 @@ async def test_periodic_decorator_upserts_when_the_app_opens(db_url: str) -> Non
     counts = []
     for minutes in (5, 5, 10):  # three starts; the last one changes the interval
         oq = AsyncOmniQ(url=db_url)
-        handle = oq.periodic(interval=timedelta(minutes=minutes), name="cleanup", args=[3])(
-            cleanup
-        )
+        handle = oq.periodic(interval=timedelta(minutes=minutes), name="cleanup", args=[3])(cleanup)
         assert handle(2) == 2  # still the function
         async with oq:
             schedules = await oq.list_schedules_async()
@@ -149,6 +147,9 @@ def five():
 """
 
 
+WORKER = [sys.executable, "-m", "omniq", "worker", "--app", "declared_tasks", "--burst"]
+
+
 def test_cli_worker_upserts_the_periodic_tasks_of_its_app_module(tmp_path: Path) -> None:
     """`omniq worker --app module` started twice keeps one schedule per name."""
     db = tmp_path / "declared.db"
@@ -159,8 +160,7 @@ def test_cli_worker_upserts_the_periodic_tasks_of_its_app_module(tmp_path: Path)
             TASKS_MODULE.replace("{cron}", cron), encoding="utf-8"
         )
         proc = subprocess.run(
-            [sys.executable, "-m", "omniq.cli", "worker", "--app", "declared_tasks", "--burst"]
-            + ["--url", url],
+            [*WORKER, "--url", url],
             cwd=tmp_path,
             env=env,
             capture_output=True,

@@ -18,7 +18,7 @@ pytest.importorskip("mypy", reason="the typing test needs mypy (the dev extra)")
 
 SAMPLE = Path(__file__).with_name("user_tasks.py")
 
-WRONG = '''
+WRONG = """
 from omniq import OmniQ
 
 oq = OmniQ("typed_wrong")
@@ -30,9 +30,9 @@ def send_email(to: str, subject: str) -> str:
 
 
 send_email.enqueue(42, subject="Welcome")
-'''
+"""
 
-WRONG_ASYNC = '''
+WRONG_ASYNC = """
 from omniq import AsyncOmniQ
 
 oq = AsyncOmniQ("typed_wrong")
@@ -47,7 +47,7 @@ async def main() -> None:
     await resize.enqueue_async(640, heigth=480)
     await resize.with_options(priority="high").enqueue_async(640, 480)
     n: int = await resize(1, 2)
-'''
+"""
 
 
 def _mypy(folder: Path, module: str) -> subprocess.CompletedProcess[str]:
