@@ -273,7 +273,7 @@ class AsyncOmniQ(ScheduleMethods):
             on_duplicate=on_duplicate,
         )
         if self.mode == "eager":
-            await self._run_eagerly()
+            await self._run_eagerly([task_id])
         return task_id
 
     async def enqueue_many_async(self, tasks: Iterable[Task]) -> list[str]:
@@ -281,7 +281,7 @@ class AsyncOmniQ(ScheduleMethods):
         svc = await self._svc()
         ids = await svc.queue.enqueue_many_async(tasks)
         if self.mode == "eager":
-            await self._run_eagerly()
+            await self._run_eagerly(ids)
         return ids
 
     def build_task(self, func: Callable[..., Any] | str, *args: Any, **options: Any) -> Task:
@@ -343,7 +343,7 @@ class AsyncOmniQ(ScheduleMethods):
         """Send a failed, cancelled or expired task back to the queue."""
         task = await (await self._svc()).queue.requeue_async(task_id)
         if self.mode == "eager":
-            await self._run_eagerly()
+            await self._run_eagerly([task.id])
         return task
 
     async def list_tasks_async(
@@ -466,6 +466,9 @@ class AsyncOmniQ(ScheduleMethods):
         await worker.run_async(install_signal_handlers=False)
         return worker.get_stats()
 
-    async def _run_eagerly(self) -> None:
+    async def _run_eagerly(self, task_ids: Sequence[str]) -> None:
+        """Eager mode: run exactly these tasks inline (and what their completion releases)."""
+        from omniq.eager import run_inline
+
         worker = self._make_worker(run_scheduler=False, run_maintenance=False, queues=None)
-        await worker.run_until_complete_async()
+        await run_inline(self.services, worker, task_ids)

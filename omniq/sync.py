@@ -43,6 +43,7 @@ class SyncTaskQueue:
     enqueue_many = sync_twin(TaskQueue.enqueue_many_async)
     dequeue = sync_twin(TaskQueue.dequeue_async)
     dequeue_many = sync_twin(TaskQueue.dequeue_many_async)
+    dequeue_ids = sync_twin(TaskQueue.dequeue_ids_async)
     complete = sync_twin(TaskQueue.complete_async)
     complete_many = sync_twin(TaskQueue.complete_many_async)
     fail = sync_twin(TaskQueue.fail_async)
