@@ -39,15 +39,19 @@ log = logging.getLogger("omniq.app")
 P = ParamSpec("P")
 R = TypeVar("R")
 
-__all__ = ["AsyncOmniQ", "TaskHandle"]
+__all__ = ["MEMORY_URL", "AsyncOmniQ", "TaskHandle"]
 
 Mode = Literal["normal", "eager"]
+
+#: The in-memory SQLite URL: a private database per app, gone when it closes.
+MEMORY_URL = "sqlite+aiosqlite:///:memory:"
 
 
 class AsyncOmniQ(ScheduleMethods):
     """One OmniQ project: its database, queue, results, events, schedules and workers.
 
-    ``url=None`` means the SQLite file ``<base_dir>/<project_name>.db``; an
+    ``url=None`` means the SQLite file ``<base_dir>/<project_name>.db`` (with
+    ``mode="eager"``: a private in-memory database, see :mod:`omniq.eager`); an
     AsyncEngine may be passed instead of a URL (it is then not disposed on
     close). ``worker`` holds default options of the workers this app starts
     (``{"concurrency": 20, "executor": "thread", ...}``). Use ``async with
@@ -72,7 +76,10 @@ class AsyncOmniQ(ScheduleMethods):
         if mode not in ("normal", "eager"):
             raise ConfigurationError(f"mode must be 'normal' or 'eager', got {mode!r}")
         self.project_name = project_name
-        self.url = url if url is not None else default_sqlite_url(project_name, base_dir)
+        if url is None:
+            # Eager mode is for tests: a private in-memory database, nothing on disk.
+            url = MEMORY_URL if mode == "eager" else default_sqlite_url(project_name, base_dir)
+        self.url = url
         self.queues = list(queues) if queues else None
         self.settings = settings or Settings()
         self.mode = mode
@@ -149,6 +156,8 @@ class AsyncOmniQ(ScheduleMethods):
             await self.stop_worker_async()
         if self._services is not None:
             services, self._services = self._services, None
+            # Opened again (perhaps on another database), it upserts its declarations again.
+            self._unsynced.update(self._declared)
             await services.close_async()
 
     async def __aenter__(self) -> AsyncOmniQ:
