@@ -82,7 +82,9 @@ class ScheduleMethods:
             raise ValidationError("periodic", "give exactly one of cron= or interval=")
 
         def decorate(func: Callable[P, R]) -> TaskHandle[P, R]:
-            handle = self.task(func, **({"queue_name": queue_name} if queue_name else {}))
+            # Its own enqueues use the same options as the tasks its schedule makes.
+            options = {**task_options, **({"queue_name": queue_name} if queue_name else {})}
+            handle = self.task(func, **options)
             key = name or handle.ref
 
             def declared() -> Schedule:
