@@ -1,4 +1,4 @@
-"""A user's task module, type-checked by tests/typing/test_mypy.py (never imported by pytest)."""
+"""A user's task module, type-checked by tests/typecheck/test_mypy.py (never imported by pytest)."""
 
 from __future__ import annotations
 
