@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,10 +31,9 @@ from omniq.models import (
     WorkerInfo,
 )
 from omniq.models.rules import check_worker_options
-from omniq.serialization import callable_ref
 from omniq.services import Services
-from omniq.services.caller_tx import run_inline
 from omniq.services.maintenance import Maintenance, MaintenanceReport
+from omniq.task_handle import TaskHandle
 from omniq.worker import TaskRegistry, Worker, WorkerStats
 
 if TYPE_CHECKING:
@@ -47,83 +45,19 @@ log = logging.getLogger("omniq.app")
 P = ParamSpec("P")
 R = TypeVar("R")
 
-__all__ = ["AsyncOmniQ", "TaskHandle"]
+__all__ = ["MEMORY_URL", "AsyncOmniQ", "TaskHandle"]
 
 Mode = Literal["normal", "eager"]
 
-
-class TaskHandle(Generic[P, R]):
-    """A function registered with ``@oq.task``: still callable, plus ``enqueue``."""
-
-    def __init__(self, app: AsyncOmniQ, func: Callable[P, R], options: dict[str, Any]) -> None:
-        self.app = app
-        self.func = func
-        self.options = options
-        self.ref = callable_ref(func)
-        functools.update_wrapper(self, func)
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.func(*args, **kwargs)
-
-    async def enqueue_async(self, *args: Any, **kwargs: Any) -> str:
-        """Enqueue a call with these arguments and the decorator's options; return its id."""
-        return await self.app.enqueue_async(self.ref, list(args), kwargs, **self.options)
-
-    def enqueue(self, *args: Any, **kwargs: Any) -> str:
-        """Blocking twin of :meth:`enqueue_async`.
-
-        Called from another thread while the app runs on its own event loop
-        (a sync endpoint of an async web app), the call is handed to that loop.
-        """
-        from omniq._portal import run_sync_on
-
-        return run_sync_on(self.app.loop, self.enqueue_async, *args, **kwargs)
-
-    # --- in the caller's transaction (see AsyncOmniQ.enqueue_async's connection=) ---
-
-    async def enqueue_in_async(
-        self,
-        tx: AsyncConnection | AsyncSession | sa.Connection | Session,
-        /,
-        *args: Any,
-        **kwargs: Any,
-    ) -> str:
-        """Enqueue a call in the open transaction of ``tx`` (the application's
-        connection or ORM session); it exists once that transaction commits."""
-        return await self.app.enqueue_async(
-            self.ref, list(args), kwargs, **self.options, **_tx_argument(tx)
-        )
-
-    def enqueue_in(self, tx: sa.Connection | Session, /, *args: Any, **kwargs: Any) -> str:
-        """Blocking twin of :meth:`enqueue_in_async`, for a sync Connection or Session;
-        it runs on the calling thread, in that transaction."""
-        if not _is_sync_tx(tx):
-            raise ValidationError(
-                "tx",
-                "enqueue_in takes a sync Connection or Session; "
-                "use `await handle.enqueue_in_async(...)` with an AsyncConnection or AsyncSession",
-            )
-        self.app._prepare_for_sync_caller_tx()
-        return run_inline(self.enqueue_in_async(tx, *args, **kwargs))
-
-
-def _tx_argument(tx: Any) -> dict[str, Any]:
-    from sqlalchemy.ext.asyncio import AsyncSession
-    from sqlalchemy.orm import Session
-
-    return {"session": tx} if isinstance(tx, Session | AsyncSession) else {"connection": tx}
-
-
-def _is_sync_tx(tx: Any) -> bool:
-    from sqlalchemy.orm import Session
-
-    return isinstance(tx, sa.Connection | Session)
+#: The in-memory SQLite URL: a private database per app, gone when it closes.
+MEMORY_URL = "sqlite+aiosqlite:///:memory:"
 
 
 class AsyncOmniQ(ScheduleMethods):
     """One OmniQ project: its database, queue, results, events, schedules and workers.
 
-    ``url=None`` means the SQLite file ``<base_dir>/<project_name>.db``; an
+    ``url=None`` means the SQLite file ``<base_dir>/<project_name>.db`` (with
+    ``mode="eager"``: a private in-memory database, see :mod:`omniq.eager`); an
     AsyncEngine may be passed instead of a URL (it is then not disposed on
     close). ``worker`` holds default options of the workers this app starts
     (``{"concurrency": 20, "executor": "thread", ...}``). Use ``async with
@@ -148,7 +82,10 @@ class AsyncOmniQ(ScheduleMethods):
         if mode not in ("normal", "eager"):
             raise ConfigurationError(f"mode must be 'normal' or 'eager', got {mode!r}")
         self.project_name = project_name
-        self.url = url if url is not None else default_sqlite_url(project_name, base_dir)
+        if url is None:
+            # Eager mode is for tests: a private in-memory database, nothing on disk.
+            url = MEMORY_URL if mode == "eager" else default_sqlite_url(project_name, base_dir)
+        self.url = url
         self.queues = list(queues) if queues else None
         self.settings = settings or Settings()
         self.mode = mode
@@ -162,6 +99,8 @@ class AsyncOmniQ(ScheduleMethods):
         self.registry = TaskRegistry(allow_modules)
         self._services: Services | None = None
         self._worker: Worker | None = None
+        self._declared = {}
+        self._unsynced = set()
 
     # --- construction ---------------------------------------------------------
 
@@ -214,6 +153,8 @@ class AsyncOmniQ(ScheduleMethods):
         """Connect and check (or migrate) the schema; idempotent."""
         if self._services is None:
             self._services = await Services.open_async(self.url, self.settings, queues=self.queues)
+        if self._unsynced:
+            await self._upsert_declared_async(self._services)
         return self
 
     async def close_async(self) -> None:
@@ -222,6 +163,8 @@ class AsyncOmniQ(ScheduleMethods):
             await self.stop_worker_async()
         if self._services is not None:
             services, self._services = self._services, None
+            # Opened again (perhaps on another database), it upserts its declarations again.
+            self._unsynced.update(self._declared)
             await services.close_async()
 
     async def __aenter__(self) -> AsyncOmniQ:
@@ -245,13 +188,21 @@ class AsyncOmniQ(ScheduleMethods):
         return self._services
 
     async def _svc(self) -> Services:
-        if self._services is None:
+        if self._services is None or self._unsynced:
             await self.open_async()
         assert self._services is not None
         return self._services
 
     # --- tasks ----------------------------------------------------------------------
 
+    @overload
+    def task(
+        self, func: Callable[P, R], /, *, queue_name: str | None = None, **options: Any
+    ) -> TaskHandle[P, R]: ...
+    @overload
+    def task(
+        self, func: None = None, /, *, queue_name: str | None = None, **options: Any
+    ) -> Callable[[Callable[P, R]], TaskHandle[P, R]]: ...
     def task(
         self,
         func: Callable[P, R] | None = None,
@@ -259,11 +210,12 @@ class AsyncOmniQ(ScheduleMethods):
         *,
         queue_name: str | None = None,
         **options: Any,
-    ) -> Any:
+    ) -> TaskHandle[P, R] | Callable[[Callable[P, R]], TaskHandle[P, R]]:
         """Decorator: register a function (workers of this app may run it) and give it ``enqueue``.
 
         Options (queue_name, priority, max_retries, retry_delay, timeout, ttl,
-        result_ttl...) become the defaults of its ``enqueue``.
+        result_ttl...) become the defaults of its ``enqueue``. The handle keeps
+        the function's signature for type checkers (see :class:`TaskHandle`).
         """
         if queue_name is not None:
             options["queue_name"] = queue_name
@@ -347,7 +299,7 @@ class AsyncOmniQ(ScheduleMethods):
         )
         # A task in the caller's transaction cannot run before that commits.
         if self.mode == "eager" and connection is None and session is None:
-            await self._run_eagerly()
+            await self._run_eagerly([task_id])
         return task_id
 
     async def enqueue_many_async(
@@ -362,7 +314,7 @@ class AsyncOmniQ(ScheduleMethods):
         svc = await self._svc()
         ids = await svc.queue.enqueue_many_async(tasks, connection=connection, session=session)
         if self.mode == "eager" and connection is None and session is None:
-            await self._run_eagerly()
+            await self._run_eagerly(ids)
         return ids
 
     async def _prepare_caller_tx_async(self) -> None:
@@ -442,7 +394,7 @@ class AsyncOmniQ(ScheduleMethods):
         """Send a failed, cancelled or expired task back to the queue."""
         task = await (await self._svc()).queue.requeue_async(task_id)
         if self.mode == "eager":
-            await self._run_eagerly()
+            await self._run_eagerly([task.id])
         return task
 
     async def list_tasks_async(
@@ -565,6 +517,9 @@ class AsyncOmniQ(ScheduleMethods):
         await worker.run_async(install_signal_handlers=False)
         return worker.get_stats()
 
-    async def _run_eagerly(self) -> None:
+    async def _run_eagerly(self, task_ids: Sequence[str]) -> None:
+        """Eager mode: run exactly these tasks inline (and what their completion releases)."""
+        from omniq.eager import run_inline
+
         worker = self._make_worker(run_scheduler=False, run_maintenance=False, queues=None)
-        await worker.run_until_complete_async()
+        await run_inline(self.services, worker, task_ids)

@@ -51,7 +51,9 @@ def cell(value: Any) -> str:
         return "-"
     if isinstance(value, str):
         return value if len(value) <= 60 else value[:57] + "..."
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else str(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, default=str)  # payload types: UUID, sets...
+    return str(value)
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

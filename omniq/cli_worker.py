@@ -50,6 +50,7 @@ async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
         oq.registry.import_modules(args.app)
     except ImportError as exc:
         raise CLIError(f"--app: cannot import {exc.name or exc}: {exc}") from None
+    oq.adopt_periodic(args.app)  # @periodic schedules of those modules: upserted on open
     options: dict[str, Any] = {"run_scheduler": not args.no_scheduler}
     if args.poll_interval:
         options["poll_interval"] = duration_arg(args.poll_interval, "--poll-interval")

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import cattrs
 
 from omniq.errors import SerializationError, UnsafePayload
+from omniq.payload_types import UnsupportedValue, envelope, plain_json, unwrap
 from omniq.refs import callable_ref, resolve_ref
 
 __all__ = [
@@ -71,15 +72,31 @@ def check_utf8(text: str, field: str) -> None:
 
 
 class JsonSerializer:
-    """Strict JSON: no NaN/Infinity, str keys, lists for tuples."""
+    """Strict JSON (no NaN/Infinity) with type tags for everyday Python values.
+
+    Plain JSON values are written as plain JSON text; values holding
+    datetimes, dates, times, timedeltas, UUIDs, Decimals, bytes, sets,
+    tuples or dicts with non-string keys are written in a versioned envelope
+    with type tags and read back as those types (see :mod:`omniq.payload_types`).
+    Anything else is refused with a :class:`SerializationError` naming where
+    it sits. Text written before tags existed reads unchanged.
+    """
 
     name = "json"
 
     def dumps(self, value: Any) -> str:
-        """Serialize ``value`` as compact JSON."""
+        """Serialize ``value`` as compact JSON (tagged where it needs tags)."""
         try:
-            text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+            text = plain_json(value)
+            if text is None:
+                text = json.dumps(
+                    envelope(value), separators=(",", ":"), allow_nan=False, ensure_ascii=False
+                )
+        except UnsupportedValue:
+            raise
         except (TypeError, ValueError, RecursionError) as exc:
+            if isinstance(exc, RecursionError):
+                exc = ValueError("nested too deeply")
             raise SerializationError(
                 f"payload is not JSON-serializable ({exc}); pass JSON data "
                 "(dict/list/str/int/float/bool/None) or opt in to the pickle serializer"
@@ -88,9 +105,11 @@ class JsonSerializer:
         return text
 
     def loads(self, data: str) -> Any:
-        """Parse JSON text."""
+        """Parse JSON text (and the tagged envelope, if it is one)."""
         try:
-            return _DECODER.decode(data)
+            return unwrap(_DECODER.decode(data))
+        except SerializationError:
+            raise
         except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(f"stored payload is not valid JSON: {exc}") from exc
 

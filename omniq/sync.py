@@ -9,17 +9,20 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, overload
 
 import sqlalchemy as sa
 
 from omniq._portal import run_sync, sync_twin
-from omniq.app import AsyncOmniQ
+from omniq.app import AsyncOmniQ, TaskHandle
 from omniq.config import OmniQConfig
 from omniq.models import Settings, Task
 from omniq.services import EventStorage, ResultStorage, Services, TaskQueue
 from omniq.services.caller_tx import is_sync_transaction, run_inline
 from omniq.worker import Worker
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 __all__ = [
     "OmniQ",
@@ -66,6 +69,7 @@ class SyncTaskQueue:
     enqueue_many = tx_twin(TaskQueue.enqueue_many_async)
     dequeue = sync_twin(TaskQueue.dequeue_async)
     dequeue_many = sync_twin(TaskQueue.dequeue_many_async)
+    dequeue_ids = sync_twin(TaskQueue.dequeue_ids_async)
     complete = sync_twin(TaskQueue.complete_async)
     complete_many = sync_twin(TaskQueue.complete_many_async)
     fail = sync_twin(TaskQueue.fail_async)
@@ -93,6 +97,7 @@ class SyncTaskQueue:
     heartbeat = sync_twin(TaskQueue.heartbeat_async)
     purge_finished = sync_twin(TaskQueue.purge_finished_async)
     schedule = tx_twin(TaskQueue.schedule_async)
+    upsert_schedule = sync_twin(TaskQueue.upsert_schedule_async)
     get_schedule = sync_twin(TaskQueue.get_schedule_async)
     list_schedules = sync_twin(TaskQueue.list_schedules_async)
     get_ready_schedules = sync_twin(TaskQueue.get_ready_schedules_async)
@@ -227,9 +232,26 @@ class OmniQ:
         """The async facade underneath."""
         return self._async
 
-    def task(self, func: Any = None, /, **options: Any) -> Any:
+    @overload
+    def task(
+        self, func: Callable[P, R], /, *, queue_name: str | None = None, **options: Any
+    ) -> TaskHandle[P, R]: ...
+    @overload
+    def task(
+        self, func: None = None, /, *, queue_name: str | None = None, **options: Any
+    ) -> Callable[[Callable[P, R]], TaskHandle[P, R]]: ...
+    def task(
+        self, func: Callable[P, R] | None = None, /, **options: Any
+    ) -> TaskHandle[P, R] | Callable[[Callable[P, R]], TaskHandle[P, R]]:
         """Decorator: register a function and give it ``enqueue`` (see AsyncOmniQ.task)."""
+        if func is None:
+            return self._async.task(**options)
         return self._async.task(func, **options)
+
+    def periodic(self, **options: Any) -> Callable[[Callable[P, R]], TaskHandle[P, R]]:
+        """Decorator: a task that also runs on ``cron=`` or every ``interval=`` (see
+        :meth:`AsyncOmniQ.periodic`); its schedule is upserted by name when the app opens."""
+        return self._async.periodic(**options)
 
     def build_task(self, func: Callable[..., Any] | str, *args: Any, **options: Any) -> Task:
         """A Task record for :meth:`enqueue_many`."""

@@ -44,6 +44,8 @@ __all__ = [
     "default_sqlite_url",
     "dialect_of",
     "install_sqlite_events",
+    "is_memory_sqlite",
+    "memory_sqlite_engine",
     "normalize_url",
     "read_engine",
     "schema_of",
@@ -369,11 +371,46 @@ def _prepare_sqlite_file(path: Path) -> None:
         os.close(fd)
 
 
+def is_memory_sqlite(url: str | sa.URL) -> bool:
+    """True for an in-memory SQLite URL (``sqlite+aiosqlite:///:memory:``, ``sqlite://``)."""
+    try:
+        parsed = sa.make_url(url)
+    except Exception:
+        return False
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database or ""
+    return database in ("", ":memory:") or database.startswith("file::memory:")
+
+
+def memory_sqlite_engine(settings: Settings | None = None, **engine_kwargs: Any) -> AsyncEngine:
+    """An engine on a new private in-memory SQLite database: one connection, shared.
+
+    Every use of the engine is that one connection (a static pool), so the
+    database lives as long as the engine; :class:`omniq.services.Storage` runs
+    its transactions on it one at a time. For eager mode and tests in one
+    process: nothing is written to disk, and no other process can see it.
+    """
+    settings = settings or Settings()
+    engine_kwargs.setdefault("json_deserializer", _lenient_json_loads)
+    engine = create_async_engine(
+        "sqlite+aiosqlite://", poolclass=sa.pool.StaticPool, **engine_kwargs
+    )
+    install_sqlite_events(engine.sync_engine, settings)
+    return engine
+
+
 def create_engine(
     url: str | sa.URL, settings: Settings | None = None, **engine_kwargs: Any
 ) -> AsyncEngine:
-    """Create the AsyncEngine for ``url`` with OmniQ's per-engine settings."""
+    """Create the AsyncEngine for ``url`` with OmniQ's per-engine settings.
+
+    An in-memory SQLite URL gets a private database on one shared connection
+    (see :func:`memory_sqlite_engine`).
+    """
     settings = settings or Settings()
+    if is_memory_sqlite(url) and sa.make_url(url).drivername in ("sqlite", "sqlite+aiosqlite"):
+        return memory_sqlite_engine(settings, **engine_kwargs)
     parsed = normalize_url(url)
     _check_schema_supported(parsed.get_backend_name(), settings.db_schema)
     if settings.db_schema is not None:

@@ -175,6 +175,14 @@ schedules = sa.Table(
     sa.Column("end_at", UTCDateTime),
     sa.Column("metadata", sa.JSON, nullable=False, server_default=sa.text("'{}'")),
     sa.Index("ix_omniq_schedules_due", "status", "next_run_at"),
+    # A named schedule is declared once (upsert by name); unnamed ones are many.
+    sa.Index(
+        "uq_omniq_schedules_name",
+        "name",
+        unique=True,
+        sqlite_where=sa.text("name IS NOT NULL"),
+        postgresql_where=sa.text("name IS NOT NULL"),
+    ),
 )
 
 results = sa.Table(

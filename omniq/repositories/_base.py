@@ -23,6 +23,7 @@ from omniq.errors import (
     UnsafePayload,
     ValidationError,
 )
+from omniq.payload_types import UnsupportedValue, describe
 from omniq.serialization import SerializerRegistry
 
 _LOCKED = re.compile(r"database (table )?is locked|database is busy", re.I)
@@ -143,6 +144,8 @@ class PayloadCodec:
             body["c"] = list(callback_args)
         try:
             text = self.serializers.get(serializer).dumps(body)
+        except UnsupportedValue as exc:
+            raise SerializationError(f"{_argument(exc.path)}: {exc.problem}") from exc
         except SerializationError as exc:
             # Keep the subclass: a refused serializer stays an UnsafePayload.
             fields = "func_args/func_kwargs" + ("/callback_args" if callback_args else "")
@@ -170,9 +173,29 @@ class PayloadCodec:
         """Serialize one value (a result) into text."""
         try:
             return self.serializers.get(serializer).dumps(value)
+        except UnsupportedValue as exc:
+            raise SerializationError(f"{describe(exc.path, field)}: {exc.problem}") from exc
         except SerializationError as exc:
             raise SerializationError(f"{field}: {exc}") from exc
 
     def decode_value(self, serializer: str, data: str) -> Any:
         """Deserialize one value (a result)."""
         return self.serializers.get(serializer).loads(data)
+
+
+_BODY_FIELDS = {"a": "func_args", "k": "func_kwargs", "c": "callback_args"}
+
+
+def _argument(path: tuple[str | int, ...]) -> str:
+    """Where an unsupported value sits in a call: ``argument 2 (func_args[1])`` and the like."""
+    if not path or path[0] not in _BODY_FIELDS:
+        return describe(path, "payload")
+    field, rest = _BODY_FIELDS[str(path[0])], path[1:]
+    if not rest:
+        return field
+    where = describe(rest, field)
+    if field == "func_args" and isinstance(rest[0], int):
+        return f"argument {rest[0] + 1} ({where})"
+    if field == "func_kwargs":
+        return f"keyword argument {rest[0]!r} ({where})"
+    return where

@@ -63,6 +63,12 @@ class ScheduleRepository:
         with translate_errors("create schedule"):
             conn.execute(s.insert(), self.to_row(schedule))
 
+    def get_by_name(self, conn: Connection, name: str) -> Schedule | None:
+        """The schedule named ``name`` (names are unique), or None."""
+        with translate_errors("get schedule"):
+            row = (conn.execute(sa.select(s).where(s.c.name == name))).mappings().first()
+        return None if row is None else self.from_row(row)
+
     def get(self, conn: Connection, schedule_id: str) -> Schedule | None:
         """The schedule with ``schedule_id``, or None."""
         with translate_errors("get schedule"):

@@ -25,6 +25,7 @@ from omniq.models.task import task_from_row_values
 from omniq.repositories._base import PayloadCodec, translate_errors
 from omniq.repositories.dependencies import DependencyStatements
 from omniq.repositories.task_browse import BrowseStatements
+from omniq.repositories.task_picks import PickStatements
 from omniq.repositories.task_sweeps import SweepStatements
 from omniq.serialization import check_utf8
 
@@ -48,7 +49,7 @@ SORTABLE = {
 }
 
 
-class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements):
+class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, PickStatements):
     """CRUD, the atomic claim and conditional transitions of tasks."""
 
     def __init__(self, dialect: Dialect, codec: PayloadCodec | None = None) -> None:

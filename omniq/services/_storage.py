@@ -27,6 +27,7 @@ from omniq._time import utcnow
 from omniq.db.engine import (
     create_engine,
     dialect_of,
+    is_memory_sqlite,
     normalize_url,
     read_engine,
     sqlite_writer_engine,
@@ -158,7 +159,11 @@ class Storage:
         self._reader = read_engine(engine)
         self._opened = False
         self._writer: SQLiteWriter | None = None
-        if self.dialect.single_writer:
+        #: In-memory SQLite: one shared connection, so one transaction at a time.
+        self._serial: asyncio.Lock | None = None
+        if is_memory_sqlite(engine.url):
+            self._serial = asyncio.Lock()
+        elif self.dialect.single_writer:
             self._writer = SQLiteWriter(
                 sqlite_writer_engine(normalize_url(engine.url), self.settings),
                 lock_deadline=self.settings.lock_deadline.total_seconds(),
@@ -189,6 +194,8 @@ class Storage:
     @property
     def url(self) -> sa.URL:
         """The engine URL."""
+        if self._serial is not None:
+            return self.engine.url
         return normalize_url(self.engine.url)
 
     async def open(self) -> None:
@@ -268,7 +275,7 @@ class Storage:
         else:
             if self._clock_base is not None:
                 await self.sync_clock(force=False)
-            future = asyncio.ensure_future(self._run_sync(body))
+            future = asyncio.ensure_future(self._serialized(self._run_sync(body)))
             cancel = _never
         try:
             with translate_errors(what):
@@ -277,6 +284,13 @@ class Storage:
             if not cancel():
                 self._detach(future, undo)
             raise
+
+    async def _serialized(self, work: Awaitable[T]) -> T:
+        """``work``, alone on the connection when it is the one shared (in-memory SQLite)."""
+        if self._serial is None:
+            return await work
+        async with self._serial:
+            return await work
 
     async def _run_sync(self, body: Body[T]) -> T:
         async with self.engine.connect() as conn:
@@ -322,8 +336,13 @@ class Storage:
     async def read(self, body: Body[T], *, what: str = "read") -> T:
         """Run ``body(conn)`` in one read-only transaction (deferred on SQLite)."""
         with translate_errors(what):
-            async with self._reader.connect() as conn:
-                return await conn.run_sync(body)
+            if self._serial is not None:
+                return await self._serialized(self._read(body))
+            return await self._read(body)
+
+    async def _read(self, body: Body[T]) -> T:
+        async with self._reader.connect() as conn:
+            return await conn.run_sync(body)
 
     # --- wake-ups ----------------------------------------------------------------------
 

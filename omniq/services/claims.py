@@ -95,6 +95,44 @@ class Claims(Enqueue):
             await self.storage.notifier.wait(min(poll, remaining))
             poll = min(poll * 2, 0.5)
 
+    async def dequeue_ids_async(
+        self, task_ids: Sequence[str], *, worker_id: str | None = None
+    ) -> list[Task]:
+        """Claim exactly these tasks, those of them that are ready, started, in the order given.
+
+        Eager mode runs the task it just enqueued this way (never another one).
+        """
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return []
+        now = self.storage.now()
+        token = new_id()
+        worker = worker_id or "anonymous"
+
+        def body(conn: sa.Connection) -> list[Task]:
+            claimed = self.storage.tasks.claim_ids(
+                conn,
+                ids,
+                now=now,
+                token=token,
+                lease_until=now + self.settings.lease_duration,
+                worker_id=worker,
+            )
+            self.storage.events.insert_rows(
+                conn,
+                _dequeued_events(
+                    [(x.id, x.queue_name, x.schedule_id, x.attempts) for x in claimed],
+                    worker,
+                    now,
+                ),
+            )
+            return claimed
+
+        async def undo(claimed: list[Task]) -> None:
+            await self._release_unstarted(claimed, worker)
+
+        return await self.storage.write(body, what="claim tasks", undo=undo)
+
     async def _claim(
         self, n: int, queues: list[str] | None, worker_id: str | None, start: bool
     ) -> list[Task]:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from omniq.errors import DuplicateTask, ValidationError
 from omniq.group_commit import GroupCommit
 from omniq.models import EventLevel, EventType, ResultStatus, Task, TaskStatus
+from omniq.payload_types import jsonable
 from omniq.services import hooks
 from omniq.services._shared import _event, _final_result
 from omniq.services._storage import Storage
@@ -213,8 +214,8 @@ class Enqueue(Sweeps):
             return {"status": task.status.value}
         return {
             "status": task.status.value,
-            "args": list(task.func_args),
-            "kwargs": task.func_kwargs,
+            "args": jsonable(list(task.func_args)),
+            "kwargs": jsonable(task.func_kwargs),
         }
 
     def _log_enqueued(self, conn: sa.Connection, tasks: list[Task]) -> None:

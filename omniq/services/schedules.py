@@ -10,11 +10,11 @@ import attrs
 import sqlalchemy as sa
 
 from omniq._time import require_aware
-from omniq.errors import InvalidTransition, ScheduleNotFound, ValidationError
+from omniq.errors import DuplicateTask, InvalidTransition, ScheduleNotFound, ValidationError
 from omniq.models import EventType, Schedule, ScheduleStatus
 from omniq.services import timing
 from omniq.services._shared import _check_page, _schedule_event, _schedule_status
-from omniq.services.caller_tx import caller_tx
+from omniq.services.caller_tx import CallerTx, caller_tx
 from omniq.services.queries import Queries
 
 if TYPE_CHECKING:
@@ -22,6 +22,27 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 __all__ = ["ScheduleAdmin"]
+
+#: When these change, a schedule's next run is computed again.
+_TIMING = frozenset(
+    {"schedule_type", "cron_expression", "timezone", "interval", "run_at", "end_at"}
+)
+#: What a declaration in code sets (the rest is the schedule's own history).
+_DECLARED = (
+    *sorted(_TIMING),
+    "func",
+    "func_args",
+    "func_kwargs",
+    "queue_name",
+    "max_runs",
+    "metadata",
+    "misfire_policy",
+    "misfire_grace",
+    "description",
+    "tags",
+    "task_options",
+    "serializer",
+)
 
 
 class ScheduleAdmin(Queries):
@@ -64,6 +85,96 @@ class ScheduleAdmin(Queries):
         else:
             await self.storage.write(body, what="create schedule")
         return schedule.id
+
+    async def upsert_schedule_async(
+        self,
+        schedule: Schedule,
+        *,
+        connection: AsyncConnection | sa.Connection | None = None,
+        session: AsyncSession | Session | None = None,
+    ) -> Schedule:
+        """Create the schedule named ``schedule.name``, or bring the stored one up to date.
+
+        Declared in code, a named schedule is stored once, however many times
+        the app starts. A stored one keeps its id, status, run count and last
+        run; its template and timing become the given ones, and when the
+        timing changed (cron, interval, time zone, start/``at``, end) its next
+        run is computed again from now. Returns the stored schedule. With
+        ``connection=`` (or ``session=``), in that open transaction of the
+        application's.
+        """
+        tx = caller_tx(connection, session)
+        if not isinstance(schedule, Schedule):
+            raise ValidationError("schedule", f"expected a Schedule, got {type(schedule).__name__}")
+        if not schedule.name:
+            raise ValidationError("name", "an upserted schedule needs a name")
+        name = schedule.name
+        self.storage.schedules.to_row(schedule)
+        self._check_template(schedule)
+        for attempt in range(3):
+            try:
+                return await self._upsert_once(schedule, name, tx)
+            except DuplicateTask:
+                # Another process inserted the same name first: update that one.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _upsert_once(self, schedule: Schedule, name: str, tx: CallerTx | None) -> Schedule:
+        now = self.storage.now()
+
+        def body(conn: sa.Connection) -> Schedule:
+            current = self.storage.schedules.get_by_name(conn, name)
+            if current is None:
+                new = schedule
+                if new.next_run_at is None and new.status is ScheduleStatus.ACTIVE:
+                    first = timing.first_run(new, now)
+                    if first is None and new.end_at is not None:
+                        raise ValidationError(
+                            "end_at", f"{new.end_at.isoformat()} comes before the first run"
+                        )
+                    new = attrs.evolve(new, next_run_at=first)
+                self.storage.schedules.insert(conn, new)
+                self.storage.events.insert_rows(
+                    conn, [_schedule_event(EventType.SCHEDULED, new, now)]
+                )
+                return new
+            changes = {
+                field: getattr(schedule, field)
+                for field in _DECLARED
+                if getattr(schedule, field) != getattr(current, field)
+            }
+            if not changes:
+                return current
+            candidate = attrs.evolve(current, updated_at=now, **changes)
+            if _TIMING & set(changes) and candidate.status is ScheduleStatus.ACTIVE:
+                nxt = timing.run_from_now(candidate, now)
+                if nxt is None:
+                    candidate = attrs.evolve(candidate, status=ScheduleStatus.COMPLETED)
+                candidate = attrs.evolve(candidate, next_run_at=nxt)
+            row = self.storage.schedules.to_row(candidate)
+            row.pop("id")
+            updated = self.storage.schedules.update(
+                conn, current.id, row, expected_status=[current.status]
+            )
+            if updated is None:
+                raise InvalidTransition(f"schedule {current.id} changed during upsert; retry")
+            self.storage.events.insert_rows(
+                conn,
+                [
+                    _schedule_event(
+                        EventType.SCHEDULE_UPDATED, updated, now, data={"fields": sorted(changes)}
+                    )
+                ],
+            )
+            return updated
+
+        if tx is not None:
+            stored: Schedule = await tx.write(
+                self.storage, body, what="upsert schedule", wake=False
+            )
+            return stored
+        return await self.storage.write(body, what="upsert schedule")
 
     def _check_template(self, schedule: Schedule) -> None:
         """Build (not store) a task from the template: options that cannot make a

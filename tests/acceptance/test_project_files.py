@@ -36,3 +36,19 @@ def test_make_clean_removes_what_builds_and_tests_leave(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile", "README.md", "omniq"]
+
+
+def test_the_wheel_lists_every_package_of_omniq() -> None:
+    # The wheel ships exactly the listed packages: one left out (omniq.storage,
+    # omniq.workers once) imports in a checkout and fails in an install.
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"][
+            "packages"
+        ]
+    )
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "omniq").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert on_disk <= listed, sorted(on_disk - listed)

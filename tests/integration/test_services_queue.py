@@ -297,8 +297,15 @@ async def test_enqueue_many_rejects_dependency_cycle(svc: Services) -> None:
 
 @pytest.mark.parametrize(
     ("args", "kwargs"),
-    [([object()], None), (None, {"x": object()}), ([{1, 2}], None)],
-    ids=["arg", "kwarg", "set"],
+    # Sets are a payload type now (tests/unit/test_payload_types.py); a set of
+    # objects and a naive datetime are not.
+    [
+        ([object()], None),
+        (None, {"x": object()}),
+        ([{1, object()}], None),
+        ([datetime(2026, 1, 1)], None),
+    ],
+    ids=["arg", "kwarg", "set-of-objects", "naive-datetime"],
 )
 async def test_unserializable_arguments_raise_and_write_nothing(
     svc: Services, args: list[Any] | None, kwargs: dict[str, Any] | None

@@ -97,7 +97,8 @@ def test_json_rejects_non_finite_numbers(value: Any) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [object(), {1, 2}, b"bytes", datetime(2026, 1, 1, tzinfo=UTC), {"k": object()}, {(1, 2): 3}],
+    # Sets, bytes, aware datetimes and non-str keys have type tags (test_payload_types.py).
+    [object(), datetime(2026, 1, 1), {"k": object()}, {(1, 2): object()}, [1, {object()}]],
 )
 def test_json_rejects_non_json_objects(value: Any) -> None:
     with pytest.raises(SerializationError):
@@ -143,9 +144,9 @@ def test_json_keeps_unicode_and_is_compact() -> None:
     assert JsonSerializer().loads(text) == {"name": "Zoë ✓ 漢字", "n": [1, 2]}
 
 
-def test_json_tuples_become_lists() -> None:
+def test_json_tuples_stay_tuples() -> None:
     serializer = JsonSerializer()
-    assert serializer.loads(serializer.dumps((1, (2, 3)))) == [1, [2, 3]]
+    assert serializer.loads(serializer.dumps((1, (2, 3)))) == (1, (2, 3))
 
 
 # --- registry / pickle opt-in ------------------------------------------------------
