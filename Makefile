@@ -9,7 +9,7 @@ STAMP := $(VENV)/.omniq-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,bench,web,otel]"
+	$(PY) -m pip install --quiet -e ".[dev,bench,web,postgres,metrics,otel]"
 	touch $(STAMP)
 
 install: $(STAMP)
