@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import inspect
 import logging
 import os
@@ -50,12 +49,12 @@ from omniq.task_context import _current
 from omniq.tracing import attempt_trace
 from omniq.worker import logs
 from omniq.worker.background import TaskTimeout
-from omniq.worker.cancellation import Cancellation
 from omniq.worker.executors import Executor
 from omniq.worker.metering import WorkerMetricsHook
 from omniq.worker.outcomes import _needs_durable_start, _Running
 from omniq.worker.progress import ProgressReporter
 from omniq.worker.registry import TaskRegistry, default_registry
+from omniq.worker.shutdown import Stopping
 from omniq.worker.stats import WorkerStats
 
 log = logging.getLogger("omniq.worker")
@@ -78,7 +77,7 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
 
 
-class Worker(Cancellation):
+class Worker(Stopping):
     """Runs tasks from a :class:`TaskQueue`: async functions on the loop, sync ones in threads.
 
     ``executor="process"`` runs sync functions in child processes instead
@@ -236,21 +235,6 @@ class Worker(Cancellation):
         """Burst mode: run until no task is ready and none is running; return the stats."""
         await self._run(burst=True)
         return self.get_stats()
-
-    async def stop_async(self, grace_period: timedelta | float | None = None) -> None:
-        """Stop claiming; let running tasks finish within the grace period, release the rest."""
-        if grace_period is not None:
-            self.grace_period = to_timedelta(grace_period, "grace_period").total_seconds()
-        self._request_stop()
-        if self._main is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._main
-
-    def _request_stop(self, reason: str = "stop requested") -> None:
-        if not self._stopping:
-            self._stop_reason = reason
-        self._stopping = True
-        self.storage.notifier.notify()
 
     def get_stats(self) -> WorkerStats:
         """Counters of this worker since it started."""
@@ -603,54 +587,6 @@ class Worker(Cancellation):
             _current.reset(current)
             if self._progress.has_pending(task.id) and not entry.lost:
                 await self._progress.flush_task(task.id)  # its last report, before the outcome
-
-    # --- shutdown -----------------------------------------------------------------------
-
-    async def _shutdown(self) -> None:
-        # Background loops finish the write they are in (a cancelled write would
-        # leave the connection inside its transaction); heartbeats go on until the
-        # running tasks are settled, so their leases hold through the grace period.
-        heartbeat, *others = self._background
-        self._withdraw_queued_calls()
-        self._winding_down.set()
-        for job in others:
-            with contextlib.suppress(asyncio.CancelledError):
-                await job
-        buffered, self._buffer = self._buffer, []
-        if buffered:
-            await self._guard(
-                self._in_turn(self.queue.release_many_async(buffered, worker_id=self.worker_id))
-            )
-        handles = [e.handle for e in self._running.values() if e.handle is not None]
-        if handles:
-            _, pending = await asyncio.wait(handles, timeout=self.grace_period)
-            # Past the grace period, outcome writes that keep failing stop retrying.
-            self._abandon_writes = True
-            for entry in list(self._running.values()):
-                if entry.handle in pending:
-                    entry.releasing = True
-                    if entry.in_call:
-                        entry.handle.cancel()
-            if pending:
-                # Bounded: a write that hangs (not fails) must not hold shutdown; its
-                # transaction is shielded and finishes or rolls back on its own.
-                _, stuck = await asyncio.wait(pending, timeout=max(10.0, self.grace_period))
-                for handle in stuck:
-                    handle.cancel()
-                if stuck:
-                    await asyncio.wait(stuck, timeout=5.0)
-        self._tasks_settled.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
-        self._background = []
-        if self._pending_events or self._started_events:
-            await self._guard(self.queue.heartbeat_async({}, self._take_events()))
-        await self._progress.close()
-        if self.run_maintenance:
-            await self._guard(self.maintenance.release_async())
-        self.storage.notifier.cancel_listeners.discard(self._on_cancel_requested)
-        await self._unregister()
-        self.executor.shutdown()
 
 
 def _being_cancelled() -> bool:

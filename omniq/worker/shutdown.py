@@ -1,0 +1,98 @@
+"""Stopping a worker (a part of :class:`~omniq.worker.Worker`).
+
+``stop_async`` (or a signal) stops the claims; the prefetched tasks go back
+to pending unspent; running tasks get the grace period, then are released;
+heartbeats go on until every running task is settled, so their leases hold
+meanwhile; then the worker's registry row, maintenance lease and executor
+are let go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+
+from omniq._time import to_timedelta
+from omniq.models import Task
+from omniq.services.maintenance import Maintenance
+from omniq.worker.cancellation import Cancellation
+from omniq.worker.executors import Executor
+from omniq.worker.progress import ProgressReporter
+
+
+class Stopping(Cancellation):
+    """Stop requests and the shutdown sequence (see the module docstring)."""
+
+    grace_period: float
+    run_maintenance: bool
+    maintenance: Maintenance
+    executor: Executor
+    _progress: ProgressReporter
+    _stopping: bool
+    _stop_reason: str
+    _main: asyncio.Task[None] | None
+    _background: list[asyncio.Task[None]]
+    _winding_down: asyncio.Event
+    _buffer: list[Task]
+
+    async def stop_async(self, grace_period: timedelta | float | None = None) -> None:
+        """Stop claiming; let running tasks finish within the grace period, release the rest."""
+        if grace_period is not None:
+            self.grace_period = to_timedelta(grace_period, "grace_period").total_seconds()
+        self._request_stop()
+        if self._main is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main
+
+    def _request_stop(self, reason: str = "stop requested") -> None:
+        if not self._stopping:
+            self._stop_reason = reason
+        self._stopping = True
+        self.storage.notifier.notify()
+
+    async def _shutdown(self) -> None:
+        # Background loops finish the write they are in (a cancelled write would
+        # leave the connection inside its transaction); heartbeats go on until the
+        # running tasks are settled, so their leases hold through the grace period.
+        heartbeat, *others = self._background
+        self._withdraw_queued_calls()
+        self._winding_down.set()
+        for job in others:
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        buffered, self._buffer = self._buffer, []
+        if buffered:
+            await self._guard(
+                self._in_turn(self.queue.release_many_async(buffered, worker_id=self.worker_id))
+            )
+        handles = [e.handle for e in self._running.values() if e.handle is not None]
+        if handles:
+            _, pending = await asyncio.wait(handles, timeout=self.grace_period)
+            # Past the grace period, outcome writes that keep failing stop retrying.
+            self._abandon_writes = True
+            for entry in list(self._running.values()):
+                if entry.handle in pending:
+                    entry.releasing = True
+                    if entry.in_call:
+                        entry.handle.cancel()
+            if pending:
+                # Bounded: a write that hangs (not fails) must not hold shutdown; its
+                # transaction is shielded and finishes or rolls back on its own.
+                _, stuck = await asyncio.wait(pending, timeout=max(10.0, self.grace_period))
+                for handle in stuck:
+                    handle.cancel()
+                if stuck:
+                    await asyncio.wait(stuck, timeout=5.0)
+        self._tasks_settled.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        self._background = []
+        if self._pending_events or self._started_events:
+            await self._guard(self.queue.heartbeat_async({}, self._take_events()))
+        await self._progress.close()
+        if self.run_maintenance:
+            await self._guard(self.maintenance.release_async())
+        self.storage.notifier.cancel_listeners.discard(self._on_cancel_requested)
+        await self._unregister()
+        self.executor.shutdown()
