@@ -27,7 +27,7 @@ class PipeProgress:
     def __init__(
         self, conn: multiprocessing.connection.Connection, interval: float = SEND_INTERVAL
     ) -> None:
-        self._conn = conn
+        self._pipe = conn
         self._interval = interval
         self._lock = threading.Lock()
         self._pending: _Report | None = None
@@ -61,7 +61,7 @@ class PipeProgress:
         self._pending = None
         self._last = time.monotonic()
         try:
-            self._conn.send(("progress", *report))
+            self._pipe.send(("progress", *report))
         except OSError:  # the worker is gone: the process ends with it
             self._closed = True
 
