@@ -523,7 +523,11 @@ class Worker(Stopping):
             if entry.trace is not None:
                 entry.trace.end(entry.outcome, entry.error)
             self._free_slot(entry)
-            self._running.pop(entry.task.id, None)
+            # Only this attempt's own entry: its retry (the same task id) may
+            # already be claimed and running while this attempt's outcome was
+            # being written.
+            if self._running.get(entry.task.id) is entry:
+                del self._running[entry.task.id]
             if not self._running:
                 self.storage.notifier.notify()  # burst mode ends on an empty worker
 

@@ -36,7 +36,7 @@ from omniq.models import (
     TaskResult,
     TaskStatus,
 )
-from omniq.services import ErrorInfo, Services
+from omniq.services import ErrorInfo, Services, TaskQueue
 from omniq.services.maintenance import Maintenance
 from omniq.worker import Worker
 
@@ -810,6 +810,44 @@ async def test_stopping_a_worker_leaves_the_services_usable(
         # The same services still write after the stop.
         assert await svc.queue.cancel_async(await svc.queue.enqueue_async(ref("add"), [0, 0]))
     assert await svc.events.get_events_async(event_type=EventType.ERROR) == []
+
+
+async def test_a_retry_claimed_while_its_failure_is_still_being_settled_runs(
+    open_services: ServicesFactory, tmp_path: Path
+) -> None:
+    # The failed attempt's bookkeeping ends only after its retry (the same task
+    # id) was claimed again by this worker: finishing the first attempt must
+    # not drop the retry from the running tasks (a burst worker then stopped
+    # with the retry left running under its lease, and no heartbeat renewed it).
+    svc = await open_services()
+
+    class SettlesLate(TaskQueue):
+        async def fail_many_async(self, failures: Any, **kwargs: Any) -> Any:
+            statuses = await super().fail_many_async(failures, **kwargs)
+            task_id = failures[0][0].id
+
+            async def claimed_again() -> bool:
+                return await status_of(svc, task_id) is TaskStatus.RUNNING
+
+            await wait_until(claimed_again, "the retry to be claimed")
+            return statuses
+
+    task_id = await svc.queue.enqueue_async(
+        ref("flaky"), [str(tmp_path / "count"), 1], max_retries=1, retry_delay=0
+    )
+    worker = Worker(
+        SettlesLate(svc.storage, svc.queue.queues),
+        svc.results,
+        svc.events,
+        allow_modules=[MODULE],
+        run_scheduler=False,
+        run_maintenance=False,
+        poll_interval=0.02,
+    )
+    with anyio.fail_after(DEADLINE):
+        stats = await worker.run_until_complete_async()
+    assert (stats.retried, stats.completed) == (1, 1)
+    assert await status_of(svc, task_id) is TaskStatus.COMPLETED
 
 
 async def test_heartbeats_beside_completions_never_deadlock(
