@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         TaskResult,
         TaskStatus,
     )
+    from omniq.models.limits import Limit, QueueLimits, Rate
     from omniq.services import ErrorInfo, EventStorage, ResultStorage, Services, Storage, TaskQueue
     from omniq.sync import (
         OmniQ,
@@ -101,6 +102,9 @@ _LAZY: dict[str, str] = {
     "TaskProgress": "omniq.models",
     "TaskResult": "omniq.models",
     "TaskStatus": "omniq.models",
+    "Limit": "omniq.models.limits",
+    "QueueLimits": "omniq.models.limits",
+    "Rate": "omniq.models.limits",
     "ErrorInfo": "omniq.services",
     "EventStorage": "omniq.services",
     "ResultStorage": "omniq.services",
@@ -136,11 +140,14 @@ __all__ = [
     "InvalidRow",
     "InvalidTransition",
     "LeaseLost",
+    "Limit",
     "MisfirePolicy",
     "NoCurrentTask",
     "OmniQ",
     "OmniQConfig",
     "OmniQError",
+    "QueueLimits",
+    "Rate",
     "ResultStatus",
     "ResultStorage",
     "Schedule",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from omniq.app_flow import FlowMethods, check_task_limits
 from omniq.app_schedules import ScheduleMethods
 from omniq.config import OmniQConfig
 from omniq.db.engine import default_sqlite_url
@@ -30,6 +31,7 @@ from omniq.models import (
     TaskStatus,
     WorkerInfo,
 )
+from omniq.models.limits import Limit, Rate
 from omniq.models.rules import check_worker_options
 from omniq.services import Services
 from omniq.services.maintenance import Maintenance, MaintenanceReport
@@ -53,7 +55,7 @@ Mode = Literal["normal", "eager"]
 MEMORY_URL = "sqlite+aiosqlite:///:memory:"
 
 
-class AsyncOmniQ(ScheduleMethods):
+class AsyncOmniQ(ScheduleMethods, FlowMethods):
     """One OmniQ project: its database, queue, results, events, schedules and workers.
 
     ``url=None`` means the SQLite file ``<base_dir>/<project_name>.db`` (with
@@ -216,11 +218,14 @@ class AsyncOmniQ(ScheduleMethods):
         Options (queue_name, priority, max_retries, retry_delay, timeout, ttl,
         result_ttl...) become the defaults of its ``enqueue``. The handle keeps
         the function's signature for type checkers (see :class:`TaskHandle`).
+        ``concurrency=Limit(...)`` and ``rate=Rate(...)`` limit its runs across
+        every worker (README: "Flow control").
         """
         if queue_name is not None:
             options["queue_name"] = queue_name
 
         def decorate(f: Callable[P, R]) -> TaskHandle[P, R]:
+            check_task_limits(f, options)
             self.registry.register(f)
             return TaskHandle(self, f, options)
 
@@ -258,8 +263,15 @@ class AsyncOmniQ(ScheduleMethods):
         on_duplicate: Literal["return", "raise"] = "return",
         connection: AsyncConnection | sa.Connection | None = None,
         session: AsyncSession | Session | None = None,
+        concurrency: Limit | None = None,
+        rate: Rate | None = None,
+        concurrency_key: str | None = None,
+        rate_key: str | None = None,
     ) -> str:
         """Enqueue ``func(*func_args, **func_kwargs)``; return the task id.
+
+        ``concurrency`` / ``rate`` limit it (a task handle brings those it was
+        declared with); ``concurrency_key`` / ``rate_key`` set this call's keys.
 
         ``func_args`` may also be a mapping of keyword arguments. With
         ``connection=`` (an ``AsyncConnection``, or a ``Connection`` for the
@@ -272,6 +284,9 @@ class AsyncOmniQ(ScheduleMethods):
         self._remember(func)
         if callback is not None:
             self._remember(callback)
+        if isinstance(func, TaskHandle):
+            concurrency = concurrency or func.options.get("concurrency")
+            rate = rate or func.options.get("rate")
         task_id = await svc.queue.enqueue_async(
             func,
             func_args,
@@ -296,6 +311,10 @@ class AsyncOmniQ(ScheduleMethods):
             on_duplicate=on_duplicate,
             connection=connection,
             session=session,
+            concurrency=concurrency,
+            rate=rate,
+            concurrency_key=concurrency_key,
+            rate_key=rate_key,
         )
         # A task in the caller's transaction cannot run before that commits.
         if self.mode == "eager" and connection is None and session is None:

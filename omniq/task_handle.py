@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from omniq.app import AsyncOmniQ
+    from omniq.models.limits import Limit, Rate
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -37,6 +38,11 @@ class TaskHandle(Generic[P, R]):
         self.func = func
         self.options = options
         self.ref = callable_ref(func)
+        #: What enqueue names: the function itself when a limit's key is
+        #: taken from its arguments (bound by its signature), else its reference.
+        self._target: Callable[..., Any] | str = (
+            func if options.get("concurrency") or options.get("rate") else self.ref
+        )
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -63,17 +69,22 @@ class TaskHandle(Generic[P, R]):
         tags: Sequence[str] | None = None,
         store_result: bool | None = None,
         on_duplicate: Literal["return", "raise"] | None = None,
+        concurrency: Limit | None = None,
+        rate: Rate | None = None,
+        concurrency_key: str | None = None,
+        rate_key: str | None = None,
     ) -> TaskHandle[P, R]:
         """A copy of this handle whose enqueues use these options (over the decorator's).
 
-        ``send_email.with_options(priority=5, run_in=60).enqueue("ada@example.org")``
+        ``send_email.with_options(priority=5, run_in=60).enqueue("ada@example.org")``;
+        ``concurrency_key=`` / ``rate_key=`` set the keys of its limits for these calls.
         """
         given = {k: v for k, v in locals().items() if k != "self" and v is not None}
         return TaskHandle(self.app, self.func, {**self.options, **given})
 
     async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue a call with these arguments and the handle's options; return its id."""
-        return await self.app.enqueue_async(self.ref, list(args), kwargs, **self.options)
+        return await self.app.enqueue_async(self._target, list(args), kwargs, **self.options)
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Blocking twin of :meth:`enqueue_async`.
@@ -97,7 +108,7 @@ class TaskHandle(Generic[P, R]):
         """Enqueue a call in the open transaction of ``tx`` (the application's
         connection or ORM session); it exists once that transaction commits."""
         return await self.app.enqueue_async(
-            self.ref, list(args), kwargs, **self.options, **_tx_argument(tx)
+            self._target, list(args), kwargs, **self.options, **_tx_argument(tx)
         )
 
     def enqueue_in(self, tx: sa.Connection | Session, /, *args: P.args, **kwargs: P.kwargs) -> str:

@@ -78,6 +78,13 @@ tasks = sa.Table(
     sa.Column("cancel_requested", sa.Boolean, nullable=False),
     # W3C trace context (traceparent/tracestate as JSON) of the span that enqueued it.
     sa.Column("trace_context", sa.Text),
+    # Flow control (revision 0010): the task's concurrency and rate keys and
+    # their limits as declared (see omniq_limits); NULL for most tasks.
+    sa.Column("concurrency_key", NAME),
+    sa.Column("concurrency_max", sa.Integer),
+    sa.Column("rate_key", NAME),
+    sa.Column("rate_limit", sa.Integer),
+    sa.Column("rate_period", Duration),
     # Partial indexes: only rows that can match the sweeps are indexed.
     *(
         sa.Index(
@@ -87,6 +94,14 @@ tasks = sa.Table(
             postgresql_where=sa.text(f"{column} IS NOT NULL"),
         )
         for column in ("expires_at", "lease_expires_at", "completed_at")
+    ),
+    # Flow control: running tasks per concurrency key are counted by the claim.
+    sa.Index(
+        "ix_omniq_tasks_concurrency_key",
+        "concurrency_key",
+        "status",
+        sqlite_where=sa.text("concurrency_key IS NOT NULL"),
+        postgresql_where=sa.text("concurrency_key IS NOT NULL"),
     ),
     sa.Index(
         "uq_omniq_tasks_live_unique_key",
@@ -285,6 +300,24 @@ locks = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False),
 )
 
+limits = sa.Table(
+    "omniq_limits",
+    metadata,
+    # Flow control (revision 0010), one row per key: kind "concurrency" (max_running),
+    # "rate" (a token bucket: rate_limit tokens per rate_period, tokens left at
+    # refilled_at), or "queue" (a queue's own limits and its pause). Claims lock
+    # the rows of the keys they consider; running tasks are counted, not stored.
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("key", NAME, primary_key=True),
+    sa.Column("max_running", sa.Integer),
+    sa.Column("rate_limit", sa.Integer),
+    sa.Column("rate_period", Duration),
+    sa.Column("tokens", sa.Float),
+    sa.Column("refilled_at", UTCDateTime),
+    sa.Column("paused_at", UTCDateTime),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
 workers = sa.Table(
     "omniq_workers",
     metadata,
@@ -304,6 +337,7 @@ workers = sa.Table(
 __all__ = [
     "attempts",
     "events",
+    "limits",
     "locks",
     "metadata",
     "results",

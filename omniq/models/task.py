@@ -173,6 +173,14 @@ class Task:
     #: The W3C trace context (JSON of ``traceparent``/``tracestate``) of the span
     #: that enqueued the task, when tracing is on; None otherwise.
     trace_context: str | None = attrs.field(default=None, validator=optional_str)
+    #: Flow control (see :mod:`omniq.models.limits`): at most ``concurrency_max``
+    #: tasks of ``concurrency_key`` run at a time; ``rate_limit`` starts per
+    #: ``rate_period`` for ``rate_key``. None: no such limit.
+    concurrency_key: str | None = attrs.field(default=None, validator=optional_str)
+    concurrency_max: int | None = attrs.field(default=None, validator=non_negative_int)
+    rate_key: str | None = attrs.field(default=None, validator=optional_str)
+    rate_limit: int | None = attrs.field(default=None, validator=non_negative_int)
+    rate_period: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
     #: Set when the stored payload could not be decoded; the args are then empty
     #: and the worker fails the task with this message instead of running it.
     payload_error: str | None = attrs.field(default=None, eq=False)
@@ -182,6 +190,14 @@ class Task:
             raise ValidationError("depends_on", "a task cannot depend on itself")
         if self.timeout is not None and self.timeout == timedelta(0):
             raise ValidationError("timeout", "must be positive (or None for the default)")
+        if (self.concurrency_key is None) != (self.concurrency_max is None):
+            raise ValidationError("concurrency_key", "a concurrency key goes with its maximum")
+        if self.concurrency_max == 0:
+            raise ValidationError("concurrency_max", "must be positive")
+        if len({self.rate_key is None, self.rate_limit is None, self.rate_period is None}) > 1:
+            raise ValidationError("rate_key", "a rate key goes with its limit and period")
+        if self.rate_limit == 0 or self.rate_period == timedelta(0):
+            raise ValidationError("rate_limit", "must be positive")
 
     @property
     def is_final(self) -> bool:

@@ -34,8 +34,10 @@ class PickStatements:
         token: str,
         lease_until: datetime,
         worker_id: str,
+        start: bool = True,
     ) -> list[Task]:
-        """Move those of ``ids`` that are ready (pending, due, unexpired) to running, started."""
+        """Move those of ``ids`` that are ready (pending, due, unexpired) to running,
+        started (``attempts`` + 1) unless ``start=False`` (see ``TaskRepository.claim``)."""
         if not ids:
             return []
         stmt = (
@@ -51,8 +53,8 @@ class PickStatements:
                 lease_token=token,
                 lease_expires_at=lease_until,
                 worker_id=worker_id,
-                attempts=t.c.attempts + 1,
-                started_at=now,
+                attempts=t.c.attempts + 1 if start else t.c.attempts,
+                started_at=now if start else None,
             )
             .returning(*t.c)
         )

@@ -24,6 +24,7 @@ from omniq.models import Task, TaskStatus
 from omniq.models.task import task_from_row_values
 from omniq.repositories._base import PayloadCodec, translate_errors
 from omniq.repositories.dependencies import DependencyStatements
+from omniq.repositories.limits import controlled_queues
 from omniq.repositories.task_browse import BrowseStatements
 from omniq.repositories.task_picks import PickStatements
 from omniq.repositories.task_sweeps import SweepStatements
@@ -322,6 +323,10 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
                 t.c.expires_at.is_(None),
                 t.c.expires_at > sa.bindparam("now", type_=t.c.expires_at.type),
             ),
+            # Tasks that limits or a queue's row may hold back: the limited claim's.
+            t.c.concurrency_key.is_(None),
+            t.c.rate_key.is_(None),
+            t.c.queue_name.not_in(controlled_queues()),
         )
         if by_queue:
             sub = sub.where(t.c.queue_name == sa.bindparam("queue"))

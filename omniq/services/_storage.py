@@ -44,6 +44,7 @@ from omniq.repositories import (
     TaskRepository,
 )
 from omniq.repositories._base import PayloadCodec, is_locked_error, translate_errors
+from omniq.repositories.limits import LimitRepository
 from omniq.repositories.locks import LockRepository
 from omniq.repositories.progress import ProgressRepository
 from omniq.repositories.workers import WorkerRepository
@@ -152,6 +153,7 @@ class Storage:
         self.workers = WorkerRepository(self.dialect)
         self.attempts = AttemptRepository()
         self.progress = ProgressRepository(self.dialect)
+        self.limits = LimitRepository(self.dialect)
         key = engine.url.render_as_string(hide_password=True)
         if self.settings.db_schema is not None:
             key = f"{key}#{self.settings.db_schema}"

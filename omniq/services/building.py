@@ -9,6 +9,7 @@ from typing import Any
 from omniq._time import require_aware, to_timedelta
 from omniq.errors import ValidationError
 from omniq.models import Settings, Task
+from omniq.models.limits import Limit, Rate, task_limit_fields
 from omniq.serialization import callable_ref
 from omniq.services._shared import _as_tuple, _duration
 from omniq.services._storage import Storage
@@ -49,6 +50,10 @@ class TaskBuilder:
         store_result: bool = True,
         serializer: str | None = None,
         task_id: str | None = None,
+        concurrency: Limit | None = None,
+        rate: Rate | None = None,
+        concurrency_key: str | None = None,
+        rate_key: str | None = None,
     ) -> Task:
         """A validated Task with this queue's defaults applied (nothing is written)."""
         s = self.settings
@@ -76,8 +81,22 @@ class TaskBuilder:
         opts: dict[str, Any] = {}
         if task_id is not None:
             opts["id"] = task_id
+        ref = callable_ref(func)
+        if any(x is not None for x in (concurrency, rate, concurrency_key, rate_key)):
+            opts.update(
+                task_limit_fields(
+                    concurrency=concurrency,
+                    rate=rate,
+                    concurrency_key=concurrency_key,
+                    rate_key=rate_key,
+                    ref=ref,
+                    func=None if isinstance(func, str) else func,
+                    args=tuple(func_args or ()),
+                    kwargs=dict(func_kwargs or {}),
+                )
+            )
         return Task(
-            func=callable_ref(func),
+            func=ref,
             func_args=func_args or (),
             func_kwargs=func_kwargs or {},
             queue_name=queue_name or s.default_queue,

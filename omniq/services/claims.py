@@ -38,7 +38,7 @@ from omniq.services._shared import (
     _finish_values,
     log,
 )
-from omniq.services.enqueue import Enqueue
+from omniq.services.flow import FlowControl
 
 __all__ = ["Claims", "Start"]
 
@@ -46,7 +46,7 @@ __all__ = ["Claims", "Start"]
 Start = tuple[str, str | None, datetime]
 
 
-class Claims(Enqueue):
+class Claims(FlowControl):
     """Claims of ready tasks by workers (and by hand)."""
 
     async def dequeue_async(
@@ -156,6 +156,17 @@ class Claims(Enqueue):
                 unreadable=unreadable,
                 start=start,
             )
+            if len(claimed) < n:
+                claimed += self._claim_limited(
+                    conn,
+                    queues=queues,
+                    n=n - len(claimed),
+                    now=now,
+                    token=token,
+                    lease_until=now + self.settings.lease_duration,
+                    worker_id=worker,
+                    start=start,
+                )
             if unreadable:
                 self._quarantine(conn, unreadable, token, now)
             attempt = 0 if start else 1

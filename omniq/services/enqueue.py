@@ -125,9 +125,11 @@ class Enqueue(Sweeps):
             _event(EventType.ENQUEUED, x, timestamp=x.created_at, data=self._enqueued(x))
             for x, _ in items
         ]
+        now = self.storage.now()
 
         def body(conn: sa.Connection) -> None:
             self.storage.tasks.insert_rows(conn, rows)
+            self.storage.limits.declare(conn, [x for x, _ in items], now)
             self.storage.events.insert_rows(conn, events)
 
         await self.storage.write(body, what="enqueue")
@@ -205,6 +207,7 @@ class Enqueue(Sweeps):
             conn, [rows[x.id] if id(x) in batch_given else repo.to_row(x) for x in plain]
         )
         repo.insert_edges(conn, written)
+        self.storage.limits.declare(conn, written, self.storage.now())
         self._log_enqueued(conn, written)
         return ids
 

@@ -341,7 +341,11 @@ class Worker(Stopping):
                     if not busy:
                         return
                     continue
-            await self.storage.notifier.wait(idle)
+            # Ready tasks held back by rate limits: sleep until the next token
+            # (new work still wakes the worker), not a fast poll.
+            due = self.queue.flow_wait
+            wait = idle if due is None else min(max(due, _MIN_POLL), self.poll_interval)
+            await self.storage.notifier.wait(wait)
             idle = min(idle * 2, self.poll_interval)
 
     def _prefetch_now(self) -> int:

@@ -1,0 +1,259 @@
+"""Limits repository: Core statements on ``omniq_limits`` and the limited part of the claim.
+
+A row per key: kind ``concurrency`` (``max_running``), ``rate`` (a token
+bucket: ``rate_limit`` tokens per ``rate_period``, ``tokens`` left at
+``refilled_at``) or ``queue`` (a queue's own limits, and ``paused_at``).
+Running tasks are counted from ``omniq_tasks``, never stored: a task that
+leaves ``running`` (completion, failure, retry, release, lease recovery)
+gives its slot back in that same transaction, by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from omniq.db.engine import Dialect
+from omniq.db.schema import limits as lim
+from omniq.db.schema import tasks as t
+from omniq.models import Task, TaskStatus
+from omniq.repositories._base import translate_errors
+
+__all__ = ["CONCURRENCY", "QUEUE", "RATE", "LimitRepository", "controlled_queues"]
+
+CONCURRENCY = "concurrency"
+RATE = "rate"
+QUEUE = "queue"
+
+_PENDING = TaskStatus.PENDING.value
+_RUNNING = TaskStatus.RUNNING.value
+_ORDER = (t.c.priority.desc(), t.c.run_at, t.c.id)
+
+
+def controlled_queues() -> sa.Select[tuple[str]]:
+    """The queues a plain claim skips: paused, or with queue-wide limits (a queue row)."""
+    return sa.select(lim.c.key).where(lim.c.kind == QUEUE)
+
+
+def _ready(now: datetime, queues: Sequence[str] | None) -> list[sa.ColumnElement[bool]]:
+    cond = [
+        t.c.status == _PENDING,
+        t.c.run_at <= now,
+        sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now),
+    ]
+    if queues:
+        cond.append(t.c.queue_name.in_(list(queues)))
+    return cond
+
+
+class LimitRepository:
+    """Declared limits, queue settings, and the statements of the limited claim."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        insert = dialect.insert(lim)
+        changed = sa.or_(
+            lim.c.max_running.is_distinct_from(insert.excluded.max_running),
+            lim.c.rate_limit.is_distinct_from(insert.excluded.rate_limit),
+            lim.c.rate_period.is_distinct_from(insert.excluded.rate_period),
+        )
+        self._declare = insert.on_conflict_do_update(
+            index_elements=[lim.c.kind, lim.c.key],
+            set_={
+                "max_running": insert.excluded.max_running,
+                "rate_limit": insert.excluded.rate_limit,
+                "rate_period": insert.excluded.rate_period,
+                "updated_at": insert.excluded.updated_at,
+            },
+            where=changed,
+        )
+        self._spend = (
+            sa.update(lim)
+            .where(lim.c.kind == sa.bindparam("k_kind"), lim.c.key == sa.bindparam("k_key"))
+            .values(
+                tokens=sa.bindparam("k_tokens", type_=lim.c.tokens.type),
+                refilled_at=sa.bindparam("k_at", type_=lim.c.refilled_at.type),
+            )
+        )
+
+    # --- declarations -------------------------------------------------------------
+
+    def declare(self, conn: Connection, tasks: Iterable[Task], now: datetime) -> None:
+        """Create (or update to the latest declaration) the rows of these tasks' keys."""
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for x in tasks:
+            if x.concurrency_key is not None:
+                rows[CONCURRENCY, x.concurrency_key] = _row(
+                    CONCURRENCY, x.concurrency_key, now, max_running=x.concurrency_max
+                )
+            if x.rate_key is not None:
+                rows[RATE, x.rate_key] = _row(
+                    RATE,
+                    x.rate_key,
+                    now,
+                    rate_limit=x.rate_limit,
+                    rate_period=x.rate_period,
+                    tokens=float(x.rate_limit or 0),
+                    refilled_at=now,
+                )
+        if not rows:
+            return
+        # In key order, as claims lock them: concurrent writers cannot deadlock.
+        with translate_errors("declare limits"):
+            for key in sorted(rows):
+                conn.execute(self._declare, rows[key])
+
+    def get(self, conn: Connection, kind: str, key: str) -> dict[str, Any] | None:
+        """The row of ``(kind, key)``, or None."""
+        stmt = sa.select(lim).where(lim.c.kind == kind, lim.c.key == key)
+        with translate_errors("get limits"):
+            row = conn.execute(stmt).mappings().one_or_none()
+        return None if row is None else dict(row)
+
+    def of_kind(self, conn: Connection, kind: str) -> list[dict[str, Any]]:
+        """Every row of ``kind``, by key."""
+        stmt = sa.select(lim).where(lim.c.kind == kind).order_by(lim.c.key)
+        with translate_errors("list limits"):
+            return [dict(row) for row in conn.execute(stmt).mappings().all()]
+
+    def put(self, conn: Connection, row: Mapping[str, Any]) -> None:
+        """Write the whole row of ``(row["kind"], row["key"])`` (insert or replace)."""
+        insert = self.dialect.insert(lim)
+        stmt = insert.on_conflict_do_update(
+            index_elements=[lim.c.kind, lim.c.key],
+            set_={c.key: insert.excluded[c.key] for c in lim.c if not c.primary_key},
+        )
+        with translate_errors("set limits"):
+            conn.execute(stmt, dict(row))
+
+    def delete(self, conn: Connection, kind: str, key: str) -> bool:
+        """Remove the row of ``(kind, key)``; True if there was one."""
+        stmt = sa.delete(lim).where(lim.c.kind == kind, lim.c.key == key)
+        with translate_errors("set limits"):
+            return bool(conn.execute(stmt).rowcount)
+
+    # --- the limited claim ----------------------------------------------------------
+
+    def lock_for_claim(
+        self, conn: Connection, queues: Sequence[str] | None, now: datetime
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """Lock (PostgreSQL: FOR UPDATE, in key order) and read the rows that may
+        bind the ready tasks of ``queues``: their keys' rows and the queues' rows.
+
+        Claimers of the same keys queue on these row locks, so each one counts
+        running tasks and spends tokens after the previous one committed.
+        """
+        ready = _ready(now, queues)
+        ckeys = sa.select(t.c.concurrency_key).where(*ready, t.c.concurrency_key.is_not(None))
+        rkeys = sa.select(t.c.rate_key).where(*ready, t.c.rate_key.is_not(None))
+        own = lim.c.key.in_(list(queues)) if queues else sa.true()
+        stmt = (
+            sa.select(lim)
+            .where(
+                sa.or_(
+                    sa.and_(lim.c.kind == CONCURRENCY, lim.c.key.in_(ckeys)),
+                    sa.and_(lim.c.kind == RATE, lim.c.key.in_(rkeys)),
+                    sa.and_(lim.c.kind == QUEUE, own),
+                )
+            )
+            .order_by(lim.c.kind, lim.c.key)
+        )
+        if self.dialect.skip_locked:
+            stmt = stmt.with_for_update(of=lim)
+        with translate_errors("claim tasks"):
+            rows = conn.execute(stmt).mappings().all()
+        return {(row["kind"], row["key"]): dict(row) for row in rows}
+
+    def running(
+        self, conn: Connection, keys: Sequence[str], queues: Sequence[str]
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Running (claimed) tasks per concurrency key of ``keys``, and per queue of ``queues``."""
+        by_key: dict[str, int] = {}
+        by_queue: dict[str, int] = {}
+        with translate_errors("claim tasks"):
+            if keys:
+                stmt = (
+                    sa.select(t.c.concurrency_key, sa.func.count())
+                    .where(
+                        t.c.concurrency_key.is_not(None),
+                        t.c.concurrency_key.in_(list(keys)),
+                        t.c.status == _RUNNING,
+                    )
+                    .group_by(t.c.concurrency_key)
+                )
+                by_key = {row[0]: int(row[1]) for row in conn.execute(stmt).all()}
+            if queues:
+                stmt = (
+                    sa.select(t.c.queue_name, sa.func.count())
+                    .where(t.c.queue_name.in_(list(queues)), t.c.status == _RUNNING)
+                    .group_by(t.c.queue_name)
+                )
+                by_queue = {row[0]: int(row[1]) for row in conn.execute(stmt).all()}
+        return by_key, by_queue
+
+    def candidates(
+        self,
+        conn: Connection,
+        queues: Sequence[str] | None,
+        now: datetime,
+        *,
+        limited_queues: Sequence[str],
+        paused: Sequence[str],
+        n: int,
+    ) -> list[sa.Row[Any]]:
+        """Ready tasks that limits may hold back, the first ``n`` of each
+        (queue, concurrency key, rate key) in claim order.
+
+        Tasks of one such group share every limit, so beyond its first ``n``
+        none can be claimed when those are not: a hot key contributes ``n`` rows
+        and never hides a quiet one (the window looks past blocked keys).
+        """
+        limited = [t.c.concurrency_key.is_not(None), t.c.rate_key.is_not(None)]
+        if limited_queues:
+            limited.append(t.c.queue_name.in_(list(limited_queues)))
+        cond = [*_ready(now, queues), sa.or_(*limited)]
+        if paused:
+            cond.append(t.c.queue_name.not_in(list(paused)))
+        rank = (
+            sa.func.row_number()
+            .over(partition_by=(t.c.queue_name, t.c.concurrency_key, t.c.rate_key), order_by=_ORDER)
+            .label("rank")
+        )
+        inner = (
+            sa.select(
+                t.c.id,
+                t.c.queue_name,
+                t.c.priority,
+                t.c.run_at,
+                t.c.concurrency_key,
+                t.c.rate_key,
+                rank,
+            )
+            .where(*cond)
+            .subquery("ready")
+        )
+        stmt = sa.select(inner).where(inner.c.rank <= n)
+        with translate_errors("claim tasks"):
+            return list(conn.execute(stmt).all())
+
+    def spend(
+        self, conn: Connection, spent: Sequence[tuple[str, str, float]], now: datetime
+    ) -> None:
+        """Store rate buckets after a claim: ``(kind, key, tokens left)``, refilled at ``now``."""
+        if not spent:
+            return
+        params = [
+            {"k_kind": k, "k_key": key, "k_tokens": left, "k_at": now} for k, key, left in spent
+        ]
+        with translate_errors("claim tasks"):
+            conn.execute(self._spend, params)
+
+
+def _row(kind: str, key: str, now: datetime, **values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {c.key: None for c in lim.c}
+    row.update(kind=kind, key=key, updated_at=now, **values)
+    return row

@@ -1,0 +1,303 @@
+"""Flow control: the limited part of the claim, queue-wide limits and queue pause.
+
+The plain claim (:meth:`TaskRepository.claim`) takes only tasks without keys
+from queues without a row in ``omniq_limits``; when it leaves room, the same
+claim transaction runs :meth:`FlowControl._claim_limited`: it locks the rows of
+the keys that ready tasks carry (PostgreSQL: ``FOR UPDATE`` in key order; SQLite:
+the single writer), counts running tasks per concurrency key and queue,
+refills the token buckets by the time elapsed (the storage clock), picks
+tasks in claim order within the budgets, claims them and spends tokens.
+
+A task held back costs nothing: it stays pending, its attempts unchanged.
+Slots come back with the status change of the task that held them (counted,
+not stored), so completion, failure, retry, release and lease recovery all
+free them in their own transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from omniq.errors import ValidationError
+from omniq.models import Task
+from omniq.models.limits import QueueLimits, Rate
+from omniq.repositories.limits import CONCURRENCY, QUEUE, RATE
+from omniq.services.enqueue import Enqueue
+
+__all__ = ["FlowControl"]
+
+#: Budget keys: (kind, key); a queue's rate bucket is ("queue-rate", name).
+_QUEUE_RATE = "queue-rate"
+
+
+def _refill(row: dict[str, Any], now: datetime) -> float:
+    """The tokens of a bucket row at ``now``: refilled by the time since ``refilled_at``."""
+    limit = float(row["rate_limit"])
+    per: timedelta = row["rate_period"]
+    tokens = limit if row["tokens"] is None else float(row["tokens"])
+    at: datetime | None = row["refilled_at"]
+    elapsed = 0.0 if at is None else max(0.0, (now - at).total_seconds())
+    return min(limit, tokens + elapsed * limit / per.total_seconds())
+
+
+def _token_due(row: dict[str, Any], tokens: float) -> float:
+    """Seconds until a bucket holding ``tokens`` has one."""
+    per: timedelta = row["rate_period"]
+    return max(0.0, (1.0 - tokens) * per.total_seconds() / float(row["rate_limit"]))
+
+
+class FlowControl(Enqueue):
+    """Queue-wide limits and pause, and the claim of tasks that limits may hold back."""
+
+    #: After a claim that found ready tasks held back only by rate limits (and
+    #: claimed none of them): seconds until the next token is due. A worker
+    #: sleeps that long (or until woken) instead of polling faster.
+    flow_wait: float | None = None
+
+    # --- the claim ------------------------------------------------------------------
+
+    def _claim_limited(
+        self,
+        conn: sa.Connection,
+        *,
+        queues: Sequence[str] | None,
+        n: int,
+        now: datetime,
+        token: str,
+        lease_until: datetime,
+        worker_id: str,
+        start: bool,
+    ) -> list[Task]:
+        """Claim up to ``n`` ready tasks that limits or a queue row concern, within the limits."""
+        self.flow_wait = None
+        repo = self.storage.limits
+        rows = repo.lock_for_claim(conn, queues, now)
+        if not rows:
+            return []
+        queue_rows = {key: row for (kind, key), row in rows.items() if kind == QUEUE}
+        paused = sorted(q for q, row in queue_rows.items() if row["paused_at"] is not None)
+        limited = sorted(set(queue_rows) - set(paused))
+        found = repo.candidates(conn, queues, now, limited_queues=limited, paused=paused, n=n)
+        if not found:
+            return []
+        keys = sorted(
+            {x.concurrency_key for x in found if (CONCURRENCY, x.concurrency_key) in rows}
+        )
+        capped = [q for q in limited if queue_rows[q]["max_running"] is not None]
+        by_key, by_queue = repo.running(conn, keys, capped)
+        budget: dict[tuple[str, str], float] = {}
+        buckets: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        for (kind, key), row in rows.items():
+            if kind == CONCURRENCY and row["max_running"] is not None:
+                budget[kind, key] = row["max_running"] - by_key.get(key, 0)
+            elif kind == RATE and row["rate_limit"] is not None:
+                budget[kind, key] = _refill(row, now)
+                buckets[kind, key] = (RATE, row)
+            elif kind == QUEUE:
+                if row["max_running"] is not None:
+                    budget[QUEUE, key] = row["max_running"] - by_queue.get(key, 0)
+                if row["rate_limit"] is not None:
+                    budget[_QUEUE_RATE, key] = _refill(row, now)
+                    buckets[_QUEUE_RATE, key] = (QUEUE, row)
+        rank = {name: i for i, name in enumerate(queues or ())}
+        found.sort(key=lambda x: (rank.get(x.queue_name, 0), -x.priority, x.run_at, x.id))
+        picked: list[str] = []
+        held_by_rate: set[tuple[str, str]] = set()
+        for x in found:
+            if len(picked) >= n:
+                break
+            needs = [
+                (CONCURRENCY, x.concurrency_key),
+                (RATE, x.rate_key),
+                (QUEUE, x.queue_name),
+                (_QUEUE_RATE, x.queue_name),
+            ]
+            limits = [need for need in needs if need in budget]
+            short = [need for need in limits if budget[need] < 1]
+            if short:
+                held_by_rate.update(need for need in short if need in buckets)
+                continue
+            for need in limits:
+                budget[need] -= 1
+            picked.append(x.id)
+        claimed = self.storage.tasks.claim_ids(
+            conn,
+            picked,
+            now=now,
+            token=token,
+            lease_until=lease_until,
+            worker_id=worker_id,
+            start=start,
+        )
+        self._spend(conn, claimed, buckets, now)
+        if not claimed and held_by_rate:
+            self.flow_wait = min(
+                _token_due(buckets[need][1], budget[need]) for need in held_by_rate
+            )
+        return claimed
+
+    def _spend(
+        self,
+        conn: sa.Connection,
+        claimed: Sequence[Task],
+        buckets: dict[tuple[str, str], tuple[str, dict[str, Any]]],
+        now: datetime,
+    ) -> None:
+        """Take one token per claimed task from each bucket that limits it."""
+        used: dict[tuple[str, str], int] = {}
+        for x in claimed:
+            for need in ((RATE, x.rate_key), (_QUEUE_RATE, x.queue_name)):
+                if need in buckets:
+                    used[need] = used.get(need, 0) + 1
+        spent = []
+        for need, count in sorted(used.items()):
+            kind, row = buckets[need]
+            spent.append((kind, need[1], _refill(row, now) - count))
+        self.storage.limits.spend(conn, spent, now)
+
+    # --- queue settings ---------------------------------------------------------------
+
+    async def set_queue_limit_async(
+        self,
+        queue_name: str,
+        *,
+        concurrency: int | None = None,
+        rate: Rate | None = None,
+    ) -> QueueLimits:
+        """Limit a whole queue: at most ``concurrency`` of its tasks running, and ``rate``
+        (a :class:`Rate` without key) starts; None removes that limit. Returns the settings."""
+        _queue_name(queue_name)
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise ValidationError("concurrency", f"must be a positive integer, got {concurrency!r}")
+        if rate is not None:
+            if not isinstance(rate, Rate):
+                raise ValidationError("rate", f"expected a Rate(...), got {rate!r}")
+            if rate.key is not None or rate.key_arg is not None:
+                raise ValidationError("rate.key", "a queue's rate applies to the whole queue")
+        now = self.storage.now()
+
+        def body(conn: sa.Connection) -> QueueLimits:
+            repo = self.storage.limits
+            row = repo.get(conn, QUEUE, queue_name) or {"paused_at": None, "tokens": None}
+            same_rate = rate is not None and row.get("rate_limit") == rate.limit
+            values = {
+                "kind": QUEUE,
+                "key": queue_name,
+                "max_running": concurrency,
+                "rate_limit": None if rate is None else rate.limit,
+                "rate_period": None if rate is None else rate.per,
+                "tokens": None if rate is None else (row["tokens"] if same_rate else rate.limit),
+                "refilled_at": row.get("refilled_at") if same_rate else now,
+                "paused_at": row["paused_at"],
+                "updated_at": now,
+            }
+            return self._store_queue(conn, values)
+
+        settings = await self.storage.write(body, what="set queue limit")
+        self.storage.notifier.notify()
+        return settings
+
+    async def clear_queue_limit_async(self, queue_name: str) -> QueueLimits:
+        """Remove a queue's limits (a pause stays); return its settings."""
+        return await self.set_queue_limit_async(queue_name)
+
+    async def get_queue_limit_async(self, queue_name: str) -> QueueLimits:
+        """A queue's limits and pause state (no row: no limits, not paused)."""
+        _queue_name(queue_name)
+
+        def body(conn: sa.Connection) -> dict[str, Any] | None:
+            return self.storage.limits.get(conn, QUEUE, queue_name)
+
+        row = await self.storage.read(body, what="get queue limit")
+        return _settings(queue_name, row)
+
+    async def list_queue_limits_async(self) -> list[QueueLimits]:
+        """Every queue with limits or paused, by name."""
+        rows = await self.storage.read(
+            lambda conn: self.storage.limits.of_kind(conn, QUEUE), what="list queue limits"
+        )
+        return [_settings(row["key"], row) for row in rows]
+
+    async def pause_queue_async(self, queue_name: str) -> bool:
+        """Stop workers from claiming the queue's tasks (enqueue still works; running
+        tasks finish). Stored in the database: it holds until :meth:`resume_queue_async`,
+        across restarts. Returns False if it was already paused."""
+        return await self._set_paused(queue_name, True)
+
+    async def resume_queue_async(self, queue_name: str) -> bool:
+        """Let workers claim the queue's tasks again; False if it was not paused."""
+        return await self._set_paused(queue_name, False)
+
+    async def list_paused_queues_async(self) -> list[str]:
+        """The names of the paused queues."""
+        return [x.queue_name for x in await self.list_queue_limits_async() if x.paused]
+
+    async def _set_paused(self, queue_name: str, paused: bool) -> bool:
+        _queue_name(queue_name)
+        now = self.storage.now()
+
+        def body(conn: sa.Connection) -> bool:
+            repo = self.storage.limits
+            row = repo.get(conn, QUEUE, queue_name)
+            was = row is not None and row["paused_at"] is not None
+            if was == paused:
+                return False
+            values: dict[str, Any] = {"kind": QUEUE, "key": queue_name}
+            if row is not None:
+                values.update(row)
+            values.update(paused_at=now if paused else None, updated_at=now)
+            self._store_queue(conn, values)
+            return True
+
+        changed = await self.storage.write(body, what="pause queue" if paused else "resume queue")
+        self.storage.notifier.notify()
+        return changed
+
+    def _store_queue(self, conn: sa.Connection, values: dict[str, Any]) -> QueueLimits:
+        """Write a queue row; a queue without limits or pause keeps no row (its claims
+        then take the plain path)."""
+        row = {c: values.get(c) for c in _QUEUE_COLUMNS}
+        name = str(values["key"])
+        if row["max_running"] is None and row["rate_limit"] is None and row["paused_at"] is None:
+            self.storage.limits.delete(conn, QUEUE, name)
+        else:
+            self.storage.limits.put(conn, row)
+        return _settings(name, row)
+
+
+_QUEUE_COLUMNS = (
+    "kind",
+    "key",
+    "max_running",
+    "rate_limit",
+    "rate_period",
+    "tokens",
+    "refilled_at",
+    "paused_at",
+    "updated_at",
+)
+
+
+def _queue_name(value: Any) -> None:
+    if not isinstance(value, str) or not value or len(value) > 200 or "\x00" in value:
+        raise ValidationError("queue_name", f"must be 1-200 characters without NUL, got {value!r}")
+
+
+def _settings(queue_name: str, row: dict[str, Any] | None) -> QueueLimits:
+    if row is None:
+        return QueueLimits(queue_name=queue_name)
+    rate = None
+    if row.get("rate_limit") is not None:
+        rate = Rate(row["rate_limit"], per=row["rate_period"])
+    return QueueLimits(
+        queue_name=queue_name,
+        concurrency=row.get("max_running"),
+        rate=rate,
+        paused_at=row.get("paused_at"),
+    )
