@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from omniq.app_flow import FlowMethods, check_task_limits
+from omniq.app_flow import FlowMethods, check_task_limits, queue_limits_data
 from omniq.app_schedules import ScheduleMethods
 from omniq.config import OmniQConfig
 from omniq.db.engine import default_sqlite_url
@@ -456,9 +456,11 @@ class AsyncOmniQ(ScheduleMethods, FlowMethods):
         )
 
     async def stats_async(self) -> dict[str, Any]:
-        """Counts: tasks per queue and status, results per status, events per type/level."""
+        """Counts: tasks per queue and status, results per status, events per type/level;
+        paused queues and queue-wide limits."""
         svc = await self._svc()
         tasks = await svc.queue.stats_async()
+        controls = await svc.queue.list_queue_limits_async()
         totals: dict[str, int] = {}
         for per_status in tasks.values():
             for status, n in per_status.items():
@@ -469,6 +471,9 @@ class AsyncOmniQ(ScheduleMethods, FlowMethods):
             "results": await svc.results.get_stats_async(),
             "events": await svc.events.get_stats_async(),
             "schedules": len(await svc.queue.list_schedules_async(ScheduleStatus.ACTIVE)),
+            # Flow control: paused queues and queue-wide limits (README: "Flow control").
+            "paused_queues": [x.queue_name for x in controls if x.paused],
+            "queue_limits": {x.queue_name: queue_limits_data(x) for x in controls},
         }
 
     async def cleanup_async(self) -> MaintenanceReport:

@@ -10,13 +10,23 @@ from typing import Any
 from omniq.models.limits import Limit, QueueLimits, Rate, check_declaration
 from omniq.services import Services
 
-__all__ = ["FlowMethods", "check_task_limits"]
+__all__ = ["FlowMethods", "check_task_limits", "queue_limits_data"]
 
 
 def check_task_limits(func: Callable[..., Any], options: Mapping[str, Any]) -> None:
     """Refuse ``@oq.task`` limit options that cannot work for ``func`` (at declaration)."""
     check_declaration(func, "concurrency", options.get("concurrency"), Limit)
     check_declaration(func, "rate", options.get("rate"), Rate)
+
+
+def queue_limits_data(limits: QueueLimits) -> dict[str, Any]:
+    """A queue's settings as JSON data (``omniq stats --json``)."""
+    rate = limits.rate
+    return {
+        "paused": limits.paused,
+        "concurrency": limits.concurrency,
+        "rate": None if rate is None else {"limit": rate.limit, "per": rate.per.total_seconds()},
+    }
 
 
 class FlowMethods:

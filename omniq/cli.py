@@ -211,6 +211,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", type=_non_negative_int, default=0)
 
     command("stats", "counts per queue, status, event type")
+    p = command("queue", "pause or resume a queue (workers stop or resume claiming it)")
+    p.add_argument("action", choices=["pause", "resume"])
+    p.add_argument("queue_name")
 
     p = command("db", "database schema (Alembic)")
     p.add_argument("action", choices=["upgrade", "current", "check", "downgrade"])

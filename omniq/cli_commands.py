@@ -296,7 +296,28 @@ def _stats_text(stats: dict[str, Any]) -> str:
     by_type = stats["events"]["by_type"]
     parts.append("events: " + (", ".join(f"{k} {v}" for k, v in sorted(by_type.items())) or "none"))
     parts.append(f"active schedules: {stats['schedules']}")
+    paused = stats.get("paused_queues") or []
+    parts.append("paused queues: " + (", ".join(paused) or "none"))
+    for name, limits in sorted((stats.get("queue_limits") or {}).items()):
+        words = [f"{limits['concurrency']} running"] if limits["concurrency"] else []
+        if limits["rate"]:
+            words.append(f"{limits['rate']['limit']} per {limits['rate']['per']:g}s")
+        if words:
+            parts.append(f"queue {name} limits: " + ", ".join(words))
     return "\n".join(parts)
+
+
+async def _queue(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
+    if args.action == "pause":
+        changed = await oq.pause_queue_async(args.queue_name)
+        text = "paused" if changed else "already paused"
+    else:
+        changed = await oq.resume_queue_async(args.queue_name)
+        text = "resumed" if changed else "not paused"
+    state = await oq.get_queue_limit_async(args.queue_name)
+    data = {"queue": args.queue_name, "paused": state.paused, "changed": changed}
+    emit(args, data, lambda: f"queue {args.queue_name}: {text}")
+    return 0
 
 
 _COMMANDS = {
@@ -311,5 +332,6 @@ _COMMANDS = {
     "schedule": _schedule,
     "events": _events,
     "stats": _stats,
+    "queue": _queue,
     "workers": _workers,
 }

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import attrs
 import sqlalchemy as sa
 
 from omniq.models import Schedule, ScheduleStatus, TaskStatus, WorkerInfo
+from omniq.repositories.limits import QUEUE
 from omniq.services._storage import Storage
 from omniq.services.workers import WorkerRegistry
 
@@ -24,6 +26,10 @@ class QueueSummary:
     name: str
     counts: dict[TaskStatus, int]
     oldest_pending_age: timedelta | None
+    #: Flow control: workers do not claim from a paused queue.
+    paused: bool = False
+    #: The queue's own limits in words (e.g. "5 running, 50 per 1s"), if any.
+    limits: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -66,6 +72,18 @@ class QueueGauges:
     schedule_lag: dict[str, timedelta]
 
 
+def _limits_text(row: dict[str, Any] | None) -> str | None:
+    """A queue row's limits in words, e.g. "5 running, 50 per 0:00:01"."""
+    if row is None:
+        return None
+    parts = []
+    if row["max_running"] is not None:
+        parts.append(f"{row['max_running']} running")
+    if row["rate_limit"] is not None:
+        parts.append(f"{row['rate_limit']} per {row['rate_period']}")
+    return ", ".join(parts) or None
+
+
 class QueueOverview:
     """Reads the overview from the tables."""
 
@@ -87,6 +105,7 @@ class QueueOverview:
             dict[str, datetime],
             dict[tuple[datetime, TaskStatus], int],
             list[Schedule],
+            list[dict[str, Any]],
         ]:
             tasks = self.storage.tasks
             return (
@@ -99,9 +118,13 @@ class QueueOverview:
                     limit=due_schedules,
                     order_by="next_run_at",
                 ),
+                self.storage.limits.of_kind(conn, QUEUE),
             )
 
-        counts, oldest, outcomes, schedules = await self.storage.read(body, what="overview")
+        counts, oldest, outcomes, schedules, controls = await self.storage.read(
+            body, what="overview"
+        )
+        control = {row["key"]: row for row in controls}
         per_queue: dict[str, dict[TaskStatus, int]] = {}
         for (queue, status), n in counts.items():
             try:
@@ -111,12 +134,14 @@ class QueueOverview:
         queues = [
             QueueSummary(
                 name=name,
-                counts=per_queue[name],
+                counts=per_queue.get(name, {}),
                 oldest_pending_age=max(now - oldest[name], timedelta(0))
                 if name in oldest
                 else None,
+                paused=name in control and control[name]["paused_at"] is not None,
+                limits=_limits_text(control.get(name)),
             )
-            for name in sorted(per_queue)
+            for name in sorted({*per_queue, *control})
         ]
         series = [
             MinuteOutcomes(

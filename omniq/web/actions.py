@@ -15,7 +15,7 @@ from omniq.web.backend import Backend
 from omniq.web.forms import DEAD_STATUSES, parse_listing
 from omniq.web.rendering import render
 
-__all__ = ["bulk", "schedule_action", "task_cancel", "task_retry"]
+__all__ = ["bulk", "queue_action", "schedule_action", "task_cancel", "task_retry"]
 
 
 def _backend(request: Request) -> Backend:
@@ -62,6 +62,21 @@ async def schedule_action(request: Request) -> Response:
         raise ValidationError("action", f"unknown schedule action {action!r}")
     changed = await _backend(request).call(calls[action])
     return _back(request, "schedule", f"Schedule is {changed.status}.", schedule_id=schedule_id)
+
+
+async def queue_action(request: Request) -> Response:
+    """Pause or resume a queue (workers stop or resume claiming its tasks)."""
+    queue = request.path_params["queue"]
+    action = request.path_params["action"]
+    if action not in ("pause", "resume"):
+        raise ValidationError("action", f"unknown queue action {action!r}")
+    backend = _backend(request)
+    if action == "pause":
+        await backend.call(lambda s: s.queue.pause_queue_async(queue))
+    else:
+        await backend.call(lambda s: s.queue.resume_queue_async(queue))
+    done = "paused" if action == "pause" else "resumed"
+    return _back(request, "overview", f"Queue {queue} {done}.")
 
 
 async def bulk(request: Request) -> Response:

@@ -129,6 +129,12 @@ def create_app(
             methods=["POST"],
             name="schedule_action",
         ),
+        Route(
+            "/queues/{queue}/{action}",
+            g(actions.queue_action),
+            methods=["POST"],
+            name="queue_action",
+        ),
         Route("/workers", g(pages.workers), name="workers"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
