@@ -1,0 +1,303 @@
+"""Flow control in the claim (issue 16), on each engine: per-key concurrency and rate
+limits, queue-wide limits, queue pause; a held-back task costs no attempt; slots come
+back with completion, failure/retry, release and lease recovery; concurrent claimers
+never exceed a limit."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from omniq import AsyncOmniQ, Limit, Rate, TaskStatus, ValidationError
+from omniq.db.schema import tasks as t
+from omniq.models import Settings, Task
+from omniq.services import ErrorInfo, Services
+from tests.integration.conftest import ServicesFactory
+
+pytestmark = pytest.mark.anyio
+
+FUNC = "tests.helpers:func"
+#: A rate that never refills within a test: its tokens are the bucket's size.
+SLOW = timedelta(hours=1)
+
+
+async def enqueue(svc: Services, n: int, **options: object) -> list[str]:
+    return [await svc.queue.enqueue_async(FUNC, [i], **options) for i in range(n)]  # type: ignore[arg-type]
+
+
+async def running_of(svc: Services, key: str) -> int:
+    def body(conn: sa.Connection) -> int:
+        stmt = sa.select(sa.func.count()).where(
+            t.c.concurrency_key == key, t.c.status == TaskStatus.RUNNING.value
+        )
+        return int(conn.execute(stmt).scalar_one())
+
+    return await svc.storage.read(body)
+
+
+# --- concurrency -------------------------------------------------------------------------
+
+
+async def test_a_key_at_its_limit_is_passed_over_and_a_quiet_key_flows(svc: Services) -> None:
+    hot = await enqueue(svc, 20, concurrency=Limit(2), concurrency_key="A")
+    quiet = await enqueue(svc, 3, concurrency=Limit(5), concurrency_key="B")
+    claimed = await svc.queue.dequeue_many_async(3)
+    assert [x.id for x in claimed] == [hot[0], hot[1], quiet[0]]
+    # A is full: the next claim looks past its 18 pending tasks and finds B's.
+    more = await svc.queue.dequeue_many_async(10)
+    assert [x.id for x in more] == quiet[1:]
+    assert await svc.queue.dequeue_many_async(10) == []
+    # Held back tasks are pending and spent nothing.
+    held = await svc.queue.get_task_async(hot[5])
+    assert held is not None and held.status is TaskStatus.PENDING and held.attempts == 0
+
+
+async def test_slots_come_back_with_completion_failure_retry_and_release(svc: Services) -> None:
+    await enqueue(svc, 6, concurrency=Limit(1), concurrency_key="K", retry_delay=0)
+    (first,) = await svc.queue.dequeue_many_async(5)
+    assert await svc.queue.dequeue_many_async(5) == []
+    assert await svc.queue.complete_async(first, "ok")
+    (second,) = await svc.queue.dequeue_many_async(5)
+    boom = ErrorInfo(type="E", message="boom")
+    assert await svc.queue.fail_async(second, boom) is TaskStatus.PENDING
+    (third,) = await svc.queue.dequeue_many_async(5)
+    assert await svc.queue.release_async(third)
+    (fourth,) = await svc.queue.dequeue_many_async(5)
+    assert await svc.queue.fail_async(fourth, ErrorInfo(type="E", message="x"), retry=False) is (
+        TaskStatus.FAILED
+    )
+    assert len(await svc.queue.dequeue_many_async(5)) == 1
+
+
+async def test_a_prefetched_task_holds_its_slot(svc: Services) -> None:
+    await enqueue(svc, 3, concurrency=Limit(2), concurrency_key="P")
+    held = await svc.queue.dequeue_many_async(5, start=False)
+    assert len(held) == 2 and all(x.attempts == 0 for x in held)
+    assert await svc.queue.dequeue_many_async(5) == []
+    assert await running_of(svc, "P") == 2
+
+
+async def test_lease_recovery_gives_the_slot_back(open_services: ServicesFactory) -> None:
+    svc = await open_services(
+        Settings(lease_duration=timedelta(seconds=1), heartbeat_interval=timedelta(seconds=0.2))
+    )
+    await enqueue(svc, 2, concurrency=Limit(1), concurrency_key="L")
+    (lost,) = await svc.queue.dequeue_many_async(5)
+    assert await svc.queue.dequeue_many_async(5) == []
+    # The claimer vanished: once its lease expired, recovery frees the slot.
+    for _ in range(200):
+        if await svc.queue.recover_expired_leases_async():
+            break
+        await asyncio.sleep(0.05)
+    again = await svc.queue.dequeue_many_async(5)
+    assert len(again) == 1
+    recovered = await svc.queue.get_task_async(lost.id)
+    assert recovered is not None and recovered.lost_count == 1
+
+
+async def test_limits_across_queues_share_the_key(svc: Services) -> None:
+    await enqueue(svc, 2, queue_name="a", concurrency=Limit(1), concurrency_key="S")
+    await enqueue(svc, 2, queue_name="b", concurrency=Limit(1), concurrency_key="S")
+    assert len(await svc.queue.dequeue_many_async(5, ["a", "b"])) == 1
+    assert await svc.queue.dequeue_many_async(5, ["b"]) == []
+
+
+async def test_concurrent_claimers_never_exceed_a_limit(open_services: ServicesFactory) -> None:
+    # Each claimer serves its own queue, so they never compete for the same task
+    # rows: only the lock on the key's limit row keeps them under its maximum.
+    claimers = [await open_services() for _ in range(6)]
+    first = claimers[0]
+    await first.queue.enqueue_many_async(
+        [
+            first.queue.build_task(
+                FUNC, [i], queue_name=f"q{i % 6}", concurrency=Limit(3), concurrency_key="C"
+            )
+            for i in range(60)
+        ]
+    )
+    done = 0
+    for _ in range(8):
+        got = await asyncio.gather(
+            *(c.queue.dequeue_many_async(4, [f"q{i}"]) for i, c in enumerate(claimers))
+        )
+        held = [(c, x) for c, tasks in zip(claimers, got, strict=True) for x in tasks]
+        assert len(held) == 3, [len(x) for x in got]
+        assert await running_of(first, "C") == 3
+        for c, x in held:
+            assert await c.queue.complete_async(x, None)
+        done += len(held)
+    assert done == 24
+
+
+# --- rate --------------------------------------------------------------------------------
+
+
+async def test_a_rate_limit_leaves_over_rate_tasks_pending_at_no_cost(svc: Services) -> None:
+    ids = await enqueue(svc, 8, rate=Rate(3, per=SLOW), rate_key="R")
+    other = await enqueue(svc, 1, rate=Rate(3, per=SLOW), rate_key="Q")
+    claimed = await svc.queue.dequeue_many_async(10)
+    assert sorted(x.rate_key or "" for x in claimed) == ["Q", "R", "R", "R"]
+    for x in claimed:
+        assert await svc.queue.complete_async(x, None)
+    assert await svc.queue.dequeue_many_async(10) == []
+    # The next token is due in about SLOW / 3: the worker would sleep, not spin.
+    assert svc.queue.flow_wait is not None and svc.queue.flow_wait > 60
+    left = [await svc.queue.get_task_async(i) for i in ids[3:]]
+    assert all(x is not None and x.status is TaskStatus.PENDING and x.attempts == 0 for x in left)
+    assert other
+
+
+async def test_tokens_refill_with_time(svc: Services) -> None:
+    await enqueue(svc, 4, rate=Rate(2, per=timedelta(milliseconds=200)), rate_key="F")
+    assert len(await svc.queue.dequeue_many_async(10)) == 2
+    got: list[Task] = []
+    for _ in range(200):
+        got += await svc.queue.dequeue_many_async(10)
+        if len(got) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert len(got) == 2
+
+
+# --- queue-wide limits and pause -----------------------------------------------------------
+
+
+async def test_queue_wide_concurrency_and_rate(svc: Services) -> None:
+    q = svc.queue
+    settings = await q.set_queue_limit_async("emails", concurrency=2)
+    assert settings.concurrency == 2 and settings.rate is None
+    await enqueue(svc, 5, queue_name="emails")
+    await enqueue(svc, 2, queue_name="other")
+    assert len(await q.dequeue_many_async(10, ["emails"])) == 2
+    assert len(await q.dequeue_many_async(10)) == 2  # "other" is not limited
+    await q.set_queue_limit_async("emails", rate=Rate(1, per=SLOW))
+    assert (await q.get_queue_limit_async("emails")).rate == Rate(1, per=SLOW)
+    assert len(await q.dequeue_many_async(10, ["emails"])) == 1
+    assert await q.dequeue_many_async(10, ["emails"]) == []
+    cleared = await q.clear_queue_limit_async("emails")
+    assert cleared.concurrency is None and cleared.rate is None
+    assert await q.list_queue_limits_async() == []
+    assert len(await q.dequeue_many_async(10, ["emails"])) == 2
+
+
+async def test_queue_limit_input_is_checked(svc: Services) -> None:
+    with pytest.raises(ValidationError, match="concurrency"):
+        await svc.queue.set_queue_limit_async("q", concurrency=0)
+    with pytest.raises(ValidationError, match=r"rate\.key"):
+        await svc.queue.set_queue_limit_async("q", rate=Rate(1, key="x"))
+    with pytest.raises(ValidationError, match="queue_name"):
+        await svc.queue.pause_queue_async("")
+
+
+async def test_pause_holds_claims_enqueue_works_and_resume_restores(svc: Services) -> None:
+    q = svc.queue
+    await enqueue(svc, 2, queue_name="emails")
+    assert await q.pause_queue_async("emails")
+    assert not await q.pause_queue_async("emails")
+    await enqueue(svc, 1, queue_name="emails")  # enqueue still works while paused
+    await enqueue(svc, 1, queue_name="other")
+    claimed = await q.dequeue_many_async(10)
+    assert [x.queue_name for x in claimed] == ["other"]
+    assert await q.dequeue_many_async(10, ["emails"]) == []
+    assert await q.list_paused_queues_async() == ["emails"]
+    assert await q.resume_queue_async("emails")
+    assert not await q.resume_queue_async("emails")
+    assert len(await q.dequeue_many_async(10, ["emails"])) == 3
+
+
+async def test_a_pause_survives_a_new_app(db_url: str) -> None:
+    async with AsyncOmniQ(url=db_url) as oq:
+        await oq.enqueue_async(FUNC, [1], queue_name="emails")
+        await oq.pause_queue_async("emails")
+    async with AsyncOmniQ(url=db_url) as oq:
+        assert await oq.list_paused_queues_async() == ["emails"]
+        assert (await oq.get_queue_limit_async("emails")).paused
+        assert await oq.services.queue.dequeue_many_async(5) == []
+        stats = await oq.stats_async()
+        assert stats["paused_queues"] == ["emails"]
+        assert stats["queue_limits"]["emails"]["paused"] is True
+        await oq.resume_queue_async("emails")
+        assert len(await oq.services.queue.dequeue_many_async(5)) == 1
+
+
+# --- declarations and keys -----------------------------------------------------------------
+
+
+def constant(x: int) -> int:
+    return x
+
+
+def by_arg(tenant: str, x: int = 0) -> int:
+    return x
+
+
+def by_callable(order: dict[str, int]) -> None:
+    return None
+
+
+def whole_task() -> None:
+    return None
+
+
+def shop_of(order: dict[str, int]) -> str:
+    return f"shop-{order['shop']}"
+
+
+def no_key(x: int) -> None:
+    return None
+
+
+def user_task(user: str) -> None:
+    return None
+
+
+async def test_keys_from_a_constant_an_argument_and_a_callable(db_url: str) -> None:
+    async with AsyncOmniQ(url=db_url) as oq:
+        const = oq.task(concurrency=Limit(1, key="shared"))(constant)
+        arg = oq.task(concurrency=Limit(2, key_arg="tenant"), rate=Rate(5, key_arg="tenant"))(
+            by_arg
+        )
+        call = oq.task(concurrency=Limit(3, key=shop_of))(by_callable)
+        whole = oq.task(concurrency=Limit(4))(whole_task)
+        tasks = {
+            "constant": await const.enqueue_async(1),
+            "positional": await arg.enqueue_async("t1", 2),
+            "keyword": await arg.enqueue_async(tenant="t2"),
+            "callable": await call.enqueue_async({"shop": 7}),
+            "override": await arg.with_options(concurrency_key="vip").enqueue_async("t3"),
+            "default": await whole.enqueue_async(),
+            "via enqueue": await oq.enqueue_async(arg, ["t4"], concurrency_key="x"),
+        }
+        got = {k: await oq.get_task_async(v) for k, v in tasks.items()}
+        keys = {k: (x.concurrency_key, x.concurrency_max) for k, x in got.items() if x}
+        assert keys == {
+            "constant": ("shared", 1),
+            "positional": ("t1", 2),
+            "keyword": ("t2", 2),
+            "callable": ("shop-7", 3),
+            "override": ("vip", 2),
+            "default": (got["default"].func if got["default"] else "", 4),
+            "via enqueue": ("x", 2),
+        }
+        positional = got["positional"]
+        assert positional is not None and positional.rate_key == "t1"
+        assert positional.rate_limit == 5 and positional.rate_period == timedelta(seconds=1)
+
+
+async def test_bad_declarations_and_keys_name_the_field(db_url: str) -> None:
+    async with AsyncOmniQ(url=db_url) as oq:
+        with pytest.raises(ValidationError, match=r"concurrency\.key_arg"):
+            oq.task(concurrency=Limit(2, key_arg="tenant"))(user_task)
+        with pytest.raises(ValidationError, match="concurrency"):
+            oq.task(concurrency=2)(user_task)
+        bad_key = oq.task(rate=Rate(2, key=lambda x: None))(no_key)
+        with pytest.raises(ValidationError, match=r"rate\.key"):
+            await bad_key.enqueue_async(1)
+        plain = oq.task(no_key)
+        with pytest.raises(ValidationError, match="concurrency_key"):
+            await plain.with_options(concurrency_key="a").enqueue_async(1)
+        with pytest.raises(ValidationError, match="concurrency_key"):
+            await oq.enqueue_async(FUNC, [1], concurrency=Limit(1), concurrency_key="")
