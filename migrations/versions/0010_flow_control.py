@@ -24,7 +24,7 @@ down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-_KEYED = sa.text("concurrency_key IS NOT NULL")
+_KEYS = ("concurrency_key", "rate_key")
 
 
 def upgrade() -> None:
@@ -34,13 +34,15 @@ def upgrade() -> None:
         batch.add_column(sa.Column("rate_key", sa.String(200)))
         batch.add_column(sa.Column("rate_limit", sa.Integer()))
         batch.add_column(sa.Column("rate_period", sa.Float()))
-    op.create_index(
-        "ix_omniq_tasks_concurrency_key",
-        "omniq_tasks",
-        ["concurrency_key", "status"],
-        sqlite_where=_KEYED,
-        postgresql_where=_KEYED,
-    )
+    for column in _KEYS:
+        keyed = sa.text(f"{column} IS NOT NULL")
+        op.create_index(
+            f"ix_omniq_tasks_{column}",
+            "omniq_tasks",
+            [column, "status"],
+            sqlite_where=keyed,
+            postgresql_where=keyed,
+        )
     op.create_table(
         "omniq_limits",
         sa.Column("kind", sa.String(16), nullable=False),
@@ -58,7 +60,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("omniq_limits")
-    op.drop_index("ix_omniq_tasks_concurrency_key", table_name="omniq_tasks")
+    for column in _KEYS:
+        op.drop_index(f"ix_omniq_tasks_{column}", table_name="omniq_tasks")
     with op.batch_alter_table("omniq_tasks") as batch:
         for column in ("rate_period", "rate_limit", "rate_key", "concurrency_max"):
             batch.drop_column(column)

@@ -95,13 +95,17 @@ tasks = sa.Table(
         )
         for column in ("expires_at", "lease_expires_at", "completed_at")
     ),
-    # Flow control: running tasks per concurrency key are counted by the claim.
-    sa.Index(
-        "ix_omniq_tasks_concurrency_key",
-        "concurrency_key",
-        "status",
-        sqlite_where=sa.text("concurrency_key IS NOT NULL"),
-        postgresql_where=sa.text("concurrency_key IS NOT NULL"),
+    # Flow control: the claim finds the keys with pending tasks, and counts
+    # running tasks per concurrency key, through these (only keyed tasks).
+    *(
+        sa.Index(
+            f"ix_omniq_tasks_{column}",
+            column,
+            "status",
+            sqlite_where=sa.text(f"{column} IS NOT NULL"),
+            postgresql_where=sa.text(f"{column} IS NOT NULL"),
+        )
+        for column in ("concurrency_key", "rate_key")
     ),
     sa.Index(
         "uq_omniq_tasks_live_unique_key",

@@ -45,7 +45,9 @@ def _ready(now: datetime, queues: Sequence[str] | None) -> list[sa.ColumnElement
         t.c.run_at <= now,
         sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now),
     ]
-    if queues:
+    if queues and len(queues) == 1:
+        cond.append(t.c.queue_name == queues[0])  # walks the claim index in order
+    elif queues:
         cond.append(t.c.queue_name.in_(list(queues)))
     return cond
 
@@ -139,24 +141,31 @@ class LimitRepository:
     # --- the limited claim ----------------------------------------------------------
 
     def lock_for_claim(
-        self, conn: Connection, queues: Sequence[str] | None, now: datetime
+        self, conn: Connection, queues: Sequence[str] | None
     ) -> dict[tuple[str, str], dict[str, Any]]:
         """Lock (PostgreSQL: FOR UPDATE, in key order) and read the rows that may
-        bind the ready tasks of ``queues``: their keys' rows and the queues' rows.
+        bind a claim from ``queues``: the rows of the keys pending tasks carry
+        (found through the keys' indexes) and the queues' own rows.
 
         Claimers of the same keys queue on these row locks, so each one counts
-        running tasks and spends tokens after the previous one committed.
+        running tasks and spends tokens after the previous one committed. No row:
+        nothing limits the claim (the plain claim runs).
         """
-        ready = _ready(now, queues)
-        ckeys = sa.select(t.c.concurrency_key).where(*ready, t.c.concurrency_key.is_not(None))
-        rkeys = sa.select(t.c.rate_key).where(*ready, t.c.rate_key.is_not(None))
+        in_queues = [t.c.queue_name.in_(list(queues))] if queues else []
+        pending = t.c.status == _PENDING
+        by_concurrency = sa.exists().where(
+            t.c.concurrency_key.is_not(None), t.c.concurrency_key == lim.c.key, pending, *in_queues
+        )
+        by_rate = sa.exists().where(
+            t.c.rate_key.is_not(None), t.c.rate_key == lim.c.key, pending, *in_queues
+        )
         own = lim.c.key.in_(list(queues)) if queues else sa.true()
         stmt = (
             sa.select(lim)
             .where(
                 sa.or_(
-                    sa.and_(lim.c.kind == CONCURRENCY, lim.c.key.in_(ckeys)),
-                    sa.and_(lim.c.kind == RATE, lim.c.key.in_(rkeys)),
+                    sa.and_(lim.c.kind == CONCURRENCY, by_concurrency),
+                    sa.and_(lim.c.kind == RATE, by_rate),
                     sa.and_(lim.c.kind == QUEUE, own),
                 )
             )
@@ -198,32 +207,30 @@ class LimitRepository:
     def candidates(
         self,
         conn: Connection,
-        queues: Sequence[str] | None,
+        queue: str | None,
         now: datetime,
         *,
-        limited_queues: Sequence[str],
-        paused: Sequence[str],
-        n: int,
-    ) -> list[sa.Row[Any]]:
-        """Ready tasks that limits may hold back, the first ``n`` of each
-        (queue, concurrency key, rate key) in claim order.
+        open_keys: Sequence[str],
+        open_rate_keys: Sequence[str],
+        closed_queues: Sequence[str],
+        skip: Sequence[str],
+        limit: int,
+    ) -> list[Any]:
+        """Ready tasks of ``queue`` (None: any) in claim order, at most ``limit``, that
+        no limit holds back for sure: without a key or with an open one, outside
+        the closed (paused or full) queues, not among ``skip``.
 
-        Tasks of one such group share every limit, so beyond its first ``n``
-        none can be claimed when those are not: a hot key contributes ``n`` rows
-        and never hides a quiet one (the window looks past blocked keys).
+        The keys at their limit are left out by the statement itself, so a hot
+        key's backlog never hides a quiet key's tasks behind it.
         """
-        limited = [t.c.concurrency_key.is_not(None), t.c.rate_key.is_not(None)]
-        if limited_queues:
-            limited.append(t.c.queue_name.in_(list(limited_queues)))
-        cond = [*_ready(now, queues), sa.or_(*limited)]
-        if paused:
-            cond.append(t.c.queue_name.not_in(list(paused)))
-        rank = (
-            sa.func.row_number()
-            .over(partition_by=(t.c.queue_name, t.c.concurrency_key, t.c.rate_key), order_by=_ORDER)
-            .label("rank")
-        )
-        inner = (
+        cond = [*_ready(now, [queue] if queue is not None else None)]
+        cond.append(sa.or_(t.c.concurrency_key.is_(None), t.c.concurrency_key.in_(open_keys)))
+        cond.append(sa.or_(t.c.rate_key.is_(None), t.c.rate_key.in_(open_rate_keys)))
+        if closed_queues:
+            cond.append(t.c.queue_name.not_in(list(closed_queues)))
+        if skip:
+            cond.append(t.c.id.not_in(list(skip)))
+        stmt = (
             sa.select(
                 t.c.id,
                 t.c.queue_name,
@@ -231,12 +238,11 @@ class LimitRepository:
                 t.c.run_at,
                 t.c.concurrency_key,
                 t.c.rate_key,
-                rank,
             )
             .where(*cond)
-            .subquery("ready")
+            .order_by(*_ORDER)
+            .limit(limit)
         )
-        stmt = sa.select(inner).where(inner.c.rank <= n)
         with translate_errors("claim tasks"):
             return list(conn.execute(stmt).all())
 

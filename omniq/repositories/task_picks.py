@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from omniq.db.schema import task_dependencies as deps_t
 from omniq.db.schema import tasks as t
+from omniq.errors import InvalidRow
 from omniq.models import Task, TaskStatus
 from omniq.repositories._base import translate_errors
 
@@ -35,9 +36,11 @@ class PickStatements:
         lease_until: datetime,
         worker_id: str,
         start: bool = True,
+        unreadable: list[tuple[str, str]] | None = None,
     ) -> list[Task]:
         """Move those of ``ids`` that are ready (pending, due, unexpired) to running,
-        started (``attempts`` + 1) unless ``start=False`` (see ``TaskRepository.claim``)."""
+        started (``attempts`` + 1) unless ``start=False``; ``unreadable`` as for
+        ``TaskRepository.claim``."""
         if not ids:
             return []
         stmt = (
@@ -61,7 +64,15 @@ class PickStatements:
         with translate_errors("claim tasks"):
             rows = conn.execute(stmt).mappings().all()
         order = {task_id: i for i, task_id in enumerate(ids)}
-        return sorted((self.from_row(row) for row in rows), key=lambda x: order[x.id])
+        claimed = []
+        for row in rows:
+            try:
+                claimed.append(self.from_row(row))
+            except InvalidRow as exc:
+                if unreadable is None:
+                    raise
+                unreadable.append((str(row["id"]), str(exc)))
+        return sorted(claimed, key=lambda x: order[x.id])
 
     def dependents_of(self, conn: Connection, task_id: str) -> list[str]:
         """Ids of the tasks that depend on ``task_id`` (any status), oldest edge first."""

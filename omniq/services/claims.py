@@ -145,7 +145,8 @@ class Claims(FlowControl):
             if sweep:
                 self._expire(conn, now, _SWEEP_BATCH)
             unreadable: list[tuple[str, str]] = []
-            claimed = self.storage.tasks.claim(
+            # Limits and paused queues are looked at first (see services/flow.py).
+            claimed = self._claim_within_limits(
                 conn,
                 queues=queues,
                 n=n,
@@ -156,17 +157,6 @@ class Claims(FlowControl):
                 unreadable=unreadable,
                 start=start,
             )
-            if len(claimed) < n:
-                claimed += self._claim_limited(
-                    conn,
-                    queues=queues,
-                    n=n - len(claimed),
-                    now=now,
-                    token=token,
-                    lease_until=now + self.settings.lease_duration,
-                    worker_id=worker,
-                    start=start,
-                )
             if unreadable:
                 self._quarantine(conn, unreadable, token, now)
             attempt = 0 if start else 1

@@ -32,6 +32,8 @@ __all__ = ["FlowControl"]
 
 #: Budget keys: (kind, key); a queue's rate bucket is ("queue-rate", name).
 _QUEUE_RATE = "queue-rate"
+#: Reads of candidates per queue and claim (each leaves out the keys that ran dry).
+_PICK_READS = 4
 
 
 def _refill(row: dict[str, Any], now: datetime) -> float:
@@ -53,14 +55,14 @@ def _token_due(row: dict[str, Any], tokens: float) -> float:
 class FlowControl(Enqueue):
     """Queue-wide limits and pause, and the claim of tasks that limits may hold back."""
 
-    #: After a claim that found ready tasks held back only by rate limits (and
-    #: claimed none of them): seconds until the next token is due. A worker
-    #: sleeps that long (or until woken) instead of polling faster.
+    #: After a claim that claimed nothing while rate limits held tasks back:
+    #: seconds until the next token is due. A worker sleeps that long (or until
+    #: woken, or its poll interval) instead of polling faster.
     flow_wait: float | None = None
 
     # --- the claim ------------------------------------------------------------------
 
-    def _claim_limited(
+    def _claim_within_limits(
         self,
         conn: sa.Connection,
         *,
@@ -71,59 +73,35 @@ class FlowControl(Enqueue):
         lease_until: datetime,
         worker_id: str,
         start: bool,
+        unreadable: list[tuple[str, str]],
     ) -> list[Task]:
-        """Claim up to ``n`` ready tasks that limits or a queue row concern, within the limits."""
+        """Claim up to ``n`` ready tasks of ``queues`` within every limit that applies.
+
+        Without limit rows that concern these queues (no keyed task pending, no
+        paused or limited queue), this is the plain claim statement.
+        """
         self.flow_wait = None
         repo = self.storage.limits
-        rows = repo.lock_for_claim(conn, queues, now)
+        rows = repo.lock_for_claim(conn, queues)
         if not rows:
-            return []
-        queue_rows = {key: row for (kind, key), row in rows.items() if kind == QUEUE}
-        paused = sorted(q for q, row in queue_rows.items() if row["paused_at"] is not None)
-        limited = sorted(set(queue_rows) - set(paused))
-        found = repo.candidates(conn, queues, now, limited_queues=limited, paused=paused, n=n)
-        if not found:
-            return []
-        keys = sorted(
-            {x.concurrency_key for x in found if (CONCURRENCY, x.concurrency_key) in rows}
-        )
-        capped = [q for q in limited if queue_rows[q]["max_running"] is not None]
-        by_key, by_queue = repo.running(conn, keys, capped)
-        budget: dict[tuple[str, str], float] = {}
-        buckets: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
-        for (kind, key), row in rows.items():
-            if kind == CONCURRENCY and row["max_running"] is not None:
-                budget[kind, key] = row["max_running"] - by_key.get(key, 0)
-            elif kind == RATE and row["rate_limit"] is not None:
-                budget[kind, key] = _refill(row, now)
-                buckets[kind, key] = (RATE, row)
-            elif kind == QUEUE:
-                if row["max_running"] is not None:
-                    budget[QUEUE, key] = row["max_running"] - by_queue.get(key, 0)
-                if row["rate_limit"] is not None:
-                    budget[_QUEUE_RATE, key] = _refill(row, now)
-                    buckets[_QUEUE_RATE, key] = (QUEUE, row)
-        rank = {name: i for i, name in enumerate(queues or ())}
-        found.sort(key=lambda x: (rank.get(x.queue_name, 0), -x.priority, x.run_at, x.id))
+            return self.storage.tasks.claim(
+                conn,
+                queues=queues,
+                n=n,
+                now=now,
+                token=token,
+                lease_until=lease_until,
+                worker_id=worker_id,
+                unreadable=unreadable,
+                start=start,
+            )
+        budget, buckets = self._budgets(conn, rows, now)
         picked: list[str] = []
-        held_by_rate: set[tuple[str, str]] = set()
-        for x in found:
+        targets: list[str | None] = list(queues) if queues else [None]
+        for queue in targets:
+            self._pick(conn, queue, n, now, rows, budget, picked)
             if len(picked) >= n:
                 break
-            needs = [
-                (CONCURRENCY, x.concurrency_key),
-                (RATE, x.rate_key),
-                (QUEUE, x.queue_name),
-                (_QUEUE_RATE, x.queue_name),
-            ]
-            limits = [need for need in needs if need in budget]
-            short = [need for need in limits if budget[need] < 1]
-            if short:
-                held_by_rate.update(need for need in short if need in buckets)
-                continue
-            for need in limits:
-                budget[need] -= 1
-            picked.append(x.id)
         claimed = self.storage.tasks.claim_ids(
             conn,
             picked,
@@ -132,13 +110,101 @@ class FlowControl(Enqueue):
             lease_until=lease_until,
             worker_id=worker_id,
             start=start,
+            unreadable=unreadable,
         )
         self._spend(conn, claimed, buckets, now)
-        if not claimed and held_by_rate:
-            self.flow_wait = min(
-                _token_due(buckets[need][1], budget[need]) for need in held_by_rate
-            )
+        if not claimed:
+            dues = [_token_due(row, budget[need]) for need, (_, row) in buckets.items()]
+            dues = [due for due in dues if due > 0]
+            self.flow_wait = min(dues) if dues else None
         return claimed
+
+    def _budgets(
+        self, conn: sa.Connection, rows: dict[tuple[str, str], dict[str, Any]], now: datetime
+    ) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], tuple[str, dict[str, Any]]]]:
+        """What each locked row still allows now: free slots, tokens (refilled to ``now``)."""
+        keys = sorted(key for kind, key in rows if kind == CONCURRENCY)
+        capped = sorted(
+            key for (kind, key), row in rows.items() if kind == QUEUE and row["max_running"]
+        )
+        by_key, by_queue = self.storage.limits.running(conn, keys, capped)
+        budget: dict[tuple[str, str], float] = {}
+        buckets: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        for (kind, key), row in rows.items():
+            if kind == CONCURRENCY:
+                budget[kind, key] = (row["max_running"] or 0) - by_key.get(key, 0)
+            elif kind == RATE:
+                budget[kind, key] = _refill(row, now)
+                buckets[kind, key] = (RATE, row)
+            else:
+                budget[QUEUE, key] = 0 if row["paused_at"] is not None else float("inf")
+                if row["paused_at"] is None and row["max_running"] is not None:
+                    budget[QUEUE, key] = row["max_running"] - by_queue.get(key, 0)
+                if row["rate_limit"] is not None:
+                    budget[_QUEUE_RATE, key] = _refill(row, now)
+                    buckets[_QUEUE_RATE, key] = (QUEUE, row)
+        return budget, buckets
+
+    def _pick(
+        self,
+        conn: sa.Connection,
+        queue: str | None,
+        n: int,
+        now: datetime,
+        rows: dict[tuple[str, str], dict[str, Any]],
+        budget: dict[tuple[str, str], float],
+        picked: list[str],
+    ) -> None:
+        """Add to ``picked`` (up to ``n``) tasks of ``queue`` in claim order, each
+        taking one of every budget it needs.
+
+        Each read leaves out the keys and queues with nothing left, so a key at its
+        limit never hides the tasks behind it; a read that ran dry of some key's
+        budget is followed by another without that key (a few at most).
+        """
+        for _ in range(_PICK_READS):
+
+            def is_open(kind: str) -> list[str]:
+                return sorted(key for (k, key) in rows if k == kind and budget[k, key] >= 1)
+
+            closed = sorted(
+                key
+                for (k, key) in rows
+                if k == QUEUE and (budget[QUEUE, key] < 1 or budget.get((_QUEUE_RATE, key), 1) < 1)
+            )
+            want = n - len(picked)
+            found = self.storage.limits.candidates(
+                conn,
+                queue,
+                now,
+                open_keys=is_open(CONCURRENCY),
+                open_rate_keys=is_open(RATE),
+                closed_queues=closed,
+                skip=picked,
+                limit=want * 2 + 8,
+            )
+            ran_dry = False
+            for x in found:
+                if len(picked) >= n:
+                    return
+                needs = [
+                    need
+                    for need in (
+                        (CONCURRENCY, x.concurrency_key),
+                        (RATE, x.rate_key),
+                        (QUEUE, x.queue_name),
+                        (_QUEUE_RATE, x.queue_name),
+                    )
+                    if need in budget
+                ]
+                if any(budget[need] < 1 for need in needs):
+                    ran_dry = True
+                    continue
+                for need in needs:
+                    budget[need] -= 1
+                picked.append(x.id)
+            if len(picked) >= n or not ran_dry or len(found) < want * 2 + 8:
+                return
 
     def _spend(
         self,
