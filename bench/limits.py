@@ -138,7 +138,9 @@ def bench_limits(ws: Workspace, sizes: Sizes) -> list[Row]:
     held = min(_worker_cpu(held_db, seconds, REPO_ROOT) for _ in range(sizes.repeats))
     idle = min(_worker_cpu(idle_db, seconds, REPO_ROOT) for _ in range(sizes.repeats))
     ratio = held / idle if idle else None
-    ok = held <= max(idle * 2.0, 0.05 * seconds)
+    # "Does not burn CPU": under 5 % of a core while held back (an idle worker's polls
+    # cost a few ms a second).
+    ok = held <= 0.05 * seconds
 
     def cpu(value: float) -> str:
         return f"{value * 1000 / seconds:.0f} ms/s"
@@ -160,7 +162,7 @@ def bench_limits(ws: Workspace, sizes: Sizes) -> list[Row]:
             cpu(held),
             cpu(idle),
             ratio,
-            f"{verdict(ok)} <= 2x idle",
+            f"{verdict(ok)} <= 50 ms/s",
             ok,
             f"CPU time per second of a worker process (concurrency 10, poll_interval 1 s) "
             f"over {seconds:g} s in front of 1,000 tasks held back by an empty token bucket "

@@ -20,6 +20,7 @@ from bench import (
     dashboard,
     failing,
     huey_side,
+    limits,
     omniq_side,
     pg_side,
     raw_sqlite,
@@ -61,6 +62,7 @@ LABELS = (
     *dashboard.LABELS,
     *startup.LABELS,
     *tracing.LABELS,
+    *limits.LABELS,
 )
 #: Shown under row 5 (measured in the same runs): the burn-down with Prometheus metrics on.
 METRICS_LABEL = "5m. burn-down, metrics on vs off"
@@ -423,6 +425,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[Workspace, Sizes], list[Row]], tuple[str,
     ("dashboard task list", dashboard.bench_dashboard, dashboard.LABELS),
     ("command start-up", startup.bench_startup, startup.LABELS),
     ("tracing", tracing.bench_tracing, tracing.LABELS),
+    ("flow control", limits.bench_limits, limits.LABELS),
 )
 
 

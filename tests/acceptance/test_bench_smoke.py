@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import dashboard, startup
+from bench import dashboard, limits, startup
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +40,7 @@ ROWS = (
     *startup.LABELS,
     "13a. burn-down, tracing on vs off",
     "13b. enqueue_async, tracing on vs off",
+    *limits.LABELS,
 )
 POSTGRES_ROWS = (
     "10a. PG burn-down, 1 worker process",
