@@ -82,6 +82,34 @@ class LimitRepository:
             )
         )
 
+        #: The claim's lock statement, by "for given queues" (built once: hot path).
+        self._lock = {by_queue: self._lock_statement(by_queue) for by_queue in (False, True)}
+
+    def _lock_statement(self, by_queue: bool) -> sa.Select[Any]:
+        in_queues = [t.c.queue_name.in_(sa.bindparam("queues", expanding=True))] if by_queue else []
+        pending = t.c.status == _PENDING
+        by_concurrency = sa.exists().where(
+            t.c.concurrency_key.is_not(None), t.c.concurrency_key == lim.c.key, pending, *in_queues
+        )
+        by_rate = sa.exists().where(
+            t.c.rate_key.is_not(None), t.c.rate_key == lim.c.key, pending, *in_queues
+        )
+        own = lim.c.key.in_(sa.bindparam("queues", expanding=True)) if by_queue else sa.true()
+        stmt = (
+            sa.select(lim)
+            .where(
+                sa.or_(
+                    sa.and_(lim.c.kind == CONCURRENCY, by_concurrency),
+                    sa.and_(lim.c.kind == RATE, by_rate),
+                    sa.and_(lim.c.kind == QUEUE, own),
+                )
+            )
+            .order_by(lim.c.kind, lim.c.key)
+        )
+        if self.dialect.skip_locked:
+            stmt = stmt.with_for_update(of=lim)
+        return stmt
+
     # --- declarations -------------------------------------------------------------
 
     def declare(self, conn: Connection, tasks: Iterable[Task], now: datetime) -> None:
@@ -151,30 +179,10 @@ class LimitRepository:
         running tasks and spends tokens after the previous one committed. No row:
         nothing limits the claim (the plain claim runs).
         """
-        in_queues = [t.c.queue_name.in_(list(queues))] if queues else []
-        pending = t.c.status == _PENDING
-        by_concurrency = sa.exists().where(
-            t.c.concurrency_key.is_not(None), t.c.concurrency_key == lim.c.key, pending, *in_queues
-        )
-        by_rate = sa.exists().where(
-            t.c.rate_key.is_not(None), t.c.rate_key == lim.c.key, pending, *in_queues
-        )
-        own = lim.c.key.in_(list(queues)) if queues else sa.true()
-        stmt = (
-            sa.select(lim)
-            .where(
-                sa.or_(
-                    sa.and_(lim.c.kind == CONCURRENCY, by_concurrency),
-                    sa.and_(lim.c.kind == RATE, by_rate),
-                    sa.and_(lim.c.kind == QUEUE, own),
-                )
-            )
-            .order_by(lim.c.kind, lim.c.key)
-        )
-        if self.dialect.skip_locked:
-            stmt = stmt.with_for_update(of=lim)
+        stmt = self._lock[bool(queues)]
+        params = {"queues": list(queues)} if queues else {}
         with translate_errors("claim tasks"):
-            rows = conn.execute(stmt).mappings().all()
+            rows = conn.execute(stmt, params).mappings().all()
         return {(row["kind"], row["key"]): dict(row) for row in rows}
 
     def running(
