@@ -39,19 +39,6 @@ def controlled_queues() -> sa.Select[tuple[str]]:
     return sa.select(lim.c.key).where(lim.c.kind == QUEUE)
 
 
-def _ready(now: datetime, queues: Sequence[str] | None) -> list[sa.ColumnElement[bool]]:
-    cond = [
-        t.c.status == _PENDING,
-        t.c.run_at <= now,
-        sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now),
-    ]
-    if queues and len(queues) == 1:
-        cond.append(t.c.queue_name == queues[0])  # walks the claim index in order
-    elif queues:
-        cond.append(t.c.queue_name.in_(list(queues)))
-    return cond
-
-
 class LimitRepository:
     """Declared limits, queue settings, and the statements of the limited claim."""
 
@@ -84,6 +71,8 @@ class LimitRepository:
 
         #: The claim's lock statement, by "for given queues" (built once: hot path).
         self._lock = {by_queue: self._lock_statement(by_queue) for by_queue in (False, True)}
+        #: Its candidates, by "from one queue".
+        self._candidates = {one: _candidates_statement(one) for one in (False, True)}
 
     def _lock_statement(self, by_queue: bool) -> sa.Select[Any]:
         in_queues = [t.c.queue_name.in_(sa.bindparam("queues", expanding=True))] if by_queue else []
@@ -231,28 +220,18 @@ class LimitRepository:
         The keys at their limit are left out by the statement itself, so a hot
         key's backlog never hides a quiet key's tasks behind it.
         """
-        cond = [*_ready(now, [queue] if queue is not None else None)]
-        cond.append(sa.or_(t.c.concurrency_key.is_(None), t.c.concurrency_key.in_(open_keys)))
-        cond.append(sa.or_(t.c.rate_key.is_(None), t.c.rate_key.in_(open_rate_keys)))
-        if closed_queues:
-            cond.append(t.c.queue_name.not_in(list(closed_queues)))
-        if skip:
-            cond.append(t.c.id.not_in(list(skip)))
-        stmt = (
-            sa.select(
-                t.c.id,
-                t.c.queue_name,
-                t.c.priority,
-                t.c.run_at,
-                t.c.concurrency_key,
-                t.c.rate_key,
-            )
-            .where(*cond)
-            .order_by(*_ORDER)
-            .limit(limit)
-        )
+        stmt = self._candidates[queue is not None]
+        params = {
+            "now": now,
+            "queue": queue,
+            "open_keys": list(open_keys),
+            "open_rate_keys": list(open_rate_keys),
+            "closed_queues": list(closed_queues),
+            "skip": list(skip),
+            "limit": limit,
+        }
         with translate_errors("claim tasks"):
-            return list(conn.execute(stmt).all())
+            return list(conn.execute(stmt, params).all())
 
     def spend(
         self, conn: Connection, spent: Sequence[tuple[str, str, float]], now: datetime
@@ -265,6 +244,35 @@ class LimitRepository:
         ]
         with translate_errors("claim tasks"):
             conn.execute(self._spend, params)
+
+
+def _candidates_statement(one_queue: bool) -> sa.Select[Any]:
+    now = sa.bindparam("now", type_=t.c.run_at.type)
+    cond = [
+        t.c.status == _PENDING,
+        t.c.run_at <= now,
+        sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now),
+        sa.or_(
+            t.c.concurrency_key.is_(None),
+            t.c.concurrency_key.in_(sa.bindparam("open_keys", expanding=True)),
+        ),
+        sa.or_(
+            t.c.rate_key.is_(None),
+            t.c.rate_key.in_(sa.bindparam("open_rate_keys", expanding=True)),
+        ),
+        t.c.queue_name.not_in(sa.bindparam("closed_queues", expanding=True)),
+        t.c.id.not_in(sa.bindparam("skip", expanding=True)),
+    ]
+    if one_queue:
+        cond.append(t.c.queue_name == sa.bindparam("queue"))  # walks the claim index in order
+    return (
+        sa.select(
+            t.c.id, t.c.queue_name, t.c.priority, t.c.run_at, t.c.concurrency_key, t.c.rate_key
+        )
+        .where(*cond)
+        .order_by(*_ORDER)
+        .limit(sa.bindparam("limit"))
+    )
 
 
 def _row(kind: str, key: str, now: datetime, **values: Any) -> dict[str, Any]:

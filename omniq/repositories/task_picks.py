@@ -19,6 +19,32 @@ from omniq.repositories._base import translate_errors
 __all__ = ["PickStatements"]
 
 
+def _claim_ids_statement(start: bool) -> sa.Update:
+    now = sa.bindparam("now", type_=t.c.run_at.type)
+    return (
+        sa.update(t)
+        .where(
+            t.c.id.in_(sa.bindparam("ids", expanding=True)),
+            t.c.status == TaskStatus.PENDING.value,
+            t.c.run_at <= now,
+            sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now),
+        )
+        .values(
+            status=TaskStatus.RUNNING.value,
+            lease_token=sa.bindparam("token"),
+            lease_expires_at=sa.bindparam("lease_until", type_=t.c.lease_expires_at.type),
+            worker_id=sa.bindparam("worker_id"),
+            attempts=t.c.attempts + 1 if start else t.c.attempts,
+            started_at=now if start else None,
+        )
+        .returning(*t.c)
+    )
+
+
+#: Claims by id, by ``start`` (built once: the limited claim runs one per claim).
+_CLAIM_IDS = {start: _claim_ids_statement(start) for start in (True, False)}
+
+
 class PickStatements:
     """Claim given tasks by id (when ready); the ids of a task's dependents."""
 
@@ -43,26 +69,16 @@ class PickStatements:
         ``TaskRepository.claim``."""
         if not ids:
             return []
-        stmt = (
-            sa.update(t)
-            .where(
-                t.c.id.in_(list(ids)),
-                t.c.status == TaskStatus.PENDING.value,
-                t.c.run_at <= now,
-                sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now),
-            )
-            .values(
-                status=TaskStatus.RUNNING.value,
-                lease_token=token,
-                lease_expires_at=lease_until,
-                worker_id=worker_id,
-                attempts=t.c.attempts + 1 if start else t.c.attempts,
-                started_at=now if start else None,
-            )
-            .returning(*t.c)
-        )
+        stmt = _CLAIM_IDS[start]
+        params = {
+            "ids": list(ids),
+            "now": now,
+            "token": token,
+            "lease_until": lease_until,
+            "worker_id": worker_id,
+        }
         with translate_errors("claim tasks"):
-            rows = conn.execute(stmt).mappings().all()
+            rows = conn.execute(stmt, params).mappings().all()
         order = {task_id: i for i, task_id in enumerate(ids)}
         claimed = []
         for row in rows:
