@@ -73,6 +73,32 @@ class LimitRepository:
         self._lock = {by_queue: self._lock_statement(by_queue) for by_queue in (False, True)}
         #: Its candidates, by "from one queue".
         self._candidates = {one: _candidates_statement(one) for one in (False, True)}
+        #: The claim of the first candidates at once (when every budget has room), by
+        #: ("from one queue", start).
+        self._claim_open = {
+            (one, start): self._claim_open_statement(one, start)
+            for one in (False, True)
+            for start in (False, True)
+        }
+
+    def _claim_open_statement(self, one_queue: bool, start: bool) -> sa.Update:
+        sub = _candidates_statement(one_queue).with_only_columns(t.c.id)
+        if self.dialect.skip_locked:
+            sub = sub.with_for_update(skip_locked=True)
+        now = sa.bindparam("now", type_=t.c.run_at.type)
+        return (
+            sa.update(t)
+            .where(t.c.id.in_(sub))
+            .values(
+                status=_RUNNING,
+                lease_token=sa.bindparam("token"),
+                lease_expires_at=sa.bindparam("lease_until", type_=t.c.lease_expires_at.type),
+                worker_id=sa.bindparam("worker_id"),
+                attempts=t.c.attempts + 1 if start else t.c.attempts,
+                started_at=now if start else None,
+            )
+            .returning(*t.c)
+        )
 
     def _lock_statement(self, by_queue: bool) -> sa.Select[Any]:
         in_queues = [t.c.queue_name.in_(sa.bindparam("queues", expanding=True))] if by_queue else []
@@ -232,6 +258,39 @@ class LimitRepository:
         }
         with translate_errors("claim tasks"):
             return list(conn.execute(stmt, params).all())
+
+    def claim_open(
+        self,
+        conn: Connection,
+        queue: str | None,
+        now: datetime,
+        *,
+        open_keys: Sequence[str],
+        open_rate_keys: Sequence[str],
+        closed_queues: Sequence[str],
+        n: int,
+        token: str,
+        lease_until: datetime,
+        worker_id: str,
+        start: bool,
+    ) -> list[sa.RowMapping]:
+        """Claim (as :meth:`candidates` reads them) the first ``n`` such tasks in one
+        statement: for a claim whose every budget has room for ``n`` tasks."""
+        params = {
+            "now": now,
+            "queue": queue,
+            "open_keys": list(open_keys),
+            "open_rate_keys": list(open_rate_keys),
+            "closed_queues": list(closed_queues),
+            "skip": [],
+            "limit": n,
+            "token": token,
+            "lease_until": lease_until,
+            "worker_id": worker_id,
+        }
+        stmt = self._claim_open[queue is not None, start]
+        with translate_errors("claim tasks"):
+            return list(conn.execute(stmt, params).mappings().all())
 
     def spend(
         self, conn: Connection, spent: Sequence[tuple[str, str, float]], now: datetime

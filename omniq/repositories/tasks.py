@@ -382,7 +382,7 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
         with translate_errors("claim tasks"):
             if not queues:
                 rows = conn.execute(self._claims[False, start], {**params, "n": n}).mappings().all()
-                claimed.extend(self._claimed(rows, unreadable))
+                claimed.extend(self.claimed_rows(rows, unreadable))
             else:
                 for queue in queues:
                     want = n - len(claimed)
@@ -390,12 +390,14 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
                         break
                     params.update(queue=queue, n=want)
                     rows = conn.execute(self._claims[True, start], params).mappings().all()
-                    claimed.extend(self._claimed(rows, unreadable))
+                    claimed.extend(self.claimed_rows(rows, unreadable))
         return claimed
 
-    def _claimed(
+    def claimed_rows(
         self, rows: Sequence[sa.RowMapping], unreadable: list[tuple[str, str]] | None
     ) -> list[Task]:
+        """The Tasks of rows a claim returned, in claim order; unreadable rows as in
+        :meth:`claim`."""
         tasks = []
         for row in rows:
             try:

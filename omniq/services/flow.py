@@ -96,22 +96,43 @@ class FlowControl(Enqueue):
                 start=start,
             )
         budget, buckets = self._budgets(conn, rows, now)
-        picked: list[str] = []
         targets: list[str | None] = list(queues) if queues else [None]
-        for queue in targets:
-            self._pick(conn, queue, n, now, rows, budget, picked)
-            if len(picked) >= n:
-                break
-        claimed = self.storage.tasks.claim_ids(
-            conn,
-            picked,
-            now=now,
-            token=token,
-            lease_until=lease_until,
-            worker_id=worker_id,
-            start=start,
-            unreadable=unreadable,
-        )
+        claimed: list[Task] = []
+        if all(left >= n for left in budget.values()):
+            # Room for n tasks in every budget: any n ready tasks fit, in one statement.
+            for queue in targets:
+                found = self.storage.limits.claim_open(
+                    conn,
+                    queue,
+                    now,
+                    open_keys=[key for kind, key in rows if kind == CONCURRENCY],
+                    open_rate_keys=[key for kind, key in rows if kind == RATE],
+                    closed_queues=[],
+                    n=n - len(claimed),
+                    token=token,
+                    lease_until=lease_until,
+                    worker_id=worker_id,
+                    start=start,
+                )
+                claimed += self.storage.tasks.claimed_rows(found, unreadable)
+                if len(claimed) >= n:
+                    break
+        else:
+            picked: list[str] = []
+            for queue in targets:
+                self._pick(conn, queue, n, now, rows, budget, picked)
+                if len(picked) >= n:
+                    break
+            claimed = self.storage.tasks.claim_ids(
+                conn,
+                picked,
+                now=now,
+                token=token,
+                lease_until=lease_until,
+                worker_id=worker_id,
+                start=start,
+                unreadable=unreadable,
+            )
         self._spend(conn, claimed, buckets, now)
         if not claimed:
             dues = [_token_due(row, budget[need]) for need, (_, row) in buckets.items()]
@@ -173,6 +194,10 @@ class FlowControl(Enqueue):
                 if k == QUEUE and (budget[QUEUE, key] < 1 or budget.get((_QUEUE_RATE, key), 1) < 1)
             )
             want = n - len(picked)
+            # Room for every task wanted in each budget: read just those (and a few);
+            # else twice as many, as some will not fit.
+            tight = any(0 < left < want for left in budget.values())
+            limit = want * 2 + 8 if tight else want + 8
             found = self.storage.limits.candidates(
                 conn,
                 queue,
@@ -181,7 +206,7 @@ class FlowControl(Enqueue):
                 open_rate_keys=is_open(RATE),
                 closed_queues=closed,
                 skip=picked,
-                limit=want * 2 + 8,
+                limit=limit,
             )
             ran_dry = False
             for x in found:
@@ -203,7 +228,7 @@ class FlowControl(Enqueue):
                 for need in needs:
                     budget[need] -= 1
                 picked.append(x.id)
-            if len(picked) >= n or not ran_dry or len(found) < want * 2 + 8:
+            if len(picked) >= n or not ran_dry or len(found) < limit:
                 return
 
     def _spend(
