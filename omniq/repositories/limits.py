@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from omniq._time import to_micros
 from omniq.db.engine import Dialect
 from omniq.db.schema import limits as lim
 from omniq.db.schema import tasks as t
@@ -45,11 +46,8 @@ class LimitRepository:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         insert = dialect.insert(lim)
-        changed = sa.or_(
-            lim.c.max_running.is_distinct_from(insert.excluded.max_running),
-            lim.c.rate_limit.is_distinct_from(insert.excluded.rate_limit),
-            lim.c.rate_period.is_distinct_from(insert.excluded.rate_period),
-        )
+        # Always written (updated_at too): a prune that waited for this row's lock
+        # sees it in use and keeps it (see prune).
         self._declare = insert.on_conflict_do_update(
             index_elements=[lim.c.kind, lim.c.key],
             set_={
@@ -58,7 +56,6 @@ class LimitRepository:
                 "rate_period": insert.excluded.rate_period,
                 "updated_at": insert.excluded.updated_at,
             },
-            where=changed,
         )
         self._spend = (
             sa.update(lim)
@@ -151,6 +148,38 @@ class LimitRepository:
         with translate_errors("declare limits"):
             for key in sorted(rows):
                 conn.execute(self._declare, rows[key])
+
+    def prune(self, conn: Connection, now: datetime, before: datetime) -> int:
+        """Delete the rows of keys that no live task carries, declared before
+        ``before``, whose bucket (rate) is full again by ``now``; how many.
+
+        Enqueue re-creates a key's row with the task (the same transaction), so
+        a pruned key loses nothing: its slots are counted, its bucket was full.
+        """
+        live = t.c.status.in_([_PENDING, TaskStatus.WAITING.value, _RUNNING])
+        used_c = sa.exists().where(
+            t.c.concurrency_key.is_not(None), t.c.concurrency_key == lim.c.key, live
+        )
+        used_r = sa.exists().where(t.c.rate_key.is_not(None), t.c.rate_key == lim.c.key, live)
+        # Numbers as stored: refilled_at in microseconds, rate_period in seconds.
+        refilled = sa.type_coerce(lim.c.refilled_at, sa.BigInteger)
+        period = sa.type_coerce(lim.c.rate_period, sa.Float)
+        full_at = (
+            refilled + (lim.c.rate_limit - lim.c.tokens) * period * 1_000_000 / lim.c.rate_limit
+        )
+        stmt = sa.delete(lim).where(
+            lim.c.updated_at < before,
+            sa.or_(
+                sa.and_(lim.c.kind == CONCURRENCY, ~used_c),
+                sa.and_(
+                    lim.c.kind == RATE,
+                    ~used_r,
+                    sa.or_(lim.c.refilled_at.is_(None), full_at <= to_micros(now)),
+                ),
+            ),
+        )
+        with translate_errors("prune limits"):
+            return int(conn.execute(stmt).rowcount)
 
     def get(self, conn: Connection, kind: str, key: str) -> dict[str, Any] | None:
         """The row of ``(kind, key)``, or None."""

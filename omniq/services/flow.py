@@ -28,10 +28,13 @@ from omniq.models.limits import QueueLimits, Rate
 from omniq.repositories.limits import CONCURRENCY, QUEUE, RATE
 from omniq.services.enqueue import Enqueue
 
-__all__ = ["FlowControl"]
+__all__ = ["LIMIT_RETENTION", "FlowControl"]
 
 #: Budget keys: (kind, key); a queue's rate bucket is ("queue-rate", name).
 _QUEUE_RATE = "queue-rate"
+#: Keys without live tasks keep their rows this long (then maintenance prunes them:
+#: every claim looks at the rows of keys with pending tasks, so rows must not pile up).
+LIMIT_RETENTION = timedelta(hours=1)
 #: Reads of candidates per queue and claim (each leaves out the keys that ran dry).
 _PICK_READS = 4
 
@@ -249,6 +252,15 @@ class FlowControl(Enqueue):
             kind, row = buckets[need]
             spent.append((kind, need[1], _refill(row, now) - count))
         self.storage.limits.spend(conn, spent, now)
+
+    async def prune_limits_async(self, idle_for: timedelta = LIMIT_RETENTION) -> int:
+        """Delete the rows of keys no live task carries, declared more than
+        ``idle_for`` ago (maintenance runs it); how many."""
+        now = self.storage.now()
+        return await self.storage.write(
+            lambda conn: self.storage.limits.prune(conn, now, now - idle_for),
+            what="prune limits",
+        )
 
     # --- queue settings ---------------------------------------------------------------
 

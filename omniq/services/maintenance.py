@@ -39,6 +39,8 @@ class MaintenanceReport:
     tasks_purged: int = 0
     #: Registry rows of workers silent for longer than LOST_WORKER_RETENTION.
     workers_pruned: int = 0
+    #: Flow control rows of keys no live task carries (idle for LIMIT_RETENTION).
+    limits_pruned: int = 0
     checkpointed: bool = False
 
 
@@ -108,9 +110,10 @@ class Maintenance:
             events_deleted=await self.events.cleanup_expired_async(),
             tasks_purged=await self.queue.purge_finished_async(),
             workers_pruned=await WorkerRegistry(self.storage).prune_async(),
+            limits_pruned=await self.queue.prune_limits_async(),
             checkpointed=await self._checkpoint(),
         )
-        if any(attrs.astuple(report)[:8]):
+        if any(attrs.astuple(report)[:9]):
             log.info("maintenance: %s", report)
         return report
 

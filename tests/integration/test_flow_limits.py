@@ -132,6 +132,34 @@ async def test_concurrent_claimers_never_exceed_a_limit(open_services: ServicesF
     assert done == 24
 
 
+async def test_maintenance_prunes_the_rows_of_idle_keys(svc: Services) -> None:
+    q = svc.queue
+    await enqueue(svc, 1, concurrency=Limit(1), concurrency_key="busy")
+    (done,) = await enqueue(svc, 1, concurrency=Limit(1), concurrency_key="idle")
+    await enqueue(svc, 1, rate=Rate(2, per=SLOW), rate_key="slow")
+    await enqueue(svc, 1, rate=Rate(2, per=timedelta(microseconds=1)), rate_key="fast")
+    claimed = await q.dequeue_ids_async([done])
+    assert await q.complete_async(claimed[0], None)
+    for task in await q.dequeue_many_async(10):
+        if task.rate_key is not None:
+            assert await q.complete_async(task, None)
+    # Rows in use (a live task), or whose bucket is not full again, stay.
+    assert await q.prune_limits_async(idle_for=timedelta(0)) == 2
+
+    def keys(conn: sa.Connection) -> list[tuple[str, str]]:
+        return [
+            (r["kind"], r["key"])
+            for k in ("concurrency", "rate")
+            for r in svc.storage.limits.of_kind(conn, k)
+        ]
+
+    assert await svc.storage.read(keys) == [("concurrency", "busy"), ("rate", "slow")]
+    assert await q.prune_limits_async() == 0  # the default keeps rows idle for an hour
+    # A key pruned is declared again with its next task.
+    await enqueue(svc, 2, concurrency=Limit(1), concurrency_key="idle")
+    assert len(await q.dequeue_many_async(10)) == 1
+
+
 # --- rate --------------------------------------------------------------------------------
 
 
