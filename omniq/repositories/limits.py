@@ -66,6 +66,14 @@ class LimitRepository:
             )
         )
 
+        #: Rows are locked in (kind, key) order by code point, the order in which
+        #: :meth:`declare` writes them (Python's), whatever the database's collation:
+        #: two transactions never wait for each other's rows in opposite orders.
+        self._key_order = (
+            (lim.c.kind.collate("C"), lim.c.key.collate("C"))
+            if dialect.name == "postgresql"
+            else (lim.c.kind, lim.c.key)
+        )
         #: The claim's lock statement, by "for given queues" (built once: hot path).
         self._lock = {by_queue: self._lock_statement(by_queue) for by_queue in (False, True)}
         #: Its candidates, by "from one queue".
@@ -116,7 +124,7 @@ class LimitRepository:
                     sa.and_(lim.c.kind == QUEUE, own),
                 )
             )
-            .order_by(lim.c.kind, lim.c.key)
+            .order_by(*self._key_order)
         )
         if self.dialect.skip_locked:
             stmt = stmt.with_for_update(of=lim)
