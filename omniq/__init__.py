@@ -32,6 +32,8 @@ if TYPE_CHECKING:
         TaskNotFound,
         UnsafePayload,
         ValidationError,
+        WorkflowFailed,
+        WorkflowNotFound,
         WrongDatabase,
     )
     from omniq.models import (
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
         TaskProgress,
         TaskResult,
         TaskStatus,
+        Workflow,
+        WorkflowMember,
+        WorkflowStatus,
     )
     from omniq.services import ErrorInfo, EventStorage, ResultStorage, Services, Storage, TaskQueue
     from omniq.sync import (
@@ -60,6 +65,7 @@ if TYPE_CHECKING:
     )
     from omniq.task_context import CurrentTask, current_task
     from omniq.worker import TaskRegistry, Worker, WorkerStats, task
+    from omniq.workflows import Signature, WorkflowHandle, chain, chord, group
 
 __version__ = VERSION
 
@@ -88,6 +94,8 @@ _LAZY: dict[str, str] = {
     "TaskNotFound": "omniq.errors",
     "UnsafePayload": "omniq.errors",
     "ValidationError": "omniq.errors",
+    "WorkflowFailed": "omniq.errors",
+    "WorkflowNotFound": "omniq.errors",
     "EventLevel": "omniq.models",
     "EventType": "omniq.models",
     "MisfirePolicy": "omniq.models",
@@ -101,6 +109,9 @@ _LAZY: dict[str, str] = {
     "TaskProgress": "omniq.models",
     "TaskResult": "omniq.models",
     "TaskStatus": "omniq.models",
+    "Workflow": "omniq.models",
+    "WorkflowMember": "omniq.models",
+    "WorkflowStatus": "omniq.models",
     "ErrorInfo": "omniq.services",
     "EventStorage": "omniq.services",
     "ResultStorage": "omniq.services",
@@ -119,6 +130,11 @@ _LAZY: dict[str, str] = {
     "task": "omniq.worker",
     "CurrentTask": "omniq.task_context",
     "current_task": "omniq.task_context",
+    "Signature": "omniq.workflows",
+    "WorkflowHandle": "omniq.workflows",
+    "chain": "omniq.workflows",
+    "chord": "omniq.workflows",
+    "group": "omniq.workflows",
 }
 
 __all__ = [
@@ -151,6 +167,7 @@ __all__ = [
     "SerializationError",
     "Services",
     "Settings",
+    "Signature",
     "Storage",
     "StorageFull",
     "SyncEventStorage",
@@ -172,9 +189,18 @@ __all__ = [
     "ValidationError",
     "Worker",
     "WorkerStats",
+    "Workflow",
+    "WorkflowFailed",
+    "WorkflowHandle",
+    "WorkflowMember",
+    "WorkflowNotFound",
+    "WorkflowStatus",
     "WrongDatabase",
     "__version__",
+    "chain",
+    "chord",
     "current_task",
+    "group",
     "task",
 ]
 

@@ -173,6 +173,8 @@ class Task:
     #: The W3C trace context (JSON of ``traceparent``/``tracestate``) of the span
     #: that enqueued the task, when tracing is on; None otherwise.
     trace_context: str | None = attrs.field(default=None, validator=optional_str)
+    #: The workflow (chain, group, chord) the task is a member of, or None.
+    workflow_id: str | None = attrs.field(default=None, validator=optional_str)
     #: Set when the stored payload could not be decoded; the args are then empty
     #: and the worker fails the task with this message instead of running it.
     payload_error: str | None = attrs.field(default=None, eq=False)

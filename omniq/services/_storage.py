@@ -47,6 +47,7 @@ from omniq.repositories._base import PayloadCodec, is_locked_error, translate_er
 from omniq.repositories.locks import LockRepository
 from omniq.repositories.progress import ProgressRepository
 from omniq.repositories.workers import WorkerRepository
+from omniq.repositories.workflows import WorkflowRepository
 from omniq.serialization import SerializerRegistry
 
 __all__ = ["Notifier", "Storage"]
@@ -152,6 +153,7 @@ class Storage:
         self.workers = WorkerRepository(self.dialect)
         self.attempts = AttemptRepository()
         self.progress = ProgressRepository(self.dialect)
+        self.workflows = WorkflowRepository()
         key = engine.url.render_as_string(hide_password=True)
         if self.settings.db_schema is not None:
             key = f"{key}#{self.settings.db_schema}"
