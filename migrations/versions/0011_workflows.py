@@ -20,7 +20,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "0011"
 down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None

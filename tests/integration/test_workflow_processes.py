@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from omniq import AsyncOmniQ, TaskStatus, WorkflowStatus, chord
-from tests.integration.test_worker_processes import (  # noqa: F401 (spawn: a fixture)
-    WorkerProcess,
-    spawn,
-    wait_until,
-)
+from tests.integration import test_worker_processes as procs
+from tests.integration.test_worker_processes import WorkerProcess, wait_until
 from tests.worker_tasks import read_records
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+#: The worker-process fixture of test_worker_processes.py, shared.
+spawn = procs.spawn
 
 MEMBERS = 50
 LEASE = ("--lease", "2", "--heartbeat", "0.3", "--allow", "tests.flow_tasks")
@@ -38,7 +38,7 @@ async def oq(db_url: str) -> AsyncIterator[AsyncOmniQ]:
 async def test_a_chord_survives_a_killed_worker_and_calls_back_exactly_once(
     oq: AsyncOmniQ,
     spawn: Callable[..., WorkerProcess],
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     runs = tmp_path / "runs"
     calls = tmp_path / "callback"

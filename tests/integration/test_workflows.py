@@ -258,3 +258,25 @@ def test_sync_twins(db_url: str) -> None:
         assert oq.signature(ft.add, 1).func == "tests.flow_tasks:add"
         tasks = oq.list_tasks(status=TaskStatus.COMPLETED)
         assert {t.workflow_id for t in tasks} == {handle.id}
+
+
+async def test_enqueue_in_the_callers_transaction(oq: AsyncOmniQ, db_url: str) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    s = oq.signature
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            tx = await conn.begin()
+            await oq.enqueue_workflow_async(chain(s(ft.add, 1), s(ft.add, 2)), connection=conn)
+            await tx.rollback()
+        assert await count_rows(oq) == (0, 0, 0)
+        async with engine.begin() as conn:
+            handle = await oq.enqueue_workflow_async(
+                chain(s(ft.add, 1), s(ft.add, 2)), connection=conn
+            )
+        assert await count_rows(oq) == (2, 1, 2)
+    finally:
+        await engine.dispose()
+    await run(oq)
+    assert await handle.result_async(timeout=WAIT) == 3
