@@ -280,3 +280,31 @@ async def test_enqueue_in_the_callers_transaction(oq: AsyncOmniQ, db_url: str) -
         await engine.dispose()
     await run(oq)
     assert await handle.result_async(timeout=WAIT) == 3
+
+
+async def test_deleting_or_clearing_members_settles_the_rest(oq: AsyncOmniQ) -> None:
+    s = oq.signature
+    handle = await oq.enqueue_workflow_async(chain(s(ft.add, 1), s(ft.add, 2), s(ft.add, 3)))
+    first, second, third = (await handle.get_async()).task_ids
+    assert await oq.services.queue.delete_task_async(second)
+    workflow = await handle.get_async()
+    assert [m.status for m in workflow.members] == ["pending", "cancelled", "cancelled"]
+    assert (await oq.get_task_async(third)).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
+    lenient = await oq.enqueue_workflow_async(
+        chord([s(ft.add, 1), s(ft.add, 2)], s(ft.args_of), on_failure="continue")
+    )
+    await oq.services.queue.clear_async()
+    workflow = await lenient.get_async()
+    assert all(m.ended for m in workflow.members)
+    assert workflow.status is WorkflowStatus.FAILED
+
+
+async def test_eager_mode_runs_the_steps_inline() -> None:
+    async with AsyncOmniQ("flows", mode="eager") as oq:
+        add = oq.task(ft.add)
+        total = oq.task(ft.total)
+        handle = await oq.enqueue_workflow_async(
+            chain(add.s(1, 1), chord([add.s(1), add.s(2)], total.s()), add.s(100))
+        )
+        assert await handle.status_async() is WorkflowStatus.COMPLETED
+        assert await handle.result_async(timeout=0) == 2 + 1 + 2 + 2 + 100
