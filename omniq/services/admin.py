@@ -23,10 +23,10 @@ from omniq.services._shared import (
 from omniq.services.dependencies import cancel_dependents, finalize
 from omniq.services.flow_steps import members_ended
 from omniq.services.leases import Leases
+from omniq.services.waiting import to_cancelled
 
 __all__ = ["UPDATABLE_FIELDS", "Administration"]
 
-_WAITING = frozenset({TaskStatus.WAITING})
 
 #: Fields of a queued task that ``update_task`` may change.
 UPDATABLE_FIELDS = frozenset(
@@ -262,16 +262,7 @@ class Administration(Leases):
             self.storage.events.insert_rows(
                 conn, [_event(EventType.DELETED, x, timestamp=now) for x in batch]
             )
-            cancelled = []
-            for task_id, reason in cause.items():
-                updated = self.storage.tasks.transition(
-                    conn,
-                    task_id,
-                    expected=_WAITING,
-                    values={**_finish_values(TaskStatus.CANCELLED, now), "last_error": reason},
-                )
-                if updated is not None:
-                    cancelled.append(updated)
+            cancelled = to_cancelled(conn, self.storage, cause, now)
             if cancelled:
                 finalize(conn, self.storage, cancelled, TaskStatus.CANCELLED, now)
             return len(batch)

@@ -15,16 +15,16 @@ from omniq.models import EventLevel, EventType, ResultStatus, Task, TaskStatus
 from omniq.services._shared import _event, _final_result, _finish_values
 from omniq.services._storage import Storage
 
-__all__ = ["cancel_waiting"]
+__all__ = ["cancel_waiting", "to_cancelled"]
 
 _WAITING = frozenset({TaskStatus.WAITING})
 
 
-def cancel_waiting(
+def to_cancelled(
     conn: sa.Connection, storage: Storage, reasons: Mapping[str, str], now: datetime
 ) -> list[Task]:
-    """Cancel the tasks of ``reasons`` that are still waiting, each with its reason;
-    write their events and results. Returns the tasks cancelled."""
+    """Move the tasks of ``reasons`` that are still waiting to cancelled, each with
+    its reason (nothing else is written). Returns the tasks cancelled."""
     cancelled: list[Task] = []
     for task_id, reason in reasons.items():
         updated = storage.tasks.transition(
@@ -35,6 +35,15 @@ def cancel_waiting(
         )
         if updated is not None:
             cancelled.append(updated)
+    return cancelled
+
+
+def cancel_waiting(
+    conn: sa.Connection, storage: Storage, reasons: Mapping[str, str], now: datetime
+) -> list[Task]:
+    """Cancel the tasks of ``reasons`` that are still waiting, each with its reason;
+    write their events and results. Returns the tasks cancelled."""
+    cancelled = to_cancelled(conn, storage, reasons, now)
     storage.events.insert_rows(
         conn,
         [

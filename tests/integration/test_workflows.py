@@ -285,7 +285,7 @@ async def test_enqueue_in_the_callers_transaction(oq: AsyncOmniQ, db_url: str) -
 async def test_deleting_or_clearing_members_settles_the_rest(oq: AsyncOmniQ) -> None:
     s = oq.signature
     handle = await oq.enqueue_workflow_async(chain(s(ft.add, 1), s(ft.add, 2), s(ft.add, 3)))
-    first, second, third = (await handle.get_async()).task_ids
+    _, second, third = (await handle.get_async()).task_ids
     assert await oq.services.queue.delete_task_async(second)
     workflow = await handle.get_async()
     assert [m.status for m in workflow.members] == ["pending", "cancelled", "cancelled"]
