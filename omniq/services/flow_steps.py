@@ -50,7 +50,7 @@ def members_completed(
             for task, text in done
         ],
     )
-    _settle(conn, storage, [(rows[task.id], True) for task, _ in done if task.id in rows], now)
+    _settle(conn, storage, [(rows[task.id], True) for task, _ in done if _open(rows, task)], now)
 
 
 def members_ended(
@@ -68,7 +68,16 @@ def members_ended(
             for task, status, error in ended
         ],
     )
-    _settle(conn, storage, [(rows[task.id], False) for task, _, _ in ended if task.id in rows], now)
+    _settle(
+        conn, storage, [(rows[task.id], False) for task, _, _ in ended if _open(rows, task)], now
+    )
+
+
+def _open(rows: Mapping[str, sa.RowMapping], task: Task) -> bool:
+    """True if ``task`` is a member that had not ended before: a member settles its
+    downstream once (a requeued member that ends again changes nothing)."""
+    row = rows.get(task.id)
+    return row is not None and row["status"] is None
 
 
 def _settle(
