@@ -308,3 +308,23 @@ async def test_eager_mode_runs_the_steps_inline() -> None:
         )
         assert await handle.status_async() is WorkflowStatus.COMPLETED
         assert await handle.result_async(timeout=0) == 2 + 1 + 2 + 2 + 100
+
+
+async def test_enqueue_in_the_callers_orm_session(oq: AsyncOmniQ, db_url: str) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    s = oq.signature
+    engine = create_async_engine(db_url)
+    try:
+        async with AsyncSession(engine) as session:
+            await oq.enqueue_workflow_async(group(s(ft.add, 1), s(ft.add, 2)), session=session)
+            await session.rollback()
+        assert await count_rows(oq) == (0, 0, 0)
+        async with AsyncSession(engine) as session, session.begin():
+            handle = await oq.enqueue_workflow_async(
+                group(s(ft.add, 1), s(ft.add, 2)), session=session
+            )
+    finally:
+        await engine.dispose()
+    await run(oq)
+    assert await handle.result_async(timeout=WAIT) == [1, 2]
