@@ -32,6 +32,8 @@ if TYPE_CHECKING:
         TaskNotFound,
         UnsafePayload,
         ValidationError,
+        WorkflowFailed,
+        WorkflowNotFound,
         WrongDatabase,
     )
     from omniq.models import (
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
         TaskProgress,
         TaskResult,
         TaskStatus,
+        Workflow,
+        WorkflowMember,
+        WorkflowStatus,
     )
     from omniq.models.limits import Limit, QueueLimits, Rate
     from omniq.services import ErrorInfo, EventStorage, ResultStorage, Services, Storage, TaskQueue
@@ -61,6 +66,7 @@ if TYPE_CHECKING:
     )
     from omniq.task_context import CurrentTask, current_task
     from omniq.worker import TaskRegistry, Worker, WorkerStats, task
+    from omniq.workflows import Signature, WorkflowHandle, chain, chord, group
 
 __version__ = VERSION
 
@@ -89,6 +95,8 @@ _LAZY: dict[str, str] = {
     "TaskNotFound": "omniq.errors",
     "UnsafePayload": "omniq.errors",
     "ValidationError": "omniq.errors",
+    "WorkflowFailed": "omniq.errors",
+    "WorkflowNotFound": "omniq.errors",
     "EventLevel": "omniq.models",
     "EventType": "omniq.models",
     "MisfirePolicy": "omniq.models",
@@ -105,6 +113,9 @@ _LAZY: dict[str, str] = {
     "Limit": "omniq.models.limits",
     "QueueLimits": "omniq.models.limits",
     "Rate": "omniq.models.limits",
+    "Workflow": "omniq.models",
+    "WorkflowMember": "omniq.models",
+    "WorkflowStatus": "omniq.models",
     "ErrorInfo": "omniq.services",
     "EventStorage": "omniq.services",
     "ResultStorage": "omniq.services",
@@ -123,6 +134,11 @@ _LAZY: dict[str, str] = {
     "task": "omniq.worker",
     "CurrentTask": "omniq.task_context",
     "current_task": "omniq.task_context",
+    "Signature": "omniq.workflows",
+    "WorkflowHandle": "omniq.workflows",
+    "chain": "omniq.workflows",
+    "chord": "omniq.workflows",
+    "group": "omniq.workflows",
 }
 
 __all__ = [
@@ -158,6 +174,7 @@ __all__ = [
     "SerializationError",
     "Services",
     "Settings",
+    "Signature",
     "Storage",
     "StorageFull",
     "SyncEventStorage",
@@ -179,9 +196,18 @@ __all__ = [
     "ValidationError",
     "Worker",
     "WorkerStats",
+    "Workflow",
+    "WorkflowFailed",
+    "WorkflowHandle",
+    "WorkflowMember",
+    "WorkflowNotFound",
+    "WorkflowStatus",
     "WrongDatabase",
     "__version__",
+    "chain",
+    "chord",
     "current_task",
+    "group",
     "task",
 ]
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omniq.app_flow import FlowMethods, check_task_limits, queue_limits_data
 from omniq.app_schedules import ScheduleMethods
+from omniq.app_workflows import WorkflowMethods
 from omniq.config import OmniQConfig
 from omniq.db.engine import default_sqlite_url
 from omniq.errors import ConfigurationError, ValidationError
@@ -55,7 +56,7 @@ Mode = Literal["normal", "eager"]
 MEMORY_URL = "sqlite+aiosqlite:///:memory:"
 
 
-class AsyncOmniQ(ScheduleMethods, FlowMethods):
+class AsyncOmniQ(ScheduleMethods, FlowMethods, WorkflowMethods):
     """One OmniQ project: its database, queue, results, events, schedules and workers.
 
     ``url=None`` means the SQLite file ``<base_dir>/<project_name>.db`` (with

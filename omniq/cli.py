@@ -178,6 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     p = command("task", "show one task")
     p.add_argument("task_id")
 
+    p = command("workflow", "show a workflow (chain, group, chord) and its members")
+    p.add_argument("workflow_id")
+
     p = command("results", "list results, newest first")
     p.add_argument("--status", action="append", dest="statuses")
     p.add_argument("--func", help="the task's function reference, e.g. app.tasks:send")

@@ -12,6 +12,7 @@ from omniq.cli_context import open_app
 from omniq.cli_errors import EXIT_FAILED, EXIT_TIMEOUT
 from omniq.cli_output import CLIError, duration_arg, emit, json_arg, plain, record, table
 from omniq.cli_progress import progress_data, with_progress
+from omniq.cli_workflow import workflow_command
 from omniq.config import OmniQConfig
 from omniq.errors import TaskNotFound
 
@@ -23,7 +24,7 @@ __all__ = ["dispatch"]
 
 #: Commands that only read: they never create a database file or migrate one.
 READ_ONLY = frozenset(
-    {"tasks", "task", "results", "result", "events", "stats", "schedules", "workers"}
+    {"tasks", "task", "results", "result", "events", "stats", "schedules", "workers", "workflow"}
 )
 
 
@@ -334,4 +335,5 @@ _COMMANDS = {
     "stats": _stats,
     "queue": _queue,
     "workers": _workers,
+    "workflow": workflow_command,
 }

@@ -89,7 +89,7 @@ def explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
 
     if isinstance(exc, CLIError):
         return str(exc), exc.code
-    if isinstance(exc, errors.TaskNotFound | errors.ScheduleNotFound):
+    if isinstance(exc, errors.TaskNotFound | errors.ScheduleNotFound | errors.WorkflowNotFound):
         return _first_line(exc), EXIT_USAGE
     if isinstance(exc, errors.ValidationError | errors.ConfigurationError):
         return _first_line(exc), EXIT_USAGE

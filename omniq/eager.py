@@ -50,6 +50,9 @@ async def _dependents(services: Services, task_id: str) -> list[str]:
     storage = services.storage
 
     def body(conn: Connection) -> list[str]:
-        return storage.tasks.dependents_of(conn, task_id)
+        return [
+            *storage.tasks.dependents_of(conn, task_id),
+            *storage.workflows.downstream_of(conn, task_id),
+        ]
 
     return await storage.read(body, what="find dependents")

@@ -25,6 +25,8 @@ __all__ = [
     "TaskNotFound",
     "UnsafePayload",
     "ValidationError",
+    "WorkflowFailed",
+    "WorkflowNotFound",
     "WrongDatabase",
 ]
 
@@ -121,6 +123,14 @@ class DatabaseUnavailable(DatabaseError):
 
 class SyncInAsyncContext(OmniQError, RuntimeError):
     """A sync API was called from inside a running event loop."""
+
+
+class WorkflowNotFound(OmniQError, LookupError):
+    """No workflow has that id."""
+
+
+class WorkflowFailed(OmniQError):
+    """A workflow's result cannot be given: a member it needs did not complete."""
 
 
 class NoCurrentTask(OmniQError, LookupError):

@@ -17,9 +17,10 @@ from omniq._portal import run_sync, sync_twin
 from omniq.app import AsyncOmniQ, TaskHandle
 from omniq.config import OmniQConfig
 from omniq.models import Settings, Task
-from omniq.services import EventStorage, ResultStorage, Services, TaskQueue
+from omniq.services import EventStorage, ResultStorage, Services, TaskQueue, WorkflowService
 from omniq.services.caller_tx import is_sync_transaction, run_inline
 from omniq.worker import Worker
+from omniq.workflows import Signature, WorkflowHandle
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,6 +32,7 @@ __all__ = [
     "SyncServices",
     "SyncTaskQueue",
     "SyncWorker",
+    "SyncWorkflowService",
 ]
 
 
@@ -67,6 +69,7 @@ class SyncTaskQueue:
     build_task = property(lambda self: self._async.build_task)
     enqueue = tx_twin(TaskQueue.enqueue_async)
     enqueue_many = tx_twin(TaskQueue.enqueue_many_async)
+    enqueue_together = tx_twin(TaskQueue.enqueue_together_async)
     dequeue = sync_twin(TaskQueue.dequeue_async)
     dequeue_many = sync_twin(TaskQueue.dequeue_many_async)
     dequeue_ids = sync_twin(TaskQueue.dequeue_ids_async)
@@ -133,6 +136,17 @@ class SyncResultStorage:
     wait = sync_twin(ResultStorage.wait_async)
 
 
+class SyncWorkflowService:
+    """Blocking twin of :class:`omniq.services.WorkflowService`."""
+
+    def __init__(self, workflows: WorkflowService) -> None:
+        self._async = workflows
+
+    enqueue = tx_twin(WorkflowService.enqueue_async)
+    get = sync_twin(WorkflowService.get_async)
+    result = sync_twin(WorkflowService.result_async)
+
+
 class SyncEventStorage:
     """Blocking twin of :class:`omniq.services.EventStorage`."""
 
@@ -155,6 +169,7 @@ class SyncServices:
         self.queue = SyncTaskQueue(services.queue)
         self.results = SyncResultStorage(services.results)
         self.events = SyncEventStorage(services.events)
+        self.workflows = SyncWorkflowService(services.workflows)
 
     @classmethod
     def open(
@@ -303,3 +318,13 @@ class OmniQ:
     stop_worker = sync_twin(AsyncOmniQ.stop_worker_async)
     run_worker = sync_twin(AsyncOmniQ.run_worker_async)
     list_workers = sync_twin(AsyncOmniQ.list_workers_async)
+    enqueue_workflow = tx_twin(AsyncOmniQ.enqueue_workflow_async)
+    get_workflow = sync_twin(AsyncOmniQ.get_workflow_async)
+
+    def signature(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Signature:
+        """A workflow member (see :meth:`AsyncOmniQ.signature`)."""
+        return self._async.signature(func, *args, **kwargs)
+
+    def workflow(self, workflow_id: str) -> WorkflowHandle:
+        """The handle of an enqueued workflow, by id."""
+        return self._async.workflow(workflow_id)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from omniq.app import AsyncOmniQ
     from omniq.models.limits import Limit, Rate
+    from omniq.workflows import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,6 +82,16 @@ class TaskHandle(Generic[P, R]):
         """
         given = {k: v for k, v in locals().items() if k != "self" and v is not None}
         return TaskHandle(self.app, self.func, {**self.options, **given})
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A workflow member calling this function with these arguments (and the
+        handle's options): ``chain(add.s(1, 2), double.s())``. In a chain or
+        chord the previous result comes first, before these positional arguments
+        (so they are not checked against the function's signature: some are missing)."""
+        from omniq.workflows import Signature
+
+        options = {k: v for k, v in self.options.items() if k != "on_duplicate"}
+        return Signature(self.ref, args, kwargs, options)
 
     async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue a call with these arguments and the handle's options; return its id."""

@@ -85,6 +85,8 @@ tasks = sa.Table(
     sa.Column("rate_key", NAME),
     sa.Column("rate_limit", sa.Integer),
     sa.Column("rate_period", Duration),
+    # The workflow (chain, group, chord) the task belongs to (revision 0011); NULL for most.
+    sa.Column("workflow_id", ID),
     # Partial indexes: only rows that can match the sweeps are indexed.
     *(
         sa.Index(
@@ -294,6 +296,50 @@ task_progress = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
+workflows = sa.Table(
+    "omniq_workflows",
+    metadata,
+    # A chain, group or chord enqueued in one transaction (revision 0011).
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    # The members whose results make the workflow's result, in order, and
+    # whether that result is one value ("one") or a list ("list").
+    sa.Column("outputs", sa.JSON, nullable=False),
+    sa.Column("output_shape", sa.String(8), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+workflow_tasks = sa.Table(
+    "omniq_workflow_tasks",
+    metadata,
+    # One row per member task of a workflow. No foreign key to the task: the
+    # member's outcome and result outlive the task row (retention, result TTL).
+    sa.Column("task_id", ID, primary_key=True),
+    sa.Column(
+        "workflow_id",
+        ID,
+        sa.ForeignKey("omniq_workflows.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("position", sa.Integer, nullable=False),
+    # Members whose results this one receives (in order) and how: "none",
+    # "one" (the first positional argument) or "list" (one list argument).
+    sa.Column("inputs", sa.JSON, nullable=False),
+    sa.Column("input_mode", sa.String(8), nullable=False),
+    # Members that receive this one's result, and what they do if it ends badly.
+    sa.Column("downstream", sa.JSON, nullable=False),
+    sa.Column("on_failure", sa.String(16), nullable=False),
+    # The counter: inputs not yet settled, decremented in each input's
+    # completion (or failure) transaction; at zero the member is released.
+    sa.Column("remaining", sa.Integer, nullable=False),
+    # The member's final status, result (serialized) and error, once it ended.
+    sa.Column("status", sa.String(16)),
+    sa.Column("result", sa.Text),
+    sa.Column("serializer", sa.String(32), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Index("ix_omniq_workflow_tasks_workflow", "workflow_id", "position"),
+)
+
 locks = sa.Table(
     "omniq_locks",
     metadata,
@@ -349,4 +395,6 @@ __all__ = [
     "task_dependencies",
     "tasks",
     "workers",
+    "workflow_tasks",
+    "workflows",
 ]

@@ -23,6 +23,7 @@ from omniq.models.schedule import TASK_OPTION_KEYS, Schedule
 from omniq.models.settings import Settings
 from omniq.models.task import Task
 from omniq.models.worker import WorkerInfo
+from omniq.models.workflow import Workflow, WorkflowMember, WorkflowStatus
 
 __all__ = [
     "FINAL_TASK_STATUSES",
@@ -46,4 +47,7 @@ __all__ = [
     "TaskSort",
     "TaskStatus",
     "WorkerInfo",
+    "Workflow",
+    "WorkflowMember",
+    "WorkflowStatus",
 ]

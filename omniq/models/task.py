@@ -181,6 +181,8 @@ class Task:
     rate_key: str | None = attrs.field(default=None, validator=optional_str)
     rate_limit: int | None = attrs.field(default=None, validator=non_negative_int)
     rate_period: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
+    #: The workflow (chain, group, chord) the task is a member of, or None.
+    workflow_id: str | None = attrs.field(default=None, validator=optional_str)
     #: Set when the stored payload could not be decoded; the args are then empty
     #: and the worker fails the task with this message instead of running it.
     payload_error: str | None = attrs.field(default=None, eq=False)

@@ -15,6 +15,7 @@ from omniq.services.events import EventStorage
 from omniq.services.queue import ErrorInfo, TaskQueue
 from omniq.services.results import ResultStorage
 from omniq.services.workers import WorkerRegistry
+from omniq.services.workflows import WorkflowService
 
 __all__ = [
     "ErrorInfo",
@@ -24,6 +25,7 @@ __all__ = [
     "Storage",
     "TaskQueue",
     "WorkerRegistry",
+    "WorkflowService",
     "event_row",
 ]
 
@@ -37,6 +39,7 @@ class Services:
         self.results = ResultStorage(storage)
         self.events = EventStorage(storage)
         self.workers = WorkerRegistry(storage)
+        self.workflows = WorkflowService(storage, self.queue)
 
     @classmethod
     async def open_async(

@@ -48,6 +48,7 @@ from omniq.repositories.limits import LimitRepository
 from omniq.repositories.locks import LockRepository
 from omniq.repositories.progress import ProgressRepository
 from omniq.repositories.workers import WorkerRepository
+from omniq.repositories.workflows import WorkflowRepository
 from omniq.serialization import SerializerRegistry
 
 __all__ = ["Notifier", "Storage"]
@@ -154,6 +155,7 @@ class Storage:
         self.attempts = AttemptRepository()
         self.progress = ProgressRepository(self.dialect)
         self.limits = LimitRepository(self.dialect)
+        self.workflows = WorkflowRepository()
         key = engine.url.render_as_string(hide_password=True)
         if self.settings.db_schema is not None:
             key = f"{key}#{self.settings.db_schema}"

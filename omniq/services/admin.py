@@ -21,11 +21,12 @@ from omniq.services._shared import (
     _finish_values,
 )
 from omniq.services.dependencies import cancel_dependents, finalize
+from omniq.services.flow_steps import members_ended
 from omniq.services.leases import Leases
+from omniq.services.waiting import to_cancelled
 
 __all__ = ["UPDATABLE_FIELDS", "Administration"]
 
-_WAITING = frozenset({TaskStatus.WAITING})
 
 #: Fields of a queued task that ``update_task`` may change.
 UPDATABLE_FIELDS = frozenset(
@@ -212,6 +213,9 @@ class Administration(Leases):
                 cancel_dependents(
                     conn, self.storage, {task_id: f"dependency {task_id} was deleted"}, now
                 )
+            if task.workflow_id is not None and not task.is_final:
+                ended = [(task, TaskStatus.CANCELLED, f"task {task_id} was deleted")]
+                members_ended(conn, self.storage, ended, now)
             self.storage.tasks.delete(conn, task_id)
             self.storage.results.delete(conn, task_id)
             self.storage.events.insert_rows(conn, [_event(EventType.DELETED, task, timestamp=now)])
@@ -252,19 +256,13 @@ class Administration(Leases):
                 if edge_task not in gone:
                     cause.setdefault(edge_task, f"dependency {dep} was cleared")
             self.storage.tasks.delete_where(conn, t.c.id.in_(ids), limit=len(batch))
+            members = [(x, TaskStatus.CANCELLED, "cleared") for x in batch if x.workflow_id]
+            if members:
+                members_ended(conn, self.storage, members, now)
             self.storage.events.insert_rows(
                 conn, [_event(EventType.DELETED, x, timestamp=now) for x in batch]
             )
-            cancelled = []
-            for task_id, reason in cause.items():
-                updated = self.storage.tasks.transition(
-                    conn,
-                    task_id,
-                    expected=_WAITING,
-                    values={**_finish_values(TaskStatus.CANCELLED, now), "last_error": reason},
-                )
-                if updated is not None:
-                    cancelled.append(updated)
+            cancelled = to_cancelled(conn, self.storage, cause, now)
             if cancelled:
                 finalize(conn, self.storage, cancelled, TaskStatus.CANCELLED, now)
             return len(batch)

@@ -17,17 +17,18 @@ import sqlalchemy as sa
 from omniq.db.schema import task_dependencies as deps_t
 from omniq.db.schema import tasks as t
 from omniq.errors import ValidationError
-from omniq.models import EventLevel, EventType, ResultStatus, Task, TaskStatus
+from omniq.models import Task, TaskStatus
 from omniq.services._shared import (
     _DEAD,
     _FINAL_EVENT,
     ErrorInfo,
     _event,
     _final_result,
-    _finish_values,
     _ready_events,
 )
 from omniq.services._storage import Storage
+from omniq.services.flow_steps import members_ended
+from omniq.services.waiting import cancel_waiting
 
 __all__ = [
     "cancel_dependents",
@@ -117,12 +118,15 @@ def finalize(
     kind, result_status, level = _FINAL_EVENT[status]
     events = []
     results = []
+    members = []
     for x in tasks:
         info = error.get(x.id) if isinstance(error, Mapping) else error
         elapsed = (
             execution_time.get(x.id) if isinstance(execution_time, Mapping) else execution_time
         )
         message = str(info) if info else x.last_error
+        if x.workflow_id is not None:
+            members.append((x, status, message))
         events.append(
             _event(
                 kind,
@@ -152,6 +156,8 @@ def finalize(
     storage.events.insert_rows(conn, events)
     storage.results.upsert_many(conn, results)
     cancel_dependents(conn, storage, {x.id: f"dependency {x.id} {status}" for x in tasks}, now)
+    if members:
+        members_ended(conn, storage, members, now)
 
 
 def cancel_dependents(
@@ -167,43 +173,18 @@ def cancel_dependents(
         waiting = storage.tasks.dependents(conn, frontier)
         if not waiting:
             return
-        cancelled: list[Task] = []
+        reasons: dict[str, str] = {}
         for dep_id in waiting:
             task = storage.tasks.get(conn, dep_id)
-            if task is None:
-                continue
-            reason = next((cause[d] for d in task.depends_on if d in cause), "a dependency ended")
-            updated = storage.tasks.transition(
-                conn,
-                dep_id,
-                expected=_WAITING,
-                values={**_finish_values(TaskStatus.CANCELLED, now), "last_error": reason},
-            )
-            if updated is not None:
-                cancelled.append(updated)
-                cause[dep_id] = reason
-        storage.events.insert_rows(
-            conn,
-            [
-                _event(
-                    EventType.CANCELLED,
-                    x,
-                    timestamp=now,
-                    message=x.last_error,
-                    level=EventLevel.WARNING,
-                    data={"cause": x.last_error},
+            if task is not None:
+                reasons[dep_id] = next(
+                    (cause[d] for d in task.depends_on if d in cause), "a dependency ended"
                 )
-                for x in cancelled
-            ],
-        )
-        storage.results.upsert_many(
-            conn,
-            [
-                _final_result(x, ResultStatus.CANCELLED, x.last_error, now=now)
-                for x in cancelled
-                if x.store_result
-            ],
-        )
+        cancelled = cancel_waiting(conn, storage, reasons, now)
+        cause.update((x.id, reasons[x.id]) for x in cancelled)
+        members = [(x, TaskStatus.CANCELLED, x.last_error) for x in cancelled if x.workflow_id]
+        if members:
+            members_ended(conn, storage, members, now)
         frontier = [x.id for x in cancelled]
 
 
@@ -235,6 +216,8 @@ def settle_orphans(conn: sa.Connection, storage: Storage, now: datetime, limit: 
         )
     unblocked = sa.select(t.c.id).where(
         t.c.status == TaskStatus.WAITING.value,
+        # Workflow members wait on their workflow's counters, not on edges.
+        t.c.workflow_id.is_(None),
         ~sa.exists(
             sa.select(sa.literal(1))
             .select_from(deps_t.join(dep, dep.c.id == deps_t.c.depends_on_id))

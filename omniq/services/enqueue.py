@@ -112,6 +112,19 @@ class Enqueue(Sweeps):
                 return await wrapped
         return await self._enqueue_in_own_transaction(batch, on_duplicate, tx)
 
+    async def enqueue_together_async(
+        self,
+        tasks: Sequence[Task],
+        write: Callable[[sa.Connection], None],
+        *,
+        connection: AsyncConnection | sa.Connection | None = None,
+        session: AsyncSession | Session | None = None,
+    ) -> list[str]:
+        """Enqueue ``tasks`` (no unique keys) and run ``write`` in the same transaction:
+        all or nothing (a workflow's tasks and rows, see :mod:`omniq.services.workflows`)."""
+        tx = caller_tx(connection, session)
+        return await self._enqueue_in_own_transaction(list(tasks), "raise", tx, also=write)
+
     async def _prepare_caller_tx_async(self) -> None:
         """Get ready to write in callers' transactions (see :func:`prepare_caller_tx`)."""
         await prepare_caller_tx(self.storage)
@@ -140,13 +153,17 @@ class Enqueue(Sweeps):
         batch: list[Task],
         on_duplicate: Literal["return", "raise"],
         tx: CallerTx | None = None,
+        also: Callable[[sa.Connection], None] | None = None,
     ) -> list[str]:
         ordered = dependency_order(batch)
         # Serialize before the transaction: a bad payload fails before anything is written.
         rows = {x.id: self.storage.tasks.to_row(x) for x in batch}
 
         def body(conn: sa.Connection) -> dict[str, str]:
-            return self._insert_batch(conn, ordered, rows, on_duplicate)
+            ids = self._insert_batch(conn, ordered, rows, on_duplicate)
+            if also is not None:
+                also(conn)
+            return ids
 
         if tx is not None:
             # The caller's transaction: workers are woken once it commits.

@@ -30,6 +30,7 @@ from omniq.services._shared import (
 )
 from omniq.services.claims import Claims, Start
 from omniq.services.dependencies import finalize, release_dependents
+from omniq.services.flow_steps import members_completed
 
 __all__ = ["Leases", "Start"]
 
@@ -75,7 +76,8 @@ class Leases(Claims):
         for task, value, elapsed in completions:
             # Serialize before the transaction: an unserializable result fails alone.
             row = None
-            if task.store_result:
+            # A workflow member's result is kept for the members it feeds (flow_steps).
+            if task.store_result or task.workflow_id is not None:
                 row = results_repo.success_row(
                     task, value, now=now, execution_time=elapsed, worker_id=worker_id
                 )
@@ -99,10 +101,22 @@ class Leases(Claims):
                 ],
             )
             results_repo.upsert_rows(
-                conn, [row for task, row, _ in prepared if row is not None and task.id in held]
+                conn,
+                [
+                    row
+                    for task, row, _ in prepared
+                    if row is not None and task.store_result and task.id in held
+                ],
             )
             if done:
                 release_dependents(conn, self.storage, done, now)
+                members = [
+                    (task, row["result"])
+                    for task, row, _ in prepared
+                    if task.workflow_id is not None and row is not None and task.id in held
+                ]
+                if members:
+                    members_completed(conn, self.storage, members, now)
             return done
 
         done = await self.storage.write(body, what="complete tasks")

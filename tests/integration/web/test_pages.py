@@ -202,6 +202,15 @@ def test_task_made_by_a_schedule_links_to_it(oq: OmniQ, client: TestClient) -> N
     assert f'href="/schedules/{schedule_id}">nightly</a>' in html
 
 
+def test_task_of_a_workflow_shows_its_workflow_id(oq: OmniQ, client: TestClient) -> None:
+    from omniq import chain
+
+    handle = oq.enqueue_workflow(chain(oq.signature(ADD, 1, 1), oq.signature(ADD, 2)))
+    (first, _second) = handle.get().task_ids
+    html = client.get(f"/tasks/{first}").text
+    assert f'<code id="workflow">{handle.id}</code>' in html
+
+
 def test_schedules_pages(oq: OmniQ, client: TestClient) -> None:
     cron = oq.schedule(ADD, [1, 1], cron="*/5 * * * *", timezone="Europe/Paris", name="c")
     every = oq.schedule(ADD, [1, 1], interval=90, name="i", max_runs=3)
