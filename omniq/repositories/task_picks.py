@@ -14,6 +14,7 @@ from omniq.db.schema import task_dependencies as deps_t
 from omniq.db.schema import tasks as t
 from omniq.models import Task, TaskStatus
 from omniq.repositories._base import translate_errors
+from omniq.repositories.db_migration import claims_open
 
 __all__ = ["PickStatements"]
 
@@ -45,6 +46,7 @@ class PickStatements:
                 t.c.status == TaskStatus.PENDING.value,
                 t.c.run_at <= now,
                 sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now),
+                claims_open(),
             )
             .values(
                 status=TaskStatus.RUNNING.value,
