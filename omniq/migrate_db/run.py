@@ -141,7 +141,7 @@ async def _decide(run: _Run, events: bool) -> None:
         return
     if run.target is not None and run.target_revision is not None:
         await _refuse_if_holding_data(run, events)
-    if src is not None:  # flagged by a run interrupted before the target was marked
+    if src is not None and src.state != "done":  # interrupted before the target was marked
         run.migration_id, run.cutoff, run.resumed = src.migration_id, src.cutoff, True
     else:
         run.migration_id, run.cutoff = new_id(), now
