@@ -42,7 +42,7 @@ from omniq.services import ErrorInfo, Services
 from omniq.services.scheduler import Scheduler
 from omniq.worker import Worker
 from tests.conftest import ENGINES, PostgresDatabases, require_postgres
-from tests.waiting import wait_until, wait_until_sync
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -101,7 +101,7 @@ async def seed(url: str, counts: dict[str, int]) -> dict[str, list[str]]:
     try:
         q = svc.queue
         ids["completed"] = await _enqueue(svc, "done", counts["completed"])
-        for start in range(0, counts["completed"], 500):
+        for _ in range(0, counts["completed"], 500):
             claimed = await _claim_all_n(svc, "done", 500)
             await q.complete_many_async([(t, t.id, 0.01) for t in claimed])
         ids["failed"] = await _enqueue(svc, "fail", counts["failed"], max_retries=1)
@@ -374,6 +374,27 @@ SMALL = {
 }
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``omniq ARGS`` in a process of its own (no OMNIQ_DATABASE_URL from the outside)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMNIQ_DATABASE_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "omniq", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def start_stopping_migration(source: str, target: str, ready: Path) -> subprocess.Popen[bytes]:
+    """tests/migrate_process.py: copies three batches of tasks, then waits to be killed."""
+    script = str(ROOT / "tests" / "migrate_process.py")
+    args = [source, target, "--stop-after", "3", "--ready", str(ready)]
+    return subprocess.Popen([sys.executable, script, *args], cwd=ROOT)
+
+
 class Interrupt(Exception):
     pass
 
@@ -412,36 +433,19 @@ async def test_migration_process_killed_mid_copy_resumes_with_the_cli(
 ) -> None:
     await seed(source_url, SMALL)
     ready = tmp_path / "ready"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "migrate_process.py"),
-            source_url,
-            target_url,
-            "--stop-after",
-            "3",
-            "--ready",
-            str(ready),
-        ],
-        cwd=ROOT,
-    )
+    proc = await asyncio.to_thread(start_stopping_migration, source_url, target_url, ready)
+
+    async def stopped() -> bool:
+        return await asyncio.to_thread(ready.exists)
+
     try:
-        wait_until_sync(ready.exists, "the copy to reach its third batch of tasks", timeout=120)
+        await wait_until(stopped, "the copy to reach its third batch of tasks", timeout=120)
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        await asyncio.to_thread(proc.wait)
     assert (await rows_of(target_url))["omniq_tasks"] in (200, 300)
 
-    env = {k: v for k, v in os.environ.items() if k != "OMNIQ_DATABASE_URL"}
-    done = subprocess.run(
-        [sys.executable, "-m", "omniq", "migrate-db", "--from", source_url, "--to", target_url],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = await asyncio.to_thread(run_cli, "migrate-db", "--from", source_url, "--to", target_url)
     assert done.returncode == 0, done.stderr
     assert "resumed and finished" in done.stdout
     assert "omniq_tasks" in done.stderr and "100%" in done.stderr  # the progress bar
@@ -468,7 +472,7 @@ async def test_dry_run_reports_and_changes_nothing(source_url: str, target_url: 
     assert await rows_of(source_url) == before
     assert "dry run: nothing changed" in report.summary()
     if target_url.startswith("sqlite"):
-        assert not Path(target_url.split("///", 1)[1]).exists()
+        assert not await asyncio.to_thread(Path(target_url.split("///", 1)[1]).exists)
     else:
         assert await asyncio.to_thread(migrate.current, target_url) is None
     src = await Services.open_async(source_url)
@@ -598,28 +602,12 @@ async def test_enqueue_on_the_flagged_source_raises_and_unflag_restores_it(
     finally:
         await src.close_async()
 
-    env = {k: v for k, v in os.environ.items() if k != "OMNIQ_DATABASE_URL"}
-    cli = [sys.executable, "-m", "omniq"]
-    refused = subprocess.run(
-        [*cli, "--url", source_url, "enqueue", FUNC, "--args", "[1, 2]"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    refused = await asyncio.to_thread(
+        run_cli, "--url", source_url, "enqueue", FUNC, "--args", "[1, 2]"
     )
     assert refused.returncode == 1
     assert "DatabaseMigrated" in refused.stderr and "--unflag" in refused.stderr
-    unflagged = subprocess.run(
-        [*cli, "migrate-db", "--unflag", "--from", source_url],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    unflagged = await asyncio.to_thread(run_cli, "migrate-db", "--unflag", "--from", source_url)
     assert unflagged.returncode == 0, unflagged.stderr
     assert "flag cleared" in unflagged.stdout
     assert not await unflag_async(source_url)  # already clear
