@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import attrs
 import sqlalchemy as sa
@@ -204,14 +205,9 @@ async def _finish_marks(run: _Run) -> None:
 
 
 async def _count_running(storage: Storage) -> int:
-    def body(conn: sa.Connection) -> int:
-        return sum(n for (_, status), n in _task_counts(storage, conn) if status == "running")
-
-    return await storage.read(body, what="count running tasks")
-
-
-def _task_counts(storage: Storage, conn: sa.Connection) -> list[tuple[tuple[str, str], int]]:
-    return list(storage.tasks.count_by(conn).items())
+    return await storage.read(
+        lambda conn: storage.tasks.count(conn, TaskStatus.RUNNING), what="count running tasks"
+    )
 
 
 async def _settle_running(run: _Run, *, force: bool, wait: timedelta) -> int:
@@ -381,33 +377,9 @@ async def _migrate(
     return report
 
 
-def migrate_db(
-    source: str | sa.URL,
-    target: str | sa.URL,
-    *,
-    dry_run: bool = False,
-    force: bool = False,
-    events: bool = False,
-    batch_size: int = DEFAULT_BATCH,
-    wait: timedelta | float = timedelta(seconds=60),
-    progress: Callable[[Progress], None] | None = None,
-    source_schema: str | None = None,
-    target_schema: str | None = None,
-) -> MigrationReport:
-    """The blocking twin of :func:`migrate_db_async`."""
-    return run_sync(
-        migrate_db_async,
-        source,
-        target,
-        dry_run=dry_run,
-        force=force,
-        events=events,
-        batch_size=batch_size,
-        wait=wait,
-        progress=progress,
-        source_schema=source_schema,
-        target_schema=target_schema,
-    )
+def migrate_db(source: str | sa.URL, target: str | sa.URL, **options: Any) -> MigrationReport:
+    """The blocking twin of :func:`migrate_db_async` (the same options)."""
+    return run_sync(migrate_db_async, source, target, **options)
 
 
 async def unflag_async(url: str | sa.URL, *, schema: str | None = None) -> bool:

@@ -14,13 +14,12 @@ refused.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
 import sys
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from omniq.models import Schedule, ScheduleType, Settings, Task, TaskStatus
 from omniq.services import ErrorInfo, Services
 from omniq.services.scheduler import Scheduler
 from omniq.worker import Worker
+from tests.acceptance.test_cli import omniq
 from tests.conftest import ENGINES, PostgresDatabases, require_postgres
 from tests.waiting import wait_until
 
@@ -215,24 +215,8 @@ async def test_ten_thousand_tasks_graduate_and_run_once_each(
     now = utcnow() - 3 * HOUR  # fire times in the past: their tasks are ready at once
     src = await Services.open_async(source_url)
     try:
-        fired = await src.queue.schedule_async(
-            Schedule(
-                func=FUNC,
-                func_args=(1, 2),
-                schedule_type=ScheduleType.INTERVAL,
-                interval=HOUR,
-                next_run_at=now,
-            )
-        )
-        later = await src.queue.schedule_async(
-            Schedule(
-                func=FUNC,
-                func_args=(3, 4),
-                schedule_type=ScheduleType.INTERVAL,
-                interval=HOUR,
-                next_run_at=now + 2 * HOUR,
-            )
-        )
+        fired = await src.queue.schedule_async(hourly(now, (1, 2)))
+        later = await src.queue.schedule_async(hourly(now + 2 * HOUR, (3, 4)))
         assert await Scheduler(src.storage, src.queue).fire_due_async(now) == 1
         ids["pending"].append(await _fired_task(src, fired))
         # Ten results already expired: not copied.
@@ -332,6 +316,16 @@ async def test_ten_thousand_tasks_graduate_and_run_once_each(
         await dst.close_async()
 
 
+def hourly(first: datetime, args: tuple[int, int]) -> Schedule:
+    return Schedule(
+        func=FUNC,
+        func_args=args,
+        schedule_type=ScheduleType.INTERVAL,
+        interval=HOUR,
+        next_run_at=first,
+    )
+
+
 async def _fired_task(svc: Services, schedule_id: str) -> str:
     tasks = await svc.queue.list_tasks_async(TaskStatus.PENDING, limit=20_000)
     mine = [t for t in tasks if t.schedule_id == schedule_id]
@@ -372,20 +366,6 @@ SMALL = {
     "pending": 1500,
     "waiting": 100,
 }
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """``omniq ARGS`` in a process of its own (no OMNIQ_DATABASE_URL from the outside)."""
-    env = {k: v for k, v in os.environ.items() if k != "OMNIQ_DATABASE_URL"}
-    return subprocess.run(
-        [sys.executable, "-m", "omniq", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def start_stopping_migration(source: str, target: str, ready: Path) -> subprocess.Popen[bytes]:
@@ -445,7 +425,8 @@ async def test_migration_process_killed_mid_copy_resumes_with_the_cli(
         await asyncio.to_thread(proc.wait)
     assert (await rows_of(target_url))["omniq_tasks"] in (200, 300)
 
-    done = await asyncio.to_thread(run_cli, "migrate-db", "--from", source_url, "--to", target_url)
+    # --from: the database of --url / OMNIQ_DATABASE_URL.
+    done = await asyncio.to_thread(omniq, source_url, "migrate-db", "--to", target_url)
     assert done.returncode == 0, done.stderr
     assert "resumed and finished" in done.stdout
     assert "omniq_tasks" in done.stderr and "100%" in done.stderr  # the progress bar
@@ -602,12 +583,10 @@ async def test_enqueue_on_the_flagged_source_raises_and_unflag_restores_it(
     finally:
         await src.close_async()
 
-    refused = await asyncio.to_thread(
-        run_cli, "--url", source_url, "enqueue", FUNC, "--args", "[1, 2]"
-    )
+    refused = await asyncio.to_thread(omniq, source_url, "enqueue", FUNC, "--args", "[1, 2]")
     assert refused.returncode == 1
     assert "DatabaseMigrated" in refused.stderr and "--unflag" in refused.stderr
-    unflagged = await asyncio.to_thread(run_cli, "migrate-db", "--unflag", "--from", source_url)
+    unflagged = await asyncio.to_thread(omniq, source_url, "migrate-db", "--unflag")
     assert unflagged.returncode == 0, unflagged.stderr
     assert "flag cleared" in unflagged.stdout
     assert not await unflag_async(source_url)  # already clear
