@@ -23,6 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the database to move (default: --url / OMNIQ_DATABASE_URL / the SQLite file)",
     )
     p.add_argument("--to", dest="target", metavar="URL", help="the database to move it to")
+    p.add_argument(
+        "--to-schema",
+        metavar="NAME",
+        help="PostgreSQL schema of OmniQ's tables in the target (--from uses OMNIQ_DB_SCHEMA)",
+    )
     p.add_argument("--dry-run", action="store_true", help="report what would be copied; no change")
     p.add_argument(
         "--force",
@@ -107,6 +112,7 @@ async def cmd_migrate_db(args: argparse.Namespace) -> int:
             wait=wait,
             progress=progress,
             source_schema=schema,
+            target_schema=args.to_schema,
         )
     finally:
         progress.close()

@@ -64,6 +64,13 @@ def _check_batch(batch_size: int) -> None:
         raise ValidationError("batch_size", f"must be 1 to {MAX_BATCH}, got {batch_size}")
 
 
+def _same_database(a: sa.URL, a_schema: str | None, b: sa.URL, b_schema: str | None) -> bool:
+    a_path, b_path = sqlite_path(a), sqlite_path(b)
+    if a_path is not None and b_path is not None:
+        return a_path.resolve() == b_path.resolve()
+    return (_shown(a), a_schema) == (_shown(b), b_schema)
+
+
 def _missing_sqlite(url: sa.URL) -> bool:
     path = sqlite_path(url)
     return path is not None and not path.is_file()
@@ -84,6 +91,8 @@ class _Run:
     resumed: bool = False
     already_done: bool = False
     target_revision: str | None = None
+    #: The target's tables are at head (after the upgrade; in a dry run, if they were).
+    target_ready: bool = False
 
     async def close(self) -> None:
         await self.source.close()
@@ -127,7 +136,8 @@ async def _decide(run: _Run, events: bool) -> None:
     """Fresh, resumed, or refused: compare the source's flag with the target's marker."""
     src = await run.source.read(lambda c: read_mark(c, SOURCE), what="read the flag")
     tgt = None
-    if run.target is not None and run.target_revision == migrate.head():
+    if run.target_ready:
+        assert run.target is not None
         tgt = await run.target.read(lambda c: read_mark(c, TARGET), what="read the marker")
     now = run.source.now()
     if tgt is not None:
@@ -140,7 +150,7 @@ async def _decide(run: _Run, events: bool) -> None:
         run.migration_id, run.cutoff, run.resumed = tgt.migration_id, tgt.cutoff, True
         run.already_done = tgt.state == "done" and src.state == "done"
         return
-    if run.target is not None and run.target_revision is not None:
+    if run.target_ready:
         await _refuse_if_holding_data(run, events)
     if src is not None and src.state != "done":  # interrupted before the target was marked
         run.migration_id, run.cutoff, run.resumed = src.migration_id, src.cutoff, True
@@ -270,7 +280,7 @@ async def _copy(run: _Run, batch_size: int) -> dict[str, int]:
     return written
 
 
-async def _tables(run: _Run, written: dict[str, int], *, after: bool) -> list[TableReport]:
+async def _tables(run: _Run, written: dict[str, int]) -> list[TableReport]:
     cutoff = run.cutoff
     out = []
     for item in run.tables:
@@ -279,7 +289,7 @@ async def _tables(run: _Run, written: dict[str, int], *, after: bool) -> list[Ta
             continue
         source = await run.source.read(status_counts(item, cutoff, as_copied=True))
         target: dict[str, int] = {}
-        if run.target is not None and (after or run.target_revision == migrate.head()):
+        if run.target is not None and run.target_ready:
             target = await run.target.read(status_counts(item, cutoff, as_copied=False))
         out.append(
             TableReport(
@@ -316,7 +326,7 @@ async def migrate_db_async(
     _check_batch(batch_size)
     wait = to_timedelta(wait, "wait")
     src_url, dst_url = normalize_url(source), normalize_url(target)
-    if (_shown(src_url), source_schema) == (_shown(dst_url), target_schema):
+    if _same_database(src_url, source_schema, dst_url, target_schema):
         raise ValidationError("target", "is the source database itself")
     if _missing_sqlite(src_url):
         raise ValidationError("source", f"there is no database at {sqlite_path(src_url)}")
@@ -341,6 +351,7 @@ async def _migrate(
     await run.source.open()
     if run.target is not None:
         run.target_revision = await _prepare_target(run.target, run.target_url, dry_run=dry_run)
+        run.target_ready = not dry_run or run.target_revision == migrate.head()
         if not dry_run:
             await run.target.open()
     await _decide(run, events)
@@ -356,7 +367,7 @@ async def _migrate(
         assert run.target is not None
         copied = [item.table for item in run.tables if item.skipped is None]
         sequences = await run.target.write(advance_sequences(copied), what="advance sequences")
-    tables = [] if run.already_done else await _tables(run, written, after=not dry_run)
+    tables = [] if run.already_done else await _tables(run, written)
     report = MigrationReport(
         migration_id=run.migration_id,
         source=_shown(run.source_url),

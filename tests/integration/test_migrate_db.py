@@ -14,6 +14,8 @@ refused.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import signal
 import subprocess
@@ -33,8 +35,8 @@ from omniq.db.schema import events as events_table
 from omniq.db.schema import metadata
 from omniq.db.schema import results as results_table
 from omniq.db.schema import tasks as tasks_table
-from omniq.errors import DatabaseMigrated, MigrationRefused
-from omniq.migrate_db import Progress, migrate_db_async, plan, unflag_async
+from omniq.errors import DatabaseMigrated, MigrationRefused, ValidationError
+from omniq.migrate_db import Progress, migrate_db, migrate_db_async, plan, unflag_async
 from omniq.migrate_db.plan import RULES
 from omniq.models import Schedule, ScheduleType, Settings, Task, TaskStatus
 from omniq.services import ErrorInfo, Services
@@ -596,3 +598,31 @@ async def test_enqueue_on_the_flagged_source_raises_and_unflag_restores_it(
         assert len(await src.queue.dequeue_many_async(10)) == 3
     finally:
         await src.close_async()
+
+
+def test_the_source_itself_is_refused_as_target(source_url: str) -> None:
+    relative = "sqlite+aiosqlite:///" + os.path.relpath(source_url.split("///", 1)[1])
+    with pytest.raises(ValidationError, match="is the source database itself"):
+        migrate_db(source_url, relative)  # the blocking twin
+    with pytest.raises(ValidationError, match="batch_size"):
+        migrate_db(source_url, source_url + "x", batch_size=0)
+
+
+async def test_a_target_at_an_older_revision_is_upgraded_and_the_cli_dry_run_prints_json(
+    source_url: str, target_url: str
+) -> None:
+    counts = {"completed": 2, "failed": 0, "cancelled": 0, "running": 0, "pending": 3, "waiting": 1}
+    await seed(source_url, counts)
+    await asyncio.to_thread(migrate.upgrade, target_url, "0008")
+    dry = await asyncio.to_thread(
+        omniq, source_url, "migrate-db", "--to", target_url, "--dry-run", "--json"
+    )
+    assert dry.returncode == 0, dry.stderr
+    data = json.loads(dry.stdout)
+    assert data["dry_run"] is True and data["target_revision"] == "0008"
+    tables = {t["table"]: t for t in data["tables"]}
+    assert tables["omniq_tasks"]["source"] == {"completed": 2, "pending": 3, "waiting": 1}
+    assert await asyncio.to_thread(migrate.current, target_url) == "0008"
+    report = await migrate_db_async(source_url, target_url)
+    assert report.ok and report.target_revision == "0008"
+    assert await asyncio.to_thread(migrate.current, target_url) == migrate.head()
