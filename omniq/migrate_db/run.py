@@ -18,7 +18,8 @@ the migration id the source's flag holds); rows already copied are skipped.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,7 +30,7 @@ from omniq._portal import run_sync
 from omniq._time import new_id, to_timedelta
 from omniq.db import migrate
 from omniq.db.engine import normalize_url, sqlite_path
-from omniq.errors import MigrationRefused, ValidationError
+from omniq.errors import DatabaseError, MigrationRefused, ValidationError
 from omniq.migrate_db.copy import advance_sequences, copy_table, count_rows, status_counts
 from omniq.migrate_db.plan import TablePlan, plan
 from omniq.migrate_db.report import MigrationReport, Progress, TableReport
@@ -98,6 +99,19 @@ class _Run:
         await self.source.close()
         if self.target is not None:
             await self.target.close()
+
+
+@contextmanager
+def _opening(side: str, url: sa.URL) -> Iterator[None]:
+    """Say which database could not be opened (the command has two)."""
+    try:
+        yield
+    except (OSError, sa.exc.DBAPIError, DatabaseError) as exc:
+        cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+        text = (str(cause).strip().splitlines() or [""])[0]
+        raise MigrationRefused(
+            f"cannot open the {side} database {_shown(url)}: {type(cause).__name__}: {text}"
+        ) from exc
 
 
 async def _check_source(storage: Storage, url: sa.URL) -> None:
@@ -347,13 +361,15 @@ async def migrate_db_async(
 async def _migrate(
     run: _Run, *, dry_run: bool, force: bool, events: bool, wait: timedelta, batch_size: int
 ) -> MigrationReport:
-    await _check_source(run.source, run.source_url)
-    await run.source.open()
+    with _opening("source", run.source_url):
+        await _check_source(run.source, run.source_url)
+        await run.source.open()
     if run.target is not None:
-        run.target_revision = await _prepare_target(run.target, run.target_url, dry_run=dry_run)
-        run.target_ready = not dry_run or run.target_revision == migrate.head()
-        if not dry_run:
-            await run.target.open()
+        with _opening("target", run.target_url):
+            run.target_revision = await _prepare_target(run.target, run.target_url, dry_run=dry_run)
+            run.target_ready = not dry_run or run.target_revision == migrate.head()
+            if not dry_run:
+                await run.target.open()
     await _decide(run, events)
     assert run.cutoff is not None
     released = 0

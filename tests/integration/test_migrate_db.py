@@ -626,3 +626,17 @@ async def test_a_target_at_an_older_revision_is_upgraded_and_the_cli_dry_run_pri
     report = await migrate_db_async(source_url, target_url)
     assert report.ok and report.target_revision == "0008"
     assert await asyncio.to_thread(migrate.current, target_url) == migrate.head()
+
+
+def test_an_unreachable_target_is_named(source_url: str) -> None:
+    with pytest.raises(MigrationRefused, match=r"cannot open the target database .*:9/nowhere"):
+        migrate_db(source_url, "postgresql+asyncpg://nobody:pw@127.0.0.1:9/nowhere")
+    assert rows_count_of_marker(source_url) == 0  # nothing was flagged
+
+
+def rows_count_of_marker(url: str) -> int:
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(url.split("///", 1)[1])) as conn:
+        return int(conn.execute("SELECT count(*) FROM omniq_db_migration").fetchone()[0])
