@@ -146,7 +146,7 @@ async def _prepare_target(storage: Storage, url: sa.URL, *, dry_run: bool) -> st
     return at
 
 
-async def _decide(run: _Run, events: bool) -> None:
+async def _decide(run: _Run) -> None:
     """Fresh, resumed, or refused: compare the source's flag with the target's marker."""
     src = await run.source.read(lambda c: read_mark(c, SOURCE), what="read the flag")
     tgt = None
@@ -165,17 +165,17 @@ async def _decide(run: _Run, events: bool) -> None:
         run.already_done = tgt.state == "done" and src.state == "done"
         return
     if run.target_ready:
-        await _refuse_if_holding_data(run, events)
+        await _refuse_if_holding_data(run)
     if src is not None and src.state != "done":  # interrupted before the target was marked
         run.migration_id, run.cutoff, run.resumed = src.migration_id, src.cutoff, True
     else:
         run.migration_id, run.cutoff = new_id(), now
 
 
-async def _refuse_if_holding_data(run: _Run, events: bool) -> None:
+async def _refuse_if_holding_data(run: _Run) -> None:
     assert run.target is not None
     for item in run.tables:
-        if item.rule.skip is not None or (item.rule.option == "events" and not events):
+        if item.skipped is not None:
             continue
         n = await run.target.read(count_rows(item, None), what=f"count {item.name}")
         if n:
@@ -351,15 +351,13 @@ async def migrate_db_async(
         dst = Storage.from_url(dst_url, Settings(auto_migrate=False, db_schema=target_schema))
     run = _Run(src_url, dst_url, src, dst, plan(frozenset({"events"} if events else ())), progress)
     try:
-        return await _migrate(
-            run, dry_run=dry_run, force=force, events=events, wait=wait, batch_size=batch_size
-        )
+        return await _migrate(run, dry_run=dry_run, force=force, wait=wait, batch_size=batch_size)
     finally:
         await run.close()
 
 
 async def _migrate(
-    run: _Run, *, dry_run: bool, force: bool, events: bool, wait: timedelta, batch_size: int
+    run: _Run, *, dry_run: bool, force: bool, wait: timedelta, batch_size: int
 ) -> MigrationReport:
     with _opening("source", run.source_url):
         await _check_source(run.source, run.source_url)
@@ -370,7 +368,7 @@ async def _migrate(
             run.target_ready = not dry_run or run.target_revision == migrate.head()
             if not dry_run:
                 await run.target.open()
-    await _decide(run, events)
+    await _decide(run)
     assert run.cutoff is not None
     released = 0
     running = await _count_running(run.source)
