@@ -34,7 +34,8 @@ def _after(columns: Sequence[sa.Column[Any]], last: Key) -> sa.ColumnElement[boo
     if len(columns) == 1:
         after: sa.ColumnElement[bool] = columns[0] > last[0]
         return after
-    return sa.tuple_(*columns) > sa.tuple_(*(sa.literal(v) for v in last))
+    values = (sa.literal(v, type_=c.type) for v, c in zip(last, columns, strict=True))
+    return sa.tuple_(*columns) > sa.tuple_(*values)
 
 
 def _among(columns: Sequence[sa.Column[Any]], keys: Sequence[Key]) -> sa.ColumnElement[bool]:
