@@ -58,7 +58,20 @@ _positive_int = _int_at_least(1)
 
 #: Options that take no value (a negative number after them is not theirs).
 _FLAGS = frozenset(
-    {"--json", "--debug", "--burst", "--wait", "--yes", "--no-scheduler", "--help", "--version"}
+    {
+        "--json",
+        "--debug",
+        "--burst",
+        "--wait",
+        "--yes",
+        "--no-scheduler",
+        "--help",
+        "--version",
+        "--dry-run",
+        "--force",
+        "--events",
+        "--unflag",
+    }
 )
 
 
@@ -225,6 +238,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--yes", action="store_true", help="downgrade without asking")
 
+    from omniq.cli_migrate import add_arguments as migrate_arguments
+
+    migrate_arguments(command("migrate-db", "copy the queue into another database (PostgreSQL)"))
+
     p = command("dashboard", 'serve the web dashboard ("omniq[web]")')
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
@@ -263,6 +280,10 @@ async def _run(args: argparse.Namespace) -> int:
         from omniq.cli_db import cmd_db
 
         return await cmd_db(args, config)
+    if command == "migrate-db":
+        from omniq.cli_migrate import cmd_migrate_db
+
+        return await cmd_migrate_db(args)
     if command == "worker":
         from omniq.cli_worker import cmd_worker
 

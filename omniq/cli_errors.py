@@ -95,6 +95,8 @@ def explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
         return _first_line(exc), EXIT_USAGE
     if isinstance(exc, errors.SerializationError):
         return _first_line(exc), EXIT_USAGE
+    if isinstance(exc, errors.MigrationRefused):  # names the database of the two it concerns
+        return f"{type(exc).__name__}: {_first_line(exc)}", EXIT_FAILED
     problem = _connection_problem(exc, args)
     if problem is not None:
         return problem, EXIT_FAILED

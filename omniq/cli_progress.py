@@ -7,7 +7,7 @@ from typing import Any
 from omniq.cli_output import plain
 from omniq.models import TaskProgress
 
-__all__ = ["progress_data", "progress_text", "with_progress"]
+__all__ = ["bar", "progress_data", "progress_text", "with_progress"]
 
 _BAR = 20
 
@@ -16,13 +16,18 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
+def bar(fraction: float) -> str:
+    """``[#########...........] 45%``: a bar of ``fraction`` (0 to 1) and its percentage."""
+    filled = round(fraction * _BAR)
+    return f"[{'#' * filled}{'.' * (_BAR - filled)}] {fraction * 100:.0f}%"
+
+
 def progress_text(progress: TaskProgress) -> str:
     """One line: a bar and percentage (with a total), the counts, the message and when."""
     parts = []
     fraction = progress.fraction
     if fraction is not None:
-        filled = round(fraction * _BAR)
-        parts.append(f"[{'#' * filled}{'.' * (_BAR - filled)}] {fraction * 100:.0f}%")
+        parts.append(bar(fraction))
         parts.append(f"({_number(progress.done)} of {_number(progress.total or 0)})")
     else:
         parts.append(f"{_number(progress.done)} done")

@@ -6,15 +6,19 @@ callers never need to import SQLAlchemy or a driver to handle failures.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 __all__ = [
     "ConfigurationError",
     "DatabaseBusy",
     "DatabaseError",
+    "DatabaseMigrated",
     "DatabaseUnavailable",
     "DuplicateTask",
     "InvalidRow",
     "InvalidTransition",
     "LeaseLost",
+    "MigrationRefused",
     "NoCurrentTask",
     "OmniQError",
     "ScheduleNotFound",
@@ -139,3 +143,30 @@ class NoCurrentTask(OmniQError, LookupError):
 
 class WrongDatabase(ConfigurationError):
     """A connection handed to OmniQ is not on OmniQ's database (enqueue in a transaction)."""
+
+
+class DatabaseMigrated(OmniQError):
+    """This database's queue was moved to another database by ``omniq migrate-db``.
+
+    ``target`` is where it went (its URL without the password); ``migrated_at``
+    when the migration started. Workers of this database claim nothing; clear
+    the flag with ``omniq migrate-db --unflag --from URL`` to use it again.
+    """
+
+    def __init__(self, target: str, migrated_at: datetime | None = None) -> None:
+        self.target = target
+        self.migrated_at = migrated_at
+        when = f" on {migrated_at.isoformat()}" if migrated_at is not None else ""
+        super().__init__(
+            f"this OmniQ database was migrated to {target}{when}: it is read-only, so "
+            "point OMNIQ_DATABASE_URL at the new database (or clear the flag with "
+            "`omniq migrate-db --unflag --from URL`)"
+        )
+
+
+class MigrationRefused(OmniQError):
+    """``omniq migrate-db`` cannot start or go on; the message says why and what to do.
+
+    E.g. the source is not at this OmniQ's head revision, the target already
+    holds other OmniQ data, or tasks still run on the source.
+    """

@@ -384,8 +384,25 @@ workers = sa.Table(
     sa.Column("last_heartbeat", UTCDateTime, nullable=False),
 )
 
+db_migration = sa.Table(
+    "omniq_db_migration",
+    metadata,
+    # ``omniq migrate-db`` (revision 0012): role "source" marks a database whose
+    # queue moved elsewhere (workers claim nothing, enqueues are refused);
+    # role "target" records which copy a database received (a resume is
+    # recognised by the same migration id on both sides).
+    sa.Column("role", sa.String(16), primary_key=True),
+    sa.Column("migration_id", sa.String(64), nullable=False),
+    sa.Column("peer", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("cutoff", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+)
+
 __all__ = [
     "attempts",
+    "db_migration",
     "events",
     "limits",
     "locks",

@@ -23,6 +23,7 @@ from omniq.db.schema import limits as lim
 from omniq.db.schema import tasks as t
 from omniq.models import Task, TaskStatus
 from omniq.repositories._base import translate_errors
+from omniq.repositories.db_migration import claims_open
 
 __all__ = ["CONCURRENCY", "QUEUE", "RATE", "LimitRepository", "controlled_queues"]
 
@@ -93,7 +94,7 @@ class LimitRepository:
         now = sa.bindparam("now", type_=t.c.run_at.type)
         return (
             sa.update(t)
-            .where(t.c.id.in_(sub))
+            .where(t.c.id.in_(sub), claims_open())
             .values(
                 status=_RUNNING,
                 lease_token=sa.bindparam("token"),

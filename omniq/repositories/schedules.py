@@ -16,6 +16,7 @@ from omniq.db.schema import schedules as s
 from omniq.errors import InvalidRow, OmniQError, SerializationError
 from omniq.models import Schedule, ScheduleStatus
 from omniq.repositories._base import PayloadCodec, root_message, translate_errors
+from omniq.repositories.db_migration import claims_open
 from omniq.serialization import converter
 
 
@@ -111,6 +112,7 @@ class ScheduleRepository:
         stmt = (
             sa.select(s)
             .where(s.c.status == ScheduleStatus.ACTIVE.value, s.c.next_run_at <= now)
+            .where(claims_open())  # a database migrated away fires nothing
             .order_by(s.c.next_run_at, s.c.id)
             .limit(limit)
         )

@@ -15,6 +15,7 @@ from omniq.db.schema import tasks as t
 from omniq.errors import InvalidRow
 from omniq.models import Task, TaskStatus
 from omniq.repositories._base import translate_errors
+from omniq.repositories.db_migration import claims_open
 
 __all__ = ["PickStatements"]
 
@@ -28,6 +29,7 @@ def _claim_ids_statement(start: bool) -> sa.Update:
             t.c.status == TaskStatus.PENDING.value,
             t.c.run_at <= now,
             sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now),
+            claims_open(),
         )
         .values(
             status=TaskStatus.RUNNING.value,

@@ -23,6 +23,7 @@ from omniq.errors import InvalidRow, OmniQError
 from omniq.models import Task, TaskStatus
 from omniq.models.task import task_from_row_values
 from omniq.repositories._base import PayloadCodec, translate_errors
+from omniq.repositories.db_migration import claims_open
 from omniq.repositories.dependencies import DependencyStatements
 from omniq.repositories.limits import controlled_queues
 from omniq.repositories.task_browse import BrowseStatements
@@ -330,6 +331,8 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
         )
         if by_queue:
             sub = sub.where(t.c.queue_name == sa.bindparam("queue"))
+        # Gates of the claim (a database migrated away by ``omniq migrate-db``).
+        sub = sub.where(claims_open())
         sub = sub.order_by(*_ORDER).limit(sa.bindparam("n"))
         if self.dialect.skip_locked:
             sub = sub.with_for_update(skip_locked=True)

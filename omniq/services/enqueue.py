@@ -12,6 +12,7 @@ from omniq.errors import DuplicateTask, ValidationError
 from omniq.group_commit import GroupCommit
 from omniq.models import EventLevel, EventType, ResultStatus, Task, TaskStatus
 from omniq.payload_types import jsonable
+from omniq.repositories.db_migration import refuse_if_migrated
 from omniq.services import hooks
 from omniq.services._shared import _event, _final_result
 from omniq.services._storage import Storage
@@ -141,6 +142,7 @@ class Enqueue(Sweeps):
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> None:
+            refuse_if_migrated(conn)
             self.storage.tasks.insert_rows(conn, rows)
             self.storage.limits.declare(conn, [x for x, _ in items], now)
             self.storage.events.insert_rows(conn, events)
@@ -160,6 +162,7 @@ class Enqueue(Sweeps):
         rows = {x.id: self.storage.tasks.to_row(x) for x in batch}
 
         def body(conn: sa.Connection) -> dict[str, str]:
+            refuse_if_migrated(conn)
             ids = self._insert_batch(conn, ordered, rows, on_duplicate)
             if also is not None:
                 also(conn)

@@ -1,0 +1,96 @@
+"""The marker of ``omniq migrate-db`` (``omniq_db_migration``): Core statements.
+
+A database whose queue was moved elsewhere holds a row of role ``source``:
+while it is there, claims take nothing (:func:`claims_open`, part of every
+claim statement), schedules do not fire, and enqueues raise
+:class:`~omniq.errors.DatabaseMigrated` (:func:`refuse_if_migrated`, in the
+enqueue transactions). The database that received the copy holds a row of
+role ``target`` with the same migration id.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from omniq.db.schema import db_migration as m
+from omniq.errors import DatabaseMigrated
+from omniq.repositories._base import translate_errors
+
+__all__ = [
+    "SOURCE",
+    "TARGET",
+    "MigrationMark",
+    "claims_open",
+    "clear_mark",
+    "read_mark",
+    "refuse_if_migrated",
+    "write_mark",
+]
+
+#: The role of a database whose queue moved to another one (flagged: read-only).
+SOURCE = "source"
+#: The role of the database that received a copy.
+TARGET = "target"
+
+
+@attrs.frozen
+class MigrationMark:
+    """One row of ``omniq_db_migration``."""
+
+    role: str
+    migration_id: str
+    peer: str
+    state: str
+    cutoff: datetime
+    started_at: datetime
+    finished_at: datetime | None = None
+
+
+# --- the claim's gate ---------------------------------------------------------------------
+
+
+def claims_open() -> sa.ColumnElement[bool]:
+    """The condition every claim (and schedule fire) adds: the database was not migrated away.
+
+    One uncorrelated ``NOT EXISTS`` on a table of at most two rows: the claim
+    statement stays one statement, and a worker of a flagged database claims
+    nothing from the moment the flag commits.
+    """
+    return ~sa.exists().where(m.c.role == SOURCE)
+
+
+# --- reads and writes -------------------------------------------------------------------------
+
+
+def read_mark(conn: Connection, role: str) -> MigrationMark | None:
+    """The mark of ``role`` in this database, if any."""
+    with translate_errors("read the migration mark"):
+        row = conn.execute(sa.select(m).where(m.c.role == role)).mappings().first()
+    return None if row is None else MigrationMark(**dict(row))
+
+
+def refuse_if_migrated(conn: Connection) -> None:
+    """Raise :class:`DatabaseMigrated` when this database was migrated away (an enqueue's check)."""
+    with translate_errors("check the migration mark"):
+        row = conn.execute(sa.select(m.c.peer, m.c.started_at).where(m.c.role == SOURCE)).first()
+    if row is not None:
+        raise DatabaseMigrated(row.peer, row.started_at)
+
+
+def write_mark(conn: Connection, mark: MigrationMark) -> None:
+    """Insert or replace the mark of ``mark.role``."""
+    values: dict[str, Any] = attrs.asdict(mark)
+    with translate_errors("write the migration mark"):
+        conn.execute(sa.delete(m).where(m.c.role == mark.role))
+        conn.execute(sa.insert(m).values(values))
+
+
+def clear_mark(conn: Connection, role: str) -> bool:
+    """Delete the mark of ``role``; True when there was one."""
+    with translate_errors("clear the migration mark"):
+        return bool(conn.execute(sa.delete(m).where(m.c.role == role)).rowcount)
