@@ -2,7 +2,8 @@
 
 Run by workers; a named lease in ``omniq_locks`` makes sure one worker at a
 time per database does it. Every sweep works in bounded batches, each its
-own short transaction.
+own short transaction. A database whose queue ``omniq migrate-db`` moved
+elsewhere is left as it is (no sweep changes what was copied).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import timedelta
 
 import attrs
 
+from omniq.repositories.db_migration import SOURCE, read_mark
 from omniq.services._storage import Storage
 from omniq.services.events import EventStorage
 from omniq.services.queue import TaskQueue
@@ -63,6 +65,19 @@ class Maintenance:
         self.events = events
         self.owner = owner
         self.lease = lease
+        self._warned = False
+
+    async def _migrated_away(self) -> bool:
+        """True when this database was migrated away (flagged): nothing is swept."""
+        mark = await self.storage.read(lambda c: read_mark(c, SOURCE), what="read the flag")
+        if mark is not None and not self._warned:
+            self._warned = True
+            log.warning(
+                "this database was migrated to %s by omniq migrate-db: nothing is claimed "
+                "or swept here; point the workers at the new database",
+                mark.peer,
+            )
+        return mark is not None
 
     async def acquire_async(self) -> bool:
         """Take (or renew) the maintenance lease; False if another worker holds it."""
@@ -88,6 +103,8 @@ class Maintenance:
         does not hold the maintenance lease still runs them, so the crash of the
         lease holder never delays the recovery of lost tasks.
         """
+        if await self._migrated_away():
+            return MaintenanceReport()
         return MaintenanceReport(
             recovered=await self.queue.recover_expired_leases_async(),
             expired=await self.queue.expire_due_async(),
@@ -103,6 +120,8 @@ class Maintenance:
 
     async def sweep_all_async(self) -> MaintenanceReport:
         """Run every sweep once, now (the caller decides who sweeps)."""
+        if await self._migrated_away():
+            return MaintenanceReport()
         recovered = await self.recover_async()
         report = attrs.evolve(
             recovered,

@@ -40,6 +40,7 @@ from omniq.migrate_db import Progress, migrate_db, migrate_db_async, plan, unfla
 from omniq.migrate_db.plan import RULES
 from omniq.models import Schedule, ScheduleType, Settings, Task, TaskStatus
 from omniq.services import ErrorInfo, Services
+from omniq.services.maintenance import Maintenance, MaintenanceReport
 from omniq.services.scheduler import Scheduler
 from omniq.worker import Worker
 from tests.acceptance.test_cli import omniq
@@ -519,6 +520,18 @@ async def test_claims_stop_on_the_flagged_source_until_running_tasks_end_or_are_
         assert await src.queue.dequeue_many_async(10) == []
         stats = await burst_worker(src).run_until_complete_async()
         assert stats.completed == 0
+        assert (await statuses(src))["pending"] == 5
+        # Nor does its maintenance change anything (here: a pending task past its TTL).
+        await src.storage.write(
+            lambda c: c.execute(
+                sa.update(tasks_table)
+                .where(tasks_table.c.status == "pending")
+                .values(expires_at=utcnow() - HOUR)
+            )
+        )
+        sweeps = Maintenance(src.storage, src.queue, src.results, src.events, owner="test")
+        assert await sweeps.sweep_all_async() == MaintenanceReport()
+        assert await sweeps.recover_async() == MaintenanceReport()
         assert (await statuses(src))["pending"] == 5
         # One running task ends while the migration waits; then --force releases the others.
         running = await src.queue.list_tasks_async(TaskStatus.RUNNING)
