@@ -10,11 +10,12 @@ and JSON arrive as they were, whatever the two engines are.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.engine import Connection
 
 from omniq.db.engine import schema_of
@@ -162,28 +163,52 @@ def _serial_column(table: sa.Table) -> sa.Column[Any] | None:
     return None
 
 
-def advance_sequences(tables: Sequence[sa.Table]) -> Callable[[Connection], list[str]]:
-    """PostgreSQL: move each serial key's sequence past the largest copied id (setval).
+def serial_tops(tables: Sequence[sa.Table]) -> Callable[[Connection], dict[str, int]]:
+    """The largest serial id of each table that has a serial key and rows."""
 
-    New rows then never collide with copied ones. SQLite needs nothing (a new
-    rowid is the largest plus one). Returns the tables whose sequence moved.
+    def body(conn: Connection) -> dict[str, int]:
+        tops = {}
+        for table in tables:
+            column = _serial_column(table)
+            if column is None:
+                continue
+            top = conn.execute(sa.select(sa.func.max(column))).scalar_one_or_none()
+            if top is not None:
+                tops[table.name] = int(top)
+        return tops
+
+    return body
+
+
+def advance_sequences(
+    tables: Sequence[sa.Table], floors: Mapping[str, int] | None = None
+) -> Callable[[Connection], list[str]]:
+    """PostgreSQL: move each serial key's sequence past the largest id in the table, or
+    past ``floors[table name]`` when larger (setval; never backwards).
+
+    Run before the copy with the source's largest ids, rows the target writes
+    meanwhile (an enqueue's event) never take an id a copied row needs; run
+    after it, new rows never collide with copied ones. SQLite needs nothing
+    (a new rowid is the largest plus one). Returns the tables whose sequence moved.
     """
 
     def body(conn: Connection) -> list[str]:
         if conn.dialect.name != "postgresql":
             return []
         schema = schema_of(conn)
+        tops = serial_tops(tables)(conn)
         moved = []
         for table in tables:
             column = _serial_column(table)
             if column is None:
                 continue
-            top = conn.execute(sa.select(sa.func.max(column))).scalar_one_or_none()
-            if top is None:
+            top = max(tops.get(table.name, 0), (floors or {}).get(table.name, 0))
+            if top <= 0:
                 continue
             name = f'"{schema}"."{table.name}"' if schema else table.name
             sequence = sa.func.pg_get_serial_sequence(name, column.name)
-            conn.execute(sa.select(sa.func.setval(sequence, int(top))))
+            last = sa.func.coalesce(sa.func.pg_sequence_last_value(sa.cast(sequence, REGCLASS)), 0)
+            conn.execute(sa.select(sa.func.setval(sequence, sa.func.greatest(top, last))))
             moved.append(table.name)
         return moved
 

@@ -31,11 +31,18 @@ from omniq._time import new_id, to_timedelta
 from omniq.db import migrate
 from omniq.db.engine import normalize_url, sqlite_path
 from omniq.errors import DatabaseError, MigrationRefused, ValidationError
-from omniq.migrate_db.copy import advance_sequences, copy_table, count_rows, status_counts
+from omniq.migrate_db.copy import (
+    advance_sequences,
+    copy_table,
+    count_rows,
+    serial_tops,
+    status_counts,
+)
 from omniq.migrate_db.plan import TablePlan, plan
 from omniq.migrate_db.report import MigrationReport, Progress, TableReport
 from omniq.models import Settings, TaskStatus
 from omniq.repositories.db_migration import (
+    COPYING,
     SOURCE,
     TARGET,
     MigrationMark,
@@ -200,7 +207,7 @@ async def _flag(run: _Run) -> None:
                     role=role,
                     migration_id=run.migration_id,
                     peer=_shown(peer),
-                    state="copying",
+                    state=COPYING,
                     cutoff=run.cutoff or started,
                     started_at=old.started_at if old is not None else started,
                 ),
@@ -234,11 +241,53 @@ async def _count_running(storage: Storage) -> int:
     )
 
 
+#: PostgreSQL: the other sessions of this database whose transaction began before ``:t``.
+_OLDER_TRANSACTIONS = sa.text(
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+    "AND pid <> pg_backend_pid() AND xact_start < :t ORDER BY pid"
+)
+
+
+async def _drain_older_transactions(storage: Storage, deadline: float) -> None:
+    """PostgreSQL: wait until every transaction that began before the flag committed ended.
+
+    A claim statement that started before the flag committed did not see it (its
+    snapshot is older) and may still commit claims. Once every such
+    transaction ended, whatever it claimed is visible as running, and the wait
+    for running tasks covers it. SQLite needs nothing: its single writer
+    serializes the flag with every claim.
+    """
+    if storage.dialect.name != "postgresql":
+        return
+    flagged_at = await storage.read(
+        lambda conn: conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one(),
+        what="read the clock",
+    )
+    loop = asyncio.get_running_loop()
+    while True:
+        pids = await storage.read(
+            lambda conn: list(conn.execute(_OLDER_TRANSACTIONS, {"t": flagged_at}).scalars()),
+            what="list older transactions",
+        )
+        if not pids:
+            return
+        if loop.time() >= deadline:
+            shown = ", ".join(str(pid) for pid in pids[:10])
+            raise MigrationRefused(
+                f"{len(pids)} session(s) of the source (pid {shown}) hold a transaction that "
+                "began before the source was flagged; a claim in one of them could still "
+                "commit: end them (an application idle in a transaction?) and run migrate-db "
+                "again. The source stays flagged"
+            )
+        await asyncio.sleep(_POLL)
+
+
 async def _settle_running(run: _Run, *, force: bool, wait: timedelta) -> int:
     """Wait until no task runs on the flagged source (or release them); return how many released."""
     services = Services(run.source)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait.total_seconds()
+    await _drain_older_transactions(run.source, deadline)
     released = 0
     quiet = 0
     while True:
@@ -250,7 +299,8 @@ async def _settle_running(run: _Run, *, force: bool, wait: timedelta) -> int:
                 if not done:
                     break
         left = await _count_running(run.source)
-        # Twice in a row: a claim that began before the flag committed has ended.
+        # Twice in a row, as a margin (the drain above already waited for claims that
+        # began before the flag committed).
         quiet = quiet + 1 if left == 0 else 0
         if quiet >= 2:
             return released
@@ -377,9 +427,13 @@ async def _migrate(
     if not dry_run and not run.already_done:
         await _flag(run)
         released = await _settle_running(run, force=force, wait=wait)
-        written = await _copy(run, batch_size)
         assert run.target is not None
         copied = [item.table for item in run.tables if item.skipped is None]
+        # Past the source's ids first: what the target writes during the copy (an
+        # enqueue's event) takes no id a row still to be copied has.
+        tops = await run.source.read(serial_tops(copied), what="read the largest ids")
+        await run.target.write(advance_sequences(copied, tops), what="advance sequences")
+        written = await _copy(run, batch_size)
         sequences = await run.target.write(advance_sequences(copied), what="advance sequences")
     tables = [] if run.already_done else await _tables(run, written)
     report = MigrationReport(
@@ -408,15 +462,18 @@ def migrate_db(source: str | sa.URL, target: str | sa.URL, **options: Any) -> Mi
 
 
 async def unflag_async(url: str | sa.URL, *, schema: str | None = None) -> bool:
-    """Clear the flag ``migrate-db`` left on a source database: its workers claim and
-    its enqueues work again. True when there was a flag to clear."""
+    """Clear the marks ``migrate-db`` left on a database: on a source, its workers claim
+    and its enqueues work again; on a target whose copy did not finish, its
+    workers claim again. True when there was a mark to clear."""
     parsed = normalize_url(url)
     if _missing_sqlite(parsed):
         raise ValidationError("url", f"there is no database at {sqlite_path(parsed)}")
     storage = Storage.from_url(parsed, Settings(auto_migrate=False, db_schema=schema))
     try:
         await storage.open()
-        return await storage.write(lambda c: clear_mark(c, SOURCE), what="unflag")
+        return await storage.write(
+            lambda c: any([clear_mark(c, SOURCE), clear_mark(c, TARGET)]), what="unflag"
+        )
     finally:
         await storage.close()
 

@@ -36,6 +36,8 @@ __all__ = [
 SOURCE = "source"
 #: The role of the database that received a copy.
 TARGET = "target"
+#: The state of a mark while the copy runs (then ``done``).
+COPYING = "copying"
 
 
 @attrs.frozen
@@ -55,13 +57,17 @@ class MigrationMark:
 
 
 def claims_open() -> sa.ColumnElement[bool]:
-    """The condition every claim (and schedule fire) adds: the database was not migrated away.
+    """The condition every claim (and schedule fire) adds: the database was not migrated
+    away, and is not receiving a copy that has not finished.
 
     One uncorrelated ``NOT EXISTS`` on a table of at most two rows: the claim
     statement stays one statement, and a worker of a flagged database claims
-    nothing from the moment the flag commits.
+    nothing from the moment the flag commits. On the target, workers started
+    before the copy finished wait for it: a schedule cannot fire there a run
+    whose task is still to be copied, nor a task run before its dependency
+    edges arrive.
     """
-    return ~sa.exists().where(m.c.role == SOURCE)
+    return ~sa.exists().where(sa.or_(m.c.role == SOURCE, m.c.state == COPYING))
 
 
 # --- reads and writes -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from omniq._time import require_aware, to_timedelta
 from omniq.db.schema import tasks as t
 from omniq.errors import InvalidTransition, TaskNotFound, ValidationError
 from omniq.models import EventType, Task, TaskStatus
+from omniq.repositories.db_migration import refuse_if_migrated
 from omniq.services._shared import (
     _DEAD,
     _NO_LEASE,
@@ -58,6 +59,7 @@ class Administration(Leases):
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> TaskStatus | None:
+            refuse_if_migrated(conn)
             task = self._require(conn, task_id)
             if task.status in _QUEUED:
                 updated = self.storage.tasks.transition(
@@ -99,6 +101,7 @@ class Administration(Leases):
         when = require_aware(run_at, "run_at") if run_at is not None else now
 
         def body(conn: sa.Connection) -> Task:
+            refuse_if_migrated(conn)
             task = self._require(conn, task_id)
             if task.status not in _DEAD:
                 raise InvalidTransition(
@@ -162,6 +165,7 @@ class Administration(Leases):
                 values[key] = to_timedelta(values[key], key)
 
         def body(conn: sa.Connection) -> Task:
+            refuse_if_migrated(conn)
             task = self._require(conn, task_id)
             if task.status not in _QUEUED:
                 raise InvalidTransition(
@@ -203,6 +207,7 @@ class Administration(Leases):
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> bool:
+            refuse_if_migrated(conn)
             task = self.storage.tasks.get(conn, task_id)
             if task is None:
                 return False
@@ -243,6 +248,7 @@ class Administration(Leases):
             where = sa.and_(where, t.c.queue_name == queue_name)
 
         def body(conn: sa.Connection) -> int:
+            refuse_if_migrated(conn)
             # A no-op SET: lock and return the batch (an empty SET is invalid SQL).
             batch = self.storage.tasks.transition_many(
                 conn, where=where, values={"status": t.c.status}, limit=_SWEEP_BATCH

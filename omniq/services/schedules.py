@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from omniq._time import require_aware
 from omniq.errors import DuplicateTask, InvalidTransition, ScheduleNotFound, ValidationError
 from omniq.models import EventType, Schedule, ScheduleStatus
+from omniq.repositories.db_migration import refuse_if_migrated
 from omniq.services import timing
 from omniq.services._shared import _check_page, _schedule_event, _schedule_status
 from omniq.services.caller_tx import CallerTx, caller_tx
@@ -75,6 +76,7 @@ class ScheduleAdmin(Queries):
         self._check_template(schedule)
 
         def body(conn: sa.Connection) -> None:
+            refuse_if_migrated(conn)
             self.storage.schedules.insert(conn, schedule)
             self.storage.events.insert_rows(
                 conn, [_schedule_event(EventType.SCHEDULED, schedule, now)]
@@ -124,6 +126,7 @@ class ScheduleAdmin(Queries):
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> Schedule:
+            refuse_if_migrated(conn)
             current = self.storage.schedules.get_by_name(conn, name)
             if current is None:
                 new = schedule
@@ -234,6 +237,7 @@ class ScheduleAdmin(Queries):
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> Schedule:
+            refuse_if_migrated(conn)
             current = self._require_schedule(conn, schedule_id)
             candidate = attrs.evolve(current, updated_at=now, **changes)
             timing_keys = {
@@ -312,6 +316,7 @@ class ScheduleAdmin(Queries):
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> bool:
+            refuse_if_migrated(conn)
             schedule = self.storage.schedules.get(conn, schedule_id)
             if schedule is None:
                 return False
@@ -335,6 +340,7 @@ class ScheduleAdmin(Queries):
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> Schedule:
+            refuse_if_migrated(conn)
             current = self._require_schedule(conn, schedule_id)
             if current.status not in from_:
                 raise InvalidTransition(

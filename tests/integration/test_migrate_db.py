@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from omniq._time import utcnow
 from omniq.db import migrate
@@ -401,6 +402,13 @@ async def test_copy_interrupted_after_some_batches_resumes_without_duplicates(
         )
     partial = await rows_of(target_url)
     assert partial["omniq_tasks"] == 500
+    # Until the copy finishes, the target's workers claim nothing (a task's
+    # dependency edges or a schedule's fired runs may still be on their way).
+    dst = await Services.open_async(target_url)
+    try:
+        assert await dst.queue.dequeue_many_async(100) == []
+    finally:
+        await dst.close_async()
     report = await migrate_db_async(source_url, target_url, batch_size=100)
     assert report.ok and report.resumed, report.summary()
     by_table = {t.table: t for t in report.tables}
@@ -595,6 +603,22 @@ async def test_enqueue_on_the_flagged_source_raises_and_unflag_restores_it(
             await src.queue.enqueue_many_async([src.queue.build_task(FUNC, [1, 2])])
         with pytest.raises(DatabaseMigrated):
             await src.queue.enqueue_async(FUNC, [1, 2], unique_key="k")
+        # The source is read-only: what an operator would change there is refused too,
+        # and nothing changes.
+        pending = [x.id for x in await src.queue.list_tasks_async([TaskStatus.PENDING])]
+        assert len(pending) == 2
+        for change in (
+            lambda: src.queue.cancel_async(pending[0]),
+            lambda: src.queue.requeue_async(pending[0]),
+            lambda: src.queue.update_task_async(pending[0], priority=5),
+            lambda: src.queue.delete_task_async(pending[0]),
+            lambda: src.queue.clear_async(),
+            lambda: src.queue.schedule_async(hourly(utcnow() + HOUR, (1, 2))),
+        ):
+            with pytest.raises(DatabaseMigrated):
+                await change()
+        assert await statuses(src) == Counter({"pending": 2, "completed": 1})
+        assert await src.queue.list_schedules_async() == []
     finally:
         await src.close_async()
 
@@ -653,3 +677,40 @@ def rows_count_of_marker(url: str) -> int:
 
     with closing(sqlite3.connect(url.split("///", 1)[1])) as conn:
         return int(conn.execute("SELECT count(*) FROM omniq_db_migration").fetchone()[0])
+
+
+@pytest.fixture
+def postgres_source(postgres_databases: PostgresDatabases | None) -> str:
+    """A migrated, empty PostgreSQL database."""
+    return require_postgres(postgres_databases).create(migrated=True)
+
+
+async def test_a_postgresql_source_waits_for_transactions_older_than_its_flag(
+    tmp_path: Path, postgres_source: str
+) -> None:
+    """A claim that began before the flag committed did not see it: until every such
+    transaction ended, the copy does not start (here one stays open, then ends)."""
+    source = postgres_source
+    target = f"sqlite+aiosqlite:///{tmp_path / 'target.db'}"
+    src = await Services.open_async(source)
+    try:
+        ids = await _enqueue(src, "default", 3)
+    finally:
+        await src.close_async()
+    holder = create_async_engine(source)
+    try:
+        async with holder.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))  # a transaction begins, and stays open
+            with pytest.raises(MigrationRefused, match="began before the source was flagged"):
+                await migrate_db_async(source, target, wait=0.5)
+            await conn.rollback()
+        report = await migrate_db_async(source, target, wait=5)
+    finally:
+        await holder.dispose()
+    assert report.ok and report.resumed, report.summary()
+    dst = await Services.open_async(target)
+    try:
+        claimed = await dst.queue.dequeue_many_async(10)
+        assert sorted(x.id for x in claimed) == sorted(ids)
+    finally:
+        await dst.close_async()
