@@ -101,6 +101,7 @@ class SyncTaskQueue:
     pause_queue = sync_twin(TaskQueue.pause_queue_async)
     resume_queue = sync_twin(TaskQueue.resume_queue_async)
     list_paused_queues = sync_twin(TaskQueue.list_paused_queues_async)
+    prune_limits = sync_twin(TaskQueue.prune_limits_async)
     expire_due = sync_twin(TaskQueue.expire_due_async)
     quarantine_unknown_statuses = sync_twin(TaskQueue.quarantine_unknown_statuses_async)
     cancel_running = sync_twin(TaskQueue.cancel_running_async)
