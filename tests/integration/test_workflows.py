@@ -220,6 +220,8 @@ async def test_get_workflow_and_the_cli(
     assert await oq.get_workflow_async("missing") is None
     with pytest.raises(WorkflowNotFound):
         await oq.workflow("missing").result_async(timeout=1)
+    with pytest.raises(WorkflowNotFound):
+        await oq.workflow("missing").status_async()
     s = oq.signature
     handle = await oq.enqueue_workflow_async(chord([s(ft.add, 1), s(ft.add, 2)], s(ft.total)))
     workflow = await handle.get_async()
