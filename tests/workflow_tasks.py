@@ -1,7 +1,7 @@
 """Task functions of the workflow tests (chain, group, chord).
 
-Workers run them as ``"tests.flow_tasks:<name>"``; worker processes get
-``--allow tests.flow_tasks``.
+Workers run them as ``"tests.workflow_tasks:<name>"``; worker processes get
+``--allow tests.workflow_tasks``.
 """
 
 from __future__ import annotations
