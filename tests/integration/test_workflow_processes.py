@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 spawn = procs.spawn
 
 MEMBERS = 50
-LEASE = ("--lease", "2", "--heartbeat", "0.3", "--allow", "tests.workflow_tasks")
+LEASE = ("--lease", "2", "--heartbeat", "0.3", "--allow", "tests.workflow_funcs")
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ async def test_a_chord_survives_a_killed_worker_and_calls_back_exactly_once(
         for i in range(MEMBERS)
     ]
     handle = await oq.enqueue_workflow_async(
-        chord(members, oq.signature("tests.workflow_tasks:record_results", str(calls)))
+        chord(members, oq.signature("tests.workflow_funcs:record_results", str(calls)))
     )
     member_ids = (await handle.get_async()).task_ids[:-1]
 

@@ -28,7 +28,7 @@ from omniq.cli import main as cli_main
 from omniq.db.schema import tasks as tasks_t
 from omniq.db.schema import workflow_tasks, workflows
 from omniq.errors import SerializationError
-from tests import workflow_tasks as ft
+from tests import workflow_funcs as ft
 
 pytestmark = pytest.mark.anyio
 
@@ -37,7 +37,7 @@ WAIT = 30
 
 @pytest.fixture
 async def oq(db_url: str) -> AsyncIterator[AsyncOmniQ]:
-    app = AsyncOmniQ("flows", db_url, allow_modules=["tests.workflow_tasks"])
+    app = AsyncOmniQ("flows", db_url, allow_modules=["tests.workflow_funcs"])
     async with app:
         yield app
 
@@ -237,7 +237,7 @@ async def test_get_workflow_and_the_cli(
     assert await cli(db_url, "workflow", handle.id) == 0
     out = capsys.readouterr().out
     assert "kind      chord" in out and "status    completed" in out
-    assert out.count("tests.workflow_tasks:add") == 2 and "0,1" in out
+    assert out.count("tests.workflow_funcs:add") == 2 and "0,1" in out
     assert await cli(db_url, "--json", "workflow", handle.id) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["kind"] == "chord" and data["status"] == "completed"
@@ -248,7 +248,7 @@ async def test_get_workflow_and_the_cli(
 
 
 def test_sync_twins(db_url: str) -> None:
-    with OmniQ("flows", db_url, allow_modules=["tests.workflow_tasks"]) as oq:
+    with OmniQ("flows", db_url, allow_modules=["tests.workflow_funcs"]) as oq:
         add = oq.task(ft.add)
         handle = oq.enqueue_workflow(chain(add.s(1, 2), add.s(3)))
         assert handle.status() is WorkflowStatus.RUNNING
@@ -257,7 +257,7 @@ def test_sync_twins(db_url: str) -> None:
         workflow = oq.get_workflow(handle.id)
         assert workflow is not None and workflow.status is WorkflowStatus.COMPLETED
         assert oq.workflow(handle.id).get().task_ids == workflow.task_ids
-        assert oq.signature(ft.add, 1).func == "tests.workflow_tasks:add"
+        assert oq.signature(ft.add, 1).func == "tests.workflow_funcs:add"
         tasks = oq.list_tasks(status=TaskStatus.COMPLETED)
         assert {t.workflow_id for t in tasks} == {handle.id}
 

@@ -1,7 +1,7 @@
 """Task functions of the workflow tests (chain, group, chord).
 
-Workers run them as ``"tests.workflow_tasks:<name>"``; worker processes get
-``--allow tests.workflow_tasks``.
+Workers run them as ``"tests.workflow_funcs:<name>"``; worker processes get
+``--allow tests.workflow_funcs``.
 """
 
 from __future__ import annotations
