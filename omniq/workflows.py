@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import attrs
 
-from omniq.errors import ValidationError, WorkflowFailed
+from omniq.errors import ValidationError, WorkflowNotFound
 from omniq.models import Task, TaskStatus
 from omniq.models.workflow import Workflow, WorkflowStatus
 from omniq.refs import callable_ref
@@ -40,7 +40,6 @@ __all__ = [
     "Chord",
     "Group",
     "Signature",
-    "WorkflowFailed",
     "WorkflowHandle",
     "chain",
     "chord",
@@ -285,7 +284,7 @@ class WorkflowHandle:
         """The workflow as stored now (see :meth:`AsyncOmniQ.get_workflow_async`)."""
         workflow = await self.app.get_workflow_async(self.id)
         if workflow is None:
-            raise ValidationError("workflow_id", f"no workflow with id {self.id!r}")
+            raise WorkflowNotFound(f"no workflow with id {self.id!r}")
         return workflow
 
     async def status_async(self) -> WorkflowStatus:

@@ -72,6 +72,28 @@ class WorkflowRepository:
             found = conn.execute(stmt).scalar_one_or_none()
         return list(found or ())
 
+    def delete_gone(self, conn: Connection, task_ids: Collection[str]) -> int:
+        """Delete the workflows of ``task_ids`` (tasks just deleted) that have no task
+        left, with their member rows; return how many."""
+        if not task_ids:
+            return 0
+        of_tasks = sa.select(m.c.workflow_id).where(m.c.task_id.in_(list(task_ids))).distinct()
+        alive = (
+            sa.select(sa.literal(1))
+            .select_from(m.join(t, t.c.id == m.c.task_id))
+            .where(m.c.workflow_id == w.c.id)
+        )
+        with translate_errors("purge workflows"):
+            gone = list(
+                conn.execute(
+                    sa.select(w.c.id).where(w.c.id.in_(of_tasks), ~sa.exists(alive))
+                ).scalars()
+            )
+            if gone:
+                conn.execute(sa.delete(m).where(m.c.workflow_id.in_(gone)))
+                conn.execute(sa.delete(w).where(w.c.id.in_(gone)))
+        return len(gone)
+
     def get(self, conn: Connection, workflow_id: str) -> sa.RowMapping | None:
         """The workflow row, or None."""
         with translate_errors("get workflow"):

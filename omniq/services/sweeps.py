@@ -50,13 +50,15 @@ class Sweeps(TaskBuilder):
             return 0
         cutoff = self.storage.now() - retention
         total = 0
+
+        def body(conn: sa.Connection) -> list[str]:
+            ids = self.storage.tasks.delete_where(conn, final_before(cutoff), batch_size)
+            # A workflow goes with its last task (its members' results with it).
+            self.storage.workflows.delete_gone(conn, ids)
+            return ids
+
         while True:
-            ids = await self.storage.write(
-                lambda conn: self.storage.tasks.delete_where(
-                    conn, final_before(cutoff), batch_size
-                ),
-                what="purge tasks",
-            )
+            ids = await self.storage.write(body, what="purge tasks")
             total += len(ids)
             if len(ids) < batch_size:
                 return total

@@ -220,6 +220,8 @@ async def test_get_workflow_and_the_cli(
     assert await oq.get_workflow_async("missing") is None
     with pytest.raises(WorkflowNotFound):
         await oq.workflow("missing").result_async(timeout=1)
+    with pytest.raises(WorkflowNotFound):
+        await oq.workflow("missing").status_async()
     s = oq.signature
     handle = await oq.enqueue_workflow_async(chord([s(ft.add, 1), s(ft.add, 2)], s(ft.total)))
     workflow = await handle.get_async()
@@ -328,3 +330,17 @@ async def test_enqueue_in_the_callers_orm_session(oq: AsyncOmniQ, db_url: str) -
         await engine.dispose()
     await run(oq)
     assert await handle.result_async(timeout=WAIT) == [1, 2]
+
+
+async def test_retention_purges_a_workflow_with_its_last_task(oq: AsyncOmniQ) -> None:
+    from datetime import timedelta
+
+    s = oq.signature
+    done = await oq.enqueue_workflow_async(chain(s(ft.add, 1), s(ft.add, 2)))
+    await run(oq)
+    assert await done.result_async(timeout=WAIT) == 3
+    later = await oq.enqueue_workflow_async(chain(s(ft.add, 1), s(ft.add, 2)))
+    assert await oq.services.queue.purge_finished_async(older_than=timedelta(0)) == 2
+    assert await oq.get_workflow_async(done.id) is None
+    assert await count_rows(oq) == (2, 1, 2)  # the unfinished workflow stays
+    assert (await later.get_async()).status is WorkflowStatus.RUNNING
