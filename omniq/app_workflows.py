@@ -40,7 +40,7 @@ class WorkflowMethods:
         """A workflow member calling ``func(*args, **kwargs)`` (a function or a
         ``"module:qualname"`` reference); enqueue options go through ``.set(...)``."""
         self._remember(func)
-        return Signature(func, args, kwargs)
+        return Signature(func, args, kwargs, call=None if isinstance(func, str) else func)
 
     async def enqueue_workflow_async(
         self,

@@ -91,7 +91,7 @@ class TaskHandle(Generic[P, R]):
         from omniq.workflows import Signature
 
         options = {k: v for k, v in self.options.items() if k != "on_duplicate"}
-        return Signature(self.ref, args, kwargs, options)
+        return Signature(self.ref, args, kwargs, options, call=self.func)
 
     async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue a call with these arguments and the handle's options; return its id."""

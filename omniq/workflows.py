@@ -29,6 +29,7 @@ import attrs
 
 from omniq.errors import ValidationError, WorkflowNotFound
 from omniq.models import Task, TaskStatus
+from omniq.models.limits import Limit, Rate, resolve_key_before_input
 from omniq.models.workflow import Workflow, WorkflowStatus
 from omniq.refs import callable_ref
 
@@ -67,6 +68,10 @@ SIGNATURE_OPTIONS = frozenset(
         "store_result",
         "serializer",
         "on_failure",
+        "concurrency",
+        "rate",
+        "concurrency_key",
+        "rate_key",
     }
 )
 
@@ -104,6 +109,9 @@ class Signature:
     args: tuple[Any, ...] = attrs.field(default=(), converter=_as_tuple)
     kwargs: dict[str, Any] = attrs.field(factory=dict, converter=_as_dict)
     options: dict[str, Any] = attrs.field(factory=dict, converter=_as_dict)
+    #: The function itself, when known: a limit's key taken from an argument is
+    #: found through its signature (``func`` is its reference).
+    call: Callable[..., Any] | None = attrs.field(default=None, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         unknown = sorted(set(self.options) - SIGNATURE_OPTIONS)
@@ -193,6 +201,18 @@ class Plan:
 BuildTask = Callable[..., Task]
 
 
+def _keys_before_input(sig: Signature, options: dict[str, Any]) -> None:
+    """Resolve the limit keys of a step that receives the previous result first (its
+    call is ``func(<result>, *args)``) into ``options`` as per-call keys."""
+    for field, spec_type in (("concurrency", Limit), ("rate", Rate)):
+        spec = options.get(field)
+        if not isinstance(spec, spec_type) or options.get(f"{field}_key") is not None:
+            continue  # no limit, a per-call key, or a bad value build_task names
+        options[f"{field}_key"] = resolve_key_before_input(
+            spec, field, default=sig.func, func=sig.call, args=sig.args, kwargs=sig.kwargs
+        )
+
+
 def plan_workflow(root: Node, build_task: BuildTask, workflow_id: str, created_at: Any) -> Plan:
     """Compile ``root`` into tasks and member rows (nothing is written)."""
     if not isinstance(root, Signature | Chain | Group | Chord):
@@ -205,7 +225,10 @@ def plan_workflow(root: Node, build_task: BuildTask, workflow_id: str, created_a
     def add(sig: Signature, inputs: list[str], mode: str, policy: str | None) -> str:
         options = dict(sig.options)
         own = options.pop("on_failure", None)
-        task = build_task(sig.func, list(sig.args), sig.kwargs, **options)
+        if inputs:
+            _keys_before_input(sig, options)
+        func = sig.call if sig.call is not None else sig.func
+        task = build_task(func, list(sig.args), sig.kwargs, **options)
         status = TaskStatus.WAITING if inputs else TaskStatus.PENDING
         task = attrs.evolve(task, workflow_id=workflow_id, status=status)
         tasks.append(task)

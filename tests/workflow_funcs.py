@@ -36,3 +36,8 @@ def record_results(results: list[Any], path: str) -> int:
     """Append the results it got as one JSON line to ``path``; return how many."""
     append_line(path, json.dumps(results))
     return len(results)
+
+
+def tagged(previous: Any, tenant: str) -> str:
+    """The previous result, tagged with the tenant (a chain step whose key is ``tenant``)."""
+    return f"{tenant}:{previous}"

@@ -22,7 +22,15 @@ import attrs
 
 from omniq.errors import ValidationError
 
-__all__ = ["KeySource", "Limit", "QueueLimits", "Rate", "check_key", "resolve_key"]
+__all__ = [
+    "KeySource",
+    "Limit",
+    "QueueLimits",
+    "Rate",
+    "check_key",
+    "resolve_key",
+    "resolve_key_before_input",
+]
 
 #: A key: a constant string, or a callable of the call's arguments returning one.
 KeySource = str | Callable[..., Any] | None
@@ -174,6 +182,54 @@ def resolve_key(
         raise ValidationError(
             f"{field}.key", f"the key function raised {type(exc).__name__}: {exc}"
         ) from exc
+    return check_key(value, f"{field}.key")
+
+
+class _UnknownInput:
+    """Stands for a workflow step's first argument (the previous step's result) while
+    its keys are resolved at enqueue time, before that result exists."""
+
+    def _unknown(self, *_: Any, **__: Any) -> Any:
+        raise TypeError("the previous step's result is not known when the workflow is enqueued")
+
+    __str__ = __format__ = __getitem__ = __getattr__ = __iter__ = __int__ = _unknown
+    __hash__ = None  # type: ignore[assignment]
+
+
+def resolve_key_before_input(
+    spec: Limit | Rate,
+    field: str,
+    *,
+    default: str,
+    func: Callable[..., Any] | None,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+) -> str:
+    """The key of a workflow step whose call is ``func(<previous result>, *args, **kwargs)``.
+
+    The key must come from the step's own arguments: one taken from the
+    previous result (not known yet) is refused with a ``ValidationError``.
+    """
+    unknown = _UnknownInput()
+    why = (
+        "it would come from the previous step's result, which is not known when the "
+        f"workflow is enqueued: key on another argument, or pass {field}_key=..."
+    )
+    if spec.key_arg is not None:
+        value = _argument(spec.key_arg, field, func, (unknown, *args), kwargs)
+        if value is unknown:
+            raise ValidationError(f"{field}.key_arg", f"{spec.key_arg!r}: {why}")
+        return check_key(value, f"{field}.key_arg")
+    if spec.key is None or isinstance(spec.key, str):
+        return resolve_key(spec, field, default=default, func=func, args=args, kwargs=kwargs)
+    try:
+        value = spec.key(unknown, *args, **kwargs)
+    except Exception as exc:
+        raise ValidationError(
+            f"{field}.key", f"the key function raised {type(exc).__name__}: {exc}"
+        ) from exc
+    if value is unknown:
+        raise ValidationError(f"{field}.key", why)
     return check_key(value, f"{field}.key")
 
 

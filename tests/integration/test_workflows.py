@@ -13,8 +13,10 @@ import sqlalchemy as sa
 
 from omniq import (
     AsyncOmniQ,
+    Limit,
     OmniQ,
     OmniQError,
+    Rate,
     TaskStatus,
     ValidationError,
     WorkflowFailed,
@@ -344,3 +346,42 @@ async def test_retention_purges_a_workflow_with_its_last_task(oq: AsyncOmniQ) ->
     assert await oq.get_workflow_async(done.id) is None
     assert await count_rows(oq) == (2, 1, 2)  # the unfinished workflow stays
     assert (await later.get_async()).status is WorkflowStatus.RUNNING
+
+
+async def test_members_keep_their_tasks_limits_keyed_on_their_own_arguments(
+    oq: AsyncOmniQ,
+) -> None:
+    """A task's declared limits hold for its workflow members too (issue 16: limits and
+    workflows together); a chain step's key comes from its own arguments, after the
+    previous result its call receives first."""
+    per_tenant = Limit(1, key_arg="tenant")
+    work = oq.task(ft.add, concurrency=Limit(2, key_arg="x"))
+    step = oq.task(ft.tagged, concurrency=per_tenant, rate=Rate(100, per=60, key_arg="tenant"))
+    handle = await oq.enqueue_workflow_async(
+        chain(group(work.s(1, 1), work.s(1, 2), work.s(3)), step.s("acme"))
+    )
+    workflow = await oq.get_workflow_async(handle.id)
+    assert workflow is not None
+    tasks = [await oq.get_task_async(t) for t in workflow.task_ids]
+    keys = [(t.concurrency_key, t.concurrency_max, t.rate_key) for t in tasks if t is not None]
+    assert keys == [("1", 2, None), ("1", 2, None), ("3", 2, None), ("acme", 1, "acme")]
+    await run(oq)
+    assert await handle.result_async(timeout=WAIT) == "acme:[2, 3, 3]"
+
+    # A key that would come from the previous result is refused, naming the field;
+    # nothing of that workflow is stored.
+    on_input = oq.task(ft.tagged, concurrency=Limit(1, key_arg="previous"))
+    before = await oq.list_tasks_async(limit=1000)
+    with pytest.raises(ValidationError, match=r"concurrency\.key_arg.*previous step's result"):
+        await oq.enqueue_workflow_async(chain(work.s(1), on_input.s("acme")))
+    with pytest.raises(ValidationError, match=r"concurrency\.key"):
+        await oq.enqueue_workflow_async(
+            chain(work.s(1), oq.task(ft.tagged, concurrency=Limit(1, key=str)).s("acme"))
+        )
+    assert len(await oq.list_tasks_async(limit=1000)) == len(before)
+    # A per-call key needs no argument at all.
+    fixed = await oq.enqueue_workflow_async(
+        chain(work.s(5), on_input.s("acme").set(concurrency_key="shared"))
+    )
+    await run(oq)
+    assert await fixed.result_async(timeout=WAIT) == "acme:5"
