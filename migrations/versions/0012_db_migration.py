@@ -26,6 +26,11 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+#: What the trigger below raises; omniq.repositories._base turns it into DatabaseMigrated.
+MIGRATED = "omniq: this database was migrated away"
+_FLAGGED = "EXISTS (SELECT 1 FROM omniq_db_migration WHERE role = 'source')"
+
+
 def upgrade() -> None:
     op.create_table(
         "omniq_db_migration",
@@ -38,7 +43,49 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint("role", name=op.f("pk_omniq_db_migration")),
     )
+    # A flagged source refuses new tasks in the database itself: every enqueue path
+    # (the caller's transaction included) inserts into omniq_tasks, and the check
+    # costs no statement of its own.
+    if op.get_context().dialect.name == "postgresql":
+        # Pinned to the schema the tables are created in (Settings.db_schema).
+        op.execute(
+            f"""
+            CREATE FUNCTION omniq_refuse_if_migrated() RETURNS trigger LANGUAGE plpgsql
+            SET search_path FROM CURRENT AS $$
+            BEGIN
+                IF {_FLAGGED} THEN
+                    RAISE EXCEPTION '{MIGRATED}';
+                END IF;
+                RETURN NULL;
+            END
+            $$
+            """
+        )
+        op.execute(
+            """
+            CREATE TRIGGER omniq_tasks_refuse_if_migrated
+            BEFORE INSERT ON omniq_tasks
+            FOR EACH STATEMENT EXECUTE FUNCTION omniq_refuse_if_migrated()
+            """
+        )
+    else:
+        op.execute(
+            f"""
+            CREATE TRIGGER omniq_tasks_refuse_if_migrated
+            BEFORE INSERT ON omniq_tasks
+            WHEN {_FLAGGED}
+            BEGIN
+                SELECT RAISE(ABORT, '{MIGRATED}');
+            END
+            """
+        )
 
 
 def downgrade() -> None:
+    op.execute(
+        "DROP TRIGGER IF EXISTS omniq_tasks_refuse_if_migrated"
+        + (" ON omniq_tasks" if op.get_context().dialect.name == "postgresql" else "")
+    )
+    if op.get_context().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS omniq_refuse_if_migrated()")
     op.drop_table("omniq_db_migration")

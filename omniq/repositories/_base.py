@@ -15,6 +15,7 @@ import sqlalchemy.exc as sa_exc
 from omniq.errors import (
     DatabaseBusy,
     DatabaseError,
+    DatabaseMigrated,
     DatabaseUnavailable,
     DuplicateTask,
     OmniQError,
@@ -25,6 +26,12 @@ from omniq.errors import (
 )
 from omniq.payload_types import UnsupportedValue, describe
 from omniq.serialization import SerializerRegistry
+
+#: What the trigger of revision 0012 raises when a task is inserted into a database
+#: that ``omniq migrate-db`` flagged (the same text as in that revision).
+MIGRATED = "omniq: this database was migrated away"
+#: The target named until the enqueue reads the flag (see Enqueue.migrated_error).
+UNKNOWN_TARGET = "another database"
 
 _LOCKED = re.compile(r"database (table )?is locked|database is busy", re.I)
 _FULL = re.compile(r"database or disk is full|disk full|no space left|DiskFull", re.I)
@@ -44,11 +51,15 @@ def translate_errors(what: str) -> Iterator[None]:
         raise
     except sa_exc.IntegrityError as exc:
         text = str(exc.orig)
+        if MIGRATED in text:
+            raise DatabaseMigrated(UNKNOWN_TARGET) from exc
         if "unique" in text.lower() or "duplicate" in text.lower():
             raise DuplicateTask(f"{what}: a record with the same key already exists") from exc
         raise ValidationError(what, f"constraint violated: {text}") from exc
     except sa_exc.DBAPIError as exc:
         text = str(exc.orig)
+        if MIGRATED in text:
+            raise DatabaseMigrated(UNKNOWN_TARGET) from exc
         if _LOCKED.search(text):
             raise DatabaseBusy(f"{what}: database stayed locked: {text}") from exc
         if _FULL.search(text) or type(exc.orig).__name__ == "DiskFullError":

@@ -80,10 +80,14 @@ def read_mark(conn: Connection, role: str) -> MigrationMark | None:
     return None if row is None else MigrationMark(**dict(row))
 
 
+#: Built once: every enqueue transaction runs it.
+_SOURCE_MARK = sa.select(m.c.peer, m.c.started_at).where(m.c.role == SOURCE)
+
+
 def refuse_if_migrated(conn: Connection) -> None:
     """Raise :class:`DatabaseMigrated` when this database was migrated away (an enqueue's check)."""
     with translate_errors("check the migration mark"):
-        row = conn.execute(sa.select(m.c.peer, m.c.started_at).where(m.c.role == SOURCE)).first()
+        row = conn.execute(_SOURCE_MARK).first()
     if row is not None:
         raise DatabaseMigrated(row.peer, row.started_at)
 

@@ -108,6 +108,7 @@ async def test_the_whole_path_runs_in_the_schema(pg_url: str) -> None:
         VERSION_TABLE,
         "omniq_notify_work",
         "omniq_notify_work_inserted",
+        "omniq_refuse_if_migrated",
     }
     assert set(catalog) == {SCHEMA}, "the public schema holds no OmniQ object"
     assert await asyncio.to_thread(migrate.current, pg_url) is None  # nothing in public
