@@ -9,20 +9,24 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from omniq._time import require_aware, to_timedelta
 from omniq.errors import ValidationError
 from omniq.models import MisfirePolicy, Schedule, ScheduleStatus, ScheduleType, Settings
+from omniq.models.limits import task_limit_fields
 from omniq.refs import callable_ref
 from omniq.services import Services
+from omniq.task_handle import TaskHandle
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
     from sqlalchemy.orm import Session
 
-    from omniq.task_handle import TaskHandle
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 __all__ = ["ScheduleMethods", "declared_periodic"]
+
+#: Options of a schedule's tasks that limit them (resolved to their keys when it is made).
+_LIMIT_OPTIONS = ("concurrency", "rate", "concurrency_key", "rate_key")
 
 
 #: Periodic tasks declared in this process, by schedule name: the declaring
@@ -245,6 +249,20 @@ class ScheduleMethods:
             if interval is not None
             else ScheduleType.TIMESTAMP
         )
+        limits = {k: task_options.pop(k, None) for k in _LIMIT_OPTIONS}
+        if isinstance(func, TaskHandle):
+            for k in ("concurrency", "rate"):
+                limits[k] = limits[k] or func.options.get(k)
+        if any(v is not None for v in limits.values()):
+            task_options.update(
+                task_limit_fields(
+                    **limits,
+                    ref=callable_ref(func),
+                    func=None if isinstance(func, str) else func,
+                    args=tuple(func_args or ()),
+                    kwargs=dict(func_kwargs or {}),
+                )
+            )
         options = {
             k: (v.total_seconds() if isinstance(v, timedelta) else v)
             for k, v in task_options.items()

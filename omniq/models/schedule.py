@@ -46,6 +46,13 @@ TASK_OPTION_KEYS = frozenset(
         "tags",
         "name",
         "description",
+        # Flow control, resolved when the schedule is made (its arguments are fixed):
+        # the fired tasks' keys and limits (rate_period in seconds).
+        "concurrency_key",
+        "concurrency_max",
+        "rate_key",
+        "rate_limit",
+        "rate_period",
     }
 )
 

@@ -179,6 +179,7 @@ class Scheduler:
         if tasks:
             inserted = self.storage.tasks.insert_scheduled(conn, tasks)
             tasks = [task for task in tasks if task.id in inserted]
+            self.storage.limits.declare(conn, tasks, now)
         for task in tasks:
             events.append(
                 _event(
@@ -237,19 +238,12 @@ class Scheduler:
         return [t for t in missed if now - t <= grace][-1:]
 
     def _task_for(self, schedule: Schedule, fire_time: datetime, now: datetime) -> Task:
-        options = dict(schedule.task_options)
-        options.setdefault("name", schedule.name)
-        options.setdefault("description", schedule.description)
-        task = self.queue.build_task(
-            schedule.func,
-            schedule.func_args,
-            schedule.func_kwargs,
-            queue_name=schedule.queue_name,
-            serializer=schedule.serializer,
-            **options,
-        )
         return attrs.evolve(
-            task, schedule_id=schedule.id, scheduled_for=fire_time, created_at=now, run_at=now
+            self.queue.template_task(schedule),
+            schedule_id=schedule.id,
+            scheduled_for=fire_time,
+            created_at=now,
+            run_at=now,
         )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from omniq._time import require_aware
 from omniq.errors import DuplicateTask, InvalidTransition, ScheduleNotFound, ValidationError
-from omniq.models import EventType, Schedule, ScheduleStatus
+from omniq.models import EventType, Schedule, ScheduleStatus, Task
 from omniq.repositories.db_migration import refuse_if_migrated
 from omniq.services import timing
 from omniq.services._shared import _check_page, _schedule_event, _schedule_status
@@ -21,6 +21,10 @@ from omniq.services.queries import Queries
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
     from sqlalchemy.orm import Session
+
+#: A schedule's task options that are its tasks' flow-control fields (resolved when the
+#: schedule was made; ``rate_period`` in seconds).
+_LIMIT_FIELDS = ("concurrency_key", "concurrency_max", "rate_key", "rate_limit", "rate_period")
 
 __all__ = ["ScheduleAdmin"]
 
@@ -182,16 +186,25 @@ class ScheduleAdmin(Queries):
     def _check_template(self, schedule: Schedule) -> None:
         """Build (not store) a task from the template: options that cannot make a
         task would otherwise fail every fire of the schedule."""
-        self.storage.tasks.to_row(
-            self.build_task(
-                schedule.func,
-                schedule.func_args,
-                schedule.func_kwargs,
-                queue_name=schedule.queue_name,
-                serializer=schedule.serializer,
-                **schedule.task_options,
-            )
+        self.storage.tasks.to_row(self.template_task(schedule))
+
+    def template_task(self, schedule: Schedule) -> Task:
+        """A task as the schedule makes them (its fire time not set yet)."""
+        options = dict(schedule.task_options)
+        limits = {k: options.pop(k) for k in _LIMIT_FIELDS if k in options}
+        if limits.get("rate_period") is not None:
+            limits["rate_period"] = timedelta(seconds=limits["rate_period"])
+        options.setdefault("name", schedule.name)
+        options.setdefault("description", schedule.description)
+        task = self.build_task(
+            schedule.func,
+            schedule.func_args,
+            schedule.func_kwargs,
+            queue_name=schedule.queue_name,
+            serializer=schedule.serializer,
+            **options,
         )
+        return attrs.evolve(task, **limits) if limits else task
 
     async def get_schedule_async(self, schedule_id: str) -> Schedule | None:
         """The schedule with ``schedule_id``, or None."""

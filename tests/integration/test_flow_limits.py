@@ -12,9 +12,11 @@ import pytest
 import sqlalchemy as sa
 
 from omniq import AsyncOmniQ, Limit, Rate, TaskStatus, ValidationError
+from omniq._time import utcnow
 from omniq.db.schema import tasks as t
 from omniq.models import Settings, Task
 from omniq.services import ErrorInfo, Services
+from omniq.services.scheduler import Scheduler
 from tests.integration.conftest import ServicesFactory
 
 pytestmark = pytest.mark.anyio
@@ -329,3 +331,28 @@ async def test_bad_declarations_and_keys_name_the_field(db_url: str) -> None:
             await plain.with_options(concurrency_key="a").enqueue_async(1)
         with pytest.raises(ValidationError, match="concurrency_key"):
             await oq.enqueue_async(FUNC, [1], concurrency=Limit(1), concurrency_key="")
+
+
+async def test_schedules_fire_tasks_that_keep_their_limits(db_url: str) -> None:
+    """A schedule of a limited task (or with limits of its own) makes tasks that carry
+    the keys, resolved from the schedule's fixed arguments, and the claim holds them."""
+    async with AsyncOmniQ(url=db_url) as oq:
+        limited = oq.task(concurrency=Limit(1, key_arg="tenant"))(by_arg)
+        start = utcnow() - timedelta(minutes=5)
+        for x in range(3):
+            await oq.schedule_async(limited, ["acme", x], interval=3600, start_at=start)
+        await oq.schedule_async(
+            by_arg, ["globex"], interval=3600, start_at=start, rate=Rate(1, per=SLOW)
+        )
+        scheduler = Scheduler(oq.services.storage, oq.services.queue)
+        assert await scheduler.fire_due_async() == 4
+        fired = await oq.list_tasks_async(TaskStatus.PENDING)
+        keys = sorted(str((x.concurrency_key, x.concurrency_max, x.rate_key)) for x in fired)
+        ref = fired[0].func
+        assert keys == [str(("acme", 1, None))] * 3 + [str((None, None, ref))]
+        claimed = await oq.services.queue.dequeue_many_async(10)
+        # One of acme's three (its limit) and globex's one token.
+        assert sorted(x.func_args[0] for x in claimed) == ["acme", "globex"]
+        assert await oq.services.queue.dequeue_many_async(10) == []
+        with pytest.raises(ValidationError, match=r"concurrency\.key_arg"):
+            await oq.schedule_async(by_arg, [], interval=60, concurrency=Limit(1, key_arg="nope"))
