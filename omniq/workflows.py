@@ -29,7 +29,7 @@ import attrs
 
 from omniq.errors import ValidationError, WorkflowNotFound
 from omniq.models import Task, TaskStatus
-from omniq.models.limits import Limit, Rate, resolve_key_before_input
+from omniq.models.limits import Limit, Rate, resolve_key
 from omniq.models.workflow import Workflow, WorkflowStatus
 from omniq.refs import callable_ref
 
@@ -208,8 +208,14 @@ def _keys_before_input(sig: Signature, options: dict[str, Any]) -> None:
         spec = options.get(field)
         if not isinstance(spec, spec_type) or options.get(f"{field}_key") is not None:
             continue  # no limit, a per-call key, or a bad value build_task names
-        options[f"{field}_key"] = resolve_key_before_input(
-            spec, field, default=sig.func, func=sig.call, args=sig.args, kwargs=sig.kwargs
+        options[f"{field}_key"] = resolve_key(
+            spec,
+            field,
+            default=sig.func,
+            func=sig.call,
+            args=sig.args,
+            kwargs=sig.kwargs,
+            before_input=True,
         )
 
 

@@ -29,7 +29,6 @@ __all__ = [
     "Rate",
     "check_key",
     "resolve_key",
-    "resolve_key_before_input",
 ]
 
 #: A key: a constant string, or a callable of the call's arguments returning one.
@@ -160,31 +159,6 @@ def check_declaration(
         )
 
 
-def resolve_key(
-    spec: Limit | Rate,
-    field: str,
-    *,
-    default: str,
-    func: Callable[..., Any] | None,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any],
-) -> str:
-    """The key of one call under ``spec`` (``default``: the task's function reference)."""
-    if spec.key_arg is not None:
-        return check_key(_argument(spec.key_arg, field, func, args, kwargs), f"{field}.key_arg")
-    if spec.key is None:
-        return check_key(default, field)
-    if isinstance(spec.key, str):
-        return spec.key
-    try:
-        value = spec.key(*args, **kwargs)
-    except Exception as exc:
-        raise ValidationError(
-            f"{field}.key", f"the key function raised {type(exc).__name__}: {exc}"
-        ) from exc
-    return check_key(value, f"{field}.key")
-
-
 class _UnknownInput:
     """Stands for a workflow step's first argument (the previous step's result) while
     its keys are resolved at enqueue time, before that result exists."""
@@ -196,7 +170,7 @@ class _UnknownInput:
     __hash__ = None  # type: ignore[assignment]
 
 
-def resolve_key_before_input(
+def resolve_key(
     spec: Limit | Rate,
     field: str,
     *,
@@ -204,26 +178,31 @@ def resolve_key_before_input(
     func: Callable[..., Any] | None,
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
+    before_input: bool = False,
 ) -> str:
-    """The key of a workflow step whose call is ``func(<previous result>, *args, **kwargs)``.
+    """The key of one call under ``spec`` (``default``: the task's function reference).
 
-    The key must come from the step's own arguments: one taken from the
-    previous result (not known yet) is refused with a ``ValidationError``.
+    ``before_input``: the call is a workflow step's, ``func(<previous result>,
+    *args, **kwargs)``; a key taken from that result (not known when the
+    workflow is enqueued) is refused with a ``ValidationError``.
     """
     unknown = _UnknownInput()
+    call = (unknown, *args) if before_input else tuple(args)
     why = (
         "it would come from the previous step's result, which is not known when the "
         f"workflow is enqueued: key on another argument, or pass {field}_key=..."
     )
     if spec.key_arg is not None:
-        value = _argument(spec.key_arg, field, func, (unknown, *args), kwargs)
+        value = _argument(spec.key_arg, field, func, call, kwargs)
         if value is unknown:
             raise ValidationError(f"{field}.key_arg", f"{spec.key_arg!r}: {why}")
         return check_key(value, f"{field}.key_arg")
-    if spec.key is None or isinstance(spec.key, str):
-        return resolve_key(spec, field, default=default, func=func, args=args, kwargs=kwargs)
+    if spec.key is None:
+        return check_key(default, field)
+    if isinstance(spec.key, str):
+        return spec.key
     try:
-        value = spec.key(unknown, *args, **kwargs)
+        value = spec.key(*call, **kwargs)
     except Exception as exc:
         raise ValidationError(
             f"{field}.key", f"the key function raised {type(exc).__name__}: {exc}"
