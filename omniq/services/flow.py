@@ -250,8 +250,12 @@ class FlowControl(Enqueue):
         spent = []
         for need, count in sorted(used.items()):
             kind, row = buckets[need]
-            spent.append((kind, need[1], _refill(row, now) - count))
-        self.storage.limits.spend(conn, spent, now)
+            # Never back in time: a claimer whose clock is behind the last refill
+            # (it waited for the lock, or its clock lags) refilled nothing (see
+            # _refill); storing its older time would refill that interval twice.
+            at = now if row["refilled_at"] is None else max(now, row["refilled_at"])
+            spent.append((kind, need[1], _refill(row, now) - count, at))
+        self.storage.limits.spend(conn, spent)
 
     async def prune_limits_async(self, idle_for: timedelta = LIMIT_RETENTION) -> int:
         """Delete the rows of keys no live task carries, declared more than

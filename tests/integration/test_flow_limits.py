@@ -190,6 +190,26 @@ async def test_tokens_refill_with_time(svc: Services) -> None:
     assert len(got) == 2
 
 
+async def test_a_claim_with_an_older_clock_does_not_turn_a_bucket_back(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A claimer whose ``now`` is older than the bucket's last refill (it read the
+    # clock, then waited for the writer or the row lock; or its clock lags) must
+    # not store that older time: the next claimer would refill the interval twice.
+    start = svc.storage.now()
+    clock = [start]
+    monkeypatch.setattr(svc.storage, "now", lambda: clock[0])
+    await enqueue(svc, 30, rate=Rate(10, per=timedelta(seconds=10)), rate_key="B")
+    assert len(await svc.queue.dequeue_many_async(30)) == 10  # the full bucket
+    clock[0] = start + timedelta(seconds=5)  # 5 tokens refilled
+    assert len(await svc.queue.dequeue_many_async(3)) == 3
+    clock[0] = start + timedelta(seconds=1)  # a late claimer with an older clock
+    assert len(await svc.queue.dequeue_many_async(30)) == 2
+    clock[0] = start + timedelta(seconds=5)
+    # 15 tokens in 5 seconds, all spent: nothing more now.
+    assert await svc.queue.dequeue_many_async(30) == []
+
+
 # --- queue-wide limits and pause -----------------------------------------------------------
 
 
