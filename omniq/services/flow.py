@@ -279,7 +279,9 @@ class FlowControl(Enqueue):
         (a :class:`Rate` without key) starts; None removes that limit. Returns the settings."""
         _queue_name(queue_name)
         if concurrency is not None and (
-            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency < 2**31
         ):
             raise ValidationError("concurrency", f"must be a positive integer, got {concurrency!r}")
         if rate is not None:

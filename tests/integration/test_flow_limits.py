@@ -234,6 +234,9 @@ async def test_queue_wide_concurrency_and_rate(svc: Services) -> None:
 async def test_queue_limit_input_is_checked(svc: Services) -> None:
     with pytest.raises(ValidationError, match="concurrency"):
         await svc.queue.set_queue_limit_async("q", concurrency=0)
+    # Beyond the stored integer: refused as input, not a database error (PostgreSQL).
+    with pytest.raises(ValidationError, match="concurrency"):
+        await svc.queue.set_queue_limit_async("q", concurrency=2**31)
     with pytest.raises(ValidationError, match=r"rate\.key"):
         await svc.queue.set_queue_limit_async("q", rate=Rate(1, key="x"))
     with pytest.raises(ValidationError, match="queue_name"):
