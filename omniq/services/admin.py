@@ -140,6 +140,8 @@ class Administration(Leases):
             )
             if updated is None:
                 raise InvalidTransition(f"task {task_id} changed state during requeue; retry")
+            # Its limits' rows may have been pruned while it was dead: declare them again.
+            self.storage.limits.declare(conn, [updated], now)
             self.storage.results.delete(conn, task_id)
             self.storage.events.insert_rows(
                 conn,

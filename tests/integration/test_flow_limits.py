@@ -160,6 +160,23 @@ async def test_maintenance_prunes_the_rows_of_idle_keys(svc: Services) -> None:
     assert len(await q.dequeue_many_async(10)) == 1
 
 
+async def test_a_requeued_task_declares_its_pruned_keys_again(svc: Services) -> None:
+    # A dead task's key rows may be pruned (no live task carries them); requeued
+    # later, the task must be claimable again, within its limits.
+    fast = Rate(5, per=timedelta(microseconds=1))
+    (task_id,) = await enqueue(
+        svc, 1, concurrency=Limit(1), concurrency_key="K", rate=fast, rate_key="R"
+    )
+    (task,) = await svc.queue.dequeue_many_async(5)
+    boom = ErrorInfo(type="E", message="boom")
+    assert await svc.queue.fail_async(task, boom, retry=False) is TaskStatus.FAILED
+    assert await svc.queue.prune_limits_async(idle_for=timedelta(0)) == 2
+    await svc.queue.requeue_async(task_id)
+    (again,) = await svc.queue.dequeue_many_async(5)
+    assert again.id == task_id
+    assert await svc.queue.dequeue_many_async(5) == []
+
+
 # --- rate --------------------------------------------------------------------------------
 
 
