@@ -12,10 +12,13 @@ import pytest
 import sqlalchemy as sa
 
 from omniq import AsyncOmniQ, Limit, Rate, TaskStatus, ValidationError
+from omniq.db.engine import create_engine
+from omniq.db.schema import limits as lim
 from omniq.db.schema import tasks as t
 from omniq.models import Settings, Task
 from omniq.services import ErrorInfo, Services
 from tests.integration.conftest import ServicesFactory
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -175,6 +178,43 @@ async def test_a_requeued_task_declares_its_pruned_keys_again(svc: Services) -> 
     (again,) = await svc.queue.dequeue_many_async(5)
     assert again.id == task_id
     assert await svc.queue.dequeue_many_async(5) == []
+
+
+async def test_enqueue_takes_a_keys_row_before_its_dependencies_rows(
+    svc: Services, db_url: str
+) -> None:
+    # A claim locks the key rows first, then updates tasks. An enqueue that locked
+    # a dependency's row (FOR SHARE) before the key's row would deadlock with a
+    # claim that holds the key and claims that dependency.
+    if not db_url.startswith("postgresql"):
+        pytest.skip("row locks: PostgreSQL (SQLite has one writer)")
+    (parent,) = await enqueue(svc, 1, concurrency=Limit(1), concurrency_key="K")
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as claimer, engine.connect() as watcher:
+            await claimer.begin()
+            key_row = sa.select(lim.c.key).where(lim.c.kind == "concurrency", lim.c.key == "K")
+            await claimer.execute(key_row.with_for_update())
+            child = asyncio.ensure_future(
+                svc.queue.enqueue_async(
+                    FUNC, [1], concurrency=Limit(1), concurrency_key="K", depends_on=[parent]
+                )
+            )
+
+            async def enqueue_waits() -> bool:
+                rows = await watcher.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                return bool(rows.scalar_one())
+
+            await wait_until(enqueue_waits, "the enqueue waiting for the key's row")
+            claim = sa.update(t).where(t.c.id == parent).values(status="running")
+            await claimer.execute(claim)
+            await claimer.rollback()
+        assert await child
+    finally:
+        await engine.dispose()
 
 
 # --- rate --------------------------------------------------------------------------------
