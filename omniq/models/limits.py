@@ -13,7 +13,6 @@ function.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -83,8 +82,11 @@ def _key_arg(field: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
 def _period(value: Any) -> timedelta:
     if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
         raise ValidationError("rate.per", f"expected a timedelta or seconds, got {value!r}")
-    per = value if isinstance(value, timedelta) else timedelta(seconds=value)
-    if not per > timedelta(0) or not math.isfinite(per.total_seconds()):
+    try:
+        per = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    except (OverflowError, ValueError):  # NaN, infinity, beyond timedelta's range
+        per = timedelta(0)
+    if not per > timedelta(0):
         raise ValidationError("rate.per", f"must be a positive duration, got {value!r}")
     return per
 

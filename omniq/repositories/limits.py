@@ -330,14 +330,12 @@ class LimitRepository:
         with translate_errors("claim tasks"):
             return list(conn.execute(stmt, params).mappings().all())
 
-    def spend(
-        self, conn: Connection, spent: Sequence[tuple[str, str, float]], now: datetime
-    ) -> None:
-        """Store rate buckets after a claim: ``(kind, key, tokens left)``, refilled at ``now``."""
+    def spend(self, conn: Connection, spent: Sequence[tuple[str, str, float, datetime]]) -> None:
+        """Store rate buckets after a claim: ``(kind, key, tokens left, refilled at)``."""
         if not spent:
             return
         params = [
-            {"k_kind": k, "k_key": key, "k_tokens": left, "k_at": now} for k, key, left in spent
+            {"k_kind": k, "k_key": key, "k_tokens": left, "k_at": at} for k, key, left, at in spent
         ]
         with translate_errors("claim tasks"):
             conn.execute(self._spend, params)

@@ -108,6 +108,9 @@ class Administration(Leases):
                     f"task {task_id} is {task.status}; only failed, cancelled or expired "
                     "tasks can be requeued"
                 )
+            # Its limits' rows may have been pruned while it was dead: declare them
+            # again, first (as claims lock them, before any task row).
+            self.storage.limits.declare(conn, [task], now)
             status = TaskStatus.PENDING
             if task.depends_on:
                 deps = self.storage.tasks.statuses(conn, task.depends_on, lock=True)

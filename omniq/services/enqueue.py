@@ -205,6 +205,10 @@ class Enqueue(Sweeps):
         depend on that task instead.
         """
         repo = self.storage.tasks
+        # The limits' rows first, as claims lock them (then tasks): an enqueue that
+        # held a dependency's row while waiting for a key's row could deadlock
+        # with a claim holding that key and claiming that dependency.
+        self.storage.limits.declare(conn, ordered, self.storage.now())
         in_batch = {x.id for x in ordered}
         outside = {d for x in ordered for d in x.depends_on} - in_batch
         status_of = dict(repo.statuses(conn, outside, lock=True))
@@ -242,7 +246,6 @@ class Enqueue(Sweeps):
             conn, [rows[x.id] if id(x) in batch_given else repo.to_row(x) for x in plain]
         )
         repo.insert_edges(conn, written)
-        self.storage.limits.declare(conn, written, self.storage.now())
         self._log_enqueued(conn, written)
         return ids
 

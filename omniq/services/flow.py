@@ -250,8 +250,12 @@ class FlowControl(Enqueue):
         spent = []
         for need, count in sorted(used.items()):
             kind, row = buckets[need]
-            spent.append((kind, need[1], _refill(row, now) - count))
-        self.storage.limits.spend(conn, spent, now)
+            # Never back in time: a claimer whose clock is behind the last refill
+            # (it waited for the lock, or its clock lags) refilled nothing (see
+            # _refill); storing its older time would refill that interval twice.
+            at = now if row["refilled_at"] is None else max(now, row["refilled_at"])
+            spent.append((kind, need[1], _refill(row, now) - count, at))
+        self.storage.limits.spend(conn, spent)
 
     async def prune_limits_async(self, idle_for: timedelta = LIMIT_RETENTION) -> int:
         """Delete the rows of keys no live task carries, declared more than
@@ -275,7 +279,9 @@ class FlowControl(Enqueue):
         (a :class:`Rate` without key) starts; None removes that limit. Returns the settings."""
         _queue_name(queue_name)
         if concurrency is not None and (
-            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency < 2**31
         ):
             raise ValidationError("concurrency", f"must be a positive integer, got {concurrency!r}")
         if rate is not None:

@@ -13,11 +13,14 @@ import sqlalchemy as sa
 
 from omniq import AsyncOmniQ, Limit, Rate, TaskStatus, ValidationError
 from omniq._time import utcnow
+from omniq.db.engine import create_engine
+from omniq.db.schema import limits as lim
 from omniq.db.schema import tasks as t
 from omniq.models import Settings, Task
 from omniq.services import ErrorInfo, Services
 from omniq.services.scheduler import Scheduler
 from tests.integration.conftest import ServicesFactory
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -162,6 +165,60 @@ async def test_maintenance_prunes_the_rows_of_idle_keys(svc: Services) -> None:
     assert len(await q.dequeue_many_async(10)) == 1
 
 
+async def test_a_requeued_task_declares_its_pruned_keys_again(svc: Services) -> None:
+    # A dead task's key rows may be pruned (no live task carries them); requeued
+    # later, the task must be claimable again, within its limits.
+    fast = Rate(5, per=timedelta(microseconds=1))
+    (task_id,) = await enqueue(
+        svc, 1, concurrency=Limit(1), concurrency_key="K", rate=fast, rate_key="R"
+    )
+    (task,) = await svc.queue.dequeue_many_async(5)
+    boom = ErrorInfo(type="E", message="boom")
+    assert await svc.queue.fail_async(task, boom, retry=False) is TaskStatus.FAILED
+    assert await svc.queue.prune_limits_async(idle_for=timedelta(0)) == 2
+    await svc.queue.requeue_async(task_id)
+    (again,) = await svc.queue.dequeue_many_async(5)
+    assert again.id == task_id
+    assert await svc.queue.dequeue_many_async(5) == []
+
+
+async def test_enqueue_takes_a_keys_row_before_its_dependencies_rows(
+    svc: Services, db_url: str
+) -> None:
+    # A claim locks the key rows first, then updates tasks. An enqueue that locked
+    # a dependency's row (FOR SHARE) before the key's row would deadlock with a
+    # claim that holds the key and claims that dependency.
+    if not db_url.startswith("postgresql"):
+        pytest.skip("row locks: PostgreSQL (SQLite has one writer)")
+    (parent,) = await enqueue(svc, 1, concurrency=Limit(1), concurrency_key="K")
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as claimer, engine.connect() as watcher:
+            await claimer.begin()
+            key_row = sa.select(lim.c.key).where(lim.c.kind == "concurrency", lim.c.key == "K")
+            await claimer.execute(key_row.with_for_update())
+            child = asyncio.ensure_future(
+                svc.queue.enqueue_async(
+                    FUNC, [1], concurrency=Limit(1), concurrency_key="K", depends_on=[parent]
+                )
+            )
+
+            async def enqueue_waits() -> bool:
+                rows = await watcher.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                return bool(rows.scalar_one())
+
+            await wait_until(enqueue_waits, "the enqueue waiting for the key's row")
+            claim = sa.update(t).where(t.c.id == parent).values(status="running")
+            await claimer.execute(claim)
+            await claimer.rollback()
+        assert await child
+    finally:
+        await engine.dispose()
+
+
 # --- rate --------------------------------------------------------------------------------
 
 
@@ -192,6 +249,26 @@ async def test_tokens_refill_with_time(svc: Services) -> None:
     assert len(got) == 2
 
 
+async def test_a_claim_with_an_older_clock_does_not_turn_a_bucket_back(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A claimer whose ``now`` is older than the bucket's last refill (it read the
+    # clock, then waited for the writer or the row lock; or its clock lags) must
+    # not store that older time: the next claimer would refill the interval twice.
+    start = svc.storage.now()
+    clock = [start]
+    monkeypatch.setattr(svc.storage, "now", lambda: clock[0])
+    await enqueue(svc, 30, rate=Rate(10, per=timedelta(seconds=10)), rate_key="B")
+    assert len(await svc.queue.dequeue_many_async(30)) == 10  # the full bucket
+    clock[0] = start + timedelta(seconds=5)  # 5 tokens refilled
+    assert len(await svc.queue.dequeue_many_async(3)) == 3
+    clock[0] = start + timedelta(seconds=1)  # a late claimer with an older clock
+    assert len(await svc.queue.dequeue_many_async(30)) == 2
+    clock[0] = start + timedelta(seconds=5)
+    # 15 tokens in 5 seconds, all spent: nothing more now.
+    assert await svc.queue.dequeue_many_async(30) == []
+
+
 # --- queue-wide limits and pause -----------------------------------------------------------
 
 
@@ -216,6 +293,9 @@ async def test_queue_wide_concurrency_and_rate(svc: Services) -> None:
 async def test_queue_limit_input_is_checked(svc: Services) -> None:
     with pytest.raises(ValidationError, match="concurrency"):
         await svc.queue.set_queue_limit_async("q", concurrency=0)
+    # Beyond the stored integer: refused as input, not a database error (PostgreSQL).
+    with pytest.raises(ValidationError, match="concurrency"):
+        await svc.queue.set_queue_limit_async("q", concurrency=2**31)
     with pytest.raises(ValidationError, match=r"rate\.key"):
         await svc.queue.set_queue_limit_async("q", rate=Rate(1, key="x"))
     with pytest.raises(ValidationError, match="queue_name"):

@@ -33,6 +33,9 @@ def fixed(user: str) -> None:
         (lambda: Rate(5, per=0), "rate.per"),
         (lambda: Rate(5, per=-1.0), "rate.per"),
         (lambda: Rate(5, per="1s"), "rate.per"),
+        (lambda: Rate(5, per=float("nan")), "rate.per"),
+        (lambda: Rate(5, per=float("inf")), "rate.per"),
+        (lambda: Rate(5, per=1e300), "rate.per"),
         (lambda: Rate(5, key=object()), "rate.key"),
     ],
 )
