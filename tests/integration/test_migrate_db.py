@@ -637,6 +637,38 @@ async def test_enqueue_on_the_flagged_source_raises_and_unflag_restores_it(
         await src.close_async()
 
 
+async def test_queue_limits_and_pauses_on_the_flagged_source_are_refused(
+    source_url: str, target_url: str
+) -> None:
+    """Flow control is an operator's write too: on the read-only source, setting or
+    clearing a queue's limits and pausing or resuming a queue raise DatabaseMigrated
+    and change nothing (they would be lost: the target holds the copy)."""
+    counts = {"completed": 0, "failed": 0, "cancelled": 0, "running": 0, "pending": 1, "waiting": 0}
+    await seed(source_url, counts)
+    src = await Services.open_async(source_url)
+    try:
+        await src.queue.set_queue_limit_async("limited", concurrency=2)
+        await src.queue.pause_queue_async("paused")
+    finally:
+        await src.close_async()
+    assert (await migrate_db_async(source_url, target_url)).ok
+    src = await Services.open_async(source_url)
+    try:
+        before = await src.queue.list_queue_limits_async()
+        for change in (
+            lambda: src.queue.set_queue_limit_async("limited", concurrency=5),
+            lambda: src.queue.set_queue_limit_async("other", concurrency=1),
+            lambda: src.queue.clear_queue_limit_async("limited"),
+            lambda: src.queue.pause_queue_async("default"),
+            lambda: src.queue.resume_queue_async("paused"),
+        ):
+            with pytest.raises(DatabaseMigrated):
+                await change()
+        assert await src.queue.list_queue_limits_async() == before
+    finally:
+        await src.close_async()
+
+
 def test_the_source_itself_is_refused_as_target(source_url: str) -> None:
     relative = "sqlite+aiosqlite:///" + os.path.relpath(source_url.split("///", 1)[1])
     with pytest.raises(ValidationError, match="is the source database itself"):
