@@ -419,6 +419,40 @@ async def test_copy_interrupted_after_some_batches_resumes_without_duplicates(
     assert again.already_done and again.ok
 
 
+async def test_the_targets_maintenance_changes_nothing_until_the_copy_finished(
+    source_url: str, target_url: str
+) -> None:
+    """A worker started early on the target sweeps nothing while the copy arrives: the
+    waiting tasks whose dependency edges are not copied yet stay waiting (else the
+    sweep releases them, the counts differ and the target never opens)."""
+    await seed(source_url, SMALL)
+
+    def stop_before_the_edges(step: Progress) -> None:
+        if step.table == "omniq_task_dependencies":
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        await migrate_db_async(source_url, target_url, force=True, progress=stop_before_the_edges)
+    dst = await Services.open_async(target_url)
+    try:
+        assert (await statuses(dst))["waiting"] == SMALL["waiting"]
+        sweeps = Maintenance(dst.storage, dst.queue, dst.results, dst.events, owner="test")
+        assert await sweeps.sweep_all_async() == MaintenanceReport()
+        assert await sweeps.recover_async() == MaintenanceReport()
+        assert (await statuses(dst))["waiting"] == SMALL["waiting"]
+    finally:
+        await dst.close_async()
+    report = await migrate_db_async(source_url, target_url)
+    assert report.ok and report.resumed, report.summary()
+    dst = await Services.open_async(target_url)
+    try:  # once the copy finished, the target sweeps as usual
+        sweeps = Maintenance(dst.storage, dst.queue, dst.results, dst.events, owner="test")
+        await sweeps.sweep_all_async()
+        assert (await statuses(dst))["waiting"] == SMALL["waiting"]
+    finally:
+        await dst.close_async()
+
+
 async def test_migration_process_killed_mid_copy_resumes_with_the_cli(
     source_url: str, target_url: str, tmp_path: Path
 ) -> None:
