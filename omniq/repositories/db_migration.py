@@ -27,6 +27,7 @@ __all__ = [
     "MigrationMark",
     "claims_open",
     "clear_mark",
+    "copy_arriving",
     "read_mark",
     "refuse_if_migrated",
     "write_mark",
@@ -78,6 +79,13 @@ def read_mark(conn: Connection, role: str) -> MigrationMark | None:
     with translate_errors("read the migration mark"):
         row = conn.execute(sa.select(m).where(m.c.role == role)).mappings().first()
     return None if row is None else MigrationMark(**dict(row))
+
+
+def copy_arriving(conn: Connection) -> bool:
+    """True while this database receives a migration's copy that has not finished."""
+    with translate_errors("read the migration mark"):
+        found = conn.execute(sa.select(m.c.role).where(m.c.role == TARGET, m.c.state == COPYING))
+        return found.first() is not None
 
 
 def refuse_if_migrated(conn: Connection) -> None:

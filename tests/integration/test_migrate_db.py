@@ -29,6 +29,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from omniq import AsyncOmniQ
 from omniq._time import utcnow
 from omniq.db import migrate
 from omniq.db.schema import attempts as attempts_table
@@ -451,6 +452,36 @@ async def test_the_targets_maintenance_changes_nothing_until_the_copy_finished(
         assert (await statuses(dst))["waiting"] == SMALL["waiting"]
     finally:
         await dst.close_async()
+
+
+async def test_an_app_opened_on_the_target_during_the_copy_declares_its_schedules_after_it(
+    source_url: str, target_url: str
+) -> None:
+    """An app (or `omniq worker --app`) opened on the target before the copy finished
+    does not declare its periodic schedules there: the source's ones of those names
+    are on their way, and a new one collided with its copy (the resume failed)."""
+    from tests import worker_tasks
+
+    def app(url: str) -> AsyncOmniQ:
+        oq = AsyncOmniQ("app", url=url)
+        oq.periodic(interval=HOUR, name="heartbeat", args=[1, 2])(worker_tasks.add)
+        return oq
+
+    async with app(source_url) as oq:
+        schedule_id = (await oq.list_schedules_async())[0].id
+
+    def stop_before_the_schedules(step: Progress) -> None:
+        if step.table == "omniq_schedules":
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        await migrate_db_async(source_url, target_url, progress=stop_before_the_schedules)
+    async with app(target_url) as oq:
+        assert await oq.list_schedules_async() == []
+    report = await migrate_db_async(source_url, target_url)
+    assert report.ok and report.resumed, report.summary()
+    async with app(target_url) as oq:  # once the copy finished: the copied one, upserted
+        assert [x.id for x in await oq.list_schedules_async()] == [schedule_id]
 
 
 async def test_migration_process_killed_mid_copy_resumes_with_the_cli(
