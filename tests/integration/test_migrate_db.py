@@ -33,6 +33,7 @@ from omniq import AsyncOmniQ
 from omniq._time import utcnow
 from omniq.db import migrate
 from omniq.db.schema import attempts as attempts_table
+from omniq.db.schema import db_migration as migration_table
 from omniq.db.schema import events as events_table
 from omniq.db.schema import metadata
 from omniq.db.schema import results as results_table
@@ -482,6 +483,44 @@ async def test_an_app_opened_on_the_target_during_the_copy_declares_its_schedule
     assert report.ok and report.resumed, report.summary()
     async with app(target_url) as oq:  # once the copy finished: the copied one, upserted
         assert [x.id for x in await oq.list_schedules_async()] == [schedule_id]
+
+
+async def test_killed_between_the_targets_done_mark_and_the_sources_resumes_as_done(
+    source_url: str, target_url: str
+) -> None:
+    """The target is marked done before the source: a run killed between the two left
+    the target open, and its workers ran tasks. Run again, the migration is done (it
+    does not count the target's rows against the source's again) and marks the source."""
+    counts = {"completed": 0, "failed": 0, "cancelled": 0, "running": 0, "pending": 3, "waiting": 0}
+    await seed(source_url, counts)
+    assert (await migrate_db_async(source_url, target_url)).ok
+    src = await Services.open_async(source_url)
+    try:  # as if killed after the target's done mark, before the source's
+        await src.storage.write(
+            lambda c: c.execute(
+                sa.update(migration_table)
+                .where(migration_table.c.role == "source")
+                .values(state="copying", finished_at=None)
+            )
+        )
+    finally:
+        await src.close_async()
+    dst = await Services.open_async(target_url)
+    try:
+        [task] = await dst.queue.dequeue_many_async(1)
+        assert await dst.queue.complete_async(task, 3)
+    finally:
+        await dst.close_async()
+    report = await migrate_db_async(source_url, target_url)
+    assert report.ok and report.already_done, report.summary()
+    src = await Services.open_async(source_url)
+    try:
+        state = await src.storage.read(
+            lambda c: c.execute(sa.select(migration_table.c.state)).scalar_one()
+        )
+        assert state == "done"
+    finally:
+        await src.close_async()
 
 
 async def test_migration_process_killed_mid_copy_resumes_with_the_cli(
