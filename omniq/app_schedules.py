@@ -11,6 +11,7 @@ from omniq.errors import ValidationError
 from omniq.models import MisfirePolicy, Schedule, ScheduleStatus, ScheduleType, Settings
 from omniq.models.limits import task_limit_fields
 from omniq.refs import callable_ref
+from omniq.repositories.db_migration import copy_arriving
 from omniq.services import Services
 from omniq.task_handle import TaskHandle
 
@@ -140,7 +141,14 @@ class ScheduleMethods:
         return adopted
 
     async def _upsert_declared_async(self, services: Services) -> None:
-        """Upsert the declared periodic schedules not yet written (see :meth:`periodic`)."""
+        """Upsert the declared periodic schedules not yet written (see :meth:`periodic`).
+
+        Not on a database still receiving a migration's copy: the source's schedules
+        of those names are on their way (a new one would collide with its copy); they
+        are upserted at the next open.
+        """
+        if await services.storage.read(copy_arriving, what="read the migration mark"):
+            return
         for key in sorted(self._unsynced):
             await services.queue.upsert_schedule_async(self._declared[key]())
             self._unsynced.discard(key)

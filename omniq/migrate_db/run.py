@@ -169,7 +169,9 @@ async def _decide(run: _Run) -> None:
                 "empty database"
             )
         run.migration_id, run.cutoff, run.resumed = tgt.migration_id, tgt.cutoff, True
-        run.already_done = tgt.state == "done" and src.state == "done"
+        # The target is marked done first: done there, the copy finished and verified
+        # (its workers may run since; a run killed before the source's mark ends it).
+        run.already_done = tgt.state == "done"
         return
     if run.target_ready:
         await _refuse_if_holding_data(run)
@@ -226,7 +228,7 @@ async def _finish_marks(run: _Run) -> None:
     def done(role: str) -> Callable[[sa.Connection], None]:
         def body(conn: sa.Connection) -> None:
             old = read_mark(conn, role)
-            if old is not None:
+            if old is not None and old.state != "done":
                 write_mark(conn, attrs.evolve(old, state="done", finished_at=now))
 
         return body
@@ -451,8 +453,8 @@ async def _migrate(
         sequences=sequences,
         tables=tables,
     )
-    if not dry_run and not run.already_done and report.ok:
-        await _finish_marks(run)
+    if not dry_run and report.ok:
+        await _finish_marks(run)  # a mark already done stays as it was
     return report
 
 

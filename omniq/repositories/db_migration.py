@@ -27,6 +27,7 @@ __all__ = [
     "MigrationMark",
     "claims_open",
     "clear_mark",
+    "copy_arriving",
     "read_mark",
     "refuse_if_migrated",
     "write_mark",
@@ -80,8 +81,15 @@ def read_mark(conn: Connection, role: str) -> MigrationMark | None:
     return None if row is None else MigrationMark(**dict(row))
 
 
-#: Built once: every enqueue transaction runs it.
+#: Built once: operator writes run it (enqueues are refused by a trigger, revision 0012).
 _SOURCE_MARK = sa.select(m.c.peer, m.c.started_at).where(m.c.role == SOURCE)
+
+
+def copy_arriving(conn: Connection) -> bool:
+    """True while this database receives a migration's copy that has not finished."""
+    with translate_errors("read the migration mark"):
+        found = conn.execute(sa.select(m.c.role).where(m.c.role == TARGET, m.c.state == COPYING))
+        return found.first() is not None
 
 
 def refuse_if_migrated(conn: Connection) -> None:

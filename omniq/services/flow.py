@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from omniq.errors import ValidationError
 from omniq.models import Task
 from omniq.models.limits import QueueLimits, Rate
+from omniq.repositories.db_migration import refuse_if_migrated
 from omniq.repositories.limits import CONCURRENCY, QUEUE, RATE
 from omniq.services.enqueue import Enqueue
 
@@ -292,6 +293,7 @@ class FlowControl(Enqueue):
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> QueueLimits:
+            refuse_if_migrated(conn)  # the source of a migration is read-only
             repo = self.storage.limits
             row = repo.get(conn, QUEUE, queue_name) or {"paused_at": None, "tokens": None}
             same_rate = rate is not None and row.get("rate_limit") == rate.limit
@@ -352,6 +354,7 @@ class FlowControl(Enqueue):
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> bool:
+            refuse_if_migrated(conn)
             repo = self.storage.limits
             row = repo.get(conn, QUEUE, queue_name)
             was = row is not None and row["paused_at"] is not None

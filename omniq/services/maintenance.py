@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import attrs
 
-from omniq.repositories.db_migration import SOURCE, read_mark
+from omniq.repositories.db_migration import COPYING, SOURCE, TARGET, read_mark
 from omniq.services._storage import Storage
 from omniq.services.events import EventStorage
 from omniq.services.queue import TaskQueue
@@ -68,8 +68,12 @@ class Maintenance:
         self._warned = False
 
     async def _migrated_away(self) -> bool:
-        """True when this database was migrated away (flagged): nothing is swept."""
-        mark = await self.storage.read(lambda c: read_mark(c, SOURCE), what="read the flag")
+        """True when this database was migrated away (flagged), or receives a copy that
+        has not finished (a sweep there would change rows the copy still counts, e.g.
+        release a waiting task whose dependency edges are on their way): nothing is swept."""
+        mark, arriving = await self.storage.read(
+            lambda c: (read_mark(c, SOURCE), read_mark(c, TARGET)), what="read the flag"
+        )
         if mark is not None and not self._warned:
             self._warned = True
             log.warning(
@@ -77,7 +81,7 @@ class Maintenance:
                 "or swept here; point the workers at the new database",
                 mark.peer,
             )
-        return mark is not None
+        return mark is not None or (arriving is not None and arriving.state == COPYING)
 
     async def acquire_async(self) -> bool:
         """Take (or renew) the maintenance lease; False if another worker holds it."""

@@ -29,9 +29,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from omniq import AsyncOmniQ
 from omniq._time import utcnow
 from omniq.db import migrate
 from omniq.db.schema import attempts as attempts_table
+from omniq.db.schema import db_migration as migration_table
 from omniq.db.schema import events as events_table
 from omniq.db.schema import metadata
 from omniq.db.schema import results as results_table
@@ -419,6 +421,108 @@ async def test_copy_interrupted_after_some_batches_resumes_without_duplicates(
     assert again.already_done and again.ok
 
 
+async def test_the_targets_maintenance_changes_nothing_until_the_copy_finished(
+    source_url: str, target_url: str
+) -> None:
+    """A worker started early on the target sweeps nothing while the copy arrives: the
+    waiting tasks whose dependency edges are not copied yet stay waiting (else the
+    sweep releases them, the counts differ and the target never opens)."""
+    await seed(source_url, SMALL)
+
+    def stop_before_the_edges(step: Progress) -> None:
+        if step.table == "omniq_task_dependencies":
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        await migrate_db_async(source_url, target_url, force=True, progress=stop_before_the_edges)
+    dst = await Services.open_async(target_url)
+    try:
+        assert (await statuses(dst))["waiting"] == SMALL["waiting"]
+        sweeps = Maintenance(dst.storage, dst.queue, dst.results, dst.events, owner="test")
+        assert await sweeps.sweep_all_async() == MaintenanceReport()
+        assert await sweeps.recover_async() == MaintenanceReport()
+        assert (await statuses(dst))["waiting"] == SMALL["waiting"]
+    finally:
+        await dst.close_async()
+    report = await migrate_db_async(source_url, target_url)
+    assert report.ok and report.resumed, report.summary()
+    dst = await Services.open_async(target_url)
+    try:  # once the copy finished, the target sweeps as usual
+        sweeps = Maintenance(dst.storage, dst.queue, dst.results, dst.events, owner="test")
+        await sweeps.sweep_all_async()
+        assert (await statuses(dst))["waiting"] == SMALL["waiting"]
+    finally:
+        await dst.close_async()
+
+
+async def test_an_app_opened_on_the_target_during_the_copy_declares_its_schedules_after_it(
+    source_url: str, target_url: str
+) -> None:
+    """An app (or `omniq worker --app`) opened on the target before the copy finished
+    does not declare its periodic schedules there: the source's ones of those names
+    are on their way, and a new one collided with its copy (the resume failed)."""
+    from tests import worker_tasks
+
+    def app(url: str) -> AsyncOmniQ:
+        oq = AsyncOmniQ("app", url=url)
+        oq.periodic(interval=HOUR, name="heartbeat", args=[1, 2])(worker_tasks.add)
+        return oq
+
+    async with app(source_url) as oq:
+        schedule_id = (await oq.list_schedules_async())[0].id
+
+    def stop_before_the_schedules(step: Progress) -> None:
+        if step.table == "omniq_schedules":
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        await migrate_db_async(source_url, target_url, progress=stop_before_the_schedules)
+    async with app(target_url) as oq:
+        assert await oq.list_schedules_async() == []
+    report = await migrate_db_async(source_url, target_url)
+    assert report.ok and report.resumed, report.summary()
+    async with app(target_url) as oq:  # once the copy finished: the copied one, upserted
+        assert [x.id for x in await oq.list_schedules_async()] == [schedule_id]
+
+
+async def test_killed_between_the_targets_done_mark_and_the_sources_resumes_as_done(
+    source_url: str, target_url: str
+) -> None:
+    """The target is marked done before the source: a run killed between the two left
+    the target open, and its workers ran tasks. Run again, the migration is done (it
+    does not count the target's rows against the source's again) and marks the source."""
+    counts = {"completed": 0, "failed": 0, "cancelled": 0, "running": 0, "pending": 3, "waiting": 0}
+    await seed(source_url, counts)
+    assert (await migrate_db_async(source_url, target_url)).ok
+    src = await Services.open_async(source_url)
+    try:  # as if killed after the target's done mark, before the source's
+        await src.storage.write(
+            lambda c: c.execute(
+                sa.update(migration_table)
+                .where(migration_table.c.role == "source")
+                .values(state="copying", finished_at=None)
+            )
+        )
+    finally:
+        await src.close_async()
+    dst = await Services.open_async(target_url)
+    try:
+        [task] = await dst.queue.dequeue_many_async(1)
+        assert await dst.queue.complete_async(task, 3)
+    finally:
+        await dst.close_async()
+    report = await migrate_db_async(source_url, target_url)
+    assert report.ok and report.already_done, report.summary()
+    src = await Services.open_async(source_url)
+    try:
+        state = await src.storage.read(
+            lambda c: c.execute(sa.select(migration_table.c.state)).scalar_one()
+        )
+        assert state == "done"
+    finally:
+        await src.close_async()
+
+
 async def test_migration_process_killed_mid_copy_resumes_with_the_cli(
     source_url: str, target_url: str, tmp_path: Path
 ) -> None:
@@ -633,6 +737,38 @@ async def test_enqueue_on_the_flagged_source_raises_and_unflag_restores_it(
     try:
         await src.queue.enqueue_async(FUNC, [1, 2])
         assert len(await src.queue.dequeue_many_async(10)) == 3
+    finally:
+        await src.close_async()
+
+
+async def test_queue_limits_and_pauses_on_the_flagged_source_are_refused(
+    source_url: str, target_url: str
+) -> None:
+    """Flow control is an operator's write too: on the read-only source, setting or
+    clearing a queue's limits and pausing or resuming a queue raise DatabaseMigrated
+    and change nothing (they would be lost: the target holds the copy)."""
+    counts = {"completed": 0, "failed": 0, "cancelled": 0, "running": 0, "pending": 1, "waiting": 0}
+    await seed(source_url, counts)
+    src = await Services.open_async(source_url)
+    try:
+        await src.queue.set_queue_limit_async("limited", concurrency=2)
+        await src.queue.pause_queue_async("paused")
+    finally:
+        await src.close_async()
+    assert (await migrate_db_async(source_url, target_url)).ok
+    src = await Services.open_async(source_url)
+    try:
+        before = await src.queue.list_queue_limits_async()
+        for change in (
+            lambda: src.queue.set_queue_limit_async("limited", concurrency=5),
+            lambda: src.queue.set_queue_limit_async("other", concurrency=1),
+            lambda: src.queue.clear_queue_limit_async("limited"),
+            lambda: src.queue.pause_queue_async("default"),
+            lambda: src.queue.resume_queue_async("paused"),
+        ):
+            with pytest.raises(DatabaseMigrated):
+                await change()
+        assert await src.queue.list_queue_limits_async() == before
     finally:
         await src.close_async()
 
