@@ -1,13 +1,13 @@
 """The worker: claims tasks in batches, runs them concurrently, reports outcomes.
 
-- Fills every free slot with one claim statement; loops at once while work
-  exists; when idle, waits on in-process wake-ups or an adaptive poll
-  (short after activity, up to ``poll_interval``).
-- Completions are group-committed: tasks finishing together share one
-  transaction (status, results, events); a caller learns of a completion
-  only after its commit.
-- Leases are renewed by heartbeat; a task whose lease was lost is stopped
-  and its outcome discarded (the database rejects it anyway).
+- Fills every free slot with one claim; loops at once while work exists; when
+  idle, waits on in-process wake-ups or an adaptive poll (short after
+  activity, up to ``poll_interval``; until the next token when rate limits
+  hold the ready tasks back).
+- Completions are group-committed: tasks finishing together share one transaction
+  (status, results, events); a caller learns of a completion after its commit.
+- Leases are renewed by heartbeat; a task whose lease was lost is stopped and
+  its outcome discarded (the database rejects it anyway).
 - Timeouts, retries with backoff, cancellation, callbacks, graceful shutdown.
 - Optionally runs the scheduler and the maintenance sweeps.
 """
@@ -341,9 +341,7 @@ class Worker(Stopping):
                     if not busy:
                         return
                     continue
-            # Ready tasks held back by rate limits: sleep until the next token
-            # (new work still wakes the worker), not a fast poll.
-            due = self.queue.flow_wait
+            due = self.queue.flow_wait  # rate limits hold ready tasks back until then
             wait = idle if due is None else min(max(due, _MIN_POLL), self.poll_interval)
             await self.storage.notifier.wait(wait)
             idle = min(idle * 2, self.poll_interval)
@@ -351,11 +349,10 @@ class Worker(Stopping):
     def _prefetch_now(self) -> int:
         """How many tasks to hold beyond the free slots.
 
-        With ``prefetch=None``: as many as the slots finish within
-        ``_PREFETCH_HORIZON`` at the recent average run time (none until a task
-        has run; at most ``_PREFETCH_FACTOR`` x concurrency and ``_PREFETCH_MAX``). Short tasks then
-        share claims and completion flushes; long tasks are not hoarded away
-        from other workers.
+        With ``prefetch=None``: as many as the slots finish within ``_PREFETCH_HORIZON``
+        at the recent average run time (none until a task has run; at most
+        ``_PREFETCH_FACTOR`` x concurrency and ``_PREFETCH_MAX``). Short tasks then share
+        claims and completion flushes; long tasks are not hoarded from other workers.
         """
         if self.prefetch is not None:
             return self.prefetch
