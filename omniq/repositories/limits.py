@@ -285,15 +285,7 @@ class LimitRepository:
         key's backlog never hides a quiet key's tasks behind it.
         """
         stmt = self._candidates[queue is not None]
-        params = {
-            "now": now,
-            "queue": queue,
-            "open_keys": list(open_keys),
-            "open_rate_keys": list(open_rate_keys),
-            "closed_queues": list(closed_queues),
-            "skip": list(skip),
-            "limit": limit,
-        }
+        params = _pick_params(queue, now, open_keys, open_rate_keys, closed_queues, skip, limit)
         with translate_errors("claim tasks"):
             return list(conn.execute(stmt, params).all())
 
@@ -315,13 +307,7 @@ class LimitRepository:
         """Claim (as :meth:`candidates` reads them) the first ``n`` such tasks in one
         statement: for a claim whose every budget has room for ``n`` tasks."""
         params = {
-            "now": now,
-            "queue": queue,
-            "open_keys": list(open_keys),
-            "open_rate_keys": list(open_rate_keys),
-            "closed_queues": list(closed_queues),
-            "skip": [],
-            "limit": n,
+            **_pick_params(queue, now, open_keys, open_rate_keys, closed_queues, (), n),
             "token": token,
             "lease_until": lease_until,
             "worker_id": worker_id,
@@ -339,6 +325,27 @@ class LimitRepository:
         ]
         with translate_errors("claim tasks"):
             conn.execute(self._spend, params)
+
+
+def _pick_params(
+    queue: str | None,
+    now: datetime,
+    open_keys: Sequence[str],
+    open_rate_keys: Sequence[str],
+    closed_queues: Sequence[str],
+    skip: Sequence[str],
+    limit: int,
+) -> dict[str, Any]:
+    """The parameters of :func:`_candidates_statement` (and the claim built on it)."""
+    return {
+        "now": now,
+        "queue": queue,
+        "open_keys": list(open_keys),
+        "open_rate_keys": list(open_rate_keys),
+        "closed_queues": list(closed_queues),
+        "skip": list(skip),
+        "limit": limit,
+    }
 
 
 def _candidates_statement(one_queue: bool) -> sa.Select[Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -41,15 +41,6 @@ HOLD = "tests.flow_tasks:hold_first_time"
 ALLOW = ("--allow", "tests.flow_tasks")
 #: The scaled-down rate: 10 per second (the issue: 10 per minute).
 RATE = Rate(10, per=timedelta(seconds=1))
-
-
-@pytest.fixture
-async def svc(db_url: str) -> AsyncIterator[Services]:
-    services = await Services.open_async(db_url)
-    try:
-        yield services
-    finally:
-        await services.close_async()
 
 
 @pytest.fixture
