@@ -104,9 +104,13 @@ class Dialect:
         return DriverRows(stmt, columns) if self.name == "sqlite" else None
 
 
+#: Compact JSON text (one encoder, not one per value as ``json.dumps(separators=)``).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def _json_text(value: Any) -> str:
     """A JSON column's value bound directly: its compact JSON text."""
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)
 
 
 def _native_json(value: Any) -> Any:
@@ -200,7 +204,7 @@ class Batch:
                 if value is not None:
                     values[i] = fn(value)
             data.append(values)
-        return {self._bind: json.dumps(data, separators=(",", ":"))}
+        return {self._bind: _COMPACT.encode(data)}
 
 
 class DriverRows:
@@ -515,6 +519,9 @@ def sqlite_writer_engine(url: sa.URL, settings: Settings) -> sa.Engine:
         sa.URL.create("sqlite+pysqlite", database=str(path)),
         json_deserializer=_lenient_json_loads,
         poolclass=sa.pool.NullPool,
+        # One thread at a time (the writer's lock): the writer thread, or the
+        # event loop's thread running a small write inline.
+        connect_args={"check_same_thread": False},
     )
     install_sqlite_events(engine, settings)
     return engine

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -30,11 +30,13 @@ from omniq.db.engine import (
     is_memory_sqlite,
     normalize_url,
     read_engine,
+    sqlite_path,
     sqlite_writer_engine,
     with_schema,
 )
 from omniq.db.migrate import ensure_schema
-from omniq.db.writer import SQLiteWriter, run_in_transaction
+from omniq.db.write_lock import WriteLock, lock_path
+from omniq.db.writer import DECLINED, SQLiteWriter, run_in_transaction
 from omniq.models import Settings
 from omniq.repositories import (
     AttemptRepository,
@@ -168,10 +170,13 @@ class Storage:
         if is_memory_sqlite(engine.url):
             self._serial = asyncio.Lock()
         elif self.dialect.single_writer:
+            url = normalize_url(engine.url)
+            path = sqlite_path(url)
             self._writer = SQLiteWriter(
-                sqlite_writer_engine(normalize_url(engine.url), self.settings),
+                sqlite_writer_engine(url, self.settings),
                 lock_deadline=self.settings.lock_deadline.total_seconds(),
                 is_locked=is_locked_error,
+                write_lock=None if path is None else WriteLock(lock_path(path)),
             )
         #: The event loop this Storage was opened on (None until opened).
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -261,6 +266,7 @@ class Storage:
         *,
         what: str = "write",
         undo: Callable[[T], Awaitable[Any]] | None = None,
+        small: bool = False,
     ) -> T:
         """Run ``body(conn)`` in one write transaction; return what it returns.
 
@@ -270,8 +276,18 @@ class Storage:
         work finishes on its own; ``undo(result)`` is then run after the commit
         (a claim gives its tasks back this way). On SQLite a caller cancelled
         while its work still waits for the writer thread leaves nothing written.
+
+        ``small``: a transaction of a few rows (one enqueue, one admin action).
+        On SQLite it runs on this thread when the writer is idle and the lock
+        is free at once (:meth:`SQLiteWriter.run_inline`), without waiting for
+        either; it cannot be interrupted there.
         """
         cancel: Callable[[], bool]
+        if small and self._writer is not None:
+            with translate_errors(what):
+                result = self._writer.run_inline(body)
+            if result is not DECLINED:
+                return cast(T, result)
         if self._writer is not None:
             job = self._writer.submit(body)
             future: asyncio.Future[T] = asyncio.wrap_future(job)

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Enqueue"]
 
+#: Batches up to this many tasks are "small" writes: on SQLite they may run on
+#: the caller's thread when the writer is idle (see ``Storage.write``).
+_SMALL = 32
+
 
 class Enqueue(Sweeps):
     """Writes new tasks and their ``enqueued`` events."""
@@ -149,7 +153,7 @@ class Enqueue(Sweeps):
             self.storage.events.insert_rows(conn, events)
 
         async with self._named_migration():
-            await self.storage.write(body, what="enqueue")
+            await self.storage.write(body, what="enqueue", small=len(items) <= _SMALL)
         return [None] * len(items)
 
     async def _enqueue_in_own_transaction(
@@ -174,7 +178,7 @@ class Enqueue(Sweeps):
                 # The caller's transaction: workers are woken once it commits.
                 ids = await tx.write(self.storage, body, what="enqueue", wake=True)
             else:
-                ids = await self.storage.write(body, what="enqueue")
+                ids = await self.storage.write(body, what="enqueue", small=len(batch) <= _SMALL)
                 self.storage.notifier.notify()
         return [ids[x.id] for x in batch]
 

@@ -303,7 +303,8 @@ async def test_second_writer_waits_until_first_commits(sqlite_url: str) -> None:
 
 
 @pytest.mark.anyio
-async def test_read_modify_write_never_loses_updates(sqlite_url: str) -> None:
+@pytest.mark.parametrize("small", [False, True], ids=["thread", "small-writes-inline"])
+async def test_read_modify_write_never_loses_updates(sqlite_url: str, small: bool) -> None:
     counter = Task(func="m:f", priority=0)
     errors: list[BaseException] = []
     async with _open_storages(sqlite_url, Settings(), Settings()) as storages:
@@ -316,7 +317,7 @@ async def test_read_modify_write_never_loses_updates(sqlite_url: str) -> None:
 
         async def run(storage: Storage) -> None:
             try:
-                await storage.write(increment)
+                await storage.write(increment, small=small)
             except BaseException as exc:  # report, don't cancel the others
                 errors.append(exc)
 
@@ -331,6 +332,111 @@ async def test_read_modify_write_never_loses_updates(sqlite_url: str) -> None:
             ).scalar_one()
         )
     assert final == 30
+
+
+# --- small writes on the caller's thread --------------------------------------------------------
+
+
+def _busy_timeout(conn: sa.Connection) -> int:
+    return int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one())
+
+
+@pytest.mark.anyio
+async def test_a_small_write_runs_on_the_callers_thread_when_the_writer_is_idle(
+    sqlite_url: str,
+) -> None:
+    async with _open_storages(sqlite_url, Settings(busy_timeout=timedelta(seconds=7))) as (
+        storage,
+    ):
+        await storage.write(lambda conn: None)  # the writer's connection is open
+        seen: list[tuple[int, int]] = []
+
+        def body(conn: sa.Connection) -> None:
+            seen.append((threading.get_ident(), _busy_timeout(conn)))
+            storage.tasks.insert_many(conn, [Task(func="m:f")])
+
+        await storage.write(body, small=True)
+        # Here, it never waits for a lock (busy_timeout 0): another writer sends it
+        # to the thread instead (next test).
+        assert seen == [(threading.get_ident(), 0)]
+        # The thread's own transactions still wait for the lock as configured.
+        assert await storage.write(_busy_timeout) == 7000
+        assert await storage.read(_count_tasks) == 1
+
+
+@pytest.mark.anyio
+async def test_a_small_write_never_blocks_the_event_loop_on_a_held_lock(sqlite_url: str) -> None:
+    patient = Settings(busy_timeout=timedelta(seconds=20))
+    async with _open_storages(sqlite_url, Settings(), patient) as (holder, other):
+        await other.write(lambda conn: None)
+        ran_on: list[int] = []
+
+        def body(conn: sa.Connection) -> None:
+            ran_on.append(threading.get_ident())
+            other.tasks.insert_many(conn, [Task(func="m:f")])
+
+        async with _holding_write_transaction(holder):
+            ticks = 0
+            with anyio.fail_after(10):
+                writing = asyncio.ensure_future(other.write(body, small=True))
+                # The loop keeps running while the write waits for the other
+                # process's lock (a blocked loop would not get here for 20 s).
+                while ticks < 50:
+                    await asyncio.sleep(0)
+                    ticks += 1
+            assert not writing.done()
+            assert ran_on == []
+        with anyio.fail_after(30):
+            await writing
+        assert len(ran_on) == 1 and ran_on[0] != threading.get_ident()  # on the thread
+        assert await other.read(_count_tasks) == 1
+
+
+@pytest.mark.anyio
+async def test_a_small_write_waits_its_turn_behind_the_writer_threads_work(
+    sqlite_url: str,
+) -> None:
+    async with _open_storages(sqlite_url, Settings()) as (storage,):
+        await storage.write(lambda conn: None)
+        order: list[str] = []
+
+        def small_body(conn: sa.Connection) -> None:
+            order.append("small")
+            storage.tasks.insert_many(conn, [Task(func="m:f")])
+
+        async with _holding_write_transaction(storage):
+            writing = asyncio.ensure_future(storage.write(small_body, small=True))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            # Not run beside the thread's open transaction on the same connection.
+            assert order == []
+        with anyio.fail_after(30):
+            await writing
+        assert order == ["small"]
+        assert await storage.read(_count_tasks) == 1
+
+
+@pytest.mark.anyio
+async def test_small_writes_alone_keep_the_wal_checkpointed(sqlite_url: str) -> None:
+    path = sqlite_path(sa.make_url(sqlite_url))
+    assert path is not None
+    wal = path.with_name(path.name + "-wal")
+    async with _open_storages(sqlite_url, Settings()) as (storage,):
+        await storage.write(lambda conn: None)
+        highest = 0
+        for i in range(3000):
+            row = Task(func="m:f", description="x" * 400, name=str(i))
+
+            def insert(conn: sa.Connection, row: Task = row) -> None:
+                storage.tasks.insert_many(conn, [row])
+
+            await storage.write(insert, small=True)
+            highest = max(highest, wal.stat().st_size)
+        assert await storage.read(_count_tasks) == 3000
+    # Never checkpointed, these commits grow the WAL past 100 MiB; the writer
+    # thread's commits in between checkpoint it once past SQLite's threshold
+    # (1,000 pages, 4 MiB), so it stays near that (about 6 MiB here).
+    assert highest < 12 * 2**20, highest
 
 
 @pytest.mark.anyio

@@ -1,0 +1,195 @@
+"""SQLite: OmniQ's writers on one file take turns through a lock file (omniq.db.write_lock).
+
+Another process holding the lock is a real process here (``flock`` locks
+belong to an open file, so a second process is the honest stand-in for a
+second worker).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+import sqlalchemy as sa
+
+from omniq.db.write_lock import WriteLock, lock_path
+from omniq.errors import DatabaseBusy
+from omniq.models import Settings, Task
+from omniq.services import Storage
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
+
+_HOLD = textwrap.dedent(
+    """
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("held", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+_TAKE = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            time.sleep(0.01)
+        else:
+            print("took", flush=True)
+            break
+    else:
+        print("never", flush=True)
+    """
+)
+
+
+@contextmanager
+def held_by_another_process(path: Path) -> Iterator[subprocess.Popen[str]]:
+    """The lock file ``path`` locked by a child process until the block ends."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "held"
+        yield child
+    finally:
+        if child.poll() is None:
+            assert child.stdin is not None
+            child.stdin.write("\n")
+            child.stdin.flush()
+        child.wait(timeout=20)
+
+
+def release(child: subprocess.Popen[str]) -> None:
+    assert child.stdin is not None
+    child.stdin.write("\n")
+    child.stdin.flush()
+    child.wait(timeout=20)
+
+
+def test_one_holder_at_a_time_and_the_waiter_is_handed_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "db-omniq-lock"
+    lock = WriteLock(path)
+    with held_by_another_process(path) as child:
+        assert lock.try_acquire() is False
+        # A timed wait ends at its timeout, not before and never after long.
+        started = time.monotonic()
+        assert lock.acquire(0.2) is False
+        assert time.monotonic() - started >= 0.2
+        release(child)
+        # The kernel wakes the waiter once the holder let go.
+        assert lock.acquire(20) is True
+    # Held here now: another process cannot take it until it is released.
+    taker = subprocess.run(
+        [sys.executable, "-c", _TAKE.replace("20", "0.3"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert taker.stdout.strip() == "never"
+    lock.release()
+    lock.close()
+
+
+def test_a_wait_that_timed_out_gives_the_lock_back_when_it_comes(tmp_path: Path) -> None:
+    path = tmp_path / "db-omniq-lock"
+    lock = WriteLock(path)
+    with held_by_another_process(path) as child:
+        assert lock.acquire(0.05) is False  # its helper thread still waits in flock
+        release(child)
+    # The helper got the lock after nobody wanted it any more and gave it back:
+    # another process can take it.
+    taker = subprocess.run(
+        [sys.executable, "-c", _TAKE, str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert taker.stdout.strip() == "took"
+    assert lock.try_acquire() is True
+    lock.release()
+    lock.close()
+
+
+def test_the_lock_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "db-omniq-lock"
+    lock = WriteLock(path)
+    assert lock.try_acquire() is True
+    assert path.stat().st_mode & 0o777 == 0o600
+    lock.release()
+    lock.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    path = tmp_path / "omniq.db"
+    path.write_bytes(sqlite_template.read_bytes())
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def _count(conn: sa.Connection) -> int:
+    return int(conn.exec_driver_sql("SELECT count(*) FROM omniq_tasks").scalar_one())
+
+
+@pytest.mark.anyio
+async def test_a_writer_waits_for_another_process_at_most_its_lock_deadline(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(lock_deadline=timedelta(milliseconds=300))
+    storage = Storage.from_url(sqlite_url, settings)
+    await storage.open()
+    try:
+        task = Task(func="m:f")
+
+        def insert(conn: sa.Connection) -> None:
+            storage.tasks.insert_many(conn, [task])
+
+        with held_by_another_process(lock_path(tmp_path / "omniq.db")) as child:
+            with anyio.fail_after(20), pytest.raises(DatabaseBusy, match="locked"):
+                await storage.write(insert)
+            with anyio.fail_after(20), pytest.raises(DatabaseBusy, match="locked"):
+                await storage.write(insert, small=True)
+            assert await storage.read(_count) == 0
+            release(child)
+        with anyio.fail_after(20):
+            await storage.write(insert, small=True)
+        assert await storage.read(_count) == 1
+    finally:
+        await storage.close()
+
+
+@pytest.mark.anyio
+async def test_without_a_lock_file_sqlite_alone_orders_the_writers(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # Something in the way of the lock file (here a directory of that name):
+    # writes still work, with SQLite's own lock.
+    lock_path(tmp_path / "omniq.db").mkdir()
+    storages = [Storage.from_url(sqlite_url, Settings()) for _ in range(2)]
+    for storage in storages:
+        await storage.open()
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                each = storages[i % 2]
+                tg.start_soon(
+                    each.write,
+                    lambda conn, s=each: s.tasks.insert_many(conn, [Task(func="m:f")]),
+                )
+        assert await storages[0].read(_count) == 40
+    finally:
+        for storage in storages:
+            await storage.close()
