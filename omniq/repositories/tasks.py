@@ -471,17 +471,72 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
         conn: Connection,
         leases: Sequence[tuple[str, str | None]],
         values: Mapping[str, Any],
+        starts: Sequence[tuple[str, str | None, datetime]] = (),
     ) -> set[str]:
         """Update running tasks still held under ``(task_id, lease_token)``; return their ids.
 
         One statement for the whole batch; pairs whose lease was lost are skipped.
+        ``starts`` (as for :meth:`mark_started`) of tasks in ``leases`` are
+        written by the same statement (one row version per task, not two);
+        any others with :meth:`mark_started`.
         """
         if not leases:
+            self.mark_started(conn, starts)
             return set()
-        held, params = self._held(leases)
-        stmt = sa.update(t).where(held).values(**_values(values)).returning(t.c.id)
+        merged, others = self._split_starts(leases, starts)
+        self.mark_started(conn, others)
+        if merged:
+            stmt, params = self._finish_started(leases, merged, values)
+        else:
+            held, params = self._held(leases)
+            stmt = sa.update(t).where(held).values(**_values(values)).returning(t.c.id)
         with translate_errors("update tasks"):
             return set((conn.execute(stmt, params)).scalars().all())
+
+    @staticmethod
+    def _split_starts(
+        leases: Sequence[tuple[str, str | None]],
+        starts: Sequence[tuple[str, str | None, datetime]],
+    ) -> tuple[dict[str, datetime], list[tuple[str, str | None, datetime]]]:
+        """The start times of leased tasks (first start per task, same lease), and the rest."""
+        if not starts:
+            return {}, []
+        tokens = dict(leases)
+        merged: dict[str, datetime] = {}
+        others = []
+        for task_id, token, at in starts:
+            if task_id in tokens and tokens[task_id] == token:
+                merged.setdefault(task_id, at)
+            else:
+                others.append((task_id, token, at))
+        return merged, others
+
+    def _finish_started(
+        self,
+        leases: Sequence[tuple[str, str | None]],
+        started: Mapping[str, datetime],
+        values: Mapping[str, Any],
+    ) -> tuple[sa.Update, dict[str, Any]]:
+        """The finishing UPDATE that also marks ``started`` tasks started (as
+        :meth:`mark_started` does: the first start counts an attempt)."""
+        batch = self._starts
+        starting = sa.and_(t.c.started_at.is_(None), batch.c.at.is_not(None))
+        stmt = (
+            sa.update(t)
+            .where(
+                t.c.id == batch.c.task_id,
+                t.c.lease_token == batch.c.token,
+                self._running_in_batch,
+            )
+            .values(
+                **_values(values),
+                attempts=t.c.attempts + sa.case((starting, 1), else_=0),
+                started_at=sa.func.coalesce(t.c.started_at, batch.c.at),
+            )
+            .returning(t.c.id)
+        )
+        rows = [(task_id, token, started.get(task_id)) for task_id, token in leases]
+        return stmt, batch.params(rows)
 
     def _held(
         self, leases: Sequence[tuple[str, str | None]]

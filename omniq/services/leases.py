@@ -85,11 +85,12 @@ class Leases(Claims):
 
         def body(conn: sa.Connection) -> list[str]:
             self.storage.events.insert_rows(conn, events)
-            self.storage.tasks.mark_started(conn, starts)
+            # The starts of these tasks are written by the same UPDATE.
             held = self.storage.tasks.finish_leased(
                 conn,
                 [(task.id, task.lease_token) for task, _, _ in prepared],
                 _finish_values(TaskStatus.COMPLETED, now),
+                starts,
             )
             done = _completed_ids(prepared, held)
             self.storage.events.insert_rows(

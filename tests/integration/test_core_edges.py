@@ -440,3 +440,48 @@ async def test_an_error_text_with_nul_is_stored_and_the_task_fails(svc: Services
     assert task.status is TaskStatus.FAILED
     result = await svc.results.get_async(task_id)
     assert result is not None and "bad\\x00byte" in (result.error or "")
+
+
+async def test_a_completion_writes_the_buffered_starts_of_its_batch_once(svc: Services) -> None:
+    # A worker buffers the start of a quick task and writes it with the task's
+    # completion: the first start counts one attempt and sets started_at; a
+    # start under a lost lease changes nothing; a start of a task still running
+    # is written too.
+    ids = [await svc.queue.enqueue_async(FUNC, [i]) for i in range(4)]
+    claimed = {x.id: x for x in await svc.queue.dequeue_many_async(4, worker_id="w", start=False)}
+    assert set(claimed) == set(ids)
+    done, lost, still_running, unstarted = (claimed[x] for x in ids)
+    t0 = utcnow().replace(microsecond=0)
+    starts = [
+        (done.id, done.lease_token, t0),
+        (done.id, done.lease_token, t0 + timedelta(seconds=5)),  # listed twice: first counts
+        (lost.id, "an-old-lease", t0),
+        (still_running.id, still_running.lease_token, t0 + timedelta(seconds=1)),
+    ]
+    completed = await svc.queue.complete_many_async(
+        [(done, 1, 0.1), (lost, 2, 0.1), (unstarted, 3, 0.1)], worker_id="w", starts=starts
+    )
+    assert set(completed) == {done.id, lost.id, unstarted.id}
+    got = {x: await must_get(svc, x) for x in ids}
+    assert got[done.id].status is TaskStatus.COMPLETED
+    assert (got[done.id].attempts, got[done.id].started_at) == (1, t0)
+    # Completed without a start of its own lease: no attempt counted here.
+    assert got[lost.id].status is TaskStatus.COMPLETED
+    assert (got[lost.id].attempts, got[lost.id].started_at) == (0, None)
+    assert (got[unstarted.id].attempts, got[unstarted.id].started_at) == (0, None)
+    assert got[still_running.id].status is TaskStatus.RUNNING
+    assert (got[still_running.id].attempts, got[still_running.id].started_at) == (
+        1,
+        t0 + timedelta(seconds=1),
+    )
+    # An already started task keeps its first start.
+    again = await svc.queue.enqueue_async(FUNC, [9])
+    (task,) = await svc.queue.dequeue_many_async(1, worker_id="w", start=False)
+    assert task.id == again
+    await svc.queue.mark_started_async([(task.id, task.lease_token, t0)])
+    later = t0 + timedelta(hours=1)
+    await svc.queue.complete_many_async(
+        [(task, 1, 0.1)], worker_id="w", starts=[(task.id, task.lease_token, later)]
+    )
+    final = await must_get(svc, again)
+    assert (final.status, final.attempts, final.started_at) == (TaskStatus.COMPLETED, 1, t0)
