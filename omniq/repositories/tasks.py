@@ -480,36 +480,24 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
         written by the same statement (one row version per task, not two);
         any others with :meth:`mark_started`.
         """
-        if not leases:
-            self.mark_started(conn, starts)
-            return set()
-        merged, others = self._split_starts(leases, starts)
+        tokens = dict(leases)
+        started: dict[str, datetime] = {}
+        others = []
+        for task_id, token, at in starts:
+            if task_id in tokens and tokens[task_id] == token:
+                started.setdefault(task_id, at)  # the first start counts
+            else:
+                others.append((task_id, token, at))
         self.mark_started(conn, others)
-        if merged:
-            stmt, params = self._finish_started(leases, merged, values)
+        if not leases:
+            return set()
+        if started:
+            stmt, params = self._finish_started(leases, started, values)
         else:
             held, params = self._held(leases)
             stmt = sa.update(t).where(held).values(**_values(values)).returning(t.c.id)
         with translate_errors("update tasks"):
             return set((conn.execute(stmt, params)).scalars().all())
-
-    @staticmethod
-    def _split_starts(
-        leases: Sequence[tuple[str, str | None]],
-        starts: Sequence[tuple[str, str | None, datetime]],
-    ) -> tuple[dict[str, datetime], list[tuple[str, str | None, datetime]]]:
-        """The start times of leased tasks (first start per task, same lease), and the rest."""
-        if not starts:
-            return {}, []
-        tokens = dict(leases)
-        merged: dict[str, datetime] = {}
-        others = []
-        for task_id, token, at in starts:
-            if task_id in tokens and tokens[task_id] == token:
-                merged.setdefault(task_id, at)
-            else:
-                others.append((task_id, token, at))
-        return merged, others
 
     def _finish_started(
         self,
