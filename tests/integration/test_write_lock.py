@@ -182,13 +182,17 @@ async def test_without_a_lock_file_sqlite_alone_orders_the_writers(
     for storage in storages:
         await storage.open()
     try:
-        async with anyio.create_task_group() as tg:
-            for i in range(40):
-                each = storages[i % 2]
-                tg.start_soon(
-                    each.write,
-                    lambda conn, s=each: s.tasks.insert_many(conn, [Task(func="m:f")]),
-                )
+
+        async def write(storage: Storage, small: bool) -> None:
+            def insert(conn: sa.Connection) -> None:
+                storage.tasks.insert_many(conn, [Task(func="m:f")])
+
+            await storage.write(insert, small=small)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for i in range(40):
+                    tg.start_soon(write, storages[i % 2], i % 4 < 2)  # small writes too
         assert await storages[0].read(_count) == 40
     finally:
         for storage in storages:
