@@ -21,6 +21,7 @@ gives it back otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -52,7 +53,6 @@ class WriteLock:
         self.path = path
         self._cond = threading.Condition()
         self._fd: int | None = None
-        self._pid = 0
         self._held = False
         #: A helper thread is blocked in flock (it hands the lock over when it gets it).
         self._waiting = False
@@ -143,18 +143,26 @@ class WriteLock:
             else:
                 os.close(fd)
 
+    def forget_parent(self) -> None:
+        """In a forked child: drop the parent's descriptor and state (its lock stays
+        the parent's: closing a copy of the descriptor does not release it)."""
+        self._cond = threading.Condition()
+        fd, self._fd = self._fd, None
+        self._held = self._waiting = self._wanted = False
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def _descriptor(self) -> int | None:
-        """The lock file's descriptor, opened in this process (not one inherited by fork)."""
+        """The lock file's descriptor (opened on first use)."""
         if self._unavailable:
             return None
-        if self._fd is None or self._pid != os.getpid():
+        if self._fd is None:
             try:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as exc:
                 self._give_up(exc)
                 return None
-            self._pid = os.getpid()
-            self._held = self._waiting = False
         return self._fd
 
     def _give_up(self, exc: OSError) -> None:

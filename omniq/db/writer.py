@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -66,6 +68,21 @@ class _Declined:
 
 #: What :meth:`SQLiteWriter.run_inline` returns when the body must go to the thread.
 DECLINED: Any = _Declined()
+
+#: Every writer of this process, so that a forked child can start them afresh.
+_WRITERS: weakref.WeakSet[SQLiteWriter] = weakref.WeakSet()
+#: In a forked child: the parent's connections, kept open and never used.
+#: Closing one could drop this process's locks on the file (POSIX locks are
+#: per process) or touch a transaction that is the parent's.
+_ABANDONED: list[sa.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_WRITERS):
+        writer._forget_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def run_in_transaction(conn: sa.Connection, body: Body[T]) -> T:
@@ -105,6 +122,21 @@ class SQLiteWriter:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
+        _WRITERS.add(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's thread, queued jobs, connection and locks
+        (perhaps held mid-write at the fork) are not this process's; start afresh."""
+        self._conn_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._jobs = queue.SimpleQueue()
+        if self._held_conn is not None:
+            _ABANDONED.append(self._held_conn)  # the parent's: never used, nor closed, here
+        self._held_conn = None
+        self._inline_mode = False
+        self._thread = None
+        if self._write_lock is not None:
+            self._write_lock.forget_parent()
 
     def submit(self, body: Body[T]) -> Future[T]:
         """Queue ``body`` for the thread; the future holds its result or error."""

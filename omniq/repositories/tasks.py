@@ -480,12 +480,12 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
         written by the same statement (one row version per task, not two);
         any others with :meth:`mark_started`.
         """
-        tokens = dict(leases)
-        started: dict[str, datetime] = {}
+        leased = set(leases)
+        started: dict[tuple[str, str | None], datetime] = {}
         others = []
         for task_id, token, at in starts:
-            if task_id in tokens and tokens[task_id] == token:
-                started.setdefault(task_id, at)  # the first start counts
+            if (task_id, token) in leased:
+                started.setdefault((task_id, token), at)  # the first start counts
             else:
                 others.append((task_id, token, at))
         self.mark_started(conn, others)
@@ -502,7 +502,7 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
     def _finish_started(
         self,
         leases: Sequence[tuple[str, str | None]],
-        started: Mapping[str, datetime],
+        started: Mapping[tuple[str, str | None], datetime],
         values: Mapping[str, Any],
     ) -> tuple[sa.Update, dict[str, Any]]:
         """The finishing UPDATE that also marks ``started`` tasks started (as
@@ -523,7 +523,7 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
             )
             .returning(t.c.id)
         )
-        rows = [(task_id, token, started.get(task_id)) for task_id, token in leases]
+        rows = [(task_id, token, started.get((task_id, token))) for task_id, token in leases]
         return stmt, batch.params(rows)
 
     def _held(

@@ -176,7 +176,8 @@ class Storage:
                 sqlite_writer_engine(url, self.settings),
                 lock_deadline=self.settings.lock_deadline.total_seconds(),
                 is_locked=is_locked_error,
-                write_lock=None if path is None else WriteLock(lock_path(path)),
+                # One lock file per database file, however a process names it.
+                write_lock=None if path is None else WriteLock(lock_path(path.resolve())),
             )
         #: The event loop this Storage was opened on (None until opened).
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -192,6 +193,11 @@ class Storage:
         """A Storage that owns a new engine for ``url``."""
         settings = settings or Settings()
         return cls(create_engine(url, settings, **engine_kwargs), settings, owns_engine=True)
+
+    @property
+    def writer(self) -> SQLiteWriter | None:
+        """SQLite: the writer that runs this process's write transactions (else None)."""
+        return self._writer
 
     @property
     def write_engine(self) -> sa.Engine:

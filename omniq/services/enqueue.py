@@ -178,7 +178,8 @@ class Enqueue(Sweeps):
                 # The caller's transaction: workers are woken once it commits.
                 ids = await tx.write(self.storage, body, what="enqueue", wake=True)
             else:
-                ids = await self.storage.write(body, what="enqueue", small=len(batch) <= _SMALL)
+                small = also is None and len(batch) <= _SMALL  # ``also`` may write much more
+                ids = await self.storage.write(body, what="enqueue", small=small)
                 self.storage.notifier.notify()
         return [ids[x.id] for x in batch]
 

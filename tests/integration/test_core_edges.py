@@ -485,3 +485,26 @@ async def test_a_completion_writes_the_buffered_starts_of_its_batch_once(svc: Se
     )
     final = await must_get(svc, again)
     assert (final.status, final.attempts, final.started_at) == (TaskStatus.COMPLETED, 1, t0)
+
+
+async def test_a_start_counts_only_under_its_own_lease_when_a_batch_repeats_a_task(
+    svc: Services,
+) -> None:
+    from omniq.services._shared import _finish_values
+
+    task_id = await svc.queue.enqueue_async(FUNC, [1])
+    (task,) = await svc.queue.dequeue_many_async(1, worker_id="w", start=False)
+    at = utcnow()
+    # The row is held under the claim's lease; a start under another token for
+    # the same task (listed twice in the batch) must not count.
+    held = await svc.storage.write(
+        lambda conn: svc.storage.tasks.finish_leased(
+            conn,
+            [(task_id, task.lease_token), (task_id, "another-lease")],
+            _finish_values(TaskStatus.COMPLETED, at),
+            [(task_id, "another-lease", at)],
+        )
+    )
+    assert held == {task_id}
+    final = await must_get(svc, task_id)
+    assert (final.status, final.attempts, final.started_at) == (TaskStatus.COMPLETED, 0, None)

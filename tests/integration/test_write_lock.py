@@ -7,11 +7,16 @@ second worker).
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Iterator
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from omniq.db.write_lock import WriteLock, lock_path
+from omniq.db.writer import DECLINED
 from omniq.errors import DatabaseBusy
 from omniq.models import Settings, Task
 from omniq.services import Storage
@@ -197,3 +203,114 @@ async def test_without_a_lock_file_sqlite_alone_orders_the_writers(
     finally:
         for storage in storages:
             await storage.close()
+
+
+def _fork(child: Callable[[], int]) -> int:
+    """Fork; the child runs ``child()`` and exits with what it returns (1 if it raised)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = child()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return pid
+
+
+async def _exit_code(pid: int, within: float = 60) -> int:
+    """The forked child's exit code; fail (and kill it) if it runs past ``within`` s."""
+    deadline = time.monotonic() + within
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG: never blocks)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)  # noqa: ASYNC222 (killed: returns at once)
+            raise AssertionError(f"the forked child ran past {within} s (a hang)")
+        await anyio.sleep(0.02)
+
+
+@pytest.mark.anyio
+async def test_a_process_forked_after_writes_writes_on_its_own(sqlite_url: str) -> None:
+    storage = Storage.from_url(sqlite_url, Settings())
+    await storage.open()
+    try:
+        await storage.write(lambda conn: None)  # the writer's connection and lock file open
+        writer = storage.writer
+        assert writer is not None
+
+        def child() -> int:
+            def insert(conn: sa.Connection) -> None:
+                storage.tasks.insert_many(conn, [Task(func="m:f")])
+
+            writer.submit(insert).result(timeout=30)  # its own thread and connection
+            assert writer.run_inline(insert) is not DECLINED  # and then inline
+            return 0
+
+        assert await _exit_code(_fork(child)) == 0
+        assert await storage.read(_count) == 2
+        await storage.write(lambda conn: storage.tasks.insert_many(conn, [Task(func="m:f")]))
+        assert await storage.read(_count) == 3
+    finally:
+        await storage.close()
+
+
+@pytest.mark.anyio
+async def test_a_process_forked_in_the_middle_of_a_write_never_hangs(sqlite_url: str) -> None:
+    # SQLite cannot hand its lock state to a forked child: a child forked while
+    # this process was inside a write may find the file locked ("database is
+    # locked" once busy_timeout and lock_deadline passed). It must not wait
+    # forever on the locks the parent held at the fork.
+    quick = Settings(busy_timeout=timedelta(seconds=1), lock_deadline=timedelta(seconds=2))
+    storage = Storage.from_url(sqlite_url, quick)
+    await storage.open()
+    try:
+        await storage.write(lambda conn: None)
+        writer = storage.writer
+        assert writer is not None
+        inside, release = threading.Event(), threading.Event()
+
+        def hold(conn: sa.Connection) -> None:
+            inside.set()
+            release.wait(30)
+
+        holding = writer.submit(hold)
+        assert inside.wait(20)
+
+        def child() -> int:
+            try:
+                writer.submit(
+                    lambda conn: storage.tasks.insert_many(conn, [Task(func="m:f")])
+                ).result(timeout=40)
+            except (DatabaseBusy, sa.exc.OperationalError) as exc:
+                return 3 if "locked" in str(exc) else 1
+            return 0
+
+        pid = _fork(child)
+        release.set()
+        await anyio.to_thread.run_sync(holding.result, 20)
+        assert await _exit_code(pid) in (0, 3)
+    finally:
+        await storage.close()
+
+
+@pytest.mark.anyio
+async def test_one_lock_file_per_database_file_however_it_is_named(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "link.db").symlink_to(tmp_path / "omniq.db")
+    storage = Storage.from_url(f"sqlite+aiosqlite:///{elsewhere / 'link.db'}", Settings())
+    await storage.open()
+    try:
+        await storage.write(lambda conn: storage.tasks.insert_many(conn, [Task(func="m:f")]))
+    finally:
+        await storage.close()
+    assert lock_path(tmp_path / "omniq.db").exists()
+    assert not lock_path(elsewhere / "link.db").exists()
