@@ -47,7 +47,7 @@ _TAKE = textwrap.dedent(
     """
     import fcntl, os, sys, time
     fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + float(sys.argv[2])
     while time.monotonic() < deadline:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -103,7 +103,7 @@ def test_one_holder_at_a_time_and_the_waiter_is_handed_the_lock(tmp_path: Path) 
         assert lock.acquire(20) is True
     # Held here now: another process cannot take it until it is released.
     taker = subprocess.run(
-        [sys.executable, "-c", _TAKE.replace("20", "0.3"), str(path)],
+        [sys.executable, "-c", _TAKE, str(path), "0.3"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -122,7 +122,7 @@ def test_a_wait_that_timed_out_gives_the_lock_back_when_it_comes(tmp_path: Path)
     # The helper got the lock after nobody wanted it any more and gave it back:
     # another process can take it.
     taker = subprocess.run(
-        [sys.executable, "-c", _TAKE, str(path)], capture_output=True, text=True, timeout=30
+        [sys.executable, "-c", _TAKE, str(path), "20"], capture_output=True, text=True, timeout=30
     )
     assert taker.stdout.strip() == "took"
     assert lock.try_acquire() is True
