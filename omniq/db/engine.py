@@ -15,7 +15,6 @@ import operator
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from omniq._time import EPOCH
-from omniq.db.types import Duration, UTCDateTime
+from omniq.db.driver_rows import DriverRows
+from omniq.db.values import COMPACT, converter, one_value, stored_type
 from omniq.errors import ConfigurationError
 from omniq.models.settings import Settings
 
@@ -104,22 +103,6 @@ class Dialect:
         return DriverRows(stmt, columns) if self.name == "sqlite" else None
 
 
-#: Compact JSON text (one encoder, not one per value as ``json.dumps(separators=)``).
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
-
-
-def _json_text(value: Any) -> str:
-    """A JSON column's value bound directly: its compact JSON text."""
-    return _COMPACT.encode(value)
-
-
-def _native_json(value: Any) -> Any:
-    """A JSON column's value inside a batch: arrays and objects as they are."""
-    if isinstance(value, list | tuple | dict):
-        return value
-    return json.dumps(value)  # a scalar document: its JSON text, stored as text
-
-
 class Batch:
     """A batch of rows bound as data: ``.c`` are its columns, :meth:`params` binds rows."""
 
@@ -129,7 +112,7 @@ class Batch:
         self.keys = [key for key, _ in columns]
         #: A row mapping -> its values in column order.
         self._getter: Callable[[Mapping[str, Any]], Sequence[Any]] = (
-            operator.itemgetter(*self.keys) if len(self.keys) > 1 else _one_value(self.keys[0])
+            operator.itemgetter(*self.keys) if len(self.keys) > 1 else one_value(self.keys[0])
         )
         self._engine = engine
         self._bind = f"b_{name}"
@@ -140,7 +123,7 @@ class Batch:
             # bound as arrays of their stored type: the array type would otherwise
             # run the column type's processor element by element.
             pg = sa.engine.default.DefaultDialect()  # our types ignore the dialect
-            stored = [_stored_type(type_) for _, type_ in columns]
+            stored = [stored_type(type_) for _, type_ in columns]
             binds = [
                 sa.bindparam(f"b_{key}", type_=ARRAY(bound))
                 for (key, _), bound in zip(columns, stored, strict=True)
@@ -151,7 +134,7 @@ class Batch:
                 .render_derived(name=name)
             )
             self._convert: list[tuple[int, Callable[[Any], Any]]] = [
-                (i, _converter(type_, pg))
+                (i, converter(type_, pg))
                 for i, ((_, type_), bound) in enumerate(zip(columns, stored, strict=True))
                 if bound is not type_
             ]
@@ -175,7 +158,7 @@ class Batch:
         # converter that stores what its type's bind processor would store.
         # JSON columns ride inside the batch's JSON as they are: json_extract
         # returns an array or object as its JSON text, which is what they store.
-        converters = [_converter(type_, dialect) for _, type_ in columns]
+        converters = [converter(type_, dialect) for _, type_ in columns]
         self._convert = [(i, fn) for i, fn in enumerate(converters) if fn is not None]
 
     @property
@@ -204,102 +187,7 @@ class Batch:
                 if value is not None:
                     values[i] = fn(value)
             data.append(values)
-        return {self._bind: _COMPACT.encode(data)}
-
-
-class DriverRows:
-    """Many rows through one statement's own text, run by the driver's executemany (SQLite).
-
-    For plain INSERTs (and upserts) SQLite binds each row's values natively
-    in the driver's C loop, which costs less than reading the rows back out of
-    one JSON text (:class:`Batch`). The text is the Core statement compiled
-    once with named parameters (the column keys); values are converted here
-    as the statement's bind processing would.
-    """
-
-    def __init__(
-        self, stmt: sa.Insert, columns: Sequence[tuple[str, sa.types.TypeEngine[Any]]]
-    ) -> None:
-        from sqlalchemy.dialects import sqlite
-
-        dialect = sqlite.dialect(paramstyle="named")
-        types = dict(columns)
-        compiled = stmt.compile(dialect=dialect, column_keys=list(types))
-        unknown = sorted(set(compiled.params) - types.keys())
-        if unknown:
-            raise ValueError(f"statement binds values not in the rows: {unknown}")
-        #: The statement's text (``:key`` parameters).
-        self.sql = str(compiled)
-        self._convert = [
-            (key, fn)
-            for key, type_ in columns
-            if key in compiled.params
-            and (fn := _converter(type_, dialect, json_text=True)) is not None
-        ]
-
-    def execute(self, conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Run the statement once per row of ``rows`` (mappings by column key)."""
-        convert = self._convert
-        data = []
-        for row in rows:
-            values = dict(row)
-            for key, fn in convert:
-                value = values[key]
-                if value is not None:
-                    values[key] = fn(value)
-            data.append(values)
-        conn.exec_driver_sql(self.sql, data)
-
-
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _stored_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
-    """What an instant or a duration is stored as; other types as they are."""
-    if isinstance(type_, UTCDateTime):
-        return sa.BigInteger()
-    if isinstance(type_, Duration):
-        return sa.Float()
-    return type_
-
-
-def _one_value(key: str) -> Callable[[Mapping[str, Any]], Sequence[Any]]:
-    """The getter of a one-column batch's values."""
-    return lambda row: (row[key],)
-
-
-def _converter(
-    type_: sa.types.TypeEngine[Any], dialect: sa.Dialect, *, json_text: bool = False
-) -> Any:
-    """The function storing a non-None value of ``type_`` in SQLite (None: as is).
-
-    JSON documents are embedded as they are in a JSON batch, or as their
-    compact text (``json_text``) where bound directly. Instants and durations
-    already in their canonical form (aware UTC datetimes, timedeltas) are
-    converted inline; anything else goes through the type's own bind
-    processing, which validates it.
-    """
-    if isinstance(type_, sa.JSON):
-        return _json_text if json_text else _native_json
-    if isinstance(type_, UTCDateTime):
-        slow_instant = type_.process_bind_param
-
-        def instant(value: Any) -> Any:
-            if value.__class__ is datetime and value.tzinfo is UTC:
-                return (value - EPOCH) // _MICROSECOND
-            return slow_instant(value, dialect)
-
-        return instant
-    if isinstance(type_, Duration):
-        slow_duration = type_.process_bind_param
-
-        def duration(value: Any) -> Any:
-            if value.__class__ is timedelta:
-                return value.total_seconds()
-            return slow_duration(value, dialect)
-
-        return duration
-    return type_.dialect_impl(dialect).bind_processor(dialect)
+        return {self._bind: COMPACT.encode(data)}
 
 
 def dialect_of(engine: AsyncEngine | sa.engine.Connection | sa.Dialect) -> Dialect:

@@ -125,3 +125,90 @@ async def test_result_batch_upsert_last_row_wins(engine: AsyncEngine) -> None:
     assert got["t1"] is not None and got["t1"].result == "y"
     assert got["t2"] is not None and got["t2"].result == [2]
     assert got["t3"] is not None and got["t3"].result is None
+
+
+async def test_an_upsert_whose_rows_leave_a_column_null_clears_it(engine: AsyncEngine) -> None:
+    # On SQLite a column NULL in every row of a call is left out of that call's
+    # statement; the replaced row must still end up NULL there, not keep its value.
+    repo = ResultRepository(dialect_of(engine))
+
+    def failed(task_id: str, error: str | None) -> dict[str, Any]:
+        return repo.to_row(
+            TaskResult(
+                task_id=task_id,
+                status=ResultStatus.ERROR if error else ResultStatus.SUCCESS,
+                error=error,
+                error_type="ValueError" if error else None,
+                worker_id="w1" if error else None,
+                ttl=timedelta(hours=1) if error else None,
+                execution_time=0.25 if error else None,
+                created_at=T0,
+                completed_at=T0,
+            )
+        )
+
+    async with engine.begin() as conn:
+        await conn.run_sync(repo.upsert_rows, [failed("t1", "boom"), failed("t2", "bang")])
+        await conn.run_sync(repo.upsert_rows, [failed("t1", None), failed("t2", None)])
+        got = [await conn.run_sync(repo.get, x) for x in ("t1", "t2")]
+    for result in got:
+        assert result is not None and result.status is ResultStatus.SUCCESS
+        assert (result.error, result.error_type, result.worker_id) == (None, None, None)
+        assert (result.ttl, result.expires_at, result.execution_time) == (None, None, None)
+
+
+async def test_rows_of_every_null_pattern_are_stored_as_given_in_order(
+    engine: AsyncEngine,
+) -> None:
+    # Each call below has its own set of NULL columns (more sets than SQLite's
+    # statement cache keeps), one call mixes them: every value lands, in order.
+    repo = EventRepository(dialect_of(engine))
+    optional = ["task_id", "worker_id", "schedule_id", "message", "error", "source", "retry_count"]
+    value_of: dict[str, Any] = {
+        "task_id": "t",
+        "worker_id": "w",
+        "schedule_id": "s",
+        "message": "m",
+        "error": "e",
+        "source": "src",
+        "retry_count": 3,
+    }
+    calls = []
+    for mask in range(1 << len(optional)):
+        given = {k: value_of[k] for i, k in enumerate(optional) if mask >> i & 1}
+        calls.append([event_row(EventType.RETRY, timestamp=T0, data={"mask": mask}, **given)])
+    mixed = [row for call in calls[:20] for row in call]
+    async with engine.begin() as conn:
+        for call in calls:
+            await conn.run_sync(repo.insert_rows, call)
+        await conn.run_sync(repo.insert_rows, mixed)
+    stored = sorted(await _rows(engine, schema.events), key=lambda r: r["id"])
+    expected = [row for call in calls for row in call] + mixed
+    assert len(stored) == len(expected)
+    for got, want in zip(stored, expected, strict=True):
+        assert got["data"] == want["data"]
+        assert {k: got[k] for k in optional} == {k: want[k] for k in optional}
+
+
+async def test_tasks_with_and_without_optional_fields_round_trip(engine: AsyncEngine) -> None:
+    repo = TaskRepository(dialect_of(engine))
+    plain = Task(func="m:f", created_at=T0)
+    full = Task(
+        func="m:f",
+        created_at=T0,
+        name="n",
+        description="d",
+        ttl=timedelta(minutes=5),
+        callback="m:cb",
+        result_ttl=timedelta(hours=1),
+        timeout=timedelta(seconds=9),
+        unique_key="k",
+        trace_context='{"traceparent":"x"}',
+        concurrency_key="c",
+        concurrency_max=2,
+        workflow_id="wf",
+    )
+    async with engine.begin() as conn:
+        await conn.run_sync(repo.insert_many, [plain, full, Task(func="m:g", created_at=T0)])
+        got = [await conn.run_sync(repo.get, x.id) for x in (plain, full)]
+    assert got == [plain, full]
