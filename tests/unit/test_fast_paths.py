@@ -86,6 +86,18 @@ def test_a_task_read_back_equals_the_validated_record(task: Task) -> None:
         fast.priority = 1
 
 
+def test_a_row_whose_column_names_are_distinct_strings_reads_back_the_same() -> None:
+    # Column names read from the database are equal to the field names but are
+    # other string objects; the record must not depend on which.
+    task = SAMPLES[1]
+    values = {"".join(list(key)): value for key, value in _values(task).items()}
+    assert all(a is not b for a, b in zip(values, _values(task), strict=True))
+    assert task_from_row_values(values) == task
+    values["no_such_field"] = 1
+    with pytest.raises(TypeError, match="no_such_field"):
+        task_from_row_values(values)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "named"),
     [
