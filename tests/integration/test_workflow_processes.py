@@ -56,10 +56,16 @@ async def test_a_chord_survives_a_killed_worker_and_calls_back_exactly_once(
     victim = spawn("victim", *LEASE, "--concurrency", "4")
 
     async def mid_way() -> bool:
-        # The victim holds tasks, and some members already completed.
+        # The victim holds tasks, and some members already completed. It is
+        # stopped while this looks, so it still holds them when it is killed
+        # (on a busy machine it could otherwise finish them in between).
+        victim.signal(signal.SIGSTOP)
         running = await oq.list_tasks_async(status="running", limit=100)
         done = await oq.list_tasks_async(status="completed", limit=100)
-        return len(done) >= 8 and any(t.worker_id == "victim" for t in running)
+        if len(done) >= 8 and any(t.worker_id == "victim" for t in running):
+            return True
+        victim.signal(signal.SIGCONT)
+        return False
 
     await wait_until(mid_way, "the victim to be mid-way through the chord", workers=(victim,))
     victim.signal(signal.SIGKILL)
