@@ -2,16 +2,12 @@
 
 For plain INSERTs (and upserts) SQLite binds each row's values in the
 driver's C loop (``executemany``), which costs less than reading the rows
-back out of one JSON text (:class:`omniq.db.engine.Batch`). Two details keep
-that loop cheap:
-
-- Values are bound by position (``?``), not by name: a named parameter costs
-  the driver a string and a dictionary lookup per value.
-- A column that is NULL in every row of a call is left out of that call's
-  statement (a task row has about twenty such columns, an event row about
-  seven): the driver binds ``None`` through its adapter lookup, which costs
-  more than storing the row. Only nullable columns without a default are
-  left out, so the row stored is the same.
+back out of one JSON text (:class:`omniq.db.engine.Batch`). A column that is
+NULL in every row of a call is left out of that call's statement (a new task
+row has about twenty such columns, an event row about seven): Python's
+``sqlite3`` binds a ``None`` through its adapter lookup, which costs more
+than storing the row. Only nullable columns without a default are left out,
+so the row stored is the same.
 """
 
 from __future__ import annotations
@@ -39,58 +35,55 @@ class DriverRows:
         from sqlalchemy.dialects import sqlite
 
         self._stmt = stmt
-        self._dialect = sqlite.dialect(paramstyle="qmark")
+        self._dialect = sqlite.dialect(paramstyle="named")
         types = dict(columns)
-        self._keys = list(types)
-        sql, order = self._compile(self._keys)
-        #: The statement's text with every column (``?`` parameters).
+        sql, names = self._compile(list(types))
+        #: The statement's text with every column (``:key`` parameters).
         self.sql = sql
-        bound = {self._keys[i] for i in order}
-        self._keys = [key for key in self._keys if key in bound]
-        index = {key: i for i, key in enumerate(self._keys)}
+        #: The keys the statement binds; a row's values are read in this order.
+        self._keys = names
+        self._index = {key: i for i, key in enumerate(names)}
         self._getter: Callable[[Mapping[str, Any]], Sequence[Any]] = (
-            operator.itemgetter(*self._keys) if len(self._keys) > 1 else one_value(self._keys[0])
+            operator.itemgetter(*names) if len(names) > 1 else one_value(names[0])
         )
         self._convert = [
-            (index[key], fn)
-            for key in self._keys
+            (i, fn)
+            for i, key in enumerate(names)
             if (fn := converter(types[key], self._dialect, json_text=True)) is not None
         ]
-        table = stmt.table
         self._optional = tuple(
-            index[c.key]
-            for c in table.c
-            if c.key in index
+            self._index[c.key]
+            for c in stmt.table.c
+            if c.key in self._index
             and c.nullable
             and not c.primary_key
             and c.default is None
             and c.server_default is None
         )
-        self._shapes: dict[tuple[int, ...], tuple[str, list[int]]] = {
-            (): (sql, [index[key] for key in self._keys])
+        #: By the positions left out: the text, the keys it binds and their positions.
+        self._shapes: dict[tuple[int, ...], tuple[str, list[str], list[int]]] = {
+            (): (sql, names, list(range(len(names))))
         }
 
-    def _compile(self, keys: list[str]) -> tuple[str, list[int]]:
-        """The statement's text binding ``keys`` and, in bind order, their positions."""
+    def _compile(self, keys: list[str]) -> tuple[str, list[str]]:
+        """The statement's text binding ``keys``, and the keys it binds."""
         compiled = self._stmt.compile(dialect=self._dialect, column_keys=keys)
-        names = list(compiled.positiontup or ())
-        position = {key: i for i, key in enumerate(keys)}
-        unknown = sorted(set(names) - position.keys())
+        names = list(compiled.params)
+        unknown = sorted(set(names) - set(keys))
         if unknown:
             raise ValueError(f"statement binds values not in the rows: {unknown}")
-        return str(compiled), [position[name] for name in names]
+        return str(compiled), names
 
-    def _statement(self, absent: tuple[int, ...]) -> tuple[str, list[int]]:
-        """The text leaving out the columns at ``absent`` and the positions it binds."""
+    def _statement(self, absent: tuple[int, ...]) -> tuple[str, list[str], list[int]]:
+        """The statement leaving out the columns at positions ``absent``."""
         found = self._shapes.get(absent)
         if found is not None:
             return found
         if len(self._shapes) >= _MAX_SHAPES:
             return self._shapes[()]
         left_out = set(absent)
-        kept = [i for i in range(len(self._keys)) if i not in left_out]
-        sql, order = self._compile([self._keys[i] for i in kept])
-        found = self._shapes[absent] = (sql, [kept[i] for i in order])
+        sql, names = self._compile([k for i, k in enumerate(self._keys) if i not in left_out])
+        found = self._shapes[absent] = (sql, names, [self._index[name] for name in names])
         return found
 
     def execute(self, conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -102,5 +95,9 @@ class DriverRows:
             columns[i] = [None if value is None else fn(value) for value in columns[i]]
         n = len(rows)
         absent = tuple(i for i in self._optional if columns[i].count(None) == n)
-        sql, order = self._statement(absent)
-        conn.exec_driver_sql(sql, list(zip(*(columns[i] for i in order), strict=True)))
+        sql, names, order = self._statement(absent)
+        params = [
+            dict(zip(names, values, strict=True))
+            for values in zip(*(columns[i] for i in order), strict=True)
+        ]
+        conn.exec_driver_sql(sql, params)
