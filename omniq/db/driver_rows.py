@@ -38,8 +38,6 @@ class DriverRows:
         self._dialect = sqlite.dialect(paramstyle="named")
         types = dict(columns)
         sql, names = self._compile(list(types))
-        #: The statement's text with every column (``:key`` parameters).
-        self.sql = sql
         #: The keys the statement binds; a row's values are read in this order.
         self._keys = names
         self._index = {key: i for i, key in enumerate(names)}
