@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,8 +30,10 @@ __all__ = [
     "DEFAULT_MAX_RETRIES",
     "Task",
     "TaskStatus",
+    "field_keys",
     "func_ref",
     "task_from_row_values",
+    "task_started",
     "to_func_ref",
 ]
 
@@ -213,14 +215,51 @@ def task_from_row_values(values: dict[str, Any]) -> Task:
     Every value goes through the record's validators, so a hand-edited row
     is refused naming the offending field.
 
-    The keys are swapped for the field names' own strings first: CPython
-    matches a keyword argument to a parameter by identity before equality,
-    and a column name read back from the database is an equal but distinct
-    string, which cost a string comparison per parameter tried (about a
-    thousand per Task, more than the validators).
+    The keys are swapped for the field names' own strings first (see
+    :func:`field_keys`).
+    """
+    return Task(**dict(zip(field_keys(values), values.values(), strict=True)))
+
+
+def field_keys(keys: Iterable[str]) -> list[str]:
+    """Column keys as the field names' own string objects (other keys as they are).
+
+    CPython matches a keyword argument to a parameter by identity before
+    equality, and a column name read back from the database is an equal but
+    distinct string: building a ``Task`` from such keys cost a string
+    comparison per parameter tried (about a thousand per Task, more than the
+    validators). A reader swaps the keys once per result, not per row.
     """
     name = _FIELD_NAME.get
-    return Task(**{name(key, key): value for key, value in values.items()})
+    return [name(key, key) for key in keys]
 
 
 _FIELD_NAME = {f.name: f.name for f in attrs.fields(Task)}
+
+
+_FIELDS = tuple(_FIELD_NAME)
+_new = object.__new__
+_set = object.__setattr__
+
+
+def task_started(task: Task, at: datetime) -> Task:
+    """``task`` as its function starts: ``started_at=at`` and one more attempt.
+
+    What ``attrs.evolve(task, started_at=at, attempts=task.attempts + 1)``
+    returns, without running the other 46 fields' validators again: their
+    values come from a record that passed them, and only the two new values
+    are checked (a worker does this once per attempt, where a full
+    re-validation cost about as much as building the record).
+    """
+    if at is None:
+        raise ValidationError("started_at", "expected a datetime, got None")
+    aware(task, _STARTED_AT, at)
+    started = _new(Task)
+    for name in _FIELDS:
+        _set(started, name, getattr(task, name))
+    _set(started, "started_at", at)
+    _set(started, "attempts", task.attempts + 1)
+    return started
+
+
+_STARTED_AT = attrs.fields(Task).started_at

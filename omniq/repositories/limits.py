@@ -303,9 +303,10 @@ class LimitRepository:
         lease_until: datetime,
         worker_id: str,
         start: bool,
-    ) -> list[sa.RowMapping]:
+    ) -> tuple[list[str], list[sa.Row[Any]]]:
         """Claim (as :meth:`candidates` reads them) the first ``n`` such tasks in one
-        statement: for a claim whose every budget has room for ``n`` tasks."""
+        statement: for a claim whose every budget has room for ``n`` tasks. The
+        result's columns and its rows."""
         params = {
             **_pick_params(queue, now, open_keys, open_rate_keys, closed_queues, (), n),
             "token": token,
@@ -314,7 +315,8 @@ class LimitRepository:
         }
         stmt = self._claim_open[queue is not None, start]
         with translate_errors("claim tasks"):
-            return list(conn.execute(stmt, params).mappings().all())
+            result = conn.execute(stmt, params)
+            return list(result.keys()), list(result.all())
 
     def spend(self, conn: Connection, spent: Sequence[tuple[str, str, float, datetime]]) -> None:
         """Store rate buckets after a claim: ``(kind, key, tokens left, refilled at)``."""

@@ -21,7 +21,7 @@ from omniq.db.schema import task_dependencies as deps_t
 from omniq.db.schema import tasks as t
 from omniq.errors import InvalidRow, OmniQError
 from omniq.models import Task, TaskStatus
-from omniq.models.task import task_from_row_values
+from omniq.models.task import field_keys
 from omniq.repositories._base import PayloadCodec, translate_errors
 from omniq.repositories.db_migration import claims_open
 from omniq.repositories.dependencies import DependencyStatements
@@ -160,7 +160,10 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
 
     def from_row(self, row: Mapping[str, Any] | sa.RowMapping) -> Task:
         """The Task of a row; an undecodable payload is reported in ``payload_error``."""
-        data = dict(row)
+        return self.from_values(dict(zip(field_keys(row.keys()), row.values(), strict=True)))
+
+    def from_values(self, data: dict[str, Any]) -> Task:
+        """The Task of a row's values keyed by :func:`field_keys` (``data`` is consumed)."""
         payload = data.pop("payload")
         try:
             subject = f"{data.get('func')}\n{data.get('callback') or ''}"
@@ -172,7 +175,7 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
             data.update(func_args=(), func_kwargs={}, callback_args=())
             data["payload_error"] = f"{type(exc).__name__}: {exc}"
         try:
-            return task_from_row_values(data)
+            return Task(**data)
         except (cattrs.BaseValidationError, OmniQError, ValueError, TypeError) as exc:
             raise InvalidRow(f"task {data.get('id')!r} cannot be read: {_root(exc)}") from exc
 
@@ -384,31 +387,36 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
         claimed: list[Task] = []
         with translate_errors("claim tasks"):
             if not queues:
-                rows = conn.execute(self._claims[False, start], {**params, "n": n}).mappings().all()
-                claimed.extend(self.claimed_rows(rows, unreadable))
+                result = conn.execute(self._claims[False, start], {**params, "n": n})
+                claimed.extend(self.claimed_rows(result.keys(), result.all(), unreadable))
             else:
                 for queue in queues:
                     want = n - len(claimed)
                     if want <= 0:
                         break
                     params.update(queue=queue, n=want)
-                    rows = conn.execute(self._claims[True, start], params).mappings().all()
-                    claimed.extend(self.claimed_rows(rows, unreadable))
+                    result = conn.execute(self._claims[True, start], params)
+                    claimed.extend(self.claimed_rows(result.keys(), result.all(), unreadable))
         return claimed
 
     def claimed_rows(
-        self, rows: Sequence[sa.RowMapping], unreadable: list[tuple[str, str]] | None
+        self,
+        keys: Iterable[str],
+        rows: Sequence[Sequence[Any]],
+        unreadable: list[tuple[str, str]] | None,
     ) -> list[Task]:
-        """The Tasks of rows a claim returned, in claim order; unreadable rows as in
-        :meth:`claim`."""
+        """The Tasks of rows a claim returned (``keys``: the result's columns), in
+        claim order; unreadable rows as in :meth:`claim`."""
+        names = field_keys(keys)
         tasks = []
-        for row in rows:
+        for values in rows:
+            data = dict(zip(names, values, strict=True))
             try:
-                tasks.append(self.from_row(row))
+                tasks.append(self.from_values(data))
             except InvalidRow as exc:
                 if unreadable is None:
                     raise
-                unreadable.append((str(row["id"]), str(exc)))
+                unreadable.append((str(data["id"]), str(exc)))
         tasks.sort(key=lambda x: (-x.priority, x.run_at, x.id))
         return tasks
 

@@ -105,7 +105,7 @@ class FlowControl(Enqueue):
         if all(left >= n for left in budget.values()):
             # Room for n tasks in every budget: any n ready tasks fit, in one statement.
             for queue in targets:
-                found = self.storage.limits.claim_open(
+                keys, found = self.storage.limits.claim_open(
                     conn,
                     queue,
                     now,
@@ -118,7 +118,7 @@ class FlowControl(Enqueue):
                     worker_id=worker_id,
                     start=start,
                 )
-                claimed += self.storage.tasks.claimed_rows(found, unreadable)
+                claimed += self.storage.tasks.claimed_rows(keys, found, unreadable)
                 if len(claimed) >= n:
                     break
         else:

@@ -27,6 +27,7 @@ from omniq.errors import (
 )
 from omniq.group_commit import GroupCommit
 from omniq.models import EventLevel, EventType, Task, TaskStatus
+from omniq.models.task import task_started
 from omniq.services import event_row
 from omniq.services._storage import Storage
 from omniq.services.queue import ErrorInfo, Start, TaskQueue
@@ -253,7 +254,7 @@ class OutcomeWriting:
         if marked != 1:
             log.warning("task %s: its start could not be written under its lease; not run", task.id)
             return False
-        entry.task = attrs.evolve(task, started_at=now, attempts=task.attempts + 1)
+        entry.task = task_started(task, now)
         return True
 
     async def _run_callback(self, task: Task, result: Any) -> None:

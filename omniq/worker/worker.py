@@ -27,8 +27,6 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-import attrs
-
 from omniq._time import new_id, to_timedelta
 from omniq.errors import (
     OmniQError,
@@ -38,6 +36,7 @@ from omniq.errors import (
 from omniq.group_commit import GroupCommit
 from omniq.models import EventType, Task, TaskStatus
 from omniq.models.rules import check_worker_options
+from omniq.models.task import task_started
 from omniq.services import event_row
 from omniq.services.events import EventStorage
 from omniq.services.maintenance import Maintenance
@@ -442,7 +441,7 @@ class Worker(Stopping):
         task = entry.task
         if task.started_at is None:
             now = self.storage.now()  # the clock outcomes are stamped with
-            task = entry.task = attrs.evolve(task, started_at=now, attempts=task.attempts + 1)
+            task = entry.task = task_started(task, now)
             self._starts.append((task.id, task.lease_token, now))
         if entry.trace is not None:  # tracing: the attempt's span starts with the function
             entry.trace.start(task, current=not entry.pooled)

@@ -19,7 +19,7 @@ import pytest
 from omniq.db.engine import Dialect
 from omniq.errors import ValidationError
 from omniq.models import ResultStatus, Task, TaskResult, TaskStatus
-from omniq.models.task import task_from_row_values
+from omniq.models.task import task_from_row_values, task_started
 from omniq.repositories.results import ResultRepository
 from omniq.worker.executors import DaemonThreadPool, Executor
 
@@ -96,6 +96,26 @@ def test_a_row_whose_column_names_are_distinct_strings_reads_back_the_same() -> 
     values["no_such_field"] = 1
     with pytest.raises(TypeError, match="no_such_field"):
         task_from_row_values(values)
+
+
+@pytest.mark.parametrize("task", SAMPLES, ids=["defaults", "every-field"])
+def test_a_started_task_equals_what_evolve_makes(task: Task) -> None:
+    at = NOW + timedelta(seconds=1)
+    started = task_started(task, at)
+    assert started == attrs.evolve(task, started_at=at, attempts=task.attempts + 1)
+    assert started.payload_error == task.payload_error  # eq=False: compared apart
+    assert started.started_at == at and started.attempts == task.attempts + 1
+    assert task.started_at != at  # the record it came from is unchanged
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        started.attempts = 0
+
+
+def test_a_start_time_must_be_an_aware_instant() -> None:
+    task = SAMPLES[0]
+    with pytest.raises(ValidationError, match="started_at"):
+        task_started(task, datetime(2026, 1, 1))  # naive
+    with pytest.raises(ValidationError, match="started_at"):
+        task_started(task, None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
