@@ -116,6 +116,8 @@ def test_a_start_time_must_be_an_aware_instant() -> None:
         task_started(task, datetime(2026, 1, 1))  # naive
     with pytest.raises(ValidationError, match="started_at"):
         task_started(task, None)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="attempts"):
+        task_started(attrs.evolve(task, attempts=2**31 - 1), NOW)  # past its column
 
 
 @pytest.mark.parametrize(
