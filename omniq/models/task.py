@@ -235,9 +235,9 @@ def field_keys(keys: Iterable[str]) -> list[str]:
 
 
 _FIELD_NAME = {f.name: f.name for f in attrs.fields(Task)}
-
-
 _FIELDS = tuple(_FIELD_NAME)
+_STARTED_AT = attrs.fields(Task).started_at
+_ATTEMPTS = attrs.fields(Task).attempts
 _new = object.__new__
 _set = object.__setattr__
 
@@ -263,7 +263,3 @@ def task_started(task: Task, at: datetime) -> Task:
     _set(started, "started_at", at)
     _set(started, "attempts", attempts)
     return started
-
-
-_STARTED_AT = attrs.fields(Task).started_at
-_ATTEMPTS = attrs.fields(Task).attempts
