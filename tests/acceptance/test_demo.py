@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from omniq.demo import run_demo
+from omniq import AsyncOmniQ
+from omniq.demo import _nothing_due, run_demo
+from omniq.services import Services
 
 pytestmark = pytest.mark.anyio
 
@@ -25,6 +27,7 @@ async def test_demo_runs_everything_and_reruns(tmp_path: Path) -> None:
         assert summary["task_totals"]["failed"] == 2  # always_fails and too_slow
         assert summary["completed"] >= 300 + 3 + 1  # bulk, chain, flaky (+ interval runs)
         assert summary["retried"] >= 2
+        assert summary["bulk_seconds"] <= summary["seconds"]
         for needle in (
             "succeeded on retry",
             "ValueError: this task always fails",
@@ -35,6 +38,27 @@ async def test_demo_runs_everything_and_reruns(tmp_path: Path) -> None:
             "throughput:",
         ):
             assert needle in text, needle
+
+
+async def test_the_bulk_ends_when_only_tasks_whose_time_is_ahead_are_left(
+    tmp_path: Path,
+) -> None:
+    # The demo's throughput covers the bulk up to the first moment nothing is left
+    # to run: a retry waiting out its delay or a schedule's next run is not work
+    # left (an earlier version waited them out and reported a tenth of the rate).
+    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
+    async with AsyncOmniQ(url=url) as oq:
+        await oq.enqueue_async("omniq.demo:heartbeat", ["later"], run_in=3600)
+        assert await _nothing_due(oq, 1)
+        await oq.enqueue_async("omniq.demo:heartbeat", ["now"])
+        assert not await _nothing_due(oq, 2)
+        services = await Services.open_async(url)
+        try:  # the due one is claimed (running): still work left
+            assert await services.queue.dequeue_async() is not None
+        finally:
+            await services.close_async()
+        assert not await _nothing_due(oq, 2)
+        assert not await _nothing_due(oq, 51)  # many left: not looked at
 
 
 def test_demo_command(tmp_path: Path) -> None:
