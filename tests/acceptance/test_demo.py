@@ -27,7 +27,6 @@ async def test_demo_runs_everything_and_reruns(tmp_path: Path) -> None:
         assert summary["task_totals"]["failed"] == 2  # always_fails and too_slow
         assert summary["completed"] >= 300 + 3 + 1  # bulk, chain, flaky (+ interval runs)
         assert summary["retried"] >= 2
-        assert summary["bulk_seconds"] <= summary["seconds"]
         for needle in (
             "succeeded on retry",
             "ValueError: this task always fails",
