@@ -16,7 +16,7 @@ import cattrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from omniq.db.engine import Batch, Dialect
+from omniq.db.engine import Dialect
 from omniq.db.schema import task_dependencies as deps_t
 from omniq.db.schema import tasks as t
 from omniq.errors import InvalidRow, OmniQError
@@ -27,6 +27,7 @@ from omniq.repositories.db_migration import claims_open
 from omniq.repositories.dependencies import DependencyStatements
 from omniq.repositories.limits import controlled_queues
 from omniq.repositories.task_browse import BrowseStatements
+from omniq.repositories.task_leases import LeaseStatements, status_values
 from omniq.repositories.task_picks import PickStatements
 from omniq.repositories.task_sweeps import SweepStatements
 from omniq.serialization import check_utf8
@@ -51,7 +52,9 @@ SORTABLE = {
 }
 
 
-class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, PickStatements):
+class TaskRepository(
+    DependencyStatements, SweepStatements, BrowseStatements, PickStatements, LeaseStatements
+):
     """CRUD, the atomic claim and conditional transitions of tasks."""
 
     def __init__(self, dialect: Dialect, codec: PayloadCodec | None = None) -> None:
@@ -86,52 +89,10 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
             for by_queue in (True, False)
             for start in (True, False)
         }
-        self._mark_started = (
-            sa.update(t)
-            .where(
-                t.c.id == sa.bindparam("task_id"),
-                t.c.lease_token == sa.bindparam("token"),
-                t.c.status == TaskStatus.RUNNING.value,
-                t.c.started_at.is_(None),
-            )
-            .values(attempts=t.c.attempts + 1, started_at=sa.bindparam("at"))
-        )
-        #: PostgreSQL: batches of (task_id, lease_token[, at]) as one fixed statement.
+        self._lease_statements(dialect)
         #: SQLite: many task rows bound natively by the driver (see Dialect.driver_rows);
         #: PostgreSQL's arrays cannot carry the JSON list columns: executemany there.
         self._insert_rows = dialect.driver_rows(t.insert(), [(c.key, c.type) for c in t.c])
-        self._leases: Batch | None = None
-        self._mark_started_batch: sa.Update | None = None
-        #: "status = 'running'" in statements joined to a batch. SQLite must not
-        #: plan it as an index search (it would scan every running task per batch
-        #: row): wrapped, the batch drives and each task is a primary-key lookup.
-        self._running_in_batch: sa.ColumnElement[bool] = (
-            t.c.status == TaskStatus.RUNNING.value
-            if dialect.name == "postgresql"
-            else sa.func.coalesce(t.c.status, "") == TaskStatus.RUNNING.value
-        )
-        if dialect.array_batches:
-            self._leases = dialect.batch_rows(
-                "held", [("task_id", t.c.id.type), ("token", t.c.lease_token.type)]
-            )
-            starts = self._starts = dialect.batch_rows(
-                "starts",
-                [
-                    ("task_id", t.c.id.type),
-                    ("token", t.c.lease_token.type),
-                    ("at", t.c.started_at.type),
-                ],
-            )
-            self._mark_started_batch = (
-                sa.update(t)
-                .where(
-                    t.c.id == starts.c.task_id,
-                    t.c.lease_token == starts.c.token,
-                    self._running_in_batch,
-                    t.c.started_at.is_(None),
-                )
-                .values(attempts=t.c.attempts + 1, started_at=starts.c.at)
-            )
 
     # --- rows <-> models ---------------------------------------------------
 
@@ -420,28 +381,6 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
         tasks.sort(key=lambda x: (-x.priority, x.run_at, x.id))
         return tasks
 
-    def mark_started(
-        self, conn: Connection, starts: Sequence[tuple[str, str | None, datetime]]
-    ) -> int:
-        """Mark running tasks started: ``(task_id, lease_token, started_at)`` each.
-
-        Only tasks still held under that lease and not yet marked change;
-        returns how many did.
-        """
-        if not starts:
-            return 0
-        with translate_errors("mark tasks started"):
-            if self._mark_started_batch is not None and len(starts) > 1:
-                # A task listed twice is marked once, by its first start.
-                first: dict[str, tuple[str, str | None, datetime]] = {}
-                for start in starts:
-                    first.setdefault(start[0], start)
-                params = self._starts.params(list(first.values()))
-                return int(conn.execute(self._mark_started_batch, params).rowcount)
-            ((task_id, token, at),) = starts
-            params = {"task_id": task_id, "token": token, "at": at}
-            return int(conn.execute(self._mark_started, params).rowcount)
-
     # --- conditional transitions ---------------------------------------------
 
     def transition(
@@ -463,7 +402,7 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
         stmt = (
             sa.update(t)
             .where(t.c.id == task_id, t.c.status.in_([s.value for s in expected]))
-            .values(**_values(values))
+            .values(**status_values(values))
             .returning(*t.c)
         )
         if lease_token is not None:
@@ -473,84 +412,6 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
         with translate_errors("update task"):
             row = (conn.execute(stmt)).mappings().one_or_none()
         return None if row is None else self.from_row(row)
-
-    def finish_leased(
-        self,
-        conn: Connection,
-        leases: Sequence[tuple[str, str | None]],
-        values: Mapping[str, Any],
-        starts: Sequence[tuple[str, str | None, datetime]] = (),
-    ) -> set[str]:
-        """Update running tasks still held under ``(task_id, lease_token)``; return their ids.
-
-        One statement for the whole batch; pairs whose lease was lost are skipped.
-        ``starts`` (as for :meth:`mark_started`) of tasks in ``leases`` are
-        written by the same statement (one row version per task, not two);
-        any others with :meth:`mark_started`.
-        """
-        leased = set(leases)
-        started: dict[tuple[str, str | None], datetime] = {}
-        others = []
-        for task_id, token, at in starts:
-            if (task_id, token) in leased:
-                started.setdefault((task_id, token), at)  # the first start counts
-            else:
-                others.append((task_id, token, at))
-        self.mark_started(conn, others)
-        if not leases:
-            return set()
-        if started:
-            stmt, params = self._finish_started(leases, started, values)
-        else:
-            held, params = self._held(leases)
-            stmt = sa.update(t).where(held).values(**_values(values)).returning(t.c.id)
-        with translate_errors("update tasks"):
-            return set((conn.execute(stmt, params)).scalars().all())
-
-    def _finish_started(
-        self,
-        leases: Sequence[tuple[str, str | None]],
-        started: Mapping[tuple[str, str | None], datetime],
-        values: Mapping[str, Any],
-    ) -> tuple[sa.Update, dict[str, Any]]:
-        """The finishing UPDATE that also marks ``started`` tasks started (as
-        :meth:`mark_started` does: the first start counts an attempt)."""
-        batch = self._starts
-        starting = sa.and_(t.c.started_at.is_(None), batch.c.at.is_not(None))
-        stmt = (
-            sa.update(t)
-            .where(
-                t.c.id == batch.c.task_id,
-                t.c.lease_token == batch.c.token,
-                self._running_in_batch,
-            )
-            .values(
-                **_values(values),
-                attempts=t.c.attempts + sa.case((starting, 1), else_=0),
-                started_at=sa.func.coalesce(t.c.started_at, batch.c.at),
-            )
-            .returning(t.c.id)
-        )
-        rows = [(task_id, token, started.get((task_id, token))) for task_id, token in leases]
-        return stmt, batch.params(rows)
-
-    def _held(
-        self, leases: Sequence[tuple[str, str | None]]
-    ) -> tuple[sa.ColumnElement[bool], dict[str, Any]]:
-        """The condition "the task is held under one of ``leases``", and its parameters.
-
-        The batch of ids and tokens is joined (one fixed statement, a primary-key
-        lookup per held lease, see :attr:`_running_in_batch`).
-        """
-        if self._leases is None:
-            pairs = sa.tuple_(t.c.id, t.c.lease_token).in_(list(leases))
-            return sa.and_(pairs, t.c.status == TaskStatus.RUNNING.value), {}
-        cond = sa.and_(
-            t.c.id == self._leases.c.task_id,
-            t.c.lease_token == self._leases.c.token,
-            self._running_in_batch,
-        )
-        return cond, self._leases.params(leases)
 
     def transition_many(
         self,
@@ -567,37 +428,10 @@ class TaskRepository(DependencyStatements, SweepStatements, BrowseStatements, Pi
             if self.dialect.skip_locked:
                 sub = sub.with_for_update(skip_locked=True)
             target = t.c.id.in_(sub)
-        stmt = sa.update(t).where(target).values(**_values(values)).returning(*t.c)
+        stmt = sa.update(t).where(target).values(**status_values(values)).returning(*t.c)
         with translate_errors("update tasks"):
             rows = (conn.execute(stmt)).mappings().all()
         return [self.from_row(row) for row in rows]
-
-    def renew_leases(
-        self, conn: Connection, leases: Mapping[str, str], until: datetime
-    ) -> set[str]:
-        """Extend the leases ``{task_id: token}`` still held; return the ids renewed."""
-        return set(self.heartbeat(conn, leases, until))
-
-    def heartbeat(
-        self, conn: Connection, leases: Mapping[str, str], until: datetime
-    ) -> dict[str, bool]:
-        """Extend held leases; return ``{task_id: cancel_requested}`` for those still held."""
-        if not leases:
-            return {}
-        held, params = self._held(list(leases.items()))
-        stmt = (
-            sa.update(t)
-            .where(held)
-            .values(lease_expires_at=until)
-            .returning(t.c.id, t.c.cancel_requested)
-        )
-        with translate_errors("renew leases"):
-            rows = (conn.execute(stmt, params)).all()
-        return {row.id: bool(row.cancel_requested) for row in rows}
-
-
-def _values(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (v.value if isinstance(v, TaskStatus) else v) for k, v in values.items()}
 
 
 def _root(exc: BaseException) -> str:

@@ -1,0 +1,198 @@
+"""The lease protocol's statements on the tasks table: mark started, finish under a
+lease, renew leases (a part of :class:`~omniq.repositories.tasks.TaskRepository`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from omniq.db.engine import Batch, Dialect
+from omniq.db.schema import tasks as t
+from omniq.models import TaskStatus
+from omniq.repositories._base import translate_errors
+
+__all__ = ["LeaseStatements", "status_values"]
+
+
+def status_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Column values with statuses as their stored text."""
+    return {k: (v.value if isinstance(v, TaskStatus) else v) for k, v in values.items()}
+
+
+class LeaseStatements:
+    """Statements of a worker's leases: start marks, finishing updates, renewals."""
+
+    _starts: Batch
+
+    def _lease_statements(self, dialect: Dialect) -> None:
+        """Build the statements (called once by the repository's constructor)."""
+        self._mark_started = (
+            sa.update(t)
+            .where(
+                t.c.id == sa.bindparam("task_id"),
+                t.c.lease_token == sa.bindparam("token"),
+                t.c.status == TaskStatus.RUNNING.value,
+                t.c.started_at.is_(None),
+            )
+            .values(attempts=t.c.attempts + 1, started_at=sa.bindparam("at"))
+        )
+        #: PostgreSQL: batches of (task_id, lease_token[, at]) as one fixed statement.
+        self._leases: Batch | None = None
+        self._mark_started_batch: sa.Update | None = None
+        #: "status = 'running'" in statements joined to a batch. SQLite must not
+        #: plan it as an index search (it would scan every running task per batch
+        #: row): wrapped, the batch drives and each task is a primary-key lookup.
+        self._running_in_batch: sa.ColumnElement[bool] = (
+            t.c.status == TaskStatus.RUNNING.value
+            if dialect.name == "postgresql"
+            else sa.func.coalesce(t.c.status, "") == TaskStatus.RUNNING.value
+        )
+        if dialect.array_batches:
+            self._leases = dialect.batch_rows(
+                "held", [("task_id", t.c.id.type), ("token", t.c.lease_token.type)]
+            )
+            starts = self._starts = dialect.batch_rows(
+                "starts",
+                [
+                    ("task_id", t.c.id.type),
+                    ("token", t.c.lease_token.type),
+                    ("at", t.c.started_at.type),
+                ],
+            )
+            self._mark_started_batch = (
+                sa.update(t)
+                .where(
+                    t.c.id == starts.c.task_id,
+                    t.c.lease_token == starts.c.token,
+                    self._running_in_batch,
+                    t.c.started_at.is_(None),
+                )
+                .values(attempts=t.c.attempts + 1, started_at=starts.c.at)
+            )
+
+    def mark_started(
+        self, conn: Connection, starts: Sequence[tuple[str, str | None, datetime]]
+    ) -> int:
+        """Mark running tasks started: ``(task_id, lease_token, started_at)`` each.
+
+        Only tasks still held under that lease and not yet marked change;
+        returns how many did.
+        """
+        if not starts:
+            return 0
+        with translate_errors("mark tasks started"):
+            if self._mark_started_batch is not None and len(starts) > 1:
+                # A task listed twice is marked once, by its first start.
+                first: dict[str, tuple[str, str | None, datetime]] = {}
+                for start in starts:
+                    first.setdefault(start[0], start)
+                params = self._starts.params(list(first.values()))
+                return int(conn.execute(self._mark_started_batch, params).rowcount)
+            ((task_id, token, at),) = starts
+            params = {"task_id": task_id, "token": token, "at": at}
+            return int(conn.execute(self._mark_started, params).rowcount)
+
+    def finish_leased(
+        self,
+        conn: Connection,
+        leases: Sequence[tuple[str, str | None]],
+        values: Mapping[str, Any],
+        starts: Sequence[tuple[str, str | None, datetime]] = (),
+    ) -> set[str]:
+        """Update running tasks still held under ``(task_id, lease_token)``; return their ids.
+
+        One statement for the whole batch; pairs whose lease was lost are skipped.
+        ``starts`` (as for :meth:`mark_started`) of tasks in ``leases`` are
+        written by the same statement (one row version per task, not two);
+        any others with :meth:`mark_started`.
+        """
+        leased = set(leases)
+        started: dict[tuple[str, str | None], datetime] = {}
+        others = []
+        for task_id, token, at in starts:
+            if (task_id, token) in leased:
+                started.setdefault((task_id, token), at)  # the first start counts
+            else:
+                others.append((task_id, token, at))
+        self.mark_started(conn, others)
+        if not leases:
+            return set()
+        if started:
+            stmt, params = self._finish_started(leases, started, values)
+        else:
+            held, params = self._held(leases)
+            stmt = sa.update(t).where(held).values(**status_values(values)).returning(t.c.id)
+        with translate_errors("update tasks"):
+            return set((conn.execute(stmt, params)).scalars().all())
+
+    def _finish_started(
+        self,
+        leases: Sequence[tuple[str, str | None]],
+        started: Mapping[tuple[str, str | None], datetime],
+        values: Mapping[str, Any],
+    ) -> tuple[sa.Update, dict[str, Any]]:
+        """The finishing UPDATE that also marks ``started`` tasks started (as
+        :meth:`mark_started` does: the first start counts an attempt)."""
+        batch = self._starts
+        starting = sa.and_(t.c.started_at.is_(None), batch.c.at.is_not(None))
+        stmt = (
+            sa.update(t)
+            .where(
+                t.c.id == batch.c.task_id,
+                t.c.lease_token == batch.c.token,
+                self._running_in_batch,
+            )
+            .values(
+                **status_values(values),
+                attempts=t.c.attempts + sa.case((starting, 1), else_=0),
+                started_at=sa.func.coalesce(t.c.started_at, batch.c.at),
+            )
+            .returning(t.c.id)
+        )
+        rows = [(task_id, token, started.get((task_id, token))) for task_id, token in leases]
+        return stmt, batch.params(rows)
+
+    def _held(
+        self, leases: Sequence[tuple[str, str | None]]
+    ) -> tuple[sa.ColumnElement[bool], dict[str, Any]]:
+        """The condition "the task is held under one of ``leases``", and its parameters.
+
+        The batch of ids and tokens is joined (one fixed statement, a primary-key
+        lookup per held lease, see :attr:`_running_in_batch`).
+        """
+        if self._leases is None:
+            pairs = sa.tuple_(t.c.id, t.c.lease_token).in_(list(leases))
+            return sa.and_(pairs, t.c.status == TaskStatus.RUNNING.value), {}
+        cond = sa.and_(
+            t.c.id == self._leases.c.task_id,
+            t.c.lease_token == self._leases.c.token,
+            self._running_in_batch,
+        )
+        return cond, self._leases.params(leases)
+
+    def renew_leases(
+        self, conn: Connection, leases: Mapping[str, str], until: datetime
+    ) -> set[str]:
+        """Extend the leases ``{task_id: token}`` still held; return the ids renewed."""
+        return set(self.heartbeat(conn, leases, until))
+
+    def heartbeat(
+        self, conn: Connection, leases: Mapping[str, str], until: datetime
+    ) -> dict[str, bool]:
+        """Extend held leases; return ``{task_id: cancel_requested}`` for those still held."""
+        if not leases:
+            return {}
+        held, params = self._held(list(leases.items()))
+        stmt = (
+            sa.update(t)
+            .where(held)
+            .values(lease_expires_at=until)
+            .returning(t.c.id, t.c.cancel_requested)
+        )
+        with translate_errors("renew leases"):
+            rows = (conn.execute(stmt, params)).all()
+        return {row.id: bool(row.cancel_requested) for row in rows}
