@@ -32,7 +32,6 @@ __all__ = [
     "TaskStatus",
     "field_keys",
     "func_ref",
-    "task_from_row_values",
     "task_started",
     "to_func_ref",
 ]
@@ -209,18 +208,6 @@ class Task:
         return self.status.is_final
 
 
-def task_from_row_values(values: dict[str, Any]) -> Task:
-    """The Task for values read back from the database (payload already decoded).
-
-    Every value goes through the record's validators, so a hand-edited row
-    is refused naming the offending field.
-
-    The keys are swapped for the field names' own strings first (see
-    :func:`field_keys`).
-    """
-    return Task(**dict(zip(field_keys(values), values.values(), strict=True)))
-
-
 def field_keys(keys: Iterable[str]) -> list[str]:
     """Column keys as the field names' own string objects (other keys as they are).
 
@@ -228,7 +215,8 @@ def field_keys(keys: Iterable[str]) -> list[str]:
     equality, and a column name read back from the database is an equal but
     distinct string: building a ``Task`` from such keys cost a string
     comparison per parameter tried (about a thousand per Task, more than the
-    validators). A reader swaps the keys once per result, not per row.
+    validators). A reader swaps the keys once per result, not per row; every
+    value still goes through the record's validators.
     """
     name = _FIELD_NAME.get
     return [name(key, key) for key in keys]

@@ -17,10 +17,11 @@ import attrs
 import pytest
 
 from omniq.db.engine import Dialect
-from omniq.errors import ValidationError
+from omniq.errors import InvalidRow, ValidationError
 from omniq.models import ResultStatus, Task, TaskResult, TaskStatus
-from omniq.models.task import task_from_row_values, task_started
+from omniq.models.task import task_started
 from omniq.repositories.results import ResultRepository
+from omniq.repositories.tasks import TaskRepository
 from omniq.worker.executors import DaemonThreadPool, Executor
 
 pytestmark = pytest.mark.anyio
@@ -35,6 +36,20 @@ def _values(task: Task) -> dict[str, Any]:
     values["tags"] = list(task.tags)
     values["depends_on"] = list(task.depends_on)
     return values
+
+
+_TASKS = TaskRepository(Dialect(name="sqlite", skip_locked=False, single_writer=True))
+
+
+def read_back(values: dict[str, Any]) -> Task:
+    """What a claim's reader builds from a returned row holding ``values`` (the
+    arguments encoded into the payload column, as stored)."""
+    row = dict(values)
+    args = (row.pop("func_args", ()), row.pop("func_kwargs", {}), row.pop("callback_args", ()))
+    subject = f"{row.get('func')}\n{row.get('callback') or ''}"
+    row["payload"] = _TASKS.codec.encode_call(row.get("serializer", "json"), *args, subject=subject)
+    (task,) = _TASKS.claimed_rows(list(row), [list(row.values())], None)
+    return task
 
 
 SAMPLES = [
@@ -77,7 +92,7 @@ SAMPLES = [
 
 @pytest.mark.parametrize("task", SAMPLES, ids=["defaults", "every-field"])
 def test_a_task_read_back_equals_the_validated_record(task: Task) -> None:
-    fast = task_from_row_values(_values(task))
+    fast = read_back(_values(task))
     assert fast == task
     assert fast == Task(**_values(task))
     assert type(fast.tags) is tuple and type(fast.depends_on) is tuple
@@ -92,10 +107,11 @@ def test_a_row_whose_column_names_are_distinct_strings_reads_back_the_same() -> 
     task = SAMPLES[1]
     values = {"".join(list(key)): value for key, value in _values(task).items()}
     assert all(a is not b for a, b in zip(values, _values(task), strict=True))
-    assert task_from_row_values(values) == task
+    assert read_back(values) == task
     values["no_such_field"] = 1
-    with pytest.raises(TypeError, match="no_such_field"):
-        task_from_row_values(values)
+    with pytest.raises(InvalidRow, match="no_such_field") as refused:
+        read_back(values)
+    assert isinstance(refused.value.__cause__, TypeError)
 
 
 @pytest.mark.parametrize("task", SAMPLES, ids=["defaults", "every-field"])
@@ -142,20 +158,24 @@ def test_a_start_time_must_be_an_aware_instant() -> None:
 def test_odd_values_read_back_get_the_validators_error(field: str, value: Any, named: str) -> None:
     values = _values(Task(func="pkg.mod:f", id="me"))
     values[field] = value
-    with pytest.raises(ValidationError, match=named):
-        task_from_row_values(values)
+    # The row is refused (a claim quarantines it) with the validator's error naming
+    # the field.
+    with pytest.raises(InvalidRow, match=f"task 'me' cannot be read: .*{named}") as refused:
+        read_back(values)
+    assert isinstance(refused.value.__cause__, ValidationError)
+    assert named in str(refused.value.__cause__)
 
 
 def test_duplicate_dependencies_read_back_are_deduplicated_as_on_write() -> None:
     values = _values(Task(func="pkg.mod:f"))
     values["depends_on"] = ["a", "a", "b"]
-    assert task_from_row_values(values).depends_on == ("a", "b")
+    assert read_back(values).depends_on == ("a", "b")
 
 
 def test_an_aware_non_utc_instant_read_back_is_kept_as_the_same_instant() -> None:
     values = _values(Task(func="pkg.mod:f"))
     values["created_at"] = NOW.astimezone(timezone(timedelta(hours=5)))
-    assert task_from_row_values(values).created_at == NOW
+    assert read_back(values).created_at == NOW
 
 
 # --- the thread pool's loop futures --------------------------------------------------------
@@ -287,6 +307,6 @@ async def test_blocking_sync_calls_each_get_a_thread_up_to_the_limit() -> None:
 def test_a_partial_row_read_back_gets_the_records_defaults() -> None:
     values = _values(SAMPLES[1])
     del values["lease_token"], values["worker_id"]
-    task = task_from_row_values(values)
+    task = read_back(values)
     assert task.lease_token is None and task.worker_id is None
     assert task == attrs.evolve(SAMPLES[1], lease_token=None, worker_id=None)
