@@ -14,6 +14,7 @@ and reports when N tasks have completed (Huey's ``complete`` signal).
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -29,15 +30,26 @@ from bench.common import emit, rate, wait_for_go
 Durability = Literal["normal", "default"]
 
 
+class NormalSyncConnection(sqlite3.Connection):
+    """A ``sqlite3`` connection that starts with ``synchronous=NORMAL`` (OmniQ's setting).
+
+    Huey passes its storage's extra keyword arguments to ``sqlite3.connect``,
+    so ``factory=NormalSyncConnection`` sets the pragma through public APIs
+    (Huey's own ``fsync`` option offers only FULL or OFF).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.execute("pragma synchronous=NORMAL")
+
+
 class NormalSqliteStorage(SqliteStorage):  # type: ignore[misc]
-    """Huey's SQLite storage with ``synchronous=NORMAL`` (OmniQ's setting)."""
+    """Huey's SQLite storage with ``synchronous=NORMAL``; notes its first dequeue."""
 
     first_dequeue: float | None = None
 
-    def _create_connection(self) -> Any:
-        conn = super()._create_connection()
-        conn.execute("pragma synchronous=NORMAL")
-        return conn
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, factory=NormalSyncConnection, **kwargs)
 
     def dequeue(self) -> Any:
         started = time.time()

@@ -111,9 +111,11 @@ def trace_sql(services: Services) -> dict[str, Any]:
     """Count what the engine sends (filled in as the worker runs; bench-only hooks).
 
     Statements by kind (verb + table), transactions begun / committed, pool
-    check-outs and pre-ping round trips, and the time spent awaiting
-    statements, pings and the pool. Empty if the services have no
-    SQLAlchemy engine to listen on.
+    check-outs, the most connections checked out at once beside the pool's
+    size (a pool that never ran out never made a coroutine wait), pre-ping
+    round trips, and the time spent awaiting statements and pings. Empty if
+    the services have no SQLAlchemy engine to listen on. Only public hooks:
+    engine and pool events, and the dialect's ``do_ping``.
     """
     stats: dict[str, Any] = {
         "statements": 0,
@@ -125,7 +127,9 @@ def trace_sql(services: Services) -> dict[str, Any]:
         "pings": 0,
         "statement_s": 0.0,
         "ping_s": 0.0,
-        "pool_wait_s": 0.0,
+        "out": 0,
+        "peak_out": 0,
+        "pool_size": 0,
         "kinds": Counter(),
     }
     storage = getattr(services, "storage", None)
@@ -161,7 +165,20 @@ def trace_sql(services: Services) -> dict[str, Any]:
         event.listen(each, "after_cursor_execute", after)
         for name in ("begin", "commit", "rollback"):
             event.listen(each, name, counter(f"{name}s"))
-    event.listen(sync.pool, "checkout", counter("checkouts"))
+    pool = sync.pool
+    size = getattr(pool, "size", None)  # QueuePool.size(); NullPool has none
+    stats["pool_size"] = size() if callable(size) else 0
+
+    def checkout(*_: Any) -> None:
+        stats["checkouts"] += 1
+        stats["out"] += 1
+        stats["peak_out"] = max(stats["peak_out"], stats["out"])
+
+    def checkin(*_: Any) -> None:
+        stats["out"] -= 1
+
+    event.listen(pool, "checkout", checkout)
+    event.listen(pool, "checkin", checkin)
 
     def timed(obj: Any, attr: str, key: str, count: str | None = None) -> None:
         original = getattr(obj, attr, None)
@@ -179,9 +196,7 @@ def trace_sql(services: Services) -> dict[str, Any]:
 
         setattr(obj, attr, wrapper)
 
-    # Private hooks of SQLAlchemy (this process only): time spent getting a
-    # connection from the pool, and the pre-ping round trip of each check-out.
-    timed(sync.pool, "_do_get", "pool_wait_s")
+    # The pre-ping round trip of each check-out (Dialect.do_ping, public).
     timed(sync.dialect, "do_ping", "ping_s", "pings")
     return stats
 

@@ -100,8 +100,17 @@ def client_profile(report: dict[str, Any], n: int, per: int = 100, what: str = "
             f"SQLAlchemy in {sql['begins'] * scale:.2g} transactions, plus "
             f"{sql['pings'] * scale:.2g} pool pre-pings: ~{trips * scale:.2g} round trips "
             "counting BEGIN and COMMIT; coroutines awaited statements for "
-            f"{sql['statement_s'] / span:.0%} of the span, pre-pings {sql['ping_s'] / span:.0%}, "
-            f"pool check-outs {sql['pool_wait_s'] / span:.0%} (wall time summed over "
-            "concurrent coroutines, event-loop delays included)"
+            f"{sql['statement_s'] / span:.0%} of the span, pre-pings {sql['ping_s'] / span:.0%} "
+            "(wall time summed over concurrent coroutines, event-loop delays included); "
+            + _pool_use(sql)
         )
     return "; ".join(parts)
+
+
+def _pool_use(sql: dict[str, Any]) -> str:
+    """How full the connection pool got (a pool that never ran out made nobody wait)."""
+    peak, size = sql.get("peak_out", 0), sql.get("pool_size", 0)
+    if not size:
+        return f"at most {peak} connection(s) checked out at once"
+    verdict = "never ran out" if peak < size else "ran out: check-outs may have waited"
+    return f"at most {peak} of the pool's {size} connections checked out at once ({verdict})"
