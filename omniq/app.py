@@ -518,10 +518,16 @@ class AsyncOmniQ(ScheduleMethods, FlowMethods, WorkflowMethods):
         return self._worker
 
     async def stop_worker_async(self, grace_period: timedelta | float | None = None) -> None:
-        """Stop the worker started by :meth:`start_worker_async` (graceful)."""
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            await worker.stop_async(grace_period)
+        """Stop the worker started by :meth:`start_worker_async` (graceful).
+
+        A cancelled call leaves the shutdown running; calling this again waits for it.
+        """
+        worker = self._worker
+        if worker is None:
+            return
+        await worker.stop_async(grace_period)
+        if self._worker is worker:
+            self._worker = None
 
     async def run_worker_async(
         self,

@@ -37,13 +37,26 @@ class Stopping(Cancellation):
     _buffer: list[Task]
 
     async def stop_async(self, grace_period: timedelta | float | None = None) -> None:
-        """Stop claiming; let running tasks finish within the grace period, release the rest."""
+        """Stop claiming; let running tasks finish within the grace period, release the rest.
+
+        Cancelling this call does not cut the shutdown short: it goes on in
+        the worker's own task (prefetched tasks released, the registry row
+        removed) while the caller gets its ``CancelledError``; calling
+        ``stop_async`` again waits for the same shutdown.
+        """
         if grace_period is not None:
             self.grace_period = to_timedelta(grace_period, "grace_period").total_seconds()
         self._request_stop()
-        if self._main is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._main
+        main = self._main
+        if main is None:
+            return
+        try:
+            await asyncio.shield(main)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not main.done() or (current is not None and current.cancelling()):
+                raise  # this caller was cancelled; the shutdown goes on
+            # The worker's own task was cancelled elsewhere: it has stopped.
 
     def _request_stop(self, reason: str = "stop requested") -> None:
         if not self._stopping:

@@ -208,3 +208,19 @@ def test_seed_backend_components(tmp_path: Path) -> None:
         assert worker.worker_id
     finally:
         parts["backend"].close()
+
+
+async def test_a_cancelled_stop_worker_can_be_awaited_again(db_url: str) -> None:
+    async with AsyncOmniQ(url=db_url) as oq:
+        for i in range(10):
+            await oq.enqueue_async(app_tasks.add, [i, i])
+        await oq.start_worker_async(concurrency=2, poll_interval=0.05)
+        stopping = asyncio.create_task(oq.stop_worker_async(grace_period=10))
+        await asyncio.sleep(0)  # let the stop begin
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        # The shutdown went on; stopping again waits for it to finish.
+        await asyncio.wait_for(oq.stop_worker_async(), 30)
+        assert await oq.list_workers_async() == []
+        assert await oq.list_tasks_async(status="running") == []

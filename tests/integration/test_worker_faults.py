@@ -146,3 +146,47 @@ async def test_every_loop_survives_any_error_and_resumes(
     assert {"heartbeat failed", "claim failed", "scheduler failed"} <= reported
     stopped = await svc.events.get_events_async(event_type=EventType.WORKER_STOPPED)
     assert len(stopped) == 1
+
+
+async def test_a_cancelled_stop_still_releases_and_deregisters(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stop cancelled half-way (a timed-out request, a cancelled app shutdown):
+    # the shutdown goes on in the worker's own task; the caller gets its
+    # CancelledError; a second stop waits for the same shutdown.
+    ids = [await svc.queue.enqueue_async(ref("sleep_async"), [0.2]) for _ in range(30)]
+    releasing, go_on = asyncio.Event(), asyncio.Event()
+    real_release = svc.queue.release_many_async
+
+    async def gated_release(*args: Any, **kwargs: Any) -> Any:
+        releasing.set()
+        await go_on.wait()
+        return await real_release(*args, **kwargs)
+
+    monkeypatch.setattr(svc.queue, "release_many_async", gated_release)
+    worker = make_worker(svc, concurrency=2, prefetch=20)
+    await worker.start_async()
+
+    async def prefetched() -> bool:
+        claimed = await svc.events.get_events_async(event_type="dequeued", limit=100)
+        return len(claimed) >= 10
+
+    await wait_until(prefetched, "the worker to prefetch tasks")
+    stopper = asyncio.create_task(worker.stop_async(grace_period=10))
+    await asyncio.wait_for(releasing.wait(), 30)  # the shutdown is releasing the prefetch
+    stopper.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopper
+    go_on.set()
+    await asyncio.wait_for(worker.stop_async(), 30)
+    assert not worker.is_running
+    tasks = [await svc.queue.get_task_async(task_id) for task_id in ids]
+    statuses = {task.status for task in tasks if task is not None}
+    assert len(tasks) == 30 and statuses <= {TaskStatus.COMPLETED, TaskStatus.PENDING}
+    for task in tasks:
+        assert task is not None
+        if task.status is TaskStatus.PENDING:  # back unspent, no lease left behind
+            assert (task.attempts, task.lease_token) == (0, None)
+    assert await svc.workers.list_workers_async() == []
+    stopped = await svc.events.get_events_async(event_type=EventType.WORKER_STOPPED)
+    assert len(stopped) == 1
