@@ -43,6 +43,14 @@ MAX_CATCH_UP = 100
 _ACTIVE = [ScheduleStatus.ACTIVE]
 
 
+def _database_error_behind(exc: BaseException) -> DatabaseError | None:
+    """The OmniQ database error a driver error was raised while handling, if any."""
+    seen: BaseException | None = exc.__context__
+    while seen is not None and not isinstance(seen, DatabaseError):
+        seen = seen.__context__
+    return seen if isinstance(exc, sa.exc.SQLAlchemyError) else None
+
+
 class Scheduler:
     """Fires due schedules; safe to run in every worker at once."""
 
@@ -70,7 +78,14 @@ class Scheduler:
                 try:
                     with conn.begin_nested():
                         created += self._fire(conn, schedule, when)
-                except DatabaseError:
+                except (DatabaseError, sa.exc.SQLAlchemyError) as exc:
+                    # The database failed, not the schedule: the whole transaction
+                    # fails and nothing is quarantined. A full SQLite file rolls the
+                    # transaction back itself, so the savepoint's rollback fails
+                    # too ("no such savepoint"): report the error that caused it.
+                    cause = _database_error_behind(exc)
+                    if cause is not None:
+                        raise cause from None
                     raise
                 except Exception as exc:
                     self._quarantine(conn, schedule.id, f"{type(exc).__name__}: {exc}", when)

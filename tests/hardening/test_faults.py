@@ -8,6 +8,7 @@ IMMEDIATE`` and released by a timer, raw SQL updates, ``PRAGMA max_page_count``,
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import threading
@@ -395,6 +396,65 @@ async def test_full_database_raises_storage_full_and_keeps_committed_tasks(
         assert (await drain(svc)).completed == 21
         assert (await svc.queue.get_task_async(after)).status is TaskStatus.COMPLETED  # type: ignore[union-attr]
         assert sorted(read_lines(out)) == sorted([f"b{i}" for i in range(20)] + ["after"])
+    finally:
+        await svc.close_async()
+
+
+async def test_a_full_database_fails_a_schedule_fire_without_pausing_the_schedule(
+    sqlite_path: Path,
+) -> None:
+    # SQLite rolls the whole transaction back when a statement meets a full
+    # file, so the savepoint around one schedule's fire cannot be rolled back
+    # either: that is the database failing, not the schedule being unreadable.
+    url = sqlite_url(sqlite_path)
+    svc = await Services.open_async(url)
+    try:
+        schedule_id = await svc.queue.schedule_async(
+            Schedule(
+                func=ref("noop"),
+                schedule_type="interval",
+                interval=timedelta(minutes=1),
+                run_at=utcnow() - timedelta(seconds=5),
+            )
+        )
+    finally:
+        await svc.close_async()
+    with sqlite3.connect(sqlite_path) as raw:
+        pages = raw.execute("PRAGMA page_count").fetchone()[0]
+        raw.execute("CREATE TABLE filler (b BLOB)")
+    limit = pages + 30
+    svc = await Services.open_async(url, Settings(sqlite_max_page_count=limit))
+    try:
+        # Fill the file to its very last byte: tasks of a queue nobody serves (their
+        # table's and indexes' pages), then small rows of a table of our own.
+        async def park_until_full() -> None:
+            for _ in range(10_000):
+                await svc.queue.enqueue_async(ref("noop"), queue_name="parked", tags=["x" * 500])
+
+        with pytest.raises(StorageFull):
+            await park_until_full()
+        with sqlite3.connect(sqlite_path) as raw:
+            raw.execute(f"PRAGMA max_page_count = {limit}")
+            for size in (4000, 500, 50, 5):
+                with contextlib.suppress(sqlite3.OperationalError):
+                    while True:
+                        raw.execute("INSERT INTO filler VALUES (randomblob(?))", (size,))
+                        raw.commit()
+                raw.rollback()
+        scheduler = Scheduler(svc.storage, svc.queue)
+        with pytest.raises(StorageFull):
+            await scheduler.fire_due_async()
+        schedule = await svc.queue.get_schedule_async(schedule_id)
+        assert schedule is not None
+        assert (schedule.status.value, schedule.run_count) == ("active", 0)
+        assert await svc.events.get_events_async(event_type=EventType.SCHEDULE_PAUSED) == []
+        with sqlite3.connect(sqlite_path) as raw:
+            raw.execute("DELETE FROM filler")
+            raw.execute("DELETE FROM omniq_tasks WHERE queue_name = 'parked'")
+        # Space is back: the same schedule fires.
+        assert await scheduler.fire_due_async() == 1
+        schedule = await svc.queue.get_schedule_async(schedule_id)
+        assert schedule is not None and schedule.run_count == 1
     finally:
         await svc.close_async()
 
