@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar, cast
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omniq._time import utcnow
 from omniq.db.engine import (
@@ -52,13 +52,12 @@ from omniq.repositories.progress import ProgressRepository
 from omniq.repositories.workers import WorkerRepository
 from omniq.repositories.workflows import WorkflowRepository
 from omniq.serialization import SerializerRegistry
+from omniq.services.work_listener import WorkListener
 
 __all__ = ["Notifier", "Storage"]
 
 log = logging.getLogger("omniq.db")
 
-#: PostgreSQL channel on which new pending work is announced (see revision 0004).
-WORK_CHANNEL = "omniq_work"
 #: How often the PostgreSQL clock offset is measured again (seconds).
 _CLOCK_REFRESH = 60.0
 
@@ -378,44 +377,25 @@ class Storage:
 
         On PostgreSQL the tasks table's triggers (revision 0004) send ``NOTIFY
         omniq_work`` when a statement makes tasks pending; this holds one
-        connection of its own (outside the pool) that LISTENs and wakes
-        :attr:`notifier`. Yields whether it listens: on SQLite, or if LISTEN
-        fails, it does nothing and polling (always on) finds the work.
+        connection of its own (outside the pool) that LISTENs, wakes
+        :attr:`notifier`, and is re-established when lost (a server restart;
+        see :mod:`omniq.services.work_listener`). Yields whether it listens at
+        the start: on SQLite it does nothing, and where LISTEN fails polling
+        (always on) finds the work while it tries again.
         """
         if self.dialect.name != "postgresql":
             yield False
             return
-        listener: AsyncEngine | None = None
-        conn: AsyncConnection | None = None
-        driver: Any = None
+        listener = WorkListener(self.engine.url, self.notifier.notify)
+        listening = await listener.open()
+        keeper = asyncio.get_running_loop().create_task(listener.run())
         try:
-            listener = create_async_engine(self.engine.url, poolclass=sa.pool.NullPool)
-            conn = await listener.connect()
-            driver = (await conn.get_raw_connection()).driver_connection
-            await driver.add_listener(WORK_CHANNEL, self._on_work)
-        except Exception as exc:
-            log.warning("cannot LISTEN for new work (workers poll instead): %s", exc)
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await conn.close()
-            if listener is not None:
-                await listener.dispose()
-            yield False
-            return
-        try:
-            yield True
+            yield listening
         finally:
-            try:
-                with contextlib.suppress(Exception):
-                    await driver.remove_listener(WORK_CHANNEL, self._on_work)
-            finally:
-                with contextlib.suppress(Exception):
-                    await conn.close()
-                await listener.dispose()
-
-    def _on_work(self, *_: Any) -> None:
-        # asyncpg calls this on the loop that owns the listening connection.
-        self.notifier.notify()
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            await listener.close()
 
     def announce_cancel(self, task_id: str) -> None:
         """Tell this process's workers on the database that ``task_id`` should stop."""

@@ -10,6 +10,7 @@ notifier itself, so only the database's notification can wake the waiter.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from omniq.db.engine import create_engine
 from omniq.db.schema import tasks as tasks_table
 from omniq.models import TaskStatus
 from omniq.services import Services
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -127,3 +129,39 @@ async def test_listening_uses_a_connection_of_its_own_even_with_a_tiny_pool(
         assert pool.checkedout() == 0  # the pool's one connection stays free for writes
         task_id = await small.queue.enqueue_async("tests.worker_tasks:add_sync", [1, 2])
         assert await small.queue.get_task_async(task_id) is not None
+
+
+async def test_a_lost_listen_connection_comes_back(
+    db_url: str, svc: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server restart ends the LISTEN connection without a word; the listener
+    # notices, connects again, and other processes' work wakes this one again.
+    _postgres_only(svc)
+    caplog.set_level(logging.INFO, logger="omniq.listen")
+    admin = create_engine(db_url)
+    try:
+        async with svc.storage.listen_for_work() as listening:
+            assert listening is True
+            async with admin.connect() as conn:
+                killed = (
+                    await conn.execute(
+                        sa.text(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                            "AND query LIKE 'LISTEN%'"
+                        )
+                    )
+                ).scalar_one()
+            assert killed >= 1
+
+            async def listening_again() -> bool:
+                return any("listening for new work again" in r.message for r in caplog.records)
+
+            await wait_until(listening_again, "the listener to LISTEN again")
+            assert any("LISTEN connection was lost" in r.message for r in caplog.records)
+            woke = asyncio.ensure_future(svc.storage.notifier.wait(DEADLINE))
+            await asyncio.sleep(0)  # one turn of the loop: the waiter is registered
+            await _write_elsewhere(db_url, svc, status=TaskStatus.PENDING)
+            assert await woke is True
+    finally:
+        await admin.dispose()

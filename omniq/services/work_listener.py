@@ -1,0 +1,128 @@
+"""PostgreSQL: one connection that LISTENs for new work, re-established when lost.
+
+The tasks table's triggers (revision 0004) send ``NOTIFY omniq_work`` when a
+statement makes tasks pending. A worker holds one connection of its own
+(outside the pool) that LISTENs on that channel and wakes the process's
+waiters. A server restart or a dropped connection ends the LISTEN without
+a word; the listener notices (asyncpg's termination callback, and a check
+every few seconds), logs a warning, and connects again with backoff.
+Meanwhile, and whenever LISTEN cannot be had, polling (always on) finds the
+work; once listening again it wakes the waiters, since work may have come
+while it was deaf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+__all__ = ["WORK_CHANNEL", "WorkListener"]
+
+log = logging.getLogger("omniq.listen")
+
+#: The channel revision 0004's triggers notify.
+WORK_CHANNEL = "omniq_work"
+
+
+class WorkListener:
+    """LISTEN on :data:`WORK_CHANNEL` and call ``on_work`` for each notification."""
+
+    def __init__(
+        self,
+        url: sa.URL,
+        on_work: Callable[[], None],
+        *,
+        check_every: float = 5.0,
+        retry_min: float = 0.5,
+        retry_max: float = 30.0,
+    ) -> None:
+        self._url = url
+        self._on_work = on_work
+        self._check_every = check_every
+        self._retry_min, self._retry_max = retry_min, retry_max
+        self._engine: AsyncEngine | None = None
+        self._conn: AsyncConnection | None = None
+        self._driver: Any = None
+        self._lost = asyncio.Event()
+        #: How many times a LISTEN was established.
+        self.connects = 0
+
+    def listening(self) -> bool:
+        """True while the LISTEN connection is up."""
+        return self._driver is not None and not self._driver.is_closed()
+
+    async def open(self) -> bool:
+        """Try to LISTEN once; True on success (a failure is logged as a warning)."""
+        try:
+            await self._connect()
+        except Exception as exc:
+            log.warning("cannot LISTEN for new work (workers poll instead): %s", exc)
+            await self._drop()
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Keep the LISTEN up until cancelled: reconnect (with backoff) whenever it is lost."""
+        delay = self._retry_min
+        while True:
+            if self.listening():
+                self._lost.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._lost.wait(), self._check_every)
+                if self.listening():
+                    continue
+                log.warning("the LISTEN connection was lost; workers poll until it is back")
+                await self._drop()
+            try:
+                await self._connect()
+            except Exception as exc:
+                log.debug("LISTEN again failed (next try in %.1f s): %s", delay, exc)
+                await self._drop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            delay = self._retry_min
+            log.info("listening for new work again")
+            self._on_work()  # work may have been made while nobody listened
+
+    async def close(self) -> None:
+        """Stop listening and close the connection."""
+        driver = self._driver
+        if driver is not None and not driver.is_closed():
+            with contextlib.suppress(Exception):
+                await driver.remove_listener(WORK_CHANNEL, self._notified)
+        await self._drop()
+
+    async def _connect(self) -> None:
+        if self._engine is None:
+            self._engine = create_async_engine(self._url, poolclass=sa.pool.NullPool)
+        self._conn = await self._engine.connect()
+        driver: Any = (await self._conn.get_raw_connection()).driver_connection
+        self._driver = driver
+        driver.add_termination_listener(self._terminated)
+        await driver.add_listener(WORK_CHANNEL, self._notified)
+        self.connects += 1
+
+    async def _drop(self) -> None:
+        """Forget the current connection (closing it if it still can be)."""
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            with contextlib.suppress(Exception):
+                await engine.dispose()
+
+    def _notified(self, *_: Any) -> None:
+        # asyncpg calls this on the loop that owns the listening connection.
+        self._on_work()
+
+    def _terminated(self, *_: Any) -> None:
+        self._lost.set()
