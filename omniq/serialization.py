@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import cattrs
 
 from omniq.errors import SerializationError, UnsafePayload
+from omniq.models._fields import check_utf8
 from omniq.payload_types import UnsupportedValue, envelope, plain_json, unwrap
 from omniq.refs import callable_ref, resolve_ref
 
@@ -54,21 +55,6 @@ def _reject_non_finite(value: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_non_finite)
-
-
-def check_utf8(text: str, field: str) -> None:
-    """Raise :class:`SerializationError` naming ``field`` if ``text`` is not valid UTF-8 text.
-
-    A lone surrogate (e.g. a file name decoded with ``surrogateescape``) can be
-    held by a Python str but stored by no database.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise SerializationError(
-            f"{field}: text cannot be stored as UTF-8 ({exc.reason}: "
-            f"{exc.object[exc.start : exc.end]!r} at position {exc.start})"
-        ) from None
 
 
 class JsonSerializer:

@@ -48,7 +48,9 @@ class CurrentTask:
         and stores it a few times per second at most (and once more when the
         function returns). Raises :class:`~omniq.errors.ValidationError` when
         ``done < 0``, ``total <= 0``, ``done > total`` or the message is not
-        a string of at most 1000 characters.
+        a string of at most 1000 characters, and
+        :class:`~omniq.errors.SerializationError` when the message holds text
+        no database can store (a lone surrogate).
         """
         self._sink(*check_progress(done, total, message))
 

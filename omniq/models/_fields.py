@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import attrs
 
 from omniq._time import require_aware
-from omniq.errors import ValidationError
+from omniq.errors import SerializationError, ValidationError
 from omniq.models.enums import (
     EventLevel,
     EventType,
@@ -197,3 +197,31 @@ def kwargs_dict(value: Any) -> dict[str, Any]:
         if not isinstance(key, str):
             raise ValidationError("func_kwargs", f"keys must be strings, got {key!r}")
     return dict(value)
+
+
+def check_utf8(text: str, field: str) -> None:
+    """Raise :class:`SerializationError` naming ``field`` if ``text`` is not valid UTF-8 text.
+
+    A lone surrogate (e.g. a file name decoded with ``surrogateescape``) can be
+    held by a Python str but stored by no database.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SerializationError(
+            f"{field}: text cannot be stored as UTF-8 ({exc.reason}: "
+            f"{exc.object[exc.start : exc.end]!r} at position {exc.start})"
+        ) from None
+
+
+def check_utf8_within(value: Any, field: str) -> None:
+    """:func:`check_utf8` on every string in ``value`` (JSON data: lists, dicts and their keys)."""
+    if isinstance(value, str):
+        check_utf8(value, field)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_utf8_within(key, field)
+            check_utf8_within(item, field)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            check_utf8_within(item, field)

@@ -8,7 +8,7 @@ from datetime import datetime
 import attrs
 
 from omniq.errors import ValidationError
-from omniq.models._fields import aware, name_str, non_negative_int
+from omniq.models._fields import aware, check_utf8, name_str, non_negative_int
 
 __all__ = ["MAX_PROGRESS_MESSAGE", "TaskProgress", "check_progress"]
 
@@ -51,6 +51,7 @@ def check_progress(
             )
         if "\x00" in message:
             raise ValidationError("message", "cannot contain NUL (\\x00)")
+        check_utf8(message, "message")
     return value, whole, message
 
 

@@ -15,6 +15,7 @@ from omniq.db.engine import Dialect
 from omniq.db.schema import schedules as s
 from omniq.errors import InvalidRow, OmniQError, SerializationError
 from omniq.models import Schedule, ScheduleStatus
+from omniq.models._fields import check_utf8_within
 from omniq.repositories._base import PayloadCodec, root_message, translate_errors
 from omniq.repositories.db_migration import claims_open
 from omniq.serialization import converter
@@ -36,6 +37,9 @@ class ScheduleRepository:
             raise SerializationError("func_args/func_kwargs: nested too deeply") from None
         for name in ("func_args", "func_kwargs", "payload_error"):
             row.pop(name)
+        # Text no database can store (a lone surrogate), in any column, JSON ones too.
+        for name, value in row.items():
+            check_utf8_within(value, name)
         row["payload"] = self.codec.encode_call(
             schedule.serializer, schedule.func_args, schedule.func_kwargs, subject=schedule.func
         )

@@ -21,6 +21,7 @@ from omniq.db.schema import task_dependencies as deps_t
 from omniq.db.schema import tasks as t
 from omniq.errors import InvalidRow, OmniQError
 from omniq.models import Task, TaskStatus
+from omniq.models._fields import check_utf8
 from omniq.models.task import field_keys
 from omniq.repositories._base import PayloadCodec, translate_errors
 from omniq.repositories.db_migration import claims_open
@@ -30,7 +31,6 @@ from omniq.repositories.task_browse import BrowseStatements
 from omniq.repositories.task_leases import LeaseStatements, status_values
 from omniq.repositories.task_picks import PickStatements
 from omniq.repositories.task_sweeps import SweepStatements
-from omniq.serialization import check_utf8
 
 #: Task fields stored in their own column (the call's arguments go into ``payload``).
 _ROW_FIELDS = tuple(c.key for c in t.c if c.key != "payload")

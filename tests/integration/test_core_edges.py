@@ -347,6 +347,34 @@ async def test_a_lone_surrogate_is_a_serialization_error_naming_the_field(
     assert await statuses(svc) == before
 
 
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"tags": ["ok", "\ud800"]}, "tags"),
+        ({"metadata": {"owner": "\udce9"}}, "metadata"),
+        ({"metadata": {"\udce9": 1}}, "metadata"),
+        ({"description": "nightly \udcff"}, "description"),
+    ],
+)
+async def test_a_schedule_with_a_lone_surrogate_is_refused_naming_the_field(
+    svc: Services, options: dict[str, Any], field: str
+) -> None:
+    schedule = Schedule(
+        func=FUNC, schedule_type="interval", interval=timedelta(minutes=1), **options
+    )
+    with pytest.raises(SerializationError, match=field):
+        await svc.queue.schedule_async(schedule)
+    assert await svc.queue.list_schedules_async() == []
+
+
+def test_a_progress_message_with_a_lone_surrogate_is_refused_at_the_call() -> None:
+    from omniq.models.progress import check_progress
+
+    # Refused where the task reports it, not later by the batched progress write.
+    with pytest.raises(SerializationError, match="message"):
+        check_progress(1, 10, "copying \udcff.txt")
+
+
 # --- 13. one clock: the database's, on PostgreSQL ---------------------------------------------
 
 
