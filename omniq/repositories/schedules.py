@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from types import EllipsisType
 from typing import Any
@@ -88,8 +88,12 @@ class ScheduleRepository:
         limit: int = 100,
         offset: int = 0,
         order_by: str = "created_at",
+        unreadable: list[tuple[str, str]] | None = None,
     ) -> list[Schedule]:
-        """Schedules (optionally of some statuses), by created_at or next_run_at."""
+        """Schedules (optionally of some statuses), by created_at or next_run_at.
+
+        Unreadable rows as in :meth:`due`.
+        """
         column = {"created_at": s.c.created_at, "next_run_at": s.c.next_run_at}[order_by]
         stmt = sa.select(s).order_by(column, s.c.id).limit(limit).offset(offset)
         if order_by == "next_run_at":
@@ -98,7 +102,7 @@ class ScheduleRepository:
             stmt = stmt.where(s.c.status.in_([x.value for x in status]))
         with translate_errors("list schedules"):
             rows = (conn.execute(stmt)).mappings().all()
-        return [self.from_row(row) for row in rows]
+        return self._readable(rows, unreadable)
 
     def due(
         self,
@@ -124,15 +128,30 @@ class ScheduleRepository:
             stmt = stmt.with_for_update(skip_locked=True)
         with translate_errors("find due schedules"):
             rows = (conn.execute(stmt)).mappings().all()
+        return self._readable(rows, unreadable)
+
+    def _readable(
+        self, rows: Sequence[sa.RowMapping], unreadable: list[tuple[str, str]] | None
+    ) -> list[Schedule]:
+        """The Schedules of ``rows``; unreadable ones go to ``unreadable`` (else raise)."""
         if unreadable is None:
             return [self.from_row(row) for row in rows]
-        due = []
+        schedules = []
         for row in rows:
             try:
-                due.append(self.from_row(row))
+                schedules.append(self.from_row(row))
             except InvalidRow as exc:
                 unreadable.append((str(row["id"]), str(exc)))
-        return due
+        return schedules
+
+    def next_run_at(self, conn: Connection) -> datetime | None:
+        """The earliest next_run_at of an active schedule (read without decoding any row)."""
+        stmt = sa.select(sa.func.min(s.c.next_run_at)).where(
+            s.c.status == ScheduleStatus.ACTIVE.value
+        )
+        with translate_errors("list schedules"):
+            value: datetime | None = conn.execute(stmt).scalar_one_or_none()
+        return value
 
     def overdue(
         self, conn: Connection, now: datetime, limit: int

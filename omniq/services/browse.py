@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 from datetime import datetime
 from enum import StrEnum
@@ -17,7 +18,7 @@ import attrs
 import sqlalchemy as sa
 
 from omniq._time import from_micros, to_micros
-from omniq.errors import InvalidTransition, TaskNotFound, ValidationError
+from omniq.errors import InvalidRow, InvalidTransition, TaskNotFound, ValidationError
 from omniq.models import (
     FINAL_TASK_STATUSES,
     LIVE_TASK_STATUSES,
@@ -165,9 +166,11 @@ class TaskBrowser:
                 return None
             known = self.storage.tasks.statuses(conn, task.depends_on)
             events = self.storage.events.query(conn, task_id=task_id, limit=TIMELINE_LIMIT)
-            schedule = (
-                self.storage.schedules.get(conn, task.schedule_id) if task.schedule_id else None
-            )
+            schedule = None
+            if task.schedule_id:
+                # A schedule that cannot be read (quarantined) is not shown.
+                with contextlib.suppress(InvalidRow):
+                    schedule = self.storage.schedules.get(conn, task.schedule_id)
             return TaskDetail(
                 task=task,
                 result=self.storage.results.get(conn, task_id),

@@ -117,6 +117,7 @@ class QueueOverview:
                     status=[ScheduleStatus.ACTIVE],
                     limit=due_schedules,
                     order_by="next_run_at",
+                    unreadable=[],  # an unreadable row is left out (and quarantined)
                 ),
                 self.storage.limits.of_kind(conn, QUEUE),
             )

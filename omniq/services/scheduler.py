@@ -98,13 +98,7 @@ class Scheduler:
 
     async def next_due_async(self) -> datetime | None:
         """The earliest next_run_at of an active schedule (None: nothing scheduled)."""
-        due = await self.storage.read(
-            lambda conn: self.storage.schedules.query(
-                conn, status=_ACTIVE, limit=1, order_by="next_run_at"
-            ),
-            what="list schedules",
-        )
-        return due[0].next_run_at if due else None
+        return await self.storage.read(self.storage.schedules.next_run_at, what="list schedules")
 
     def _quarantine(
         self, conn: sa.Connection, schedule_id: str, reason: str, now: datetime

@@ -10,11 +10,18 @@ import attrs
 import sqlalchemy as sa
 
 from omniq._time import require_aware
-from omniq.errors import DuplicateTask, InvalidTransition, ScheduleNotFound, ValidationError
+from omniq.errors import (
+    DuplicateTask,
+    InvalidRow,
+    InvalidTransition,
+    ScheduleNotFound,
+    ValidationError,
+)
 from omniq.models import EventType, Schedule, ScheduleStatus, Task
 from omniq.repositories.db_migration import refuse_if_migrated
+from omniq.repositories.events import event_row
 from omniq.services import timing
-from omniq.services._shared import _check_page, _schedule_event, _schedule_status
+from omniq.services._shared import _check_page, _schedule_event, _schedule_status, log
 from omniq.services.caller_tx import CallerTx, caller_tx
 from omniq.services.queries import Queries
 
@@ -224,12 +231,18 @@ class ScheduleAdmin(Queries):
         if status is not None:
             items = [status] if isinstance(status, str) else list(status)
             wanted = [_schedule_status(x) for x in items]
-        return await self.storage.read(
+        unreadable: list[tuple[str, str]] = []
+        listed = await self.storage.read(
             lambda conn: self.storage.schedules.query(
-                conn, status=wanted, limit=limit, offset=offset
+                conn, status=wanted, limit=limit, offset=offset, unreadable=unreadable
             ),
             what="list schedules",
         )
+        # One bad row must not hide the others (the CLI, the dashboard): it is
+        # left out and named; delete_schedule_async removes it.
+        for schedule_id, reason in unreadable:
+            log.warning("schedule %s is left out: %s (delete or fix it)", schedule_id, reason)
+        return listed
 
     async def get_ready_schedules_async(
         self, now: datetime | None = None, limit: int = 100
@@ -330,7 +343,22 @@ class ScheduleAdmin(Queries):
 
         def body(conn: sa.Connection) -> bool:
             refuse_if_migrated(conn)
-            schedule = self.storage.schedules.get(conn, schedule_id)
+            try:
+                schedule = self.storage.schedules.get(conn, schedule_id)
+            except InvalidRow as exc:
+                # A row that cannot be read (quarantined) can still be deleted.
+                if not self.storage.schedules.delete(conn, schedule_id):
+                    return False
+                event = event_row(
+                    EventType.DELETED,
+                    schedule_id=schedule_id,
+                    timestamp=now,
+                    source="scheduler",
+                    message="deleted an unreadable schedule",
+                    error=str(exc),
+                )
+                self.storage.events.insert_rows(conn, [event])
+                return True
             if schedule is None:
                 return False
             self.storage.schedules.delete(conn, schedule_id)

@@ -286,6 +286,34 @@ async def test_an_unreadable_schedule_is_quarantined_and_the_others_fire(svc: Se
     assert await scheduler.fire_due_async(now + timedelta(seconds=61)) == 1
 
 
+async def test_an_unreadable_schedule_is_left_out_of_listings_and_can_be_deleted(
+    svc: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    q = svc.queue
+    good = await q.schedule_async(
+        Schedule(func=FUNC, schedule_type="interval", interval=timedelta(seconds=60))
+    )
+    bad = await q.schedule_async(
+        Schedule(func=FUNC, schedule_type="cron", cron_expression="* * * * *")
+    )
+    s = schema.schedules
+    await svc.storage.write(
+        lambda conn: conn.execute(
+            sa.update(s).where(s.c.id == bad).values(timezone="Mars/Olympus_Mons")
+        )
+    )
+    # Listings (the CLI's, the dashboard's) show the others and name the bad row.
+    assert [x.id for x in await q.list_schedules_async()] == [good]
+    assert any(bad in r.getMessage() and "left out" in r.getMessage() for r in caplog.records)
+    assert await _scheduler(svc).next_due_async() is not None
+    # "Fix or delete it": deleting works on a row that cannot be read.
+    assert await q.delete_schedule_async(bad) is True
+    assert await q.delete_schedule_async(bad) is False
+    (deleted,) = await svc.events.get_events_async(schedule_id=bad, event_type=EventType.DELETED)
+    assert "Mars" in (deleted.error or "")
+    assert [x.id for x in await q.list_schedules_async()] == [good]
+
+
 def _scheduler(svc: Services) -> Any:
     from omniq.services.scheduler import Scheduler
 
