@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 import sqlalchemy as sa
 
-from omniq._time import require_aware, to_timedelta, utcnow
+from omniq._time import require_aware, to_timedelta
 from omniq.errors import SerializationError, TaskNotFound, ValidationError
 from omniq.models import ResultStatus, Task, TaskResult
 from omniq.refs import callable_ref
@@ -47,7 +47,7 @@ class ResultStorage:
         result = await self.storage.read(
             lambda conn: self.storage.results.get(conn, task_id), what="get result"
         )
-        return None if result is None or _expired(result) else result
+        return None if result is None or _expired(result, self.storage.now()) else result
 
     async def get_latest_async(self, schedule_id: str) -> TaskResult | None:
         """The newest unexpired result of the tasks created by ``schedule_id``."""
@@ -55,7 +55,7 @@ class ResultStorage:
             lambda conn: self.storage.results.latest_for_schedule(conn, schedule_id),
             what="get result",
         )
-        return None if result is None or _expired(result) else result
+        return None if result is None or _expired(result, self.storage.now()) else result
 
     async def list_results_async(
         self,
@@ -198,5 +198,6 @@ def _func_ref(func: Callable[..., Any] | str) -> str:
         raise ValidationError("func", str(exc)) from None
 
 
-def _expired(result: TaskResult) -> bool:
-    return result.expires_at is not None and result.expires_at <= utcnow()
+def _expired(result: TaskResult, now: datetime) -> bool:
+    # ``now`` is the clock the expiry was stamped with (the database's on PostgreSQL).
+    return result.expires_at is not None and result.expires_at <= now

@@ -428,6 +428,24 @@ async def test_leases_and_due_times_follow_the_database_clock_not_the_clients(
     assert abs(task.run_at - db_now) < timedelta(seconds=30)
 
 
+async def test_a_result_s_expiry_follows_the_database_clock_not_the_reader_s(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if svc.storage.dialect.name != "postgresql":
+        pytest.skip("SQLite runs on one machine: its clock is the database's clock")
+    import omniq._time
+
+    task_id = await svc.queue.enqueue_async(FUNC, result_ttl=timedelta(hours=1))
+    assert await svc.queue.complete_async(await claim_one(svc, task_id), 42)
+    real = omniq._time.utcnow
+    skewed = lambda: real() + timedelta(hours=2)  # noqa: E731 - a reader's clock 2 h ahead
+    monkeypatch.setattr(omniq._time, "utcnow", skewed)
+    monkeypatch.setattr("omniq.services._storage.utcnow", skewed)
+    monkeypatch.setattr("omniq.services.results.utcnow", skewed, raising=False)
+    result = await svc.results.get_async(task_id)
+    assert result is not None and result.result == 42
+
+
 # --- found in review: fencing of a durable start, cancel requests, unstorable errors ------------
 
 
