@@ -288,7 +288,7 @@ class ScheduleMethods:
             run_at=require_aware(at, "at")
             if at is not None
             else (require_aware(start_at, "start_at") if start_at is not None else None),
-            queue_name=queue_name or self.settings.default_queue,
+            queue_name=self.settings.default_queue if queue_name is None else queue_name,
             max_runs=max_runs,
             end_at=None if end_at is None else require_aware(end_at, "end_at"),
             metadata=metadata,

@@ -99,7 +99,7 @@ class TaskBuilder:
             func=ref,
             func_args=func_args or (),
             func_kwargs=func_kwargs or {},
-            queue_name=queue_name or s.default_queue,
+            queue_name=s.default_queue if queue_name is None else queue_name,
             priority=priority,
             created_at=now,
             run_at=when,

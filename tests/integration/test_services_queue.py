@@ -329,6 +329,9 @@ async def test_enqueue_rejects_bad_options_naming_the_field(svc: Services) -> No
     with pytest.raises(ValidationError) as err:
         await svc.queue.enqueue_async(FUNC, queue_name="q" * 201)
     assert err.value.field == "queue_name"
+    with pytest.raises(ValidationError) as err:  # not quietly the default queue
+        await svc.queue.enqueue_async(FUNC, queue_name="")
+    assert err.value.field == "queue_name"
     with pytest.raises(ValidationError) as err:
         await svc.queue.enqueue_async(FUNC, depends_on="abc")
     assert err.value.field == "depends_on"
