@@ -28,26 +28,34 @@ _lock = threading.Lock()
 _portal: BlockingPortal | None = None
 _portal_cm: AbstractContextManager[BlockingPortal] | None = None
 _portal_pid: int | None = None
+_portal_loop: asyncio.AbstractEventLoop | None = None
 
 
 def portal() -> BlockingPortal:
     """The process-wide portal (started on first use, again after a fork)."""
-    global _portal, _portal_cm, _portal_pid
+    global _portal, _portal_cm, _portal_pid, _portal_loop
     with _lock:
         if _portal is None or _portal_pid != os.getpid():
             _portal_cm = start_blocking_portal("asyncio")
             _portal = _portal_cm.__enter__()
             _portal_pid = os.getpid()
+            _portal_loop = _portal.call(asyncio.get_running_loop)
         return _portal
 
 
+def is_portal_loop(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """True if ``loop`` is the event loop of this process's running portal."""
+    return loop is not None and loop is _portal_loop and _portal_pid == os.getpid()
+
+
 def _stop() -> None:
-    global _portal, _portal_cm
+    global _portal, _portal_cm, _portal_loop
     with _lock:
         if _portal_cm is not None and _portal_pid == os.getpid():
             with contextlib.suppress(Exception):  # pragma: no cover - interpreter shutdown
                 _portal_cm.__exit__(None, None, None)
         _portal = _portal_cm = None
+        _portal_loop = None
 
 
 atexit.register(_stop)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from omniq._portal import is_portal_loop
 from omniq.app_flow import FlowMethods, check_task_limits, queue_limits_data
 from omniq.app_schedules import ScheduleMethods
 from omniq.app_workflows import WorkflowMethods
@@ -101,6 +102,8 @@ class AsyncOmniQ(ScheduleMethods, FlowMethods, WorkflowMethods):
         check_worker_options(self.settings, self.worker_defaults)
         self.registry = TaskRegistry(allow_modules)
         self._services: Services | None = None
+        #: Services opened on the sync portal's loop and left for this loop's (see _svc).
+        self._left: list[Services] = []
         self._worker: Worker | None = None
         self._declared = {}
         self._unsynced = set()
@@ -164,6 +167,9 @@ class AsyncOmniQ(ScheduleMethods, FlowMethods, WorkflowMethods):
         """Stop the worker (if started here) and close the database."""
         if self._worker is not None:
             await self.stop_worker_async()
+        for left in self._left:
+            await _close_on_own_loop(left)
+        self._left.clear()
         if self._services is not None:
             services, self._services = self._services, None
             # Opened again (perhaps on another database), it upserts its declarations again.
@@ -191,6 +197,20 @@ class AsyncOmniQ(ScheduleMethods, FlowMethods, WorkflowMethods):
         return self._services
 
     async def _svc(self) -> Services:
+        services = self._services
+        if (
+            services is not None
+            and self._worker is None
+            and is_portal_loop(services.storage.loop)
+            and asyncio.get_running_loop() is not services.storage.loop
+        ):
+            # A blocking call from a thread opened this app on the sync portal's
+            # loop before the app's own loop did; a connection belongs to the loop
+            # that opened it (asyncpg's do), so open again here. Blocking calls
+            # now go to this loop; the first services close with the app.
+            self._left.append(services)
+            self._services = None
+            self._unsynced.update(self._declared)
         if self._services is None or self._unsynced:
             await self.open_async()
         assert self._services is not None
@@ -554,3 +574,12 @@ class AsyncOmniQ(ScheduleMethods, FlowMethods, WorkflowMethods):
 
         worker = self._make_worker(run_scheduler=False, run_maintenance=False, queues=None)
         await run_inline(self.services, worker, task_ids)
+
+
+async def _close_on_own_loop(services: Services) -> None:
+    """Close ``services`` on the loop that opened them (if it runs elsewhere)."""
+    loop = services.storage.loop
+    if loop is not None and loop.is_running() and loop is not asyncio.get_running_loop():
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(services.close_async(), loop))
+    else:
+        await services.close_async()

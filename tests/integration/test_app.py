@@ -224,3 +224,23 @@ async def test_a_cancelled_stop_worker_can_be_awaited_again(db_url: str) -> None
         await asyncio.wait_for(oq.stop_worker_async(), 30)
         assert await oq.list_workers_async() == []
         assert await oq.list_tasks_async(status="running") == []
+
+
+async def test_a_blocking_call_that_opens_the_app_first_does_not_bind_it_to_another_loop(
+    db_url: str,
+) -> None:
+    # A sync endpoint of an async web app runs first, in a thread, and opens the
+    # app (on the sync portal's loop); then the app's own loop uses it.
+    oq = AsyncOmniQ(url=db_url)
+    add = oq.task(app_tasks.add)
+    loop = asyncio.get_running_loop()
+    try:
+        first = await loop.run_in_executor(None, add.enqueue, 1, 2)
+        second = await asyncio.wait_for(add.enqueue_async(3, 4), 30)
+        third = await loop.run_in_executor(None, add.enqueue, 5, 6)
+        assert oq.loop is loop  # blocking calls are now handed to this loop
+        for task_id in (first, second, third):
+            task = await asyncio.wait_for(oq.get_task_async(task_id), 30)
+            assert task is not None and task.status is TaskStatus.PENDING
+    finally:
+        await oq.close_async()
