@@ -212,6 +212,7 @@ async def callback_fails(result: Any) -> None:
 
 _gates: dict[str, threading.Event] = {}
 _finished: dict[str, threading.Event] = {}
+_started: dict[str, threading.Event] = {}
 _gates_lock = threading.Lock()
 
 
@@ -225,6 +226,29 @@ def block_until_released(key: str, limit: float = 30.0) -> str:
     _gate(_gates, key).wait(limit)
     _gate(_finished, key).set()
     return "late result"
+
+
+def block_then_fail(key: str, limit: float = 30.0) -> None:
+    """Sync: like :func:`block_until_released`, then raise RuntimeError (a failed attempt)."""
+    _gate(_started, key).set()
+    block_until_released(key, limit)
+    raise RuntimeError(f"{key} failed after its cancel was requested")
+
+
+async def gate_then_fail(key: str, limit: float = 30.0) -> None:
+    """Async: note the start (:func:`has_started`), wait for :func:`release`, then raise."""
+    _gate(_started, key).set()
+    deadline = time.monotonic() + limit
+    # Polled: the gate is a threading.Event (set from any thread), and a cancel
+    # must reach this coroutine at one of its awaits.
+    while not _gate(_gates, key).is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+    raise RuntimeError(f"{key} failed after its cancel was requested")
+
+
+def has_started(key: str) -> bool:
+    """True once :func:`gate_then_fail` or :func:`block_then_fail` (``key``) started."""
+    return _gate(_started, key).is_set()
 
 
 def release(key: str) -> None:

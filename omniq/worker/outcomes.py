@@ -14,7 +14,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -123,7 +123,10 @@ class OutcomeWriting:
         try:
             done = await self._in_turn(
                 self.queue.complete_many_async(
-                    items, worker_id=self.worker_id, events=events, starts=starts
+                    items,
+                    worker_id=self.worker_id,
+                    events=events,
+                    starts=_with_own_starts(starts, [task for task, _, _ in items]),
                 )
             )
         except BaseException:
@@ -139,7 +142,10 @@ class OutcomeWriting:
         try:
             return await self._in_turn(
                 self.queue.fail_many_async(
-                    items, worker_id=self.worker_id, events=events, starts=starts
+                    items,
+                    worker_id=self.worker_id,
+                    events=events,
+                    starts=_with_own_starts(starts, [task for task, *_ in items]),
                 )
             )
         except BaseException:
@@ -179,8 +185,14 @@ class OutcomeWriting:
         async def write() -> bool:
             events, starts = self._take_buffered()
             try:
-                return await self.queue.cancel_running_async(
-                    entry.task, worker_id=self.worker_id, events=events, starts=starts
+                # In turn: a flush that took this task's start commits first.
+                return await self._in_turn(
+                    self.queue.cancel_running_async(
+                        entry.task,
+                        worker_id=self.worker_id,
+                        events=events,
+                        starts=_with_own_starts(starts, [entry.task]),
+                    )
                 )
             except BaseException:
                 self._restore(events, starts)
@@ -349,3 +361,19 @@ def _error_info(exc: BaseException) -> ErrorInfo:
     if isinstance(exc, RemoteError):
         return ErrorInfo(type=exc.type_name, message=str(exc), traceback=exc.remote_traceback)
     return ErrorInfo.from_exception(exc)
+
+
+def _with_own_starts(starts: list[Start], tasks: Sequence[Task]) -> list[Start]:
+    """``starts`` and the starts of ``tasks`` themselves (an outcome counts its own start).
+
+    The buffered start of a task may ride with another transaction of this
+    worker; writing it again here is harmless (a start is marked once, under
+    its lease) and makes the outcome count it whichever commits first.
+    """
+    taken = {start[0] for start in starts}
+    own = [
+        (task.id, task.lease_token, task.started_at)
+        for task in tasks
+        if task.started_at is not None and task.id not in taken
+    ]
+    return [*starts, *own] if own else starts

@@ -480,6 +480,51 @@ async def test_cancel_of_a_prefetched_task_keeps_it_from_running(
     assert worker_tasks.read_records(log) == []
 
 
+async def test_a_task_cancelled_while_it_runs_counts_the_attempt_it_made(
+    svc: Services,
+) -> None:
+    # The cancel is requested while each function runs (async ones are cancelled,
+    # sync ones fail afterwards), while the worker's other writes are in flight.
+    # Each start (buffered by the worker) must be counted whichever of the
+    # worker's writes lands first: attempts counts starts (it read 0 on
+    # PostgreSQL when the cancel committed before the flush holding the start).
+    run = f"cancel-counts-{svc.storage.dialect.name}-{id(svc)}"
+    cases = [
+        (f"{run}-{func}-{i}", func)
+        for func in ("gate_then_fail", "block_then_fail")
+        for i in range(6)
+    ]
+    ids = [
+        await svc.queue.enqueue_async(ref(func), [key], max_retries=3, retry_delay=0)
+        for key, func in cases
+    ]
+    worker = make_worker(svc, concurrency=16)
+    await worker.start_async()
+    try:
+
+        async def cancel_when_started(task_id: str, key: str) -> None:
+            await wait_until(lambda: _true(worker_tasks.has_started(key)), f"{key} to start")
+            assert await svc.queue.cancel_async(task_id)
+            worker_tasks.release(key)
+
+        await asyncio.gather(
+            *(
+                cancel_when_started(task_id, key)
+                for task_id, (key, _) in zip(ids, cases, strict=True)
+            )
+        )
+
+        async def all_cancelled() -> bool:
+            return all([await status_of(svc, task_id) is TaskStatus.CANCELLED for task_id in ids])
+
+        await wait_until(all_cancelled, "every task to end cancelled")
+    finally:
+        await worker.stop_async(grace_period=5)
+    for task_id in ids:
+        task = await must_task(svc, task_id)
+        assert (task.attempts, task.retry_count) == (1, 0), task_id  # ran once, not retried
+
+
 async def test_dependency_chain_runs_in_order(svc: Services, tmp_path: Path) -> None:
     log = tmp_path / "order"
     a = svc.queue.build_task(ref("record"), [str(log), "a"])
