@@ -102,13 +102,15 @@ class LeaseStatements:
         leases: Sequence[tuple[str, str | None]],
         values: Mapping[str, Any],
         starts: Sequence[tuple[str, str | None, datetime]] = (),
+        where: sa.ColumnElement[bool] | None = None,
     ) -> set[str]:
         """Update running tasks still held under ``(task_id, lease_token)``; return their ids.
 
-        One statement for the whole batch; pairs whose lease was lost are skipped.
-        ``starts`` (as for :meth:`mark_started`) of tasks in ``leases`` are
-        written by the same statement (one row version per task, not two);
-        any others with :meth:`mark_started`.
+        One statement for the whole batch; pairs whose lease was lost (or that
+        do not match ``where``) are skipped. ``starts`` (as for
+        :meth:`mark_started`) of tasks in ``leases`` are written by the same
+        statement (one row version per task, not two); any others with
+        :meth:`mark_started`.
         """
         leased = set(leases)
         started: dict[tuple[str, str | None], datetime] = {}
@@ -126,6 +128,8 @@ class LeaseStatements:
         else:
             held, params = self._held(leases)
             stmt = sa.update(t).where(held).values(**status_values(values)).returning(t.c.id)
+        if where is not None:
+            stmt = stmt.where(where)
         with translate_errors("update tasks"):
             return set((conn.execute(stmt, params)).scalars().all())
 

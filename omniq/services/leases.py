@@ -184,20 +184,15 @@ class Leases(Claims):
                 if not (retry and task.retry_count < task.max_retries)
             ]
             failed = self._fail_final(conn, final, now, worker_id) if final else set()
-            statuses = [
-                (TaskStatus.FAILED if task.id in failed else None)
-                if not (retry and task.retry_count < task.max_retries)
-                else self._fail(
-                    conn,
-                    task,
-                    info,
-                    now=now,
-                    retry=retry,
-                    delay=delay,
-                    worker_id=worker_id,
-                    execution_time=elapsed,
-                )
+            retries = [
+                (task, info, elapsed, delay)
                 for task, info, retry, elapsed, delay in prepared
+                if retry and task.retry_count < task.max_retries
+            ]
+            retried = self._retry(conn, retries, now, worker_id) if retries else {}
+            statuses = [
+                retried.get(task.id, TaskStatus.FAILED if task.id in failed else None)
+                for task, *_ in prepared
             ]
             self._record_attempts(
                 conn,
@@ -255,6 +250,71 @@ class Leases(Claims):
             )
         return held
 
+    def _retry(
+        self,
+        conn: sa.Connection,
+        retries: Sequence[tuple[Task, ErrorInfo, float | None, timedelta]],
+        now: datetime,
+        worker_id: str | None,
+    ) -> dict[str, TaskStatus | None]:
+        """Send failed attempts back to pending for their retry, all in one statement.
+
+        A task whose cancel was requested while it ran is cancelled instead;
+        one whose lease was lost is left alone (None).
+        """
+        run_type = t.c.run_at.type
+        held = self.storage.tasks.finish_leased(
+            conn,
+            [(task.id, task.lease_token) for task, *_ in retries],
+            {
+                "status": TaskStatus.PENDING,
+                "run_at": sa.case(
+                    {task.id: sa.literal(now + delay, run_type) for task, _, _, delay in retries},
+                    value=t.c.id,
+                ),
+                "retry_count": t.c.retry_count + 1,
+                "last_error": sa.case(
+                    {task.id: str(info) for task, info, _, _ in retries}, value=t.c.id
+                ),
+                "started_at": None,
+                **_NO_LEASE,
+            },
+            where=~t.c.cancel_requested,
+        )
+        self.storage.events.insert_rows(
+            conn,
+            [
+                _event(
+                    EventType.RETRY,
+                    task,
+                    timestamp=now,
+                    worker_id=worker_id or task.worker_id,
+                    error=str(info),
+                    retry_count=task.retry_count + 1,
+                    execution_time=elapsed,
+                    level=EventLevel.WARNING,
+                    data={
+                        "delay": delay.total_seconds(),
+                        "attempt": task.attempts,
+                        **info.as_event_data(),
+                    },
+                )
+                for task, info, elapsed, delay in retries
+                if task.id in held
+            ],
+        )
+        statuses: dict[str, TaskStatus | None] = {}
+        for task, info, _, _ in retries:
+            if task.id in held:
+                statuses[task.id] = TaskStatus.PENDING
+                continue
+            # Not retried: the lease was lost, or a cancel was requested while it ran.
+            reason = f"cancelled by request (the attempt failed: {info})"
+            worker = worker_id or task.worker_id
+            cancelled = self._cancel_if_requested(conn, task, now, worker, reason)
+            statuses[task.id] = TaskStatus.CANCELLED if cancelled else None
+        return statuses
+
     def _record_attempts(
         self,
         conn: sa.Connection,
@@ -301,48 +361,7 @@ class Leases(Claims):
         worker = worker_id or task.worker_id
         tasks = self.storage.tasks
         if retry and task.retry_count < task.max_retries:
-            updated = tasks.transition(
-                conn,
-                task.id,
-                expected=_RUNNING,
-                lease_token=task.lease_token,
-                values={
-                    "status": TaskStatus.PENDING,
-                    "run_at": now + delay,
-                    "retry_count": task.retry_count + 1,
-                    "last_error": str(info),
-                    "started_at": None,
-                    **_NO_LEASE,
-                },
-                where=~t.c.cancel_requested,
-            )
-            if updated is not None:
-                self.storage.events.insert_rows(
-                    conn,
-                    [
-                        _event(
-                            EventType.RETRY,
-                            task,
-                            timestamp=now,
-                            worker_id=worker,
-                            error=str(info),
-                            retry_count=task.retry_count + 1,
-                            execution_time=execution_time,
-                            level=EventLevel.WARNING,
-                            data={
-                                "delay": delay.total_seconds(),
-                                "attempt": updated.attempts,
-                                **info.as_event_data(),
-                            },
-                        )
-                    ],
-                )
-                return TaskStatus.PENDING
-            # Not retried: the lease was lost, or a cancel was requested while it ran.
-            reason = f"cancelled by request (the attempt failed: {info})"
-            if not self._cancel_if_requested(conn, task, now, worker, reason):
-                return None
-            return TaskStatus.CANCELLED
+            return self._retry(conn, [(task, info, execution_time, delay)], now, worker_id)[task.id]
         updated = tasks.transition(
             conn,
             task.id,
