@@ -202,7 +202,7 @@ class AsyncOmniQ(ScheduleMethods, FlowMethods, WorkflowMethods):
             services is not None
             and self._worker is None
             and is_portal_loop(services.storage.loop)
-            and asyncio.get_running_loop() is not services.storage.loop
+            and _running_loop() not in (None, services.storage.loop)
         ):
             # A blocking call from a thread opened this app on the sync portal's
             # loop before the app's own loop did; a connection belongs to the loop
@@ -576,10 +576,18 @@ class AsyncOmniQ(ScheduleMethods, FlowMethods, WorkflowMethods):
         await run_inline(self.services, worker, task_ids)
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The running event loop (None: run inline without one, as the sync caller-tx path does)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 async def _close_on_own_loop(services: Services) -> None:
     """Close ``services`` on the loop that opened them (if it runs elsewhere)."""
     loop = services.storage.loop
-    if loop is not None and loop.is_running() and loop is not asyncio.get_running_loop():
+    if loop is not None and loop.is_running() and loop is not _running_loop():
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(services.close_async(), loop))
     else:
         await services.close_async()
