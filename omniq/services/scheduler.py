@@ -45,10 +45,12 @@ _ACTIVE = [ScheduleStatus.ACTIVE]
 
 def _database_error_behind(exc: BaseException) -> DatabaseError | None:
     """The OmniQ database error a driver error was raised while handling, if any."""
+    if not isinstance(exc, sa.exc.SQLAlchemyError):
+        return None
     seen: BaseException | None = exc.__context__
     while seen is not None and not isinstance(seen, DatabaseError):
         seen = seen.__context__
-    return seen if isinstance(exc, sa.exc.SQLAlchemyError) else None
+    return seen
 
 
 class Scheduler:

@@ -47,7 +47,7 @@ class WorkListener:
         self._check_every = check_every
         self._retry_min, self._retry_max = retry_min, retry_max
         self._engine: AsyncEngine | None = None
-        self._conn: AsyncConnection | None = None
+        self._listen_conn: AsyncConnection | None = None
         self._driver: Any = None
         self._lost = asyncio.Event()
         #: How many times a LISTEN was established.
@@ -102,8 +102,8 @@ class WorkListener:
     async def _connect(self) -> None:
         if self._engine is None:
             self._engine = create_async_engine(self._url, poolclass=sa.pool.NullPool)
-        self._conn = await self._engine.connect()
-        driver: Any = (await self._conn.get_raw_connection()).driver_connection
+        self._listen_conn = await self._engine.connect()
+        driver: Any = (await self._listen_conn.get_raw_connection()).driver_connection
         self._driver = driver
         driver.add_termination_listener(self._terminated)
         await driver.add_listener(WORK_CHANNEL, self._notified)
@@ -111,7 +111,7 @@ class WorkListener:
 
     async def _drop(self) -> None:
         """Forget the current connection (closing it if it still can be)."""
-        conn, self._conn, self._driver = self._conn, None, None
+        conn, self._listen_conn, self._driver = self._listen_conn, None, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()
