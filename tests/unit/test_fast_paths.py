@@ -310,3 +310,51 @@ def test_a_partial_row_read_back_gets_the_records_defaults() -> None:
     task = read_back(values)
     assert task.lease_token is None and task.worker_id is None
     assert task == attrs.evolve(SAMPLES[1], lease_token=None, worker_id=None)
+
+
+def test_rows_bound_by_position_store_what_named_binding_stores() -> None:
+    """SQLite's many-row path binds each row by position: every column gets its own
+    value whatever the order of the row's keys, columns NULL in every row are left
+    out (their default applies), and an upsert's later row replaces the earlier."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import sqlite
+
+    from omniq.db.driver_rows import DriverRows
+
+    meta = sa.MetaData()
+    table = sa.Table(
+        "t",
+        meta,
+        sa.Column("id", sa.String, primary_key=True),
+        sa.Column("z", sa.Integer, nullable=True),
+        sa.Column("a", sa.String, nullable=False),
+        sa.Column("doc", sa.JSON, nullable=True),
+        sa.Column("n", sa.Integer, nullable=True),
+    )
+    ins = sqlite.insert(table)
+    upsert = ins.on_conflict_do_update(
+        index_elements=[table.c.id], set_={"a": ins.excluded.a, "z": ins.excluded.z}
+    )
+    columns = [(c.key, c.type) for c in table.c]
+    engine = sa.create_engine("sqlite://")
+    meta.create_all(engine)
+    with engine.begin() as conn:
+        DriverRows(table.insert(), columns).execute(
+            conn,
+            [
+                {"n": None, "doc": {"k": [1]}, "a": "x", "z": 7, "id": "1"},
+                {"id": "2", "a": "y", "z": None, "doc": None, "n": None},
+            ],
+        )
+        DriverRows(upsert, columns).execute(
+            conn,
+            [
+                {"id": "2", "z": 5, "a": "first", "doc": None, "n": None},
+                {"a": "second", "id": "2", "n": None, "doc": None, "z": 6},
+            ],
+        )
+        stored = conn.execute(sa.select(table).order_by(table.c.id)).all()
+    assert [tuple(row) for row in stored] == [
+        ("1", 7, "x", {"k": [1]}, None),
+        ("2", 6, "second", None, None),
+    ]
