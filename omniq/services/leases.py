@@ -84,7 +84,6 @@ class Leases(Claims):
             prepared.append((task, row, elapsed))
 
         def body(conn: sa.Connection) -> list[str]:
-            self.storage.events.insert_rows(conn, events)
             # The starts of these tasks are written by the same UPDATE.
             held = self.storage.tasks.finish_leased(
                 conn,
@@ -93,12 +92,16 @@ class Leases(Claims):
                 starts,
             )
             done = _completed_ids(prepared, held)
+            # The buffered events first, then the completions', in one statement.
             self.storage.events.insert_rows(
                 conn,
                 [
-                    _completed_event(task, now, worker_id, elapsed)
-                    for task, _, elapsed in prepared
-                    if task.id in held
+                    *events,
+                    *(
+                        _completed_event(task, now, worker_id, elapsed)
+                        for task, _, elapsed in prepared
+                        if task.id in held
+                    ),
                 ],
             )
             results_repo.upsert_rows(
