@@ -3,8 +3,9 @@
 Each concept lives in its own module (imports flow downward):
 :mod:`~omniq.services.building` (building tasks) ->
 :mod:`~omniq.services.sweeps` -> :mod:`~omniq.services.enqueue` ->
-:mod:`~omniq.services.claims` -> :mod:`~omniq.services.leases` (start,
-outcomes, heartbeat and recovery of claimed tasks) ->
+:mod:`~omniq.services.claims` -> :mod:`~omniq.services.failures` (failed
+attempts: retry, fail, cancel on request) -> :mod:`~omniq.services.leases`
+(completion, release, heartbeat and recovery of claimed tasks) ->
 :mod:`~omniq.services.admin` -> :mod:`~omniq.services.queries` ->
 :mod:`~omniq.services.schedules` (schedule CRUD). Every state change is one
 short write transaction that also writes its event (DESIGN.md §2.1);
