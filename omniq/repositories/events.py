@@ -32,6 +32,18 @@ _EVENT_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: The key marking an event row whose earlier write may have landed (see :func:`maybe_written`).
+_MAYBE_WRITTEN = "omniq_maybe_written"
+
+
+def maybe_written(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` marked as possibly written already: a transaction that held it raised,
+    but its commit may have landed (a connection lost before the reply). When it is
+    written again, it is left out if a row of the same task, type, time and worker is
+    stored (times are to the microsecond, so that is the same event)."""
+    return {**row, _MAYBE_WRITTEN: True}
+
+
 def event_row(kind: EventType, **fields: Any) -> dict[str, Any]:
     """A complete event row (every column but id), for the hot paths.
 
@@ -93,6 +105,10 @@ class EventRepository:
         """Append pre-built event rows (the hot paths build rows directly)."""
         if not rows:
             return
+        if any(_MAYBE_WRITTEN in row for row in rows):
+            rows = self._not_stored(conn, rows)
+            if not rows:
+                return
         with translate_errors("log event"):
             if self._insert_rows is not None:
                 self._insert_rows.execute(conn, rows)
@@ -100,6 +116,29 @@ class EventRepository:
                 conn.execute(self._insert_batch, self._batch.params(rows))
             else:
                 conn.execute(self._insert, rows[0] if len(rows) == 1 else list(rows))
+
+    def _not_stored(
+        self, conn: Connection, rows: Sequence[Mapping[str, Any]]
+    ) -> list[Mapping[str, Any]]:
+        """``rows`` without the rows marked :func:`maybe_written` that are stored."""
+        unsure = [row for row in rows if _MAYBE_WRITTEN in row and row.get("task_id")]
+        stored: set[tuple[Any, ...]] = set()
+        if unsure:
+            stmt = sa.select(e.c.task_id, e.c.event_type, e.c.timestamp, e.c.worker_id).where(
+                e.c.task_id.in_({row["task_id"] for row in unsure}),
+                e.c.event_type.in_({row["event_type"] for row in unsure}),
+            )
+            with translate_errors("log event"):
+                stored = {tuple(found) for found in conn.execute(stmt)}
+        kept = []
+        for row in rows:
+            if _MAYBE_WRITTEN in row:
+                row = {k: v for k, v in row.items() if k != _MAYBE_WRITTEN}
+                key = (row["task_id"], row["event_type"], row["timestamp"], row["worker_id"])
+                if key in stored:
+                    continue
+            kept.append(row)
+        return kept
 
     def query(
         self,

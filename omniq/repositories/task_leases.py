@@ -3,9 +3,9 @@ lease, renew leases (a part of :class:`~omniq.repositories.tasks.TaskRepository`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -15,7 +15,17 @@ from omniq.db.schema import tasks as t
 from omniq.models import TaskStatus
 from omniq.repositories._base import translate_errors
 
-__all__ = ["LeaseStatements", "status_values"]
+__all__ = ["LeaseStatements", "OutcomeMark", "status_values"]
+
+
+class OutcomeMark(NamedTuple):
+    """What an outcome leaves on a task row (see :meth:`LeaseStatements.outcome_marks`)."""
+
+    status: TaskStatus
+    worker_id: str | None
+    attempts: int
+    retry_count: int
+    lost_count: int
 
 
 def status_values(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,10 +96,12 @@ class LeaseStatements:
             return 0
         with translate_errors("mark tasks started"):
             if self._mark_started_batch is not None and len(starts) > 1:
-                # A task listed twice is marked once, by its first start.
-                first: dict[str, tuple[str, str | None, datetime]] = {}
+                # A lease listed twice is marked once, by its first start. Another
+                # lease of the same task (an earlier attempt's start, put back after
+                # a write that raised) is kept too: only the held one can match.
+                first: dict[tuple[str, str | None], tuple[str, str | None, datetime]] = {}
                 for start in starts:
-                    first.setdefault(start[0], start)
+                    first.setdefault((start[0], start[1]), start)
                 params = self._starts.params(list(first.values()))
                 return int(conn.execute(self._mark_started_batch, params).rowcount)
             ((task_id, token, at),) = starts
@@ -177,6 +189,27 @@ class LeaseStatements:
             self._running_in_batch,
         )
         return cond, self._leases.params(leases)
+
+    def outcome_marks(self, conn: Connection, ids: Collection[str]) -> dict[str, OutcomeMark]:
+        """What an outcome leaves on each task of ``ids``: status, last worker, attempts
+        started, retries and crash recoveries. A retried write compares them with what its earlier
+        try would have left, to learn whether that try's commit landed (the caller
+        saw an error, say a connection lost before the reply)."""
+        if not ids:
+            return {}
+        stmt = sa.select(
+            t.c.id, t.c.status, t.c.worker_id, t.c.attempts, t.c.retry_count, t.c.lost_count
+        ).where(t.c.id.in_(list(ids)))
+        with translate_errors("get task"):
+            rows = conn.execute(stmt).all()
+        statuses = {status.value: status for status in TaskStatus}
+        return {
+            row.id: OutcomeMark(
+                statuses[row.status], row.worker_id, row.attempts, row.retry_count, row.lost_count
+            )
+            for row in rows
+            if row.status in statuses
+        }
 
     def renew_leases(
         self, conn: Connection, leases: Mapping[str, str], until: datetime

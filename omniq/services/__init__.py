@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omniq.models import Settings
-from omniq.repositories.events import event_row
+from omniq.repositories.events import event_row, maybe_written
 from omniq.services._storage import Storage
 from omniq.services.events import EventStorage
 from omniq.services.queue import ErrorInfo, TaskQueue
@@ -27,6 +27,7 @@ __all__ = [
     "WorkerRegistry",
     "WorkflowService",
     "event_row",
+    "maybe_written",
 ]
 
 

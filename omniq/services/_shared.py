@@ -21,6 +21,7 @@ from omniq.models import (
     TaskStatus,
 )
 from omniq.repositories.events import event_row
+from omniq.repositories.task_leases import OutcomeMark
 
 #: (task_id, queue_name, schedule_id, attempts) of a row a transaction touched.
 log = logging.getLogger("omniq.queue")
@@ -78,6 +79,25 @@ def _completed_ids(
     if lost:
         log.warning("lease lost, completion discarded for task(s) %s", ", ".join(lost))
     return [task.id for task, _, _ in prepared if task.id in held]
+
+
+def _landed(task: Task, worker_id: str | None, status: TaskStatus, mark: OutcomeMark) -> bool:
+    """Whether ``mark`` (its row now) shows that this attempt of ``task`` wrote its
+    outcome ``status`` before: a retried write learns that its earlier try landed
+    though the caller saw an error. No crash recovery came between (``lost_count``);
+    a final outcome leaves the row as this attempt's, a retry leaves one more retry
+    (the task may have been claimed and run again since)."""
+    if mark.lost_count != task.lost_count:
+        return False
+    if status is TaskStatus.PENDING:
+        return mark.retry_count == task.retry_count + 1 and mark.attempts >= task.attempts
+    return mark == (
+        status,
+        worker_id or task.worker_id,
+        task.attempts,
+        task.retry_count,
+        task.lost_count,
+    )
 
 
 def _dequeued_events(

@@ -24,11 +24,16 @@ from omniq.services._shared import (
     ErrorInfo,
     _event,
     _finish_values,
+    _landed,
 )
 from omniq.services.claims import Claims, Start
 from omniq.services.dependencies import finalize
 
 __all__ = ["Failures"]
+
+#: The outcomes a failed attempt's write leaves: retried (or cancelled on request), failed.
+_RETRIED = (TaskStatus.PENDING, TaskStatus.CANCELLED)
+_FAILED = (TaskStatus.FAILED,)
 
 
 class Failures(Claims):
@@ -113,11 +118,43 @@ class Failures(Claims):
                 now,
                 worker_id,
             )
-            return statuses
+            return self._landed_before(conn, prepared, statuses, worker_id)
 
         statuses = await self.storage.write(body, what="fail tasks")
         self.storage.notifier.notify()
         return statuses
+
+    def _landed_before(
+        self,
+        conn: sa.Connection,
+        prepared: Sequence[tuple[Task, ErrorInfo, bool, float | None, timedelta]],
+        statuses: list[TaskStatus | None],
+        worker_id: str | None,
+    ) -> list[TaskStatus | None]:
+        """``statuses`` with each lost lease (None) replaced by the outcome this very
+        attempt wrote before, if a retried write finds it (its earlier commit landed
+        though the caller saw an error): failed, back to pending for its retry, or
+        cancelled (a cancel requested while it ran); nothing is written again."""
+        marks = self.storage.tasks.outcome_marks(
+            conn,
+            [
+                task.id
+                for (task, *_), status in zip(prepared, statuses, strict=True)
+                if status is None
+            ],
+        )
+        if not marks:
+            return statuses
+        landed = list(statuses)
+        for i, (task, _, retry, _, _) in enumerate(prepared):
+            mark = marks.get(task.id)
+            if landed[i] is not None or mark is None:
+                continue
+            retried = retry and task.retry_count < task.max_retries
+            for status in _RETRIED if retried else _FAILED:
+                if _landed(task, worker_id, status, mark):
+                    landed[i] = status
+        return landed
 
     def _fail_final(
         self,

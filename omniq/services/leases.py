@@ -24,6 +24,7 @@ from omniq.services._shared import (
     _completed_ids,
     _event,
     _finish_values,
+    _landed,
 )
 from omniq.services.claims import Start
 from omniq.services.dependencies import finalize, release_dependents
@@ -89,7 +90,18 @@ class Leases(Failures):
                 _finish_values(TaskStatus.COMPLETED, now),
                 starts,
             )
-            done = _completed_ids(prepared, held)
+            # A retried write whose earlier commit landed (the caller saw an error)
+            # finds these tasks completed by this very attempt: done, nothing to write.
+            marks = self.storage.tasks.outcome_marks(
+                conn, [task.id for task, _, _ in prepared if task.id not in held]
+            )
+            landed = {
+                task.id
+                for task, _, _ in prepared
+                if task.id in marks
+                and _landed(task, worker_id, TaskStatus.COMPLETED, marks[task.id])
+            }
+            done = _completed_ids(prepared, held | landed)
             # The buffered events first, then the completions', in one statement.
             self.storage.events.insert_rows(
                 conn,
@@ -110,8 +122,8 @@ class Leases(Failures):
                     if row is not None and task.store_result and task.id in held
                 ],
             )
-            if done:
-                release_dependents(conn, self.storage, done, now)
+            if held:
+                release_dependents(conn, self.storage, [x for x in done if x in held], now)
                 members = [
                     (task, row["result"])
                     for task, row, _ in prepared

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 
@@ -28,7 +28,7 @@ from omniq.errors import (
 from omniq.group_commit import GroupCommit
 from omniq.models import EventLevel, EventType, Task, TaskStatus
 from omniq.models.task import task_started
-from omniq.services import event_row
+from omniq.services import event_row, maybe_written
 from omniq.services._storage import Storage
 from omniq.services.queue import ErrorInfo, Start, TaskQueue
 from omniq.worker import logs
@@ -44,7 +44,7 @@ log = logging.getLogger("omniq.worker")
 T = TypeVar("T")
 
 
-@attrs.define
+@attrs.define(eq=False)  # identity: an attempt, kept in sets
 class _Running:
     task: Task
     handle: asyncio.Task[None] | None = None
@@ -119,6 +119,9 @@ class OutcomeWriting:
             await self._run_callback(task, result)
 
     async def _flush_completions(self, items: list[tuple[Task, Any, float]]) -> list[bool]:
+        return await _in_rounds(items, self._flush_completion_round)
+
+    async def _flush_completion_round(self, items: list[tuple[Task, Any, float]]) -> list[bool]:
         events, starts = self._take_buffered()
         try:
             done = await self._in_turn(
@@ -136,6 +139,11 @@ class OutcomeWriting:
         return [task.id in held for task, _, _ in items]
 
     async def _flush_failures(
+        self, items: list[tuple[Task, ErrorInfo, bool, float]]
+    ) -> list[TaskStatus | None]:
+        return await _in_rounds(items, self._flush_failure_round)
+
+    async def _flush_failure_round(
         self, items: list[tuple[Task, ErrorInfo, bool, float]]
     ) -> list[TaskStatus | None]:
         events, starts = self._take_buffered()
@@ -227,6 +235,7 @@ class OutcomeWriting:
         """
         delay = 0.05
         reported = False
+        last_try = False
         while True:
             try:
                 return await write()
@@ -237,7 +246,11 @@ class OutcomeWriting:
                     log.error("task %s: outcome not written: %s", entry.task.id, exc)
                     await self._report_error(f"writing the outcome of task {entry.task.id}", exc)
                     return None
-                if entry.lost or self._abandon_writes:
+                if entry.lost and not last_try and not self._abandon_writes:
+                    # The lease looks gone, maybe because the failed try's commit
+                    # landed after all: one more try learns which (it is fenced).
+                    last_try = True
+                elif entry.lost or self._abandon_writes:
                     log.error(
                         "task %s: outcome not written (%s); left to lease recovery",
                         entry.task.id,
@@ -289,6 +302,34 @@ class OutcomeWriting:
         if task_id in self._outcome:
             self._outcome[task_id] = status
 
+    def _mark_start(self, entry: _Running) -> None:
+        """The task's function starts now: buffer its start mark and ``executing`` event.
+
+        Safe from a pool thread (deques); the record in ``entry`` is replaced
+        by the started one (started_at, attempts + 1).
+        """
+        task = entry.task
+        if task.started_at is None:
+            now = self.storage.now()  # the clock outcomes are stamped with
+            task = entry.task = task_started(task, now)
+            self._starts.append((task.id, task.lease_token, now))
+        if entry.trace is not None:  # tracing: the attempt's span starts with the function
+            entry.trace.start(task, current=not entry.pooled)
+        self._started_events.append(self._executing_event(task))
+        if self.metrics is not None:
+            self.metrics.attempt_started(task, self.storage.now())
+
+    def _executing_event(self, task: Task) -> dict[str, Any]:
+        return event_row(
+            EventType.EXECUTING,
+            task_id=task.id,
+            queue_name=task.queue_name,
+            schedule_id=task.schedule_id,
+            worker_id=self.worker_id,
+            retry_count=task.retry_count,
+            data={"attempt": task.attempts},
+        )
+
     def _take_events(self) -> list[dict[str, Any]]:
         """The buffered events (``executing``), to write with the next transaction."""
         events, self._pending_events = self._pending_events, []
@@ -305,8 +346,13 @@ class OutcomeWriting:
         return self._take_events(), starts
 
     def _restore(self, events: list[dict[str, Any]], starts: list[Start]) -> None:
-        """Put back what a failed transaction took (it is written with the next one)."""
-        self._pending_events[:0] = events
+        """Put back what a failed transaction took (it is written with the next one).
+
+        Its commit may have landed all the same (a connection lost before the
+        reply): the events are marked so that they are not written twice; a
+        start is marked once whatever happens.
+        """
+        self._pending_events[:0] = [maybe_written(row) for row in events]
         self._starts.extendleft(reversed(starts))
 
     async def _guard(self, awaitable: Any) -> Any:
@@ -361,6 +407,40 @@ def _error_info(exc: BaseException) -> ErrorInfo:
     if isinstance(exc, RemoteError):
         return ErrorInfo(type=exc.type_name, message=str(exc), traceback=exc.remote_traceback)
     return ErrorInfo.from_exception(exc)
+
+
+_Item = TypeVar("_Item", bound=tuple[Any, ...])
+
+
+async def _in_rounds(
+    items: list[_Item], flush: Callable[[list[_Item]], Awaitable[list[T]]]
+) -> list[T]:
+    """``flush`` the outcomes ``items`` (each led by its Task), in order; a task listed
+    twice goes in a later round (a transaction of its own).
+
+    That happens when an attempt's write is retried (it raised, and may have landed)
+    while a later attempt of the same task finishes: the services match a batch's
+    rows by task id, so each transaction holds one outcome per task.
+    """
+    rounds: list[list[int]] = []
+    seen: list[set[str]] = []
+    for i, item in enumerate(items):
+        task_id = item[0].id
+        for round_, ids in zip(rounds, seen, strict=True):
+            if task_id not in ids:
+                ids.add(task_id)
+                round_.append(i)
+                break
+        else:
+            rounds.append([i])
+            seen.append({task_id})
+    if len(rounds) == 1:
+        return await flush(items)
+    results: list[T | None] = [None] * len(items)
+    for round_ in rounds:
+        for i, result in zip(round_, await flush([items[i] for i in round_]), strict=True):
+            results[i] = result
+    return cast(list[T], results)
 
 
 def _with_own_starts(starts: list[Start], tasks: Sequence[Task]) -> list[Start]:

@@ -34,10 +34,8 @@ from omniq.errors import (
     UnsafePayload,
 )
 from omniq.group_commit import GroupCommit
-from omniq.models import EventType, Task, TaskStatus
+from omniq.models import Task, TaskStatus
 from omniq.models.rules import check_worker_options
-from omniq.models.task import task_started
-from omniq.services import event_row
 from omniq.services.events import EventStorage
 from omniq.services.maintenance import Maintenance
 from omniq.services.queue import ErrorInfo, Start, TaskQueue
@@ -159,6 +157,9 @@ class Worker(Stopping):
             lease=timedelta(seconds=max(60.0, 3 * self.maintenance_interval)),
         )
         self._running: dict[str, _Running] = {}
+        #: Attempts whose outcome write is still being retried while a later attempt
+        #: of the same task runs (the earlier write landed though it raised).
+        self._superseded: set[_Running] = set()
         #: Tasks whose function is running (holding a slot); the others in
         #: ``_running`` only wait for their outcome's commit.
         self._executing = 0
@@ -336,7 +337,7 @@ class Worker(Stopping):
                     self._start_buffered()
                     idle = _MIN_POLL
                     continue
-                if burst and not self._running and not self._buffer:
+                if burst and not self._running and not self._buffer and not self._superseded:
                     if not busy:
                         return
                     continue
@@ -394,6 +395,9 @@ class Worker(Stopping):
         if pooled is None:
             pooled = self._sync_call(task)
         entry = _Running(task=task, pooled=pooled)
+        earlier = self._running.get(task.id)
+        if earlier is not None:
+            self._superseded.add(earlier)
         self._running[task.id] = entry
         self._take_slot(entry)
         entry.handle = self._loop.create_task(self._execute(entry))
@@ -431,34 +435,6 @@ class Worker(Stopping):
         finally:
             status = self._outcome.pop(task.id, None)
         return status
-
-    def _mark_start(self, entry: _Running) -> None:
-        """The task's function starts now: buffer its start mark and ``executing`` event.
-
-        Safe from a pool thread (deques); the record in ``entry`` is replaced
-        by the started one (started_at, attempts + 1).
-        """
-        task = entry.task
-        if task.started_at is None:
-            now = self.storage.now()  # the clock outcomes are stamped with
-            task = entry.task = task_started(task, now)
-            self._starts.append((task.id, task.lease_token, now))
-        if entry.trace is not None:  # tracing: the attempt's span starts with the function
-            entry.trace.start(task, current=not entry.pooled)
-        self._started_events.append(self._executing_event(task))
-        if self.metrics is not None:
-            self.metrics.attempt_started(task, self.storage.now())
-
-    def _executing_event(self, task: Task) -> dict[str, Any]:
-        return event_row(
-            EventType.EXECUTING,
-            task_id=task.id,
-            queue_name=task.queue_name,
-            schedule_id=task.schedule_id,
-            worker_id=self.worker_id,
-            retry_count=task.retry_count,
-            data={"attempt": task.attempts},
-        )
 
     async def _execute(self, entry: _Running) -> None:
         started = time.perf_counter()
@@ -528,7 +504,8 @@ class Worker(Stopping):
             # being written.
             if self._running.get(entry.task.id) is entry:
                 del self._running[entry.task.id]
-            if not self._running:
+            self._superseded.discard(entry)
+            if not self._running and not self._superseded:
                 self.storage.notifier.notify()  # burst mode ends on an empty worker
 
     def _take_slot(self, entry: _Running) -> None:

@@ -75,10 +75,109 @@ async def test_a_completion_whose_write_fails_is_retried_not_dropped(
         task = await svc.queue.get_task_async(task_id)
         assert task is not None and task.status is TaskStatus.COMPLETED
         assert task.retry_count == 0
+        # The events the failed writes carried were written once, with a later one.
+        executing = await svc.events.get_events_async(task_id=task_id, event_type="executing")
+        assert len(executing) == 1
     runs = [line[0] for line in worker_tasks.read_records(log)]
     assert sorted(runs) == sorted(f"t{i}" for i in range(20))  # each exactly once
     stats = worker.get_stats()
     assert (stats.completed, stats.failed, stats.retried, stats.lost) == (20, 0, 0, 0)
+
+
+async def test_a_completion_whose_commit_landed_but_raised_counts_as_completed(
+    svc: Services,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An ambiguous commit: the completion is written, then the caller sees an error
+    (a connection lost before the reply). The retried write finds the tasks completed
+    by this very attempt: they count as completed, not lost, and nothing is written
+    twice."""
+    log = tmp_path / "runs.log"
+    ids = [
+        await svc.queue.enqueue_async(ref("record_sync"), [str(log), f"t{i}"]) for i in range(20)
+    ]
+    real = svc.queue.complete_many_async
+    landed = [0]
+
+    async def lands_then_raises(*args: Any, **kwargs: Any) -> Any:
+        done = await real(*args, **kwargs)
+        if landed[0] < 2:
+            landed[0] += 1
+            raise DatabaseUnavailable("connection lost before the commit's reply")
+        return done
+
+    monkeypatch.setattr(svc.queue, "complete_many_async", lands_then_raises)
+    worker = make_worker(svc, concurrency=4)
+    with caplog.at_level("WARNING", logger="omniq.queue"):
+        await asyncio.wait_for(worker.run_until_complete_async(), timeout=60)
+    assert landed[0] == 2
+    assert "completion discarded" not in caplog.text
+    stats = worker.get_stats()
+    assert (stats.completed, stats.failed, stats.retried, stats.lost) == (20, 0, 0, 0)
+    runs = [line[0] for line in worker_tasks.read_records(log)]
+    assert sorted(runs) == sorted(f"t{i}" for i in range(20))  # each exactly once
+    for task_id in ids:
+        task = await svc.queue.get_task_async(task_id)
+        assert task is not None and task.status is TaskStatus.COMPLETED
+        assert task.attempts == 1
+        completed = await svc.events.get_events_async(task_id=task_id, event_type="completed")
+        assert len(completed) == 1
+        executing = await svc.events.get_events_async(task_id=task_id, event_type="executing")
+        assert len(executing) == 1
+        assert await svc.results.get_async(task_id) is not None
+
+
+@pytest.mark.parametrize("max_retries", [0, 1], ids=["fails", "retried-then-fails"])
+async def test_a_failure_whose_commit_landed_but_raised_counts_as_written(
+    svc: Services,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    max_retries: int,
+) -> None:
+    """An ambiguous commit of failed attempts (final, and retried): the retried write
+    finds the outcome this attempt wrote before and reports it; no attempt record,
+    event or retry is written twice."""
+    ids = [
+        await svc.queue.enqueue_async(
+            ref("always_fails"), [f"boom {i}"], max_retries=max_retries, retry_delay=0
+        )
+        for i in range(10)
+    ]
+    real = svc.queue.fail_many_async
+    landed = [0]
+
+    async def lands_then_raises(*args: Any, **kwargs: Any) -> Any:
+        statuses = await real(*args, **kwargs)
+        if landed[0] < 3:
+            landed[0] += 1
+            raise DatabaseUnavailable("connection lost before the commit's reply")
+        return statuses
+
+    monkeypatch.setattr(svc.queue, "fail_many_async", lands_then_raises)
+    worker = make_worker(svc, concurrency=4)
+    with caplog.at_level("WARNING", logger="omniq.queue"):
+        await asyncio.wait_for(worker.run_until_complete_async(), timeout=60)
+    assert landed[0] == 3
+    stats = worker.get_stats()
+    assert (stats.completed, stats.failed, stats.retried, stats.lost) == (
+        0,
+        10,
+        10 * max_retries,
+        0,
+    ), str(stats)
+    for task_id in ids:
+        task = await svc.queue.get_task_async(task_id)
+        assert task is not None and task.status is TaskStatus.FAILED
+        assert (task.attempts, task.retry_count) == (1 + max_retries, max_retries)
+        attempts = await svc.queue.get_attempts_async(task_id)
+        assert [x.attempt for x in attempts] == list(range(1, 2 + max_retries))
+        events = await svc.events.get_events_async(task_id=task_id)
+        kinds = sorted(e.event_type.value for e in events)
+        assert kinds.count("failed") == 1
+        assert kinds.count("retry") == max_retries
+        assert kinds.count("executing") == 1 + max_retries
 
 
 async def test_a_failure_whose_write_fails_is_retried_too(
