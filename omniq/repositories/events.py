@@ -120,13 +120,14 @@ class EventRepository:
     def _not_stored(
         self, conn: Connection, rows: Sequence[Mapping[str, Any]]
     ) -> list[Mapping[str, Any]]:
-        """``rows`` without the rows marked :func:`maybe_written` that are stored."""
+        """``rows`` without the rows marked :func:`maybe_written` that are stored (a
+        marked row about no task, a worker's own event, is written again)."""
         unsure = [row for row in rows if _MAYBE_WRITTEN in row and row.get("task_id")]
         stored: set[tuple[Any, ...]] = set()
         if unsure:
             stmt = sa.select(e.c.task_id, e.c.event_type, e.c.timestamp, e.c.worker_id).where(
-                e.c.task_id.in_({row["task_id"] for row in unsure}),
-                e.c.event_type.in_({row["event_type"] for row in unsure}),
+                e.c.task_id.in_(sorted({row["task_id"] for row in unsure})),
+                e.c.event_type.in_(sorted({row["event_type"] for row in unsure})),
             )
             with translate_errors("log event"):
                 stored = {tuple(found) for found in conn.execute(stmt)}

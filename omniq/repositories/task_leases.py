@@ -191,10 +191,11 @@ class LeaseStatements:
         return cond, self._leases.params(leases)
 
     def outcome_marks(self, conn: Connection, ids: Collection[str]) -> dict[str, OutcomeMark]:
-        """What an outcome leaves on each task of ``ids``: status, last worker, attempts
-        started, retries and crash recoveries. A retried write compares them with what its earlier
-        try would have left, to learn whether that try's commit landed (the caller
-        saw an error, say a connection lost before the reply)."""
+        """What an outcome leaves on each task of ``ids``: status, last worker,
+        attempts started, retries and crash recoveries. A retried write compares
+        them with what its earlier try would have left, to learn whether that
+        try's commit landed (the caller saw an error, say a connection lost
+        before the reply)."""
         if not ids:
             return {}
         stmt = sa.select(
