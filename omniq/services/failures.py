@@ -8,7 +8,7 @@ token, in one transaction with its events and the attempt's error record.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -72,11 +72,15 @@ class Failures(Claims):
         worker_id: str | None = None,
         events: Sequence[Mapping[str, Any]] = (),
         starts: Sequence[Start] = (),
+        rewrites: Collection[tuple[str, str | None]] = (),
     ) -> list[TaskStatus | None]:
         """Record several failed attempts in one transaction (see :meth:`fail_async`).
 
         ``failures`` holds ``(task, error, retry, execution_time)``; returns each
-        task's new status (None: lease lost), in order.
+        task's new status (None: lease lost), in order. ``rewrites`` names leases
+        ``(task_id, lease_token)`` whose failure was written before and raised:
+        an outcome that earlier try left (its commit landed) is returned as
+        written, and nothing is written again.
         """
         now = self.storage.now()
         prepared = [
@@ -118,7 +122,7 @@ class Failures(Claims):
                 now,
                 worker_id,
             )
-            return self._landed_before(conn, prepared, statuses, worker_id)
+            return self._landed_before(conn, prepared, statuses, worker_id, rewrites)
 
         statuses = await self.storage.write(body, what="fail tasks")
         self.storage.notifier.notify()
@@ -130,6 +134,7 @@ class Failures(Claims):
         prepared: Sequence[tuple[Task, ErrorInfo, bool, float | None, timedelta]],
         statuses: list[TaskStatus | None],
         worker_id: str | None,
+        rewrites: Collection[tuple[str, str | None]],
     ) -> list[TaskStatus | None]:
         """``statuses`` with each lost lease (None) replaced by the outcome this very
         attempt wrote before, if a retried write finds it (its earlier commit landed
@@ -140,7 +145,7 @@ class Failures(Claims):
             [
                 task.id
                 for (task, *_), status in zip(prepared, statuses, strict=True)
-                if status is None
+                if status is None and (task.id, task.lease_token) in rewrites
             ],
         )
         if not marks:

@@ -7,7 +7,7 @@ changes nothing). Each is one transaction with its events.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -60,8 +60,14 @@ class Leases(Failures):
         worker_id: str | None = None,
         events: Sequence[Mapping[str, Any]] = (),
         starts: Sequence[Start] = (),
+        rewrites: Collection[tuple[str, str | None]] = (),
     ) -> list[str]:
         """Complete several running tasks in one transaction; return the ids completed.
+
+        ``rewrites`` names leases ``(task_id, lease_token)`` whose completion
+        was written before and raised: a task completed by that very attempt
+        (the earlier commit landed) counts as completed, nothing is written again.
+        Otherwise completing a task twice is a lost lease.
 
         ``events`` (rows from :func:`omniq.repositories.events.event_row`) and
         ``starts`` (see :meth:`mark_started_async`) are written first in the
@@ -93,7 +99,12 @@ class Leases(Failures):
             # A retried write whose earlier commit landed (the caller saw an error)
             # finds these tasks completed by this very attempt: done, nothing to write.
             marks = self.storage.tasks.outcome_marks(
-                conn, [task.id for task, _, _ in prepared if task.id not in held]
+                conn,
+                [
+                    task.id
+                    for task, _, _ in prepared
+                    if task.id not in held and (task.id, task.lease_token) in rewrites
+                ],
             )
             landed = {
                 task.id

@@ -83,6 +83,7 @@ class OutcomeWriting:
     _counts: dict[str, int]
     _outcome: dict[str, TaskStatus | None]
     _pending_events: list[dict[str, Any]]
+    _rewrites: set[tuple[str, str | None]]
     _started_events: collections.deque[dict[str, Any]]
     _starts: collections.deque[Start]
     _abandon_writes: bool
@@ -128,6 +129,7 @@ class OutcomeWriting:
                 self.queue.complete_many_async(
                     items,
                     worker_id=self.worker_id,
+                    rewrites=self._rewrites_of([task for task, _, _ in items]),
                     events=events,
                     starts=_with_own_starts(starts, [task for task, _, _ in items]),
                 )
@@ -152,6 +154,7 @@ class OutcomeWriting:
                 self.queue.fail_many_async(
                     items,
                     worker_id=self.worker_id,
+                    rewrites=self._rewrites_of([task for task, *_ in items]),
                     events=events,
                     starts=_with_own_starts(starts, [task for task, *_ in items]),
                 )
@@ -236,34 +239,51 @@ class OutcomeWriting:
         delay = 0.05
         reported = False
         last_try = False
-        while True:
-            try:
-                return await write()
-            except (SerializationError, ValidationError):
-                raise
-            except Exception as exc:
-                if not isinstance(exc, DatabaseError | OSError):
-                    log.error("task %s: outcome not written: %s", entry.task.id, exc)
-                    await self._report_error(f"writing the outcome of task {entry.task.id}", exc)
-                    return None
-                if entry.lost and not last_try and not self._abandon_writes:
-                    # The lease looks gone, maybe because the failed try's commit
-                    # landed after all: one more try learns which (it is fenced).
-                    last_try = True
-                elif entry.lost or self._abandon_writes:
-                    log.error(
-                        "task %s: outcome not written (%s); left to lease recovery",
-                        entry.task.id,
-                        exc,
-                    )
-                    return None
-                if not reported:
+        lease = (entry.task.id, entry.task.lease_token)
+        try:
+            while True:
+                try:
+                    return await write()
+                except (SerializationError, ValidationError):
+                    raise
+                except Exception as exc:
+                    # Its next try may find what this one wrote (a commit that landed).
+                    self._rewrites.add(lease)
+                    if not await self._after_write_error(entry, exc, reported, last_try):
+                        return None
+                    last_try = last_try or entry.lost
                     reported = True
-                    await self._report_error(
-                        f"writing the outcome of task {entry.task.id} failed; retrying", exc
-                    )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        finally:
+            self._rewrites.discard(lease)
+
+    def _rewrites_of(self, tasks: Sequence[Task]) -> set[tuple[str, str | None]]:
+        """The leases among ``tasks`` whose outcome write is a retry."""
+        if not self._rewrites:
+            return set()
+        return {(t.id, t.lease_token) for t in tasks} & self._rewrites
+
+    async def _after_write_error(
+        self, entry: _Running, exc: Exception, reported: bool, last_try: bool
+    ) -> bool:
+        """Whether to try an outcome write again after ``exc`` (reported once)."""
+        if not isinstance(exc, DatabaseError | OSError):
+            log.error("task %s: outcome not written: %s", entry.task.id, exc)
+            await self._report_error(f"writing the outcome of task {entry.task.id}", exc)
+            return False
+        # The lease looks gone, maybe because the failed try's commit landed after
+        # all: one more try (fenced) learns which.
+        if (entry.lost and last_try) or self._abandon_writes:
+            log.error(
+                "task %s: outcome not written (%s); left to lease recovery", entry.task.id, exc
+            )
+            return False
+        if not reported:
+            await self._report_error(
+                f"writing the outcome of task {entry.task.id} failed; retrying", exc
+            )
+        return True
 
     async def _mark_started_durably(self, entry: _Running) -> bool:
         """Commit the task's start under its lease; False if it did not land (do not run)."""

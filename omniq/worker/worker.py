@@ -169,6 +169,8 @@ class Worker(Stopping):
         self._claim_batch = 1
         self._buffer: list[Task] = []
         self._pending_events: list[dict[str, Any]] = []
+        #: Leases (task id, token) whose outcome write raised and is being retried.
+        self._rewrites: set[tuple[str, str | None]] = set()
         #: ``executing`` events of pool calls, appended by the threads that start them.
         self._started_events: collections.deque[dict[str, Any]] = collections.deque()
         #: Tasks whose function started, to be marked in the next transaction
