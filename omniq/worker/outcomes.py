@@ -442,6 +442,8 @@ async def _in_rounds(
     while a later attempt of the same task finishes: the services match a batch's
     rows by task id, so each transaction holds one outcome per task.
     """
+    if len({item[0].id for item in items}) == len(items):
+        return await flush(items)
     rounds: list[list[int]] = []
     seen: list[set[str]] = []
     for i, item in enumerate(items):
@@ -454,8 +456,6 @@ async def _in_rounds(
         else:
             rounds.append([i])
             seen.append({task_id})
-    if len(rounds) == 1:
-        return await flush(items)
     results: list[T | None] = [None] * len(items)
     for round_ in rounds:
         for i, result in zip(round_, await flush([items[i] for i in round_]), strict=True):

@@ -54,6 +54,25 @@ def fail_first(
     return calls
 
 
+def land_then_fail(
+    monkeypatch: pytest.MonkeyPatch, target: Any, name: str, times: int
+) -> list[int]:
+    """Make ``target.name`` write, then raise as if the commit's reply was lost, on its
+    first ``times`` calls (an ambiguous commit); count those calls."""
+    real = getattr(target, name)
+    landed = [0]
+
+    async def lands_then_raises(*args: Any, **kwargs: Any) -> Any:
+        written = await real(*args, **kwargs)
+        if landed[0] < times:
+            landed[0] += 1
+            raise DatabaseUnavailable("connection lost before the commit's reply")
+        return written
+
+    monkeypatch.setattr(target, name, lands_then_raises)
+    return landed
+
+
 @pytest.mark.parametrize(
     "error",
     [DatabaseUnavailable("connection refused"), StorageFull("disk full"), OSError("refused")],
@@ -98,17 +117,7 @@ async def test_a_completion_whose_commit_landed_but_raised_counts_as_completed(
     ids = [
         await svc.queue.enqueue_async(ref("record_sync"), [str(log), f"t{i}"]) for i in range(20)
     ]
-    real = svc.queue.complete_many_async
-    landed = [0]
-
-    async def lands_then_raises(*args: Any, **kwargs: Any) -> Any:
-        done = await real(*args, **kwargs)
-        if landed[0] < 2:
-            landed[0] += 1
-            raise DatabaseUnavailable("connection lost before the commit's reply")
-        return done
-
-    monkeypatch.setattr(svc.queue, "complete_many_async", lands_then_raises)
+    landed = land_then_fail(monkeypatch, svc.queue, "complete_many_async", 2)
     worker = make_worker(svc, concurrency=4)
     with caplog.at_level("WARNING", logger="omniq.queue"):
         await asyncio.wait_for(worker.run_until_complete_async(), timeout=60)
@@ -133,7 +142,6 @@ async def test_a_completion_whose_commit_landed_but_raised_counts_as_completed(
 async def test_a_failure_whose_commit_landed_but_raised_counts_as_written(
     svc: Services,
     monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
     max_retries: int,
 ) -> None:
     """An ambiguous commit of failed attempts (final, and retried): the retried write
@@ -145,20 +153,9 @@ async def test_a_failure_whose_commit_landed_but_raised_counts_as_written(
         )
         for i in range(10)
     ]
-    real = svc.queue.fail_many_async
-    landed = [0]
-
-    async def lands_then_raises(*args: Any, **kwargs: Any) -> Any:
-        statuses = await real(*args, **kwargs)
-        if landed[0] < 3:
-            landed[0] += 1
-            raise DatabaseUnavailable("connection lost before the commit's reply")
-        return statuses
-
-    monkeypatch.setattr(svc.queue, "fail_many_async", lands_then_raises)
+    landed = land_then_fail(monkeypatch, svc.queue, "fail_many_async", 3)
     worker = make_worker(svc, concurrency=4)
-    with caplog.at_level("WARNING", logger="omniq.queue"):
-        await asyncio.wait_for(worker.run_until_complete_async(), timeout=60)
+    await asyncio.wait_for(worker.run_until_complete_async(), timeout=60)
     assert landed[0] == 3
     stats = worker.get_stats()
     assert (stats.completed, stats.failed, stats.retried, stats.lost) == (
