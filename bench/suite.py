@@ -42,7 +42,7 @@ from bench.common import (
 )
 from bench.tasks import RECORD_DIR_ENV, STAMP_FILE_ENV
 from bench.workers import executions, span_rate
-from bench.workspace import FULL, QUICK, Sizes, Workspace
+from bench.workspace import FULL, QUICK, SMOKE, Sizes, Workspace
 
 #: Benchmark labels, in table order (the smoke test looks for each).
 LABELS = (
@@ -461,10 +461,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="OmniQ benchmarks (reports, never asserts).")
     parser.add_argument("--quick", action="store_true", help="small sizes (< 90 s)")
     parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: every row runs, figures mean nothing"
+    )
+    parser.add_argument(
         "--only", default="", help="comma-separated benchmark numbers to run (e.g. 1,5)"
     )
     args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    sizes = {"smoke": SMOKE, "quick": QUICK, "full": FULL}[mode]
     only = {int(x) for x in args.only.split(",") if x}
     began = time.perf_counter()
     load_before = os.getloadavg()[0]
@@ -492,7 +496,6 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         ws.cleanup()
-    mode = "quick" if args.quick else "full"
     print(
         f"OmniQ benchmarks ({mode} mode, {time.perf_counter() - began:.0f} s; "
         f"{os.cpu_count()} CPUs, 1-min load average {load_before:.1f} at start, "

@@ -1,4 +1,4 @@
-"""Benchmark sizes (full and quick) and the temporary workspace of database files."""
+"""Benchmark sizes (full, quick and smoke) and the temporary workspace of database files."""
 
 from __future__ import annotations
 
@@ -83,6 +83,31 @@ QUICK = Sizes(
     failing=2_000,
     pg_tasks=5_000,
     dashboard_tasks=20_000,
+)
+
+
+#: The test suite's size (tests/acceptance/test_bench_smoke.py): every row runs and
+#: prints, in seconds; its figures are too small to mean anything.
+SMOKE = Sizes(
+    repeats=1,
+    process_repeats=1,
+    enqueue_many=500,
+    huey_enqueue=300,
+    huey_default_enqueue=100,
+    single=100,
+    producers=20,
+    per_producer=5,
+    claim_backlog=2_000,
+    claim_small=200,
+    claim_per_run=200,
+    burn=300,
+    multi=300,
+    latency=10,
+    rss_low=500,
+    rss_high=2_000,
+    failing=200,
+    pg_tasks=300,
+    dashboard_tasks=2_000,
 )
 
 

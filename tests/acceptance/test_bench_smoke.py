@@ -61,7 +61,7 @@ def _row(lines: list[str], label: str, stdout: str) -> str:
 @pytest.mark.slow
 def test_quick_bench_prints_every_row() -> None:
     proc = subprocess.run(
-        [sys.executable, "bench/run.py", "--quick"],
+        [sys.executable, "bench/run.py", "--smoke"],
         cwd=ROOT,
         capture_output=True,
         text=True,
