@@ -17,8 +17,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m omniq demo
 
+# Three pytest processes (pytest-xdist; each has its own PostgreSQL databases; three
+# keep two cores busy while tests wait on subprocesses and polls), then
+# the `serial` tests alone: a real PostgreSQL restart must not cut other tests off.
+TEST_PROCESSES ?= 3
+
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_PROCESSES) -m "not serial"
+	$(PY) -m pytest -m serial
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

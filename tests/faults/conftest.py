@@ -20,7 +20,13 @@ from tests.conftest import PostgresDatabases, require_postgres
 from tests.faults.injectors import SmallDisk, local_cluster, restart_postgres
 from tests.faults.proxy import FaultProxy
 
-FAULTS = ["sqlite-full", "postgres-refused", "postgres-restart"]
+# A restart breaks every other PostgreSQL session on the server, so that case is
+# ``serial``: `make test` runs it alone, after the parallel part of the suite.
+FAULTS = [
+    "sqlite-full",
+    "postgres-refused",
+    pytest.param("postgres-restart", marks=pytest.mark.serial),
+]
 
 
 class LogTap(logging.Handler):
