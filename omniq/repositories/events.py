@@ -120,14 +120,25 @@ class EventRepository:
     def _not_stored(
         self, conn: Connection, rows: Sequence[Mapping[str, Any]]
     ) -> list[Mapping[str, Any]]:
-        """``rows`` without the rows marked :func:`maybe_written` that are stored (a
-        marked row about no task, a worker's own event, is written again)."""
-        unsure = [row for row in rows if _MAYBE_WRITTEN in row and row.get("task_id")]
+        """``rows`` without the rows marked :func:`maybe_written` that are stored: a row
+        of the same task (or, for a worker's own event, no task and the same worker),
+        type and time. A marked row of neither a task nor a worker is written again."""
+        unsure = [row for row in rows if _MAYBE_WRITTEN in row]
         stored: set[tuple[Any, ...]] = set()
-        if unsure:
+        about_tasks = sorted({row["task_id"] for row in unsure if row.get("task_id")})
+        workers = sorted(
+            {row["worker_id"] for row in unsure if row.get("worker_id") and not row.get("task_id")}
+        )
+        whose: list[sa.ColumnElement[bool]] = []
+        if about_tasks:
+            whose.append(e.c.task_id.in_(about_tasks))
+        if workers:
+            whose.append(sa.and_(e.c.task_id.is_(None), e.c.worker_id.in_(workers)))
+        if whose:
             stmt = sa.select(e.c.task_id, e.c.event_type, e.c.timestamp, e.c.worker_id).where(
-                e.c.task_id.in_(sorted({row["task_id"] for row in unsure})),
+                sa.or_(*whose),
                 e.c.event_type.in_(sorted({row["event_type"] for row in unsure})),
+                e.c.timestamp.in_(sorted({row["timestamp"] for row in unsure})),
             )
             with translate_errors("log event"):
                 stored = {tuple(found) for found in conn.execute(stmt)}
@@ -135,7 +146,7 @@ class EventRepository:
         for row in rows:
             if _MAYBE_WRITTEN in row:
                 row = {k: v for k, v in row.items() if k != _MAYBE_WRITTEN}
-                key = (row["task_id"], row["event_type"], row["timestamp"], row["worker_id"])
+                key = (row.get("task_id"), row["event_type"], row["timestamp"], row["worker_id"])
                 if key in stored:
                     continue
             kept.append(row)

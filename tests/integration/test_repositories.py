@@ -38,6 +38,7 @@ from omniq.repositories import (
     ScheduleRepository,
     TaskRepository,
 )
+from omniq.repositories.events import event_row, maybe_written
 from omniq.repositories.task_sweeps import final_before
 
 pytestmark = pytest.mark.anyio
@@ -1335,6 +1336,36 @@ async def test_event_insert_rows(engine: AsyncEngine) -> None:
         (found,) = await conn.run_sync(repo.query)
     assert found.event_type is EventType.RETRY
     assert found.retry_count == 2
+
+
+async def test_event_rows_maybe_written_are_not_written_twice(engine: AsyncEngine) -> None:
+    """Rows put back after a write that raised but may have committed (an ambiguous
+    commit): written again only where no such row is stored, for a task's events and
+    for a worker's own (no task) alike."""
+    repo = EventRepository(dialect_of(engine))
+    landed = [
+        event_row(EventType.EXECUTING, task_id="t1", worker_id="w1"),
+        event_row(EventType.ERROR, worker_id="w1", message="boom", level="error"),
+    ]
+    lost = [
+        event_row(EventType.EXECUTING, task_id="t2", worker_id="w1"),
+        event_row(EventType.ERROR, worker_id="w1", message="again", level="error"),
+    ]
+    fresh = event_row(EventType.ERROR, worker_id="w1", message="new", level="error")
+    async with engine.begin() as conn:
+        await conn.run_sync(repo.insert_rows, landed)
+    async with engine.begin() as conn:
+        again = [maybe_written(row) for row in [*landed, *lost]]
+        await conn.run_sync(repo.insert_rows, [*again, fresh])
+        found = await conn.run_sync(repo.query)
+    stored = sorted((x.task_id or "", x.event_type.value, x.message or "") for x in found)
+    assert stored == [
+        ("", "error", "again"),
+        ("", "error", "boom"),
+        ("", "error", "new"),
+        ("t1", "executing", ""),
+        ("t2", "executing", ""),
+    ]
 
 
 async def test_event_retention_and_counts(engine: AsyncEngine) -> None:
