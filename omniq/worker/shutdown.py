@@ -18,6 +18,7 @@ from omniq.models import Task
 from omniq.services.maintenance import Maintenance
 from omniq.worker.cancellation import Cancellation
 from omniq.worker.executors import Executor
+from omniq.worker.outcomes import _Running
 from omniq.worker.progress import ProgressReporter
 
 
@@ -35,6 +36,7 @@ class Stopping(Cancellation):
     _background: list[asyncio.Task[None]]
     _winding_down: asyncio.Event
     _buffer: list[Task]
+    _superseded: set[_Running]
 
     async def stop_async(self, grace_period: timedelta | float | None = None) -> None:
         """Stop claiming; let running tasks finish within the grace period, release the rest.
@@ -79,12 +81,15 @@ class Stopping(Cancellation):
             await self._guard(
                 self._in_turn(self.queue.release_many_async(buffered, worker_id=self.worker_id))
             )
-        handles = [e.handle for e in self._running.values() if e.handle is not None]
+        # The running tasks, and earlier attempts whose outcome write is still
+        # retried while their task's retry runs (superseded).
+        entries = [*self._running.values(), *self._superseded]
+        handles = [e.handle for e in entries if e.handle is not None]
         if handles:
             _, pending = await asyncio.wait(handles, timeout=self.grace_period)
             # Past the grace period, outcome writes that keep failing stop retrying.
             self._abandon_writes = True
-            for entry in list(self._running.values()):
+            for entry in entries:
                 if entry.handle in pending:
                     entry.releasing = True
                     if entry.in_call:

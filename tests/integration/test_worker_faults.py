@@ -286,3 +286,55 @@ async def test_a_cancelled_stop_still_releases_and_deregisters(
     assert await svc.workers.list_workers_async() == []
     stopped = await svc.events.get_events_async(event_type=EventType.WORKER_STOPPED)
     assert len(stopped) == 1
+
+
+async def test_stop_waits_for_an_earlier_attempts_outcome_write(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt's failure (retry scheduled) commits but raises; while its write is
+    retried, the retry runs and fails for good. stop() still waits for the first
+    attempt's write: it lands (found written, not written twice) before stop returns."""
+    task_id = await svc.queue.enqueue_async(
+        ref("always_fails"), ["boom"], max_retries=1, retry_delay=0
+    )
+    real = svc.queue.fail_many_async
+    gate = asyncio.Event()
+    first: list[str | None] = []  # the first attempt's lease token
+    rewritten: list[list[TaskStatus | None]] = []
+
+    async def flaky(failures: Any, **kwargs: Any) -> list[TaskStatus | None]:
+        tokens = {task.lease_token for task, *_ in failures}
+        if not first:
+            first.append(failures[0][0].lease_token)
+            await real(failures, **kwargs)
+            raise DatabaseUnavailable("connection lost before the commit's reply")
+        if first[0] in tokens and not gate.is_set():
+            raise DatabaseUnavailable("still down")
+        written: list[TaskStatus | None] = await real(failures, **kwargs)
+        if first[0] in tokens:
+            rewritten.append(written)
+        return written
+
+    monkeypatch.setattr(svc.queue, "fail_many_async", flaky)
+    worker = make_worker(svc)
+    await worker.start_async()
+    try:
+
+        async def retry_failed() -> bool:
+            task = await svc.queue.get_task_async(task_id)
+            return task is not None and task.status is TaskStatus.FAILED
+
+        await wait_until(retry_failed, "the retry's final failure")
+        assert not rewritten  # the first attempt's write is still being retried
+        stopping = asyncio.ensure_future(worker.stop_async(grace_period=30))
+        gate.set()
+        await asyncio.wait_for(stopping, timeout=60)
+        assert rewritten == [[TaskStatus.PENDING]], "stop returned before the write landed"
+    finally:
+        await worker.stop_async()
+    stats = worker.get_stats()
+    assert (stats.failed, stats.retried, stats.lost) == (1, 1, 0), str(stats)
+    events = await svc.events.get_events_async(task_id=task_id)
+    kinds = sorted(x.event_type.value for x in events)
+    assert (kinds.count("retry"), kinds.count("failed")) == (1, 1), kinds
+    assert [x.attempt for x in await svc.queue.get_attempts_async(task_id)] == [1, 2]
