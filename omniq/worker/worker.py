@@ -206,7 +206,12 @@ class Worker(Claiming):
         """Start working in the background of the running event loop."""
         if self._main is not None and not self._main.done():
             return
+        self._reset_stop()  # before the task starts: a stop requested meanwhile holds
         self._main = asyncio.get_running_loop().create_task(self._run(burst=False))
+
+    def _reset_stop(self) -> None:
+        self._stopping = False
+        self._stop_reason = "stop requested"
 
     async def run_async(self, *, install_signal_handlers: bool = False) -> None:
         """Work until :meth:`stop_async` (or SIGTERM/SIGINT when handlers are installed)."""
@@ -214,6 +219,7 @@ class Worker(Claiming):
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._request_stop, f"{sig.name} received")
+        self._reset_stop()
         try:
             await self._run(burst=False)
         finally:
@@ -223,6 +229,7 @@ class Worker(Claiming):
 
     async def run_until_complete_async(self) -> WorkerStats:
         """Burst mode: run until no task is ready and none is running; return the stats."""
+        self._reset_stop()
         await self._run(burst=True)
         return self.get_stats()
 
@@ -256,8 +263,6 @@ class Worker(Claiming):
 
     async def _run(self, *, burst: bool) -> None:
         self._loop = asyncio.get_running_loop()
-        self._stopping = False
-        self._stop_reason = "stop requested"
         self._abandon_writes = False
         self._started_at = time.monotonic()
         self.storage.notifier.cancel_listeners.add(self._on_cancel_requested)

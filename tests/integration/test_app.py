@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
 from datetime import UTC, datetime, timedelta
@@ -224,6 +225,25 @@ async def test_a_cancelled_stop_worker_can_be_awaited_again(db_url: str) -> None
         await asyncio.wait_for(oq.stop_worker_async(), 30)
         assert await oq.list_workers_async() == []
         assert await oq.list_tasks_async(status="running") == []
+
+
+@pytest.mark.parametrize("how", ["stop", "error in the block"])
+async def test_a_stop_right_after_start_worker_is_not_lost(db_url: str, how: str) -> None:
+    """Stopping (or leaving the app with an error) before the worker's task has
+    run a single step: the stop holds and shutdown ends (it once hung for good)."""
+
+    async def use() -> None:
+        async with AsyncOmniQ(url=db_url) as oq:
+            await oq.start_worker_async(poll_interval=0.05)
+            if how == "stop":
+                await oq.stop_worker_async()
+            else:
+                raise RuntimeError("the application failed")
+
+    with pytest.raises(RuntimeError) if how != "stop" else contextlib.nullcontext():
+        await asyncio.wait_for(use(), 30)
+    async with AsyncOmniQ(url=db_url) as again:
+        assert await again.list_workers_async() == []
 
 
 async def test_a_blocking_call_that_opens_the_app_first_does_not_bind_it_to_another_loop(
