@@ -17,7 +17,7 @@ import attrs
 import sqlalchemy as sa
 
 from omniq._time import require_aware
-from omniq.errors import DatabaseError, OmniQError
+from omniq.errors import DatabaseError, InvalidRow
 from omniq.models import (
     EventLevel,
     EventType,
@@ -137,6 +137,12 @@ class Scheduler:
         to_run = self._apply_misfire_policy(schedule, missed, now)
         if schedule.max_runs is not None:
             to_run = to_run[: max(0, schedule.max_runs - schedule.run_count)]
+        if schedule.payload_error is not None:
+            # Quarantined by the caller (paused with an event), its runs not spent.
+            raise InvalidRow(f"its stored payload cannot be read: {schedule.payload_error}")
+        # A stored template that cannot make a task (e.g. a hand-edited option)
+        # raises here, before anything is written: quarantined the same way.
+        tasks = [self._task_for(schedule, fire_time, now) for fire_time in to_run]
         run_count = schedule.run_count + len(to_run)
         done = following is None or (
             schedule.max_runs is not None and run_count >= schedule.max_runs
@@ -157,35 +163,6 @@ class Scheduler:
         if updated is None:
             return 0
         events = []
-        tasks: list[Task] = []
-        if schedule.payload_error is not None:
-            events.append(
-                _event(
-                    EventType.ERROR,
-                    schedule,
-                    now,
-                    level=EventLevel.ERROR,
-                    message=f"schedule payload cannot be read: {schedule.payload_error}",
-                )
-            )
-            to_run = []
-        broken = schedule.payload_error is not None
-        try:
-            tasks = [self._task_for(schedule, fire_time, now) for fire_time in to_run]
-        except OmniQError as exc:
-            broken = True
-            # A stored template that cannot make a task (e.g. a hand-edited option):
-            # this schedule's fire is skipped with an event; the others still fire.
-            events.append(
-                _event(
-                    EventType.ERROR,
-                    schedule,
-                    now,
-                    level=EventLevel.ERROR,
-                    message=f"schedule cannot create its task: {exc}",
-                )
-            )
-            to_run = []
         skipped = len(missed) - len(to_run)
         if tasks:
             inserted = self.storage.tasks.insert_scheduled(conn, tasks)
@@ -216,7 +193,7 @@ class Scheduler:
                     data={"status": task.status.value},
                 )
             )
-        if skipped and not broken:
+        if skipped:
             events.append(
                 _event(
                     EventType.SCHEDULE_FIRED,

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from omniq._time import utcnow
 from omniq.db.engine import create_engine
 from omniq.errors import DatabaseBusy, DatabaseError, StorageFull
-from omniq.models import EventType, ResultStatus, Schedule, Settings, TaskStatus
+from omniq.models import EventType, ResultStatus, Schedule, ScheduleStatus, Settings, TaskStatus
 from omniq.services import Services
 from omniq.services.maintenance import Maintenance
 from omniq.services.scheduler import Scheduler
@@ -341,13 +341,16 @@ async def test_schedule_that_cannot_make_its_task_does_not_stop_the_others(db_ur
         assert await scheduler.fire_due_async() == 1
         (task,) = await svc.queue.list_tasks_async()
         assert task.schedule_id == good
-        (error,) = await svc.events.get_events_async(schedule_id=bad, event_type=EventType.ERROR)
-        assert "timeout" in (error.message or "")
-        # The broken schedule moved on too: it does not fail every later pass.
+        # Quarantined: paused with an event naming why, its run not spent; it does
+        # not fail every later pass.
+        (paused,) = await svc.events.get_events_async(
+            schedule_id=bad, event_type=EventType.SCHEDULE_PAUSED
+        )
+        assert "timeout" in (paused.error or "")
         assert await scheduler.fire_due_async() == 0
         schedule = await svc.queue.get_schedule_async(bad)
-        assert schedule is not None and schedule.next_run_at is not None
-        assert schedule.next_run_at > utcnow()
+        assert schedule is not None and schedule.status is ScheduleStatus.PAUSED
+        assert schedule.run_count == 0
     finally:
         await svc.close_async()
 

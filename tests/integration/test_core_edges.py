@@ -255,7 +255,18 @@ async def test_a_dependent_of_a_deduplicated_unique_task_waits_on_the_live_one(
 # --- 11. one unreadable schedule does not stop the others ------------------------------------
 
 
-async def test_an_unreadable_schedule_is_quarantined_and_the_others_fire(svc: Services) -> None:
+@pytest.mark.parametrize(
+    "column",
+    [
+        {"timezone": "Mars/Olympus_Mons"},
+        {"payload": "{not json"},
+        {"task_options": {"priority": "high", "max_retries": -3}},
+    ],
+    ids=["time zone", "payload", "task options"],
+)
+async def test_an_unreadable_schedule_is_quarantined_and_the_others_fire(
+    svc: Services, column: dict[str, object]
+) -> None:
     q = svc.queue
     now = utcnow()
     good = await q.schedule_async(
@@ -268,9 +279,7 @@ async def test_an_unreadable_schedule_is_quarantined_and_the_others_fire(svc: Se
     )
     s = schema.schedules
     await svc.storage.write(
-        lambda conn: conn.execute(
-            sa.update(s).where(s.c.id == bad).values(timezone="Mars/Olympus_Mons")
-        )
+        lambda conn: conn.execute(sa.update(s).where(s.c.id == bad).values(**column))
     )
     scheduler = _scheduler(svc)
     assert await scheduler.fire_due_async(now + timedelta(seconds=1)) == 1
@@ -280,6 +289,10 @@ async def test_an_unreadable_schedule_is_quarantined_and_the_others_fire(svc: Se
         lambda conn: conn.execute(sa.select(s.c.status).where(s.c.id == bad)).scalar_one()
     )
     assert row == ScheduleStatus.PAUSED.value
+    runs = await svc.storage.read(
+        lambda conn: conn.execute(sa.select(s.c.run_count).where(s.c.id == bad)).scalar_one()
+    )
+    assert runs == 0  # a run it could not make is not spent
     errors = await svc.events.get_events_async(schedule_id=bad, level="error")
     assert errors and "cannot be read" in (errors[0].message or "")
     # The next fire is not blocked either.
