@@ -43,6 +43,16 @@ def portal() -> BlockingPortal:
         return _portal
 
 
+class OwnedElsewhere(Exception):
+    """Raised by a call running on the portal's loop before it did anything, when the
+    objects it needs belong to ``loop``, another running loop: :func:`run_sync_on`
+    then makes the call again on that loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__("owned by another event loop")
+        self.loop = loop
+
+
 def is_portal_loop(loop: asyncio.AbstractEventLoop | None) -> bool:
     """True if ``loop`` is the event loop of this process's running portal."""
     return loop is not None and loop is _portal_loop and _portal_pid == os.getpid()
@@ -89,6 +99,14 @@ def run_sync_on(
         )
 
     async def call() -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except OwnedElsewhere as moved:
+            # What the call needs was opened on another loop meanwhile (the app's
+            # own, racing this thread): the whole call is made there instead.
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(again(), moved.loop))
+
+    async def again() -> R:
         return await fn(*args, **kwargs)
 
     if loop is not None and loop.is_running() and not loop.is_closed():

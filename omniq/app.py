@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from omniq._portal import is_portal_loop
+from omniq._portal import OwnedElsewhere, is_portal_loop
 from omniq.app_flow import FlowMethods, check_task_limits
 from omniq.app_queries import QueryMethods
 from omniq.app_schedules import ScheduleMethods
@@ -146,10 +146,31 @@ class AsyncOmniQ(QueryMethods, ScheduleMethods, FlowMethods, WorkflowMethods):
     async def open_async(self) -> AsyncOmniQ:
         """Connect and check (or migrate) the schema; idempotent."""
         if self._services is None:
-            self._services = await Services.open_async(self.url, self.settings, queues=self.queues)
-        if self._unsynced:
-            await self._upsert_declared_async(self._services)
+            opened = await Services.open_async(self.url, self.settings, queues=self.queues)
+            current = self._opened()  # another caller may have opened it meanwhile
+            if current is None:
+                self._services = opened
+            elif (
+                self._worker is None
+                and is_portal_loop(current.storage.loop)
+                and not is_portal_loop(opened.storage.loop)
+            ):
+                # A blocking call from a thread opened it on the sync portal's loop
+                # while the app's own loop did: the app's own loop keeps it (see _svc).
+                self._left.append(current)
+                self._services = opened
+            else:
+                await opened.close_async()
+        services = self._opened()
+        assert services is not None
+        here = _running_loop()
+        if self._unsynced and not (is_portal_loop(here) and services.storage.loop is not here):
+            # (On the portal's loop with the app open on another: _svc hands the call over.)
+            await self._upsert_declared_async(services)
         return self
+
+    def _opened(self) -> Services | None:
+        return self._services
 
     async def close_async(self) -> None:
         """Stop the worker (if started here) and close the database."""
@@ -185,24 +206,28 @@ class AsyncOmniQ(QueryMethods, ScheduleMethods, FlowMethods, WorkflowMethods):
         return self._services
 
     async def _svc(self) -> Services:
-        services = self._services
-        if (
-            services is not None
-            and self._worker is None
-            and is_portal_loop(services.storage.loop)
-            and _running_loop() not in (None, services.storage.loop)
-        ):
-            # A blocking call from a thread opened this app on the sync portal's
-            # loop before the app's own loop did; a connection belongs to the loop
-            # that opened it (asyncpg's do), so open again here. Blocking calls
-            # now go to this loop; the first services close with the app.
-            self._left.append(services)
-            self._services = None
-            self._unsynced.update(self._declared)
-        if self._services is None or self._unsynced:
+        while True:
+            services = self._services
+            here = _running_loop()
+            owner = None if services is None else services.storage.loop
+            if services is not None and here is not None and owner is not here:
+                if is_portal_loop(here) and owner is not None and owner.is_running():
+                    # A blocking call from a thread, while the app is open on its
+                    # own loop: the call is made there (nothing was done yet).
+                    raise OwnedElsewhere(owner)
+                if self._worker is None and is_portal_loop(owner):
+                    # A blocking call from a thread opened this app on the sync
+                    # portal's loop before the app's own loop did; a connection
+                    # belongs to the loop that opened it (asyncpg's do), so open
+                    # again here. Blocking calls now go to this loop; the first
+                    # services close with the app.
+                    self._left.append(services)
+                    self._services = None
+                    self._unsynced.update(self._declared)
+            if self._services is not None and not self._unsynced:
+                return self._services
+            # Then look again: another loop may have opened the app meanwhile.
             await self.open_async()
-        assert self._services is not None
-        return self._services
 
     # --- tasks ----------------------------------------------------------------------
 

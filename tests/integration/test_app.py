@@ -8,10 +8,11 @@ import inspect
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from omniq import AsyncOmniQ, OmniQ, Settings, SyncInAsyncContext, TaskStatus
+from omniq import AsyncOmniQ, OmniQ, Settings, SyncInAsyncContext, TaskStatus, _portal
 from omniq.backends import (
     SQLBackend,
     SQLiteBackend,
@@ -264,3 +265,45 @@ async def test_a_blocking_call_that_opens_the_app_first_does_not_bind_it_to_anot
             assert task is not None and task.status is TaskStatus.PENDING
     finally:
         await oq.close_async()
+
+
+async def test_a_blocking_call_racing_the_apps_own_open_is_made_on_the_apps_loop(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread's blocking ``.enqueue()`` is handed to the sync portal (the app is not
+    open yet), but runs there only after the app's own loop opened the app: it is
+    made on the app's loop, with the app's connections (it used to take them onto
+    the portal's loop and deadlock)."""
+    loop = asyncio.get_running_loop()
+    real_portal = _portal.portal
+    dispatched, holding, go = threading.Event(), threading.Event(), threading.Event()
+
+    def portal_noting_calls() -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            dispatched.set()
+        return real_portal()
+
+    async def hold_the_portal() -> None:
+        holding.set()
+        go.wait(30)  # blocks the portal's loop on purpose: the thread's call waits
+
+    oq = AsyncOmniQ(url=db_url)
+    add = oq.task(app_tasks.add)
+    held = loop.run_in_executor(None, real_portal().call, hold_the_portal)
+    try:
+        await loop.run_in_executor(None, holding.wait, 30)
+        monkeypatch.setattr(_portal, "portal", portal_noting_calls)
+        from_thread = loop.run_in_executor(None, add.enqueue, 1, 2)
+        await loop.run_in_executor(None, dispatched.wait, 30)
+        await asyncio.wait_for(oq.open_async(), 30)
+        go.set()
+        first = await asyncio.wait_for(from_thread, 30)
+        second = await asyncio.wait_for(loop.run_in_executor(None, add.enqueue, 3, 4), 30)
+        assert oq.loop is loop
+        for task_id in (first, second):
+            task = await asyncio.wait_for(oq.get_task_async(task_id), 30)
+            assert task is not None and task.status is TaskStatus.PENDING
+    finally:
+        go.set()
+        await asyncio.wait_for(held, 30)
+        await asyncio.wait_for(oq.close_async(), 30)
