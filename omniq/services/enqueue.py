@@ -65,11 +65,10 @@ class Enqueue(Sweeps):
         open transaction of the application's (see :mod:`omniq.services.caller_tx`).
         """
         tx = caller_tx(connection, session)
-        task = (
-            func
-            if isinstance(func, Task)
-            else self.build_task(func, func_args, func_kwargs, **options)
-        )
+        if isinstance(func, Task):
+            task = _new(func)
+        else:
+            task = self.build_task(func, func_args, func_kwargs, **options)
         if hooks.send is not None:
             wrapped = hooks.send([task], lambda tasks: self._write_one(tasks[0], on_duplicate, tx))
             if wrapped is not None:
@@ -108,6 +107,7 @@ class Enqueue(Sweeps):
         for task in batch:
             if not isinstance(task, Task):
                 raise ValidationError("tasks", f"expected Task records, got {type(task).__name__}")
+            _new(task)
         ids = [x.id for x in batch]
         if len(set(ids)) != len(ids):
             raise DuplicateTask("enqueue_many: the batch repeats a task id")
@@ -280,3 +280,15 @@ class Enqueue(Sweeps):
                 )
         self.storage.events.insert_rows(conn, events)
         self.storage.results.upsert_many(conn, results)
+
+
+def _new(task: Task) -> Task:
+    """``task`` if it can be enqueued as a new task: pending (waiting, with
+    dependencies) as :meth:`build_task` makes it, not a record of some other state."""
+    if task.status is TaskStatus.PENDING or (task.status is TaskStatus.WAITING and task.depends_on):
+        return task
+    raise ValidationError(
+        "status",
+        f"task {task.id}: a new task is pending (or waiting, with dependencies), "
+        f"got {task.status.value}",
+    )

@@ -267,6 +267,28 @@ async def test_enqueue_many_with_unknown_dependency_writes_nothing(svc: Services
     assert await event_count(svc) == 0
 
 
+@pytest.mark.parametrize(
+    "status",
+    [TaskStatus.RUNNING, TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.WAITING],
+)
+async def test_a_task_record_of_another_state_is_refused_and_nothing_written(
+    svc: Services, status: TaskStatus
+) -> None:
+    """A Task record given to enqueue (say ``attrs.evolve(task, status=...)``) must be
+    new: stored ``running`` it was never run nor recovered, and its dependents waited
+    forever; ``completed`` released them without a run. (``waiting`` needs
+    dependencies.)"""
+    odd = attrs.evolve(svc.queue.build_task(FUNC, [1]), status=status)
+    dependent = svc.queue.build_task(FUNC, [2], depends_on=[odd.id])
+    with pytest.raises(ValidationError) as err:
+        await svc.queue.enqueue_many_async([odd, dependent])
+    assert err.value.field == "status" and status.value in str(err.value)
+    with pytest.raises(ValidationError):
+        await svc.queue.enqueue_async(odd)
+    assert await all_tasks(svc) == []
+    assert await event_count(svc) == 0
+
+
 async def test_enqueue_many_with_repeated_id_writes_nothing(svc: Services) -> None:
     a = svc.queue.build_task(FUNC, [1])
     b = attrs.evolve(svc.queue.build_task(FUNC, [2]), id=a.id)
