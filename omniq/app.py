@@ -164,8 +164,7 @@ class AsyncOmniQ(QueryMethods, ScheduleMethods, FlowMethods, WorkflowMethods):
         services = self._opened()
         assert services is not None
         here = _running_loop()
-        if self._unsynced and not (is_portal_loop(here) and services.storage.loop is not here):
-            # (On the portal's loop with the app open on another: _svc hands the call over.)
+        if self._unsynced and not _elsewhere(services, here):
             await self._upsert_declared_async(services)
         return self
 
@@ -206,12 +205,13 @@ class AsyncOmniQ(QueryMethods, ScheduleMethods, FlowMethods, WorkflowMethods):
         return self._services
 
     async def _svc(self) -> Services:
+        opened = False
         while True:
             services = self._services
             here = _running_loop()
             owner = None if services is None else services.storage.loop
             if services is not None and here is not None and owner is not here:
-                if is_portal_loop(here) and owner is not None and owner.is_running():
+                if owner is not None and _elsewhere(services, here):
                     # A blocking call from a thread, while the app is open on its
                     # own loop: the call is made there (nothing was done yet).
                     raise OwnedElsewhere(owner)
@@ -224,10 +224,11 @@ class AsyncOmniQ(QueryMethods, ScheduleMethods, FlowMethods, WorkflowMethods):
                     self._left.append(services)
                     self._services = None
                     self._unsynced.update(self._declared)
-            if self._services is not None and not self._unsynced:
+            if self._services is not None and (not self._unsynced or opened):
                 return self._services
             # Then look again: another loop may have opened the app meanwhile.
             await self.open_async()
+            opened = True
 
     # --- tasks ----------------------------------------------------------------------
 
@@ -481,6 +482,19 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _elsewhere(services: Services, here: asyncio.AbstractEventLoop | None) -> bool:
+    """True on the sync portal's loop when ``services`` belong to another running loop
+    (a blocking call is then made on that loop: see ``AsyncOmniQ._svc``)."""
+    owner = services.storage.loop
+    return (
+        is_portal_loop(here)
+        and owner is not None
+        and owner is not here
+        and owner.is_running()
+        and not owner.is_closed()
+    )
 
 
 async def _close_on_own_loop(services: Services) -> None:
