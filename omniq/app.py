@@ -146,30 +146,30 @@ class AsyncOmniQ(QueryMethods, ScheduleMethods, FlowMethods, WorkflowMethods):
     async def open_async(self) -> AsyncOmniQ:
         """Connect and check (or migrate) the schema; idempotent."""
         if self._services is None:
-            opened = await Services.open_async(self.url, self.settings, queues=self.queues)
-            current = self._opened()  # another caller may have opened it meanwhile
-            if current is None:
-                self._services = opened
-            elif (
-                self._worker is None
-                and is_portal_loop(current.storage.loop)
-                and not is_portal_loop(opened.storage.loop)
-            ):
-                # A blocking call from a thread opened it on the sync portal's loop
-                # while the app's own loop did: the app's own loop keeps it (see _svc).
-                self._left.append(current)
-                self._services = opened
-            else:
-                await opened.close_async()
-        services = self._opened()
-        assert services is not None
-        here = _running_loop()
-        if self._unsynced and not _elsewhere(services, here):
+            await self._adopt(
+                await Services.open_async(self.url, self.settings, queues=self.queues)
+            )
+        services = self.services
+        if self._unsynced and not _elsewhere(services, _running_loop()):
             await self._upsert_declared_async(services)
         return self
 
-    def _opened(self) -> Services | None:
-        return self._services
+    async def _adopt(self, opened: Services) -> None:
+        """Keep ``opened`` unless another caller opened the app meanwhile."""
+        current = self._services
+        if current is None:
+            self._services = opened
+        elif (
+            self._worker is None
+            and is_portal_loop(current.storage.loop)
+            and not is_portal_loop(opened.storage.loop)
+        ):
+            # A blocking call from a thread opened it on the sync portal's loop
+            # while the app's own loop did: the app's own loop keeps it (see _svc).
+            self._left.append(current)
+            self._services = opened
+        else:
+            await opened.close_async()
 
     async def close_async(self) -> None:
         """Stop the worker (if started here) and close the database."""

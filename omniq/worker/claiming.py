@@ -11,14 +11,11 @@ not while its outcome commits.
 from __future__ import annotations
 
 import inspect
-import logging
 
 from omniq.errors import OmniQError
 from omniq.models import Task
-from omniq.worker.outcomes import _needs_durable_start, _Running
+from omniq.worker.outcomes import _needs_durable_start, _Running, log
 from omniq.worker.shutdown import Stopping
-
-log = logging.getLogger("omniq.worker")
 
 _MIN_POLL = 0.005
 #: Adaptive prefetch: hold what the slots finish within this many seconds...
