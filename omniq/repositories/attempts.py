@@ -57,6 +57,23 @@ class AttemptRepository:
         with translate_errors("count attempts"):
             return {row[0]: int(row[1]) for row in conn.execute(stmt).all()}
 
+    def retried(
+        self, conn: Connection, attempts: Collection[tuple[str, str | None, datetime, TaskError]]
+    ) -> set[str]:
+        """The task ids of ``attempts`` (task id, worker id, start, error) recorded
+        as failed with that error and retried: that attempt's retry was written. Its
+        start and worker tell one attempt of a task from every other; its error, a
+        failure from the same attempt's crash recovery (``WorkerLost``)."""
+        if not attempts:
+            return set()
+        wanted = {(x[0], x[1], x[2], x[3].type, x[3].message) for x in attempts}
+        stmt = sa.select(
+            a.c.task_id, a.c.worker_id, a.c.started_at, a.c.error_type, a.c.message
+        ).where(a.c.task_id.in_({x[0] for x in wanted}), a.c.retryable)
+        with translate_errors("get attempts"):
+            rows = conn.execute(stmt).all()
+        return {row[0] for row in rows if tuple(row) in wanted}
+
     def for_task(self, conn: Connection, task_id: str) -> list[TaskAttempt]:
         """The failed attempts of ``task_id``, oldest first."""
         with translate_errors("get attempts"):

@@ -151,7 +151,8 @@ class Failures(Claims):
         if not marks:
             return statuses
         landed = list(statuses)
-        for i, (task, _, retry, _, _) in enumerate(prepared):
+        unsure: dict[int, tuple[str, str | None, datetime, ErrorInfo]] = {}
+        for i, (task, info, retry, _, _) in enumerate(prepared):
             mark = marks.get(task.id)
             if landed[i] is not None or mark is None:
                 continue
@@ -159,6 +160,15 @@ class Failures(Claims):
             for status in _RETRIED if retried else _FAILED:
                 if _landed(task, worker_id, status, mark):
                     landed[i] = status
+            if landed[i] is None and retried and task.started_at is not None:
+                # The row moved on since (its retry ran, crashed and was recovered):
+                # the attempt's own record tells whether this retry was written.
+                unsure[i] = (task.id, worker_id or task.worker_id, task.started_at, info)
+        if unsure:
+            written = self.storage.attempts.retried(conn, unsure.values())
+            for i, attempt in unsure.items():
+                if attempt[0] in written:
+                    landed[i] = TaskStatus.PENDING
         return landed
 
     def _fail_final(

@@ -595,3 +595,61 @@ async def test_a_start_counts_only_under_its_own_lease_when_a_batch_repeats_a_ta
     assert held == {task_id}
     final = await must_get(svc, task_id)
     assert (final.status, final.attempts, final.started_at) == (TaskStatus.COMPLETED, 0, None)
+
+
+async def test_a_retried_failure_found_written_after_its_retry_crashed(svc: Services) -> None:
+    """An attempt's failure (retry scheduled) commits, but its worker sees an error and
+    writes it again, only after the retry was claimed by another worker that died and
+    was recovered (the row's counts moved on). The rewrite still learns that its first
+    try landed: PENDING (the worker counts a retry, not a lost task), nothing twice."""
+    from tests.integration.test_services_queue import expire_lease
+
+    task_id = await svc.queue.enqueue_async(FUNC, max_retries=2, retry_delay=0)
+    first = await claim_one(svc, task_id, worker_id="w1")
+    error = ErrorInfo(type="ValueError", message="boom")
+    assert await svc.queue.fail_many_async([(first, error, True, 0.1)], worker_id="w1") == [
+        TaskStatus.PENDING
+    ]
+    await claim_one(svc, task_id, worker_id="w2")  # the retry, whose worker dies
+    await expire_lease(svc, task_id)
+    assert await svc.queue.recover_expired_leases_async() == 1
+    # w1's write again (the caller saw an error the first time).
+    again = await svc.queue.fail_many_async(
+        [(first, error, True, 0.1)], worker_id="w1", rewrites=[(task_id, first.lease_token)]
+    )
+    assert again == [TaskStatus.PENDING]
+    task = await must_get(svc, task_id)
+    assert (task.status, task.retry_count, task.lost_count) == (TaskStatus.PENDING, 1, 1)
+    attempts = await svc.queue.get_attempts_async(task_id)
+    assert [(x.worker_id, x.error.type) for x in attempts] == [
+        ("w1", "ValueError"),
+        ("w2", "WorkerLost"),
+    ]
+    assert (await event_types(svc, task_id)).count(EventType.RETRY) == 2
+
+
+async def test_a_failure_whose_lease_was_lost_is_not_taken_for_a_landed_retry(
+    svc: Services,
+) -> None:
+    """The other side: an attempt that lost its lease before its failure was written
+    (recovered, retried by another worker) is not reported as retried."""
+    from tests.integration.test_services_queue import expire_lease
+
+    task_id = await svc.queue.enqueue_async(FUNC, max_retries=2, retry_delay=0)
+    first = await claim_one(svc, task_id, worker_id="w1")
+    await expire_lease(svc, task_id)
+    assert await svc.queue.recover_expired_leases_async() == 1
+    second = await claim_one(svc, task_id, worker_id="w2")
+    error = ErrorInfo(type="ValueError", message="boom")
+    assert await svc.queue.fail_many_async([(second, error, True, 0.1)], worker_id="w2") == [
+        TaskStatus.PENDING
+    ]
+    late = await svc.queue.fail_many_async(
+        [(first, error, True, 0.1)], worker_id="w1", rewrites=[(task_id, first.lease_token)]
+    )
+    assert late == [None]
+    attempts = await svc.queue.get_attempts_async(task_id)
+    assert [(x.worker_id, x.error.type) for x in attempts] == [
+        ("w1", "WorkerLost"),
+        ("w2", "ValueError"),
+    ]
