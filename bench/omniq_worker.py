@@ -24,7 +24,7 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -32,7 +32,7 @@ from sqlalchemy import event
 
 from bench import tracing
 from bench.common import emit, rss_kib, wait_for_go
-from omniq.models import Task
+from omniq.models import Task, TaskStatus
 from omniq.services import Services, TaskQueue
 from omniq.worker import Worker
 
@@ -73,23 +73,18 @@ class TimedQueue(TaskQueue):
                 self.first_claim, self.cpu_first = started, cpu
         return claimed
 
-    async def complete_many_async(
+    async def settle_completions_async(
         self,
         completions: Sequence[tuple[Task, Any, float | None]],
-        *,
-        worker_id: str | None = None,
-        events: Sequence[Mapping[str, Any]] = (),
         **kwargs: Any,
-    ) -> list[str]:
-        done = await super().complete_many_async(
-            completions, worker_id=worker_id, events=events, **kwargs
-        )
+    ) -> list[TaskStatus | None]:
+        statuses = await super().settle_completions_async(completions, **kwargs)
         self.last_complete, self.cpu_last = time.time(), time.process_time()
-        self.completed += len(done)
+        self.completed += sum(status is TaskStatus.COMPLETED for status in statuses)
         self.flushes += 1
         while self.rss_at and self.completed >= self.rss_at[0]:
             self.rss[self.rss_at.pop(0)] = rss_kib()
-        return done
+        return statuses
 
     async def fail_many_async(self, failures: Any, **kwargs: Any) -> Any:
         statuses = await super().fail_many_async(failures, **kwargs)

@@ -75,6 +75,8 @@ class SyncTaskQueue:
     dequeue_ids = sync_twin(TaskQueue.dequeue_ids_async)
     complete = sync_twin(TaskQueue.complete_async)
     complete_many = sync_twin(TaskQueue.complete_many_async)
+    settle_completions = sync_twin(TaskQueue.settle_completions_async)
+    cancels_requested = sync_twin(TaskQueue.cancels_requested_async)
     fail = sync_twin(TaskQueue.fail_async)
     release = sync_twin(TaskQueue.release_async)
     release_many = sync_twin(TaskQueue.release_many_async)

@@ -218,6 +218,18 @@ class LeaseStatements:
         """Extend the leases ``{task_id: token}`` still held; return the ids renewed."""
         return set(self.heartbeat(conn, leases, until))
 
+    def cancels_requested(self, conn: Connection, ids: Collection[str]) -> set[str]:
+        """The running tasks among ``ids`` whose cancellation was requested."""
+        if not ids:
+            return set()
+        stmt = sa.select(t.c.id).where(
+            t.c.id.in_(list(ids)),
+            t.c.status == TaskStatus.RUNNING.value,
+            t.c.cancel_requested,
+        )
+        with translate_errors("get tasks"):
+            return set(conn.execute(stmt).scalars().all())
+
     def heartbeat(
         self, conn: Connection, leases: Mapping[str, str], until: datetime
     ) -> dict[str, bool]:

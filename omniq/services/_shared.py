@@ -71,16 +71,6 @@ def _completed_event(
     )
 
 
-def _completed_ids(
-    prepared: Sequence[tuple[Task, Any, float | None]], held: Collection[str]
-) -> list[str]:
-    """Ids completed, in order; logs the ones whose lease was lost (nothing written)."""
-    lost = [task.id for task, _, _ in prepared if task.id not in held]
-    if lost:
-        log.warning("lease lost, completion discarded for task(s) %s", ", ".join(lost))
-    return [task.id for task, _, _ in prepared if task.id in held]
-
-
 def _landed(task: Task, worker_id: str | None, status: TaskStatus, mark: OutcomeMark) -> bool:
     """Whether ``mark`` (its row now) shows that this attempt of ``task`` wrote its
     outcome ``status`` before: a retried write learns that its earlier try landed

@@ -9,7 +9,7 @@ changes nothing). Each is one transaction with its events.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -269,6 +269,14 @@ class Claims(FlowControl):
     # --- outcomes ------------------------------------------------------------------------
 
     # --- holding leases --------------------------------------------------------------
+
+    async def cancels_requested_async(self, task_ids: Collection[str]) -> set[str]:
+        """The running tasks among ``task_ids`` whose cancellation was requested (a
+        read: a worker learns of cancels from other processes between heartbeats)."""
+        ids = list(task_ids)
+        return await self.storage.read(
+            lambda conn: self.storage.tasks.cancels_requested(conn, ids), what="get tasks"
+        )
 
     async def renew_leases_async(self, leases: Mapping[str, str]) -> set[str]:
         """Extend the leases ``{task_id: lease_token}``; return the ids still held."""

@@ -21,10 +21,10 @@ from omniq.services._shared import (
     _SWEEP_BATCH,
     ErrorInfo,
     _completed_event,
-    _completed_ids,
     _event,
     _finish_values,
     _landed,
+    log,
 )
 from omniq.services.claims import Start
 from omniq.services.dependencies import finalize, release_dependents
@@ -32,6 +32,9 @@ from omniq.services.failures import Failures
 from omniq.services.flow_steps import members_completed
 
 __all__ = ["Leases", "Start"]
+
+#: Why a task whose cancel was requested while it ran ends cancelled at completion.
+_RESULT_DROPPED = "cancelled by request (it had finished; its result was dropped)"
 
 
 class Leases(Failures):
@@ -64,10 +67,38 @@ class Leases(Failures):
     ) -> list[str]:
         """Complete several running tasks in one transaction; return the ids completed.
 
-        ``rewrites`` names leases ``(task_id, lease_token)`` whose completion
-        was written before and raised: a task completed by that very attempt
-        (the earlier commit landed) counts as completed, nothing is written again.
-        Otherwise completing a task twice is a lost lease.
+        A task whose cancellation was requested while it ran is cancelled
+        instead (see :meth:`settle_completions_async`, which says which).
+        """
+        statuses = await self.settle_completions_async(
+            completions, worker_id=worker_id, events=events, starts=starts, rewrites=rewrites
+        )
+        return [
+            task.id
+            for (task, _, _), status in zip(completions, statuses, strict=True)
+            if status is TaskStatus.COMPLETED
+        ]
+
+    async def settle_completions_async(
+        self,
+        completions: Sequence[tuple[Task, Any, float | None]],
+        *,
+        worker_id: str | None = None,
+        events: Sequence[Mapping[str, Any]] = (),
+        starts: Sequence[Start] = (),
+        rewrites: Collection[tuple[str, str | None]] = (),
+    ) -> list[TaskStatus | None]:
+        """Write the outcomes of running tasks whose function returned, in one transaction.
+
+        Each task ends ``COMPLETED`` (result, event, dependents released) or,
+        when its cancellation was requested while it ran (from any process,
+        even after the function returned), ``CANCELLED`` with its result
+        dropped and its dependents cancelled. None: the lease was lost,
+        nothing was written. Returned in order.
+
+        ``rewrites`` names leases ``(task_id, lease_token)`` whose outcome was
+        written before and raised: an outcome that earlier try left (its
+        commit landed) is returned as written, and nothing is written again.
 
         ``events`` (rows from :func:`omniq.repositories.events.event_row`) and
         ``starts`` (see :meth:`mark_started_async`) are written first in the
@@ -88,36 +119,28 @@ class Leases(Failures):
                 )
             prepared.append((task, row, elapsed))
 
-        def body(conn: sa.Connection) -> list[str]:
+        def body(conn: sa.Connection) -> list[TaskStatus | None]:
             # The starts of these tasks are written by the same UPDATE.
             held = self.storage.tasks.finish_leased(
                 conn,
                 [(task.id, task.lease_token) for task, _, _ in prepared],
                 _finish_values(TaskStatus.COMPLETED, now),
                 starts,
+                where=~t.c.cancel_requested,
             )
-            # A retried write whose earlier commit landed (the caller saw an error)
-            # finds these tasks completed by this very attempt: done, nothing to write.
-            marks = self.storage.tasks.outcome_marks(
-                conn,
-                [
-                    task.id
-                    for task, _, _ in prepared
-                    if task.id not in held and (task.id, task.lease_token) in rewrites
-                ],
-            )
-            landed = {
-                task.id
-                for task, _, _ in prepared
-                if task.id in marks
-                and _landed(task, worker_id, TaskStatus.COMPLETED, marks[task.id])
-            }
-            done = _completed_ids(prepared, held | landed)
+            buffered = list(events)
+            settled: dict[str, TaskStatus] = dict.fromkeys(held, TaskStatus.COMPLETED)
+            rest = [task for task, _, _ in prepared if task.id not in held]
+            if rest:
+                # The buffered events come first, as they happened.
+                self.storage.events.insert_rows(conn, buffered)
+                buffered = []
+                settled.update(self._settle_unheld(conn, rest, starts, rewrites, now, worker_id))
             # The buffered events first, then the completions', in one statement.
             self.storage.events.insert_rows(
                 conn,
                 [
-                    *events,
+                    *buffered,
                     *(
                         _completed_event(task, now, worker_id, elapsed)
                         for task, _, elapsed in prepared
@@ -134,7 +157,9 @@ class Leases(Failures):
                 ],
             )
             if held:
-                release_dependents(conn, self.storage, [x for x in done if x in held], now)
+                release_dependents(
+                    conn, self.storage, [task.id for task, _, _ in prepared if task.id in held], now
+                )
                 members = [
                     (task, row["result"])
                     for task, row, _ in prepared
@@ -142,11 +167,50 @@ class Leases(Failures):
                 ]
                 if members:
                     members_completed(conn, self.storage, members, now)
-            return done
+            return [settled.get(task.id) for task, _, _ in prepared]
 
-        done = await self.storage.write(body, what="complete tasks")
+        statuses = await self.storage.write(body, what="complete tasks")
+        lost = [
+            task.id for (task, _, _), status in zip(prepared, statuses, strict=True) if not status
+        ]
+        if lost:
+            log.warning("lease lost, completion discarded for task(s) %s", ", ".join(lost))
         self.storage.notifier.notify()
-        return done
+        return statuses
+
+    def _settle_unheld(
+        self,
+        conn: sa.Connection,
+        tasks: Sequence[Task],
+        starts: Sequence[Start],
+        rewrites: Collection[tuple[str, str | None]],
+        now: datetime,
+        worker_id: str | None,
+    ) -> dict[str, TaskStatus]:
+        """The completions the UPDATE left: a task whose cancel was requested while it
+        ran is cancelled (result dropped); a retried write whose earlier commit
+        landed finds what that try wrote. Lost leases are left out."""
+        ids = {task.id for task in tasks}
+        self.storage.tasks.mark_started(conn, [start for start in starts if start[0] in ids])
+        settled: dict[str, TaskStatus] = {}
+        for task in tasks:
+            worker = worker_id or task.worker_id
+            if self._cancel_if_requested(conn, task, now, worker, _RESULT_DROPPED):
+                settled[task.id] = TaskStatus.CANCELLED
+        marks = self.storage.tasks.outcome_marks(
+            conn,
+            [
+                task.id
+                for task in tasks
+                if task.id not in settled and (task.id, task.lease_token) in rewrites
+            ],
+        )
+        for task in tasks:
+            mark = marks.get(task.id)
+            for status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED):
+                if mark is not None and _landed(task, worker_id, status, mark):
+                    settled[task.id] = status
+        return settled
 
     async def release_async(
         self,

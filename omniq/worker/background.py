@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from omniq._version import VERSION
+from omniq.errors import DatabaseError
 from omniq.models import EventType, Settings, Task, WorkerInfo
 from omniq.services import event_row
 from omniq.services._storage import Storage
@@ -23,6 +24,9 @@ from omniq.services.workers import WorkerRegistry
 from omniq.worker.outcomes import OutcomeWriting, _Running, log
 
 __all__ = ["BackgroundLoops", "TaskTimeout"]
+
+#: Seconds between a busy worker's reads of its tasks' cancel requests.
+_CANCEL_CHECK_EVERY = 1.0
 
 
 class BackgroundLoops(OutcomeWriting):
@@ -126,6 +130,34 @@ class BackgroundLoops(OutcomeWriting):
                 self._lose(task_id)
             elif held[task_id]:
                 self._cancel_local(task_id)
+
+    async def _cancel_watch_loop(self) -> None:
+        """Between heartbeats, look for cancels requested from other processes (or
+        machines) every ``_CANCEL_CHECK_EVERY`` seconds while tasks are held: one
+        read, so a cancelled task stops soon and a prefetched one never starts."""
+        while not await _wait(self._tasks_settled, _CANCEL_CHECK_EVERY):
+            await self._check_cancels()
+
+    async def _check_cancels(self) -> None:
+        ids = [
+            task_id
+            for task_id, entry in self._running.items()
+            if not (entry.cancel_requested or entry.lost or entry.releasing)
+        ]
+        ids.extend(task.id for task in self._buffer)
+        if not ids:
+            return
+        try:
+            requested = await self.queue.cancels_requested_async(ids)
+        except (DatabaseError, OSError) as exc:
+            # An outage: the heartbeat reports it; cancels are looked for again soon.
+            log.debug("checking for cancel requests failed: %s", exc)
+            return
+        except Exception as exc:
+            await self._report_error("checking for cancel requests failed", exc)
+            return
+        for task_id in requested:
+            self._cancel_local(task_id)
 
     def _lose(self, task_id: str) -> None:
         self._buffer = [t for t in self._buffer if t.id != task_id]

@@ -1,8 +1,11 @@
 """Cancelling a worker's running and prefetched tasks (a part of :class:`~omniq.worker.Worker`).
 
-A cancel requested in the database reaches the worker as a notification
-(in-process, or PostgreSQL ``LISTEN`` from any process): a running task's
-call is cancelled, a prefetched one is settled as cancelled and never runs.
+A cancel requested in the database reaches the worker as an in-process
+notification, or from another process through the worker's read of its held
+tasks' cancel requests (about every second, see ``BackgroundLoops``) or its
+heartbeat: a running task's call is cancelled, a prefetched one is settled as
+cancelled and never runs. A function that returned before the worker heard
+ends cancelled all the same (the completion write honours the request).
 At shutdown, sync calls still waiting for a pool thread are withdrawn.
 """
 

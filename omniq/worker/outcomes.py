@@ -87,7 +87,7 @@ class OutcomeWriting:
     _started_events: collections.deque[dict[str, Any]]
     _starts: collections.deque[Start]
     _abandon_writes: bool
-    _completions: GroupCommit[tuple[Task, Any, float], bool]
+    _completions: GroupCommit[tuple[Task, Any, float], TaskStatus | None]
     _failures: GroupCommit[tuple[Task, ErrorInfo, bool, float], TaskStatus | None]
     _lease_writes: asyncio.Lock
 
@@ -99,15 +99,19 @@ class OutcomeWriting:
     async def _succeeded(self, entry: _Running, result: Any, elapsed: float) -> None:
         task = entry.task
         try:
-            held = await self._write_outcome(
+            status = await self._write_outcome(
                 entry, lambda: self._completions.submit((entry.task, result, elapsed))
             )
         except (SerializationError, ValidationError) as exc:
             # The result cannot be stored (here or by this database): the task fails.
             await self._failed(entry, exc, elapsed)
             return
-        if not held:
+        if status is None:
             self._counts["lost"] += 1
+            return
+        if status is TaskStatus.CANCELLED:
+            # Its cancel was requested while it ran (from elsewhere): result dropped.
+            self._settle_cancelled(entry)
             return
         entry.outcome = "succeeded"
         self._counts["completed"] += 1
@@ -119,14 +123,18 @@ class OutcomeWriting:
         if task.callback:
             await self._run_callback(task, result)
 
-    async def _flush_completions(self, items: list[tuple[Task, Any, float]]) -> list[bool]:
+    async def _flush_completions(
+        self, items: list[tuple[Task, Any, float]]
+    ) -> list[TaskStatus | None]:
         return await _in_rounds(items, self._flush_completion_round)
 
-    async def _flush_completion_round(self, items: list[tuple[Task, Any, float]]) -> list[bool]:
+    async def _flush_completion_round(
+        self, items: list[tuple[Task, Any, float]]
+    ) -> list[TaskStatus | None]:
         events, starts = self._take_buffered()
         try:
-            done = await self._in_turn(
-                self.queue.complete_many_async(
+            return await self._in_turn(
+                self.queue.settle_completions_async(
                     items,
                     worker_id=self.worker_id,
                     rewrites=self._rewrites_of([task for task, _, _ in items]),
@@ -137,8 +145,6 @@ class OutcomeWriting:
         except BaseException:
             self._restore(events, starts)
             raise
-        held = set(done)
-        return [task.id in held for task, _, _ in items]
 
     async def _flush_failures(
         self, items: list[tuple[Task, ErrorInfo, bool, float]]
@@ -215,15 +221,19 @@ class OutcomeWriting:
             await self._report_error(f"the cancel of task {entry.task.id} cannot be stored", exc)
             cancelled = None
         if cancelled:
-            entry.outcome = "cancelled"
-            self._counts["cancelled"] += 1
-            ran = None if entry.started is None else time.perf_counter() - entry.started
-            logs.task_cancelled(self.worker_id, entry.task, ran)
-            self._settle(entry.task.id, TaskStatus.CANCELLED)
-            if self.metrics is not None:
-                self.metrics.attempt_settled(entry.task, "cancelled")
+            self._settle_cancelled(entry)
         else:
             self._counts["lost"] += 1
+
+    def _settle_cancelled(self, entry: _Running) -> None:
+        """Count and log an attempt that ended cancelled."""
+        entry.outcome = "cancelled"
+        self._counts["cancelled"] += 1
+        ran = None if entry.started is None else time.perf_counter() - entry.started
+        logs.task_cancelled(self.worker_id, entry.task, ran)
+        self._settle(entry.task.id, TaskStatus.CANCELLED)
+        if self.metrics is not None:
+            self.metrics.attempt_settled(entry.task, "cancelled")
 
     async def _write_outcome(self, entry: _Running, write: Callable[[], Awaitable[T]]) -> T | None:
         """Write a finished task's outcome, retrying until it lands or the lease is lost.

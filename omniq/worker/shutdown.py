@@ -69,8 +69,9 @@ class Stopping(Cancellation):
     async def _shutdown(self) -> None:
         # Background loops finish the write they are in (a cancelled write would
         # leave the connection inside its transaction); heartbeats go on until the
-        # running tasks are settled, so their leases hold through the grace period.
-        heartbeat, *others = self._background
+        # running tasks are settled, so their leases hold through the grace period
+        # (and cancels requested meanwhile are still looked for).
+        heartbeat, cancel_watch, *others = self._background
         self._withdraw_queued_calls()
         self._winding_down.set()
         for job in others:
@@ -103,8 +104,9 @@ class Stopping(Cancellation):
                 if stuck:
                     await asyncio.wait(stuck, timeout=5.0)
         self._tasks_settled.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+        for job in (heartbeat, cancel_watch):
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
         self._background = []
         if self._pending_events or self._started_events:
             await self._guard(self.queue.heartbeat_async({}, self._take_events()))

@@ -174,7 +174,7 @@ class Worker(Claiming):
         #: PostgreSQL a heartbeat and a completion locking the same task rows in
         #: different orders would deadlock (and wait out ``deadlock_timeout``).
         self._lease_writes = asyncio.Lock()
-        self._completions: GroupCommit[tuple[Task, Any, float], bool] = GroupCommit(
+        self._completions: GroupCommit[tuple[Task, Any, float], TaskStatus | None] = GroupCommit(
             self._flush_completions
         )
         self._failures: GroupCommit[tuple[Task, ErrorInfo, bool, float], TaskStatus | None] = (
@@ -281,7 +281,10 @@ class Worker(Claiming):
             )
         self._winding_down = asyncio.Event()
         self._tasks_settled = asyncio.Event()
-        self._background = [self._loop.create_task(self._heartbeat_loop())]
+        self._background = [
+            self._loop.create_task(self._heartbeat_loop()),
+            self._loop.create_task(self._cancel_watch_loop()),
+        ]
         if self.run_maintenance:
             self._background.append(self._loop.create_task(self._maintenance_loop()))
         if self.run_scheduler:

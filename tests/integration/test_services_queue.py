@@ -642,7 +642,11 @@ async def test_cancel_pending_running_and_finished(svc: Services) -> None:
     assert task.cancel_requested is True
     assert (await event_types(svc, running_id))[-1] is EventType.CANCEL_REQUESTED
     assert await svc.results.get_async(running_id) is None
-    assert await q.complete_async(running)  # the worker still owns it
+    # The worker still owns it; its completion honours the request (result dropped).
+    assert await q.complete_async(running) is False
+    task = await must_get(svc, running_id)
+    assert task.status is TaskStatus.CANCELLED
+    assert (await event_types(svc, running_id))[-1] is EventType.CANCELLED
 
     assert await q.complete_async(await claim_one(svc, done_id))
     events_before = await event_count(svc)

@@ -959,13 +959,13 @@ async def test_a_finished_function_frees_its_slot_before_its_outcome_commits(
     )
     worker = make_worker(svc, concurrency=1, prefetch=1)
     gate = asyncio.Event()
-    complete = worker.queue.complete_many_async
+    complete = worker.queue.settle_completions_async
 
-    async def held(*args: Any, **kwargs: Any) -> list[str]:
+    async def held(*args: Any, **kwargs: Any) -> list[TaskStatus | None]:
         await gate.wait()
         return await complete(*args, **kwargs)
 
-    monkeypatch.setattr(worker.queue, "complete_many_async", held)
+    monkeypatch.setattr(worker.queue, "settle_completions_async", held)
     await worker.start_async()
     try:
 

@@ -86,7 +86,7 @@ async def test_a_completion_whose_write_fails_is_retried_not_dropped(
         await svc.queue.enqueue_async(ref("record_sync"), [str(log), f"t{i}"], max_retries=2)
         for i in range(20)
     ]
-    calls = fail_first(monkeypatch, svc.queue, "complete_many_async", 3, error)
+    calls = fail_first(monkeypatch, svc.queue, "settle_completions_async", 3, error)
     worker = make_worker(svc, concurrency=4)
     await asyncio.wait_for(worker.run_until_complete_async(), timeout=60)
     assert calls[0] > 3
@@ -117,7 +117,7 @@ async def test_a_completion_whose_commit_landed_but_raised_counts_as_completed(
     ids = [
         await svc.queue.enqueue_async(ref("record_sync"), [str(log), f"t{i}"]) for i in range(20)
     ]
-    landed = land_then_fail(monkeypatch, svc.queue, "complete_many_async", 2)
+    landed = land_then_fail(monkeypatch, svc.queue, "settle_completions_async", 2)
     worker = make_worker(svc, concurrency=4)
     with caplog.at_level("WARNING", logger="omniq.queue"):
         await asyncio.wait_for(worker.run_until_complete_async(), timeout=60)
