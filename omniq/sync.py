@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -16,6 +18,7 @@ import sqlalchemy as sa
 from omniq._portal import run_sync, sync_twin
 from omniq.app import AsyncOmniQ, TaskHandle
 from omniq.config import OmniQConfig
+from omniq.errors import ConfigurationError
 from omniq.models import Settings, Task
 from omniq.services import EventStorage, ResultStorage, Services, TaskQueue, WorkflowService
 from omniq.services.caller_tx import is_sync_transaction, run_inline
@@ -211,6 +214,32 @@ class SyncWorker:
     run_until_complete = sync_twin(Worker.run_until_complete_async)
     process_task = sync_twin(Worker.process_task_async)
     get_stats = sync_twin(Worker.get_stats_async)
+
+    def run(self, *, install_signal_handlers: bool = False) -> None:
+        """Work until :meth:`stop` (from another thread); Ctrl-C stops it gracefully.
+
+        With ``install_signal_handlers`` (main thread only), SIGTERM and SIGINT
+        stop it gracefully too, and ``run`` returns then.
+        """
+        previous: dict[signal.Signals, Any] = {}
+        if install_signal_handlers:
+            if threading.current_thread() is not threading.main_thread():
+                raise ConfigurationError("install_signal_handlers=True needs the main thread")
+
+            def on_signal(_signum: int, _frame: Any) -> None:
+                # The handler runs in this thread, which waits for run_async: stop elsewhere.
+                threading.Thread(target=self.stop, name="omniq-stop", daemon=True).start()
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, on_signal)
+        try:
+            run_sync(self._async.run_async)
+        except KeyboardInterrupt:
+            self.stop()
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 class OmniQ:

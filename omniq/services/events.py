@@ -50,7 +50,8 @@ class EventStorage:
         limit: int = 100,
         offset: int = 0,
     ) -> list[TaskEvent]:
-        """Events matching every given filter, newest first, paginated."""
+        """Events matching every given filter, paginated, the last written first
+        (their order of insertion; ``timestamp`` is when each happened)."""
         types = None
         if event_type is not None:
             if not isinstance(event_type, str | Collection):

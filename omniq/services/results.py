@@ -168,7 +168,8 @@ class ResultStorage:
         while True:
             task, result = await self.storage.read(self._task_and_result(task_id), what="wait")
             if result is not None:
-                return result
+                # An expired result is gone, as for get_async.
+                return None if _expired(result, self.storage.now()) else result
             if task is None:
                 raise TaskNotFound(f"no task with id {task_id!r}")
             if task.is_final:

@@ -307,3 +307,79 @@ async def test_a_blocking_call_racing_the_apps_own_open_is_made_on_the_apps_loop
         go.set()
         await asyncio.wait_for(held, 30)
         await asyncio.wait_for(oq.close_async(), 30)
+
+
+def test_sync_worker_run_blocks_until_stopped_from_another_thread(db_url: str) -> None:
+    """SyncWorker.run is run_async's blocking twin: it works until stop()."""
+    from tests.waiting import wait_until_sync
+
+    backend = SQLBackend(db_url, allow_modules=["tests.app_tasks"])
+    try:
+        queue = backend.get_task_queue(["default"])
+        worker = backend.get_worker("thread", poll_interval=0.05)
+        runner = threading.Thread(target=worker.run, name="sync-run")
+        runner.start()
+        task_id = queue.enqueue("tests.app_tasks:add", [2, 3])
+        results = backend.get_result_storage()
+        wait_until_sync(lambda: results.get(task_id) is not None, "the task to run")
+        assert runner.is_alive()  # still working, not a burst
+        worker.stop()
+        runner.join(timeout=30)
+        assert not runner.is_alive()
+        assert worker.get_stats().completed == 1
+        caught: list[BaseException] = []
+
+        def in_thread() -> None:
+            try:
+                worker.run(install_signal_handlers=True)
+            except BaseException as exc:
+                caught.append(exc)
+
+        other = threading.Thread(target=in_thread)
+        other.start()
+        other.join(timeout=30)
+        assert len(caught) == 1 and isinstance(caught[0], ConfigurationError)
+        assert "main thread" in str(caught[0])
+    finally:
+        backend.close()
+
+
+def test_sync_worker_run_stops_gracefully_on_sigterm(db_url: str, tmp_path: Path) -> None:
+    """run(install_signal_handlers=True) in a script's main thread: SIGTERM stops the
+    worker gracefully (deregistered) and run returns."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.waiting import wait_until_sync
+
+    script = tmp_path / "run_worker.py"
+    script.write_text(
+        "import sys\n"
+        "from omniq.backends import SQLBackend\n"
+        "backend = SQLBackend(sys.argv[1])\n"
+        "worker = backend.get_worker('thread', poll_interval=0.05)\n"
+        "worker.run(install_signal_handlers=True)\n"
+        "print('returned', flush=True)\n"
+        "backend.close()\n",
+        encoding="utf-8",
+    )
+    child = subprocess.Popen(
+        [sys.executable, str(script), db_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        with OmniQ(url=db_url) as oq:
+            wait_until_sync(lambda: len(oq.list_workers()) == 1, "the worker to register")
+            child.send_signal(signal.SIGTERM)
+            out, err = child.communicate(timeout=60)
+            assert child.returncode == 0, err.decode()
+            assert out.decode().strip() == "returned"
+            assert oq.list_workers() == []
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

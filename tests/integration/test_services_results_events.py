@@ -500,3 +500,21 @@ async def test_queue_transitions_are_visible_in_events(svc: Services) -> None:
     stored = await svc.queue.get_task_async(task_id)
     assert stored is not None
     assert stored.status is TaskStatus.COMPLETED
+
+
+async def test_waiting_for_an_expired_result_finds_none(svc: Services) -> None:
+    """wait_async agrees with get_async: a result past its TTL is gone."""
+    from tests.waiting import wait_until
+
+    task_id = await svc.queue.enqueue_async(
+        "tests.worker_tasks:add", [1, 2], result_ttl=timedelta(milliseconds=50)
+    )
+    task = await svc.queue.dequeue_async(worker_id="w")
+    assert task is not None and task.id == task_id
+    assert await svc.queue.complete_async(task, 3)
+
+    async def expired() -> bool:
+        return await svc.results.get_async(task_id) is None
+
+    await wait_until(expired, "the result to expire")
+    assert await svc.results.wait_async(task_id, timeout=1) is None

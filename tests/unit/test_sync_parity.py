@@ -13,13 +13,21 @@ import pytest
 
 from omniq.errors import SyncInAsyncContext
 from omniq.services import EventStorage, ResultStorage, Services, Storage, TaskQueue
-from omniq.sync import SyncEventStorage, SyncResultStorage, SyncServices, SyncTaskQueue
+from omniq.sync import (
+    SyncEventStorage,
+    SyncResultStorage,
+    SyncServices,
+    SyncTaskQueue,
+    SyncWorker,
+)
+from omniq.worker import Worker
 
 PAIRS: list[tuple[type[Any], type[Any]]] = [
     (TaskQueue, SyncTaskQueue),
     (ResultStorage, SyncResultStorage),
     (EventStorage, SyncEventStorage),
     (Services, SyncServices),
+    (Worker, SyncWorker),
 ]
 
 #: Deliberate differences: the sync ``open`` cannot take an AsyncEngine (it would be
