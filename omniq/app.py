@@ -182,7 +182,7 @@ class AsyncOmniQ(WorkerMethods, QueryMethods, ScheduleMethods, FlowMethods, Work
             services, self._services = self._services, None
             # Opened again (perhaps on another database), it upserts its declarations again.
             self._unsynced.update(self._declared)
-            await services.close_async()
+            await _close_on_own_loop(services)
 
     async def __aenter__(self) -> AsyncOmniQ:
         return await self.open_async()
@@ -215,7 +215,19 @@ class AsyncOmniQ(WorkerMethods, QueryMethods, ScheduleMethods, FlowMethods, Work
                     # A blocking call from a thread, while the app is open on its
                     # own loop: the call is made there (nothing was done yet).
                     raise OwnedElsewhere(owner)
-                if self._worker is None and is_portal_loop(owner):
+                if (
+                    self._worker is None
+                    and owner is not None
+                    and not owner.is_running()
+                    and services.storage.loop_bound
+                ):
+                    # The loop that opened these connections has ended (an
+                    # asyncio.run() returned): they cannot serve this loop, so
+                    # open again here; the old ones are let go with the app.
+                    self._left.append(services)
+                    self._services = None
+                    self._unsynced.update(self._declared)
+                elif self._worker is None and is_portal_loop(owner):
                     # A blocking call from a thread opened this app on the sync
                     # portal's loop before the app's own loop did; a connection
                     # belongs to the loop that opened it (asyncpg's do), so open
@@ -426,7 +438,9 @@ def _elsewhere(services: Services, here: asyncio.AbstractEventLoop | None) -> bo
 async def _close_on_own_loop(services: Services) -> None:
     """Close ``services`` on the loop that opened them (if it runs elsewhere)."""
     loop = services.storage.loop
-    if loop is not None and loop.is_running() and loop is not _running_loop():
+    if loop is None or loop is _running_loop():
+        await services.close_async()
+    elif loop.is_running():
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(services.close_async(), loop))
     else:
-        await services.close_async()
+        await services.storage.let_go()  # its loop has ended

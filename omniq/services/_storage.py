@@ -232,6 +232,21 @@ class Storage:
         if self.owns_engine:
             await self.engine.dispose()
 
+    @property
+    def loop_bound(self) -> bool:
+        """True when connections belong to the event loop that opened them (asyncpg's):
+        they cannot be used, nor closed, from another loop."""
+        return self.dialect.name != "sqlite"
+
+    async def let_go(self) -> None:
+        """Close from another loop after the loop that opened this Storage has ended:
+        loop-bound connections are let go (dereferenced, not closed); the rest closes."""
+        if not self.loop_bound:
+            await self.close()
+            return
+        if self.owns_engine:
+            await self.engine.dispose(close=False)
+
     # --- the clock -----------------------------------------------------------------
 
     def now(self) -> datetime:

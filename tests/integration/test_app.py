@@ -383,3 +383,31 @@ def test_sync_worker_run_stops_gracefully_on_sigterm(db_url: str, tmp_path: Path
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_an_app_outlives_the_event_loops_that_used_it(db_url: str) -> None:
+    """An app used from an asyncio.run() that has since returned keeps working, from
+    the next loop and from its blocking twin (PostgreSQL's connections belong to the
+    loop that opened them: new ones are opened, the old ones let go)."""
+    with OmniQ(url=db_url) as oq:
+        first = oq.enqueue(app_tasks.add, [1, 2])
+        second = asyncio.run(oq.app.enqueue_async(app_tasks.add, [3, 4]))
+        assert oq.get_task(first).status is TaskStatus.PENDING  # type: ignore[union-attr]
+        third = oq.enqueue(app_tasks.add, [5, 6])
+        assert {t.id for t in oq.list_tasks()} == {first, second, third}
+
+    app = AsyncOmniQ(url=db_url)
+
+    async def enqueue() -> str:
+        return await app.enqueue_async(app_tasks.add, [7, 8])
+
+    async def read_then_close(task_id: str) -> TaskStatus:
+        try:
+            task = await app.get_task_async(task_id)
+            assert task is not None
+            return task.status
+        finally:
+            await app.close_async()
+
+    task_id = asyncio.run(enqueue())  # not closed: its loop ends with the app open
+    assert asyncio.run(read_then_close(task_id)) is TaskStatus.PENDING
