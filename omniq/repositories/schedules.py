@@ -28,6 +28,7 @@ class ScheduleRepository:
         self.dialect = dialect
         self.codec = codec or PayloadCodec()
         self._get = sa.select(s).where(s.c.id == sa.bindparam("id"))
+        self._get_locked = self._get.with_for_update()
 
     def to_row(self, schedule: Schedule) -> dict[str, Any]:
         """The column values of ``schedule`` (payload serialized)."""
@@ -68,16 +69,26 @@ class ScheduleRepository:
         with translate_errors("create schedule"):
             conn.execute(s.insert(), self.to_row(schedule))
 
-    def get_by_name(self, conn: Connection, name: str) -> Schedule | None:
-        """The schedule named ``name`` (names are unique), or None."""
+    def get_by_name(self, conn: Connection, name: str, *, lock: bool = False) -> Schedule | None:
+        """The schedule named ``name`` (names are unique), or None.
+
+        ``lock``: read to be written back in this transaction. Where rows lock
+        (PostgreSQL) it is locked FOR UPDATE until the transaction ends, so no
+        fire commits in between (a fire skips a locked row); SQLite's write
+        transactions are serialized already.
+        """
+        stmt = sa.select(s).where(s.c.name == name)
+        if lock and self.dialect.skip_locked:
+            stmt = stmt.with_for_update()
         with translate_errors("get schedule"):
-            row = (conn.execute(sa.select(s).where(s.c.name == name))).mappings().first()
+            row = (conn.execute(stmt)).mappings().first()
         return None if row is None else self.from_row(row)
 
-    def get(self, conn: Connection, schedule_id: str) -> Schedule | None:
-        """The schedule with ``schedule_id``, or None."""
+    def get(self, conn: Connection, schedule_id: str, *, lock: bool = False) -> Schedule | None:
+        """The schedule with ``schedule_id``, or None (``lock`` as in :meth:`get_by_name`)."""
+        stmt = self._get_locked if lock and self.dialect.skip_locked else self._get
         with translate_errors("get schedule"):
-            row = (conn.execute(self._get, {"id": schedule_id})).mappings().one_or_none()
+            row = (conn.execute(stmt, {"id": schedule_id})).mappings().one_or_none()
         return None if row is None else self.from_row(row)
 
     def query(

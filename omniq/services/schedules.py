@@ -55,6 +55,11 @@ _DECLARED = (
     "task_options",
     "serializer",
 )
+#: The columns a declaration writes (its arguments are stored as ``payload``).
+_DECLARED_COLUMNS = (
+    *(field for field in _DECLARED if field not in ("func_args", "func_kwargs")),
+    "payload",
+)
 
 
 class ScheduleAdmin(Queries):
@@ -138,7 +143,8 @@ class ScheduleAdmin(Queries):
 
         def body(conn: sa.Connection) -> Schedule:
             refuse_if_migrated(conn)
-            current = self.storage.schedules.get_by_name(conn, name)
+            # Locked (PostgreSQL) until the write: a fire cannot commit in between.
+            current = self.storage.schedules.get_by_name(conn, name, lock=True)
             if current is None:
                 new = schedule
                 if new.next_run_at is None and new.status is ScheduleStatus.ACTIVE:
@@ -160,16 +166,24 @@ class ScheduleAdmin(Queries):
             }
             if not changes:
                 return current
-            candidate = attrs.evolve(current, updated_at=now, **changes)
-            if _TIMING & set(changes) and candidate.status is ScheduleStatus.ACTIVE:
-                nxt = timing.run_from_now(candidate, now)
-                if nxt is None:
-                    candidate = attrs.evolve(candidate, status=ScheduleStatus.COMPLETED)
-                candidate = attrs.evolve(candidate, next_run_at=nxt)
+            candidate = attrs.evolve(current, **changes)
             row = self.storage.schedules.to_row(candidate)
-            row.pop("id")
+            # Only the declaration's own columns: the run count, last run and (unless
+            # the timing changed) next run and status are the fires' to write.
+            values: dict[str, Any] = {column: row[column] for column in _DECLARED_COLUMNS}
+            values["updated_at"] = now
+            if _TIMING & set(changes) and current.status is ScheduleStatus.ACTIVE:
+                nxt = timing.run_from_now(candidate, now)
+                values["next_run_at"] = nxt
+                if nxt is None:
+                    values["status"] = ScheduleStatus.COMPLETED
+            # Compare-and-set on what was read (the lock makes it hold).
             updated = self.storage.schedules.update(
-                conn, current.id, row, expected_status=[current.status]
+                conn,
+                current.id,
+                values,
+                expected_status=[current.status],
+                expected_next_run_at=current.next_run_at,
             )
             if updated is None:
                 raise InvalidTransition(f"schedule {current.id} changed during upsert; retry")
@@ -264,7 +278,8 @@ class ScheduleAdmin(Queries):
 
         def body(conn: sa.Connection) -> Schedule:
             refuse_if_migrated(conn)
-            current = self._require_schedule(conn, schedule_id)
+            # Locked (PostgreSQL) until the write: the whole row is written back.
+            current = self._require_schedule(conn, schedule_id, lock=True)
             candidate = attrs.evolve(current, updated_at=now, **changes)
             timing_keys = {
                 "schedule_type",
@@ -399,8 +414,10 @@ class ScheduleAdmin(Queries):
 
         return await self.storage.write(body, what="update schedule")
 
-    def _require_schedule(self, conn: sa.Connection, schedule_id: str) -> Schedule:
-        schedule = self.storage.schedules.get(conn, schedule_id)
+    def _require_schedule(
+        self, conn: sa.Connection, schedule_id: str, *, lock: bool = False
+    ) -> Schedule:
+        schedule = self.storage.schedules.get(conn, schedule_id, lock=lock)
         if schedule is None:
             raise ScheduleNotFound(f"no schedule with id {schedule_id!r}")
         return schedule
