@@ -13,6 +13,8 @@ import argparse
 import sys
 from typing import Any
 
+import attrs
+
 from omniq.cli_context import require_database, url_of
 from omniq.cli_output import CLIError, emit
 from omniq.config import OmniQConfig
@@ -116,7 +118,8 @@ async def cmd_db(args: argparse.Namespace, config: OmniQConfig) -> int:
     if args.action in ("upgrade", "downgrade") and args.revision:
         check_revision(args.action, args.revision)
     head = migrate.head()
-    engine = create_engine(url, config.settings)
+    # Migrations may run long statements (an index on a big table): no server_timeout.
+    engine = create_engine(url, attrs.evolve(config.settings, server_timeout=None))
     try:
         if args.action == "upgrade":
             await migrate.upgrade_async(engine, args.revision or "head")

@@ -48,6 +48,7 @@ __all__ = [
     "normalize_url",
     "read_engine",
     "schema_of",
+    "server_connect_args",
     "sqlite_path",
     "sqlite_writer_engine",
     "with_schema",
@@ -318,7 +319,21 @@ def create_engine(
         install_sqlite_events(engine.sync_engine, settings)
         return engine
     engine_kwargs.setdefault("pool_pre_ping", True)
+    engine_kwargs["connect_args"] = {
+        **server_connect_args(parsed, settings),
+        **(engine_kwargs.get("connect_args") or {}),
+    }
     return create_async_engine(parsed, **engine_kwargs)
+
+
+def server_connect_args(url: sa.URL, settings: Settings) -> dict[str, Any]:
+    """The driver's arguments that bound each wait for a server's reply, and for a
+    connection (``Settings.server_timeout``; asyncpg's ``command_timeout`` and
+    ``timeout``); empty for other drivers or with no bound."""
+    if settings.server_timeout is None or url.get_driver_name() != "asyncpg":
+        return {}
+    seconds = settings.server_timeout.total_seconds()
+    return {"command_timeout": seconds, "timeout": seconds}
 
 
 #: The execution option that puts OmniQ's schema-less tables in ``Settings.db_schema``.

@@ -267,7 +267,7 @@ async def ensure_schema(engine: AsyncEngine, *, auto_migrate: bool) -> None:
 
 def _run(url: str, schema: str | None, fn: Any, *args: Any) -> Any:
     async def main() -> Any:
-        engine = create_engine(url, Settings(db_schema=schema))
+        engine = create_engine(url, Settings(db_schema=schema, server_timeout=None))
         try:
             return await fn(engine, *args)
         finally:

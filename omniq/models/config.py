@@ -21,6 +21,7 @@ Environment variables (all optional):
 ``OMNIQ_ALLOW_PICKLE``      ``1`` to opt in to pickle payloads
 ``OMNIQ_LOG_LEVEL``         logging level of the ``omniq`` loggers
 ``OMNIQ_DB_SCHEMA``         PostgreSQL schema of OmniQ's tables (default: none)
+``OMNIQ_SERVER_TIMEOUT``    PostgreSQL: longest wait for one reply (``60s``, ``none``)
 ``OMNIQ_LOG_FORMAT``        ``text`` or ``json`` log lines (the ``omniq`` command)
 ==========================  =====================================================
 """
@@ -322,6 +323,7 @@ class OmniQConfig:
             "OMNIQ_POLL_INTERVAL": "poll_interval",
             "OMNIQ_LOG_LEVEL": "log_level",
             "OMNIQ_DB_SCHEMA": "db_schema",
+            "OMNIQ_SERVER_TIMEOUT": "server_timeout",
         }
         for var, key in mapping.items():
             if var in env:

@@ -39,6 +39,13 @@ def _positive(_inst: object, attribute: attrs.Attribute[Any], value: timedelta) 
         raise ValidationError(attribute.name, f"must be positive, got {value}")
 
 
+def _positive_or_none(
+    _inst: object, attribute: attrs.Attribute[Any], value: timedelta | None
+) -> None:
+    if value is not None:
+        _positive(_inst, attribute, value)
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """Defaults applied where a task or call does not say otherwise."""
@@ -89,6 +96,14 @@ class Settings:
     #: pages of 4 KiB by default); past it writes raise :class:`StorageFull`.
     sqlite_max_page_count: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
+    #: PostgreSQL: how long one statement may wait for the server's reply (asyncpg's
+    #: ``command_timeout``); past it the call raises :class:`DatabaseUnavailable`, so a
+    #: server that stops answering (connections open, nothing back) cannot hold a
+    #: caller, a worker or its shutdown for good. None: wait forever. Schema
+    #: migrations (``omniq db upgrade``) run without it.
+    server_timeout: timedelta | None = attrs.field(
+        default=timedelta(seconds=60), validator=_positive_or_none
     )
     #: None means: on for SQLite files, off for servers.
     auto_migrate: bool | None = None

@@ -30,6 +30,7 @@ from omniq.db.engine import (
     is_memory_sqlite,
     normalize_url,
     read_engine,
+    server_connect_args,
     sqlite_path,
     sqlite_writer_engine,
     with_schema,
@@ -401,7 +402,11 @@ class Storage:
         if self.dialect.name != "postgresql":
             yield False
             return
-        listener = WorkListener(self.engine.url, self.notifier.notify)
+        listener = WorkListener(
+            self.engine.url,
+            self.notifier.notify,
+            connect_args=server_connect_args(self.engine.url, self.settings),
+        )
         listening = await listener.open()
         keeper = asyncio.get_running_loop().create_task(listener.run())
         try:

@@ -166,7 +166,18 @@ class ResultStorage:
         deadline = None if limit is None else loop.time() + limit
         poll = 0.005
         while True:
-            task, result = await self.storage.read(self._task_and_result(task_id), what="wait")
+            remaining = None if deadline is None else deadline - loop.time()
+            try:
+                # A server that stops answering does not hold the caller past its
+                # timeout (each read still gets a moment: timeout=0 checks once).
+                async with asyncio.timeout(None if remaining is None else max(remaining, 0.5)):
+                    task, result = await self.storage.read(
+                        self._task_and_result(task_id), what="wait"
+                    )
+            except TimeoutError:
+                if deadline is not None and loop.time() >= deadline:
+                    return None
+                raise
             if result is not None:
                 # An expired result is gone, as for get_async.
                 return None if _expired(result, self.storage.now()) else result

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,12 +38,15 @@ class WorkListener:
         url: sa.URL,
         on_work: Callable[[], None],
         *,
+        connect_args: Mapping[str, Any] | None = None,
         check_every: float = 5.0,
         retry_min: float = 0.5,
         retry_max: float = 30.0,
     ) -> None:
         self._url = url
         self._on_work = on_work
+        #: The driver's arguments (the server timeouts of the app's own engine).
+        self._connect_args = dict(connect_args or {})
         self._check_every = check_every
         self._retry_min, self._retry_max = retry_min, retry_max
         self._engine: AsyncEngine | None = None
@@ -101,7 +104,9 @@ class WorkListener:
 
     async def _connect(self) -> None:
         if self._engine is None:
-            self._engine = create_async_engine(self._url, poolclass=sa.pool.NullPool)
+            self._engine = create_async_engine(
+                self._url, poolclass=sa.pool.NullPool, connect_args=self._connect_args
+            )
         self._listen_conn = await self._engine.connect()
         driver: Any = (await self._listen_conn.get_raw_connection()).driver_connection
         self._driver = driver

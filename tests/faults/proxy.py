@@ -57,6 +57,8 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._ends: set[asyncio.StreamWriter] = set()  # both ends of every live pipe
+        #: Cleared while stalled: bytes are held, connections stay open.
+        self._flowing = asyncio.Event()
 
     def __enter__(self) -> FaultProxy:
         self._thread.start()
@@ -81,9 +83,15 @@ class FaultProxy:
         """Reset every live connection, both sides."""
         self._call(lambda: [_reset(end) for end in list(self._ends)])
 
+    def stall(self) -> None:
+        """Pass no more bytes either way; connections stay open and new ones are
+        accepted (a server that stops answering, or a link that silently drops)."""
+        self._call(self._flowing.clear)
+
     def resume(self) -> None:
-        """Listen again on the same port."""
+        """Listen again on the same port, and pass bytes again."""
         asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
+        self._call(self._flowing.set)
 
     def _call(self, fn: Callable[[], Any]) -> None:
         async def run() -> None:
@@ -128,10 +136,10 @@ class FaultProxy:
             writer.transport.abort()
             up_writer.transport.abort()
 
-    @staticmethod
-    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         try:
             while data := await src.read(1 << 16):
+                await self._flowing.wait()
                 dst.write(data)
                 await dst.drain()
         except OSError:

@@ -1,0 +1,104 @@
+"""PostgreSQL stops answering: connections stay open and nothing comes back (a hung
+server, a link that silently drops packets). ``Settings.server_timeout`` bounds every
+wait for a reply, so no caller, worker loop or shutdown waits for good.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+
+from omniq.errors import DatabaseUnavailable
+from omniq.models import Settings, TaskStatus
+from omniq.services import Services
+from omniq.worker import Worker
+from tests import waiting
+from tests.faults import MODULE, ref
+from tests.faults.proxy import FaultProxy
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+
+#: Short, so the test sees the bound soon.
+BOUND = Settings(server_timeout=timedelta(seconds=2))
+
+
+async def readable(svc: Services, task_id: str) -> bool:
+    """True once ``svc`` reads the task again (the server answers)."""
+    try:
+        return await svc.queue.get_task_async(task_id) is not None
+    except DatabaseUnavailable:
+        return False
+
+
+async def test_a_server_that_stops_answering_holds_no_caller_for_good(
+    pg_proxy: tuple[FaultProxy, str, str], tmp_path: Path
+) -> None:
+    proxy, url, _direct = pg_proxy
+    svc = await Services.open_async(url, BOUND)
+    try:
+        task_id = await svc.queue.enqueue_async(ref("record"), [str(tmp_path / "out"), "a"])
+        proxy.stall()
+        with anyio.fail_after(10):  # its own timeout, not the server's reply
+            assert await svc.results.wait_async(task_id, timeout=1) is None
+        with anyio.fail_after(30), pytest.raises(DatabaseUnavailable):
+            await svc.queue.get_task_async(task_id)
+        with anyio.fail_after(30), pytest.raises(DatabaseUnavailable):
+            await svc.queue.enqueue_async(ref("record"), [str(tmp_path / "out"), "b"])
+        proxy.resume()
+        await waiting.wait_until(lambda: readable(svc, task_id), "the server to answer again")
+        task = await svc.queue.get_task_async(task_id)
+        assert task is not None and task.status is TaskStatus.PENDING
+    finally:
+        proxy.resume()
+        with anyio.move_on_after(30):
+            await svc.close_async()
+
+
+async def test_a_worker_stops_while_the_server_does_not_answer(
+    pg_proxy: tuple[FaultProxy, str, str], tmp_path: Path
+) -> None:
+    """stop() returns in bounded time though every write hangs; the task it held is
+    left to lease recovery, not lost and not failed."""
+    proxy, url, direct = pg_proxy
+    svc = await Services.open_async(url, BOUND)
+    observer = await Services.open_async(direct)
+    out = tmp_path / "out"
+    gate = tmp_path / "gate"
+    task_id = await svc.queue.enqueue_async(ref("gated"), [str(out), "held", str(gate)])
+    worker = Worker(
+        svc.queue,
+        svc.results,
+        svc.events,
+        allow_modules=[MODULE],
+        poll_interval=0.1,
+        run_scheduler=False,
+        run_maintenance=False,
+    )
+    await worker.start_async()
+    try:
+
+        async def running() -> bool:
+            task = await observer.queue.get_task_async(task_id)
+            return task is not None and task.status is TaskStatus.RUNNING
+
+        await waiting.wait_until(running, "the task to start")
+        proxy.stall()
+        with anyio.fail_after(90):
+            await worker.stop_async(grace_period=1)
+    finally:
+        proxy.resume()
+        gate.touch()
+        with anyio.move_on_after(30):
+            await worker.stop_async()
+            await svc.close_async()
+    try:
+        task = await observer.queue.get_task_async(task_id)
+        assert task is not None
+        # Released, or still running under a lease that recovery will take back.
+        assert task.status in (TaskStatus.PENDING, TaskStatus.RUNNING), task.status
+        assert task.last_error is None
+    finally:
+        await observer.close_async()
