@@ -57,6 +57,10 @@ def _target(args: argparse.Namespace) -> Any:
 def _connection_problem(exc: BaseException, args: argparse.Namespace) -> str | None:
     url = _target(args)
     where = url.render_as_string(hide_password=True) if url is not None else "the database"
+    if getattr(args, "command", None) == "migrate-db" and getattr(args, "target", None):
+        # Two databases: which one failed is not known here; name both.
+        url = None
+        where = f"the source or the target database ({_both(args)})"
     host = f"{url.host or 'localhost'}:{url.port or 5432}" if url is not None else "the server"
     for err in _chain(exc):
         if isinstance(err, ModuleNotFoundError) and err.name == "asyncpg":
@@ -76,6 +80,18 @@ def _connection_problem(exc: BaseException, args: argparse.Namespace) -> str | N
         if isinstance(err, TimeoutError | ConnectionError) and not isinstance(err, BrokenPipeError):
             return f"cannot reach {where}: {_first_line(err) or type(err).__name__}"
     return None
+
+
+def _both(args: argparse.Namespace) -> str:
+    from omniq.db.engine import normalize_url
+
+    names = []
+    for url in (_target(args) if not args.source else args.source, args.target):
+        try:
+            names.append(normalize_url(url).render_as_string(hide_password=True))
+        except Exception:
+            names.append(str(url))
+    return " / ".join(names)
 
 
 def _first_line(exc: BaseException) -> str:
