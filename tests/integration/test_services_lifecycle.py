@@ -144,9 +144,16 @@ class Lifecycle(RuleBasedStateMachine):
         task_id = data.draw(st.sampled_from(self.running()), label="complete")
         model = self.tasks[task_id]
         assert model.lease is not None
-        assert self.svc.queue.complete(model.lease, {"done": task_id})
-        model.status = TaskStatus.COMPLETED
-        model.events.append(EventType.COMPLETED)
+        done = self.svc.queue.complete(model.lease, {"done": task_id})
+        if model.cancel_requested:
+            # Cancelled while it ran: the completion honours it (the result is dropped).
+            assert not done
+            model.status = TaskStatus.CANCELLED
+            model.events.append(EventType.CANCELLED)
+        else:
+            assert done
+            model.status = TaskStatus.COMPLETED
+            model.events.append(EventType.COMPLETED)
         model.lease = None
 
     @precondition(lambda self: bool(self.running()))
