@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from omniq.errors import (
         ConfigurationError,
         DatabaseBusy,
+        DatabaseClosed,
         DatabaseError,
         DatabaseMigrated,
         DatabaseUnavailable,
@@ -80,6 +81,7 @@ _LAZY: dict[str, str] = {
     "OmniQConfig": "omniq.config",
     "ConfigurationError": "omniq.errors",
     "DatabaseBusy": "omniq.errors",
+    "DatabaseClosed": "omniq.errors",
     "DatabaseError": "omniq.errors",
     "DatabaseMigrated": "omniq.errors",
     "DatabaseUnavailable": "omniq.errors",
@@ -150,6 +152,7 @@ __all__ = [
     "ConfigurationError",
     "CurrentTask",
     "DatabaseBusy",
+    "DatabaseClosed",
     "DatabaseError",
     "DatabaseMigrated",
     "DatabaseUnavailable",

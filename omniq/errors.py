@@ -11,6 +11,7 @@ from datetime import datetime
 __all__ = [
     "ConfigurationError",
     "DatabaseBusy",
+    "DatabaseClosed",
     "DatabaseError",
     "DatabaseMigrated",
     "DatabaseUnavailable",
@@ -123,6 +124,14 @@ class StorageFull(DatabaseError):
 
 class DatabaseUnavailable(DatabaseError):
     """The database could not be reached (connection refused or lost, server restarting)."""
+
+
+class DatabaseClosed(DatabaseError):
+    """The services (storage) were closed: open them again, or use a new handle.
+
+    Raised by every read or write of a closed storage, on every engine, and by
+    a worker whose storage is closed (it cannot work: it stops with this error).
+    """
 
 
 class SyncInAsyncContext(OmniQError, RuntimeError):

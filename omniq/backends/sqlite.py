@@ -48,13 +48,14 @@ class SQLBackend:
         self._services: Services | None = None
         self._opening: asyncio.Lock | None = None
 
-    async def _open(self) -> None:
+    async def _open(self) -> Services:
         # Runs on the portal loop only, so the lock belongs to that loop.
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
             if self._services is None:
                 self._services = await Services.open_async(self.url, self.settings)
+            return self._services
 
     async def _close(self) -> None:
         if self._services is not None:
@@ -62,7 +63,8 @@ class SQLBackend:
             await services.close_async()
 
     def initialize(self) -> None:
-        """Connect and check (or migrate) the schema; idempotent."""
+        """Connect and check (or migrate) the schema; idempotent (after :meth:`close`
+        too: the components made before use the database opened again)."""
         run_sync(self._open)
 
     async def initialize_async(self) -> None:
@@ -87,10 +89,18 @@ class SQLBackend:
 
     @property
     def services(self) -> Services:
-        """The services underneath (initializes on first use)."""
-        if self._services is None:
-            self.initialize()
-        assert self._services is not None
+        """The services underneath (initializes on first use, and after :meth:`close`)."""
+        services = self._services
+        return run_sync(self._open) if services is None else services
+
+    async def services_async(self) -> Services:
+        """Awaitable :attr:`services`."""
+        services = self._services
+        return await run_in_portal(self._open) if services is None else services
+
+    @property
+    def open_services(self) -> Services | None:
+        """The services open now (None before first use and after :meth:`close`)."""
         return self._services
 
     def get_task_queue(self, queues: Sequence[str] | None = None) -> SQLiteTaskQueue:

@@ -47,7 +47,7 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 
 from omniq.db.write_lock import WriteLock
-from omniq.errors import DatabaseBusy, DatabaseError
+from omniq.errors import DatabaseBusy, DatabaseClosed
 
 log = logging.getLogger("omniq.db")
 
@@ -148,7 +148,7 @@ class SQLiteWriter:
         """Queue a job, or fail its future if the writer is closed (under the lock)."""
         with self._start_lock:
             if self._closed:
-                future.set_exception(DatabaseError("the database was closed"))
+                future.set_exception(DatabaseClosed("the database was closed"))
                 return
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(

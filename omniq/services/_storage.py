@@ -38,6 +38,7 @@ from omniq.db.engine import (
 from omniq.db.migrate import ensure_schema
 from omniq.db.write_lock import WriteLock, lock_path
 from omniq.db.writer import DECLINED, SQLiteWriter, run_in_transaction
+from omniq.errors import DatabaseClosed
 from omniq.models import Settings
 from omniq.repositories import (
     AttemptRepository,
@@ -164,6 +165,7 @@ class Storage:
         self.notifier = Notifier.for_key(key)
         self._reader = read_engine(engine)
         self._opened = False
+        self._closed = False
         self._writer: SQLiteWriter | None = None
         #: In-memory SQLite: one shared connection, so one transaction at a time.
         self._serial: asyncio.Lock | None = None
@@ -213,8 +215,19 @@ class Storage:
             return self.engine.url
         return normalize_url(self.engine.url)
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` began: every read and write raises :class:`DatabaseClosed`."""
+        return self._closed
+
+    def check_open(self) -> None:
+        """Raise :class:`DatabaseClosed` if this Storage was closed (the same on every engine)."""
+        if self._closed:
+            raise DatabaseClosed("the database was closed")
+
     async def open(self) -> None:
-        """Check (or bring) the schema at head; idempotent."""
+        """Check (or bring) the schema at head; idempotent (a closed Storage stays closed)."""
+        self.check_open()
         if self._opened:
             return
         auto = self.settings.auto_migrate
@@ -226,8 +239,14 @@ class Storage:
         self._opened = True
 
     async def close(self) -> None:
-        """Finish detached writes; stop the writer; dispose the engine if this Storage made it."""
+        """Finish detached writes; stop the writer; dispose the engine if this Storage made it.
+
+        From then on it is closed for good, on every engine (an AsyncEngine
+        would connect again after ``dispose``): whoever opened it opens new
+        services (the seed's backend, see :mod:`omniq.storage._component`).
+        """
         await self.wait_detached()
+        self._closed = True
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
         if self.owns_engine:
@@ -303,6 +322,7 @@ class Storage:
         is free at once (:meth:`SQLiteWriter.run_inline`), without waiting for
         either; it cannot be interrupted there.
         """
+        self.check_open()
         cancel: Callable[[], bool]
         if small and self._writer is not None:
             with translate_errors(what):
@@ -376,6 +396,7 @@ class Storage:
 
     async def read(self, body: Body[T], *, what: str = "read") -> T:
         """Run ``body(conn)`` in one read-only transaction (deferred on SQLite)."""
+        self.check_open()
         with translate_errors(what):
             if self._serial is not None:
                 return await self._serialized(self._read(body))

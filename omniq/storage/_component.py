@@ -5,6 +5,13 @@ the seed builds it). Its blocking methods (``enqueue``) are the sync twins of
 :mod:`omniq.sync`; its awaitable methods (``enqueue_async``) open the backend
 if needed and run the service's method on OmniQ's portal loop, where the
 backend's connections live, so they work from any event loop.
+
+A component outlives its backend's ``close``: its service is made over the
+services the backend has open now, and made again over new ones once the
+backend was closed (opened again by ``initialize`` or by the component's
+next call), on every engine. Closed services stay closed
+(:class:`~omniq.errors.DatabaseClosed`); a worker running on them stops
+with that error.
 """
 
 from __future__ import annotations
@@ -31,27 +38,37 @@ class Component:
         self.backend = backend
         self.project_name = backend.project_name
         self._service: Any = None
+        #: The backend's services ``_service`` was made over.
+        self._bound: Services | None = None
 
     def _make_service(self, services: Services) -> Any:
         """The async service this component fronts (built once the backend is open)."""
         raise NotImplementedError
 
+    def _keeps_service(self) -> bool:
+        """True to keep the service made before although the backend reopened (a worker
+        still running keeps its own, to be stopped)."""
+        return False
+
+    def _service_for(self, services: Services) -> Any:
+        """This component's service over ``services`` (made again when they changed)."""
+        if self._service is None or (self._bound is not services and not self._keeps_service()):
+            self._service = self._make_service(services)
+            self._bound = services
+        return self._service
+
     @property
     def _async(self) -> Any:
         # The blocking twins call methods of ``self._async`` (omniq.sync).
-        if self._service is None:
-            self._service = self._make_service(self.backend.services)
-        return self._service
+        return self._service_for(self.backend.services)
 
     @_async.setter
     def _async(self, service: Any) -> None:
         self._service = service
+        self._bound = self.backend.open_services
 
     async def _async_service(self) -> Any:
-        if self._service is None:
-            await self.backend.initialize_async()
-            self._service = self._make_service(self.backend.services)
-        return self._service
+        return self._service_for(await self.backend.services_async())
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         if (

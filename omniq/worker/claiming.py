@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 
-from omniq.errors import OmniQError
+from omniq.errors import DatabaseClosed, OmniQError
 from omniq.models import Task
 from omniq.worker.outcomes import _needs_durable_start, _Running, log
 from omniq.worker.shutdown import Stopping
@@ -55,6 +55,10 @@ class Claiming(Stopping):
                     claimed = await self.queue.dequeue_many_async(
                         free, self.queues, worker_id=self.worker_id, start=False
                     )
+                except DatabaseClosed:
+                    # Closed for good (not an outage): the worker stops with the error.
+                    self._request_stop("the database was closed")
+                    raise
                 except Exception as exc:
                     # A failed claim (database down, a bug) must not end the worker:
                     # report it and retry after a full poll interval.

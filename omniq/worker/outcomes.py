@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import attrs
 
 from omniq.errors import (
+    DatabaseClosed,
     DatabaseError,
     SerializationError,
     TaskNotFound,
@@ -278,7 +279,7 @@ class OutcomeWriting:
         self, entry: _Running, exc: Exception, reported: bool, last_try: bool
     ) -> bool:
         """Whether to try an outcome write again after ``exc`` (reported once)."""
-        if not isinstance(exc, DatabaseError | OSError):
+        if not isinstance(exc, DatabaseError | OSError) or isinstance(exc, DatabaseClosed):
             log.error("task %s: outcome not written: %s", entry.task.id, exc)
             await self._report_error(f"writing the outcome of task {entry.task.id}", exc)
             return False

@@ -262,6 +262,8 @@ class Worker(Claiming):
     # --- the loop ----------------------------------------------------------------
 
     async def _run(self, *, burst: bool) -> None:
+        # A worker cannot work on closed services: it says so instead of idling.
+        self.storage.check_open()
         self._loop = asyncio.get_running_loop()
         self._abandon_writes = False
         self._started_at = time.monotonic()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+from omniq._portal import run_in_portal, run_sync
 from omniq.errors import ConfigurationError
 from omniq.services import Services
 from omniq.storage import SQLiteEventStorage, SQLiteResultStorage, SQLiteTaskQueue
@@ -61,13 +63,35 @@ class SQLiteWorker(Component, SyncWorker):
         """True between ``start`` and ``stop``."""
         return self._service is not None and bool(self._service.is_running)
 
+    def _keeps_service(self) -> bool:
+        return self.is_running
+
+    def stop(self, grace_period: timedelta | float | None = None) -> None:
+        """Stop the worker started by :meth:`start` (opens nothing; see Worker.stop_async).
+
+        A worker whose backend was closed while it ran has stopped already:
+        this raises its :class:`~omniq.errors.DatabaseClosed`.
+        """
+        if self._service is not None:
+            run_sync(self._service.stop_async, grace_period)
+
+    async def stop_async(self, grace_period: timedelta | float | None = None) -> None:
+        """Awaitable :meth:`stop`."""
+        if self._service is not None:
+            await run_in_portal(self._service.stop_async, grace_period)
+
     def _make_service(self, services: Services) -> Worker:
-        return Worker(
-            self.task_queue._async,
-            self.result_storage._async,
-            self.event_storage._async,
+        worker = Worker(
+            self.task_queue._service_for(services),
+            self.result_storage._service_for(services),
+            self.event_storage._service_for(services),
             worker_id=self._worker_id,
             max_workers=self.max_workers,
             poll_interval=self.poll_interval,
             **self._options,
         )
+        previous: Worker | None = self._service
+        if previous is not None:
+            # Made again over a reopened backend: still this worker, its counters go on.
+            worker._counts.update(previous._counts)
+        return worker
