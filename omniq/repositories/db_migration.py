@@ -19,10 +19,13 @@ from sqlalchemy.engine import Connection
 
 from omniq.db.schema import db_migration as m
 from omniq.errors import DatabaseMigrated
-from omniq.repositories._base import translate_errors
+from omniq.repositories._base import MIGRATED, translate_errors
 
 __all__ = [
+    "REFUSE_TRIGGER",
     "SOURCE",
+    "SQLITE_DROP_TRIGGER",
+    "SQLITE_REFUSE_TRIGGER",
     "TARGET",
     "MigrationMark",
     "claims_open",
@@ -81,6 +84,22 @@ def read_mark(conn: Connection, role: str) -> MigrationMark | None:
     return None if row is None else MigrationMark(**dict(row))
 
 
+#: The name of the trigger that refuses new tasks on a flagged source (revision 0012).
+REFUSE_TRIGGER = "omniq_tasks_refuse_if_migrated"
+
+#: SQLite: the trigger exists only while the database is flagged (revision 0013). A
+#: SQLite trigger runs once per inserted row, and one that checked the flag on every
+#: row cost an unflagged database's enqueues a third of their speed; PostgreSQL's runs
+#: once per statement and stays (revision 0012).
+SQLITE_REFUSE_TRIGGER = f"""
+CREATE TRIGGER IF NOT EXISTS {REFUSE_TRIGGER}
+BEFORE INSERT ON omniq_tasks
+BEGIN
+    SELECT RAISE(ABORT, '{MIGRATED}');
+END
+"""
+SQLITE_DROP_TRIGGER = f"DROP TRIGGER IF EXISTS {REFUSE_TRIGGER}"
+
 #: Built once: operator writes run it (enqueues are refused by a trigger, revision 0012).
 _SOURCE_MARK = sa.select(m.c.peer, m.c.started_at).where(m.c.role == SOURCE)
 
@@ -101,14 +120,23 @@ def refuse_if_migrated(conn: Connection) -> None:
 
 
 def write_mark(conn: Connection, mark: MigrationMark) -> None:
-    """Insert or replace the mark of ``mark.role``."""
+    """Insert or replace the mark of ``mark.role``.
+
+    On SQLite, the mark of a source also creates the trigger that refuses new
+    tasks, in the same transaction (see :data:`SQLITE_REFUSE_TRIGGER`).
+    """
     values: dict[str, Any] = attrs.asdict(mark)
     with translate_errors("write the migration mark"):
         conn.execute(sa.delete(m).where(m.c.role == mark.role))
         conn.execute(sa.insert(m).values(values))
+        if mark.role == SOURCE and conn.dialect.name == "sqlite":
+            conn.exec_driver_sql(SQLITE_REFUSE_TRIGGER)
 
 
 def clear_mark(conn: Connection, role: str) -> bool:
-    """Delete the mark of ``role``; True when there was one."""
+    """Delete the mark of ``role``; True when there was one (on SQLite, clearing a
+    source's mark drops its trigger too)."""
     with translate_errors("clear the migration mark"):
+        if role == SOURCE and conn.dialect.name == "sqlite":
+            conn.exec_driver_sql(SQLITE_DROP_TRIGGER)
         return bool(conn.execute(sa.delete(m).where(m.c.role == role)).rowcount)
