@@ -82,6 +82,10 @@ class Notifier:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        #: How many notifications there have been: a caller that reads it before
+        #: looking at the database and passes it to :meth:`wait` as ``since``
+        #: misses no notification that came while it looked.
+        self.generation = 0
         #: Called with a task id when a running task's cancellation is requested.
         self.cancel_listeners: set[Callable[[str], None]] = set()
 
@@ -97,6 +101,7 @@ class Notifier:
     def notify(self) -> None:
         """Wake every current waiter (thread-safe)."""
         with self._lock:
+            self.generation += 1
             waiters, self._waiters = self._waiters, set()
         for loop, event in waiters:
             try:
@@ -108,10 +113,16 @@ class Notifier:
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(event.set)
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a notification; True if one came."""
+    async def wait(self, timeout: float, since: int | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for a notification; True if one came.
+
+        With ``since`` (a :attr:`generation` read earlier), one that came after
+        that reading counts: the wait returns at once.
+        """
         entry = (asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
+            if since is not None and since != self.generation:
+                return True
             self._waiters.add(entry)
         try:
             await asyncio.wait_for(entry[1].wait(), timeout)

@@ -87,12 +87,14 @@ class Claims(FlowControl):
         deadline = loop.time() + wait
         poll = 0.01
         queue_list = list(queues) if queues else self.queues
+        notifier = self.storage.notifier
         while True:
+            seen = notifier.generation  # an enqueue while we claim wakes the wait below
             claimed = await self._claim(n, queue_list, worker_id, start)
             remaining = deadline - loop.time()
             if claimed or remaining <= 0:
                 return claimed
-            await self.storage.notifier.wait(min(poll, remaining))
+            await notifier.wait(min(poll, remaining), seen)
             poll = min(poll * 2, 0.5)
 
     async def dequeue_ids_async(

@@ -165,7 +165,9 @@ class ResultStorage:
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit
         poll = 0.005
+        notifier = self.storage.notifier
         while True:
+            seen = notifier.generation  # a completion while we read wakes the wait below
             remaining = None if deadline is None else deadline - loop.time()
             try:
                 # A server that stops answering does not hold the caller past its
@@ -188,7 +190,7 @@ class ResultStorage:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return None
-            await self.storage.notifier.wait(poll if remaining is None else min(poll, remaining))
+            await notifier.wait(poll if remaining is None else min(poll, remaining), seen)
             poll = min(poll * 2, 0.5)
 
     def _task_and_result(

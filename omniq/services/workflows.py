@@ -70,7 +70,9 @@ class WorkflowService:
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit
         poll = 0.005
+        notifier = self.storage.notifier
         while True:
+            seen = notifier.generation  # a completion while we read wakes the wait below
             found = await self.storage.read(self._read(workflow_id), what="wait for workflow")
             if found is None:
                 raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
@@ -81,7 +83,7 @@ class WorkflowService:
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 raise TimeoutError(f"workflow {workflow_id} has no result after {timeout}s")
-            await self.storage.notifier.wait(poll if left is None else min(poll, left))
+            await notifier.wait(poll if left is None else min(poll, left), seen)
             poll = min(poll * 2, 0.5)
 
     def _read(self, workflow_id: str) -> Any:

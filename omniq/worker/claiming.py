@@ -51,6 +51,9 @@ class Claiming(Stopping):
                 # dependents ready) after the claim's snapshot: burst mode must
                 # not stop on that claim's empty answer.
                 busy = bool(self._running)
+                # An in-process enqueue that commits while this claim runs (after
+                # its snapshot) wakes the wait below instead of being missed.
+                seen = self.storage.notifier.generation
                 try:
                     claimed = await self.queue.dequeue_many_async(
                         free, self.queues, worker_id=self.worker_id, start=False
@@ -67,18 +70,26 @@ class Claiming(Stopping):
                     await self._report_error("claim failed", exc)
                     claimed = []
                     idle = self.poll_interval
+                    seen = None
                 if claimed:
                     self._buffer.extend(claimed)
                     self._start_buffered()
                     idle = _MIN_POLL
-                    continue
-                if burst and not self._running and not self._buffer and not self._superseded:
+                    if len(claimed) >= free:
+                        continue  # there may be more: claim again as soon as slots free up
+                    # Fewer than asked: the ready tasks ran out at the claim's snapshot.
+                    # Claiming again at once would mostly find nothing and, on SQLite,
+                    # take the write lock and the GIL from the tasks just claimed;
+                    # wait for a wake-up (an enqueue here, a slot freed) or a short poll.
+                elif burst and not self._running and not self._buffer and not self._superseded:
                     if not busy:
                         return
                     continue
+            else:
+                seen = None
             due = self.queue.flow_wait  # rate limits hold ready tasks back until then
             wait = idle if due is None else min(max(due, _MIN_POLL), self.poll_interval)
-            await self.storage.notifier.wait(wait)
+            await self.storage.notifier.wait(wait, seen)
             idle = min(idle * 2, self.poll_interval)
 
     def _prefetch_now(self) -> int:
