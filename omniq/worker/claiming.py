@@ -53,7 +53,7 @@ class Claiming(Stopping):
                 busy = bool(self._running)
                 # An in-process enqueue that commits while this claim runs (after
                 # its snapshot) wakes the wait below instead of being missed.
-                seen = self.storage.notifier.generation
+                seen: int | None = self.storage.notifier.generation
                 try:
                     claimed = await self.queue.dequeue_many_async(
                         free, self.queues, worker_id=self.worker_id, start=False
