@@ -55,13 +55,13 @@ class WaitSpy:
     def __init__(self, notifier: Notifier) -> None:
         self.waits: list[dict[str, Any]] = []
         self._notifier = notifier
-        self._real: Callable[[float], Awaitable[bool]] = notifier.wait
+        self._real: Callable[[float, int | None], Awaitable[bool]] = notifier.wait
 
     def __enter__(self) -> WaitSpy:
-        async def wait(timeout: float) -> bool:
+        async def wait(timeout: float, since: int | None = None) -> bool:
             record: dict[str, Any] = {"timeout": timeout, "start": time.monotonic()}
             self.waits.append(record)
-            record["woke"] = await self._real(timeout)
+            record["woke"] = await self._real(timeout, since)
             record["end"] = time.monotonic()
             return bool(record["woke"])
 
