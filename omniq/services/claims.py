@@ -146,21 +146,29 @@ class Claims(FlowControl):
         def body(conn: sa.Connection) -> list[Task]:
             if sweep:
                 self._expire(conn, now, _SWEEP_BATCH)
-            unreadable: list[tuple[str, str]] = []
-            # Limits and paused queues are looked at first (see services/flow.py).
-            claimed = self._claim_within_limits(
-                conn,
-                queues=queues,
-                n=n,
-                now=now,
-                token=token,
-                lease_until=now + self.settings.lease_duration,
-                worker_id=worker,
-                unreadable=unreadable,
-                start=start,
-            )
-            if unreadable:
+            claimed: list[Task] = []
+            while True:
+                unreadable: list[tuple[str, str]] = []
+                # Limits and paused queues are looked at first (see services/flow.py).
+                claimed += self._claim_within_limits(
+                    conn,
+                    queues=queues,
+                    n=n - len(claimed),
+                    now=now,
+                    token=token,
+                    lease_until=now + self.settings.lease_duration,
+                    worker_id=worker,
+                    unreadable=unreadable,
+                    start=start,
+                )
+                if not unreadable:
+                    break
                 self._quarantine(conn, unreadable, token, now)
+                if len(claimed) >= n:
+                    break
+                # Rows that could not be read took places in this claim: claim again
+                # for them, so ready tasks behind them are not missed (a burst worker
+                # would stop on an empty answer with tasks still ready).
             attempt = 0 if start else 1
             self.storage.events.insert_rows(
                 conn,

@@ -87,7 +87,11 @@ class Claiming(Stopping):
                     continue
             else:
                 seen = None
-            due = self.queue.flow_wait  # rate limits hold ready tasks back until then
+                claimed = []
+            # Rate limits hold ready tasks back until then (set by a claim that got
+            # nothing). Not after a short claim: there flow_wait can only be another
+            # worker's (one queue object serves every worker of an app).
+            due = None if claimed else self.queue.flow_wait
             wait = idle if due is None else min(max(due, _MIN_POLL), self.poll_interval)
             await self.storage.notifier.wait(wait, seen)
             idle = min(idle * 2, self.poll_interval)
