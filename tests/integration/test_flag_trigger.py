@@ -9,6 +9,7 @@ unflagged again, or upgraded from revision 0012 either way) takes tasks.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -61,11 +62,7 @@ async def _triggers(url: str) -> list[str]:
 
 
 async def _upgrade(url: str, revision: str) -> None:
-    engine = create_engine(url)
-    try:
-        await migrate.upgrade_async(engine, revision)
-    finally:
-        await engine.dispose()
+    await asyncio.to_thread(migrate.upgrade, url, revision)
 
 
 async def _takes_tasks(url: str) -> bool:
@@ -122,11 +119,7 @@ async def test_upgrading_an_unflagged_0012_database_drops_the_per_row_check(
         assert await _triggers(url) == []
     assert await _takes_tasks(url)
     # Back to 0012 (its per-row trigger returns on SQLite) and up again: still open.
-    engine = create_engine(url)
-    try:
-        await migrate.downgrade_async(engine, "0012")
-    finally:
-        await engine.dispose()
+    await asyncio.to_thread(migrate.downgrade, url, "0012")
     if url.startswith("sqlite"):
         assert await _triggers(url) == ["omniq_tasks_refuse_if_migrated"]
     await _flag(url)
