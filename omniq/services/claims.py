@@ -38,6 +38,7 @@ from omniq.services._shared import (
     _finish_values,
     log,
 )
+from omniq.services.dependencies import cancel_dependents
 from omniq.services.flow import FlowControl
 
 __all__ = ["Claims", "Start"]
@@ -221,7 +222,9 @@ class Claims(FlowControl):
     def _quarantine(
         self, conn: sa.Connection, rows: list[tuple[str, str]], token: str, now: datetime
     ) -> None:
-        """Fail claimed rows that cannot be read, with an event saying why."""
+        """Fail claimed rows that cannot be read, with an event saying why; their
+        waiting dependents are cancelled, as a failed task's are."""
+        failed: dict[str, str] = {}
         for task_id, reason in rows:
             log.error("task %s cannot be read and was failed: %s", task_id, reason)
             done = self.storage.tasks.finish_leased(
@@ -260,6 +263,9 @@ class Claims(FlowControl):
                     )
                 ],
             )
+            failed[task_id] = f"dependency {task_id} failed"
+        if failed:
+            cancel_dependents(conn, self.storage, failed, now)
 
     # --- starts --------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from omniq.models import Task
 from omniq.models.limits import QueueLimits, Rate
 from omniq.repositories.db_migration import refuse_if_migrated
 from omniq.repositories.limits import CONCURRENCY, QUEUE, RATE
+from omniq.services._storage import Storage
 from omniq.services.enqueue import Enqueue
 
 __all__ = ["LIMIT_RETENTION", "FlowControl"]
@@ -61,8 +62,22 @@ class FlowControl(Enqueue):
 
     #: After a claim that claimed nothing while rate limits held tasks back:
     #: seconds until the next token is due. A worker sleeps that long (or until
-    #: woken, or its poll interval) instead of polling faster.
+    #: woken, or its poll interval) instead of polling faster. This is the last
+    #: claim's, whoever made it; a worker reads its own with :meth:`take_flow_wait`.
     flow_wait: float | None = None
+
+    def __init__(self, storage: Storage, queues: Sequence[str] | None = None) -> None:
+        super().__init__(storage, queues)
+        #: The flow_wait of each worker's last claim, until it takes it (by worker id).
+        self._flow_waits: dict[str, float] = {}
+
+    def take_flow_wait(self, worker_id: str) -> float | None:
+        """The :attr:`flow_wait` of ``worker_id``'s last claim (then forgotten).
+
+        One queue object serves every worker of an app: a worker must not sleep
+        on the wait another worker's claim on a rate-limited queue came back with.
+        """
+        return self._flow_waits.pop(worker_id, None)
 
     # --- the claim ------------------------------------------------------------------
 
@@ -142,6 +157,8 @@ class FlowControl(Enqueue):
             dues = [_token_due(row, budget[need]) for need, (_, row) in buckets.items()]
             dues = [due for due in dues if due > 0]
             self.flow_wait = min(dues) if dues else None
+            if self.flow_wait is not None:
+                self._flow_waits[worker_id] = self.flow_wait
         return claimed
 
     def _budgets(

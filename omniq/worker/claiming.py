@@ -88,10 +88,9 @@ class Claiming(Stopping):
             else:
                 seen = None
                 claimed = []
-            # Rate limits hold ready tasks back until then (set by a claim that got
-            # nothing). Not after a short claim: there flow_wait can only be another
-            # worker's (one queue object serves every worker of an app).
-            due = None if claimed else self.queue.flow_wait
+            # Rate limits hold ready tasks back until then (set by this worker's
+            # last claim when it got nothing; another worker's is not ours to wait on).
+            due = self.queue.take_flow_wait(self.worker_id)
             wait = idle if due is None else min(max(due, _MIN_POLL), self.poll_interval)
             await self.storage.notifier.wait(wait, seen)
             idle = min(idle * 2, self.poll_interval)

@@ -65,3 +65,31 @@ async def test_a_burst_worker_runs_the_tasks_behind_a_claim_of_unreadable_rows(
         quarantined = list(rows)
     assert [row.status for row in quarantined] == [TaskStatus.FAILED.value] * 3
     assert all("func" in (row.last_error or "") for row in quarantined)
+
+
+async def test_the_dependents_of_a_quarantined_task_are_cancelled_at_once(
+    svc: Services,
+) -> None:
+    broken = await svc.queue.enqueue_async(ADD, [1, 1])
+    dependent = await svc.queue.enqueue_async(ADD, [2, 2], depends_on=[broken])
+    grandchild = await svc.queue.enqueue_async(ADD, [3, 3], depends_on=[dependent])
+    async with svc.storage.engine.begin() as conn:
+        await conn.execute(
+            sa.update(tasks_table).where(tasks_table.c.id == broken).values(func="not a reference")
+        )
+    # No maintenance sweep: the claim that quarantines the row settles its dependents.
+    worker = Worker(
+        svc.queue,
+        svc.results,
+        svc.events,
+        allow_modules=["tests.worker_tasks"],
+        run_scheduler=False,
+        run_maintenance=False,
+    )
+    await worker.run_until_complete_async()
+    for task_id in (dependent, grandchild):
+        task = await svc.queue.get_task_async(task_id)
+        assert task is not None
+        assert task.status is TaskStatus.CANCELLED, f"{task_id} is {task.status}"
+    first = await svc.queue.get_task_async(dependent)
+    assert first is not None and broken in (first.last_error or "")

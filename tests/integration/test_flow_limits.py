@@ -436,3 +436,17 @@ async def test_schedules_fire_tasks_that_keep_their_limits(db_url: str) -> None:
         assert await oq.services.queue.dequeue_many_async(10) == []
         with pytest.raises(ValidationError, match=r"concurrency\.key_arg"):
             await oq.schedule_async(by_arg, [], interval=60, concurrency=Limit(1, key_arg="nope"))
+
+
+async def test_each_worker_waits_on_its_own_claims_rate_limit(svc: Services) -> None:
+    """One queue object serves every worker of an app: a worker's claim on a plain
+    queue must not pick up the token wait another worker's rate-limited claim got."""
+    await enqueue(svc, 4, rate=Rate(1, per=SLOW), rate_key="R")
+    assert len(await svc.queue.dequeue_many_async(10, worker_id="limited")) == 1
+    assert await svc.queue.dequeue_many_async(10, worker_id="limited") == []
+    # Another worker, whose claims no limit held back, waits on nothing of the first's.
+    assert await svc.queue.dequeue_many_async(10, ["plain"], worker_id="plain") == []
+    assert svc.queue.take_flow_wait("plain") is None
+    wait = svc.queue.take_flow_wait("limited")
+    assert wait is not None and wait > 60
+    assert svc.queue.take_flow_wait("limited") is None  # taken once
