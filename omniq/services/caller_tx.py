@@ -187,6 +187,11 @@ def _write_on(
         if storage.dialect.single_writer:
             _begin_immediate(conn)
         with target.begin_nested(), _omniq_schema(storage, conn):
+            if isinstance(target, Session):
+                # A Session emits its SAVEPOINT when its connection is next asked for:
+                # without this the statements below ran outside it, and a database
+                # error aborted the caller's whole transaction on PostgreSQL.
+                target.connection()
             _check_schema(storage, conn)
             result = body(conn)
     if wake:

@@ -173,7 +173,7 @@ class Enqueue(Sweeps):
                 also(conn)
             return ids
 
-        async with self._named_migration():
+        async with self._named_migration(tx):
             if tx is not None:
                 # The caller's transaction: workers are woken once it commits.
                 ids = await tx.write(self.storage, body, what="enqueue", wake=True)
@@ -184,16 +184,24 @@ class Enqueue(Sweeps):
         return [ids[x.id] for x in batch]
 
     @contextlib.asynccontextmanager
-    async def _named_migration(self) -> AsyncIterator[None]:
+    async def _named_migration(self, tx: CallerTx | None = None) -> AsyncIterator[None]:
         """A database flagged by ``omniq migrate-db`` refuses new tasks itself (a trigger,
         revision 0012, so the check costs an enqueue no statement); this names where
-        the queue went, read from the flag, in the error."""
+        the queue went, read from the flag, in the error.
+
+        In the caller's transaction (``tx``) the flag is read there too: a sync
+        connection's work runs with no event loop to read it on OmniQ's own.
+        """
         try:
             yield
         except DatabaseMigrated as exc:
             if exc.target != UNKNOWN_TARGET:
                 raise
-            await self.storage.read(refuse_if_migrated, what="read the migration flag")
+            what = "read the migration flag"
+            if tx is not None:
+                await tx.write(self.storage, refuse_if_migrated, what=what, wake=False)
+            else:
+                await self.storage.read(refuse_if_migrated, what=what)
             raise
 
     def _insert_batch(

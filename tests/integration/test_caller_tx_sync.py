@@ -91,6 +91,22 @@ def test_sync_refusal_keeps_the_callers_rows(oq: OmniQ, app_engine: sa.Engine) -
     assert [t.id for t in oq.list_tasks()] == [kept]
 
 
+def test_a_database_refusal_in_a_session_keeps_the_session(
+    db_url: str, oq: OmniQ, app_engine: sa.Engine
+) -> None:
+    """A refusal by the database itself (a duplicate task id) rolls back only OmniQ's
+    savepoint: on PostgreSQL it used to abort the session's whole transaction."""
+    with Session(app_engine) as session, SyncServices.open(db_url) as services:
+        session.execute(orders.insert().values(item="before"))
+        kept = oq.enqueue(app_tasks.add, [1, 1], session=session)
+        with pytest.raises(DuplicateTask):
+            services.queue.enqueue(app_tasks.add, [2, 2], task_id=kept, session=session)
+        session.execute(orders.insert().values(item="after"))
+        session.commit()
+    assert _items(app_engine) == ["before", "after"]
+    assert [t.id for t in oq.list_tasks()] == [kept]
+
+
 def test_sync_wake_up_after_the_commit(oq: OmniQ, app_engine: sa.Engine) -> None:
     notifier = oq.app.services.storage.notifier
     with app_engine.connect() as conn, NotifySpy(notifier, conn.in_transaction) as spy:

@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import anyio
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
-from omniq import AsyncOmniQ, Settings
+from omniq import AsyncOmniQ, OmniQ, Settings
 from omniq.db import migrate
 from omniq.db.engine import create_engine
 from omniq.errors import DatabaseMigrated
 from omniq.migrate_db import unflag_async
 from omniq.repositories.db_migration import SOURCE, MigrationMark, write_mark
+from tests.caller_tx_app import APP_METADATA, orders, sync_url
 
 pytestmark = pytest.mark.anyio
 
@@ -125,3 +128,35 @@ async def test_upgrading_an_unflagged_0012_database_drops_the_per_row_check(
     await _flag(url)
     await _upgrade(url, "head")
     assert not await _takes_tasks(url)
+
+
+def test_an_enqueue_in_the_callers_sync_transaction_names_where_the_queue_went(
+    own_migrated_db_url: str,
+) -> None:
+    """On a flagged database, ``connection=`` / ``session=`` of the sync API raise the
+    named DatabaseMigrated (they raised an untyped RuntimeError), and the caller's
+    own rows still commit."""
+    url = own_migrated_db_url
+    anyio.run(_flag, url)
+    engine = sa.create_engine(sync_url(url))
+    APP_METADATA.create_all(engine)
+    try:
+        with OmniQ(url=url) as oq:
+            with engine.begin() as conn:
+                conn.execute(orders.insert().values(item="connection"))
+                with pytest.raises(DatabaseMigrated) as raised:
+                    oq.enqueue(FUNC, ["x"], connection=conn)
+                assert raised.value.target == "postgresql://elsewhere/db"
+            with Session(engine) as session:
+                session.execute(orders.insert().values(item="session"))
+                with pytest.raises(DatabaseMigrated) as raised:
+                    oq.enqueue(FUNC, ["x"], session=session)
+                assert raised.value.target == "postgresql://elsewhere/db"
+                session.commit()
+            assert oq.list_tasks() == []
+        with engine.connect() as conn:
+            items = list(conn.execute(sa.select(orders.c.item).order_by(orders.c.id)).scalars())
+        assert items == ["connection", "session"]
+    finally:
+        APP_METADATA.drop_all(engine)
+        engine.dispose()
