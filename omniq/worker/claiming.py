@@ -87,7 +87,6 @@ class Claiming(Stopping):
                     continue
             else:
                 seen = None
-                claimed = []
             # Rate limits hold ready tasks back until then (set by this worker's
             # last claim when it got nothing; another worker's is not ours to wait on).
             due = self.queue.take_flow_wait(self.worker_id)
