@@ -60,22 +60,20 @@ def _token_due(row: dict[str, Any], tokens: float) -> float:
 class FlowControl(Enqueue):
     """Queue-wide limits and pause, and the claim of tasks that limits may hold back."""
 
-    #: After a claim that claimed nothing while rate limits held tasks back:
-    #: seconds until the next token is due. A worker sleeps that long (or until
-    #: woken, or its poll interval) instead of polling faster. This is the last
-    #: claim's, whoever made it; a worker reads its own with :meth:`take_flow_wait`.
-    flow_wait: float | None = None
-
     def __init__(self, storage: Storage, queues: Sequence[str] | None = None) -> None:
         super().__init__(storage, queues)
-        #: The flow_wait of each worker's last claim, until it takes it (by worker id).
+        #: By worker id: seconds until the next token is due, after that worker's
+        #: last claim claimed nothing while rate limits held tasks back.
         self._flow_waits: dict[str, float] = {}
 
     def take_flow_wait(self, worker_id: str) -> float | None:
-        """The :attr:`flow_wait` of ``worker_id``'s last claim (then forgotten).
+        """How long ``worker_id``'s last claim says to wait for rate limits (then forgotten).
 
-        One queue object serves every worker of an app: a worker must not sleep
-        on the wait another worker's claim on a rate-limited queue came back with.
+        After a claim that claimed nothing while rate limits held tasks back:
+        seconds until the next token is due. A worker sleeps that long (or until
+        woken, or its poll interval) instead of polling faster. Kept per worker:
+        one queue object serves every worker of an app, and a worker must not
+        sleep on the wait another worker's claim came back with.
         """
         return self._flow_waits.pop(worker_id, None)
 
@@ -99,7 +97,7 @@ class FlowControl(Enqueue):
         Without limit rows that concern these queues (no keyed task pending, no
         paused or limited queue), this is the plain claim statement.
         """
-        self.flow_wait = None
+        self._flow_waits.pop(worker_id, None)  # this claim's answer replaces the last one
         repo = self.storage.limits
         rows = repo.lock_for_claim(conn, queues)
         if not rows:
@@ -156,9 +154,8 @@ class FlowControl(Enqueue):
         if not claimed:
             dues = [_token_due(row, budget[need]) for need, (_, row) in buckets.items()]
             dues = [due for due in dues if due > 0]
-            self.flow_wait = min(dues) if dues else None
-            if self.flow_wait is not None:
-                self._flow_waits[worker_id] = self.flow_wait
+            if dues:
+                self._flow_waits[worker_id] = min(dues)
         return claimed
 
     def _budgets(

@@ -229,9 +229,10 @@ async def test_a_rate_limit_leaves_over_rate_tasks_pending_at_no_cost(svc: Servi
     assert sorted(x.rate_key or "" for x in claimed) == ["Q", "R", "R", "R"]
     for x in claimed:
         assert await svc.queue.complete_async(x, None)
-    assert await svc.queue.dequeue_many_async(10) == []
+    assert await svc.queue.dequeue_many_async(10, worker_id="w") == []
     # The next token is due in about SLOW / 3: the worker would sleep, not spin.
-    assert svc.queue.flow_wait is not None and svc.queue.flow_wait > 60
+    wait = svc.queue.take_flow_wait("w")
+    assert wait is not None and wait > 60
     left = [await svc.queue.get_task_async(i) for i in ids[3:]]
     assert all(x is not None and x.status is TaskStatus.PENDING and x.attempts == 0 for x in left)
     assert other
