@@ -154,11 +154,13 @@ async def test_enqueue_dict_args_are_keyword_arguments(svc: Services) -> None:
 
 
 async def test_run_in_and_future_run_at_are_not_claimable(svc: Services) -> None:
-    before = utcnow()
+    # run_in counts from the storage's clock (the database's on PostgreSQL), which may
+    # differ from this machine's by a few microseconds: bound it by that clock.
+    before = svc.storage.now()
     later = await svc.queue.enqueue_async(FUNC, run_in=3600)
     at = await svc.queue.enqueue_async(FUNC, run_at=utcnow() + timedelta(days=1))
     task = await must_get(svc, later)
-    assert before + HOUR <= task.run_at <= utcnow() + HOUR
+    assert before + HOUR <= task.run_at <= svc.storage.now() + HOUR
     assert await svc.queue.dequeue_async() is None
     assert await svc.queue.dequeue_many_async(10) == []
     # Both still pending (a delay is not a state of its own).
@@ -856,9 +858,9 @@ async def test_get_task_unknown_is_none(svc: Services) -> None:
 async def test_complete_writes_status_result_and_event_together(svc: Services) -> None:
     task_id = await svc.queue.enqueue_async(FUNC, result_ttl=600)
     running = await claim_one(svc, task_id, worker_id="w")
-    before = utcnow()
+    before = svc.storage.now()  # the clock outcomes are stamped with (the database's on PG)
     assert await svc.queue.complete_async(running, {"answer": 42}, execution_time=0.5)
-    after = utcnow()
+    after = svc.storage.now()
     task = await must_get(svc, task_id)
     assert task.status is TaskStatus.COMPLETED
     assert task.completed_at is not None
@@ -1163,9 +1165,9 @@ def interval_schedule(**kwargs: Any) -> Schedule:
 
 async def test_schedule_crud(svc: Services) -> None:
     q = svc.queue
-    before = utcnow()
+    before = svc.storage.now()  # the clock schedules are timed by (the database's on PG)
     sid = await q.schedule_async(interval_schedule(func_args=[1], name="every5"))
-    after = utcnow()
+    after = svc.storage.now()
     schedule = await q.get_schedule_async(sid)
     assert schedule is not None
     assert schedule.status is ScheduleStatus.ACTIVE
