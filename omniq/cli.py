@@ -65,6 +65,7 @@ _FLAGS = frozenset(
         "--wait",
         "--yes",
         "--no-scheduler",
+        "--no-gc-freeze",
         "--help",
         "--version",
         "--dry-run",
@@ -153,6 +154,11 @@ def _parser() -> argparse.ArgumentParser:
         help="tasks claimed beyond the free slots (default: adapts to task run time)",
     )
     p.add_argument("--no-scheduler", action="store_true", help="do not fire schedules")
+    p.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="do not freeze the start-up heap out of the garbage collector's walk",
+    )
     p.add_argument(
         "--metrics-port", type=int, help='serve Prometheus metrics on this port ("omniq[metrics]")'
     )

@@ -51,7 +51,10 @@ async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
     except ImportError as exc:
         raise CLIError(f"--app: cannot import {exc.name or exc}: {exc}") from None
     oq.adopt_periodic(args.app)  # @periodic schedules of those modules: upserted on open
-    options: dict[str, Any] = {"run_scheduler": not args.no_scheduler}
+    options: dict[str, Any] = {
+        "run_scheduler": not args.no_scheduler,
+        "gc_freeze": not args.no_gc_freeze,
+    }
     if args.poll_interval:
         options["poll_interval"] = duration_arg(args.poll_interval, "--poll-interval")
     if args.grace_period:

@@ -147,8 +147,10 @@ def started(
     burst: bool,
     scheduler: bool,
     maintenance: bool,
+    gc_frozen: int | None = None,
 ) -> None:
-    """The start banner (one line)."""
+    """The start banner (one line). ``gc_frozen``: the objects frozen out of the
+    garbage collector's walk (``gc.get_freeze_count()``), None with ``gc_freeze`` off."""
     shown_queues = "queues " + ",".join(queues) if queues else "all queues"
     fields = {
         "worker_id": worker_id,
@@ -162,11 +164,12 @@ def started(
         "burst": burst,
         "scheduler": scheduler,
         "maintenance": maintenance,
+        "gc_frozen": gc_frozen,
     }
     _emit(
         logging.INFO,
         "omniq %s worker %s starting%s: pid %d, database %s, serving %s, concurrency %d, "
-        "executor %s, prefetch %s, scheduler %s, maintenance %s",
+        "executor %s, prefetch %s, scheduler %s, maintenance %s, %s",
         (
             VERSION,
             worker_id,
@@ -179,6 +182,7 @@ def started(
             "adaptive" if prefetch is None else prefetch,
             "on" if scheduler else "off",
             "on" if maintenance else "off",
+            "gc freeze off" if gc_frozen is None else f"gc freeze on ({gc_frozen:,} objects)",
         ),
         fields,
     )

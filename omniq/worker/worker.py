@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import os
 import signal
@@ -44,6 +45,7 @@ from omniq.worker import logs
 from omniq.worker.background import TaskTimeout
 from omniq.worker.claiming import Claiming
 from omniq.worker.executors import Executor
+from omniq.worker.heap import freeze_startup_heap
 from omniq.worker.metering import WorkerMetricsHook
 from omniq.worker.outcomes import _needs_durable_start, _Running
 from omniq.worker.progress import ProgressReporter
@@ -68,7 +70,9 @@ class Worker(Claiming):
     ``executor="process"`` runs sync functions in child processes instead
     (CPU-bound work; a timeout kills the process). ``metrics`` (an
     :class:`omniq.metrics.WorkerMetrics`) counts attempts, outcomes and their
-    durations for Prometheus.
+    durations for Prometheus. ``gc_freeze`` (on by default): before its first
+    claim the worker collects garbage once and freezes what is alive out of
+    the garbage collector's walk, once per process (see :mod:`omniq.worker.heap`).
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class Worker(Claiming):
         maintenance_interval: timedelta | float = 30.0,
         scheduler_interval: timedelta | float = 1.0,
         metrics: WorkerMetricsHook | None = None,
+        gc_freeze: bool = True,
     ) -> None:
         self.queue = task_queue
         self.storage = task_queue.storage
@@ -113,6 +118,7 @@ class Worker(Claiming):
                 "maintenance_interval": maintenance_interval,
                 "scheduler_interval": scheduler_interval,
                 "grace_period": grace_period,
+                "gc_freeze": gc_freeze,
             },
         )
         self.poll_interval = to_timedelta(poll_interval, "poll_interval").total_seconds()
@@ -124,6 +130,8 @@ class Worker(Claiming):
         self.registry = TaskRegistry(allow_modules, parents=parents)
         self.executor = Executor(executor, self.concurrency)
         self.run_scheduler = run_scheduler
+        #: Freeze the process's start-up heap before the first claim (see omniq.worker.heap).
+        self.gc_freeze = gc_freeze
         self.run_maintenance = run_maintenance
         self.maintenance_interval = to_timedelta(
             maintenance_interval, "maintenance_interval"
@@ -269,6 +277,8 @@ class Worker(Claiming):
         self._started_at = time.monotonic()
         self.storage.notifier.cancel_listeners.add(self._on_cancel_requested)
         await self._register(burst=burst)
+        if self.gc_freeze:
+            freeze_startup_heap()
         if log.isEnabledFor(logging.INFO):
             logs.started(
                 worker_id=self.worker_id,
@@ -280,6 +290,7 @@ class Worker(Claiming):
                 burst=burst,
                 scheduler=self.run_scheduler,
                 maintenance=self.run_maintenance,
+                gc_frozen=gc.get_freeze_count() if self.gc_freeze else None,
             )
         self._winding_down = asyncio.Event()
         self._tasks_settled = asyncio.Event()

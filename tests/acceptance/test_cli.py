@@ -246,6 +246,13 @@ def test_a_cli_worker_recovers_a_killed_workers_task_at_its_maintenance_interval
     assert any("lost the lease" in str(e.get("message")) for e in events)
 
 
+def test_worker_no_gc_freeze_leaves_the_heap_alone(db_url: str) -> None:
+    proc = omniq(db_url, "worker", "--burst", "--no-gc-freeze", "--log-level", "info")
+    assert proc.returncode == 0, proc.stderr
+    banner = next(line for line in proc.stderr.splitlines() if " starting" in line)
+    assert banner.endswith(", gc freeze off"), banner
+
+
 def test_worker_flags_are_checked(db_url: str) -> None:
     for flags, named in (
         (["--prefetch", "-1"], "--prefetch"),

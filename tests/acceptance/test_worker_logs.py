@@ -115,6 +115,9 @@ def test_text_logs_banner_outcomes_traceback_shutdown_and_summary(
     assert f"pid {proc.pid}," in banner
     assert "serving queues default, concurrency 3, executor thread" in banner
     assert f"database {sa.make_url(url).render_as_string(hide_password=True)}," in banner
+    # The start-up heap is frozen out of the garbage collector's walk (omniq.worker.heap).
+    frozen = re.search(r", gc freeze on \(([\d,]+) objects\)$", banner)
+    assert frozen and int(frozen[1].replace(",", "")) > 10_000, banner
     if "s3cret-pw" in url:
         assert "s3cret-pw" not in stderr and ":***@" in banner
 

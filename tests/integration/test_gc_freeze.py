@@ -1,0 +1,130 @@
+"""A worker freezes its process's start-up heap out of the garbage collector's walk.
+
+Once per process, before the first claim (``Worker(gc_freeze=True)``, the
+default; ``omniq worker --no-gc-freeze`` turns it off). Each case runs in a
+process of its own: the freeze is per process, and this test process must
+not depend on which test ran first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from omniq.errors import ConfigurationError
+from omniq.services import Services
+from omniq.worker import Worker
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, gc, json, sys, weakref
+
+    from omniq.services import Services
+    from omniq.worker import Worker
+
+    async def main(url, freeze):
+        services = await Services.open_async(url)
+        try:
+            ids = [
+                await services.queue.enqueue_async(
+                    services.queue.build_task("tests.worker_tasks:add_sync", [i, 1])
+                )
+                for i in range(3)
+            ]
+            before = gc.get_freeze_count()
+            options = {} if freeze is None else {"gc_freeze": freeze}
+            worker = Worker(
+                services.queue, services.results, services.events,
+                allow_modules=["tests.worker_tasks"], **options,
+            )
+            stats = await worker.run_until_complete_async()
+            after_first = gc.get_freeze_count()
+            # A second worker of the same process freezes nothing more.
+            again = Worker(
+                services.queue, services.results, services.events,
+                allow_modules=["tests.worker_tasks"], **options,
+            )
+            await again.run_until_complete_async()
+            after_second = gc.get_freeze_count()
+            results = [
+                (await services.results.get_async(task_id)).result["sum"] for task_id in ids
+            ]
+        finally:
+            await services.close_async()
+
+        # What is allocated after the freeze is still collected.
+        class Node:
+            pass
+
+        node = Node()
+        node.self = node
+        ref = weakref.ref(node)
+        del node
+        gc.collect()
+        print(json.dumps({
+            "before": before,
+            "after_first": after_first,
+            "after_second": after_second,
+            "completed": stats.completed,
+            "results": results,
+            "cycle_collected": ref() is None,
+            "gc_enabled": gc.isenabled(),
+        }))
+
+    arg = sys.argv[2]
+    asyncio.run(main(sys.argv[1], None if arg == "default" else arg == "on"))
+    """
+)
+
+
+def _run(url: str, freeze: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, url, freeze],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+@pytest.mark.parametrize("freeze", ["default", "on"])
+def test_a_worker_freezes_the_start_up_heap_once_per_process(db_url: str, freeze: str) -> None:
+    report = _run(db_url, freeze)
+    assert report["completed"] == 3
+    assert report["results"] == [1, 2, 3]
+    assert report["before"] == 0
+    # The start-up heap (SQLAlchemy, the schema, the services) is frozen...
+    assert report["after_first"] > 10_000
+    # ... once: the second worker left the count as it was.
+    assert report["after_second"] == report["after_first"]
+    # The collector still runs, and collects what came later.
+    assert report["gc_enabled"]
+    assert report["cycle_collected"]
+
+
+def test_gc_freeze_false_leaves_the_heap_alone(db_url: str) -> None:
+    report = _run(db_url, "off")
+    assert report["completed"] == 3
+    assert report["before"] == report["after_first"] == report["after_second"] == 0
+    assert report["cycle_collected"]
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None.__class__])
+async def test_gc_freeze_must_be_a_bool(svc: Services, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match="gc_freeze must be True or False"):
+        Worker(svc.queue, gc_freeze=value)
