@@ -52,9 +52,23 @@ class Duration(sa.types.TypeDecorator[timedelta]):
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> timedelta | None:
         if value is None:
             return None
+        seconds = float(value)
+        found = _DURATIONS.get(seconds)
+        if found is not None:
+            return found
         try:
-            return timedelta(seconds=float(value))
+            found = timedelta(seconds=seconds)
         except OverflowError:
             # Beyond timedelta's range (timedelta.max itself rounds up as a float):
             # read the extreme rather than make the whole row unreadable.
-            return timedelta.max if float(value) > 0 else timedelta.min
+            return timedelta.max if seconds > 0 else timedelta.min
+        if len(_DURATIONS) >= _DURATIONS_KEPT:
+            _DURATIONS.clear()
+        _DURATIONS[seconds] = found
+        return found
+
+
+#: Durations read back, by their seconds: a claim reads a few values (a task's
+#: timeout, retry delay, result TTL) over and over, and timedeltas are immutable.
+_DURATIONS: dict[float, timedelta] = {}
+_DURATIONS_KEPT = 1024

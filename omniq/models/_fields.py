@@ -24,6 +24,8 @@ from omniq.models.enums import (
 
 E = TypeVar("E", bound=Enum)
 
+_ZERO = timedelta(0)
+
 
 def aware(_inst: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
     """Validator: a datetime (or None) must be timezone-aware."""
@@ -40,7 +42,7 @@ def non_negative_duration(
         return
     if not isinstance(value, timedelta):
         raise ValidationError(attribute.name, f"expected a timedelta, got {value!r}")
-    if value < timedelta(0):
+    if value < _ZERO:
         raise ValidationError(attribute.name, f"must be non-negative, got {value}")
 
 

@@ -43,10 +43,21 @@ def func_ref(_inst: object, attribute: attrs.Attribute[Any], value: str | None) 
     """Validator: a callable reference of the form ``package.module:qualname``."""
     if value is None and attribute.name != "func":
         return
+    if value.__class__ is str and value in _GOOD_REFS:
+        return  # a task's function is checked once per process, not once per record
     if not isinstance(value, str) or not _REF.match(value):
         raise ValidationError(
             attribute.name, f"expected a reference 'package.module:qualname', got {value!r}"
         )
+    if value.__class__ is str:
+        if len(_GOOD_REFS) >= _GOOD_REFS_KEPT:
+            _GOOD_REFS.clear()
+        _GOOD_REFS.add(value)
+
+
+#: References (exactly str) that passed :func:`func_ref`.
+_GOOD_REFS: set[str] = set()
+_GOOD_REFS_KEPT = 4096
 
 
 #: The default of ``max_retries`` (the seed's schema); ``Settings.default_max_retries``
@@ -91,6 +102,8 @@ def _renamed(field: str, exc: ValidationError) -> ValidationError:
 
 
 def _dedupe(value: Any) -> tuple[str, ...]:
+    if not value and value.__class__ in (tuple, list):
+        return ()  # most tasks depend on nothing
     try:
         return tuple(dict.fromkeys(str_tuple(value)))
     except ValidationError as exc:
