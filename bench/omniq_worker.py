@@ -241,6 +241,7 @@ async def main_async(
             allow_modules=["bench.tasks"],
             concurrency=concurrency,
             metrics=metrics,
+            gc_freeze=True,  # a worker process, as `omniq worker` runs it
         )
         sql = trace_sql(services) if trace else {}
         emit({"event": "ready", "rss_kib": rss_kib()})

@@ -240,7 +240,8 @@ def bench_burn(ws: Workspace, sizes: Sizes) -> list[Row]:
             0.5,
             ">= 0.5x (goal 1x)",
             f"{sizes.burn:,} pre-enqueued sync no-op tasks drained by one worker process "
-            "(bench/omniq_worker.py: Worker at default settings: concurrency 10, adaptive "
+            "(bench/omniq_worker.py: Worker at default settings, its process set up as "
+            "`omniq worker` does (start-up heap frozen): concurrency 10, adaptive "
             "prefetch, async executor -> thread pool for sync functions, results and events "
             "on), from its "
             "first claim to its last committed completion (timed inside the process) vs "

@@ -215,6 +215,45 @@ class SQLiteWriter:
         self._inline_mode = inline
         return True
 
+    def data_version(self) -> int | None:
+        """The file's ``PRAGMA data_version`` on the held connection, without waiting.
+
+        Commits of other connections (other processes) change it; this
+        process's own writes, made on this connection, do not. None when the
+        connection is in use (a write is running) or not open (see
+        :meth:`open_connection`), the writer is closed, or the reading
+        failed; it never waits for a lock.
+        """
+        if not self._conn_lock.acquire(blocking=False):
+            return None
+        try:
+            if self._closed:
+                return None
+            conn = self._held_conn
+            # Not opened yet, or dropped after an error: the next write opens it.
+            if conn is None or conn.closed or conn.invalidated or conn.in_transaction():
+                return None
+            driver = conn.connection.dbapi_connection
+            if driver is None:
+                return None
+            if self._inline_mode:  # busy_timeout is 0 already
+                return int(driver.execute("PRAGMA data_version").fetchone()[0])
+            # Never wait here (the caller is an event loop): a file being recovered
+            # by another connection is read at the next tick.
+            driver.execute("PRAGMA busy_timeout = 0")
+            try:
+                return int(driver.execute("PRAGMA data_version").fetchone()[0])
+            finally:
+                driver.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        except Exception:
+            return None  # a reading that fails is no reading (the tick is skipped)
+        finally:
+            self._conn_lock.release()
+
+    def open_connection(self) -> Future[None]:
+        """Have the thread open its connection now (it is otherwise opened by the first write)."""
+        return self.submit_outside_transaction(lambda _driver: None)
+
     def submit_outside_transaction(self, fn: Callable[[Any], T]) -> Future[T]:
         """Queue ``fn(driver_connection)``, run outside any transaction, once (no retry).
 
@@ -237,6 +276,8 @@ class SQLiteWriter:
         if thread is not None and thread.is_alive():
             self._jobs.put(None)
             thread.join()
+        with self._conn_lock:
+            self._drop()  # one opened by data_version() while no thread ran
         if self._write_lock is not None:
             self._write_lock.close()
         self.engine.dispose()

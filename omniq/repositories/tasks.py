@@ -281,22 +281,9 @@ class TaskRepository(
     # --- the claim -----------------------------------------------------------
 
     def _claim_statement(self, *, by_queue: bool, start: bool) -> sa.Update:
-        sub = sa.select(t.c.id).where(
-            t.c.status == TaskStatus.PENDING.value,
-            t.c.run_at <= sa.bindparam("now", type_=t.c.run_at.type),
-            sa.or_(
-                t.c.expires_at.is_(None),
-                t.c.expires_at > sa.bindparam("now", type_=t.c.expires_at.type),
-            ),
-            # Tasks that limits or a queue's row may hold back: the limited claim's.
-            t.c.concurrency_key.is_(None),
-            t.c.rate_key.is_(None),
-            t.c.queue_name.not_in(controlled_queues()),
-        )
+        sub = sa.select(t.c.id).where(*_plainly_ready())
         if by_queue:
             sub = sub.where(t.c.queue_name == sa.bindparam("queue"))
-        # Gates of the claim (a database migrated away by ``omniq migrate-db``).
-        sub = sub.where(claims_open())
         sub = sub.order_by(*_ORDER).limit(sa.bindparam("n"))
         if self.dialect.skip_locked:
             sub = sub.with_for_update(skip_locked=True)
@@ -314,6 +301,18 @@ class TaskRepository(
         else:
             values["started_at"] = None
         return sa.update(t).where(t.c.id.in_(sub)).values(values).returning(*t.c)
+
+    def ready_now(self, conn: Connection, queues: Sequence[str] | None, now: datetime) -> bool:
+        """True if the plain claim of ``queues`` (None: all) would take a task at ``now``.
+
+        One indexed read, no lock (the SQLite work watch asks it when the
+        database changed); tasks that limits may hold back are not counted.
+        """
+        stmt = sa.select(t.c.id).where(*_plainly_ready())
+        if queues:
+            stmt = stmt.where(t.c.queue_name.in_(list(queues)))
+        with translate_errors("peek tasks"):
+            return conn.execute(stmt.limit(1), {"now": now}).first() is not None
 
     def claim(
         self,
@@ -432,6 +431,25 @@ class TaskRepository(
         with translate_errors("update tasks"):
             rows = (conn.execute(stmt)).mappings().all()
         return [self.from_row(row) for row in rows]
+
+
+def _plainly_ready() -> tuple[sa.ColumnElement[bool], ...]:
+    """What the plain claim takes (binding ``now``): a pending task that is due and
+    not expired, with no limit key, in a queue without a queue row (paused or
+    queue-wide limits), while claims are open (not migrated away by ``migrate-db``)."""
+    return (
+        t.c.status == TaskStatus.PENDING.value,
+        t.c.run_at <= sa.bindparam("now", type_=t.c.run_at.type),
+        sa.or_(
+            t.c.expires_at.is_(None),
+            t.c.expires_at > sa.bindparam("now", type_=t.c.expires_at.type),
+        ),
+        # Tasks that limits or a queue's row may hold back: the limited claim's.
+        t.c.concurrency_key.is_(None),
+        t.c.rate_key.is_(None),
+        t.c.queue_name.not_in(controlled_queues()),
+        claims_open(),
+    )
 
 
 def _root(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar, cast
@@ -54,6 +54,7 @@ from omniq.repositories.progress import ProgressRepository
 from omniq.repositories.workers import WorkerRepository
 from omniq.repositories.workflows import WorkflowRepository
 from omniq.serialization import SerializerRegistry
+from omniq.services.sqlite_watch import SQLiteWorkWatch
 from omniq.services.work_listener import WorkListener
 
 __all__ = ["Notifier", "Storage"]
@@ -420,19 +421,43 @@ class Storage:
     # --- wake-ups ----------------------------------------------------------------------
 
     @asynccontextmanager
-    async def listen_for_work(self) -> AsyncIterator[bool]:
+    async def listen_for_work(self, queues: Sequence[str] | None = None) -> AsyncIterator[bool]:
         """While open, wake this process's waiters when other processes make work.
 
         On PostgreSQL the tasks table's triggers (revision 0004) send ``NOTIFY
         omniq_work`` when a statement makes tasks pending; this holds one
         connection of its own (outside the pool) that LISTENs, wakes
         :attr:`notifier`, and is re-established when lost (a server restart;
-        see :mod:`omniq.services.work_listener`). Yields whether it listens at
-        the start: on SQLite it does nothing, and where LISTEN fails polling
-        (always on) finds the work while it tries again.
+        see :mod:`omniq.services.work_listener`). On a SQLite file a watch
+        reads the file's change counter every few milliseconds and wakes the
+        waiters when another connection's commit made a task of ``queues``
+        (None: any) ready (see :mod:`omniq.services.sqlite_watch`); an
+        in-memory database has no other connection. Yields whether it
+        listens at the start; where it cannot, polling (always on) finds the
+        work while it tries again.
         """
         if self.dialect.name != "postgresql":
-            yield False
+            if self._writer is None:
+                yield False
+                return
+            tasks, now = self.tasks, self.now
+
+            async def ready() -> bool:
+                return await self.read(
+                    lambda conn: tasks.ready_now(conn, queues, now()), what="peek tasks"
+                )
+
+            writer = self._writer
+            with contextlib.suppress(Exception):  # not now: polling finds the work
+                await asyncio.wrap_future(writer.open_connection())
+            watch = SQLiteWorkWatch(writer.data_version, ready, self.notifier.notify)
+            watcher = asyncio.get_running_loop().create_task(watch.run())
+            try:
+                yield True
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             return
         listener = WorkListener(
             self.engine.url,

@@ -70,9 +70,11 @@ class Worker(Claiming):
     ``executor="process"`` runs sync functions in child processes instead
     (CPU-bound work; a timeout kills the process). ``metrics`` (an
     :class:`omniq.metrics.WorkerMetrics`) counts attempts, outcomes and their
-    durations for Prometheus. ``gc_freeze`` (on by default): before its first
-    claim the worker collects garbage once and freezes what is alive out of
-    the garbage collector's walk, once per process (see :mod:`omniq.worker.heap`).
+    durations for Prometheus. ``gc_freeze=True`` (what ``omniq worker`` does):
+    before its first claim the worker collects garbage once and freezes what
+    is alive out of the garbage collector's walk, once per process (see
+    :mod:`omniq.worker.heap`); off by default for a worker in a process of
+    yours, whose garbage collector is yours.
     """
 
     def __init__(
@@ -96,7 +98,7 @@ class Worker(Claiming):
         maintenance_interval: timedelta | float = 30.0,
         scheduler_interval: timedelta | float = 1.0,
         metrics: WorkerMetricsHook | None = None,
-        gc_freeze: bool = True,
+        gc_freeze: bool = False,
     ) -> None:
         self.queue = task_queue
         self.storage = task_queue.storage
@@ -306,8 +308,8 @@ class Worker(Claiming):
             else:
                 self._background.append(self._loop.create_task(self._scheduler_loop()))
         try:
-            # PostgreSQL: other processes' new work wakes this worker (polling stays on).
-            async with self.storage.listen_for_work():
+            # Other processes' new work wakes this worker (polling stays on).
+            async with self.storage.listen_for_work(self.queues):
                 await self._claim_loop(burst)
         finally:
             if self._stopping:

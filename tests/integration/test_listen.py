@@ -1,10 +1,13 @@
-"""PostgreSQL LISTEN/NOTIFY: work another process makes wakes this one's waiters at once.
+"""Work another process makes wakes this one's waiters at once, on every engine.
 
-Revision 0004's triggers send ``NOTIFY omniq_work`` when a statement makes
-tasks pending; :meth:`Storage.listen_for_work` (held by every worker) wakes
-the process's notifier. The rows here are written through a separate engine,
-as another process would write them: nothing in this process calls the
-notifier itself, so only the database's notification can wake the waiter.
+PostgreSQL: revision 0004's triggers send ``NOTIFY omniq_work`` when a
+statement makes tasks pending, and :meth:`Storage.listen_for_work` (held by
+every worker) LISTENs. A SQLite file: the same context watches the file's
+change counter and, when another connection committed, wakes the waiters
+if a task is ready (:mod:`omniq.services.sqlite_watch`). The rows here are
+written through a separate engine, as another process would write them:
+nothing in this process calls the notifier itself, so only the database's
+notification (or the watch) can wake the waiter.
 """
 
 from __future__ import annotations
@@ -59,20 +62,42 @@ async def _set_status_elsewhere(db_url: str, task_id: str, status: TaskStatus) -
 
 def _postgres_only(svc: Services) -> None:
     if svc.storage.dialect.name != "postgresql":
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite workers poll (see the next test)")
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's (a SQLite file is watched instead)")
 
 
-async def test_sqlite_does_not_listen_and_polling_stays_on(svc: Services) -> None:
-    if svc.storage.dialect.name != "sqlite":
-        pytest.skip("this is SQLite's side of it")
-    async with svc.storage.listen_for_work() as listening:
-        assert listening is False
+async def test_in_memory_sqlite_has_nobody_else_to_hear(tmp_path: Any) -> None:
+    services = await Services.open_async("sqlite://")
+    try:
+        async with services.storage.listen_for_work() as listening:
+            assert listening is False
+    finally:
+        await services.close_async()
+
+
+async def test_sqlite_s_change_counter_counts_other_connections_commits_only(
+    db_url: str, svc: Services
+) -> None:
+    writer = svc.storage.writer
+    if writer is None:
+        pytest.skip("the change counter is read on a SQLite file's writer connection")
+    assert writer.data_version() is None  # nothing written yet: no connection to read on
+    await asyncio.wrap_future(writer.open_connection())
+    first = writer.data_version()
+    assert first is not None
+    # This process's own writes (its writer's connection) leave it as it was...
+    await svc.queue.enqueue_async("tests.worker_tasks:add_sync", [1, 2])
+    assert writer.data_version() == first
+    # ... another connection's commit moves it.
+    await _write_elsewhere(db_url, svc, status=TaskStatus.COMPLETED)
+    moved = writer.data_version()
+    assert moved is not None and moved != first
+    svc.storage.writer.close()
+    assert writer.data_version() is None  # closed: no reading
 
 
 async def test_a_pending_task_written_elsewhere_wakes_a_listening_process(
     db_url: str, svc: Services
 ) -> None:
-    _postgres_only(svc)
     notifier = svc.storage.notifier
     async with svc.storage.listen_for_work() as listening:
         assert listening is True
@@ -90,7 +115,6 @@ async def test_a_pending_task_written_elsewhere_wakes_a_listening_process(
 
 
 async def test_only_work_that_can_run_is_announced(db_url: str, svc: Services) -> None:
-    _postgres_only(svc)
     notifier = svc.storage.notifier
     async with svc.storage.listen_for_work():
         # A task waiting for its dependencies, or one that finished: nothing to claim.
@@ -110,7 +134,6 @@ async def test_only_work_that_can_run_is_announced(db_url: str, svc: Services) -
 async def test_without_listening_another_process_s_work_is_only_found_by_polling(
     db_url: str, svc: Services
 ) -> None:
-    _postgres_only(svc)
     quiet = asyncio.ensure_future(svc.storage.notifier.wait(QUIET))
     await asyncio.sleep(0)
     await _write_elsewhere(db_url, svc, status=TaskStatus.PENDING)
@@ -121,7 +144,7 @@ async def test_listening_uses_a_connection_of_its_own_even_with_a_tiny_pool(
     db_url: str, open_services: Any
 ) -> None:
     if not db_url.startswith("postgresql"):
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite workers poll (see the next test)")
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's (a SQLite file is watched instead)")
     small: Services = await open_services(pool_size=1, max_overflow=0)
     async with small.storage.listen_for_work() as listening:
         assert listening is True
