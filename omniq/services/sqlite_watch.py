@@ -8,7 +8,7 @@ connection changes when another connection commits to the file, and not
 when that connection itself writes; reading it costs a few microseconds and
 takes no lock. Every few milliseconds (:data:`CHECK_MIN` after a change,
 doubling while nothing changes up to :data:`CHECK_MAX`, since each reading
-wakes the process: an idle worker spends about 2 ms of CPU a second on it)
+wakes the process: an idle worker spends about 4 ms of CPU a second on it)
 the watch reads it on the
 connection of this process's writer thread (see
 :meth:`omniq.db.writer.SQLiteWriter.data_version`), so this process's own
