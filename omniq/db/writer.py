@@ -119,6 +119,8 @@ class SQLiteWriter:
         #: (``busy_timeout`` and ``wal_autocheckpoint`` 0), not as configured.
         self._inline_mode = False
         self._inline_count = 0
+        #: How many connections the writer opened (tells their change counters apart).
+        self._connections = 0
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -215,11 +217,14 @@ class SQLiteWriter:
         self._inline_mode = inline
         return True
 
-    def data_version(self) -> int | None:
-        """The file's ``PRAGMA data_version`` on the held connection, without waiting.
+    def data_version(self) -> tuple[int, int] | None:
+        """(which connection, its ``PRAGMA data_version``) on the held connection, without
+        waiting.
 
-        Commits of other connections (other processes) change it; this
-        process's own writes, made on this connection, do not. None when the
+        Commits of other connections (other processes) change the counter;
+        writes made on this connection do not. A new connection (after one
+        was dropped) starts its own counter, hence the connection's number
+        beside it. None when the
         connection is in use (a write is running) or not open (see
         :meth:`open_connection`), the writer is closed, or the reading
         failed; it never waits for a lock.
@@ -237,12 +242,12 @@ class SQLiteWriter:
             if driver is None:
                 return None
             if self._inline_mode:  # busy_timeout is 0 already
-                return int(driver.execute("PRAGMA data_version").fetchone()[0])
+                return self._connections, int(driver.execute(_DATA_VERSION).fetchone()[0])
             # Never wait here (the caller is an event loop): a file being recovered
             # by another connection is read at the next tick.
             driver.execute("PRAGMA busy_timeout = 0")
             try:
-                return int(driver.execute("PRAGMA data_version").fetchone()[0])
+                return self._connections, int(driver.execute(_DATA_VERSION).fetchone()[0])
             finally:
                 driver.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         except Exception:
@@ -276,8 +281,6 @@ class SQLiteWriter:
         if thread is not None and thread.is_alive():
             self._jobs.put(None)
             thread.join()
-        with self._conn_lock:
-            self._drop()  # one opened by data_version() while no thread ran
         if self._write_lock is not None:
             self._write_lock.close()
         self.engine.dispose()
@@ -336,6 +339,7 @@ class SQLiteWriter:
             conn = None  # dropped
         if conn is None or conn.closed or conn.invalidated:
             conn = self._held_conn = self.engine.connect()
+            self._connections += 1
             self._inline_mode = False
             driver = conn.connection.dbapi_connection
             if driver is not None:
@@ -383,6 +387,9 @@ class SQLiteWriter:
             conn.invalidate()
         with contextlib.suppress(Exception):
             conn.close()
+
+
+_DATA_VERSION = "PRAGMA data_version"
 
 
 class _Raw:

@@ -114,8 +114,8 @@ def check_worker_options(settings: Settings, options: Mapping[str, Any]) -> None
             fields=("prefetch",),
             rule="prefetch is None or prefetch >= 0",
         )
-    gc_freeze = options.get("gc_freeze")
-    if gc_freeze is not None and not isinstance(gc_freeze, bool):
+    gc_freeze = options.get("gc_freeze", False)
+    if not isinstance(gc_freeze, bool):
         raise ConfigurationError(
             f"gc_freeze must be True or False, got {gc_freeze!r}",
             fields=("gc_freeze",),

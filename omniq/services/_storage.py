@@ -99,6 +99,10 @@ class Notifier:
                 notifier = cls._by_key[key] = Notifier()
             return notifier
 
+    def waiting(self) -> bool:
+        """True while someone waits for a notification."""
+        return bool(self._waiters)
+
     def notify(self) -> None:
         """Wake every current waiter (thread-safe)."""
         with self._lock:
@@ -450,7 +454,14 @@ class Storage:
             writer = self._writer
             with contextlib.suppress(Exception):  # not now: polling finds the work
                 await asyncio.wrap_future(writer.open_connection())
-            watch = SQLiteWorkWatch(writer.data_version, ready, self.notifier.notify)
+            notifier = self.notifier
+            watch = SQLiteWorkWatch(
+                writer.data_version,
+                ready,
+                notifier.notify,
+                notifier.waiting,
+                lambda: notifier.generation,
+            )
             watcher = asyncio.get_running_loop().create_task(watch.run())
             try:
                 yield True

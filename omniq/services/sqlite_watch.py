@@ -5,17 +5,19 @@ found new tasks only by polling (5 ms after activity, doubling up to
 ``poll_interval``), so a task enqueued after a quiet spell waited for the
 next poll, up to a second by default. ``PRAGMA data_version`` on a
 connection changes when another connection commits to the file, and not
-when that connection itself writes; reading it costs a few microseconds and
-takes no lock. Every few milliseconds (:data:`CHECK_MIN` after a change,
-doubling while nothing changes up to :data:`CHECK_MAX`, since each reading
-wakes the process: an idle worker spends about 4 ms of CPU a second on it)
-the watch reads it on the
-connection of this process's writer thread (see
+when that connection itself writes; reading it costs a few microseconds
+(a read of the WAL index that never waits: ``busy_timeout`` is 0 around
+it). Every few milliseconds (:data:`CHECK_MIN` after a change, doubling
+while nothing changes up to :data:`CHECK_MAX`, since each reading wakes the
+process: an idle worker spends about 4 ms of CPU a second on it) the watch
+reads it on the connection of this process's writer thread (see
 :meth:`omniq.db.writer.SQLiteWriter.data_version`), so this process's own
-writes never wake it. When another process committed, one indexed read asks
-whether a task is ready for the plain claim, and only then are the waiters
-woken: another worker's completions or heartbeats cost that read, never a
-claim or the write lock.
+writes never wake it. When another connection committed and a worker waits
+for work, one read asks whether a task is ready for the plain claim, and
+only then are the waiters woken: another worker's completions or heartbeats
+cost that read, never a claim or the write lock. Looks that find nothing
+back off (doubling up to :data:`LOOK_MAX`), so a neighbour that commits all
+the time costs an idle worker at most one read a second, as polling did.
 
 Polling stays on: tasks that limits may hold back, tasks that become due
 later, and whatever comes while the writer's connection is busy or closed
@@ -26,9 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 
-__all__ = ["CHECK_MAX", "CHECK_MIN", "SQLiteWorkWatch"]
+__all__ = ["CHECK_MAX", "CHECK_MIN", "LOOK_MAX", "SQLiteWorkWatch"]
 
 log = logging.getLogger("omniq.listen")
 
@@ -36,48 +38,81 @@ log = logging.getLogger("omniq.listen")
 CHECK_MIN = 0.005
 #: ... and at most, after a quiet spell.
 CHECK_MAX = 0.05
+#: The longest wait before looking again after looks that found nothing ready.
+LOOK_MAX = 1.0
 
 
 class SQLiteWorkWatch:
     """Call ``on_work`` when the file changed (``version``) and ``ready`` finds work.
 
-    ``version`` returns the change counter, or None when it cannot be read
-    now (that tick is skipped); ``ready`` is awaited only after a change.
+    ``version`` returns the change counter (with anything that tells one
+    connection's counter from another's), or None when it cannot be read now
+    (that tick is skipped); ``ready`` is awaited after a change, when
+    ``wanted()`` (someone waits for work), at most once per look gap. The
+    gap doubles after each look that found nothing, and shrinks back when
+    ``activity()`` (this process's notifier's generation) moved: work went
+    on here, so other processes' work may follow.
     """
 
     def __init__(
         self,
-        version: Callable[[], int | None],
+        version: Callable[[], Hashable | None],
         ready: Callable[[], Awaitable[bool]],
         on_work: Callable[[], None],
+        wanted: Callable[[], bool] = lambda: True,
+        activity: Callable[[], int] = lambda: 0,
         *,
         every: tuple[float, float] = (CHECK_MIN, CHECK_MAX),
+        look_max: float = LOOK_MAX,
     ) -> None:
         self._version = version
         self._ready = ready
         self._on_work = on_work
+        self._wanted = wanted
+        self._activity = activity
         self._min, self._max = every
+        self._look_max = look_max
         #: Readings that found the file changed by another connection (and the
-        #: first reading), and of those, the ones that found work ready (and
-        #: woke the waiters).
+        #: first reading), looks at the tasks, and looks that found work ready
+        #: (and woke the waiters).
         self.changes = 0
+        self.looks = 0
         self.wakes = 0
 
     async def run(self) -> None:
         """Watch until cancelled."""
-        last: int | None = None
+        loop = asyncio.get_running_loop()
+        last: Hashable | None = None
+        unseen = False  # a change nobody looked at yet
         failing = False
         interval = 0.0  # the first reading at once
+        gap, next_look = self._min, 0.0
+        activity = self._activity()
         while True:
             await asyncio.sleep(interval)
+            if (moved := self._activity()) != activity:
+                activity, gap, next_look = moved, self._min, 0.0
             current = self._version()
-            if current is None or current == last:
+            if current is not None and current != last:
+                # Changed since the last reading; or the first reading (on this
+                # connection), which cannot tell what came just before it: look
+                # once (a spare wake-up is harmless).
+                last, unseen, interval = current, True, self._min
+                self.changes += 1
+            else:
                 interval = min(max(interval * 2, self._min), self._max)
+            if unseen and loop.time() < next_look:
+                # A change waits for the next look: nothing to read until then.
+                interval = max(next_look - loop.time(), self._min)
                 continue
-            # Changed since the last reading; or the first reading, which cannot
-            # tell what came just before it: look once (a spare wake-up is harmless).
-            last, interval = current, self._min
-            self.changes += 1
+            if not unseen:
+                continue
+            if not self._wanted():
+                # Nobody waits yet (a claim is running): look once somebody does.
+                interval = self._min
+                continue
+            unseen = False
+            self.looks += 1
             try:
                 ready = await self._ready()
             except Exception as exc:
@@ -88,9 +123,13 @@ class SQLiteWorkWatch:
                         type(exc).__name__,
                         exc,
                     )
-                failing = True
-                continue
-            failing = False
+                failing, ready = True, False
+            else:
+                failing = False
             if ready:
                 self.wakes += 1
                 self._on_work()
+                gap = self._min
+            else:
+                gap = min(gap * 2, self._look_max)
+            next_look = loop.time() + gap

@@ -134,7 +134,7 @@ def test_a_worker_in_your_process_leaves_the_heap_alone(db_url: str, freeze: str
     assert report["cycle_collected"]
 
 
-@pytest.mark.parametrize("value", ["yes", 1, None.__class__])
+@pytest.mark.parametrize("value", ["yes", 1, None])
 async def test_gc_freeze_must_be_a_bool(svc: Services, value: Any) -> None:
     with pytest.raises(ConfigurationError, match="gc_freeze must be True or False"):
         Worker(svc.queue, gc_freeze=value)

@@ -103,10 +103,13 @@ async def test_a_pending_task_written_elsewhere_wakes_a_listening_process(
         assert listening is True
         woke = asyncio.ensure_future(notifier.wait(DEADLINE))
         await asyncio.sleep(0)  # one turn of the loop: the waiter is registered
-        await _write_elsewhere(db_url, svc, status=TaskStatus.PENDING)
+        first = await _write_elsewhere(db_url, svc, status=TaskStatus.PENDING)
         assert await woke is True
 
-        # A task moved back to pending (a retry, a requeue) wakes it too.
+        # A task moved back to pending (a retry, a requeue) wakes it too. (The
+        # first one is claimed away first: a task still ready would wake the
+        # waiter whatever came next.)
+        await _set_status_elsewhere(db_url, first, TaskStatus.RUNNING)
         failed = await _write_elsewhere(db_url, svc, status=TaskStatus.FAILED)
         woke = asyncio.ensure_future(notifier.wait(DEADLINE))
         await asyncio.sleep(0)
