@@ -425,7 +425,9 @@ class Storage:
     # --- wake-ups ----------------------------------------------------------------------
 
     @asynccontextmanager
-    async def listen_for_work(self, queues: Sequence[str] | None = None) -> AsyncIterator[bool]:
+    async def listen_for_work(
+        self, queues: Sequence[str] | None = None, wanted: Callable[[], bool] | None = None
+    ) -> AsyncIterator[bool]:
         """While open, wake this process's waiters when other processes make work.
 
         On PostgreSQL the tasks table's triggers (revision 0004) send ``NOTIFY
@@ -435,8 +437,10 @@ class Storage:
         see :mod:`omniq.services.work_listener`). On a SQLite file a watch
         reads the file's change counter every few milliseconds and wakes the
         waiters when another connection's commit made a task of ``queues``
-        (None: any) ready (see :mod:`omniq.services.sqlite_watch`); an
-        in-memory database has no other connection. Yields whether it
+        (None: any) ready (see :mod:`omniq.services.sqlite_watch`), while
+        ``wanted()`` (default: someone waits on :attr:`notifier`; a worker:
+        it has room to claim); an in-memory database has no other
+        connection. Yields whether it
         listens at the start; where it cannot, polling (always on) finds the
         work while it tries again.
         """
@@ -459,7 +463,7 @@ class Storage:
                 writer.data_version,
                 ready,
                 notifier.notify,
-                notifier.waiting,
+                wanted or notifier.waiting,
                 lambda: notifier.generation,
             )
             watcher = asyncio.get_running_loop().create_task(watch.run())

@@ -13,7 +13,7 @@ process: an idle worker spends about 4 ms of CPU a second on it) the watch
 reads it on the connection of this process's writer thread (see
 :meth:`omniq.db.writer.SQLiteWriter.data_version`), so this process's own
 writes never wake it. When another connection committed and a worker waits
-for work, one read asks whether a task is ready for the plain claim, and
+for work (has room to claim), one read asks whether a task is ready for the plain claim, and
 only then are the waiters woken: another worker's completions or heartbeats
 cost that read, never a claim or the write lock. Looks that find nothing
 back off (doubling up to :data:`LOOK_MAX`), so a neighbour that commits all
@@ -97,20 +97,18 @@ class SQLiteWorkWatch:
                 # Changed since the last reading; or the first reading (on this
                 # connection), which cannot tell what came just before it: look
                 # once (a spare wake-up is harmless).
-                last, unseen, interval = current, True, self._min
+                last, unseen = current, True
                 self.changes += 1
-            else:
+            # Read again soon only while a look may follow: a change waits for the
+            # next look (after looks that found nothing), or for work to be wanted
+            # (a full worker); meanwhile the readings slow down as on a quiet file.
+            if not (unseen and self._wanted()):
                 interval = min(max(interval * 2, self._min), self._max)
-            if unseen and loop.time() < next_look:
-                # A change waits for the next look: nothing to read until then.
+                continue
+            if loop.time() < next_look:
                 interval = max(next_look - loop.time(), self._min)
                 continue
-            if not unseen:
-                continue
-            if not self._wanted():
-                # Nobody waits yet (a claim is running): look once somebody does.
-                interval = self._min
-                continue
+            interval = self._min
             unseen = False
             self.looks += 1
             try:

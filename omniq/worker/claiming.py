@@ -43,10 +43,10 @@ class Claiming(Stopping):
         while not self._stopping:
             # Claim in batches: wait until half the capacity is free (or the worker
             # is empty), so one claim and one completion flush serve many tasks.
-            batch = self._claim_batch = max(1, (self.concurrency + self._prefetch_now()) // 2)
+            self._claim_batch = max(1, (self.concurrency + self._prefetch_now()) // 2)
             self._start_buffered()
             free = self._free()
-            if free >= batch or (free > 0 and not self._executing and not self._buffer):
+            if self._has_room():
                 # Tasks running when the claim starts may end (and make retries or
                 # dependents ready) after the claim's snapshot: burst mode must
                 # not stop on that claim's empty answer.
@@ -187,6 +187,12 @@ class Claiming(Stopping):
             # Wake the claim loop only when it would claim (not once per task).
             if self._free() >= self._claim_batch or not self._executing:
                 self.storage.notifier.notify()
+
+    def _has_room(self) -> bool:
+        """True while a claim would take tasks (the claim loop's own test): new work
+        in another process is worth a look only then."""
+        free = self._free()
+        return free >= self._claim_batch or (free > 0 and not self._executing and not self._buffer)
 
     def _free(self) -> int:
         return self.concurrency + self._prefetch_now() - self._executing - len(self._buffer)

@@ -309,7 +309,7 @@ class Worker(Claiming):
                 self._background.append(self._loop.create_task(self._scheduler_loop()))
         try:
             # Other processes' new work wakes this worker (polling stays on).
-            async with self.storage.listen_for_work(self.queues):
+            async with self.storage.listen_for_work(self.queues, self._has_room):
                 await self._claim_loop(burst)
         finally:
             if self._stopping:

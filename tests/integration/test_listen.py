@@ -117,6 +117,22 @@ async def test_a_pending_task_written_elsewhere_wakes_a_listening_process(
         assert await woke is True
 
 
+async def test_work_is_looked_for_only_while_it_is_wanted(db_url: str, svc: Services) -> None:
+    # A worker passes "I have room to claim": a full worker is not woken (on a
+    # SQLite file the watch does not even look; PostgreSQL notifies regardless).
+    if svc.storage.writer is None:
+        pytest.skip("the watch of a SQLite file; PostgreSQL's NOTIFY comes regardless")
+    notifier = svc.storage.notifier
+    room = False
+    async with svc.storage.listen_for_work(None, lambda: room):
+        quiet = asyncio.ensure_future(notifier.wait(QUIET))
+        await asyncio.sleep(0)
+        await _write_elsewhere(db_url, svc, status=TaskStatus.PENDING)
+        assert await quiet is False  # full: nobody woken
+        room = True  # a slot came free: the change not looked at yet is looked at now
+        assert await notifier.wait(DEADLINE) is True
+
+
 async def test_only_work_that_can_run_is_announced(db_url: str, svc: Services) -> None:
     notifier = svc.storage.notifier
     async with svc.storage.listen_for_work():
