@@ -224,10 +224,9 @@ class SQLiteWriter:
         Commits of other connections (other processes) change the counter;
         writes made on this connection do not. A new connection (after one
         was dropped) starts its own counter, hence the connection's number
-        beside it. None when the
-        connection is in use (a write is running) or not open (see
-        :meth:`open_connection`), the writer is closed, or the reading
-        failed; it never waits for a lock.
+        beside it. None when the connection is in use (a write is running) or
+        not open (see :meth:`open_connection`), the writer is closed, or the
+        reading failed; it never waits for a lock.
         """
         if not self._conn_lock.acquire(blocking=False):
             return None
@@ -249,7 +248,11 @@ class SQLiteWriter:
             try:
                 return self._connections, int(driver.execute(_DATA_VERSION).fetchone()[0])
             finally:
-                driver.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                try:
+                    driver.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                except Exception:
+                    self._drop()  # not left unable to wait: the next write opens another
+                    raise
         except Exception:
             return None  # a reading that fails is no reading (the tick is skipped)
         finally:

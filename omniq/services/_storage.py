@@ -54,7 +54,7 @@ from omniq.repositories.progress import ProgressRepository
 from omniq.repositories.workers import WorkerRepository
 from omniq.repositories.workflows import WorkflowRepository
 from omniq.serialization import SerializerRegistry
-from omniq.services.sqlite_watch import SQLiteWorkWatch
+from omniq.services.sqlite_watch import watching_file
 from omniq.services.work_listener import WorkListener
 
 __all__ = ["Notifier", "Storage"]
@@ -440,39 +440,28 @@ class Storage:
         (None: any) ready (see :mod:`omniq.services.sqlite_watch`), while
         ``wanted()`` (default: someone waits on :attr:`notifier`; a worker:
         it has room to claim); an in-memory database has no other
-        connection. Yields whether it
-        listens at the start; where it cannot, polling (always on) finds the
-        work while it tries again.
+        connection. Yields whether it listens at the start; where it cannot,
+        polling (always on) finds the work while it tries again.
         """
         if self.dialect.name != "postgresql":
             if self._writer is None:
                 yield False
                 return
-            tasks, now = self.tasks, self.now
+            tasks, now, notifier = self.tasks, self.now, self.notifier
 
             async def ready() -> bool:
                 return await self.read(
                     lambda conn: tasks.ready_now(conn, queues, now()), what="peek tasks"
                 )
 
-            writer = self._writer
-            with contextlib.suppress(Exception):  # not now: polling finds the work
-                await asyncio.wrap_future(writer.open_connection())
-            notifier = self.notifier
-            watch = SQLiteWorkWatch(
-                writer.data_version,
+            async with watching_file(
+                self._writer,
                 ready,
                 notifier.notify,
                 wanted or notifier.waiting,
                 lambda: notifier.generation,
-            )
-            watcher = asyncio.get_running_loop().create_task(watch.run())
-            try:
+            ):
                 yield True
-            finally:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
             return
         listener = WorkListener(
             self.engine.url,

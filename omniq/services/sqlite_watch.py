@@ -27,10 +27,13 @@ are found by it as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 
-__all__ = ["CHECK_MAX", "CHECK_MIN", "LOOK_MAX", "SQLiteWorkWatch"]
+from omniq.db.writer import SQLiteWriter
+
+__all__ = ["CHECK_MAX", "CHECK_MIN", "LOOK_MAX", "SQLiteWorkWatch", "watching_file"]
 
 log = logging.getLogger("omniq.listen")
 
@@ -131,3 +134,24 @@ class SQLiteWorkWatch:
             else:
                 gap = min(gap * 2, self._look_max)
             next_look = loop.time() + gap
+
+
+@contextlib.asynccontextmanager
+async def watching_file(
+    writer: SQLiteWriter,
+    ready: Callable[[], Awaitable[bool]],
+    on_work: Callable[[], None],
+    wanted: Callable[[], bool],
+    activity: Callable[[], int],
+) -> AsyncIterator[SQLiteWorkWatch]:
+    """Run a :class:`SQLiteWorkWatch` on ``writer``'s connection while the block runs."""
+    with contextlib.suppress(Exception):  # not now: the next write opens it, polling meanwhile
+        await asyncio.wrap_future(writer.open_connection())
+    watch = SQLiteWorkWatch(writer.data_version, ready, on_work, wanted, activity)
+    watcher = asyncio.get_running_loop().create_task(watch.run())
+    try:
+        yield watch
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher

@@ -61,12 +61,15 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.001)
 
 
-async def _running(fakes: Fakes, body: Callable[[], Awaitable[None]]) -> SQLiteWorkWatch:
+async def _running(
+    fakes: Fakes, body: Callable[[], Awaitable[None]], activity: Callable[[], int] = lambda: 0
+) -> SQLiteWorkWatch:
     watch = SQLiteWorkWatch(
         fakes.read_version,
         fakes.read_ready,
         fakes.wake,
         fakes.wanted,
+        activity,
         every=(0.001, 0.004),
         look_max=LOOK_MAX,
     )
@@ -186,22 +189,7 @@ async def test_activity_in_this_process_brings_the_looks_back_to_their_shortest_
         await _until(lambda: fakes.reads > looks and fakes.wakes == 1, "the next look")
         assert loop.time() - before < LOOK_MAX / 2  # not the backed-off gap
 
-    watch = SQLiteWorkWatch(
-        fakes.read_version,
-        fakes.read_ready,
-        fakes.wake,
-        fakes.wanted,
-        lambda: generation[0],
-        every=(0.001, 0.004),
-        look_max=LOOK_MAX,
-    )
-    task = asyncio.get_running_loop().create_task(watch.run())
-    try:
-        await body()
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    await _running(fakes, body, lambda: generation[0])
 
 
 async def test_nobody_looks_while_nobody_waits_and_a_change_is_not_forgotten() -> None:
