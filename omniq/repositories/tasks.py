@@ -305,8 +305,10 @@ class TaskRepository(
     def ready_now(self, conn: Connection, queues: Sequence[str] | None, now: datetime) -> bool:
         """True if the plain claim of ``queues`` (None: all) would take a task at ``now``.
 
-        One indexed read, no lock (the SQLite work watch asks it when the
-        database changed); tasks that limits may hold back are not counted.
+        One read, no lock (the SQLite work watch asks it when the database
+        changed): it walks the claim index as the claim does, so with many
+        tasks not yet due it reads them all; tasks that limits may hold back
+        are not counted.
         """
         stmt = sa.select(t.c.id).where(*_plainly_ready())
         if queues:
