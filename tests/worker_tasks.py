@@ -113,6 +113,18 @@ def raises_cancelled_sync() -> None:
     raise asyncio.CancelledError("raised by the task")
 
 
+class Unprintable(Exception):
+    """An exception whose ``str()`` itself raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception fails")
+
+
+def raises_unprintable() -> None:
+    """Raise :class:`Unprintable` (any executor)."""
+    raise Unprintable()
+
+
 def fail_in_process(message: str) -> None:
     """Raise KeyError(message) (run by the process executor)."""
     raise KeyError(message)

@@ -12,7 +12,7 @@ import attrs
 from omniq.errors import ValidationError
 from omniq.models._fields import aware, non_negative_int
 
-__all__ = ["TaskError", "format_traceback", "storable_text"]
+__all__ = ["TaskError", "exception_text", "format_traceback", "storable_text"]
 
 
 def _text(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -48,7 +48,7 @@ class TaskError:
         """Capture an exception (with its traceback)."""
         return cls(
             type=type(exc).__qualname__,
-            message=storable_text(str(exc) or type(exc).__qualname__),
+            message=storable_text(exception_text(exc) or type(exc).__qualname__),
             traceback=storable_text(format_traceback(exc)),
             attempt=attempt,
             at=at,
@@ -120,6 +120,16 @@ def format_traceback(exc: BaseException) -> str:
             _TRACEBACKS.pop(next(iter(_TRACEBACKS)))
         _TRACEBACKS[key] = stack
     return stack + "".join(_tb.format_exception_only(exc))
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, or a note saying it failed: a task's exception is the user's
+    object, and its ``__str__`` may raise (or return something not a str)."""
+    try:
+        text = str(exc)
+    except Exception as failure:
+        return f"<str() of {type(exc).__qualname__} failed: {type(failure).__qualname__}>"
+    return text if type(text) is str else str.__str__(text)
 
 
 def storable_text(text: str) -> str:

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from omniq.errors import ConfigurationError
 from omniq.models.config import EXECUTOR_KINDS
+from omniq.models.error import exception_text
 from omniq.task_context import CurrentTask, _current
 
 ExecutorKind = Literal["async", "thread", "process"]
@@ -88,7 +89,7 @@ def _child_main(
             progress.close()  # the last report goes before the outcome
         conn.send(("ok", result))
     except BaseException as exc:
-        conn.send(("err", type(exc).__qualname__, str(exc), traceback.format_exc()))
+        conn.send(("err", type(exc).__qualname__, exception_text(exc), traceback.format_exc()))
     finally:
         conn.close()
 

@@ -251,6 +251,25 @@ async def test_final_failure_stores_error_type_message_traceback_and_a_failed_ev
     assert "out of cheese" in (failed[0].error or "")
 
 
+@pytest.mark.parametrize("executor", ["async", "process"])
+async def test_an_exception_whose_str_raises_still_fails_its_task(
+    svc: Services, executor: str
+) -> None:
+    # Its message could not be read: before, the worker's handling of the failure
+    # crashed and the task stayed running under a lease until it expired.
+    task_id = await svc.queue.enqueue_async(ref("raises_unprintable"), max_retries=0)
+    after = await svc.queue.enqueue_async(ref("add"), [1, 2])
+
+    await make_worker(svc, executor=executor, concurrency=1).run_until_complete_async()
+
+    task = await must_task(svc, task_id)
+    assert task.status is TaskStatus.FAILED
+    result = await must_result(svc, task_id)
+    assert result.error_type == "Unprintable"
+    assert "str() of Unprintable failed" in (result.error or "")
+    assert (await must_result(svc, after)).result == 3
+
+
 async def test_retry_delay_backoff_is_exponential_and_capped(
     open_services: ServicesFactory,
 ) -> None:
