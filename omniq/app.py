@@ -23,7 +23,7 @@ from omniq.db.engine import default_sqlite_url
 from omniq.errors import ConfigurationError
 from omniq.models import Settings, Task
 from omniq.models.limits import Limit, Rate
-from omniq.models.rules import check_worker_options
+from omniq.models.rules import check_worker_options, queue_names
 from omniq.services import Services
 from omniq.task_handle import TaskHandle
 from omniq.worker import TaskRegistry, Worker
@@ -78,7 +78,7 @@ class AsyncOmniQ(WorkerMethods, QueryMethods, ScheduleMethods, FlowMethods, Work
             # Eager mode is for tests: a private in-memory database, nothing on disk.
             url = MEMORY_URL if mode == "eager" else default_sqlite_url(project_name, base_dir)
         self.url = url
-        self.queues = list(queues) if queues else None
+        self.queues = queue_names(queues)
         self.settings = settings or Settings()
         self.mode = mode
         self.worker_defaults: dict[str, Any] = {

@@ -42,7 +42,7 @@ async def dispatch(args: argparse.Namespace, config: OmniQConfig) -> int:
 
 async def _enqueue(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
     options: dict[str, Any] = {"priority": args.priority}
-    if args.queue:
+    if args.queue is not None:
         options["queue_name"] = args.queue
     if args.run_in:
         options["run_in"] = duration_arg(args.run_in, "--in")

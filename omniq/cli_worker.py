@@ -67,7 +67,13 @@ async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
         options["prefetch"] = args.prefetch
     if args.metrics_port is not None:
         options["metrics"] = metrics_extra("--metrics-port").WorkerMetrics()
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    queues = None
+    if args.queues is not None:
+        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+        if not queues:
+            raise CLIError(
+                f"--queues: no queue name in {args.queues!r} (leave it out to serve all)"
+            )
     async with oq:
         worker = oq._make_worker(
             queues=queues, concurrency=args.concurrency, executor=args.executor, **options

@@ -32,6 +32,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from omniq.errors import ConfigurationError
+from omniq.models._fields import check_utf8
 
 if TYPE_CHECKING:
     from omniq.models.settings import Settings
@@ -42,6 +43,7 @@ __all__ = [
     "WORKER_INTERVALS",
     "check_settings",
     "check_worker_options",
+    "queue_names",
 ]
 
 #: A lease lasts at least this many heartbeat intervals.
@@ -149,3 +151,34 @@ def _seconds(value: Any, name: str) -> float:
             f"{name}: expected seconds or a timedelta, got {value!r}", fields=(name,)
         )
     return float(value)
+
+
+def queue_names(value: object, field: str = "queues") -> list[str] | None:
+    """The queue names of a ``queues`` option, checked; None (or empty) is every queue.
+
+    A bare string is refused rather than split into letters (``"emails"``
+    would serve queues ``e``, ``m``...).
+    """
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)):
+        raise ConfigurationError(
+            f"{field}: expected a list of queue names, got the string {value!r} "
+            f"(write [{value!r}])",
+            fields=(field,),
+        )
+    try:
+        names = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise ConfigurationError(
+            f"{field}: expected a list of queue names, got {type(value).__name__}",
+            fields=(field,),
+        ) from None
+    for name in names:
+        if not isinstance(name, str) or not name or len(name) > 200 or "\x00" in name:
+            raise ConfigurationError(
+                f"{field}: each queue name must be 1-200 characters without NUL, got {name!r}",
+                fields=(field,),
+            )
+        check_utf8(name, field)
+    return names or None

@@ -10,6 +10,7 @@ from omniq._time import require_aware, to_timedelta
 from omniq.errors import ValidationError
 from omniq.models import Settings, Task
 from omniq.models.limits import Limit, Rate, task_limit_fields
+from omniq.models.rules import queue_names
 from omniq.serialization import callable_ref
 from omniq.services._shared import _as_tuple, _duration
 from omniq.services._storage import Storage
@@ -23,7 +24,7 @@ class TaskBuilder:
     def __init__(self, storage: Storage, queues: Sequence[str] | None = None) -> None:
         self.storage = storage
         self.settings: Settings = storage.settings
-        self.queues = list(queues) if queues else None
+        self.queues = queue_names(queues)
 
     def build_task(
         self,

@@ -28,6 +28,7 @@ from omniq.models import (
     TaskStatus,
     WorkerInfo,
 )
+from omniq.models.rules import queue_names
 from omniq.repositories.events import event_row
 from omniq.services._shared import (
     _NO_LEASE,
@@ -87,7 +88,7 @@ class Claims(FlowControl):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         poll = 0.01
-        queue_list = list(queues) if queues else self.queues
+        queue_list = queue_names(queues) or self.queues
         notifier = self.storage.notifier
         while True:
             seen = notifier.generation  # an enqueue while we claim wakes the wait below

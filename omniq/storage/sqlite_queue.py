@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from omniq.models.rules import queue_names
 from omniq.services import Services, TaskQueue
 from omniq.storage._component import StorageComponent
 from omniq.sync import SyncTaskQueue
@@ -24,7 +25,7 @@ class SQLiteTaskQueue(StorageComponent, SyncTaskQueue):
 
     def __init__(self, backend: SQLBackend, queues: Sequence[str] | None = None) -> None:
         super().__init__(backend)
-        self.queues = list(queues) if queues else ["default"]
+        self.queues = queue_names(queues) or ["default"]
 
     def _make_service(self, services: Services) -> TaskQueue:
         return TaskQueue(services.storage, self.queues)

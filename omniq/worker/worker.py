@@ -32,7 +32,7 @@ from omniq.errors import (
 )
 from omniq.group_commit import GroupCommit
 from omniq.models import Task, TaskStatus
-from omniq.models.rules import check_worker_options
+from omniq.models.rules import check_worker_options, queue_names
 from omniq.services.events import EventStorage
 from omniq.services.maintenance import Maintenance
 from omniq.services.queue import ErrorInfo, Start, TaskQueue
@@ -108,7 +108,7 @@ class Worker(Claiming):
         self.worker_registry = WorkerRegistry(self.storage)
         self._registered_at: datetime | None = None
         self.worker_id = worker_id or default_worker_id()
-        self.queues = list(queues) if queues else task_queue.queues
+        self.queues = queue_names(queues) or task_queue.queues
         slots = concurrency if concurrency is not None else max_workers
         self.concurrency = slots if slots is not None else 10
         check_worker_options(

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from omniq._time import utcnow
 from omniq.db.schema import tasks as tasks_table
-from omniq.errors import OmniQError
+from omniq.errors import ConfigurationError, OmniQError
 from omniq.models import (
     EventType,
     ResultStatus,
@@ -268,6 +268,17 @@ async def test_an_exception_whose_str_raises_still_fails_its_task(
     assert result.error_type == "Unprintable"
     assert "str() of Unprintable failed" in (result.error or "")
     assert (await must_result(svc, after)).result == 3
+
+
+async def test_a_worker_or_claim_given_a_string_for_queues_refuses_it(svc: Services) -> None:
+    # Before, "emails" served the queues e, m, a, i, l and s: its tasks never ran.
+    with pytest.raises(ConfigurationError, match="got the string 'emails'"):
+        make_worker(svc, queues="emails")
+    with pytest.raises(ConfigurationError, match="1-200 characters"):
+        await svc.queue.dequeue_many_async(1, [""])
+    task_id = await svc.queue.enqueue_async(ref("add"), [1, 1], queue_name="emails")
+    await make_worker(svc, queues=["emails"]).run_until_complete_async()
+    assert (await must_result(svc, task_id)).result == 2
 
 
 async def test_retry_delay_backoff_is_exponential_and_capped(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,12 @@ from typing import Any
 import pytest
 
 from omniq import AsyncOmniQ, Settings
+from omniq.backends.sqlite import SQLiteBackend
 from omniq.config import OmniQConfig
-from omniq.errors import ConfigurationError, OmniQError
+from omniq.errors import ConfigurationError, OmniQError, SerializationError
 from omniq.models.rules import RETENTION_FIELDS
 from omniq.models.settings import evolve_settings
+from omniq.storage.sqlite_queue import SQLiteTaskQueue
 
 S = timedelta(seconds=1)
 
@@ -104,6 +107,32 @@ def test_worker_options_are_checked_when_the_app_is_built(
     assert caught.value.fields == (field,)
     assert field in str(caught.value)
     assert isinstance(caught.value, OmniQError | ValueError)
+
+
+@pytest.mark.parametrize(
+    ("queues", "says"),
+    [
+        ("emails", "got the string 'emails'"),  # not the queues e, m, a, i, l, s
+        (5, "got int"),
+        ([""], "1-200 characters"),
+        (["ok", 5], "got 5"),
+        (["x" * 201], "1-200 characters"),
+    ],
+)
+def test_a_queues_option_is_a_list_of_queue_names(queues: Any, says: str, tmp_path: Path) -> None:
+    built: list[Any] = [
+        lambda: AsyncOmniQ("rules", queues=queues),
+        lambda: SQLiteTaskQueue(SQLiteBackend("rules", base_dir=str(tmp_path)), queues),
+    ]
+    for build in built:
+        with pytest.raises(ConfigurationError, match=re.escape(says)) as caught:
+            build()
+        assert caught.value.fields == ("queues",)
+    with pytest.raises(SerializationError, match="queues"):
+        AsyncOmniQ("rules", queues=["bad\ud800"])
+    # Any iterable of names serves; none (or empty) serves every queue.
+    assert AsyncOmniQ("rules", queues=("a", "b")).queues == ["a", "b"]
+    assert AsyncOmniQ("rules", queues=[]).queues is None
 
 
 def test_valid_worker_options_pass() -> None:
