@@ -53,6 +53,30 @@ class OwnedElsewhere(Exception):
         self.loop = loop
 
 
+def handed_over(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """``method``, made again on the owning loop when it raises :class:`OwnedElsewhere`.
+
+    For an async caller on one event loop using objects another running loop
+    owns (an app opened on PostgreSQL in one thread's loop, called from
+    another's): the call runs on the owner's loop and this loop awaits its
+    outcome (cancelling the wait cancels the call there).
+    """
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except OwnedElsewhere as moved:
+            future = asyncio.run_coroutine_threadsafe(_awaited(method(*args, **kwargs)), moved.loop)
+            return await asyncio.wrap_future(future)
+
+    return call
+
+
+async def _awaited(awaitable: Awaitable[R]) -> R:
+    return await awaitable
+
+
 def is_portal_loop(loop: asyncio.AbstractEventLoop | None) -> bool:
     """True if ``loop`` is the event loop of this process's running portal."""
     return loop is not None and loop is _portal_loop and _portal_pid == os.getpid()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from omniq._portal import OwnedElsewhere, is_portal_loop
+from omniq._portal import OwnedElsewhere, handed_over, is_portal_loop
 from omniq.app_flow import FlowMethods, check_task_limits
 from omniq.app_queries import QueryMethods
 from omniq.app_schedules import ScheduleMethods
@@ -204,17 +205,21 @@ class AsyncOmniQ(WorkerMethods, QueryMethods, ScheduleMethods, FlowMethods, Work
             )
         return self._services
 
-    async def _svc(self) -> Services:
+    async def _svc(self, caller_tx: bool = False) -> Services:
+        """The services, open and serving this loop (``caller_tx``: for a write in
+        the application's own transaction, whose connection belongs to this loop).
+
+        When they belong to another running loop, :class:`OwnedElsewhere` has the
+        call made there (see ``handed_over``), except for a write in the
+        application's transaction on its own loop: that stays here, once the
+        services are ready for it (made ready on their own loop).
+        """
         opened = False
         while True:
             services = self._services
             here = _running_loop()
             owner = None if services is None else services.storage.loop
             if services is not None and here is not None and owner is not here:
-                if owner is not None and _elsewhere(services, here):
-                    # A blocking call from a thread, while the app is open on its
-                    # own loop: the call is made there (nothing was done yet).
-                    raise OwnedElsewhere(owner)
                 if (
                     self._worker is None
                     and owner is not None
@@ -236,6 +241,21 @@ class AsyncOmniQ(WorkerMethods, QueryMethods, ScheduleMethods, FlowMethods, Work
                     self._left.append(services)
                     self._services = None
                     self._unsynced.update(self._declared)
+                elif owner is not None and _elsewhere(services, here):
+                    if caller_tx and not is_portal_loop(here):
+                        # The application's own transaction, on its own loop: the
+                        # write stays here, on its connection.
+                        if not services.queue._ready_for_caller_tx():
+                            prepare = services.queue._prepare_caller_tx_async()
+                            await asyncio.wrap_future(
+                                asyncio.run_coroutine_threadsafe(prepare, owner)
+                            )
+                        return services
+                    # A blocking call from a thread, while the app is open on its
+                    # own loop (or an async call from another thread's loop while
+                    # the connections belong to that one): the call is made there
+                    # (nothing was done yet; see handed_over).
+                    raise OwnedElsewhere(owner)
             if self._services is not None and (not self._unsynced or opened):
                 return self._services
             # Then look again: another loop may have opened the app meanwhile.
@@ -327,7 +347,7 @@ class AsyncOmniQ(WorkerMethods, QueryMethods, ScheduleMethods, FlowMethods, Work
         savepoint: it exists once the application commits, not at all if it
         rolls back (README: "Enqueue in your transaction").
         """
-        svc = await self._svc()
+        svc = await self._svc(caller_tx=connection is not None or session is not None)
         self._remember(func)
         if callback is not None:
             self._remember(callback)
@@ -377,7 +397,7 @@ class AsyncOmniQ(WorkerMethods, QueryMethods, ScheduleMethods, FlowMethods, Work
     ) -> list[str]:
         """Enqueue Task records (see :meth:`build_task`) in one transaction
         (OmniQ's own, or the application's with ``connection=`` / ``session=``)."""
-        svc = await self._svc()
+        svc = await self._svc(caller_tx=connection is not None or session is not None)
         ids = await svc.queue.enqueue_many_async(tasks, connection=connection, session=session)
         if self.mode == "eager" and connection is None and session is None:
             await self._run_eagerly(ids)
@@ -423,11 +443,12 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 def _elsewhere(services: Services, here: asyncio.AbstractEventLoop | None) -> bool:
-    """True on the sync portal's loop when ``services`` belong to another running loop
-    (a blocking call is then made on that loop: see ``AsyncOmniQ._svc``)."""
+    """True when ``services`` belong to another running loop and the call is to be
+    made there (see ``AsyncOmniQ._svc``): on the sync portal's loop, or on any other
+    loop when their connections are bound to the loop that opened them (asyncpg's)."""
     owner = services.storage.loop
     return (
-        is_portal_loop(here)
+        (is_portal_loop(here) or services.storage.loop_bound)
         and owner is not None
         and owner is not here
         and owner.is_running()
@@ -444,3 +465,18 @@ async def _close_on_own_loop(services: Services) -> None:
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(services.close_async(), loop))
     else:
         await services.storage.let_go()  # its loop has ended
+
+
+def _hand_over_async_methods(cls: type) -> None:
+    """Wrap each public ``*_async`` method of ``cls`` (and its bases) in :func:`handed_over`."""
+    for name in dir(cls):
+        method = getattr(cls, name)
+        if (
+            name.endswith("_async")
+            and not name.startswith("_")
+            and inspect.iscoroutinefunction(method)
+        ):
+            setattr(cls, name, handed_over(method))
+
+
+_hand_over_async_methods(AsyncOmniQ)

@@ -32,7 +32,7 @@ def queue_limits_data(limits: QueueLimits) -> dict[str, Any]:
 class FlowMethods:
     """Queue-wide limits, pause and resume (each with a sync twin on :class:`omniq.OmniQ`)."""
 
-    async def _svc(self) -> Services:
+    async def _svc(self, caller_tx: bool = False) -> Services:
         raise NotImplementedError
 
     async def set_queue_limit_async(

@@ -32,7 +32,7 @@ __all__ = ["QueryMethods"]
 class QueryMethods:
     """Read what the database holds; nothing here writes."""
 
-    async def _svc(self) -> Services:
+    async def _svc(self, caller_tx: bool = False) -> Services:
         raise NotImplementedError
 
     async def get_task_async(self, task_id: str) -> Task | None:

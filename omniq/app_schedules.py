@@ -45,7 +45,7 @@ class ScheduleMethods:
     #: Names declared but not yet upserted into the database.
     _unsynced: set[str]
 
-    async def _svc(self) -> Services:
+    async def _svc(self, caller_tx: bool = False) -> Services:
         raise NotImplementedError
 
     def _remember(self, func: Callable[..., Any] | str) -> None:
@@ -193,7 +193,7 @@ class ScheduleMethods:
         (a changed cron or interval recomputes its next run), so restarting
         an app never makes a second one. The id is the stored schedule's.
         """
-        svc = await self._svc()
+        svc = await self._svc(caller_tx=connection is not None or session is not None)
         schedule = self._build_schedule(
             func,
             func_args,

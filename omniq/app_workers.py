@@ -27,7 +27,7 @@ class WorkerMethods:
     def services(self) -> Services:
         raise NotImplementedError
 
-    async def _svc(self) -> Services:
+    async def _svc(self, caller_tx: bool = False) -> Services:
         raise NotImplementedError
 
     async def cleanup_async(self) -> MaintenanceReport:

@@ -24,7 +24,7 @@ class WorkflowMethods:
 
     mode: str
 
-    async def _svc(self) -> Services:
+    async def _svc(self, caller_tx: bool = False) -> Services:
         raise NotImplementedError
 
     def _remember(self, func: Callable[..., Any] | str) -> None:
@@ -52,7 +52,7 @@ class WorkflowMethods:
         """Enqueue a ``chain``, ``group`` or ``chord`` in one transaction: every task
         or none. With ``connection=`` / ``session=``, in that open transaction of
         the application's. Returns its :class:`WorkflowHandle`."""
-        svc = await self._svc()
+        svc = await self._svc(caller_tx=connection is not None or session is not None)
         workflow_id = new_id()
         plan = plan_workflow(
             workflow,

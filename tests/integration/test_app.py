@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from omniq import AsyncOmniQ, OmniQ, Settings, SyncInAsyncContext, TaskStatus, _portal
 from omniq.backends import (
@@ -307,6 +308,43 @@ async def test_a_blocking_call_racing_the_apps_own_open_is_made_on_the_apps_loop
         go.set()
         await asyncio.wait_for(held, 30)
         await asyncio.wait_for(oq.close_async(), 30)
+
+
+async def test_an_async_call_from_another_threads_loop_is_made_on_the_apps_loop(
+    db_url: str,
+) -> None:
+    """An app open on this loop, awaited from another thread's running loop: each
+    call is made on this loop, whose connections it needs (on PostgreSQL they
+    belonged to this loop and were used from the other: raw errors, then a
+    crashed process). A write in the other loop's own transaction stays there."""
+    oq = AsyncOmniQ(url=db_url)
+    add = oq.task(app_tasks.add)
+    loop = asyncio.get_running_loop()
+    await oq.open_async()
+
+    async def elsewhere() -> list[str]:
+        assert asyncio.get_running_loop() is not loop
+        ids = [await oq.enqueue_async(app_tasks.add, [1, 2]), await add.enqueue_async(3, 4)]
+        ids += await oq.enqueue_many_async([oq.build_task(app_tasks.add, [5, 6])])
+        listed = await asyncio.gather(*(oq.list_tasks_async() for _ in range(5)))
+        assert all(sorted(x.id for x in tasks) == sorted(ids) for tasks in listed)
+        engine = create_async_engine(db_url)  # the application's own, on this loop
+        try:
+            async with engine.begin() as conn:
+                ids.append(await oq.enqueue_async(add, [7, 8], connection=conn))
+        finally:
+            await engine.dispose()
+        return ids
+
+    try:
+        ids = await asyncio.wait_for(loop.run_in_executor(None, asyncio.run, elsewhere()), 60)
+        assert oq.loop is loop
+        for task_id in ids:
+            task = await oq.get_task_async(task_id)
+            assert task is not None and task.status is TaskStatus.PENDING
+        assert len(ids) == 4
+    finally:
+        await oq.close_async()
 
 
 def test_sync_worker_run_blocks_until_stopped_from_another_thread(db_url: str) -> None:
