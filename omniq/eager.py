@@ -12,11 +12,13 @@ runs it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 
 from sqlalchemy import Connection
 
-from omniq.models import TaskStatus
+from omniq.models import Task, TaskStatus
 from omniq.services import Services
 from omniq.worker import Worker
 
@@ -27,21 +29,36 @@ _MAX_RUNS = 1000
 
 
 async def run_inline(services: Services, worker: Worker, task_ids: Sequence[str]) -> None:
-    """Run the ready tasks among ``task_ids``, then the dependents their completions release."""
+    """Run the ready tasks among ``task_ids``, then the dependents their completions release.
+
+    Should the caller be cancelled (or fail) meanwhile, the tasks claimed here
+    and not settled go back to pending, nothing spent (as a stopping worker's
+    do): none is left running under a lease nobody holds.
+    """
     queue = services.queue
     todo = list(task_ids)
     runs = 0
+    claimed: list[Task] = []
     try:
         while todo and runs < _MAX_RUNS:
             claimed = await queue.dequeue_ids_async(todo, worker_id=worker.worker_id)
             todo = []
-            for task in claimed:
+            while claimed:
+                task = claimed[0]
                 runs += 1
-                status = await worker.process_task_async(task)
+                status = await worker.run_claimed_async(task)
+                claimed.pop(0)
                 if status is TaskStatus.COMPLETED:
                     todo.extend(await _dependents(services, task.id))
                 elif status is TaskStatus.PENDING:
                     todo.append(task.id)  # retried: again now, if its retry is due now
+    except BaseException:
+        if claimed:
+            # Fenced by each lease: a task whose outcome landed is left as it is.
+            release = queue.release_many_async(claimed, worker_id=worker.worker_id)
+            with contextlib.suppress(Exception):  # else their leases expire: recovered then
+                await asyncio.shield(asyncio.ensure_future(release))
+        raise
     finally:
         worker.executor.shutdown()
 

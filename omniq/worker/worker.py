@@ -27,11 +27,12 @@ from typing import Any, TypeVar
 
 from omniq._time import new_id, to_timedelta
 from omniq.errors import (
+    LeaseLost,
     SerializationError,
     UnsafePayload,
 )
 from omniq.group_commit import GroupCommit
-from omniq.models import Task, TaskStatus
+from omniq.models import Task, TaskResult, TaskStatus
 from omniq.models.rules import check_worker_options, queue_names
 from omniq.services.events import EventStorage
 from omniq.services.maintenance import Maintenance
@@ -322,8 +323,35 @@ class Worker(Claiming):
 
     # --- one task ---------------------------------------------------------------------
 
-    async def process_task_async(self, task: Task) -> TaskStatus | None:
-        """Run one claimed (running) task to its outcome; return the resulting status."""
+    async def process_task_async(self, task: Task) -> TaskResult | None:
+        """Run one task claimed for this call (``dequeue_async``) to its outcome; its result.
+
+        The task must be running under the lease ``task`` holds: anything else
+        (pending, finished, never enqueued, claimed since by another) raises
+        :class:`~omniq.errors.LeaseLost` before the function runs. Returns the
+        stored result once the task is final (None when it keeps none, or was
+        retried: it is pending again).
+        """
+        current = await self.queue.get_task_async(task.id)
+        if (
+            current is None
+            or current.status is not TaskStatus.RUNNING
+            or task.lease_token is None
+            or current.lease_token != task.lease_token
+        ):
+            state = "not enqueued" if current is None else current.status.value
+            raise LeaseLost(
+                f"task {task.id} is not running under this record's lease ({state}): "
+                "process_task runs a task claimed with dequeue_async"
+            )
+        status = await self.run_claimed_async(task)
+        if status is None or not status.is_final:
+            return None
+        return await self.results.get_async(task.id)
+
+    async def run_claimed_async(self, task: Task) -> TaskStatus | None:
+        """Run one task this process claimed (running, under ``task``'s lease) to its
+        outcome, unchecked; the resulting status (None: the lease was lost)."""
         entry = self._running.setdefault(task.id, _Running(task=task, pooled=self._sync_call(task)))
         self._take_slot(entry)
         self._outcome[task.id] = None

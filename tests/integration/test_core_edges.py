@@ -507,7 +507,7 @@ async def test_a_durable_start_that_does_not_land_under_the_lease_is_not_run(
     worker = Worker(
         svc.queue, allow_modules=["tests.worker_tasks"], run_scheduler=False, run_maintenance=False
     )
-    status = await worker.process_task_async(attrs.evolve(task, lost_count=1))
+    status = await worker.run_claimed_async(attrs.evolve(task, lost_count=1))
     assert status is None
     assert not log.exists()  # never ran
     assert (await must_get(svc, task_id)).status is TaskStatus.RUNNING  # still the other's

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from omniq import AsyncOmniQ, OmniQ, TaskStatus
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.append(_ROOT)
+
+from tests import worker_tasks  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
@@ -84,3 +93,23 @@ async def test_in_memory_app_runs_a_background_worker() -> None:
         results = [await oq.get_result_async(i, wait=True, timeout=30) for i in ids]
         await oq.stop_worker_async()
     assert [r.result for r in results if r is not None] == [f"t{i}" for i in range(20)]
+
+
+async def test_a_cancelled_eager_enqueue_gives_its_running_task_back(db_url: str) -> None:
+    # Cancelled while its task ran (a timed-out request in a test): before, the
+    # task stayed running under a lease nobody held, and no worker runs eagerly.
+    key = f"eager-cancel-{os.getpid()}-{db_url[-12:]}"
+    async with AsyncOmniQ(url=db_url, mode="eager") as oq:
+        call = asyncio.ensure_future(oq.enqueue_async(worker_tasks.gate_then_fail, [key]))
+
+        async def started() -> bool:
+            return worker_tasks.has_started(key)
+
+        await wait_until(started, "the task to start")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        (task,) = await oq.list_tasks_async()
+        assert task.status is TaskStatus.PENDING and task.attempts == 0
+        assert task.lease_token is None
+        worker_tasks.release(key)

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 import sqlalchemy as sa
 
 from omniq._time import utcnow
 from omniq.db.schema import tasks as tasks_table
-from omniq.errors import ConfigurationError, OmniQError
+from omniq.errors import ConfigurationError, LeaseLost, OmniQError
 from omniq.models import (
     EventType,
     ResultStatus,
@@ -1257,12 +1258,37 @@ async def test_shutdown_releases_prefetched_tasks_without_running_them(
     assert worker_tasks.read_records(log) == [["start", "a"], ["end", "a"]]
 
 
+async def test_process_task_refuses_a_task_it_does_not_hold_before_running_it(
+    svc: Services, tmp_path: Path
+) -> None:
+    # Before, it ran the function (side effects) and then dropped the outcome as
+    # "lease lost": a pending task given to it later ran a second time.
+    worker = make_worker(svc)
+    log = tmp_path / "runs.log"
+    task_id = await svc.queue.enqueue_async(ref("record_sync"), [str(log), "x"])
+    pending = await must_task(svc, task_id)
+    with pytest.raises(LeaseLost, match="pending"):
+        await worker.process_task_async(pending)
+    never = Task(func=ref("record_sync"), func_args=(str(log), "y"))
+    with pytest.raises(LeaseLost, match="not enqueued"):
+        await worker.process_task_async(never)
+    claimed = await svc.queue.dequeue_async(worker_id="someone-else")
+    assert claimed is not None
+    stale = attrs.evolve(claimed, lease_token="an-old-lease")
+    with pytest.raises(LeaseLost, match="running"):
+        await worker.process_task_async(stale)
+    assert not log.exists()  # nothing ran
+    await worker.process_task_async(claimed)  # the holder's record runs
+    assert [label for label, _pid in worker_tasks.read_records(log)] == ["x"]
+
+
 async def test_process_task_runs_a_claimed_task_without_the_worker_loop(svc: Services) -> None:
     worker = make_worker(svc)
     task_id = await svc.queue.enqueue_async(ref("add_sync"), [20, 22])
     claimed = await svc.queue.dequeue_async(worker_id=worker.worker_id)
     assert claimed is not None and claimed.id == task_id
-    assert await worker.process_task_async(claimed) is TaskStatus.COMPLETED
+    result = await worker.process_task_async(claimed)
+    assert result is not None and result.result["sum"] == 42
     assert (await must_result(svc, task_id)).result["sum"] == 42
     assert worker.get_stats().completed == 1 and worker.get_stats().running == 0
     kinds = [e.event_type for e in await svc.events.get_events_async(task_id=task_id)]
