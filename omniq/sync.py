@@ -213,6 +213,7 @@ class SyncWorker:
     stop = sync_twin(Worker.stop_async)
     run_until_complete = sync_twin(Worker.run_until_complete_async)
     process_task = sync_twin(Worker.process_task_async)
+    run_claimed = sync_twin(Worker.run_claimed_async)
     get_stats = sync_twin(Worker.get_stats_async)
 
     def run(self, *, install_signal_handlers: bool = False) -> None:

@@ -12,7 +12,7 @@ import pytest
 from omniq import AsyncOmniQ, Settings
 from omniq.backends.sqlite import SQLiteBackend
 from omniq.config import OmniQConfig
-from omniq.errors import ConfigurationError, OmniQError, SerializationError
+from omniq.errors import ConfigurationError, OmniQError, SerializationError, ValidationError
 from omniq.models.rules import RETENTION_FIELDS
 from omniq.models.settings import evolve_settings
 from omniq.storage.sqlite_queue import SQLiteTaskQueue
@@ -133,6 +133,33 @@ def test_a_queues_option_is_a_list_of_queue_names(queues: Any, says: str, tmp_pa
     # Any iterable of names serves; none (or empty) serves every queue.
     assert AsyncOmniQ("rules", queues=("a", "b")).queues == ["a", "b"]
     assert AsyncOmniQ("rules", queues=[]).queues is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("lease_duration", -1, "expected a timedelta"),  # was a raw TypeError
+        ("busy_timeout", float("nan"), "expected a timedelta"),
+        ("server_timeout", 5, "expected a timedelta"),
+        ("retry_backoff", 0, "at least 1"),  # was attrs' raw ValueError
+        ("retry_backoff", float("nan"), "at least 1"),
+        ("retry_backoff", "2", "expected a number"),
+        ("retry_jitter", 5, "between 0 and 1"),
+        ("sqlite_synchronous", "OFF", "one of"),
+        ("sqlite_max_page_count", 0, "positive integer"),
+        ("serializer", "bogus", "one of"),  # was accepted, and failed at enqueue
+        ("signing_key", "", "must not be empty"),  # was signing silently off
+        ("signing_key", 5, "expected a string"),
+        ("allow_pickle", "yes", "True or False"),
+        ("default_queue", "", "1-200 characters"),
+    ],
+)
+def test_a_bad_setting_is_a_validation_error_naming_it(field: str, value: Any, says: str) -> None:
+    with pytest.raises(ValidationError, match=says) as caught:
+        Settings(**{field: value})
+    assert caught.value.field == field
+    with pytest.raises(SerializationError, match="signing_key"):
+        Settings(signing_key="key\ud800")
 
 
 def test_valid_worker_options_pass() -> None:
