@@ -88,7 +88,9 @@ class AsyncOmniQ(WorkerMethods, QueryMethods, ScheduleMethods, FlowMethods, Work
             "poll_interval": poll_interval,
             **(worker or {}),
         }
-        check_worker_options(self.settings, self.worker_defaults)
+        check_worker_options(
+            self.settings, {**self.worker_defaults, "allow_modules": allow_modules}
+        )
         self.registry = TaskRegistry(allow_modules)
         self._services: Services | None = None
         #: Services opened on the sync portal's loop and left for this loop's (see _svc).

@@ -253,15 +253,20 @@ def _prepare_sqlite_file(path: Path) -> None:
             f"this Python links {sqlite3.sqlite_version}"
         )
     directory = path.parent
-    if not directory.exists():
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        if path.stat().st_mode & 0o002:
-            log.warning("database file %s is world-writable; chmod 600 it", path)
-    else:
-        os.close(fd)
+        if not directory.exists():
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            if path.stat().st_mode & 0o002:
+                log.warning("database file %s is world-writable; chmod 600 it", path)
+        else:
+            os.close(fd)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the SQLite database {str(path)!r}: {exc.strerror or exc}"
+        ) from None
 
 
 def is_memory_sqlite(url: str | sa.URL) -> bool:

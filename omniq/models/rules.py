@@ -134,6 +134,30 @@ def check_worker_options(settings: Settings, options: Mapping[str, Any]) -> None
                 fields=(name,),
                 rule=f"0 < {name} <= 1 day",
             )
+    worker_id = options.get("worker_id")
+    if worker_id is not None:
+        if not isinstance(worker_id, str) or not 0 < len(worker_id) <= 200 or "\x00" in worker_id:
+            raise ConfigurationError(
+                f"worker_id must be 1-200 characters without NUL, got {worker_id!r}",
+                fields=("worker_id",),
+                rule="worker_id is a name",
+            )
+        check_utf8(worker_id, "worker_id")
+    metrics = options.get("metrics")
+    if metrics is not None and not callable(getattr(metrics, "attach", None)):
+        raise ConfigurationError(
+            f"metrics must be a WorkerMetrics (omniq.metrics), got {type(metrics).__name__}",
+            fields=("metrics",),
+            rule="metrics has attach()",
+        )
+    modules = options.get("allow_modules")
+    if isinstance(modules, str | bytes):
+        raise ConfigurationError(
+            f"allow_modules: expected a list of module names, got the string {modules!r} "
+            f"(write [{modules!r}])",
+            fields=("allow_modules",),
+            rule="allow_modules is a list",
+        )
     grace = options.get("grace_period")
     if grace is not None and _seconds(grace, "grace_period") < 0:
         raise ConfigurationError(

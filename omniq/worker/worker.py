@@ -122,6 +122,9 @@ class Worker(Claiming):
                 "scheduler_interval": scheduler_interval,
                 "grace_period": grace_period,
                 "gc_freeze": gc_freeze,
+                "worker_id": worker_id,
+                "metrics": metrics,
+                "allow_modules": allow_modules,
             },
         )
         self.poll_interval = to_timedelta(poll_interval, "poll_interval").total_seconds()

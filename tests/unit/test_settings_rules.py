@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from omniq import AsyncOmniQ, Settings
+from omniq import AsyncOmniQ, OmniQ, Settings
 from omniq.backends.sqlite import SQLiteBackend
 from omniq.config import OmniQConfig
 from omniq.errors import ConfigurationError, OmniQError, SerializationError, ValidationError
@@ -97,6 +97,9 @@ def test_rules_hold_for_the_environment_and_config_files(tmp_path: Path) -> None
         ({"maintenance_interval": -1}, "maintenance_interval"),
         ({"scheduler_interval": float("nan")}, "scheduler_interval"),
         ({"grace_period": -1}, "grace_period"),
+        ({"worker_id": 5}, "worker_id"),  # was accepted: every loop then failed
+        ({"worker_id": "w" * 201}, "worker_id"),
+        ({"metrics": 5}, "metrics"),  # was a raw AttributeError
     ],
 )
 def test_worker_options_are_checked_when_the_app_is_built(
@@ -160,6 +163,19 @@ def test_a_bad_setting_is_a_validation_error_naming_it(field: str, value: Any, s
     assert caught.value.field == field
     with pytest.raises(SerializationError, match="signing_key"):
         Settings(signing_key="key\ud800")
+
+
+def test_allow_modules_as_a_string_and_an_uncreatable_database_are_refused(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigurationError, match="got the string 'os'") as caught:
+        AsyncOmniQ("rules", allow_modules="os")  # type: ignore[arg-type]
+    assert caught.value.fields == ("allow_modules",)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    app = OmniQ("rules", url=f"sqlite+aiosqlite:///{blocker}/sub/x.db")
+    with pytest.raises(ConfigurationError, match="cannot create the SQLite database"):
+        app.open()  # was a raw FileNotFoundError / NotADirectoryError
 
 
 def test_valid_worker_options_pass() -> None:
