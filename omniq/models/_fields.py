@@ -76,6 +76,34 @@ def name_str(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None
         )
 
 
+#: The longest record id: the id columns are ``VARCHAR(64)``.
+MAX_ID = 64
+#: The longest indexed key (``unique_key``, a schedule's ``name``), in UTF-8 bytes:
+#: PostgreSQL's B-tree index takes at most about 2,700 bytes per entry.
+MAX_KEY_BYTES = 2000
+
+
+def id_str(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    """Validator: a record id, 1-64 characters without NUL."""
+    if not isinstance(value, str):
+        raise ValidationError(attribute.name, f"expected a string, got {value!r}")
+    if not value or len(value) > MAX_ID or "\x00" in value:
+        raise ValidationError(
+            attribute.name, f"must be 1-{MAX_ID} characters without NUL, got {value!r}"
+        )
+
+
+def optional_key(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """Validator: None or an indexed key: a string without NUL of at most 2,000 UTF-8 bytes."""
+    optional_str(_inst, attribute, value)
+    if value is not None and len(value) * 4 > MAX_KEY_BYTES:
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_KEY_BYTES:
+            raise ValidationError(
+                attribute.name, f"must be at most {MAX_KEY_BYTES} bytes in UTF-8, got {size}"
+            )
+
+
 def optional_str(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     """Validator: None or a string without NUL characters."""
     if value is None:

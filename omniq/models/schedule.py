@@ -16,10 +16,12 @@ from omniq.errors import ValidationError
 from omniq.models._fields import (
     args_tuple,
     aware,
+    id_str,
     kwargs_dict,
     name_str,
     non_negative_duration,
     non_negative_int,
+    optional_key,
     optional_str,
     str_tuple,
     to_misfire_policy,
@@ -108,8 +110,8 @@ class Schedule:
     func_kwargs: dict[str, Any] = attrs.field(factory=dict, converter=kwargs_dict)
     queue_name: str = attrs.field(default="default", validator=name_str)
     task_options: dict[str, Any] = attrs.field(factory=dict, validator=_check_options)
-    id: str = attrs.field(factory=new_id, validator=name_str)
-    name: str | None = attrs.field(default=None, validator=optional_str)
+    id: str = attrs.field(factory=new_id, validator=id_str)
+    name: str | None = attrs.field(default=None, validator=optional_key)
     description: str | None = attrs.field(default=None, validator=optional_str)
     tags: tuple[str, ...] = attrs.field(default=(), converter=str_tuple)
     cron_expression: str | None = attrs.field(default=None, validator=_check_cron)

@@ -15,10 +15,12 @@ from omniq.models._fields import (
     args_tuple,
     aware,
     bounded_int,
+    id_str,
     kwargs_dict,
     name_str,
     non_negative_duration,
     non_negative_int,
+    optional_key,
     optional_str,
     str_tuple,
     to_task_status,
@@ -105,9 +107,21 @@ def _dedupe(value: Any) -> tuple[str, ...]:
     if not value and value.__class__ in (tuple, list):
         return ()  # most tasks depend on nothing
     try:
-        return tuple(dict.fromkeys(str_tuple(value)))
+        ids = tuple(dict.fromkeys(str_tuple(value)))
     except ValidationError as exc:
         raise _renamed("depends_on", exc) from None
+    if len(ids) > MAX_DEPENDS_ON:
+        raise ValidationError(
+            "depends_on",
+            f"at most {MAX_DEPENDS_ON:,} dependencies, got {len(ids):,} "
+            "(a chord or a group of groups joins more)",
+        )
+    return ids
+
+
+#: The most dependencies one task may have (a statement's arguments are bounded:
+#: PostgreSQL's protocol takes at most 32,767).
+MAX_DEPENDS_ON = 10_000
 
 
 def _bool(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -137,7 +151,7 @@ class Task:
     func: str = attrs.field(converter=to_func_ref, validator=func_ref)
     func_args: tuple[Any, ...] = attrs.field(default=(), converter=args_tuple)
     func_kwargs: dict[str, Any] = attrs.field(factory=dict, converter=kwargs_dict)
-    id: str = attrs.field(factory=new_id, validator=name_str)
+    id: str = attrs.field(factory=new_id, validator=id_str)
     queue_name: str = attrs.field(default="default", validator=name_str)
     name: str | None = attrs.field(default=None, validator=optional_str)
     description: str | None = attrs.field(default=None, validator=optional_str)
@@ -170,7 +184,7 @@ class Task:
     store_result: bool = attrs.field(default=True, validator=_bool)
 
     timeout: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
-    unique_key: str | None = attrs.field(default=None, validator=optional_str)
+    unique_key: str | None = attrs.field(default=None, validator=optional_key)
     schedule_id: str | None = None
     scheduled_for: datetime | None = attrs.field(default=None, validator=aware)
     #: How many times the function started (a claimed task that never started

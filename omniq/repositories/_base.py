@@ -68,6 +68,13 @@ def translate_errors(what: str) -> Iterator[None]:
             raise DatabaseUnavailable(f"{what}: connection lost: {text}") from exc
         if "0x00" in text and "invalid byte sequence" in text:
             raise ValidationError(what, "PostgreSQL text cannot contain NUL (\\x00)") from exc
+        cause = _argument_cause(exc.orig)
+        if isinstance(cause, UnicodeEncodeError):
+            raise _not_utf8(what, cause) from exc
+        if isinstance(cause, TypeError | ValueError | OverflowError):
+            # asyncpg refused a value for its column's type (an int where an id
+            # belongs, a list...): the caller's mistake, named as such.
+            raise ValidationError(what, f"a value of the wrong type or range: {cause}") from exc
 
         raise DatabaseError(f"{what}: {type(exc.orig).__name__}: {text}") from exc
     except sa_exc.SQLAlchemyError as exc:
@@ -77,10 +84,28 @@ def translate_errors(what: str) -> Iterator[None]:
         raise DatabaseUnavailable(f"{what}: database unreachable: {exc}") from exc
     except UnicodeEncodeError as exc:
         # The SQLite driver encodes text itself (e.g. a filename decoded with surrogateescape).
-        raise SerializationError(
-            f"{what}: text cannot be stored as UTF-8 ({exc.reason}: "
-            f"{exc.object[exc.start : exc.end]!r})"
-        ) from exc
+        raise _not_utf8(what, exc) from exc
+
+
+def _not_utf8(what: str, exc: UnicodeEncodeError) -> SerializationError:
+    return SerializationError(
+        f"{what}: text cannot be stored as UTF-8 ({exc.reason}: "
+        f"{exc.object[exc.start : exc.end]!r})"
+    )
+
+
+def _argument_cause(error: BaseException | None) -> BaseException | None:
+    """The Python error behind a driver's "invalid input for query argument" (asyncpg
+    encodes arguments itself and chains the error that stopped it), else None."""
+    seen = 0
+    while error is not None and seen < 8:
+        if "invalid input for query argument" in str(error):
+            cause = error.__cause__
+            while cause is not None and "invalid input for query argument" in str(cause):
+                cause = cause.__cause__
+            return cause
+        error, seen = error.__cause__, seen + 1
+    return None
 
 
 def root_message(exc: BaseException) -> str:

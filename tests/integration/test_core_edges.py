@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from omniq import AsyncOmniQ
 from omniq._time import utcnow
 from omniq.db import schema
-from omniq.errors import SerializationError
-from omniq.models import EventType, Schedule, ScheduleStatus, TaskStatus
+from omniq.errors import SerializationError, ValidationError
+from omniq.models import EventType, Schedule, ScheduleStatus, Task, TaskStatus
 from omniq.services import ErrorInfo, Services
 from tests.integration.test_services_queue import FUNC, claim_one, event_types, must_get
 from tests.waiting import DEADLINE
@@ -406,6 +406,50 @@ async def test_a_schedule_with_a_lone_surrogate_is_refused_naming_the_field(
     with pytest.raises(SerializationError, match=field):
         await svc.queue.schedule_async(schedule)
     assert await svc.queue.list_schedules_async() == []
+
+
+async def test_lookups_with_text_no_database_stores_or_a_wrong_type_are_typed_errors(
+    svc: Services,
+) -> None:
+    # On PostgreSQL these were a generic DatabaseError (asyncpg refused the argument).
+    task_id = await svc.queue.enqueue_async(FUNC, depends_on=[])
+    before = await statuses(svc)
+    bad = "x\udc80"
+    for call in (
+        lambda: svc.queue.get_task_async(bad),
+        lambda: svc.results.get_async(bad),
+        lambda: svc.queue.cancel_async(bad),
+        lambda: svc.queue.list_tasks_async(queue_name=bad),
+        lambda: svc.events.get_events_async(task_id=bad),
+        lambda: svc.queue.enqueue_async(FUNC, depends_on=[bad]),
+    ):
+        with pytest.raises(SerializationError, match="UTF-8"):
+            await call()
+    if svc.storage.dialect.name == "postgresql":  # SQLite compares loosely: no such row
+        with pytest.raises(ValidationError, match="wrong type"):
+            await svc.queue.get_task_async(5)  # type: ignore[arg-type]
+    assert await statuses(svc) == before
+    assert (await svc.queue.get_task_async(task_id)) is not None
+
+
+async def test_ids_and_indexed_keys_past_their_columns_are_refused_before_the_database(
+    svc: Services,
+) -> None:
+    before = await statuses(svc)
+    with pytest.raises(ValidationError, match="1-64 characters"):
+        await svc.queue.enqueue_many_async([Task(func=FUNC, id="t" * 65)])
+    with pytest.raises(ValidationError, match="unique_key"):
+        await svc.queue.enqueue_async(FUNC, unique_key="k" * 2001)
+    with pytest.raises(ValidationError, match="depends_on"):
+        await svc.queue.enqueue_async(FUNC, depends_on=[f"t{i}" for i in range(10_001)])
+    with pytest.raises(ValidationError, match="name"):
+        Schedule(
+            func=FUNC, schedule_type="interval", interval=timedelta(minutes=1), name="é" * 1001
+        )
+    assert await statuses(svc) == before
+    # At the limits they are stored (on PostgreSQL too).
+    assert await svc.queue.enqueue_async(FUNC, unique_key="k" * 2000)
+    assert await svc.queue.enqueue_many_async([Task(func=FUNC, id="t" * 64)]) == ["t" * 64]
 
 
 def test_a_progress_message_with_a_lone_surrogate_is_refused_at_the_call() -> None:
