@@ -282,6 +282,20 @@ async def test_a_worker_or_claim_given_a_string_for_queues_refuses_it(svc: Servi
     assert (await must_result(svc, task_id)).result == 2
 
 
+async def test_settings_defaults_apply_to_tasks_omniq_builds_not_to_task_records(
+    open_services: ServicesFactory,
+) -> None:
+    # As the README says: a Task record keeps its own values.
+    settings = Settings(default_max_retries=0, default_result_ttl=timedelta(hours=2))
+    svc = await open_services(settings)
+    built = await svc.queue.enqueue_async(ref("add"), [1, 1])
+    record = await svc.queue.enqueue_async(Task(func=ref("add"), func_args=(1, 1)))
+    assert (await must_task(svc, built)).max_retries == 0
+    assert (await must_task(svc, built)).result_ttl == timedelta(hours=2)
+    assert (await must_task(svc, record)).max_retries == 3
+    assert (await must_task(svc, record)).result_ttl is None
+
+
 async def test_retry_delay_backoff_is_exponential_and_capped(
     open_services: ServicesFactory,
 ) -> None:
