@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import functools
 import os
@@ -19,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from omniq.errors import SyncInAsyncContext
+from omniq.errors import DatabaseClosed, SyncInAsyncContext
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -67,14 +68,72 @@ def handed_over(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         try:
             return await method(*args, **kwargs)
         except OwnedElsewhere as moved:
-            future = asyncio.run_coroutine_threadsafe(_awaited(method(*args, **kwargs)), moved.loop)
-            return await asyncio.wrap_future(future)
+            return await made_on(moved.loop, method, *args, **kwargs)
 
     return call
 
 
-async def _awaited(awaitable: Awaitable[R]) -> R:
-    return await awaitable
+async def made_on(
+    loop: asyncio.AbstractEventLoop,
+    fn: Callable[P, Awaitable[R]],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> R:
+    """Await ``fn(*args, **kwargs)`` made on ``loop`` (another running loop).
+
+    Should that loop end before the call began (its ``asyncio.run`` returned,
+    cancelling what was left), the call is made on this loop instead; should
+    it end while the call ran, :class:`DatabaseClosed` says so instead of a
+    bare cancellation.
+    """
+
+    started = threading.Event()
+
+    async def run() -> R:
+        started.set()
+        return await fn(*args, **kwargs)
+
+    coro = run()
+    try:
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+    except RuntimeError:  # that loop is closed already
+        coro.close()
+        return await fn(*args, **kwargs)
+    wrapped = asyncio.wrap_future(future)
+    try:
+        while True:
+            done, _ = await asyncio.wait({wrapped}, timeout=_LOOK)
+            if done:
+                return wrapped.result()
+            if loop.is_closed():
+                # It ended without running (or finishing) the call: a call handed
+                # over while it was ending is dropped with it, unresolved.
+                future.cancel()
+                break
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            future.cancel()
+            raise  # this caller was cancelled
+        # Cancelled there: only that loop's ending (asyncio.run cancels what is
+        # left) does so, as nobody else holds the call.
+    if started.is_set():
+        raise _loop_ended(fn)
+    # That loop ended before the call began (it was busy, then its asyncio.run
+    # returned): nothing was done, so it is made here after all.
+    coro.close()
+    return await fn(*args, **kwargs)
+
+
+#: How often a call handed to another loop looks whether that loop has ended.
+_LOOK = 0.25
+
+
+def _loop_ended(fn: object) -> DatabaseClosed:
+    return DatabaseClosed(
+        f"{getattr(fn, '__qualname__', fn)!s}: the event loop that owned the connections "
+        "ended before the call was done; call it again"
+    )
 
 
 def is_portal_loop(loop: asyncio.AbstractEventLoop | None) -> bool:
@@ -128,13 +187,34 @@ def run_sync_on(
         except OwnedElsewhere as moved:
             # What the call needs was opened on another loop meanwhile (the app's
             # own, racing this thread): the whole call is made there instead.
-            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(again(), moved.loop))
-
-    async def again() -> R:
-        return await fn(*args, **kwargs)
+            return await made_on(moved.loop, fn, *args, **kwargs)
 
     if loop is not None and loop.is_running() and not loop.is_closed():
-        return asyncio.run_coroutine_threadsafe(call(), loop).result()
+        started = threading.Event()
+
+        async def there() -> R:
+            started.set()
+            return await call()
+
+        coro = there()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:  # that loop closed meanwhile
+            coro.close()
+            return portal().call(call)
+        while not future.done():
+            concurrent.futures.wait([future], timeout=_LOOK)
+            if not future.done() and loop.is_closed():
+                future.cancel()  # dropped, unresolved, with that loop
+                break
+        if not future.cancelled():
+            return future.result()
+        # Cancelled there: only that loop's ending (asyncio.run cancels what is
+        # left) does so, as nobody else holds the call. Begun, it may have done
+        # part of its work; not begun, it is made on the portal instead.
+        if started.is_set():
+            raise _loop_ended(fn)
+        coro.close()
     return portal().call(call)
 
 

@@ -42,7 +42,7 @@ async def dispatch(args: argparse.Namespace, config: OmniQConfig) -> int:
 
 async def _enqueue(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
     options: dict[str, Any] = {"priority": args.priority}
-    if args.queue is not None:
+    if args.queue:  # empty: not given, as for every option here
         options["queue_name"] = args.queue
     if args.run_in:
         options["run_in"] = duration_arg(args.run_in, "--in")

@@ -68,7 +68,7 @@ async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
     if args.metrics_port is not None:
         options["metrics"] = metrics_extra("--metrics-port").WorkerMetrics()
     queues = None
-    if args.queues is not None:
+    if args.queues:  # empty: not given (every queue), as for every option here
         queues = [q.strip() for q in args.queues.split(",") if q.strip()]
         if not queues:
             raise CLIError(

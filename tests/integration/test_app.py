@@ -21,7 +21,7 @@ from omniq.backends import (
     get_worker,
 )
 from omniq.config import OmniQConfig
-from omniq.errors import ConfigurationError, ValidationError
+from omniq.errors import ConfigurationError, DatabaseClosed, ValidationError
 from tests import app_tasks
 
 pytestmark = pytest.mark.anyio
@@ -345,6 +345,60 @@ async def test_an_async_call_from_another_threads_loop_is_made_on_the_apps_loop(
         assert len(ids) == 4
     finally:
         await oq.close_async()
+
+
+@pytest.mark.parametrize("ending", ["stopped and closed", "asyncio.run"])
+def test_a_blocking_call_handed_to_a_loop_that_ends_is_made_or_refused_never_hung(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """A thread's ``.enqueue()`` is handed to the app's loop, which is busy and then
+    ends. Before, the thread got a bare ``CancelledError``, or waited forever when
+    the loop closed with the call unresolved. Now a call that never began is made
+    on the sync portal; one that began when ``asyncio.run`` cancelled what was
+    left is refused with ``DatabaseClosed`` (it may have done part of its work)."""
+    real = asyncio.run_coroutine_threadsafe
+    dispatched = threading.Event()
+
+    def noting(coro: Any, loop: asyncio.AbstractEventLoop) -> Any:
+        future = real(coro, loop)
+        if threading.current_thread() is not threading.main_thread():
+            dispatched.set()
+        return future
+
+    monkeypatch.setattr(asyncio, "run_coroutine_threadsafe", noting)
+    oq = OmniQ(url=db_url)
+    outcome: dict[str, Any] = {}
+
+    def from_thread() -> None:
+        try:
+            outcome["id"] = oq.enqueue(app_tasks.add, [1, 2])
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    async def app_loop() -> None:
+        await oq.app.enqueue_async(app_tasks.add, [0, 0])  # the app opens on this loop
+        thread.start()
+        # Busy (blocking on purpose) until the thread's call was handed here.
+        assert dispatched.wait(30)
+
+    thread = threading.Thread(target=from_thread)
+    try:
+        if ending == "asyncio.run":
+            asyncio.run(app_loop())
+        else:  # the loop stops right after: the handed call never begins
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(app_loop())
+            loop.close()
+        thread.join(30)
+        assert not thread.is_alive(), "the thread's call hung"
+        if ending == "asyncio.run" and "error" in outcome:
+            assert isinstance(outcome["error"], DatabaseClosed), outcome
+            return
+        assert "error" not in outcome, outcome
+        task = oq.get_task(outcome["id"])
+        assert task is not None and task.status is TaskStatus.PENDING
+    finally:
+        oq.close()
 
 
 def test_sync_worker_run_blocks_until_stopped_from_another_thread(db_url: str) -> None:
