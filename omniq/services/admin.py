@@ -154,8 +154,21 @@ class Administration(Leases):
         self.storage.notifier.notify()
         return updated
 
-    async def update_task_async(self, task_id: str, **changes: Any) -> Task:
-        """Change options of a pending or waiting task (priority, run_at, queue, ...)."""
+    async def update_task_async(self, task_id: str | Task, **changes: Any) -> Task:
+        """Change options of a pending or waiting task (priority, run_at, queue, ...).
+
+        Given a :class:`Task` record (the seed's ``update_task_async(task)``),
+        its updatable fields are written, as the record holds them.
+        """
+        if isinstance(task_id, Task):
+            if changes:
+                raise ValidationError("changes", "give a Task record or changes, not both")
+            record, task_id = task_id, task_id.id
+            changes = {name: getattr(record, name) for name in UPDATABLE_FIELDS}
+        elif not isinstance(task_id, str):
+            raise ValidationError(
+                "task_id", f"expected a task id or a Task, got {type(task_id).__name__}"
+            )
         unknown = set(changes) - UPDATABLE_FIELDS
         if unknown:
             raise ValidationError(

@@ -99,8 +99,21 @@ class ResultStorage:
         """The seed's name of :meth:`list_results_async` (the same arguments)."""
         return await self.list_results_async(*args, **kwargs)
 
-    async def update_async(self, task_id: str, **changes: Any) -> TaskResult:
-        """Change fields of a stored result (status, result, error..., ttl)."""
+    async def update_async(self, task_id: str | TaskResult, **changes: Any) -> TaskResult:
+        """Change fields of a stored result (status, result, error..., ttl).
+
+        Given a :class:`TaskResult` record (the seed's ``update_async(result)``),
+        that result is stored in place of the task's (see :meth:`store_async`).
+        """
+        if isinstance(task_id, TaskResult):
+            if changes:
+                raise ValidationError("changes", "give a TaskResult record or changes, not both")
+            await self.store_async(task_id)
+            return task_id
+        if not isinstance(task_id, str):
+            raise ValidationError(
+                "task_id", f"expected a task id or a TaskResult, got {type(task_id).__name__}"
+            )
         unknown = set(changes) - _UPDATABLE
         if unknown:
             raise ValidationError(

@@ -62,6 +62,10 @@ _DECLARED_COLUMNS = (
 )
 
 
+#: What an update never changes (pause/resume/cancel change the status).
+_FIXED = frozenset({"id", "created_at", "run_count", "last_run_at", "status"})
+
+
 class ScheduleAdmin(Queries):
     """Stored schedules and their lifecycle."""
 
@@ -267,9 +271,29 @@ class ScheduleAdmin(Queries):
             lambda conn: self.storage.schedules.due(conn, when, limit), what="find due schedules"
         )
 
-    async def update_schedule_async(self, schedule_id: str, **changes: Any) -> Schedule:
-        """Change a schedule's template or timing; next_run_at is recomputed when timing changes."""
-        forbidden = {"id", "created_at", "run_count", "last_run_at", "status"} & set(changes)
+    async def update_schedule_async(self, schedule_id: str | Schedule, **changes: Any) -> Schedule:
+        """Change a schedule's template or timing; next_run_at is recomputed when timing changes.
+
+        Given a :class:`Schedule` record (the seed's ``update_schedule_async(schedule)``),
+        its template and timing are written as the record holds them (its run
+        count, last run and status stay the stored ones: see pause/resume/cancel).
+        """
+        if isinstance(schedule_id, Schedule):
+            if changes:
+                raise ValidationError("changes", "give a Schedule record or changes, not both")
+            record, schedule_id = schedule_id, schedule_id.id
+            kept = {*_FIXED, "updated_at", "next_run_at"}
+            changes = {
+                a.name: getattr(record, a.name)
+                for a in attrs.fields(Schedule)
+                if a.name not in kept
+            }
+        elif not isinstance(schedule_id, str):
+            raise ValidationError(
+                "schedule_id",
+                f"expected a schedule id or a Schedule, got {type(schedule_id).__name__}",
+            )
+        forbidden = _FIXED & set(changes)
         if forbidden:
             raise ValidationError(
                 "changes", f"cannot update {sorted(forbidden)} (use pause/resume/cancel)"

@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import attrs
 import pytest
 
 from omniq import AsyncOmniQ
@@ -239,3 +240,36 @@ async def test_the_facade_lists_results_shows_attempts_and_schedules_with_an_end
             await oq.schedule_async(
                 seed_tasks.seed_add, interval=3600, end_at=end.replace(tzinfo=None)
             )
+
+
+async def test_records_given_to_the_update_methods_are_written_as_they_hold(
+    svc: Services,
+) -> None:
+    # The seed's update_task_async(task), update_schedule_async(schedule) and
+    # results.update_async(result): before, each failed with a DatabaseError about
+    # a value it could not bind.
+    task_id = await svc.queue.enqueue_async(seed_tasks.seed_add, [1, 2])
+    task = await svc.queue.get_task_async(task_id)
+    assert task is not None
+    updated = await svc.queue.update_task_async(attrs.evolve(task, priority=7, max_retries=1))
+    assert (updated.priority, updated.max_retries) == (7, 1)
+    with pytest.raises(ValidationError, match="not both"):
+        await svc.queue.update_task_async(task, priority=1)
+    with pytest.raises(ValidationError, match="task_id"):
+        await svc.queue.update_task_async(5)  # type: ignore[arg-type]
+
+    schedule_id = await svc.queue.schedule_async(
+        Schedule(func=seed_tasks.seed_add, schedule_type="interval", interval=timedelta(minutes=5))
+    )
+    schedule = await svc.queue.get_schedule_async(schedule_id)
+    assert schedule is not None
+    changed = await svc.queue.update_schedule_async(
+        attrs.evolve(schedule, interval=timedelta(minutes=1), description="every minute")
+    )
+    assert changed.interval == timedelta(minutes=1) and changed.description == "every minute"
+    assert changed.run_count == schedule.run_count and changed.status is schedule.status
+
+    result = TaskResult(task_id=task_id, status=ResultStatus.SUCCESS, result=3)
+    assert await svc.results.update_async(result) == result
+    stored = await svc.results.get_async(task_id)
+    assert stored is not None and stored.result == 3
