@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from omniq._time import utcnow
@@ -115,8 +116,8 @@ async def _results(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
         func=args.func,
         task_name=args.name,
         schedule_id=args.schedule,
-        start_time=now - duration_arg(args.since, "--since") if args.since else None,
-        end_time=now - duration_arg(args.until, "--until") if args.until else None,
+        start_time=ago(now, args.since, "--since"),
+        end_time=ago(now, args.until, "--until"),
         limit=args.limit + 1,
         offset=args.offset,
     )
@@ -213,7 +214,7 @@ async def _schedule(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
 
 
 async def _events(args: argparse.Namespace, oq: AsyncOmniQ) -> int:
-    since = utcnow() - duration_arg(args.since, "--since") if args.since else None
+    since = ago(utcnow(), args.since, "--since")
     events = await oq.get_events_async(
         task_id=args.task,
         event_type=args.types,
@@ -337,3 +338,13 @@ _COMMANDS = {
     "workers": _workers,
     "workflow": workflow_command,
 }
+
+
+def ago(now: datetime, text: str | None, what: str) -> datetime | None:
+    """``now`` minus the duration ``text`` (None: not given); CLIError past year 1."""
+    if not text:
+        return None
+    try:
+        return now - duration_arg(text, what)
+    except OverflowError:
+        raise CLIError(f"{what}: {text!r} reaches before year 1") from None

@@ -77,7 +77,10 @@ def _instant(params: Mapping[str, str], key: str) -> datetime | None:
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59-23:00 is past year 9999 in UTC
+        raise ValidationError(key, f"out of range: {value!r}") from None
 
 
 def parse_listing(

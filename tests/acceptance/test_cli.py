@@ -109,6 +109,10 @@ def test_bad_input_gives_one_line_and_exit_code(db_url: str, tmp_path: Path) -> 
     bad_status = omniq(db_url, "tasks", "--status", "bogus")
     assert bad_status.returncode == 2 and "unknown status 'bogus'" in bad_status.stderr
 
+    for command in ("results", "events"):  # was an OverflowError, exit 1
+        too_far = omniq(db_url, command, "--since", "99999999d")
+        assert too_far.returncode == 2 and "before year 1" in too_far.stderr
+
     # Nothing was written by the failed commands.
     assert as_json(omniq(db_url, "tasks", "--json")) == []
 

@@ -87,3 +87,9 @@ def test_chart_scales_bars_to_the_peak() -> None:
     assert small.completed_height == pytest.approx((HEIGHT - 4) / 4)
     assert "2 completed, 0 failed" in small.title
     assert throughput_chart([]).bars == []
+
+
+def test_a_time_past_the_calendar_in_utc_is_a_validation_error_not_a_crash() -> None:
+    # 9999-12-31T23:59:59-23:00 is in year 10000 in UTC: the page answered 500.
+    with pytest.raises(ValidationError, match="out of range"):
+        parse_listing({"from": "9999-12-31T23:59:59-23:00"}, [])
