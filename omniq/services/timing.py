@@ -25,7 +25,15 @@ def next_cron_time(expression: str, timezone: str, after: datetime) -> datetime:
     """
     zone = ZoneInfo(timezone)
     local_after = after.astimezone(zone).replace(tzinfo=None)
-    it = croniter(expression, local_after - _LOOKBACK)
+    if (after - _LOOKBACK).astimezone(zone).utcoffset() == (after + _LOOKBACK).astimezone(
+        zone
+    ).utcoffset():
+        # No offset change near ``after``: local time runs with UTC there, so no
+        # earlier wall time can be a later instant; start right at it. (Walking
+        # the whole look-back cost a cron with a seconds field 10,800 steps.)
+        it = croniter(expression, local_after)
+    else:
+        it = croniter(expression, local_after - _LOOKBACK)
     while True:
         naive: datetime = it.get_next(datetime)
         instant = naive.replace(tzinfo=zone, fold=0).astimezone(UTC)

@@ -202,3 +202,44 @@ def test_cron_first_run_respects_start_time() -> None:
         run_at=NOW - timedelta(days=10),
     )
     assert first_run(past, NOW) == datetime(2026, 6, 2, 7, 0, tzinfo=UTC)
+
+
+def _reference_next(expression: str, timezone: str, after: datetime) -> datetime:
+    """The rule walked from three hours back, match by match (as before the shortcut)."""
+    from croniter import croniter
+
+    zone = ZoneInfo(timezone)
+    local = after.astimezone(zone).replace(tzinfo=None) - timedelta(hours=3)
+    it = croniter(expression, local)
+    while True:
+        instant = it.get_next(datetime).replace(tzinfo=zone, fold=0).astimezone(UTC)
+        if instant > after:
+            return instant
+
+
+@pytest.mark.parametrize("timezone", ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe"])
+@pytest.mark.parametrize(
+    "expression", ["*/7 * * * *", "30 2 * * *", "15 1 * * 0", "*/20 * * * * *"]
+)
+def test_the_next_fire_time_is_the_walked_rule_around_offset_changes(
+    timezone: str, expression: str
+) -> None:
+    # Every 41 minutes over the days around this zone's offset changes of 2026,
+    # where the shortcut (start at the instant when no offset change is near) is
+    # off and on: the same answers as walking from three hours back.
+    zone = ZoneInfo(timezone)
+    days = [date(2026, m, day) for m in (3, 4, 10, 11) for day in range(1, 29)]
+    changes = [
+        d
+        for d in days
+        if datetime(d.year, d.month, d.day, tzinfo=zone).utcoffset()
+        != (datetime(d.year, d.month, d.day, tzinfo=zone) + timedelta(days=1)).utcoffset()
+    ]
+    assert changes
+    for day in changes[:2]:
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(hours=12)
+        for step in range(0, 48 * 60, 41):
+            after = start + timedelta(minutes=step, seconds=step % 60)
+            assert next_cron_time(expression, timezone, after) == _reference_next(
+                expression, timezone, after
+            ), (expression, timezone, after)
