@@ -19,7 +19,10 @@ MAX_PROGRESS_MESSAGE = 1000
 def _number(field: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(field, f"expected a number, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past the largest float
+        raise ValidationError(field, f"out of range: {value!r}") from None
     if not math.isfinite(number):
         raise ValidationError(field, f"expected a finite number, got {value!r}")
     return number

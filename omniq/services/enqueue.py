@@ -64,6 +64,7 @@ class Enqueue(Sweeps):
         With ``connection=`` (or ``session=``), the task is written in that
         open transaction of the application's (see :mod:`omniq.services.caller_tx`).
         """
+        _check_on_duplicate(on_duplicate)
         tx = caller_tx(connection, session)
         if isinstance(func, Task):
             task = _new(func)
@@ -100,7 +101,12 @@ class Enqueue(Sweeps):
         With ``connection=`` (or ``session=``), in that open transaction of the
         application's.
         """
+        _check_on_duplicate(on_duplicate)
         tx = caller_tx(connection, session)
+        if isinstance(tasks, Task | str | bytes) or not isinstance(tasks, Iterable):
+            raise ValidationError(
+                "tasks", f"expected an iterable of Task records, got {type(tasks).__name__}"
+            )
         batch = list(tasks)
         if not batch:
             return []
@@ -300,3 +306,8 @@ def _new(task: Task) -> Task:
         f"task {task.id}: a new task is pending (or waiting, with dependencies), "
         f"got {task.status.value}",
     )
+
+
+def _check_on_duplicate(value: object) -> None:
+    if value not in ("return", "raise"):
+        raise ValidationError("on_duplicate", f"must be 'return' or 'raise', got {value!r}")

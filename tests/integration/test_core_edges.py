@@ -452,6 +452,22 @@ async def test_ids_and_indexed_keys_past_their_columns_are_refused_before_the_da
     assert await svc.queue.enqueue_many_async([Task(func=FUNC, id="t" * 64)]) == ["t" * 64]
 
 
+async def test_enqueue_arguments_of_the_wrong_kind_are_validation_errors(svc: Services) -> None:
+    before = await statuses(svc)
+    with pytest.raises(ValidationError, match="on_duplicate"):  # was taken as "return"
+        await svc.queue.enqueue_async(FUNC, unique_key="k", on_duplicate="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="tasks"):  # was a raw TypeError
+        await svc.queue.enqueue_many_async(None)  # type: ignore[arg-type]
+    assert await statuses(svc) == before
+
+
+def test_a_progress_past_the_largest_float_is_refused_at_the_call() -> None:
+    from omniq.models.progress import check_progress
+
+    with pytest.raises(ValidationError, match="done"):  # was a raw OverflowError
+        check_progress(10**400)
+
+
 def test_a_progress_message_with_a_lone_surrogate_is_refused_at_the_call() -> None:
     from omniq.models.progress import check_progress
 
