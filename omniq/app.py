@@ -26,6 +26,7 @@ from omniq.models import Settings, Task
 from omniq.models.limits import Limit, Rate
 from omniq.models.rules import check_worker_options, queue_names
 from omniq.services import Services
+from omniq.services.caller_tx import running_inline
 from omniq.task_handle import TaskHandle
 from omniq.worker import TaskRegistry, Worker
 
@@ -438,6 +439,8 @@ class AsyncOmniQ(WorkerMethods, QueryMethods, ScheduleMethods, FlowMethods, Work
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     """The running event loop (None: run inline without one, as the sync caller-tx path does)."""
+    if running_inline():
+        return None  # inside a loop's thread perhaps, but that loop does not run this
     try:
         return asyncio.get_running_loop()
     except RuntimeError:

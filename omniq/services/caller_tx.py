@@ -31,6 +31,7 @@ sync API runs it on the caller's own thread (:func:`run_inline`).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 import weakref
@@ -154,13 +155,26 @@ def run_inline(coro: Coroutine[Any, Any, T]) -> T:
     On a sync connection nothing awaits the event loop (OmniQ is open and
     :func:`prepare_caller_tx` ran), so the coroutine completes at its first step.
     """
+    token = _INLINE.set(True)
     try:
         coro.send(None)
     except StopIteration as done:
         result: T = done.value
         return result
+    finally:
+        _INLINE.reset(token)
     coro.close()
     raise RuntimeError("OmniQ bug: work on a sync connection waited for an event loop")
+
+
+#: True while :func:`run_inline` runs a coroutine (on whatever thread, even one
+#: whose event loop is running: that loop is not the one running it).
+_INLINE: contextvars.ContextVar[bool] = contextvars.ContextVar("omniq_inline", default=False)
+
+
+def running_inline() -> bool:
+    """True inside :func:`run_inline`: no event loop runs this work."""
+    return _INLINE.get()
 
 
 # --- on the caller's connection (sync; in its thread, or in run_sync's greenlet) -----------

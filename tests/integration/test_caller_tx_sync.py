@@ -7,6 +7,7 @@ thread, in its transaction.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -138,3 +139,25 @@ def test_sync_session_task_handle_and_service_layer(
     assert oq.run_worker(run_scheduler=False).completed == 3
     results = [oq.get_result(i).result for i in (first, second, third)]  # type: ignore[union-attr]
     assert results == [3, 7, 10]
+
+
+def test_a_sync_write_in_the_callers_transaction_from_a_coroutine_runs_inline(
+    oq: OmniQ, app_engine: sa.Engine
+) -> None:
+    """A sync handler called from an async one (its event loop running on this
+    thread) writes in its own sync transaction: that needs no loop. Before, OmniQ
+    took the running loop for its own, dropped its open services to reopen there,
+    and failed with a raw RuntimeError."""
+    with app_engine.begin() as conn:  # OmniQ gets ready for callers' transactions
+        first = oq.enqueue(app_tasks.add, [1, 1], connection=conn)
+
+    async def handler() -> str:
+        with app_engine.begin() as conn:
+            conn.execute(orders.insert().values(item="pen"))
+            return oq.enqueue(app_tasks.add, [2, 2], connection=conn)
+
+    second = asyncio.run(handler())
+    for task_id in (first, second):
+        assert oq.get_task(task_id).status is TaskStatus.PENDING  # type: ignore[union-attr]
+    assert _items(app_engine) == ["pen"]
+    assert oq.enqueue(app_tasks.add, [3, 3])  # the app's own services still serve
