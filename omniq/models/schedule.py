@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,6 +69,23 @@ def _check_options(_inst: object, _attr: attrs.Attribute[Any], value: dict[str, 
         )
 
 
+def _zone_name(value: Any) -> Any:
+    """A ``ZoneInfo`` stands for its key (``ZoneInfo("Europe/Paris")``: ``"Europe/Paris"``)."""
+    if isinstance(value, ZoneInfo) and value.key:
+        return value.key
+    return value
+
+
+def _seconds_or_duration(value: Any) -> Any:
+    """A number of seconds stands for that duration (as ``schedule(interval=60)`` takes it)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        try:
+            return timedelta(seconds=value)
+        except OverflowError:
+            return value  # the validator names it
+    return value
+
+
 def _check_timezone(_inst: object, _attr: attrs.Attribute[Any], value: str) -> None:
     try:
         ZoneInfo(value)
@@ -115,8 +133,10 @@ class Schedule:
     description: str | None = attrs.field(default=None, validator=optional_str)
     tags: tuple[str, ...] = attrs.field(default=(), converter=str_tuple)
     cron_expression: str | None = attrs.field(default=None, validator=_check_cron)
-    timezone: str = attrs.field(default="UTC", validator=_check_timezone)
-    interval: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
+    timezone: str = attrs.field(default="UTC", converter=_zone_name, validator=_check_timezone)
+    interval: timedelta | None = attrs.field(
+        default=None, converter=_seconds_or_duration, validator=non_negative_duration
+    )
     run_at: datetime | None = attrs.field(default=None, validator=aware)
     max_runs: int | None = attrs.field(default=None, validator=non_negative_int)
     #: No run after this instant: the schedule completes instead.

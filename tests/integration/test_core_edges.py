@@ -461,6 +461,27 @@ async def test_enqueue_arguments_of_the_wrong_kind_are_validation_errors(svc: Se
     assert await statuses(svc) == before
 
 
+async def test_a_schedule_takes_seconds_and_a_zoneinfo_as_schedule_does(svc: Services) -> None:
+    from zoneinfo import ZoneInfo
+
+    # update_schedule(interval=5) was refused although schedule(interval=5) took it;
+    # timezone=ZoneInfo("Europe/Paris") said "unknown time zone".
+    schedule = Schedule(
+        func=FUNC,
+        schedule_type="cron",
+        cron_expression="0 9 * * *",
+        timezone=ZoneInfo("Europe/Paris"),
+    )
+    assert schedule.timezone == "Europe/Paris"
+    schedule_id = await svc.queue.schedule_async(
+        Schedule(func=FUNC, schedule_type="interval", interval=60)  # type: ignore[arg-type]
+    )
+    updated = await svc.queue.update_schedule_async(schedule_id, interval=5)
+    assert updated.interval == timedelta(seconds=5)
+    with pytest.raises(ValidationError, match="interval"):
+        await svc.queue.update_schedule_async(schedule_id, interval=-5)
+
+
 def test_a_progress_past_the_largest_float_is_refused_at_the_call() -> None:
     from omniq.models.progress import check_progress
 
