@@ -125,6 +125,11 @@ def raises_unprintable() -> None:
     raise Unprintable()
 
 
+def returns_a_lock() -> Any:
+    """Return what cannot be pickled (run by the process executor: it cannot leave)."""
+    return threading.Lock()
+
+
 def fail_in_process(message: str) -> None:
     """Raise KeyError(message) (run by the process executor)."""
     raise KeyError(message)

@@ -19,6 +19,7 @@ import inspect
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import queue
 import select
 import threading
@@ -29,7 +30,7 @@ from concurrent.futures import Executor as _FuturesExecutor
 from concurrent.futures import Future
 from typing import Any, Literal
 
-from omniq.errors import ConfigurationError
+from omniq.errors import ConfigurationError, SerializationError
 from omniq.models.config import EXECUTOR_KINDS
 from omniq.models.error import exception_text
 from omniq.task_context import CurrentTask, _current
@@ -87,7 +88,14 @@ def _child_main(
                     result = asyncio.run(_await(result))
         finally:
             progress.close()  # the last report goes before the outcome
-        conn.send(("ok", result))
+        try:
+            outcome = pickle.dumps(("ok", result))
+        except Exception as exc:
+            raise SerializationError(
+                f"the return value ({type(result).__qualname__}) cannot leave the worker "
+                f"process (it must pickle): {exception_text(exc)}"
+            ) from exc
+        conn.send_bytes(outcome)  # what conn.recv() reads back
     except BaseException as exc:
         conn.send(("err", type(exc).__qualname__, exception_text(exc), traceback.format_exc()))
     finally:

@@ -271,6 +271,17 @@ async def test_an_exception_whose_str_raises_still_fails_its_task(
     assert (await must_result(svc, after)).result == 3
 
 
+async def test_a_process_task_whose_return_value_cannot_pickle_fails_as_serialization_error(
+    svc: Services,
+) -> None:
+    task_id = await svc.queue.enqueue_async(ref("returns_a_lock"), max_retries=0)
+    await make_worker(svc, executor="process", concurrency=1).run_until_complete_async()
+    result = await must_result(svc, task_id)
+    assert result.status is ResultStatus.ERROR
+    assert result.error_type == "SerializationError"  # was a pickling TypeError
+    assert "cannot leave the worker process" in (result.error or "")
+
+
 async def test_a_worker_or_claim_given_a_string_for_queues_refuses_it(svc: Services) -> None:
     # Before, "emails" served the queues e, m, a, i, l and s: its tasks never ran.
     with pytest.raises(ConfigurationError, match="got the string 'emails'"):
