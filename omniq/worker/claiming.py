@@ -54,6 +54,7 @@ class Claiming(Stopping):
                 # An in-process enqueue that commits while this claim runs (after
                 # its snapshot) wakes the wait below instead of being missed.
                 seen: int | None = self.storage.notifier.generation
+                failed = False
                 try:
                     claimed = await self.queue.dequeue_many_async(
                         free, self.queues, worker_id=self.worker_id, start=False
@@ -68,7 +69,7 @@ class Claiming(Stopping):
                     if not isinstance(exc, OmniQError):
                         log.exception("claim failed unexpectedly")
                     await self._report_error("claim failed", exc)
-                    claimed = []
+                    claimed, failed = [], True
                     idle = self.poll_interval
                     seen = None
                 if claimed:
@@ -81,7 +82,13 @@ class Claiming(Stopping):
                     # Claiming again at once would mostly find nothing and, on SQLite,
                     # take the write lock and the GIL from the tasks just claimed;
                     # wait for a wake-up (an enqueue here, a slot freed) or a short poll.
-                elif burst and not self._running and not self._buffer and not self._superseded:
+                elif (
+                    burst
+                    and not failed  # a failed claim found nothing out: try again
+                    and not self._running
+                    and not self._buffer
+                    and not self._superseded
+                ):
                     if not busy:
                         return
                     continue

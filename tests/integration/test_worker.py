@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from omniq._time import utcnow
 from omniq.db.schema import tasks as tasks_table
-from omniq.errors import ConfigurationError, LeaseLost, OmniQError
+from omniq.errors import ConfigurationError, DatabaseUnavailable, LeaseLost, OmniQError
 from omniq.models import (
     EventType,
     ResultStatus,
@@ -280,6 +280,37 @@ async def test_a_process_task_whose_return_value_cannot_pickle_fails_as_serializ
     assert result.status is ResultStatus.ERROR
     assert result.error_type == "SerializationError"  # was a pickling TypeError
     assert "cannot leave the worker process" in (result.error or "")
+
+
+async def test_a_burst_worker_whose_claim_fails_tries_again_instead_of_ending(
+    svc: Services,
+) -> None:
+    # A failed claim (database down, disk full) found nothing out: before, a burst
+    # worker took it for an empty queue and returned with every task pending.
+    class FailingOnce(TaskQueue):
+        failures = 0
+
+        async def dequeue_many_async(self, *args: Any, **kwargs: Any) -> list[Task]:
+            if self.failures < 2:
+                self.failures += 1
+                raise DatabaseUnavailable("claim tasks: connection refused")
+            return await super().dequeue_many_async(*args, **kwargs)
+
+    ids = [await svc.queue.enqueue_async(ref("add"), [n, 1]) for n in range(3)]
+    queue = FailingOnce(svc.storage, svc.queue.queues)
+    worker = Worker(
+        queue,
+        svc.results,
+        svc.events,
+        allow_modules=[MODULE],
+        poll_interval=0.05,
+        run_scheduler=False,
+        run_maintenance=False,
+    )
+    await worker.run_until_complete_async()
+    assert queue.failures == 2
+    for n, task_id in enumerate(ids):
+        assert (await must_result(svc, task_id)).result == n + 1
 
 
 async def test_a_worker_or_claim_given_a_string_for_queues_refuses_it(svc: Services) -> None:
