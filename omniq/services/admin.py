@@ -48,6 +48,10 @@ UPDATABLE_FIELDS = frozenset(
 )
 
 
+#: How many times a cancel reads the task again when a worker moved it meanwhile.
+_CANCEL_TRIES = 5
+
+
 class Administration(Leases):
     """What users and operators do to tasks by hand."""
 
@@ -60,32 +64,37 @@ class Administration(Leases):
 
         def body(conn: sa.Connection) -> TaskStatus | None:
             refuse_if_migrated(conn)
-            task = self._require(conn, task_id)
-            if task.status in _QUEUED:
-                updated = self.storage.tasks.transition(
-                    conn,
-                    task_id,
-                    expected=_QUEUED,
-                    values={
-                        **_finish_values(TaskStatus.CANCELLED, now),
-                        "last_error": "cancelled by request",
-                    },
-                )
-                if updated is None:
-                    raise InvalidTransition(f"task {task_id} changed state during cancel; retry")
-                finalize(conn, self.storage, [updated], TaskStatus.CANCELLED, now)
-                return task.status
-            if task.status is TaskStatus.RUNNING:
-                updated = self.storage.tasks.transition(
-                    conn, task_id, expected=_RUNNING, values={"cancel_requested": True}
-                )
-                if updated is None:
-                    raise InvalidTransition(f"task {task_id} changed state during cancel; retry")
-                self.storage.events.insert_rows(
-                    conn, [_event(EventType.CANCEL_REQUESTED, task, timestamp=now)]
-                )
-                return task.status
-            return None
+            # A worker may move the task between the reading and the update (it
+            # starts, finishes or is retried; PostgreSQL's READ COMMITTED): read
+            # again and decide anew.
+            for _ in range(_CANCEL_TRIES):
+                task = self._require(conn, task_id)
+                if task.status in _QUEUED:
+                    updated = self.storage.tasks.transition(
+                        conn,
+                        task_id,
+                        expected=_QUEUED,
+                        values={
+                            **_finish_values(TaskStatus.CANCELLED, now),
+                            "last_error": "cancelled by request",
+                        },
+                    )
+                    if updated is None:
+                        continue
+                    finalize(conn, self.storage, [updated], TaskStatus.CANCELLED, now)
+                    return task.status
+                if task.status is TaskStatus.RUNNING:
+                    updated = self.storage.tasks.transition(
+                        conn, task_id, expected=_RUNNING, values={"cancel_requested": True}
+                    )
+                    if updated is None:
+                        continue
+                    self.storage.events.insert_rows(
+                        conn, [_event(EventType.CANCEL_REQUESTED, task, timestamp=now)]
+                    )
+                    return task.status
+                return None
+            raise InvalidTransition(f"task {task_id} kept changing state during cancel; retry")
 
         before = await self.storage.write(body, what="cancel task")
         if before is None:

@@ -452,6 +452,29 @@ async def test_ids_and_indexed_keys_past_their_columns_are_refused_before_the_da
     assert await svc.queue.enqueue_many_async([Task(func=FUNC, id="t" * 64)]) == ["t" * 64]
 
 
+async def test_a_cancel_that_loses_a_race_with_a_worker_reads_the_task_again(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL a worker may move the task between cancel's reading and its
+    # update: that update matches no row. Before, cancel raised InvalidTransition.
+    task_id = await svc.queue.enqueue_async(FUNC)
+    running = await claim_one(svc)
+    assert running.id == task_id
+    real = svc.storage.tasks.transition
+    missed: list[str] = []
+
+    def racing(conn: Any, tid: str, **kwargs: Any) -> Any:
+        if not missed:
+            missed.append(tid)
+            return None  # as if the row had changed under this statement
+        return real(conn, tid, **kwargs)
+
+    monkeypatch.setattr(svc.storage.tasks, "transition", racing)
+    assert await svc.queue.cancel_async(task_id) is True
+    assert missed == [task_id]
+    assert (await must_get(svc, task_id)).cancel_requested
+
+
 async def test_enqueue_arguments_of_the_wrong_kind_are_validation_errors(svc: Services) -> None:
     before = await statuses(svc)
     with pytest.raises(ValidationError, match="on_duplicate"):  # was taken as "return"
