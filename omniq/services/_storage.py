@@ -249,7 +249,8 @@ class Storage:
         auto = self.settings.auto_migrate
         if auto is None:
             auto = self.dialect.name == "sqlite"
-        await ensure_schema(self.engine, auto_migrate=auto)
+        with translate_errors("open the database"):  # a full disk is StorageFull here too
+            await ensure_schema(self.engine, auto_migrate=auto)
         self.loop = asyncio.get_running_loop()
         await self.sync_clock()
         self._opened = True

@@ -403,6 +403,18 @@ async def test_full_database_raises_storage_full_and_keeps_committed_tasks(
         await svc.close_async()
 
 
+async def test_opening_a_new_database_on_a_full_disk_raises_storage_full(
+    tmp_path: Path,
+) -> None:
+    # Creating the schema needs pages the limit does not allow: before, the open
+    # raised SQLAlchemy's raw OperationalError.
+    url = sqlite_url(tmp_path / "new.db")
+    with pytest.raises(StorageFull, match="open the database"):
+        await Services.open_async(url, Settings(sqlite_max_page_count=3))
+    svc = await Services.open_async(url)  # with room, it opens
+    await svc.close_async()
+
+
 async def test_a_full_database_fails_a_schedule_fire_without_pausing_the_schedule(
     sqlite_path: Path,
 ) -> None:
