@@ -42,6 +42,7 @@ class WorkListener:
         check_every: float = 5.0,
         retry_min: float = 0.5,
         retry_max: float = 30.0,
+        probe_timeout: float = 5.0,
     ) -> None:
         self._url = url
         self._on_work = on_work
@@ -49,6 +50,8 @@ class WorkListener:
         self._connect_args = dict(connect_args or {})
         self._check_every = check_every
         self._retry_min, self._retry_max = retry_min, retry_max
+        #: How long the liveness probe and a closing may wait for the server.
+        self._probe_timeout = probe_timeout
         self._engine: AsyncEngine | None = None
         self._listen_conn: AsyncConnection | None = None
         self._driver: Any = None
@@ -78,7 +81,9 @@ class WorkListener:
                 self._lost.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._lost.wait(), self._check_every)
-                if self.listening():
+                # A connection a NAT or load balancer dropped without a word looks
+                # open for good: a query must come back for it to count as alive.
+                if self.listening() and await self._answers():
                     continue
                 log.warning("the LISTEN connection was lost; workers poll until it is back")
                 await self._drop()
@@ -95,12 +100,24 @@ class WorkListener:
             self._on_work()  # work may have been made while nobody listened
 
     async def close(self) -> None:
-        """Stop listening and close the connection."""
+        """Stop listening and close the connection (a server that does not answer
+        holds this for a probe timeout at most, not a whole server timeout)."""
         driver = self._driver
         if driver is not None and not driver.is_closed():
             with contextlib.suppress(Exception):
-                await driver.remove_listener(WORK_CHANNEL, self._notified)
+                await asyncio.wait_for(
+                    driver.remove_listener(WORK_CHANNEL, self._notified), self._probe_timeout
+                )
         await self._drop()
+
+    async def _answers(self) -> bool:
+        """True if the LISTEN connection answers a query within the probe timeout."""
+        driver = self._driver
+        try:
+            await asyncio.wait_for(driver.fetchval("SELECT 1"), self._probe_timeout)
+        except Exception:
+            return False
+        return True
 
     async def _connect(self) -> None:
         if self._engine is None:
@@ -116,14 +133,18 @@ class WorkListener:
 
     async def _drop(self) -> None:
         """Forget the current connection (closing it if it still can be)."""
-        conn, self._listen_conn, self._driver = self._listen_conn, None, None
+        conn, self._listen_conn = self._listen_conn, None
+        driver, self._driver = self._driver, None
         if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
+            try:
+                await asyncio.wait_for(conn.close(), self._probe_timeout)
+            except Exception:
+                if driver is not None:
+                    driver.terminate()  # no answer: the socket is closed without one
         engine, self._engine = self._engine, None
         if engine is not None:
             with contextlib.suppress(Exception):
-                await engine.dispose()
+                await asyncio.wait_for(engine.dispose(), self._probe_timeout)
 
     def _notified(self, *_: Any) -> None:
         # asyncpg calls this on the loop that owns the listening connection.

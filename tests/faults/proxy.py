@@ -59,6 +59,8 @@ class FaultProxy:
         self._ends: set[asyncio.StreamWriter] = set()  # both ends of every live pipe
         #: Cleared while stalled: bytes are held, connections stay open.
         self._flowing = asyncio.Event()
+        #: Ends whose bytes are thrown away (connections a NAT silently forgot).
+        self._silenced: set[asyncio.StreamWriter] = set()
 
     def __enter__(self) -> FaultProxy:
         self._thread.start()
@@ -87,6 +89,12 @@ class FaultProxy:
         """Pass no more bytes either way; connections stay open and new ones are
         accepted (a server that stops answering, or a link that silently drops)."""
         self._call(self._flowing.clear)
+
+    def silence_live(self) -> None:
+        """Throw away every byte of the connections open now, both ways, and keep
+        them open; new connections work (what a NAT or load balancer does to an
+        idle connection it forgot: no reset, no answer)."""
+        self._call(lambda: self._silenced.update(self._ends))
 
     def resume(self) -> None:
         """Listen again on the same port, and pass bytes again."""
@@ -140,6 +148,8 @@ class FaultProxy:
         try:
             while data := await src.read(1 << 16):
                 await self._flowing.wait()
+                if dst in self._silenced:
+                    continue
                 dst.write(data)
                 await dst.drain()
         except OSError:

@@ -5,6 +5,7 @@ wait for a reply, so no caller, worker loop or shutdown waits for good.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
@@ -102,3 +103,48 @@ async def test_a_worker_stops_while_the_server_does_not_answer(
         assert task.last_error is None
     finally:
         await observer.close_async()
+
+
+async def test_a_listen_connection_that_went_silent_is_noticed_and_replaced(
+    pg_proxy: tuple[FaultProxy, str, str],
+) -> None:
+    """The LISTEN connection looks open but nothing comes back (a NAT forgot it):
+    before, it was never noticed and workers polled for good."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from omniq.services.work_listener import WORK_CHANNEL, WorkListener
+
+    proxy, url, direct = pg_proxy
+    woken: list[int] = []
+    listener = WorkListener(
+        sa.make_url(url), lambda: woken.append(1), check_every=0.2, probe_timeout=0.5
+    )
+    assert await listener.open()
+    runner = asyncio.ensure_future(listener.run())
+    notifier = create_async_engine(direct)
+
+    async def notify() -> None:
+        async with notifier.connect() as conn:
+            await conn.execute(sa.text(f"NOTIFY {WORK_CHANNEL}"))
+            await conn.commit()
+
+    async def heard() -> bool:
+        await notify()
+        return bool(woken)
+
+    try:
+        await waiting.wait_until(heard, "a notification through the proxy")
+        proxy.silence_live()
+
+        async def replaced() -> bool:
+            return listener.connects >= 2 and listener.listening()
+
+        await waiting.wait_until(replaced, "the silent LISTEN connection to be replaced")
+        woken.clear()
+        await waiting.wait_until(heard, "a notification on the new connection")
+    finally:
+        runner.cancel()
+        with anyio.move_on_after(10):
+            await listener.close()
+        await notifier.dispose()
