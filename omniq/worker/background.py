@@ -29,6 +29,12 @@ __all__ = ["BackgroundLoops", "TaskTimeout"]
 _CANCEL_CHECK_EVERY = 1.0
 
 
+#: After a failed heartbeat, the next try comes this soon (seconds; at most the interval);
+#: a heartbeat without a reply this long (or an interval, if longer) has the leases
+#: renewed alone meanwhile.
+_RENEW_AGAIN = 1.0
+
+
 class BackgroundLoops(OutcomeWriting):
     """Heartbeat, scheduler and maintenance loops of a worker (a part of :class:`Worker`)."""
 
@@ -106,10 +112,14 @@ class BackgroundLoops(OutcomeWriting):
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval.total_seconds()
-        while not await _wait(self._tasks_settled, interval):
-            await self._heartbeat()
+        wait = interval
+        while not await _wait(self._tasks_settled, wait):
+            # A failed renewal is tried again soon, not a whole interval later:
+            # the lease outlives a few of them, not the wait for the next.
+            wait = interval if await self._heartbeat() else min(interval, _RENEW_AGAIN)
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self) -> bool:
+        """Renew the leases held here; False if the renewal failed (reported)."""
         leases = {
             task_id: entry.task.lease_token
             for task_id, entry in self._running.items()
@@ -117,19 +127,40 @@ class BackgroundLoops(OutcomeWriting):
         }
         leases.update({t.id: t.lease_token for t in self._buffer if t.lease_token is not None})
         events, starts = self._take_buffered()
-        try:
-            held = await self._in_turn(
+        patience = max(self.settings.heartbeat_interval.total_seconds(), _RENEW_AGAIN)
+        call = asyncio.ensure_future(
+            self._in_turn(
                 self.queue.heartbeat_async(leases, events, starts, worker=self._worker_info())
             )
+        )
+        try:
+            while not (await asyncio.wait({call}, timeout=patience))[0]:
+                # No reply after an interval (a server or link that stopped
+                # answering: the call waits up to server_timeout, by default as
+                # long as the lease). Its events stay with it, to land once or
+                # not at all; the leases alone are renewed on another connection
+                # meanwhile, each try bounded, so a blip costs no lease.
+                await self._renew_only(leases, patience)
+            held = call.result()
         except Exception as exc:
             self._restore(events, starts)
             await self._report_error("heartbeat failed", exc)
-            return
+            return False
         for task_id in leases:
             if task_id not in held:
                 self._lose(task_id)
             elif held[task_id]:
                 self._cancel_local(task_id)
+        return True
+
+    async def _renew_only(self, leases: dict[str, str], limit: float) -> None:
+        """Renew ``leases`` (nothing else), waiting ``limit`` seconds at most; a failure
+        is logged and left to the next try (the renewal is fenced by each lease)."""
+        try:
+            async with asyncio.timeout(limit):
+                await self.queue.heartbeat_async(leases, (), ())
+        except Exception as exc:
+            log.warning("renewing leases alone failed (tried again): %r", exc)
 
     async def _cancel_watch_loop(self) -> None:
         """Between heartbeats, look for cancels requested from other processes (or

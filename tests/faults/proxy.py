@@ -61,6 +61,9 @@ class FaultProxy:
         self._flowing = asyncio.Event()
         #: Ends whose bytes are thrown away (connections a NAT silently forgot).
         self._silenced: set[asyncio.StreamWriter] = set()
+        #: The client ends, and whether the server's replies to them are thrown away.
+        self._clients: set[asyncio.StreamWriter] = set()
+        self._muted = False
 
     def __enter__(self) -> FaultProxy:
         self._thread.start()
@@ -96,9 +99,23 @@ class FaultProxy:
         idle connection it forgot: no reset, no answer)."""
         self._call(lambda: self._silenced.update(self._ends))
 
+    def drop_replies(self) -> None:
+        """Pass requests on and throw the server's replies away, on every connection,
+        until :meth:`resume` (a link that loses packets one way)."""
+
+        def mute() -> None:
+            self._muted = True
+
+        self._call(mute)
+
     def resume(self) -> None:
-        """Listen again on the same port, and pass bytes again."""
+        """Listen again on the same port, and pass bytes again (replies too)."""
         asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
+
+        def unmute() -> None:
+            self._muted = False
+
+        self._call(unmute)
         self._call(self._flowing.set)
 
     def _call(self, fn: Callable[[], Any]) -> None:
@@ -137,10 +154,12 @@ class FaultProxy:
             _reset(writer)
             return
         self._ends |= {writer, up_writer}
+        self._clients.add(writer)
         try:
             await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
         finally:
             self._ends -= {writer, up_writer}
+            self._clients.discard(writer)
             writer.transport.abort()
             up_writer.transport.abort()
 
@@ -148,7 +167,7 @@ class FaultProxy:
         try:
             while data := await src.read(1 << 16):
                 await self._flowing.wait()
-                if dst in self._silenced:
+                if dst in self._silenced or (self._muted and dst in self._clients):
                     continue
                 dst.write(data)
                 await dst.drain()

@@ -148,3 +148,61 @@ async def test_a_listen_connection_that_went_silent_is_noticed_and_replaced(
         with anyio.move_on_after(10):
             await listener.close()
         await notifier.dispose()
+
+
+async def test_a_blip_of_lost_replies_costs_a_running_task_no_lease(
+    pg_proxy: tuple[FaultProxy, str, str], tmp_path: Path
+) -> None:
+    """A second of lost replies: the heartbeat that was waiting for one waits up
+    to server_timeout (longer than the lease here, as long as it by default).
+    Before, the lease ran out meanwhile (another worker then ran the task
+    again); now the leases alone are renewed on another connection."""
+    proxy, url, direct = pg_proxy
+    settings = Settings(
+        lease_duration=timedelta(seconds=2),
+        heartbeat_interval=timedelta(seconds=0.4),
+        server_timeout=timedelta(seconds=8),
+    )
+    svc = await Services.open_async(url, settings)
+    watcher = await Services.open_async(direct)
+    out = tmp_path / "out"
+    try:
+        task_id = await svc.queue.enqueue_async(ref("record"), [str(out), "a", 5.0])
+        worker = Worker(
+            svc.queue,
+            allow_modules=[MODULE],
+            run_scheduler=False,
+            run_maintenance=False,
+            poll_interval=0.05,
+        )
+        await worker.start_async()
+        try:
+
+            async def running() -> bool:
+                task = await watcher.queue.get_task_async(task_id)
+                return task is not None and task.status is TaskStatus.RUNNING
+
+            await waiting.wait_until(running, "the task to run")
+            proxy.drop_replies()
+            await anyio.sleep(1.0)  # the fault lasts this long (not a wait for a condition)
+            proxy.resume()
+            # Until it completes, its lease never runs out (checked by the database's clock).
+            while True:
+                task = await watcher.queue.get_task_async(task_id)
+                assert task is not None
+                if task.status is not TaskStatus.RUNNING:
+                    break
+                now = watcher.storage.now()
+                assert task.lease_expires_at is not None and task.lease_expires_at > now, (
+                    "the lease ran out while its worker was alive"
+                )
+                await anyio.sleep(0.1)
+            assert task.status is TaskStatus.COMPLETED
+        finally:
+            with anyio.move_on_after(30):
+                await worker.stop_async(grace_period=1.0)
+    finally:
+        proxy.resume()
+        with anyio.move_on_after(30):
+            await svc.close_async()
+        await watcher.close_async()
