@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
+from typing import Any
 
 from omniq._time import to_timedelta
 from omniq.models import Task
 from omniq.services.maintenance import Maintenance
 from omniq.worker.cancellation import Cancellation
 from omniq.worker.executors import Executor
-from omniq.worker.outcomes import _Running
+from omniq.worker.outcomes import _Running, log
 from omniq.worker.progress import ProgressReporter
+
+#: The longest one write of the shutdown is waited for (seconds).
+SHUTDOWN_STEP = 10.0
 
 
 class Stopping(Cancellation):
@@ -74,12 +78,10 @@ class Stopping(Cancellation):
         heartbeat, cancel_watch, *others = self._background
         self._withdraw_queued_calls()
         self._winding_down.set()
-        for job in others:
-            with contextlib.suppress(asyncio.CancelledError):
-                await job
+        await _finish(others)
         buffered, self._buffer = self._buffer, []
         if buffered:
-            await self._guard(
+            await self._step(
                 self._in_turn(self.queue.release_many_async(buffered, worker_id=self.worker_id))
             )
         # The running tasks, and earlier attempts whose outcome write is still
@@ -104,15 +106,41 @@ class Stopping(Cancellation):
                 if stuck:
                     await asyncio.wait(stuck, timeout=5.0)
         self._tasks_settled.set()
-        for job in (heartbeat, cancel_watch):
-            with contextlib.suppress(asyncio.CancelledError):
-                await job
+        await _finish([heartbeat, cancel_watch])
         self._background = []
         if self._pending_events or self._started_events:
-            await self._guard(self.queue.heartbeat_async({}, self._take_events()))
+            await self._step(self.queue.heartbeat_async({}, self._take_events()))
         await self._progress.close()
         if self.run_maintenance:
-            await self._guard(self.maintenance.release_async())
+            await self._step(self.maintenance.release_async())
         self.storage.notifier.cancel_listeners.discard(self._on_cancel_requested)
-        await self._unregister()
+        await self._step(self._unregister())
         self.executor.shutdown()
+
+    async def _step(self, awaitable: Any) -> Any:
+        """A write of the shutdown, its error reported (see ``_guard``), given
+        ``SHUTDOWN_STEP`` seconds: a server that does not answer must not hold the
+        exit for server_timeout per step (its transaction is shielded and ends on
+        its own; what it would have let go expires and is recovered)."""
+        try:
+            async with asyncio.timeout(SHUTDOWN_STEP):
+                return await self._guard(awaitable)
+        except TimeoutError:
+            log.warning(
+                "stopping: a write got no answer within %.0f s; going on without it",
+                SHUTDOWN_STEP,
+            )
+            return None
+
+
+async def _finish(jobs: list[asyncio.Task[None]]) -> None:
+    """Let background loops end the write they are in, for ``SHUTDOWN_STEP`` seconds at
+    most (a write is shielded: cut off, it still commits or rolls back whole)."""
+    if not jobs:
+        return
+    _, late = await asyncio.wait(jobs, timeout=SHUTDOWN_STEP)
+    for job in late:
+        job.cancel()
+    for job in jobs:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await job

@@ -58,13 +58,17 @@ async def test_a_server_that_stops_answering_holds_no_caller_for_good(
             await svc.close_async()
 
 
+@pytest.mark.parametrize("server_timeout", [2, 300])
 async def test_a_worker_stops_while_the_server_does_not_answer(
-    pg_proxy: tuple[FaultProxy, str, str], tmp_path: Path
+    pg_proxy: tuple[FaultProxy, str, str], tmp_path: Path, server_timeout: int
 ) -> None:
     """stop() returns in bounded time though every write hangs; the task it held is
-    left to lease recovery, not lost and not failed."""
+    left to lease recovery, not lost and not failed. With a long server_timeout
+    each step of the shutdown used to wait for it (SIGTERM took minutes): every
+    write of the shutdown now has SHUTDOWN_STEP, the LISTEN connection a probe."""
     proxy, url, direct = pg_proxy
-    svc = await Services.open_async(url, BOUND)
+    settings = Settings(server_timeout=timedelta(seconds=server_timeout))
+    svc = await Services.open_async(url, settings)
     observer = await Services.open_async(direct)
     out = tmp_path / "out"
     gate = tmp_path / "gate"
@@ -76,7 +80,7 @@ async def test_a_worker_stops_while_the_server_does_not_answer(
         allow_modules=[MODULE],
         poll_interval=0.1,
         run_scheduler=False,
-        run_maintenance=False,
+        run_maintenance=server_timeout > 2,  # its lease is let go at the end too
     )
     await worker.start_async()
     try:
