@@ -188,6 +188,17 @@ def started(
     )
 
 
+def left_running(worker_id: str, task: Task) -> None:
+    """Past the grace period, a sync function still runs in a thread that cannot be stopped."""
+    _emit(
+        logging.WARNING,
+        "task %s (%s) still runs in a thread past the grace period: left running under "
+        "its lease, which lease recovery takes back once it expires",
+        (task.id, task.func),
+        {"worker_id": worker_id, "task_id": task.id, "func": task.func},
+    )
+
+
 def shutting_down(worker_id: str, reason: str, running: int, grace_period: float) -> None:
     """Shutdown starts: why, and what it waits for."""
     fields = {

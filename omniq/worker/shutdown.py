@@ -1,7 +1,9 @@
 """Stopping a worker (a part of :class:`~omniq.worker.Worker`).
 
 ``stop_async`` (or a signal) stops the claims; the prefetched tasks go back
-to pending unspent; running tasks get the grace period, then are released;
+to pending unspent; running tasks get the grace period, then are released
+(all but a sync function still running in its thread, which cannot be stopped:
+its task stays running under its lease, for recovery once that expires);
 heartbeats go on until every running task is settled, so their leases hold
 meanwhile; then the worker's registry row, maintenance lease and executor
 are let go.

@@ -394,7 +394,14 @@ class Worker(Claiming):
                         self.metrics.attempt_ended(entry.task, ran)
         except asyncio.CancelledError as exc:
             task = entry.task
-            if entry.releasing:
+            if entry.releasing and entry.pooled and entry.started is not None:
+                # A sync function began in a pool thread, which cannot be stopped:
+                # released, the task would run again beside it. It stays running
+                # under its lease (no longer renewed); once that expires, lease
+                # recovery runs it again (as after a crash).
+                entry.outcome = "left running"
+                logs.left_running(self.worker_id, task)
+            elif entry.releasing:
                 entry.outcome = "released"
                 events = self._take_events()
                 released = self.queue.release_async(task, worker_id=self.worker_id, events=events)

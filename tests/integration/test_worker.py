@@ -1155,6 +1155,31 @@ async def test_a_thread_stuck_past_its_timeout_does_not_hold_up_the_next_task(
     assert (await must_result(svc, after)).result["sum"] == 9
 
 
+async def test_a_sync_task_still_in_its_thread_after_the_grace_period_is_not_released(
+    svc: Services,
+) -> None:
+    # Its thread cannot be stopped: released, the task ran again beside it (a
+    # second worker took it at once). It stays running under its lease instead.
+    key = f"left-{uuid.uuid4()}"
+    task_id = await svc.queue.enqueue_async(ref("block_then_fail"), [key])
+    worker = make_worker(svc, concurrency=1)
+    await worker.start_async()
+    try:
+
+        async def started() -> bool:
+            return worker_tasks.has_started(key)
+
+        await wait_until(started, "the sync task to start in its thread")
+        await worker.stop_async(grace_period=0.2)
+        assert await status_of(svc, task_id) is TaskStatus.RUNNING
+        other = make_worker(svc, concurrency=1)
+        await other.run_until_complete_async()
+        assert other.get_stats().completed == 0  # it did not run the task again
+        assert await status_of(svc, task_id) is TaskStatus.RUNNING
+    finally:
+        worker_tasks.release(key)
+
+
 async def test_a_sync_task_waiting_for_a_thread_counts_its_timeout_from_its_start(
     svc: Services,
 ) -> None:
