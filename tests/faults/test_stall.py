@@ -34,6 +34,16 @@ async def readable(svc: Services, task_id: str) -> bool:
         return False
 
 
+async def wait_running(observer: Services, task_id: str) -> None:
+    """Wait until ``observer`` (a direct connection) sees the task running."""
+
+    async def running() -> bool:
+        task = await observer.queue.get_task_async(task_id)
+        return task is not None and task.status is TaskStatus.RUNNING
+
+    await waiting.wait_until(running, "the task to run")
+
+
 async def test_a_server_that_stops_answering_holds_no_caller_for_good(
     pg_proxy: tuple[FaultProxy, str, str], tmp_path: Path
 ) -> None:
@@ -84,12 +94,7 @@ async def test_a_worker_stops_while_the_server_does_not_answer(
     )
     await worker.start_async()
     try:
-
-        async def running() -> bool:
-            task = await observer.queue.get_task_async(task_id)
-            return task is not None and task.status is TaskStatus.RUNNING
-
-        await waiting.wait_until(running, "the task to start")
+        await wait_running(observer, task_id)
         proxy.stall()
         with anyio.fail_after(90):
             await worker.stop_async(grace_period=1)
@@ -181,12 +186,7 @@ async def test_a_blip_of_lost_replies_costs_a_running_task_no_lease(
         )
         await worker.start_async()
         try:
-
-            async def running() -> bool:
-                task = await watcher.queue.get_task_async(task_id)
-                return task is not None and task.status is TaskStatus.RUNNING
-
-            await waiting.wait_until(running, "the task to run")
+            await wait_running(watcher, task_id)
             proxy.drop_replies()
             await anyio.sleep(1.0)  # the fault lasts this long (not a wait for a condition)
             proxy.resume()
