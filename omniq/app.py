@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from omniq._portal import OwnedElsewhere, handed_over, is_portal_loop
+from omniq._portal import OwnedElsewhere, handed_over, is_portal_loop, made_on
 from omniq.app_flow import FlowMethods, check_task_limits
 from omniq.app_queries import QueryMethods
 from omniq.app_schedules import ScheduleMethods
@@ -249,10 +249,7 @@ class AsyncOmniQ(WorkerMethods, QueryMethods, ScheduleMethods, FlowMethods, Work
                         # The application's own transaction, on its own loop: the
                         # write stays here, on its connection.
                         if not services.queue._ready_for_caller_tx():
-                            prepare = services.queue._prepare_caller_tx_async()
-                            await asyncio.wrap_future(
-                                asyncio.run_coroutine_threadsafe(prepare, owner)
-                            )
+                            await made_on(owner, services.queue._prepare_caller_tx_async)
                         return services
                     # A blocking call from a thread, while the app is open on its
                     # own loop (or an async call from another thread's loop while

@@ -41,6 +41,7 @@ async def run_inline(services: Services, worker: Worker, task_ids: Sequence[str]
     claimed: list[Task] = []
     try:
         while todo and runs < _MAX_RUNS:
+            # A claim cancelled while it runs gives its tasks back itself (its undo).
             claimed = await queue.dequeue_ids_async(todo, worker_id=worker.worker_id)
             todo = []
             while claimed:

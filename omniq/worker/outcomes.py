@@ -55,6 +55,9 @@ class _Running:
     #: True while the task's function runs: only then may it be cancelled (never
     #: while its outcome is being written, which would break the transaction).
     in_call: bool = False
+    #: The function runs in a pool thread, which cannot be stopped (a sync function,
+    #: thread or async executor).
+    in_thread: bool = False
     #: True until the function has returned: the task holds one of the
     #: ``concurrency`` slots; its outcome is then written without holding one.
     slot: bool = False

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import gc
+import inspect
 import logging
 import os
 import signal
@@ -394,7 +395,7 @@ class Worker(Claiming):
                         self.metrics.attempt_ended(entry.task, ran)
         except asyncio.CancelledError as exc:
             task = entry.task
-            if entry.releasing and entry.pooled and entry.started is not None:
+            if entry.releasing and entry.in_thread and entry.started is not None:
                 # A sync function began in a pool thread, which cannot be stopped:
                 # released, the task would run again beside it. It stays running
                 # under its lease (no longer renewed); once that expires, lease
@@ -469,6 +470,7 @@ class Worker(Claiming):
         if entry.trace is not None and not self.executor.pools_sync_calls:
             carrier = entry.trace.carrier()
         entry.in_call = True
+        entry.in_thread = self.executor.pools_sync_calls and not inspect.iscoroutinefunction(func)
         # omniq.current_task() inside the function (its attempt counts the start).
         attempt = task.attempts if task.started_at is not None else task.attempts + 1
         current = _current.set(self._progress.current(task, attempt))
