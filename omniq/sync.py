@@ -216,6 +216,10 @@ class SyncWorker:
     run_claimed = sync_twin(Worker.run_claimed_async)
     get_stats = sync_twin(Worker.get_stats_async)
 
+    def _stop_for_exit(self) -> None:
+        self._async.stop_for_exit("signal received")
+        self.stop()
+
     def run(self, *, install_signal_handlers: bool = False) -> None:
         """Work until :meth:`stop` (from another thread); Ctrl-C stops it gracefully.
 
@@ -228,8 +232,9 @@ class SyncWorker:
                 raise ConfigurationError("install_signal_handlers=True needs the main thread")
 
             def on_signal(_signum: int, _frame: Any) -> None:
-                # The handler runs in this thread, which waits for run_async: stop elsewhere.
-                threading.Thread(target=self.stop, name="omniq-stop", daemon=True).start()
+                # The handler runs in this thread, which waits for run_async: stop
+                # elsewhere, on the worker's loop, as for a process about to exit.
+                threading.Thread(target=self._stop_for_exit, name="omniq-stop", daemon=True).start()
 
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, on_signal)

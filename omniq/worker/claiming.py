@@ -10,6 +10,8 @@ not while its outcome commits.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 
 from omniq.errors import DatabaseClosed, OmniQError
@@ -24,6 +26,10 @@ _PREFETCH_HORIZON = 0.02
 #: tasks (a worker's memory stays flat however many slots it has).
 _PREFETCH_FACTOR = 30
 _PREFETCH_MAX = 1000
+
+
+#: While a claim waits for the server, how often the worker looks for a stop (seconds).
+_STOP_LOOK = 0.5
 
 
 class Claiming(Stopping):
@@ -56,9 +62,7 @@ class Claiming(Stopping):
                 seen: int | None = self.storage.notifier.generation
                 failed = False
                 try:
-                    claimed = await self.queue.dequeue_many_async(
-                        free, self.queues, worker_id=self.worker_id, start=False
-                    )
+                    claimed = await self._claim_unless_stopped(free)
                 except DatabaseClosed:
                     # Closed for good (not an outage): the worker stops with the error.
                     self._request_stop("the database was closed")
@@ -100,6 +104,26 @@ class Claiming(Stopping):
             wait = idle if due is None else min(max(due, _MIN_POLL), self.poll_interval)
             await self.storage.notifier.wait(wait, seen)
             idle = min(idle * 2, self.poll_interval)
+
+    async def _claim_unless_stopped(self, free: int) -> list[Task]:
+        """Claim up to ``free`` tasks; a claim still waiting for the server when the
+        worker is asked to stop is cut off (its undo gives back what it took, should
+        it commit), so a server that does not answer cannot hold the stop for
+        server_timeout."""
+        claim = asyncio.ensure_future(
+            self.queue.dequeue_many_async(free, self.queues, worker_id=self.worker_id, start=False)
+        )
+        try:
+            while not (await asyncio.wait({claim}, timeout=_STOP_LOOK))[0]:
+                if self._stopping:
+                    claim.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await claim
+                    return []
+        except asyncio.CancelledError:
+            claim.cancel()  # this loop was cancelled: so is the claim (its undo runs)
+            raise
+        return claim.result()
 
     def _prefetch_now(self) -> int:
         """How many tasks to hold beyond the free slots.

@@ -110,6 +110,8 @@ class Worker(Claiming):
         self.worker_registry = WorkerRegistry(self.storage)
         self._registered_at: datetime | None = None
         self.worker_id = worker_id or default_worker_id()
+        #: Set by stop_for_exit: the process ends after this worker stops.
+        self._exiting = False
         self.queues = queue_names(queues) or task_queue.queues
         slots = concurrency if concurrency is not None else max_workers
         self.concurrency = slots if slots is not None else 10
@@ -233,7 +235,7 @@ class Worker(Claiming):
         loop = asyncio.get_running_loop()
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._request_stop, f"{sig.name} received")
+                loop.add_signal_handler(sig, self.stop_for_exit, f"{sig.name} received")
         self._reset_stop()
         try:
             await self._run(burst=False)
@@ -327,6 +329,14 @@ class Worker(Claiming):
 
     # --- one task ---------------------------------------------------------------------
 
+    def stop_for_exit(self, reason: str = "stopping for the process to exit") -> None:
+        """Ask the worker to stop (as :meth:`stop_async`, without waiting) because the
+        process is about to exit (SIGTERM, SIGINT): past the grace period, tasks whose
+        sync functions still run in a thread are released too, as those threads end
+        with the process. Thread-safe (it sets flags and wakes the worker)."""
+        self._exiting = True
+        self._request_stop(reason)
+
     async def process_task_async(self, task: Task) -> TaskResult | None:
         """Run one task claimed for this call (``dequeue_async``) to its outcome; its result.
 
@@ -395,11 +405,17 @@ class Worker(Claiming):
                         self.metrics.attempt_ended(entry.task, ran)
         except asyncio.CancelledError as exc:
             task = entry.task
-            if entry.releasing and entry.in_thread and entry.started is not None:
-                # A sync function began in a pool thread, which cannot be stopped:
-                # released, the task would run again beside it. It stays running
-                # under its lease (no longer renewed); once that expires, lease
-                # recovery runs it again (as after a crash).
+            if (
+                entry.releasing
+                and entry.in_thread
+                and entry.started is not None
+                and not self._exiting
+            ):
+                # A sync function began in a pool thread, which cannot be stopped,
+                # and this process goes on: released, the task would run again
+                # beside it. It stays running under its lease (no longer renewed);
+                # once that expires, lease recovery runs it again (as after a
+                # crash). A process that exits (a signal) ends the thread with it.
                 entry.outcome = "left running"
                 logs.left_running(self.worker_id, task)
             elif entry.releasing:
