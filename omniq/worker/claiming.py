@@ -11,7 +11,6 @@ not while its outcome commits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 
 from omniq.errors import DatabaseClosed, OmniQError
@@ -117,9 +116,14 @@ class Claiming(Stopping):
             while not (await asyncio.wait({claim}, timeout=_STOP_LOOK))[0]:
                 if self._stopping:
                     claim.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await claim
-                    return []
+                    try:
+                        # Done meanwhile, it keeps its tasks: the stop releases them.
+                        return await claim
+                    except asyncio.CancelledError:
+                        current = asyncio.current_task()
+                        if current is not None and current.cancelling():
+                            raise
+                        return []
         except asyncio.CancelledError:
             claim.cancel()  # this loop was cancelled: so is the claim (its undo runs)
             raise
