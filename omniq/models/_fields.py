@@ -66,11 +66,16 @@ def bounded_int(_inst: object, attribute: attrs.Attribute[Any], value: int) -> N
         raise ValidationError(attribute.name, f"out of range: {value}")
 
 
+def is_name(value: object) -> bool:
+    """True for a name: a string of 1-200 characters without NUL (queues, workers...)."""
+    return isinstance(value, str) and 0 < len(value) <= 200 and "\x00" not in value
+
+
 def name_str(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
     """Validator: a non-empty string of at most 200 characters without NUL."""
     if not isinstance(value, str):
         raise ValidationError(attribute.name, f"expected a string, got {value!r}")
-    if not value or len(value) > 200 or "\x00" in value:
+    if not is_name(value):
         raise ValidationError(
             attribute.name, f"must be 1-200 characters without NUL, got {value!r}"
         )

@@ -32,7 +32,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from omniq.errors import ConfigurationError
-from omniq.models._fields import check_utf8
+from omniq.models._fields import check_utf8, is_name
 
 if TYPE_CHECKING:
     from omniq.models.settings import Settings
@@ -136,7 +136,7 @@ def check_worker_options(settings: Settings, options: Mapping[str, Any]) -> None
             )
     worker_id = options.get("worker_id")
     if worker_id is not None:
-        if not isinstance(worker_id, str) or not 0 < len(worker_id) <= 200 or "\x00" in worker_id:
+        if not is_name(worker_id):
             raise ConfigurationError(
                 f"worker_id must be 1-200 characters without NUL, got {worker_id!r}",
                 fields=("worker_id",),
@@ -199,7 +199,7 @@ def queue_names(value: object, field: str = "queues") -> list[str] | None:
             fields=(field,),
         ) from None
     for name in names:
-        if not isinstance(name, str) or not name or len(name) > 200 or "\x00" in name:
+        if not is_name(name):
             raise ConfigurationError(
                 f"{field}: each queue name must be 1-200 characters without NUL, got {name!r}",
                 fields=(field,),
