@@ -67,36 +67,45 @@ def to_timedelta(value: object, field: str, *, allow_zero: bool = True) -> timed
 
 
 _uuid_lock = threading.Lock()
-_last_ms = 0
+_last_ms = -1
 _seq = 0
-# Random bytes are drawn from the OS 4 KiB at a time (one syscall per ~400 ids);
-# a forked child drops what it inherited, so no two processes share them.
+#: The id's first 13 characters (the millisecond and the version digit) for ``_last_ms``.
+_prefix = ""
+# Random digits are drawn from the OS 4 KiB at a time (one syscall per ~400 ids),
+# as hex text, which is what an id is made of; a forked child drops what it
+# inherited, so no two processes share them.
 _ENTROPY_CHUNK = 4096
-_entropy = b""
+_entropy = ""
 _entropy_at = 0
+#: The variant digit (binary 10xx) made of a random hex digit's two low bits.
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 def _drop_entropy() -> None:
     global _entropy, _entropy_at
-    _entropy, _entropy_at = b"", 0
+    _entropy, _entropy_at = "", 0
 
 
 os.register_at_fork(after_in_child=_drop_entropy)
 
 
-def _random_bytes(n: int) -> bytes:
-    """``n`` bytes from the OS random pool (caller holds ``_uuid_lock``)."""
+def _random_hex(n: int) -> str:
+    """``n`` random hex digits from the OS random pool (caller holds ``_uuid_lock``)."""
     global _entropy, _entropy_at
     if _entropy_at + n > len(_entropy):
-        _entropy, _entropy_at = os.urandom(_ENTROPY_CHUNK), 0
+        _entropy, _entropy_at = os.urandom(_ENTROPY_CHUNK).hex(), 0
     chunk = _entropy[_entropy_at : _entropy_at + n]
     _entropy_at += n
     return chunk
 
 
 def new_id() -> str:
-    """A time-ordered UUIDv7 string: ids sort by creation time within a process."""
-    global _last_ms, _seq
+    """A time-ordered UUIDv7 string: ids sort by creation time within a process.
+
+    48 bits of Unix milliseconds, the version 7, a 12-bit sequence (random start
+    each millisecond, counting up within it), the variant and 62 random bits.
+    """
+    global _last_ms, _seq, _prefix
     with _uuid_lock:
         ms = time.time_ns() // 1_000_000
         if ms <= _last_ms:
@@ -106,10 +115,12 @@ def new_id() -> str:
                 ms += 1
                 _seq = 0
         else:
-            _seq = int.from_bytes(_random_bytes(2), "big") & 0x3FF
-        _last_ms = ms
+            _seq = int(_random_hex(3), 16) & 0x3FF
+        if ms != _last_ms:
+            h = f"{ms & 0xFFFF_FFFF_FFFF:012x}"
+            _prefix = f"{h[:8]}-{h[8:]}-7"
+            _last_ms = ms
         seq = _seq
-        rand = int.from_bytes(_random_bytes(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
-    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        prefix = _prefix
+        rand = _random_hex(16)
+    return f"{prefix}{seq:03x}-{_VARIANT[rand[0]]}{rand[1:4]}-{rand[4:]}"
