@@ -22,7 +22,9 @@ from omniq.repositories._base import PayloadCodec, root_message, translate_error
 from omniq.serialization import converter
 
 #: TaskResult fields stored as they are (``result`` is serialized).
-_ROW_FIELDS = tuple(c.key for c in r.c)
+#: Plain strings: a column's key is a str subclass, which makes every dict keyed by it
+#: one the garbage collector tracks.
+_ROW_FIELDS = tuple(str(c.key) for c in r.c)
 _row_values = operator.attrgetter(*_ROW_FIELDS)
 _SUCCESS = ResultStatus.SUCCESS.value
 

@@ -32,13 +32,19 @@ from omniq.repositories.task_leases import LeaseStatements, status_values
 from omniq.repositories.task_picks import PickStatements
 from omniq.repositories.task_sweeps import SweepStatements
 
-#: Task fields stored in their own column (the call's arguments go into ``payload``).
-_ROW_FIELDS = tuple(c.key for c in t.c if c.key != "payload")
+#: Task fields stored as they are in their own column (the call's arguments go into
+#: ``payload``; ``status`` is stored as its value).
+#: The keys are the Task fields' own names: plain strings (a column's key is a str
+#: subclass, whose instances the garbage collector tracks, and so every dict keyed by it).
+_ROW_FIELDS = tuple(field_keys(c.key for c in t.c if c.key not in ("payload", "status")))
 _row_values = operator.attrgetter(*_ROW_FIELDS)
 #: Text columns written from user input (checked to be storable UTF-8).
 _TEXT_COLUMNS = tuple(
-    c.key for c in t.c if isinstance(c.type, sa.String | sa.Text) and c.key != "payload"
+    c.key
+    for c in t.c
+    if isinstance(c.type, sa.String | sa.Text) and c.key not in ("payload", "status")
 )
+_text_values = operator.attrgetter(*_TEXT_COLUMNS)
 _LIVE = (TaskStatus.PENDING.value, TaskStatus.WAITING.value, TaskStatus.RUNNING.value)
 _ORDER = (t.c.priority.desc(), t.c.run_at, t.c.id)
 
@@ -98,13 +104,21 @@ class TaskRepository(
 
     def to_row(self, task: Task) -> dict[str, Any]:
         """The column values of ``task`` (payload serialized)."""
+        # Only plain values (no enum member): a dict of them is not tracked by the
+        # garbage collector, so a batch of rows waiting for its write costs no
+        # collection time.
         row = dict(zip(_ROW_FIELDS, _row_values(task), strict=True))
-        for name in _TEXT_COLUMNS:
-            value = row[name]
-            if value is not None:
-                check_utf8(value, name)
-        for tag in task.tags:
-            check_utf8(tag, "tags")
+        texts = [x for x in _text_values(task) if x is not None]
+        texts.extend(task.tags)
+        try:
+            "".join(texts).encode("utf-8")
+        except UnicodeEncodeError:
+            for name in _TEXT_COLUMNS:
+                value = row[name]
+                if value is not None:
+                    check_utf8(value, name)
+            for tag in task.tags:
+                check_utf8(tag, "tags")
         row["status"] = task.status._value_
         row["payload"] = self.encode_payload(task)
         return row

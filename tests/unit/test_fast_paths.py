@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -17,7 +18,7 @@ import attrs
 import pytest
 
 from omniq.db.engine import Dialect
-from omniq.errors import InvalidRow, ValidationError
+from omniq.errors import InvalidRow, SerializationError, ValidationError
 from omniq.models import ResultStatus, Task, TaskResult, TaskStatus
 from omniq.models.task import task_started
 from omniq.repositories.results import ResultRepository
@@ -112,6 +113,26 @@ def test_a_row_whose_column_names_are_distinct_strings_reads_back_the_same() -> 
     with pytest.raises(InvalidRow, match="no_such_field") as refused:
         read_back(values)
     assert isinstance(refused.value.__cause__, TypeError)
+
+
+@pytest.mark.parametrize("task", SAMPLES, ids=["defaults", "every-field"])
+def test_a_task_row_is_plain_data_the_collector_does_not_track(task: Task) -> None:
+    # A batch of rows waits for its write; rows the garbage collector tracks
+    # made every full collection walk them (see README, "How the figures got here").
+    row = _TASKS.to_row(task)
+    assert all(type(key) is str for key in row)
+    assert row["status"] == task.status.value and type(row["status"]) is str
+    assert not gc.is_tracked(row)
+
+
+def test_halves_of_a_surrogate_pair_in_two_fields_are_refused_naming_the_first() -> None:
+    # The text columns are checked together; two lone halves side by side are
+    # still two lone surrogates, and the error names the field that holds one.
+    task = Task(func="pkg.mod:f", name="a \ud83d", description="\ude00 b")
+    with pytest.raises(SerializationError, match="^name: "):
+        _TASKS.to_row(task)
+    with pytest.raises(SerializationError, match="^tags: "):
+        _TASKS.to_row(Task(func="pkg.mod:f", tags=("ok", "\udce9")))
 
 
 @pytest.mark.parametrize("task", SAMPLES, ids=["defaults", "every-field"])
