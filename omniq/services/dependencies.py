@@ -47,6 +47,8 @@ def dependency_order(batch: list[Task]) -> list[Task]:
 
     Raises :class:`ValidationError` on a cycle. Ties keep the input order.
     """
+    if not any(x.depends_on for x in batch):
+        return list(batch)  # most batches: nothing to order
     by_id = {x.id: x for x in batch}
     state: dict[str, int] = {}
     out: list[Task] = []

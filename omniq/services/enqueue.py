@@ -228,6 +228,11 @@ class Enqueue(Sweeps):
         # held a dependency's row while waiting for a key's row could deadlock
         # with a claim holding that key and claiming that dependency.
         self.storage.limits.declare(conn, ordered, self.storage.now())
+        if not any(x.depends_on or x.unique_key is not None for x in ordered):
+            # Most batches: new pending tasks, each written as it is.
+            repo.insert_rows(conn, [rows[x.id] for x in ordered])
+            self._log_enqueued(conn, ordered)
+            return {x.id: x.id for x in ordered}
         in_batch = {x.id for x in ordered}
         outside = {d for x in ordered for d in x.depends_on} - in_batch
         status_of = dict(repo.statuses(conn, outside, lock=True))
