@@ -171,7 +171,7 @@ class EventRepository:
         stmt = sa.select(e)
         if task_id is not None:
             stmt = stmt.where(e.c.task_id == task_id)
-        if event_types:
+        if event_types is not None:  # an empty list matches nothing, as a task query's
             stmt = stmt.where(e.c.event_type.in_([x.value for x in event_types]))
         if queue_name is not None:
             stmt = stmt.where(e.c.queue_name == queue_name)

@@ -390,6 +390,12 @@ async def test_get_events_filters(svc: Services) -> None:
     assert await kinds(limit=2) == [(None, "worker_started"), ("t2", "dequeued")]
     assert await kinds(limit=2, offset=2) == [("t2", "enqueued"), ("t1", "failed")]
     assert await kinds(limit=10, offset=5) == [("t1", "enqueued")]
+    # A list of types is a set: an empty one matches nothing (as list_tasks(status=[])).
+    assert await kinds(event_type=[]) == []
+    task_id = await svc.queue.enqueue_async(FUNC)
+    assert await svc.queue.list_tasks_async(status=[]) == []
+    assert [x.id for x in await svc.queue.list_tasks_async(status=["pending"])] == [task_id]
+    assert await kinds(event_type=[], task_id=task_id) == []
     assert await kinds(limit=0) == []
     # Aware times only.
     with pytest.raises(ValidationError) as err:
