@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from omniq.db.engine import Dialect
 from omniq.db.schema import task_dependencies as deps_t
 from omniq.db.schema import tasks as t
-from omniq.errors import InvalidRow, OmniQError
+from omniq.errors import InvalidRow, OmniQError, ValidationError
 from omniq.models import Task, TaskStatus
 from omniq.models._fields import check_utf8
 from omniq.models.task import field_keys
@@ -112,9 +112,14 @@ class TaskRepository(
         texts.extend(task.tags)
         try:
             "".join(texts).encode("utf-8")
-        except UnicodeEncodeError:
+        except (UnicodeEncodeError, TypeError):
+            # Name the field: not text (a field without a validator), or a lone surrogate.
             for name in _TEXT_COLUMNS:
                 value = row[name]
+                if value is not None and not isinstance(value, str):
+                    raise ValidationError(
+                        name, f"expected text, got {type(value).__name__}"
+                    ) from None
                 if value is not None:
                     check_utf8(value, name)
             for tag in task.tags:

@@ -129,10 +129,17 @@ def test_halves_of_a_surrogate_pair_in_two_fields_are_refused_naming_the_first()
     # The text columns are checked together; two lone halves side by side are
     # still two lone surrogates, and the error names the field that holds one.
     task = Task(func="pkg.mod:f", name="a \ud83d", description="\ude00 b")
-    with pytest.raises(SerializationError, match="^name: "):
+    with pytest.raises(SerializationError, match=r"^name: "):
         _TASKS.to_row(task)
-    with pytest.raises(SerializationError, match="^tags: "):
+    with pytest.raises(SerializationError, match=r"^tags: "):
         _TASKS.to_row(Task(func="pkg.mod:f", tags=("ok", "\udce9")))
+
+
+def test_a_text_field_holding_no_text_is_refused_naming_it() -> None:
+    # Fields the record does not validate (set by OmniQ itself) still reach a
+    # column only as text.
+    with pytest.raises(ValidationError, match=r"^schedule_id: expected text, got int"):
+        _TASKS.to_row(Task(func="pkg.mod:f", schedule_id=5))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("task", SAMPLES, ids=["defaults", "every-field"])
