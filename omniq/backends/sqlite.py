@@ -8,13 +8,16 @@ takes any engine URL (PostgreSQL too). A backend opens on first use (or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
 
 from omniq._portal import run_in_portal, run_sync
-from omniq.db.engine import default_sqlite_url
+from omniq.db.engine import create_engine, default_sqlite_url, normalize_url, sqlite_writer_engine
 from omniq.errors import ConfigurationError
 from omniq.models import Settings
 from omniq.models.config import EXECUTOR_KINDS
@@ -22,6 +25,9 @@ from omniq.services import Services
 from omniq.storage import SQLiteEventStorage, SQLiteResultStorage, SQLiteTaskQueue
 from omniq.worker import TaskRegistry
 from omniq.workers import SQLiteWorker
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = ["SQLBackend", "SQLiteBackend"]
 
@@ -79,6 +85,35 @@ class SQLBackend:
     async def close_async(self) -> None:
         """Awaitable :meth:`close`."""
         await run_in_portal(self._close)
+
+    @contextlib.asynccontextmanager
+    async def get_connection_async(self) -> AsyncIterator[AsyncConnection]:
+        """A connection of your own to this database, in a transaction: committed
+        when the block ends, rolled back if it raises (the schema is created first).
+
+        It is opened on the calling event loop and closed after the block; OmniQ's
+        own connections are not lent out. Write OmniQ's tables through its API:
+        this is for your own statements (and ``enqueue(..., connection=conn)``).
+        """
+        await self.initialize_async()
+        engine = create_engine(self.url, self.settings, poolclass=sa.pool.NullPool)
+        try:
+            async with engine.begin() as conn:
+                yield conn
+        finally:
+            await engine.dispose()
+
+    @contextlib.contextmanager
+    def get_connection(self) -> Iterator[sa.Connection]:
+        """Blocking :meth:`get_connection_async`: a sync SQLAlchemy connection in a
+        transaction (SQLite through Python's ``sqlite3``; PostgreSQL needs ``psycopg``)."""
+        self.initialize()
+        engine = _sync_engine(self.url, self.settings)
+        try:
+            with engine.begin() as conn:
+                yield conn
+        finally:
+            engine.dispose()
 
     def __enter__(self) -> SQLBackend:
         self.initialize()
@@ -151,3 +186,18 @@ def check_worker_type(worker_type: str) -> str:
             f"unknown worker type {worker_type!r}: use one of {', '.join(EXECUTOR_KINDS)}"
         )
     return worker_type
+
+
+def _sync_engine(url: str, settings: Settings) -> sa.Engine:
+    """A sync engine on the database of ``url`` (one connection, closed on dispose)."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return sqlite_writer_engine(parsed, settings)
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise ConfigurationError(
+            "get_connection() on PostgreSQL needs the psycopg driver "
+            "(pip install 'psycopg[binary]'); get_connection_async() needs nothing more"
+        ) from None
+    return sa.create_engine(parsed.set(drivername="postgresql+psycopg"), poolclass=sa.pool.NullPool)

@@ -79,7 +79,16 @@ class Component:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
         async def method(*args: Any, **kwargs: Any) -> Any:
-            target = getattr(await self._async_service(), name)
+            service = await self._async_service()
+            target = getattr(service, name)
+            in_caller_tx = kwargs.get("connection") is not None or kwargs.get("session") is not None
+            if in_caller_tx and hasattr(service, "_ready_for_caller_tx"):
+                # A write in the application's own transaction: its connection
+                # belongs to this loop (asyncpg's do), so the write stays here, once
+                # the service is ready for it (made ready on the portal's loop).
+                if not service._ready_for_caller_tx():
+                    await run_in_portal(service._prepare_caller_tx_async)
+                return await target(*args, **kwargs)
             return await run_in_portal(target, *args, **kwargs)
 
         method.__name__ = name

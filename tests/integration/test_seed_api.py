@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from omniq.backends.factory import (
     create_sqlite_backend,
@@ -250,3 +251,53 @@ def test_the_seed_components_on_any_engine(db_url: str) -> None:
         ]
     finally:
         backend.close()
+
+
+def _count_tasks(rows: Any) -> int:
+    return int(rows.scalar_one())
+
+
+def test_a_connection_of_the_backend_blocking(db_url: str) -> None:
+    """The seed's ``backend.get_connection()``: a transaction of your own on the
+    backend's database, committed at the end of the block, rolled back if it raises."""
+    backend = SQLBackend(db_url)
+    try:
+        queue = backend.get_task_queue()
+        count = sa.text("SELECT count(*) FROM omniq_tasks")
+        with backend.get_connection() as conn:
+            assert _count_tasks(conn.execute(count)) == 0
+            kept = queue.enqueue(Task(func=seed_tasks.seed_add, func_args=[1, 2]), connection=conn)
+        with pytest.raises(RuntimeError, match="changed my mind"):
+            with backend.get_connection() as conn:
+                queue.enqueue(Task(func=seed_tasks.seed_add, func_args=[3, 4]), connection=conn)
+                assert _count_tasks(conn.execute(count)) == 2  # seen inside its transaction
+                raise RuntimeError("changed my mind")
+        assert [t.id for t in queue.list_tasks()] == [kept]
+        with backend.get_connection() as conn:
+            assert _count_tasks(conn.execute(count)) == 1
+    finally:
+        backend.close()
+
+
+@pytest.mark.anyio
+async def test_a_connection_of_the_backend_async(db_url: str) -> None:
+    backend = SQLBackend(db_url)
+    try:
+        queue = backend.get_task_queue()
+        count = sa.text("SELECT count(*) FROM omniq_tasks")
+        async with backend.get_connection_async() as conn:
+            assert _count_tasks(await conn.execute(count)) == 0
+            kept = await queue.enqueue_async(
+                Task(func=seed_tasks.seed_add, func_args=[1, 2]), connection=conn
+            )
+        with pytest.raises(RuntimeError, match="changed my mind"):
+            async with backend.get_connection_async() as conn:
+                await queue.enqueue_async(
+                    Task(func=seed_tasks.seed_add, func_args=[3, 4]), connection=conn
+                )
+                raise RuntimeError("changed my mind")
+        assert [t.id for t in await queue.list_tasks_async()] == [kept]
+        async with backend.get_connection_async() as conn:
+            assert _count_tasks(await conn.execute(count)) == 1
+    finally:
+        await backend.close_async()
