@@ -81,12 +81,16 @@ _entropy_at = 0
 _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
-def _drop_entropy() -> None:
-    global _entropy, _entropy_at
+def _after_fork_in_child() -> None:
+    # A new lock: another thread of the parent may have held it at the fork, and
+    # that thread does not exist here to release it. And no digits shared with
+    # the parent.
+    global _uuid_lock, _entropy, _entropy_at
+    _uuid_lock = threading.Lock()
     _entropy, _entropy_at = "", 0
 
 
-os.register_at_fork(after_in_child=_drop_entropy)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _random_hex(n: int) -> str:

@@ -25,6 +25,7 @@ from omniq.errors import ConfigurationError
 from omniq.models import Settings, Task
 from omniq.models.limits import Limit, Rate
 from omniq.models.rules import check_worker_options, queue_names
+from omniq.refs import function_ref
 from omniq.services import Services
 from omniq.services.caller_tx import running_inline
 from omniq.task_handle import TaskHandle
@@ -298,10 +299,11 @@ class AsyncOmniQ(WorkerMethods, QueryMethods, ScheduleMethods, FlowMethods, Work
 
         return decorate(func) if func is not None else decorate
 
-    def _remember(self, func: Callable[..., Any] | str) -> None:
+    def _remember(self, func: Callable[..., Any] | str, field: str = "func") -> None:
         # A function object passed in by code (not a string from data) is
         # trusted: workers started by this app may run it.
         if not isinstance(func, str):
+            function_ref(func, field)  # what is not a function is refused naming the field
             self.registry.register(func)
 
     async def enqueue_async(
@@ -350,7 +352,7 @@ class AsyncOmniQ(WorkerMethods, QueryMethods, ScheduleMethods, FlowMethods, Work
         svc = await self._svc(caller_tx=connection is not None or session is not None)
         self._remember(func)
         if callback is not None:
-            self._remember(callback)
+            self._remember(callback, "callback")
         if isinstance(func, TaskHandle):
             concurrency = concurrency or func.options.get("concurrency")
             rate = rate or func.options.get("rate")

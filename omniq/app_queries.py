@@ -52,9 +52,9 @@ class QueryMethods:
         svc = await self._svc()
         if (task_id is None) == (schedule_id is None):
             raise ValidationError("task_id", "give exactly one of task_id or schedule_id")
+        if kind != "latest":
+            raise ValidationError("kind", f"unknown kind {kind!r} (only 'latest')")
         if schedule_id is not None:
-            if kind != "latest":
-                raise ValidationError("kind", f"unknown kind {kind!r} (only 'latest')")
             return await svc.results.get_latest_async(schedule_id)
         assert task_id is not None
         if wait:

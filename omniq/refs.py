@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from omniq.errors import SerializationError, TaskNotFound
+from omniq.errors import SerializationError, TaskNotFound, ValidationError
 
-__all__ = ["callable_ref", "code_functions", "remember_function", "resolve_ref"]
+__all__ = ["callable_ref", "code_functions", "function_ref", "remember_function", "resolve_ref"]
 
 
 def callable_ref(func: Callable[..., Any] | str) -> str:
@@ -114,3 +114,22 @@ def remember_function(func: Callable[..., Any], name: str | None = None) -> str:
     with _code_lock:
         code_functions[ref] = func
     return ref
+
+
+def function_ref(value: Any, field: str) -> str:
+    """:func:`callable_ref` of a task's function (or callback), refusing with a
+    :class:`ValidationError` naming ``field``: not a function, or one that cannot
+    be imported back by its name."""
+    if not isinstance(value, str) and not callable(value):
+        raise ValidationError(
+            field,
+            f"expected a function or a 'module:qualname' reference, got {type(value).__name__}",
+        )
+    try:
+        return callable_ref(value)
+    except SerializationError as exc:
+        raise ValidationError(
+            field,
+            f"{exc}. A task stores its function by reference (module and name) so that "
+            "any worker can import it: pass a function defined at module level",
+        ) from None

@@ -204,7 +204,19 @@ def dialect_of(engine: AsyncEngine | sa.engine.Connection | sa.Dialect) -> Diale
 def default_sqlite_url(
     project_name: str = "omniq", base_dir: str | os.PathLike[str] = "omniq_data"
 ) -> str:
-    """The embedded default: ``sqlite+aiosqlite:///<base_dir>/<project_name>.db``."""
+    """The embedded default: ``sqlite+aiosqlite:///<base_dir>/<project_name>.db``.
+
+    ``project_name`` names the file: a non-empty string without a path separator or NUL.
+    """
+    if (
+        not isinstance(project_name, str)
+        or not project_name
+        or any(c in project_name for c in ("/", os.sep, "\x00"))
+    ):
+        raise ConfigurationError(
+            f"project_name must be a non-empty name without '/' or NUL (it names the "
+            f"database file <base_dir>/<project_name>.db), got {project_name!r}"
+        )
     return f"sqlite+aiosqlite:///{Path(base_dir) / f'{project_name}.db'}"
 
 

@@ -98,6 +98,12 @@ def id_str(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
         )
 
 
+def optional_id(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """Validator: None or a record id (1-64 characters without NUL)."""
+    if value is not None:
+        id_str(_inst, attribute, value)
+
+
 def optional_key(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     """Validator: None or an indexed key: a string without NUL of at most 2,000 UTF-8 bytes."""
     optional_str(_inst, attribute, value)

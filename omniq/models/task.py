@@ -20,6 +20,7 @@ from omniq.models._fields import (
     name_str,
     non_negative_duration,
     non_negative_int,
+    optional_id,
     optional_key,
     optional_str,
     str_tuple,
@@ -185,18 +186,18 @@ class Task:
 
     timeout: timedelta | None = attrs.field(default=None, validator=non_negative_duration)
     unique_key: str | None = attrs.field(default=None, validator=optional_key)
-    schedule_id: str | None = None
+    schedule_id: str | None = attrs.field(default=None, validator=optional_id)
     scheduled_for: datetime | None = attrs.field(default=None, validator=aware)
     #: How many times the function started (a claimed task that never started
     #: does not count).
     attempts: int = attrs.field(default=0, validator=non_negative_int)
     #: How many times the task's lease expired and maintenance recovered it.
     lost_count: int = attrs.field(default=0, validator=non_negative_int)
-    lease_token: str | None = None
+    lease_token: str | None = attrs.field(default=None, validator=optional_id)
     lease_expires_at: datetime | None = attrs.field(default=None, validator=aware)
     worker_id: str | None = None
     last_error: str | None = None
-    cancel_requested: bool = False
+    cancel_requested: bool = attrs.field(default=False, validator=_bool)
     serializer: str = "json"
     #: The W3C trace context (JSON of ``traceparent``/``tracestate``) of the span
     #: that enqueued the task, when tracing is on; None otherwise.

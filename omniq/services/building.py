@@ -11,7 +11,7 @@ from omniq.errors import ValidationError
 from omniq.models import Settings, Task
 from omniq.models.limits import Limit, Rate, task_limit_fields
 from omniq.models.rules import queue_names
-from omniq.serialization import callable_ref
+from omniq.refs import function_ref
 from omniq.services._shared import _as_tuple, _duration
 from omniq.services._storage import Storage
 
@@ -82,7 +82,7 @@ class TaskBuilder:
         opts: dict[str, Any] = {}
         if task_id is not None:
             opts["id"] = task_id
-        ref = callable_ref(func)
+        ref = function_ref(func, "func")
         if any(x is not None for x in (concurrency, rate, concurrency_key, rate_key)):
             opts.update(
                 task_limit_fields(
@@ -111,7 +111,7 @@ class TaskBuilder:
             or timedelta(0),
             timeout=_duration(timeout, "timeout", s.default_timeout),
             depends_on=_as_tuple(depends_on),
-            callback=callable_ref(callback) if callback is not None else None,
+            callback=function_ref(callback, "callback") if callback is not None else None,
             callback_args=_as_tuple(callback_args),
             unique_key=unique_key,
             name=name,

@@ -503,3 +503,46 @@ def test_an_app_outlives_the_event_loops_that_used_it(db_url: str) -> None:
 
     task_id = asyncio.run(enqueue())  # not closed: its loop ends with the app open
     assert asyncio.run(read_then_close(task_id)) is TaskStatus.PENDING
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        ({"func": 5}, "func"),
+        ({"func": None}, "func"),
+        ({"func": {"x": 1}}, "func"),
+        ({"func": lambda: 1}, "func"),
+        ({"func": app_tasks.add, "callback": 7}, "callback"),
+    ],
+    ids=["int", "none", "dict", "lambda", "callback"],
+)
+async def test_what_is_not_a_function_is_refused_naming_the_field(
+    db_url: str, call: dict[str, Any], field: str
+) -> None:
+    async with AsyncOmniQ(url=db_url) as oq:
+        call = dict(call)  # the parameters are shared by both engines' runs
+        func = call.pop("func")
+        with pytest.raises(ValidationError) as refused:
+            await oq.enqueue_async(func, [1, 2], **call)
+        assert refused.value.field == field
+        with pytest.raises(ValidationError) as refused:
+            await oq.enqueue_many_async([oq.build_task(func, [1, 2], **call)])
+        assert refused.value.field == field
+        assert await oq.list_tasks_async() == []
+
+
+async def test_an_unknown_result_kind_is_refused_for_a_task_too(db_url: str) -> None:
+    async with AsyncOmniQ(url=db_url) as oq:
+        task_id = await oq.enqueue_async(app_tasks.add, [1, 2])
+        with pytest.raises(ValidationError) as refused:
+            await oq.get_result_async(task_id, kind="first")  # type: ignore[arg-type]
+        assert refused.value.field == "kind"
+
+
+@pytest.mark.parametrize("name", ["", 5, "a/b", "a\x00b"])
+def test_a_project_name_that_names_no_file_is_refused(tmp_path: Path, name: Any) -> None:
+    with pytest.raises(ConfigurationError, match="project_name"):
+        OmniQ(name, base_dir=tmp_path)
+    with pytest.raises(ConfigurationError, match="project_name"):
+        SQLiteBackend(name, base_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []

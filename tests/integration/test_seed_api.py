@@ -267,11 +267,15 @@ def test_a_connection_of_the_backend_blocking(db_url: str) -> None:
         with backend.get_connection() as conn:
             assert _count_tasks(conn.execute(count)) == 0
             kept = queue.enqueue(Task(func=seed_tasks.seed_add, func_args=[1, 2]), connection=conn)
-        with pytest.raises(RuntimeError, match="changed my mind"):
+
+        def enqueue_then_change_my_mind() -> None:
             with backend.get_connection() as conn:
                 queue.enqueue(Task(func=seed_tasks.seed_add, func_args=[3, 4]), connection=conn)
                 assert _count_tasks(conn.execute(count)) == 2  # seen inside its transaction
                 raise RuntimeError("changed my mind")
+
+        with pytest.raises(RuntimeError, match="changed my mind"):
+            enqueue_then_change_my_mind()
         assert [t.id for t in queue.list_tasks()] == [kept]
         with backend.get_connection() as conn:
             assert _count_tasks(conn.execute(count)) == 1
@@ -290,12 +294,16 @@ async def test_a_connection_of_the_backend_async(db_url: str) -> None:
             kept = await queue.enqueue_async(
                 Task(func=seed_tasks.seed_add, func_args=[1, 2]), connection=conn
             )
-        with pytest.raises(RuntimeError, match="changed my mind"):
+
+        async def enqueue_then_change_my_mind() -> None:
             async with backend.get_connection_async() as conn:
                 await queue.enqueue_async(
                     Task(func=seed_tasks.seed_add, func_args=[3, 4]), connection=conn
                 )
                 raise RuntimeError("changed my mind")
+
+        with pytest.raises(RuntimeError, match="changed my mind"):
+            await enqueue_then_change_my_mind()
         assert [t.id for t in await queue.list_tasks_async()] == [kept]
         async with backend.get_connection_async() as conn:
             assert _count_tasks(await conn.execute(count)) == 1

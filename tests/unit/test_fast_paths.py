@@ -138,8 +138,8 @@ def test_halves_of_a_surrogate_pair_in_two_fields_are_refused_naming_the_first()
 def test_a_text_field_holding_no_text_is_refused_naming_it() -> None:
     # Fields the record does not validate (set by OmniQ itself) still reach a
     # column only as text.
-    with pytest.raises(ValidationError, match=r"^schedule_id: expected text, got int"):
-        _TASKS.to_row(Task(func="pkg.mod:f", schedule_id=5))  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"^worker_id: expected text, got int"):
+        _TASKS.to_row(Task(func="pkg.mod:f", worker_id=5))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("task", SAMPLES, ids=["defaults", "every-field"])

@@ -153,6 +153,15 @@ def test_task_converters_normalise_containers() -> None:
         ("id", ""),
         ("name", "a\x00"),
         ("unique_key", 5),
+        # Fields OmniQ sets itself are checked too when a record is built by hand:
+        # their columns would refuse them with an engine's own error (or not at all).
+        ("cancel_requested", "yes"),
+        ("cancel_requested", 1),
+        ("cancel_requested", None),
+        ("lease_token", "x" * 65),
+        ("lease_token", 5),
+        ("schedule_id", ""),
+        ("schedule_id", "x" * 65),
     ],
 )
 def test_task_rejects_bad_values_naming_the_field(field: str, value: Any) -> None:
@@ -594,3 +603,36 @@ def test_new_ids_of_a_forked_child_differ_from_its_parents() -> None:
     assert len(child) == 200 and not child & parent
     # Same millisecond, same counter start: only the random bits tell them apart.
     assert {c[24:] for c in child}.isdisjoint({p[24:] for p in parent})
+
+
+def test_a_process_forked_while_another_thread_makes_an_id_makes_ids() -> None:
+    # The id lock held by another thread at the fork: that thread does not exist in
+    # the child to release it, and the child's first id used to wait forever.
+    import os
+    import signal
+    import threading
+
+    import omniq._time as clock
+
+    held, release = threading.Event(), threading.Event()
+
+    def make_an_id_slowly() -> None:
+        with clock._uuid_lock:
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=make_an_id_slowly)
+    thread.start()
+    try:
+        assert held.wait(10)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            signal.alarm(10)  # a child that hangs is killed: the test fails, not hangs
+            ok = new_id() != new_id()
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        thread.join()
+    assert os.WIFEXITED(status), "the forked child hung making an id"
+    assert os.WEXITSTATUS(status) == 0
