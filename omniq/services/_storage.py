@@ -64,6 +64,10 @@ log = logging.getLogger("omniq.db")
 #: How often the PostgreSQL clock offset is measured again (seconds).
 _CLOCK_REFRESH = 60.0
 
+#: The longest a close waits for writes in flight, then for its connections to
+#: close (seconds); a server that does not answer is let go after that.
+CLOSE_WAIT = 10.0
+
 T = TypeVar("T")
 Body = Callable[[sa.Connection], T]
 
@@ -262,12 +266,21 @@ class Storage:
         would connect again after ``dispose``): whoever opened it opens new
         services (the seed's backend, see :mod:`omniq.storage._component`).
         """
-        await self.wait_detached()
+        # A server that does not answer must not hold the close (nor a worker's exit)
+        # for good: what is still waiting for it after CLOSE_WAIT is let go
+        # (its transaction rolls back on the server's side when the socket closes).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT):
+                await self.wait_detached()
         self._closed = True
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
         if self.owns_engine:
-            await self.engine.dispose()
+            try:
+                async with asyncio.timeout(CLOSE_WAIT):
+                    await self.engine.dispose()
+            except TimeoutError:
+                await self.engine.dispose(close=False)
 
     @property
     def loop_bound(self) -> bool:

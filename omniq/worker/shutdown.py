@@ -26,6 +26,9 @@ from omniq.worker.progress import ProgressReporter
 
 #: The longest one write of the shutdown is waited for (seconds).
 SHUTDOWN_STEP = 10.0
+#: ... once a write of this shutdown went unanswered: the server is not answering,
+#: so the next writes are tried briefly, not waited for 10 s each (seconds).
+AFTER_NO_ANSWER = 2.0
 
 
 class Stopping(Cancellation):
@@ -43,6 +46,8 @@ class Stopping(Cancellation):
     _winding_down: asyncio.Event
     _buffer: list[Task]
     _superseded: set[_Running]
+    #: A write of this shutdown got no answer in time (see ``_step``).
+    _no_answer: bool = False
 
     async def stop_async(self, grace_period: timedelta | float | None = None) -> None:
         """Stop claiming; let running tasks finish within the grace period, release the rest.
@@ -80,7 +85,7 @@ class Stopping(Cancellation):
         heartbeat, cancel_watch, *others = self._background
         self._withdraw_queued_calls()
         self._winding_down.set()
-        await _finish(others)
+        self._no_answer = not await _finish(others, SHUTDOWN_STEP)
         buffered, self._buffer = self._buffer, []
         if buffered:
             await self._step(
@@ -102,13 +107,14 @@ class Stopping(Cancellation):
             if pending:
                 # Bounded: a write that hangs (not fails) must not hold shutdown; its
                 # transaction is shielded and finishes or rolls back on its own.
-                _, stuck = await asyncio.wait(pending, timeout=max(10.0, self.grace_period))
+                _, stuck = await asyncio.wait(pending, timeout=self._step_limit(self.grace_period))
                 for handle in stuck:
                     handle.cancel()
                 if stuck:
                     await asyncio.wait(stuck, timeout=5.0)
         self._tasks_settled.set()
-        await _finish([heartbeat, cancel_watch])
+        if not await _finish([heartbeat, cancel_watch], self._step_limit()):
+            self._no_answer = True
         self._background = []
         if self._pending_events or self._started_events:
             await self._step(self.queue.heartbeat_async({}, self._take_events()))
@@ -124,25 +130,31 @@ class Stopping(Cancellation):
         ``SHUTDOWN_STEP`` seconds: a server that does not answer must not hold the
         exit for server_timeout per step (its transaction is shielded and ends on
         its own; what it would have let go expires and is recovered)."""
+        limit = self._step_limit()
         try:
-            async with asyncio.timeout(SHUTDOWN_STEP):
+            async with asyncio.timeout(limit):
                 return await self._guard(awaitable)
         except TimeoutError:
-            log.warning(
-                "stopping: a write got no answer within %.0f s; going on without it",
-                SHUTDOWN_STEP,
-            )
+            self._no_answer = True
+            log.warning("stopping: a write got no answer within %.0f s; going on without it", limit)
             return None
 
+    def _step_limit(self, at_least: float = 0.0) -> float:
+        """How long the next write of the shutdown is waited for: ``SHUTDOWN_STEP``
+        (or ``at_least``), ``AFTER_NO_ANSWER`` once one went unanswered."""
+        return AFTER_NO_ANSWER if self._no_answer else max(SHUTDOWN_STEP, at_least)
 
-async def _finish(jobs: list[asyncio.Task[None]]) -> None:
-    """Let background loops end the write they are in, for ``SHUTDOWN_STEP`` seconds at
-    most (a write is shielded: cut off, it still commits or rolls back whole)."""
+
+async def _finish(jobs: list[asyncio.Task[None]], limit: float) -> bool:
+    """Let background loops end the write they are in, for ``limit`` seconds at most
+    (a write is shielded: cut off, it still commits or rolls back whole); False if
+    some did not end in time."""
     if not jobs:
-        return
-    _, late = await asyncio.wait(jobs, timeout=SHUTDOWN_STEP)
+        return True
+    _, late = await asyncio.wait(jobs, timeout=limit)
     for job in late:
         job.cancel()
     for job in jobs:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await job
+    return not late

@@ -6,6 +6,7 @@ wait for a reply, so no caller, worker loop or shutdown waits for good.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -68,6 +69,24 @@ async def test_a_server_that_stops_answering_holds_no_caller_for_good(
             await svc.close_async()
 
 
+async def test_closing_while_the_server_does_not_answer_ends_in_bounded_time(
+    pg_proxy: tuple[FaultProxy, str, str],
+) -> None:
+    """Services whose server went silent close within CLOSE_WAIT (their connections
+    are let go), instead of waiting for each connection's goodbye for good."""
+    proxy, url, _ = pg_proxy
+    svc = await Services.open_async(url, Settings(server_timeout=timedelta(seconds=300)))
+    try:
+        await svc.queue.enqueue_async(ref("record"), ["unused", "x"])  # connections in use
+        proxy.stall()
+        began = time.monotonic()
+        with anyio.fail_after(60):
+            await svc.close_async()
+        assert time.monotonic() - began < 30
+    finally:
+        proxy.resume()
+
+
 @pytest.mark.parametrize("server_timeout", [2, 300])
 async def test_a_worker_stops_while_the_server_does_not_answer(
     pg_proxy: tuple[FaultProxy, str, str], tmp_path: Path, server_timeout: int
@@ -96,8 +115,12 @@ async def test_a_worker_stops_while_the_server_does_not_answer(
     try:
         await wait_running(observer, task_id)
         proxy.stall()
+        began = time.monotonic()
         with anyio.fail_after(90):
             await worker.stop_async(grace_period=1)
+        # Once a write of the shutdown went unanswered, the next ones are tried for
+        # 2 s, not 10 s each: about 30 s at most here, where it took over 60 s.
+        assert time.monotonic() - began < 45
     finally:
         proxy.resume()
         gate.touch()
