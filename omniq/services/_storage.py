@@ -487,8 +487,15 @@ class Storage:
         try:
             yield listening
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            listener.stopping = True
+            # Until it ends: a cancellation that lands as a connect attempt
+            # finishes can be lost inside the driver's own timeout handling
+            # (asyncio.wait_for before Python 3.12), and the keeper went on
+            # reconnecting while the worker waited for it, for good.
+            while not keeper.done():
+                keeper.cancel()
+                await asyncio.wait({keeper}, timeout=1.0)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await keeper
             await listener.close()
 

@@ -58,6 +58,9 @@ class WorkListener:
         self._lost = asyncio.Event()
         #: How many times a LISTEN was established.
         self.connects = 0
+        #: Set when the listening ends: :meth:`run` returns at its next turn (should
+        #: its cancellation have been lost).
+        self.stopping = False
 
     def listening(self) -> bool:
         """True while the LISTEN connection is up."""
@@ -76,7 +79,7 @@ class WorkListener:
     async def run(self) -> None:
         """Keep the LISTEN up until cancelled: reconnect (with backoff) whenever it is lost."""
         delay = self._retry_min
-        while True:
+        while not self.stopping:
             if self.listening():
                 self._lost.clear()
                 with contextlib.suppress(TimeoutError):

@@ -17,6 +17,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import pytest
 import sqlalchemy as sa
 
@@ -24,6 +25,7 @@ from omniq.db.engine import create_engine
 from omniq.db.schema import tasks as tasks_table
 from omniq.models import TaskStatus
 from omniq.services import Services
+from omniq.services.work_listener import WorkListener
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -205,5 +207,47 @@ async def test_a_lost_listen_connection_comes_back(
             await asyncio.sleep(0)  # one turn of the loop: the waiter is registered
             await _write_elsewhere(db_url, svc, status=TaskStatus.PENDING)
             assert await woke is True
+    finally:
+        await admin.dispose()
+
+
+async def test_listening_ends_though_a_reconnect_swallowed_its_cancellation(
+    db_url: str, svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cancellation that lands as a connect attempt finishes can be lost inside
+    # the driver's timeout handling (asyncio.wait_for before Python 3.12): the
+    # listener went on reconnecting, and a worker's shutdown waited for it for good
+    # (SIGTERM during an outage: no exit, even after the server came back).
+    _postgres_only(svc)
+    real_connect = WorkListener._connect
+    reconnecting = asyncio.Event()
+    swallowed: list[bool] = []
+
+    async def connect_once_deaf(self: WorkListener) -> None:
+        if self.connects >= 1 and not swallowed:  # the first reconnect
+            reconnecting.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                swallowed.append(True)  # lost: the attempt just "failed"
+                raise ConnectionRefusedError("refused") from None
+        await real_connect(self)
+
+    monkeypatch.setattr(WorkListener, "_connect", connect_once_deaf)
+    admin = create_engine(db_url)
+    try:
+        with anyio.fail_after(30):
+            async with svc.storage.listen_for_work() as listening:
+                assert listening is True
+                async with admin.connect() as conn:
+                    await conn.execute(
+                        sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                            "AND query LIKE 'LISTEN%'"
+                        )
+                    )
+                await asyncio.wait_for(reconnecting.wait(), DEADLINE)
+        assert swallowed == [True]
     finally:
         await admin.dispose()
