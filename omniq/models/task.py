@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 
 from omniq._time import new_id, utcnow
-from omniq.errors import SerializationError, ValidationError
+from omniq.errors import ValidationError
 from omniq.models._fields import (
     args_tuple,
     aware,
@@ -27,7 +27,7 @@ from omniq.models._fields import (
     to_task_status,
 )
 from omniq.models.enums import TaskStatus
-from omniq.refs import remember_function
+from omniq.refs import function_ref, remember_function
 
 __all__ = [
     "DEFAULT_MAX_RETRIES",
@@ -75,14 +75,7 @@ def to_func_ref(value: Callable[..., Any] | str) -> str:
     """
     if isinstance(value, str) or not callable(value):
         return value
-    try:
-        return remember_function(value)
-    except SerializationError as exc:
-        raise ValidationError(
-            "func",
-            f"{exc}. A task stores its function by reference (module and name) so that "
-            "any worker can import it: pass a function defined at module level",
-        ) from None
+    return remember_function(value, function_ref(value, "func"))
 
 
 def _default_status(task: Task) -> TaskStatus:
