@@ -98,6 +98,16 @@ def id_str(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
         )
 
 
+def lookup_key(value: object, name: str) -> None:
+    """An argument naming what to look up (an id, a queue or worker name): None or a string.
+
+    Checked before the database sees it, so every engine answers alike (SQLite
+    would compare an integer as text and refuse a list while binding it).
+    """
+    if value is not None and not isinstance(value, str):
+        raise ValidationError(name, f"expected a string, got {type(value).__name__} {value!r:.60}")
+
+
 def optional_id(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     """Validator: None or a record id (1-64 characters without NUL)."""
     if value is not None:

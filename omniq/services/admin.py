@@ -11,6 +11,7 @@ from omniq._time import require_aware, to_timedelta
 from omniq.db.schema import tasks as t
 from omniq.errors import InvalidTransition, TaskNotFound, ValidationError
 from omniq.models import EventType, Task, TaskStatus
+from omniq.models._fields import lookup_key
 from omniq.repositories.db_migration import refuse_if_migrated
 from omniq.services._shared import (
     _DEAD,
@@ -60,6 +61,7 @@ class Administration(Leases):
 
         Returns False when the task already finished.
         """
+        lookup_key(task_id, "task_id")
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> TaskStatus | None:
@@ -106,6 +108,7 @@ class Administration(Leases):
 
     async def requeue_async(self, task_id: str, *, run_at: Any = None) -> Task:
         """Send a failed, cancelled or expired task back to the queue (dead-letter retry)."""
+        lookup_key(task_id, "task_id")
         now = self.storage.now()
         when = require_aware(run_at, "run_at") if run_at is not None else now
 
@@ -229,6 +232,7 @@ class Administration(Leases):
         Tasks waiting on it are settled in the same transaction: cancelled if
         it had not completed, released if it had (and nothing else blocks them).
         """
+        lookup_key(task_id, "task_id")
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> bool:
@@ -267,6 +271,7 @@ class Administration(Leases):
 
         Tasks in other queues that wait on a deleted task are cancelled.
         """
+        lookup_key(queue_name, "queue_name")
         now = self.storage.now()
         where: sa.ColumnElement[bool] = t.c.status.in_([s.value for s in _QUEUED])
         if queue_name is not None:

@@ -30,6 +30,7 @@ from omniq.models import (
     TaskSort,
     TaskStatus,
 )
+from omniq.models._fields import lookup_key
 from omniq.repositories.task_browse import SortKey, sort_key
 from omniq.services._storage import Storage
 from omniq.services.queue import TaskQueue
@@ -159,6 +160,7 @@ class TaskBrowser:
 
     async def detail_async(self, task_id: str) -> TaskDetail | None:
         """Everything the database knows of ``task_id``; None if there is no such task."""
+        lookup_key(task_id, "task_id")
 
         def body(conn: sa.Connection) -> TaskDetail | None:
             task = self.storage.tasks.get(conn, task_id)

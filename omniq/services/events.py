@@ -9,6 +9,7 @@ from typing import Any
 from omniq._time import require_aware, to_timedelta
 from omniq.errors import ValidationError
 from omniq.models import EventLevel, EventType, TaskEvent
+from omniq.models._fields import lookup_key
 from omniq.services._storage import Storage
 
 __all__ = ["EventStorage"]
@@ -52,6 +53,13 @@ class EventStorage:
     ) -> list[TaskEvent]:
         """Events matching every given filter, paginated, the last written first
         (their order of insertion; ``timestamp`` is when each happened)."""
+        for name, value in (
+            ("task_id", task_id),
+            ("queue_name", queue_name),
+            ("worker_id", worker_id),
+            ("schedule_id", schedule_id),
+        ):
+            lookup_key(value, name)
         types = None
         if event_type is not None:
             if not isinstance(event_type, str | Collection):

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omniq.models import TaskProgress
+from omniq.models._fields import lookup_key
 from omniq.services._storage import Storage
 
 __all__ = ["ProgressStorage"]
@@ -32,6 +33,7 @@ class ProgressStorage:
 
     async def get_async(self, task_id: str) -> TaskProgress | None:
         """The last progress ``task_id`` reported, or None."""
+        lookup_key(task_id, "task_id")
         return await self.storage.read(
             lambda conn: self.repository.get(conn, task_id), what="get progress"
         )

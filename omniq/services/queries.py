@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from omniq.errors import TaskNotFound, ValidationError
 from omniq.models import Task, TaskAttempt, TaskProgress, TaskStatus
+from omniq.models._fields import lookup_key
 from omniq.services._shared import _check_page, _statuses
 from omniq.services.admin import Administration
 
@@ -19,6 +20,7 @@ class Queries(Administration):
 
     async def get_task_async(self, task_id: str) -> Task | None:
         """The task with ``task_id``, or None."""
+        lookup_key(task_id, "task_id")
         return await self.storage.read(
             lambda conn: self.storage.tasks.get(conn, task_id), what="get task"
         )
@@ -29,6 +31,7 @@ class Queries(Administration):
         The final outcome is the task's result; an unknown task raises
         :class:`TaskNotFound`.
         """
+        lookup_key(task_id, "task_id")
 
         def body(conn: sa.Connection) -> list[TaskAttempt]:
             attempts = self.storage.attempts.for_task(conn, task_id)
@@ -44,6 +47,7 @@ class Queries(Administration):
         Kept after the task finished (its final report); an unknown task raises
         :class:`TaskNotFound`.
         """
+        lookup_key(task_id, "task_id")
 
         def body(conn: sa.Connection) -> TaskProgress | None:
             progress = self.storage.progress.get(conn, task_id)
@@ -64,6 +68,7 @@ class Queries(Administration):
         descending: bool = False,
     ) -> list[Task]:
         """Tasks filtered by status (one or several) and queue, paginated."""
+        lookup_key(queue_name, "queue_name")
         statuses = _statuses(status)
         _check_page(limit, offset)
         if order_by not in ("created_at", "run_at", "priority", "completed_at", "id"):
@@ -83,6 +88,7 @@ class Queries(Administration):
 
     async def size_async(self, queue_name: str | None = None) -> int:
         """How many tasks are pending (in ``queue_name``, or in all queues)."""
+        lookup_key(queue_name, "queue_name")
         return await self.storage.read(
             lambda conn: self.storage.tasks.count(conn, TaskStatus.PENDING, queue_name),
             what="count tasks",

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from omniq._time import require_aware, to_timedelta
 from omniq.errors import SerializationError, TaskNotFound, ValidationError
 from omniq.models import ResultStatus, Task, TaskResult
+from omniq.models._fields import lookup_key
 from omniq.refs import callable_ref
 from omniq.services._shared import _check_page, _status_list
 from omniq.services._storage import Storage
@@ -44,6 +45,7 @@ class ResultStorage:
 
     async def get_async(self, task_id: str) -> TaskResult | None:
         """The result of ``task_id`` (None if none is stored or it expired)."""
+        lookup_key(task_id, "task_id")
         result = await self.storage.read(
             lambda conn: self.storage.results.get(conn, task_id), what="get result"
         )
@@ -51,6 +53,7 @@ class ResultStorage:
 
     async def get_latest_async(self, schedule_id: str) -> TaskResult | None:
         """The newest unexpired result of the tasks created by ``schedule_id``."""
+        lookup_key(schedule_id, "schedule_id")
         result = await self.storage.read(
             lambda conn: self.storage.results.latest_for_schedule(conn, schedule_id),
             what="get result",
@@ -71,6 +74,7 @@ class ResultStorage:
         """Unexpired results, newest first: by status (one or several), the task's
         function (a function or its reference) or name, schedule, and a range of
         ``created_at`` (the time the outcome was stored); paginated."""
+        lookup_key(schedule_id, "schedule_id")
         statuses = _status_list(status, ResultStatus)
         _check_page(limit, offset)
         since = None if start_time is None else require_aware(start_time, "start_time")
@@ -141,6 +145,7 @@ class ResultStorage:
 
     async def delete_async(self, task_id: str) -> bool:
         """Delete the result of ``task_id``; True if one existed."""
+        lookup_key(task_id, "task_id")
         return await self.storage.write(
             lambda conn: self.storage.results.delete(conn, task_id), what="delete result"
         )
@@ -174,6 +179,7 @@ class ResultStorage:
         A task that finished without a stored result (``store_result=False``)
         returns None at once. Unknown ids raise :class:`TaskNotFound`.
         """
+        lookup_key(task_id, "task_id")
         limit = None if timeout is None else to_timedelta(timeout, "timeout").total_seconds()
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit

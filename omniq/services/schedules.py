@@ -18,6 +18,7 @@ from omniq.errors import (
     ValidationError,
 )
 from omniq.models import EventType, Schedule, ScheduleStatus, Task
+from omniq.models._fields import lookup_key
 from omniq.repositories.db_migration import refuse_if_migrated
 from omniq.repositories.events import event_row
 from omniq.services import timing
@@ -233,6 +234,7 @@ class ScheduleAdmin(Queries):
 
     async def get_schedule_async(self, schedule_id: str) -> Schedule | None:
         """The schedule with ``schedule_id``, or None."""
+        lookup_key(schedule_id, "schedule_id")
         return await self.storage.read(
             lambda conn: self.storage.schedules.get(conn, schedule_id), what="get schedule"
         )
@@ -341,6 +343,7 @@ class ScheduleAdmin(Queries):
 
     async def pause_schedule_async(self, schedule_id: str) -> Schedule:
         """Pause an active schedule (it creates no tasks until resumed)."""
+        lookup_key(schedule_id, "schedule_id")
         return await self._set_schedule_status(
             schedule_id,
             from_=[ScheduleStatus.ACTIVE],
@@ -351,6 +354,7 @@ class ScheduleAdmin(Queries):
 
     async def resume_schedule_async(self, schedule_id: str) -> Schedule:
         """Resume a paused schedule; its next run is computed from now (no burst of missed runs)."""
+        lookup_key(schedule_id, "schedule_id")
 
         def values(schedule: Schedule, now: datetime) -> dict[str, Any]:
             nxt = timing.run_from_now(schedule, now)
@@ -368,6 +372,7 @@ class ScheduleAdmin(Queries):
 
     async def cancel_schedule_async(self, schedule_id: str) -> Schedule:
         """Cancel a schedule for good (it stays visible with status cancelled)."""
+        lookup_key(schedule_id, "schedule_id")
         return await self._set_schedule_status(
             schedule_id,
             from_=[ScheduleStatus.ACTIVE, ScheduleStatus.PAUSED],
@@ -378,6 +383,7 @@ class ScheduleAdmin(Queries):
 
     async def delete_schedule_async(self, schedule_id: str) -> bool:
         """Delete a schedule (its tasks stay, detached); True if it existed."""
+        lookup_key(schedule_id, "schedule_id")
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> bool:

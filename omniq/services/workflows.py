@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from omniq._time import to_timedelta
 from omniq.errors import WorkflowNotFound
 from omniq.models import Task
+from omniq.models._fields import lookup_key
 from omniq.models.workflow import Workflow, WorkflowMember, WorkflowStatus
 from omniq.services._storage import Storage
 from omniq.services.queue import TaskQueue
@@ -57,6 +58,7 @@ class WorkflowService:
 
     async def get_async(self, workflow_id: str) -> Workflow | None:
         """The workflow with ``workflow_id`` and its members, or None."""
+        lookup_key(workflow_id, "workflow_id")
         found = await self.storage.read(self._read(workflow_id), what="get workflow")
         return None if found is None else found[0]
 
@@ -66,6 +68,7 @@ class WorkflowService:
         Raises :class:`TimeoutError` after ``timeout``, :class:`WorkflowFailed`
         when a result member did not complete (see :meth:`Workflow.result_from`).
         """
+        lookup_key(workflow_id, "workflow_id")
         limit = None if timeout is None else to_timedelta(timeout, "timeout").total_seconds()
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit

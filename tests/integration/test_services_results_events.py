@@ -524,3 +524,48 @@ async def test_waiting_for_an_expired_result_finds_none(svc: Services) -> None:
 
     await wait_until(expired, "the result to expire")
     assert await svc.results.wait_async(task_id, timeout=1) is None
+
+
+@pytest.mark.parametrize("bad", [[], 5, b"id", {"id": 1}, 1.5], ids=repr)
+async def test_a_lookup_by_something_not_a_string_is_refused_alike_on_every_engine(
+    svc: Services, bad: Any
+) -> None:
+    """SQLite compared an integer id as text (5 found nothing, or the task '5') and
+    refused a list while binding it (a DatabaseError); PostgreSQL refused both with
+    its own message. Every lookup now names the argument, before any statement."""
+    q, results, events = svc.queue, svc.results, svc.events
+    task_id = await q.enqueue_async(q.build_task(FUNC, [1]))
+    lookups: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+        ("task_id", lambda: q.get_task_async(bad)),
+        ("task_id", lambda: q.get_attempts_async(bad)),
+        ("task_id", lambda: q.get_progress_async(bad)),
+        ("task_id", lambda: q.cancel_async(bad)),
+        ("task_id", lambda: q.requeue_async(bad)),
+        ("task_id", lambda: q.delete_task_async(bad)),
+        ("queue_name", lambda: q.list_tasks_async(queue_name=bad)),
+        ("queue_name", lambda: q.size_async(bad)),
+        ("queue_name", lambda: q.clear_async(bad)),
+        ("schedule_id", lambda: q.get_schedule_async(bad)),
+        ("schedule_id", lambda: q.pause_schedule_async(bad)),
+        ("schedule_id", lambda: q.resume_schedule_async(bad)),
+        ("schedule_id", lambda: q.cancel_schedule_async(bad)),
+        ("schedule_id", lambda: q.delete_schedule_async(bad)),
+        ("task_id", lambda: results.get_async(bad)),
+        ("task_id", lambda: results.delete_async(bad)),
+        ("task_id", lambda: results.wait_async(bad, timeout=1)),
+        ("schedule_id", lambda: results.get_latest_async(bad)),
+        ("schedule_id", lambda: results.list_results_async(schedule_id=bad)),
+        ("task_id", lambda: events.get_events_async(task_id=bad)),
+        ("queue_name", lambda: events.get_events_async(queue_name=bad)),
+        ("worker_id", lambda: events.get_events_async(worker_id=bad)),
+        ("schedule_id", lambda: events.get_events_async(schedule_id=bad)),
+    ]
+    for name, call in lookups:
+        with pytest.raises(ValidationError) as err:
+            await call()
+        assert err.value.field == name, (name, err.value)
+        assert type(bad).__name__ in str(err.value)
+    # Nothing was touched: the queue still holds its task, pending.
+    stored = await q.get_task_async(task_id)
+    assert stored is not None and stored.status is TaskStatus.PENDING
+    assert await q.size_async() == 1
