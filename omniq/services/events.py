@@ -53,13 +53,13 @@ class EventStorage:
     ) -> list[TaskEvent]:
         """Events matching every given filter, paginated, the last written first
         (their order of insertion; ``timestamp`` is when each happened)."""
-        for name, value in (
+        for key, given in (
             ("task_id", task_id),
             ("queue_name", queue_name),
             ("worker_id", worker_id),
             ("schedule_id", schedule_id),
         ):
-            lookup_key(value, name)
+            lookup_key(given, key)
         types = None
         if event_type is not None:
             if not isinstance(event_type, str | Collection):
