@@ -7,8 +7,9 @@ rules beyond the conditions that make a transition atomic.
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +57,25 @@ SORTABLE = {
     "completed_at": t.c.completed_at,
     "id": t.c.id,
 }
+
+
+@contextlib.contextmanager
+def _naming_schedule(rows: Sequence[Mapping[str, Any]]) -> Iterator[None]:
+    """A task row's only foreign key is its ``schedule_id``: name it when it fails.
+
+    (SQLite's message names no column; the statement's transaction is aborted
+    on PostgreSQL, so which id is unknown is not looked up.)
+    """
+    try:
+        yield
+    except ValidationError as exc:
+        if "foreign key" not in str(exc).lower():
+            raise
+        given = sorted({row["schedule_id"] for row in rows if row.get("schedule_id")})
+        shown = ", ".join(repr(x) for x in given[:3]) + (", ..." if len(given) > 3 else "")
+        raise ValidationError(
+            "schedule_id", f"names no stored schedule (given: {shown or 'none'})"
+        ) from exc
 
 
 class TaskRepository(
@@ -175,12 +195,13 @@ class TaskRepository(
         """Insert rows made by :meth:`to_row` and dependency edges."""
         if not rows:
             return
-        with translate_errors("enqueue"):
+        with _naming_schedule(rows), translate_errors("enqueue"):
             if self._insert_rows is not None:
                 self._insert_rows.execute(conn, rows)
             else:
                 conn.execute(self._insert, rows[0] if len(rows) == 1 else list(rows))
-            if edges:
+        if edges:
+            with translate_errors("enqueue"):
                 conn.execute(self._insert_deps, list(edges))
 
     def insert_unique(self, conn: Connection, task: Task) -> str | None:
@@ -189,7 +210,7 @@ class TaskRepository(
         Its dependency edges are inserted by :meth:`insert_edges`.
         """
         row = self.to_row(task)
-        with translate_errors("enqueue"):
+        with _naming_schedule([row]), translate_errors("enqueue"):
             inserted: str | None = conn.execute(self._insert_unique, row).scalar_one_or_none()
         return inserted
 

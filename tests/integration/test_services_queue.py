@@ -1302,3 +1302,24 @@ async def test_schedule_rejects_non_schedule(svc: Services) -> None:
     with pytest.raises(ValidationError):
         await svc.queue.schedule_async("nope")  # type: ignore[arg-type]
     assert await svc.queue.list_schedules_async() == []
+
+
+@pytest.mark.parametrize("unique", [False, True], ids=["plain", "unique key"])
+async def test_a_task_naming_an_unknown_schedule_is_refused_naming_schedule_id(
+    svc: Services, unique: bool
+) -> None:
+    """A hand-built task's ``schedule_id`` is a foreign key: SQLite's refusal named no
+    column ("FOREIGN KEY constraint failed"). Nothing of the batch is stored."""
+    q = svc.queue
+    kept = await q.enqueue_async(q.build_task(FUNC, [0]))
+    extra = {"unique_key": "k"} if unique else {}
+    orphan = attrs.evolve(q.build_task(FUNC, [1], **extra), schedule_id="no-such-schedule")
+    for enqueue in (
+        lambda: q.enqueue_async(orphan),
+        lambda: q.enqueue_many_async([q.build_task(FUNC, [2]), orphan]),
+    ):
+        with pytest.raises(ValidationError) as err:
+            await enqueue()
+        assert err.value.field == "schedule_id"
+        assert "no-such-schedule" in str(err.value)
+    assert [t.id for t in await q.list_tasks_async()] == [kept]
