@@ -394,13 +394,20 @@ class AsyncOmniQ(WorkerMethods, QueryMethods, ScheduleMethods, FlowMethods, Work
         self,
         tasks: Iterable[Task],
         *,
+        on_duplicate: Literal["return", "raise"] = "return",
         connection: AsyncConnection | sa.Connection | None = None,
         session: AsyncSession | Session | None = None,
     ) -> list[str]:
         """Enqueue Task records (see :meth:`build_task`) in one transaction
-        (OmniQ's own, or the application's with ``connection=`` / ``session=``)."""
+        (OmniQ's own, or the application's with ``connection=`` / ``session=``).
+
+        A task whose unique key a live task holds gives that task's id, or,
+        with ``on_duplicate="raise"``, :class:`DuplicateTask` and nothing of
+        the batch is stored (as :meth:`enqueue_async`)."""
         svc = await self._svc(caller_tx=connection is not None or session is not None)
-        ids = await svc.queue.enqueue_many_async(tasks, connection=connection, session=session)
+        ids = await svc.queue.enqueue_many_async(
+            tasks, on_duplicate=on_duplicate, connection=connection, session=session
+        )
         if self.mode == "eager" and connection is None and session is None:
             await self._run_eagerly(ids)
         return ids

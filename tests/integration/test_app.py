@@ -546,3 +546,20 @@ def test_a_project_name_that_names_no_file_is_refused(tmp_path: Path, name: Any)
     with pytest.raises(ConfigurationError, match="project_name"):
         SQLiteBackend(name, base_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_apps_enqueue_many_takes_on_duplicate_as_enqueue_does(db_url: str) -> None:
+    """``OmniQ.enqueue_many`` had no ``on_duplicate``: a batch meeting a live unique key
+    could only return the holder's id. With "raise" the whole batch is refused."""
+    from omniq.errors import DuplicateTask
+
+    with OmniQ(url=db_url) as oq:
+        held = oq.enqueue(app_tasks.add, [1, 1], unique_key="report-1")
+        again = oq.build_task(app_tasks.add, [2, 2], unique_key="report-1")
+        other = oq.build_task(app_tasks.add, [3, 3])
+        with pytest.raises(DuplicateTask):
+            oq.enqueue_many([other, again], on_duplicate="raise")
+        assert oq.get_task(other.id) is None  # all or nothing
+        assert oq.enqueue_many([other, again]) == [other.id, held]
+        with pytest.raises(ValidationError):
+            oq.enqueue_many([again], on_duplicate="ignore")  # type: ignore[arg-type]
