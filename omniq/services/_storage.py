@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -38,7 +39,7 @@ from omniq.db.engine import (
 from omniq.db.migrate import ensure_schema
 from omniq.db.write_lock import WriteLock, lock_path
 from omniq.db.writer import DECLINED, SQLiteWriter, run_in_transaction
-from omniq.errors import DatabaseClosed
+from omniq.errors import DatabaseClosed, DatabaseError, StorageFull
 from omniq.models import Settings
 from omniq.repositories import (
     AttemptRepository,
@@ -253,11 +254,31 @@ class Storage:
         auto = self.settings.auto_migrate
         if auto is None:
             auto = self.dialect.name == "sqlite"
-        with translate_errors("open the database"):  # a full disk is StorageFull here too
-            await ensure_schema(self.engine, auto_migrate=auto)
+        try:
+            with translate_errors("open the database"):  # a full disk is StorageFull here too
+                await ensure_schema(self.engine, auto_migrate=auto)
+        except DatabaseError as exc:
+            full = self._file_system_full()
+            if full is None or type(exc) is not DatabaseError:
+                raise
+            # SQLite reports a file system with no room for its WAL and shared
+            # memory files as "disk I/O error", not as "database or disk is full".
+            said = str(exc).removeprefix("open the database: ")
+            raise StorageFull(f"open the database: {full} has no free space ({said})") from exc
         self.loop = asyncio.get_running_loop()
         await self.sync_clock()
         self._opened = True
+
+    def _file_system_full(self) -> str | None:
+        """The folder of this SQLite file when its file system has no free space, else None."""
+        path = sqlite_path(self.engine.url) if self.dialect.name == "sqlite" else None
+        if path is None:
+            return None
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            return None
+        return str(path.parent) if free < 64 * 1024 else None
 
     async def close(self) -> None:
         """Finish detached writes; stop the writer; dispose the engine if this Storage made it.

@@ -260,3 +260,31 @@ async def test_outcome_whose_commit_fails_is_kept(
         assert len(stopped) == 1, "the worker did not stop cleanly"
     finally:
         await stop_quietly(worker, None, observer)
+
+
+async def test_opening_on_a_full_file_system_is_storage_full_and_loses_nothing(
+    small_sqlite: tuple[Any, Path],
+) -> None:
+    """SQLite says "disk I/O error" when it cannot make its WAL and shared-memory files
+    on a full file system; opening the database raised a plain DatabaseError (so an
+    `omniq worker` started on a full disk did not say why)."""
+    from omniq.errors import StorageFull
+
+    disk, path = small_sqlite
+    url = f"sqlite+aiosqlite:///{path}"
+    services = await Services.open_async(url)
+    try:
+        kept = await services.queue.enqueue_async(services.queue.build_task(ref("noop")))
+    finally:
+        await services.close_async()
+    disk.fill(path)
+    with pytest.raises(StorageFull) as err:
+        await Services.open_async(url)
+    assert str(path.parent) in str(err.value)
+    disk.free()
+    services = await Services.open_async(url)
+    try:
+        task = await services.queue.get_task_async(kept)
+        assert task is not None and task.status is TaskStatus.PENDING
+    finally:
+        await services.close_async()
