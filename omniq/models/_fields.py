@@ -99,13 +99,18 @@ def id_str(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
 
 
 def lookup_key(value: object, name: str) -> None:
-    """An argument naming what to look up (an id, a queue or worker name): None or a string.
+    """An argument naming what to look up (an id, a queue or worker name): None or a
+    string without NUL.
 
     Checked before the database sees it, so every engine answers alike (SQLite
     would compare an integer as text and refuse a list while binding it).
     """
-    if value is not None and not isinstance(value, str):
+    if value is None:
+        return
+    if not isinstance(value, str):
         raise ValidationError(name, f"expected a string, got {type(value).__name__} {value!r:.60}")
+    if "\x00" in value:  # never stored on any engine; PostgreSQL cannot even compare it
+        raise ValidationError(name, f"must not contain NUL (\\x00), got {value!r:.60}")
 
 
 def optional_id(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:

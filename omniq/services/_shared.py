@@ -219,6 +219,13 @@ def _check_page(limit: int, offset: int) -> None:
             raise ValidationError(name, f"must be a non-negative 64-bit integer, got {value!r}")
 
 
+def _check_batch(value: int, name: str) -> None:
+    """A batch size or per-run limit: a positive integer (a loop that runs until a
+    batch comes back short never ends on 0, and engines read a negative LIMIT apart)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+        raise ValidationError(name, f"must be a positive 64-bit integer, got {value!r}")
+
+
 def _check_cycles(batch: list[Task]) -> None:
     graph = {x.id: list(x.depends_on) for x in batch}
     state: dict[str, int] = {}

@@ -181,6 +181,7 @@ class Administration(Leases):
             raise ValidationError(
                 "task_id", f"expected a task id or a Task, got {type(task_id).__name__}"
             )
+        lookup_key(task_id, "task_id")
         unknown = set(changes) - UPDATABLE_FIELDS
         if unknown:
             raise ValidationError(

@@ -10,6 +10,7 @@ from omniq._time import require_aware, to_timedelta
 from omniq.errors import ValidationError
 from omniq.models import EventLevel, EventType, TaskEvent
 from omniq.models._fields import lookup_key
+from omniq.services._shared import _check_batch
 from omniq.services._storage import Storage
 
 __all__ = ["EventStorage"]
@@ -97,6 +98,7 @@ class EventStorage:
         self, max_age: timedelta | float | object | None = _DEFAULT, batch_size: int = _BATCH
     ) -> int:
         """Delete events older than ``max_age`` (default: the retention setting; None keeps all)."""
+        _check_batch(batch_size, "batch_size")
         if max_age is _DEFAULT:
             age = self.storage.settings.event_retention
         elif max_age is None:

@@ -20,6 +20,7 @@ from omniq.services._shared import (
     _RUNNING,
     _SWEEP_BATCH,
     ErrorInfo,
+    _check_batch,
     _completed_event,
     _event,
     _finish_values,
@@ -314,6 +315,7 @@ class Leases(Failures):
         a recovered task is marked started in the database before it runs
         again, so a task that kills its worker is counted and stops.
         """
+        _check_batch(limit, "limit")
         now = self.storage.now()
         budget = self.settings.crash_retries
 

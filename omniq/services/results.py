@@ -16,7 +16,7 @@ from omniq.errors import SerializationError, TaskNotFound, ValidationError
 from omniq.models import ResultStatus, Task, TaskResult
 from omniq.models._fields import lookup_key
 from omniq.refs import callable_ref
-from omniq.services._shared import _check_page, _status_list
+from omniq.services._shared import _check_batch, _check_page, _status_list
 from omniq.services._storage import Storage
 
 __all__ = ["ResultStorage"]
@@ -118,6 +118,7 @@ class ResultStorage:
             raise ValidationError(
                 "task_id", f"expected a task id or a TaskResult, got {type(task_id).__name__}"
             )
+        lookup_key(task_id, "task_id")
         unknown = set(changes) - _UPDATABLE
         if unknown:
             raise ValidationError(
@@ -152,6 +153,7 @@ class ResultStorage:
 
     async def cleanup_expired_async(self, batch_size: int = _BATCH) -> int:
         """Delete expired results in batches (short transactions); return how many."""
+        _check_batch(batch_size, "batch_size")
         total = 0
         while True:
             n = await self.storage.write(

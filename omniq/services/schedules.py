@@ -22,7 +22,7 @@ from omniq.models._fields import lookup_key
 from omniq.repositories.db_migration import refuse_if_migrated
 from omniq.repositories.events import event_row
 from omniq.services import timing
-from omniq.services._shared import _check_page, _schedule_event, _schedule_status, log
+from omniq.services._shared import _check_batch, _check_page, _schedule_event, _status_list, log
 from omniq.services.caller_tx import CallerTx, caller_tx
 from omniq.services.queries import Queries
 
@@ -247,10 +247,7 @@ class ScheduleAdmin(Queries):
     ) -> list[Schedule]:
         """Schedules (optionally by status), oldest first."""
         _check_page(limit, offset)
-        wanted = None
-        if status is not None:
-            items = [status] if isinstance(status, str) else list(status)
-            wanted = [_schedule_status(x) for x in items]
+        wanted = _status_list(status, ScheduleStatus)
         unreadable: list[tuple[str, str]] = []
         listed = await self.storage.read(
             lambda conn: self.storage.schedules.query(
@@ -268,6 +265,7 @@ class ScheduleAdmin(Queries):
         self, now: datetime | None = None, limit: int = 100
     ) -> list[Schedule]:
         """Active schedules whose next run time has come."""
+        _check_batch(limit, "limit")
         when = require_aware(now, "now") if now is not None else self.storage.now()
         return await self.storage.read(
             lambda conn: self.storage.schedules.due(conn, when, limit), what="find due schedules"
@@ -295,6 +293,7 @@ class ScheduleAdmin(Queries):
                 "schedule_id",
                 f"expected a schedule id or a Schedule, got {type(schedule_id).__name__}",
             )
+        lookup_key(schedule_id, "schedule_id")
         forbidden = _FIXED & set(changes)
         if forbidden:
             raise ValidationError(

@@ -18,6 +18,7 @@ from omniq.services._shared import (
     _EXPIRY_SWEEP_EVERY,
     _QUEUED,
     _SWEEP_BATCH,
+    _check_batch,
     _finish_values,
 )
 from omniq.services.building import TaskBuilder
@@ -35,6 +36,7 @@ class Sweeps(TaskBuilder):
 
     async def expire_due_async(self, limit: int = _SWEEP_BATCH) -> int:
         """Expire queued tasks whose TTL passed (with events); return how many."""
+        _check_batch(limit, "limit")
         now = self.storage.now()
         n = await self.storage.write(lambda conn: self._expire(conn, now, limit), what="expire")
         if n:
@@ -45,6 +47,7 @@ class Sweeps(TaskBuilder):
         self, older_than: timedelta | None = None, batch_size: int = _SWEEP_BATCH
     ) -> int:
         """Delete finished tasks completed longer ago than the retention (in batches)."""
+        _check_batch(batch_size, "batch_size")
         retention = older_than if older_than is not None else self.settings.finished_task_retention
         if retention is None:
             return 0
@@ -65,6 +68,7 @@ class Sweeps(TaskBuilder):
 
     async def quarantine_unknown_statuses_async(self, limit: int = _SWEEP_BATCH) -> int:
         """Fail tasks whose stored status is unknown (hand-written rows), with events."""
+        _check_batch(limit, "limit")
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> int:
@@ -95,6 +99,7 @@ class Sweeps(TaskBuilder):
         dependents; a waiting task whose remaining dependencies all completed
         (or were deleted or purged) becomes pending.
         """
+        _check_batch(limit, "limit")
         now = self.storage.now()
         n = await self.storage.write(
             lambda conn: settle_orphans(conn, self.storage, now, limit), what="settle waiting tasks"

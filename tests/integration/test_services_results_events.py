@@ -526,7 +526,7 @@ async def test_waiting_for_an_expired_result_finds_none(svc: Services) -> None:
     assert await svc.results.wait_async(task_id, timeout=1) is None
 
 
-@pytest.mark.parametrize("bad", [[], 5, b"id", {"id": 1}, 1.5], ids=repr)
+@pytest.mark.parametrize("bad", [[], 5, b"id", {"id": 1}, 1.5, "a\x00b"], ids=repr)
 async def test_a_lookup_by_something_not_a_string_is_refused_alike_on_every_engine(
     svc: Services, bad: Any
 ) -> None:
@@ -550,6 +550,9 @@ async def test_a_lookup_by_something_not_a_string_is_refused_alike_on_every_engi
         ("schedule_id", lambda: q.resume_schedule_async(bad)),
         ("schedule_id", lambda: q.cancel_schedule_async(bad)),
         ("schedule_id", lambda: q.delete_schedule_async(bad)),
+        ("schedule_id", lambda: q.update_schedule_async(bad, priority=1)),
+        ("task_id", lambda: q.update_task_async(bad, priority=1)),
+        ("task_id", lambda: results.update_async(bad, result=1)),
         ("task_id", lambda: results.get_async(bad)),
         ("task_id", lambda: results.delete_async(bad)),
         ("task_id", lambda: results.wait_async(bad, timeout=1)),
@@ -564,8 +567,44 @@ async def test_a_lookup_by_something_not_a_string_is_refused_alike_on_every_engi
         with pytest.raises(ValidationError) as err:
             await call()
         assert err.value.field == name, (name, err.value)
-        assert type(bad).__name__ in str(err.value)
+        assert ("NUL" if isinstance(bad, str) else type(bad).__name__) in str(err.value)
     # Nothing was touched: the queue still holds its task, pending.
     stored = await q.get_task_async(task_id)
     assert stored is not None and stored.status is TaskStatus.PENDING
     assert await q.size_async() == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, "x", 2.0, True], ids=repr)
+async def test_a_batch_size_that_is_not_positive_is_refused_not_looped_on(
+    svc: Services, bad: Any
+) -> None:
+    """The cleanups delete in batches until one comes back short: a batch of 0 never
+    does (they hung on both engines), and SQLite read a negative LIMIT as none."""
+    q, results, events = svc.queue, svc.results, svc.events
+    task_id = await q.enqueue_async(q.build_task(FUNC, [1]))
+    calls: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+        ("batch_size", lambda: results.cleanup_expired_async(bad)),
+        ("batch_size", lambda: events.cleanup_expired_async(timedelta(0), batch_size=bad)),
+        ("batch_size", lambda: q.purge_finished_async(timedelta(0), batch_size=bad)),
+        ("limit", lambda: q.expire_due_async(bad)),
+        ("limit", lambda: q.recover_expired_leases_async(bad)),
+        ("limit", lambda: q.quarantine_unknown_statuses_async(bad)),
+        ("limit", lambda: q.settle_orphans_async(bad)),
+        ("limit", lambda: q.get_ready_schedules_async(limit=bad)),
+    ]
+    for name, call in calls:
+        with pytest.raises(ValidationError) as err:
+            await asyncio.wait_for(call(), 30)
+        assert err.value.field == name, (name, err.value)
+    assert (await events.get_events_async(task_id=task_id)) != []  # nothing was deleted
+    stored = await q.get_task_async(task_id)
+    assert stored is not None and stored.status is TaskStatus.PENDING
+
+
+async def test_list_schedules_refuses_a_status_that_is_not_one(svc: Services) -> None:
+    """``list_schedules(status=5)`` raised a raw TypeError; its siblings a ValidationError."""
+    for bad in (5, ["nope"]):
+        with pytest.raises(ValidationError) as err:
+            await svc.queue.list_schedules_async(status=bad)  # type: ignore[arg-type]
+        assert err.value.field == "status"
+    assert await svc.queue.list_schedules_async(status=[]) == []
