@@ -64,7 +64,7 @@ def translate_errors(what: str) -> Iterator[None]:
             raise DatabaseBusy(f"{what}: database stayed locked: {text}") from exc
         if _FULL.search(text) or type(exc.orig).__name__ == "DiskFullError":
             raise StorageFull(f"{what}: database is full: {text}") from exc
-        if exc.connection_invalidated:
+        if exc.connection_invalidated or _connection_state(exc.orig):
             raise DatabaseUnavailable(f"{what}: connection lost: {text}") from exc
         if "0x00" in text and "invalid byte sequence" in text:
             raise ValidationError(what, "PostgreSQL text cannot contain NUL (\\x00)") from exc
@@ -92,6 +92,21 @@ def _not_utf8(what: str, exc: UnicodeEncodeError) -> SerializationError:
         f"{what}: text cannot be stored as UTF-8 ({exc.reason}: "
         f"{exc.object[exc.start : exc.end]!r})"
     )
+
+
+def _connection_state(error: BaseException | None) -> bool:
+    """True when the driver's error carries a SQLSTATE of a lost or refused connection:
+    class 08 (a connection closed in the middle of the handshake, say, which SQLAlchemy
+    does not mark invalidated) or 57P01-57P03 (the server shutting down or starting)."""
+    seen = 0
+    while error is not None and seen < 8:
+        state = getattr(error, "sqlstate", None)
+        if isinstance(state, str) and (
+            state.startswith("08") or state in ("57P01", "57P02", "57P03")
+        ):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def _argument_cause(error: BaseException | None) -> BaseException | None:
