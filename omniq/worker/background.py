@@ -118,16 +118,25 @@ class BackgroundLoops(OutcomeWriting):
             # the lease outlives a few of them, not the wait for the next.
             wait = interval if await self._heartbeat() else min(interval, _RENEW_AGAIN)
 
-    async def _heartbeat(self) -> bool:
-        """Renew the leases held here; False if the renewal failed (reported)."""
+    def _leases(self) -> dict[str, str]:
+        """``{task_id: lease_token}`` of the tasks held here (running or queued ahead)."""
         leases = {
             task_id: entry.task.lease_token
             for task_id, entry in self._running.items()
             if entry.task.lease_token is not None
         }
         leases.update({t.id: t.lease_token for t in self._buffer if t.lease_token is not None})
+        return leases
+
+    async def _heartbeat(self) -> bool:
+        """Renew the leases held here; False if the renewal failed (reported)."""
+        leases = self._leases()
         events, starts = self._take_buffered()
         patience = max(self.settings.heartbeat_interval.total_seconds(), _RENEW_AGAIN)
+        # A renewal of its own may take up to half the lease: on a slow link one that
+        # takes a little longer than the interval still lands (cut off at the
+        # interval, every try failed and the leases ran out under a live worker).
+        renew_limit = max(patience, self.settings.lease_duration.total_seconds() / 2)
         call = asyncio.ensure_future(
             self._in_turn(
                 self.queue.heartbeat_async(leases, events, starts, worker=self._worker_info())
@@ -139,8 +148,9 @@ class BackgroundLoops(OutcomeWriting):
                 # answering: the call waits up to server_timeout, by default as
                 # long as the lease). Its events stay with it, to land once or
                 # not at all; the leases alone are renewed on another connection
-                # meanwhile, each try bounded, so a blip costs no lease.
-                await self._renew_only(leases, patience)
+                # meanwhile, each try bounded, so a blip costs no lease (those of
+                # tasks claimed since this heartbeat began too).
+                await self._renew_only(self._leases(), renew_limit)
             held = call.result()
         except Exception as exc:
             self._restore(events, starts)

@@ -338,3 +338,45 @@ async def test_stop_waits_for_an_earlier_attempts_outcome_write(
     kinds = sorted(x.event_type.value for x in events)
     assert (kinds.count("retry"), kinds.count("failed")) == (1, 1), kinds
     assert [x.attempt for x in await svc.queue.get_attempts_async(task_id)] == [1, 2]
+
+
+async def test_renewals_slower_than_the_heartbeat_interval_still_keep_the_lease(
+    open_services: ServicesFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A slow link (a helper's proxy: 0.3 s a round trip, a 6 s lease): the heartbeat
+    waited behind the worker's slow writes, and every renewal of the leases alone took
+    a little longer than the interval, was cut off at it and failed; the leases ran
+    out under a live worker, which ran its tasks twice. Renewals alone may now take
+    half the lease, and renew the tasks claimed since the heartbeat began too."""
+    svc = await open_services(
+        Settings(lease_duration=timedelta(seconds=4), heartbeat_interval=timedelta(seconds=1))
+    )
+    real = svc.queue.heartbeat_async
+
+    async def slow_link(*args: Any, **kwargs: Any) -> Any:
+        # The heartbeat proper (it names the worker) waits longer than the lease;
+        # a renewal alone longer than the interval, within half the lease.
+        await asyncio.sleep(5.0 if "worker" in kwargs else 1.3)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(svc.queue, "heartbeat_async", slow_link)
+    runs = tmp_path / "runs"
+    task_id = await svc.queue.enqueue_async(
+        ref("record_and_sleep"), [str(runs), "slow", 6.0], max_retries=0
+    )
+    # Its own maintenance would recover an expired lease (as another worker's would).
+    worker = make_worker(svc, run_maintenance=True, maintenance_interval=0.1)
+    await worker.start_async()
+    try:
+
+        async def finished() -> bool:
+            task = await svc.queue.get_task_async(task_id)
+            return task is not None and task.status.is_final
+
+        await wait_until(finished, "the task to finish", timeout=60)
+    finally:
+        await worker.stop_async(grace_period=10)
+    task = await svc.queue.get_task_async(task_id)
+    assert task is not None and task.status is TaskStatus.COMPLETED, task
+    assert [r[0] for r in worker_tasks.read_records(runs)] == ["slow"]  # once: the lease held
+    assert worker.get_stats().lost == 0
