@@ -13,6 +13,7 @@ import json
 import logging
 import operator
 import os
+import shutil
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -255,6 +256,22 @@ def sqlite_path(url: sa.URL) -> Path | None:
     if url.get_backend_name() != "sqlite" or not url.database:
         return None
     return Path(url.database)
+
+
+def full_file_system(url: sa.URL) -> str | None:
+    """The folder of a SQLite URL's file when its file system has no free space, else None.
+
+    (SQLite reports a file system with no room for its WAL and shared-memory
+    files as a "disk I/O error", not as "database or disk is full".)
+    """
+    path = sqlite_path(url)
+    if path is None:
+        return None
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return None
+    return str(path.parent) if free < 64 * 1024 else None
 
 
 def _prepare_sqlite_file(path: Path) -> None:

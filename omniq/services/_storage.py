@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -28,6 +27,7 @@ from omniq._time import utcnow
 from omniq.db.engine import (
     create_engine,
     dialect_of,
+    full_file_system,
     is_memory_sqlite,
     normalize_url,
     read_engine,
@@ -258,27 +258,14 @@ class Storage:
             with translate_errors("open the database"):  # a full disk is StorageFull here too
                 await ensure_schema(self.engine, auto_migrate=auto)
         except DatabaseError as exc:
-            full = self._file_system_full()
+            full = full_file_system(self.engine.url)
             if full is None or type(exc) is not DatabaseError:
                 raise
-            # SQLite reports a file system with no room for its WAL and shared
-            # memory files as "disk I/O error", not as "database or disk is full".
             said = str(exc).removeprefix("open the database: ")
             raise StorageFull(f"open the database: {full} has no free space ({said})") from exc
         self.loop = asyncio.get_running_loop()
         await self.sync_clock()
         self._opened = True
-
-    def _file_system_full(self) -> str | None:
-        """The folder of this SQLite file when its file system has no free space, else None."""
-        path = sqlite_path(self.engine.url) if self.dialect.name == "sqlite" else None
-        if path is None:
-            return None
-        try:
-            free = shutil.disk_usage(path.parent).free
-        except OSError:
-            return None
-        return str(path.parent) if free < 64 * 1024 else None
 
     async def close(self) -> None:
         """Finish detached writes; stop the writer; dispose the engine if this Storage made it.
