@@ -3,7 +3,7 @@ the same service call as the API and the CLI, which writes its event."""
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -29,7 +29,7 @@ def _form(request: Request) -> FormData:
 
 
 def _back(request: Request, route: str, notice: str, query: str = "", **params: str) -> Response:
-    path = request.url_for(route, **params).path
+    path = request.url_for(route, **{k: quote(v, safe="") for k, v in params.items()}).path
     query = "&".join(x for x in (query, urlencode({"notice": notice})) if x)
     return RedirectResponse(f"{path}?{query}", status_code=303)
 
@@ -65,8 +65,11 @@ async def schedule_action(request: Request) -> Response:
 
 
 async def queue_action(request: Request) -> Response:
-    """Pause or resume a queue (workers stop or resume claiming its tasks)."""
-    queue = request.path_params["queue"]
+    """Pause or resume the queue named by the form's ``queue`` field (workers stop or
+    resume claiming its tasks)."""
+    queue = _form(request).get("queue")
+    if not isinstance(queue, str) or not queue:
+        raise ValidationError("queue", "name the queue to pause or resume")
     action = request.path_params["action"]
     if action not in ("pause", "resume"):
         raise ValidationError("action", f"unknown queue action {action!r}")

@@ -130,7 +130,7 @@ def create_app(
             name="schedule_action",
         ),
         Route(
-            "/queues/{queue}/{action}",
+            "/queues/{action}",  # the queue is a form field: any name, "/" and "?" too
             g(actions.queue_action),
             methods=["POST"],
             name="queue_action",

@@ -101,7 +101,7 @@ async def schedules(request: Request) -> Response:
         names = ", ".join(s.value for s in ScheduleStatus)
         raise ValidationError("status", f"unknown schedule status {status!r} (one of: {names})")
     raw_page = request.query_params.get("page", "1")
-    if not raw_page.isdigit() or not 1 <= int(raw_page) <= 100_000:
+    if not (raw_page.isascii() and raw_page.isdigit()) or not 1 <= int(raw_page) <= 100_000:
         raise ValidationError("page", f"must be a page number, got {raw_page!r}")
     number = int(raw_page)
     rows = await _backend(request).call(

@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 from markupsafe import Markup
@@ -56,7 +56,8 @@ def _as_json(value: Any) -> str:
 def _path(context: Any, name: str, query: str | dict[str, str] = "", **params: Any) -> str:
     """The path of route ``name`` under the app's mount prefix, with a query string."""
     request: Request = context["request"]
-    path = request.url_for(name, **params).path
+    # An id is one path segment: "?" or "#" in it must not end the path there.
+    path = request.url_for(name, **{k: quote(str(v), safe="") for k, v in params.items()}).path
     if isinstance(query, dict):
         query = urlencode({k: v for k, v in query.items() if v is not None})
     return f"{path}?{query}" if query else path
