@@ -90,6 +90,11 @@ def check_settings(settings: Settings) -> None:
             )
 
 
+#: The most tasks a worker runs (or holds ahead) at once: claims ask the database
+#: for that many rows, and a count past 64 bits was refused by every claim.
+MAX_CONCURRENCY = 1_000_000
+
+
 def check_worker_options(settings: Settings, options: Mapping[str, Any]) -> None:
     """Raise :class:`ConfigurationError` if worker ``options`` are invalid beside ``settings``.
 
@@ -100,21 +105,26 @@ def check_worker_options(settings: Settings, options: Mapping[str, Any]) -> None
     del settings  # the settings' own rules were checked when they were built
     concurrency = options.get("concurrency", options.get("max_workers"))
     if concurrency is not None and (
-        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        isinstance(concurrency, bool)
+        or not isinstance(concurrency, int)
+        or not 1 <= concurrency <= MAX_CONCURRENCY
     ):
         raise ConfigurationError(
-            f"concurrency must be an integer of at least 1, got {concurrency!r}",
+            f"concurrency must be an integer from 1 to {MAX_CONCURRENCY:,}, got {concurrency!r}",
             fields=("concurrency",),
-            rule="concurrency >= 1",
+            rule=f"1 <= concurrency <= {MAX_CONCURRENCY}",
         )
     prefetch = options.get("prefetch")
     if prefetch is not None and (
-        isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0
+        isinstance(prefetch, bool)
+        or not isinstance(prefetch, int)
+        or not 0 <= prefetch <= MAX_CONCURRENCY
     ):
         raise ConfigurationError(
-            f"prefetch must be None (adaptive) or an integer of at least 0, got {prefetch!r}",
+            f"prefetch must be None (adaptive) or an integer from 0 to {MAX_CONCURRENCY:,}, "
+            f"got {prefetch!r}",
             fields=("prefetch",),
-            rule="prefetch is None or prefetch >= 0",
+            rule=f"prefetch is None or 0 <= prefetch <= {MAX_CONCURRENCY}",
         )
     gc_freeze = options.get("gc_freeze", False)
     if not isinstance(gc_freeze, bool):

@@ -35,6 +35,8 @@ def worker(
         ([], {"OMNIQ_LEASE_DURATION": "3s", "OMNIQ_HEARTBEAT_INTERVAL": "10s"}, "lease_duration"),
         (["--lease-duration", "3s"], {"OMNIQ_HEARTBEAT_INTERVAL": "2s"}, "lease_duration / 3"),
         (["--concurrency", "0"], {}, "concurrency"),
+        (["--concurrency", "99999999999999999999"], {}, "concurrency"),
+        ([], {"OMNIQ_CONCURRENCY": "2000000"}, "concurrency"),
         (["--maintenance-interval", "0s"], {}, "maintenance_interval"),
         (["--poll-interval", "2d"], {}, "poll_interval"),
         ([], {"OMNIQ_EVENT_RETENTION": "0s"}, "event_retention"),

@@ -89,6 +89,10 @@ def test_rules_hold_for_the_environment_and_config_files(tmp_path: Path) -> None
     [
         ({"concurrency": 0}, "concurrency"),
         ({"concurrency": True}, "concurrency"),
+        # Past 64 bits every claim was refused and a burst worker never ended.
+        ({"concurrency": 10**20}, "concurrency"),
+        ({"concurrency": 1_000_001}, "concurrency"),
+        ({"prefetch": 10**20}, "prefetch"),
         ({"prefetch": -1}, "prefetch"),
         ({"prefetch": 1.5}, "prefetch"),
         ({"poll_interval": 0}, "poll_interval"),
