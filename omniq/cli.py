@@ -56,6 +56,14 @@ _non_negative_int = _int_at_least(0)
 _positive_int = _int_at_least(1)
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0-65535 (0: any free one)."""
+    value = _non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {value}")
+    return value
+
+
 #: Options that take no value (a negative number after them is not theirs).
 _FLAGS = frozenset(
     {
@@ -160,7 +168,9 @@ def _parser() -> argparse.ArgumentParser:
         help="do not freeze the start-up heap out of the garbage collector's walk",
     )
     p.add_argument(
-        "--metrics-port", type=int, help='serve Prometheus metrics on this port ("omniq[metrics]")'
+        "--metrics-port",
+        type=_port,
+        help='serve Prometheus metrics on this port ("omniq[metrics]")',
     )
     p.add_argument("--metrics-addr", default="127.0.0.1", help="metrics address (127.0.0.1)")
     p.add_argument(
@@ -250,10 +260,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("dashboard", 'serve the web dashboard ("omniq[web]")')
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
 
     p = command("metrics", 'serve the database gauges ("omniq[metrics]")')
-    p.add_argument("--port", type=int, default=9100, help="port (default 9100; 0: any free one)")
+    p.add_argument("--port", type=_port, default=9100, help="port (default 9100; 0: any free one)")
     p.add_argument("--addr", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
 
     p = command("demo", "run the demo on embedded SQLite")

@@ -73,3 +73,27 @@ def test_dashboard_help_names_the_defaults(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0
     assert "default 127.0.0.1" in proc.stdout and "default 8080" in proc.stdout
+
+
+@pytest.mark.parametrize("port", ["99999", "-5", "busy"])
+def test_a_port_it_cannot_listen_on_is_one_line_and_exit_2(tmp_path: Path, port: str) -> None:
+    """`--port 99999` printed a 41-line traceback and exited 1; a port in use exited 3
+    (the code of `result --wait` timing out) after uvicorn's own log lines."""
+    pytest.importorskip("uvicorn", reason='needs the web extra: "omniq[web]"')
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        if port == "busy":
+            port = str(taken.getsockname()[1])
+        url = f"sqlite+aiosqlite:///{tmp_path}/d.db"
+        proc = subprocess.run(
+            [sys.executable, "-m", "omniq", "dashboard", "--port", port, "--url", url],
+            cwd=tmp_path,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("omniq: error: "), proc.stderr
