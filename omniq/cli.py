@@ -313,16 +313,17 @@ async def _run(args: argparse.Namespace) -> int:
             raise CLIError(
                 f'the dashboard needs the web extra: pip install "omniq[web]" ({exc})', 1
             ) from None
-        from omniq.app import AsyncOmniQ
+        from omniq.cli_context import open_app
 
-        await serve_async(AsyncOmniQ.from_config(config), host=args.host, port=args.port)
+        app = open_app(config, read_only=False, must_exist=True)  # a mistyped path: refused
+        await serve_async(app, host=args.host, port=args.port)
         return 0
     if command == "metrics":
-        from omniq.app import AsyncOmniQ
+        from omniq.cli_context import open_app
         from omniq.cli_worker import metrics_extra
 
         await metrics_extra("omniq metrics").serve_async(
-            AsyncOmniQ.from_config(config),
+            open_app(config, read_only=True),  # it only reads: creates and migrates nothing
             port=args.port,
             addr=args.addr,
             ready=lambda url: print(f"serving metrics on {url}", flush=True),

@@ -36,7 +36,9 @@ def note(text: str) -> None:
 
 async def dispatch(args: argparse.Namespace, config: OmniQConfig) -> int:
     """Open the database and run the command."""
-    async with open_app(config, read_only=args.command in READ_ONLY) as oq:
+    # Only `enqueue` may create the database; the others act on what is stored.
+    read_only = args.command in READ_ONLY
+    async with open_app(config, read_only=read_only, must_exist=args.command != "enqueue") as oq:
         handler = _COMMANDS[args.command]
         return await handler(args, oq)
 

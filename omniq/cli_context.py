@@ -52,16 +52,19 @@ def require_database(url: str) -> None:
         )
 
 
-def open_app(config: OmniQConfig, *, read_only: bool) -> Any:
+def open_app(config: OmniQConfig, *, read_only: bool, must_exist: bool | None = None) -> Any:
     """The :class:`~omniq.AsyncOmniQ` of ``config`` (not opened yet).
 
     Read-only: the database must exist and is never migrated (an old schema is
-    reported with the command that upgrades it).
+    reported with the command that upgrades it). ``must_exist`` (default: as
+    ``read_only``): a SQLite file that is not there is an error, not created
+    (commands that act on what is stored: a mistyped path is not a new queue).
     """
     from omniq.app import AsyncOmniQ
 
-    if read_only:
+    if read_only if must_exist is None else must_exist:
         require_database(url_of(config))
+    if read_only:
         settings = attrs.evolve(config.settings, auto_migrate=False)
         config = attrs.evolve(config, settings=settings)
     return AsyncOmniQ.from_config(config)

@@ -56,6 +56,15 @@ def dashboard_process(tmp_path: Path, url: str) -> Iterator[Served]:
     """Run `omniq dashboard --url url` on a free port until the block ends (then Ctrl+C)."""
     port = free_port()
     log = tmp_path / "dashboard.log"
+    # The dashboard opens a database that exists (a mistyped SQLite path is refused).
+    subprocess.run(
+        [sys.executable, "-m", "omniq", "db", "upgrade", "--url", url],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        check=True,
+        timeout=DEADLINE,
+    )
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "omniq", "dashboard", "--url", url, "--port", str(port)],

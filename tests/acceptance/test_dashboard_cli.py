@@ -86,6 +86,14 @@ def test_a_port_it_cannot_listen_on_is_one_line_and_exit_2(tmp_path: Path, port:
         if port == "busy":
             port = str(taken.getsockname()[1])
         url = f"sqlite+aiosqlite:///{tmp_path}/d.db"
+        subprocess.run(
+            [sys.executable, "-m", "omniq", "db", "upgrade", "--url", url],
+            cwd=tmp_path,
+            env=ENV,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
         proc = subprocess.run(
             [sys.executable, "-m", "omniq", "dashboard", "--port", port, "--url", url],
             cwd=tmp_path,
@@ -97,3 +105,38 @@ def test_a_port_it_cannot_listen_on_is_one_line_and_exit_2(tmp_path: Path, port:
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("omniq: error: "), proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["dashboard", "--port", "0"],
+        ["metrics", "--port", "0"],
+        ["cancel", "some-id"],
+        ["requeue", "some-id"],
+        ["schedule", "pause", "some-id"],
+        ["queue", "pause", "emails"],
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
+def test_commands_that_act_on_what_is_stored_create_no_database(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A mistyped path made `omniq metrics`, `dashboard`, `cancel`, `queue pause`...
+    create and migrate a new database (and `queue pause` paused a queue in it)."""
+    if command[0] == "dashboard":
+        pytest.importorskip("uvicorn", reason='needs the web extra: "omniq[web]"')
+    if command[0] == "metrics":
+        pytest.importorskip("prometheus_client", reason="needs the metrics extra")
+    missing = tmp_path / "typo" / "omniq.db"
+    proc = subprocess.run(
+        [sys.executable, "-m", "omniq", *command, "--url", f"sqlite+aiosqlite:///{missing}"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "there is no OmniQ database" in proc.stderr and "Traceback" not in proc.stderr
+    assert not missing.parent.exists()
