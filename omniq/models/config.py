@@ -107,8 +107,15 @@ def _bool(value: Any, field: str) -> bool:
 def _queues(value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
+    if isinstance(value, str) and not value.strip():
+        return None  # empty: not given (every queue), as on the command line
     items = value.split(",") if isinstance(value, str) else list(value)
     names = tuple(str(x).strip() for x in items if str(x).strip())
+    if items and not names:
+        # As `--queues ',,'`: separators alone name no queue (not "serve them all").
+        raise ConfigurationError(
+            f"queues: no queue name in {value!r} (leave it out to serve all)", fields=("queues",)
+        )
     return names or None
 
 

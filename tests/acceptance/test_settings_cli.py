@@ -37,6 +37,10 @@ def worker(
         (["--concurrency", "0"], {}, "concurrency"),
         (["--concurrency", "99999999999999999999"], {}, "concurrency"),
         ([], {"OMNIQ_CONCURRENCY": "2000000"}, "concurrency"),
+        # Separators alone: `--queues ',,'` was refused, the same from the
+        # environment served every queue.
+        ([], {"OMNIQ_QUEUES": ",,"}, "no queue name"),
+        (["--queues", ",,"], {}, "no queue name"),
         (["--maintenance-interval", "0s"], {}, "maintenance_interval"),
         (["--poll-interval", "2d"], {}, "poll_interval"),
         ([], {"OMNIQ_EVENT_RETENTION": "0s"}, "event_retention"),
