@@ -227,6 +227,9 @@ def normalize_url(url: str | sa.URL) -> sa.URL:
         parsed = sa.make_url(url)
     except Exception as exc:
         raise ConfigurationError(f"invalid database URL {str(url)!r}: {exc}") from None
+    if parsed.port is not None and not 0 < parsed.port <= 65535:
+        shown = parsed.render_as_string(hide_password=True)
+        raise ConfigurationError(f"invalid database URL {shown!r}: a port is 1-65535")
     backend, _, driver = parsed.drivername.partition("+")
     if backend == "sqlite":
         if driver not in ("", "aiosqlite"):

@@ -129,3 +129,13 @@ def test_bad_files(tmp_path: Path) -> None:
     yaml.write_text("a: 1", encoding="utf-8")
     with pytest.raises(ConfigurationError, match=r"\.toml or \.json"):
         OmniQConfig.from_file(yaml)
+
+
+@pytest.mark.parametrize("port", [99999, 0])
+def test_a_database_url_with_a_port_out_of_range_is_a_configuration_error(port: int) -> None:
+    """It was an OverflowError from the driver at connect time (exit 1: "could not be
+    done") where a mistyped URL is bad input (exit 2)."""
+    from omniq import OmniQ
+
+    with pytest.raises(ConfigurationError, match="a port is 1-65535"):
+        OmniQ(url=f"postgresql://postgres:secret@127.0.0.1:{port}/test").open()
