@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -371,6 +372,10 @@ def _quiet_closed_pipe() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``omniq`` command; returns the exit code."""
     args = parse_args(argv)
+    if args.command == "worker" and threading.current_thread() is threading.main_thread():
+        from omniq.cli_worker import catch_early_signals
+
+        catch_early_signals()  # a SIGTERM while it starts stops it, not kills it
     try:
         _configure_logging(args)
     except ValueError as exc:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import re
+import signal
 import sys
 import time
 from typing import Any
@@ -99,8 +100,9 @@ async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
                 if progress
                 else None
             )
+            _replay_early_signal(worker)
             try:
-                stats = await worker.run_until_complete_async()
+                stats = await worker.run_until_complete_async(install_signal_handlers=True)
             finally:
                 if reporter is not None:
                     reporter.cancel()
@@ -108,8 +110,34 @@ async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
                 sys.stderr.write("\n")
             emit(args, stats, lambda: record(stats))
         else:
+            _replay_early_signal(worker)
             await worker.run_async(install_signal_handlers=True)
     return 0
+
+
+#: SIGTERM received while `omniq worker` started (before the worker's own handlers):
+#: its default action would kill the process; it stops the worker once that runs.
+#: (Ctrl+C keeps its own meaning meanwhile: KeyboardInterrupt, exit 130.)
+_early_signals: list[str] = []
+
+
+def catch_early_signals() -> None:
+    """Note SIGTERM from now until the worker handles it itself (main thread only)."""
+
+    def note(signum: int, _frame: Any) -> None:
+        _early_signals.append(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, note)
+
+
+def _replay_early_signal(worker: Any) -> None:
+    """Once the worker's loop runs (its handlers installed), act on an early signal."""
+
+    def replay() -> None:
+        if _early_signals:
+            worker.stop_for_exit(f"{_early_signals[0]} received")
+
+    asyncio.get_running_loop().call_soon(replay)
 
 
 def metrics_extra(what: str) -> Any:

@@ -232,23 +232,31 @@ class Worker(Claiming):
 
     async def run_async(self, *, install_signal_handlers: bool = False) -> None:
         """Work until :meth:`stop_async` (or SIGTERM/SIGINT when handlers are installed)."""
+        await self._run_handling_signals(burst=False, handlers=install_signal_handlers)
+
+    async def run_until_complete_async(
+        self, *, install_signal_handlers: bool = False
+    ) -> WorkerStats:
+        """Burst mode: run until no task is ready and none is running; return the stats.
+
+        With ``install_signal_handlers``, SIGTERM/SIGINT stop it as they stop
+        :meth:`run_async` (its tasks released or finished, not left to their leases).
+        """
+        await self._run_handling_signals(burst=True, handlers=install_signal_handlers)
+        return self.get_stats()
+
+    async def _run_handling_signals(self, *, burst: bool, handlers: bool) -> None:
         loop = asyncio.get_running_loop()
-        if install_signal_handlers:
+        self._reset_stop()  # before the handlers: a signal from then on is not forgotten
+        if handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop_for_exit, f"{sig.name} received")
-        self._reset_stop()
         try:
-            await self._run(burst=False)
+            await self._run(burst=burst)
         finally:
-            if install_signal_handlers:
+            if handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
-
-    async def run_until_complete_async(self) -> WorkerStats:
-        """Burst mode: run until no task is ready and none is running; return the stats."""
-        self._reset_stop()
-        await self._run(burst=True)
-        return self.get_stats()
 
     def get_stats(self) -> WorkerStats:
         """Counters of this worker since it started."""

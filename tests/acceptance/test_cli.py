@@ -151,7 +151,10 @@ def test_server_database_behind_head_is_reported(empty_db_url: str) -> None:
     assert "SchemaOutOfDate" in proc.stderr and "omniq db upgrade" in proc.stderr
 
 
-def test_worker_sigterm_releases_unfinished_task(db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("burst", [False, True], ids=["serving", "burst"])
+def test_worker_sigterm_releases_unfinished_task(db_url: str, tmp_path: Path, burst: bool) -> None:
+    """`omniq worker --burst` had no SIGTERM handler: it was killed (exit 143) and
+    left its tasks running under leases nobody held, until they expired."""
     marker = tmp_path / "started.txt"
     task_id = omniq(
         db_url, "enqueue", f"{APP}:slow", "--args", json.dumps([30, str(marker)])
@@ -171,6 +174,7 @@ def test_worker_sigterm_releases_unfinished_task(db_url: str, tmp_path: Path) ->
             "0.5s",
             "--poll-interval",
             "0.1s",
+            *(["--burst"] if burst else []),
         ],
         cwd=ROOT,
         env=env,
