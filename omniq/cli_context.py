@@ -52,6 +52,20 @@ def require_database(url: str) -> None:
         )
 
 
+def refuse_empty_file(url: str) -> None:
+    """Refuse a SQLite URL whose file is empty (opened, SQLite would write its
+    header into it; `db check` reports such a file instead)."""
+    from omniq.db.engine import normalize_url, sqlite_path
+
+    path = sqlite_path(normalize_url(url))
+    if path is not None and path.stat().st_size == 0:
+        raise CLIError(
+            f"{path} is an empty file, not an OmniQ database (it was left as it is): "
+            "check --url, or create the database with `omniq db upgrade`",
+            code=1,
+        )
+
+
 def open_app(config: OmniQConfig, *, read_only: bool, must_exist: bool | None = None) -> Any:
     """The :class:`~omniq.AsyncOmniQ` of ``config`` (not opened yet).
 
@@ -64,6 +78,7 @@ def open_app(config: OmniQConfig, *, read_only: bool, must_exist: bool | None = 
 
     if read_only if must_exist is None else must_exist:
         require_database(url_of(config))
+        refuse_empty_file(url_of(config))
     if read_only:
         settings = attrs.evolve(config.settings, auto_migrate=False)
         config = attrs.evolve(config, settings=settings)

@@ -246,6 +246,18 @@ def test_read_only_commands_never_create_a_database(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_read_only_commands_leave_an_empty_file_as_it_is(tmp_path: Path) -> None:
+    """`omniq tasks` on a 0-byte file said its schema was behind, and had written
+    SQLite's header into it meanwhile (4,096 bytes)."""
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for command in (["tasks"], ["stats"], ["cancel", "some-id"]):
+        one_error_line(
+            run("--url", f"sqlite+aiosqlite:///{empty}", *command), 1, "is an empty file"
+        )
+    assert empty.stat().st_size == 0 and sorted(tmp_path.iterdir()) == [empty]
+
+
 def test_read_only_commands_leave_an_old_sqlite_schema_as_it_is(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
     assert run("--url", url, "db", "upgrade", "0006").returncode == 0
