@@ -17,7 +17,6 @@ import contextlib
 import os
 import re
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -372,10 +371,15 @@ def _quiet_closed_pipe() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``omniq`` command; returns the exit code."""
     args = parse_args(argv)
-    if args.command == "worker" and threading.current_thread() is threading.main_thread():
-        from omniq.cli_worker import catch_early_signals
+    if args.command == "worker":
+        from omniq.cli_worker import early_signals_caught
 
-        catch_early_signals()  # a SIGTERM while it starts stops it, not kills it
+        with early_signals_caught():  # a SIGTERM while it starts stops it, not kills it
+            return _main(args)
+    return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         _configure_logging(args)
     except ValueError as exc:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import re
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -121,13 +124,23 @@ async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
 _early_signals: list[str] = []
 
 
-def catch_early_signals() -> None:
-    """Note SIGTERM from now until the worker handles it itself (main thread only)."""
+@contextlib.contextmanager
+def early_signals_caught() -> Iterator[None]:
+    """Note SIGTERM from now until the worker handles it itself (main thread only);
+    the handler from before is back afterwards (main() called in a process that goes on)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def note(signum: int, _frame: Any) -> None:
         _early_signals.append(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, note)
+    _early_signals.clear()
+    previous = signal.signal(signal.SIGTERM, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _replay_early_signal(worker: Any) -> None:
