@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -97,8 +98,15 @@ class OutcomeWriting:
 
     async def _in_turn(self, write: Awaitable[T]) -> T:
         """Await ``write`` (a lease-protocol write of this worker) after the one before it."""
-        async with self._lease_writes:
-            return await write
+        try:
+            async with self._lease_writes:
+                return await write
+        except BaseException:
+            # Cancelled while waiting its turn: the write never began (nothing was
+            # written); closed, it is not reported as a coroutine never awaited.
+            if inspect.iscoroutine(write) and inspect.getcoroutinestate(write) == "CORO_CREATED":
+                write.close()
+            raise
 
     async def _succeeded(self, entry: _Running, result: Any, elapsed: float) -> None:
         task = entry.task

@@ -380,3 +380,29 @@ async def test_renewals_slower_than_the_heartbeat_interval_still_keep_the_lease(
     assert task is not None and task.status is TaskStatus.COMPLETED, task
     assert [r[0] for r in worker_tasks.read_records(runs)] == ["slow"]  # once: the lease held
     assert worker.get_stats().lost == 0
+
+
+async def test_a_write_cancelled_while_waiting_its_turn_is_closed_not_left_unawaited(
+    open_services: ServicesFactory,
+) -> None:
+    """A stop that cancelled a release still waiting behind another write left its
+    coroutine never awaited (a RuntimeWarning in a fresh-clone run's stall test)."""
+    import inspect
+
+    svc = await open_services()
+    worker = make_worker(svc)
+    ran: list[str] = []
+
+    async def write() -> str:
+        ran.append("written")
+        return "written"
+
+    pending = write()
+    async with worker._lease_writes:  # another write holds the turn
+        waiting = asyncio.ensure_future(worker._in_turn(pending))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    assert inspect.getcoroutinestate(pending) == "CORO_CLOSED" and ran == []
+    assert await worker._in_turn(write()) == "written"  # the turn is free again
