@@ -56,8 +56,10 @@ def _as_json(value: Any) -> str:
 def _path(context: Any, name: str, query: str | dict[str, str] = "", **params: Any) -> str:
     """The path of route ``name`` under the app's mount prefix, with a query string."""
     request: Request = context["request"]
-    # An id is one path segment: "?" or "#" in it must not end the path there.
-    path = request.url_for(name, **{k: quote(str(v), safe="") for k, v in params.items()}).path
+    # An id is one path segment: "?" or "#" in it must not end the path there (a
+    # static file's ``path`` keeps its folders).
+    quoted = {k: quote(str(v), safe="/" if k == "path" else "") for k, v in params.items()}
+    path = request.url_for(name, **quoted).path
     if isinstance(query, dict):
         query = urlencode({k: v for k, v in query.items() if v is not None})
     return f"{path}?{query}" if query else path
