@@ -7,9 +7,8 @@ rules beyond the conditions that make a transition atomic.
 
 from __future__ import annotations
 
-import contextlib
 import operator
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -59,23 +58,15 @@ SORTABLE = {
 }
 
 
-@contextlib.contextmanager
-def _naming_schedule(rows: Sequence[Mapping[str, Any]]) -> Iterator[None]:
-    """A task row's only foreign key is its ``schedule_id``: name it when it fails.
-
-    (SQLite's message names no column; the statement's transaction is aborted
-    on PostgreSQL, so which id is unknown is not looked up.)
-    """
-    try:
-        yield
-    except ValidationError as exc:
-        if "foreign key" not in str(exc).lower():
-            raise
-        given = sorted({row["schedule_id"] for row in rows if row.get("schedule_id")})
-        shown = ", ".join(repr(x) for x in given[:3]) + (", ..." if len(given) > 3 else "")
-        raise ValidationError(
-            "schedule_id", f"names no stored schedule (given: {shown or 'none'})"
-        ) from exc
+def _naming_schedule(exc: ValidationError, rows: Sequence[Mapping[str, Any]]) -> ValidationError:
+    """``exc`` of a task insert; a foreign-key failure names ``schedule_id``, a task
+    row's only foreign key (SQLite's message names no column; the statement's
+    transaction is aborted on PostgreSQL, so which id is unknown is not looked up)."""
+    if "foreign key" not in str(exc).lower():
+        return exc
+    given = sorted({row["schedule_id"] for row in rows if row.get("schedule_id")})
+    shown = ", ".join(repr(x) for x in given[:3]) + (", ..." if len(given) > 3 else "")
+    return ValidationError("schedule_id", f"names no stored schedule (given: {shown or 'none'})")
 
 
 class TaskRepository(
@@ -195,11 +186,17 @@ class TaskRepository(
         """Insert rows made by :meth:`to_row` and dependency edges."""
         if not rows:
             return
-        with _naming_schedule(rows), translate_errors("enqueue"):
-            if self._insert_rows is not None:
-                self._insert_rows.execute(conn, rows)
-            else:
-                conn.execute(self._insert, rows[0] if len(rows) == 1 else list(rows))
+        try:  # a plain try on this hot path: no context manager entered per batch
+            with translate_errors("enqueue"):
+                if self._insert_rows is not None:
+                    self._insert_rows.execute(conn, rows)
+                else:
+                    conn.execute(self._insert, rows[0] if len(rows) == 1 else list(rows))
+        except ValidationError as exc:
+            named = _naming_schedule(exc, rows)
+            if named is exc:
+                raise
+            raise named from exc
         if edges:
             with translate_errors("enqueue"):
                 conn.execute(self._insert_deps, list(edges))
@@ -210,8 +207,14 @@ class TaskRepository(
         Its dependency edges are inserted by :meth:`insert_edges`.
         """
         row = self.to_row(task)
-        with _naming_schedule([row]), translate_errors("enqueue"):
-            inserted: str | None = conn.execute(self._insert_unique, row).scalar_one_or_none()
+        try:
+            with translate_errors("enqueue"):
+                inserted: str | None = conn.execute(self._insert_unique, row).scalar_one_or_none()
+        except ValidationError as exc:
+            named = _naming_schedule(exc, [row])
+            if named is exc:
+                raise
+            raise named from exc
         return inserted
 
     def insert_scheduled(self, conn: Connection, tasks: Sequence[Task]) -> set[str]:

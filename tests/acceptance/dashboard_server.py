@@ -51,20 +51,30 @@ class Served:
         self.code: int | None = None
 
 
+def omniq_cli(tmp_path: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run `python -m omniq ARGS` in ``tmp_path``; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "omniq", *args],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=DEADLINE,
+    )
+
+
+def create_database(tmp_path: Path, url: str) -> None:
+    """Create and migrate the database at ``url`` (the dashboard refuses a missing file)."""
+    omniq_cli(tmp_path, "db", "upgrade", "--url", url, check=True)
+
+
 @contextmanager
 def dashboard_process(tmp_path: Path, url: str) -> Iterator[Served]:
     """Run `omniq dashboard --url url` on a free port until the block ends (then Ctrl+C)."""
     port = free_port()
     log = tmp_path / "dashboard.log"
-    # The dashboard opens a database that exists (a mistyped SQLite path is refused).
-    subprocess.run(
-        [sys.executable, "-m", "omniq", "db", "upgrade", "--url", url],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        check=True,
-        timeout=DEADLINE,
-    )
+    create_database(tmp_path, url)
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "omniq", "dashboard", "--url", url, "--port", str(port)],

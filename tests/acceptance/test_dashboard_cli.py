@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.dashboard_server import ENV, dashboard_process, status_of
+from tests.acceptance.dashboard_server import (
+    ENV,
+    create_database,
+    dashboard_process,
+    omniq_cli,
+    status_of,
+)
 
 
 def _python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -86,22 +92,8 @@ def test_a_port_it_cannot_listen_on_is_one_line_and_exit_2(tmp_path: Path, port:
         if port == "busy":
             port = str(taken.getsockname()[1])
         url = f"sqlite+aiosqlite:///{tmp_path}/d.db"
-        subprocess.run(
-            [sys.executable, "-m", "omniq", "db", "upgrade", "--url", url],
-            cwd=tmp_path,
-            env=ENV,
-            capture_output=True,
-            check=True,
-            timeout=60,
-        )
-        proc = subprocess.run(
-            [sys.executable, "-m", "omniq", "dashboard", "--port", port, "--url", url],
-            cwd=tmp_path,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        create_database(tmp_path, url)
+        proc = omniq_cli(tmp_path, "dashboard", "--port", port, "--url", url)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("omniq: error: "), proc.stderr
@@ -129,14 +121,7 @@ def test_commands_that_act_on_what_is_stored_create_no_database(
     if command[0] == "metrics":
         pytest.importorskip("prometheus_client", reason="needs the metrics extra")
     missing = tmp_path / "typo" / "omniq.db"
-    proc = subprocess.run(
-        [sys.executable, "-m", "omniq", *command, "--url", f"sqlite+aiosqlite:///{missing}"],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = omniq_cli(tmp_path, *command, "--url", f"sqlite+aiosqlite:///{missing}")
     assert proc.returncode == 1, proc.stderr
     assert "there is no OmniQ database" in proc.stderr and "Traceback" not in proc.stderr
     assert not missing.parent.exists()
