@@ -37,6 +37,7 @@ class LeaseStatements:
     """Statements of a worker's leases: start marks, finishing updates, renewals."""
 
     _starts: Batch
+    dialect: Dialect
 
     def _lease_statements(self, dialect: Dialect) -> None:
         """Build the statements (called once by the repository's constructor)."""
@@ -231,12 +232,28 @@ class LeaseStatements:
             return set(conn.execute(stmt).scalars().all())
 
     def heartbeat(
-        self, conn: Connection, leases: Mapping[str, str], until: datetime
+        self,
+        conn: Connection,
+        leases: Mapping[str, str],
+        until: datetime,
+        *,
+        skip_locked: bool = False,
     ) -> dict[str, bool]:
-        """Extend held leases; return ``{task_id: cancel_requested}`` for those still held."""
+        """Extend held leases; return ``{task_id: cancel_requested}`` for those still held.
+
+        With ``skip_locked`` (PostgreSQL), a task whose row another transaction
+        holds now is skipped, not waited for: a renewal beside this worker's own
+        outcome write can then neither wait on it nor deadlock with it (the two
+        would lock the same rows, each in its plan's order). Left out of the
+        answer, such a task is not said to be lost.
+        """
         if not leases:
             return {}
         held, params = self._held(list(leases.items()))
+        if skip_locked and self.dialect.skip_locked:
+            free = sa.select(t.c.id).where(held).with_for_update(of=t, skip_locked=True)
+            free = free.correlate(None)  # its own scan of tasks, not the updated row
+            held = t.c.id.in_(free.scalar_subquery())
         stmt = (
             sa.update(t)
             .where(held)

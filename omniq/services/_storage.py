@@ -206,6 +206,8 @@ class Storage:
         self.loop: asyncio.AbstractEventLoop | None = None
         #: Database time minus local time, measured on PostgreSQL (zero on SQLite).
         self._clock_base: tuple[datetime, float] | None = None
+        self._clock_read = 0.0  # when the clock was last read (monotonic seconds)
+        self._clock_error = 0.0  # half the round trip of the reading in _clock_base
         #: Writes that outlived their cancelled caller; awaited on close.
         self._detached: set[asyncio.Future[Any]] = set()
 
@@ -327,14 +329,25 @@ class Storage:
         if self.dialect.name != "postgresql":
             return
         base = self._clock_base
-        if not force and base is not None and _elapsed_clock() - base[1] < _CLOCK_REFRESH:
+        if not force and base is not None and _elapsed_clock() - self._clock_read < _CLOCK_REFRESH:
             return
         with translate_errors("read the database clock"):
             async with self.engine.connect() as conn:
                 before = _elapsed_clock()
                 value = (await conn.execute(sa.select(sa.func.clock_timestamp()))).scalar_one()
                 after = _elapsed_clock()
-        self._clock_base = (value, (before + after) / 2)
+        middle = self._clock_read = (before + after) / 2
+        if base is not None:
+            # Each reading is known to within half its round trip. One that puts
+            # the clock back by no more than both readings' error does not
+            # contradict the estimate, which is kept: the clock does not step back
+            # at a refresh for a reading's noise (a time read before a write would
+            # come after the write's own). Forward, or back by more, it is taken.
+            step = (value - base[0]).total_seconds() - (middle - base[1])
+            if -(self._clock_error + (after - before) / 2 + 2e-6) <= step < 0:  # 2 µs: rounding
+                return
+        self._clock_base = (value, middle)
+        self._clock_error = (after - before) / 2
 
     # --- transactions --------------------------------------------------------------
 

@@ -305,10 +305,14 @@ class Claims(FlowControl):
         events: Sequence[Mapping[str, Any]] = (),
         starts: Sequence[Start] = (),
         worker: WorkerInfo | None = None,
+        *,
+        skip_locked: bool = False,
     ) -> dict[str, bool]:
         """Extend held leases (writing ``events``, ``starts``): ``{task_id: cancel_requested}``.
 
         With ``worker``, its registry row is written too (its heartbeat now).
+        With ``skip_locked``, a task another transaction is writing now (on
+        PostgreSQL) is skipped and left out of the answer, not waited for.
         """
         await self.storage.sync_clock(force=False)
         now = self.storage.now()
@@ -321,6 +325,6 @@ class Claims(FlowControl):
                 self.storage.workers.register(conn, worker)
             self.storage.events.insert_rows(conn, events)
             self.storage.tasks.mark_started(conn, starts)
-            return self.storage.tasks.heartbeat(conn, leases, until)
+            return self.storage.tasks.heartbeat(conn, leases, until, skip_locked=skip_locked)
 
         return await self.storage.write(body, what="renew leases")

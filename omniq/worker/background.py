@@ -165,10 +165,16 @@ class BackgroundLoops(OutcomeWriting):
 
     async def _renew_only(self, leases: dict[str, str], limit: float) -> None:
         """Renew ``leases`` (nothing else), waiting ``limit`` seconds at most; a failure
-        is logged and left to the next try (the renewal is fenced by each lease)."""
+        is logged and left to the next try (the renewal is fenced by each lease).
+
+        It runs beside this worker's own writes (the heartbeat waits behind them), so
+        it skips the rows one of them is writing: on PostgreSQL the two would lock
+        the same rows in different orders and deadlock (a row being written is
+        finished or released by that write, or renewed by the next heartbeat).
+        """
         try:
             async with asyncio.timeout(limit):
-                await self.queue.heartbeat_async(leases, (), ())
+                await self.queue.heartbeat_async(leases, (), (), skip_locked=True)
         except Exception as exc:
             log.warning("renewing leases alone failed (tried again): %r", exc)
 

@@ -564,6 +564,33 @@ async def test_a_result_s_expiry_follows_the_database_clock_not_the_reader_s(
     assert result is not None and result.result == 42
 
 
+async def test_the_database_clock_does_not_step_back_when_read_again(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The database's clock is read again every minute; each reading is known only
+    # to within half its round trip. A reading whose request was held up before
+    # it was sent (a busy machine) put the clock ahead by up to half that trip,
+    # and the next, quicker reading put it back (in a CI run: a schedule updated
+    # after a time was read got a next run 0.6 ms before that time + interval).
+    if svc.storage.dialect.name != "postgresql":
+        pytest.skip("SQLite runs on one machine: its clock is the database's clock")
+    import omniq.services._storage as storage_module
+
+    real = storage_module._elapsed_clock
+    held_up = [0.020]  # the next reading's request seems to start 20 ms before it did
+
+    def elapsed() -> float:
+        return real() - (held_up.pop() if held_up else 0.0)
+
+    monkeypatch.setattr(storage_module, "_elapsed_clock", elapsed)
+    await svc.storage.sync_clock()  # the held-up reading: the clock runs up to 10 ms ahead
+    assert not held_up
+    for _ in range(20):
+        before = svc.storage.now()
+        await svc.storage.sync_clock()  # quick readings
+        assert svc.storage.now() >= before
+
+
 # --- found in review: fencing of a durable start, cancel requests, unstorable errors ------------
 
 

@@ -13,12 +13,14 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import anyio
 import attrs
 import pytest
 import sqlalchemy as sa
 
 from omniq._time import utcnow
 from omniq.db import schema
+from omniq.db.engine import create_engine
 from omniq.errors import (
     DuplicateTask,
     InvalidTransition,
@@ -43,6 +45,7 @@ pytestmark = pytest.mark.anyio
 
 FUNC = "tests.helpers:func"
 HOUR = timedelta(hours=1)
+DEADLINE = 30.0  # seconds: a wait that should take milliseconds
 
 #: The ``open_services`` fixture (tests/integration/conftest.py).
 ServicesFactory = Callable[..., Awaitable[Services]]
@@ -1050,6 +1053,47 @@ async def test_renew_leases_extends_only_held_leases(svc: Services) -> None:
     assert lease > utcnow() + timedelta(seconds=30)
     assert (await must_get(svc, b)).lease_expires_at == tb.lease_expires_at
     assert await svc.queue.renew_leases_async({}) == set()
+
+
+async def test_a_renewal_beside_a_write_skips_the_rows_that_write_holds(
+    svc: Services, db_url: str
+) -> None:
+    # A worker renews its leases alone beside its own slow outcome write; on
+    # PostgreSQL the two locked the same rows in different orders and deadlocked
+    # (a second of deadlock_timeout, then "writing the outcome failed"). Such a
+    # renewal skips a row another transaction holds instead of waiting for it.
+    a = await svc.queue.enqueue_async(FUNC)
+    b = await svc.queue.enqueue_async(FUNC)
+    ta = await claim_one(svc, a)
+    tb = await claim_one(svc, b)
+    leases = {a: ta.lease_token or "", b: tb.lease_token or ""}
+    if not db_url.startswith("postgresql"):
+        # One writer: nothing else holds a row while the renewal runs.
+        with anyio.fail_after(DEADLINE):
+            held = await svc.queue.heartbeat_async(leases, skip_locked=True)
+        assert held == {a: False, b: False}
+        return
+    await expire_lease(svc, a)
+    await expire_lease(svc, b)
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as writer:
+            await writer.begin()
+            row = sa.select(schema.tasks.c.id).where(schema.tasks.c.id == a)
+            await writer.execute(row.with_for_update())
+            with anyio.fail_after(DEADLINE):
+                held = await svc.queue.heartbeat_async(leases, skip_locked=True)
+            assert held == {b: False}  # a is skipped, not waited for nor said lost
+            await writer.rollback()
+    finally:
+        await engine.dispose()
+    renewed, skipped = (await must_get(svc, b)), (await must_get(svc, a))
+    assert renewed.lease_expires_at
+    assert renewed.lease_expires_at > utcnow() + timedelta(seconds=30)
+    assert skipped.lease_expires_at
+    assert skipped.lease_expires_at <= utcnow()
+    # Once the row is free, the next renewal (skipping or not) renews it.
+    assert await svc.queue.heartbeat_async(leases, skip_locked=True) == {a: False, b: False}
 
 
 async def test_recover_expired_leases_uses_the_crash_budget_then_fails_worker_lost(
