@@ -94,19 +94,31 @@ def _not_utf8(what: str, exc: UnicodeEncodeError) -> SerializationError:
     )
 
 
+def _sqlstates(error: BaseException | None) -> Iterator[str]:
+    """The SQLSTATEs a driver's error carries (it and the errors it chains)."""
+    seen = 0
+    while error is not None and seen < 8:
+        state = getattr(error, "sqlstate", None)
+        if isinstance(state, str):
+            yield state
+        error, seen = error.__cause__ or error.__context__, seen + 1
+
+
 def _connection_state(error: BaseException | None) -> bool:
     """True when the driver's error carries a SQLSTATE of a lost or refused connection:
     class 08 (a connection closed in the middle of the handshake, say, which SQLAlchemy
     does not mark invalidated) or 57P01-57P03 (the server shutting down or starting)."""
-    seen = 0
-    while error is not None and seen < 8:
-        state = getattr(error, "sqlstate", None)
-        if isinstance(state, str) and (
-            state.startswith("08") or state in ("57P01", "57P02", "57P03")
-        ):
-            return True
-        error, seen = error.__cause__ or error.__context__, seen + 1
-    return False
+    return any(
+        state.startswith("08") or state in ("57P01", "57P02", "57P03")
+        for state in _sqlstates(error)
+    )
+
+
+def is_transient_conflict(error: BaseException) -> bool:
+    """True for a PostgreSQL transaction rolled back for a conflict with another:
+    a deadlock (40P01) or a serialization failure (40001). Nothing of it was
+    written; the same transaction run again normally succeeds."""
+    return any(state in ("40P01", "40001") for state in _sqlstates(error))
 
 
 def _argument_cause(error: BaseException | None) -> BaseException | None:

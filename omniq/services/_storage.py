@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -48,7 +49,12 @@ from omniq.repositories import (
     ScheduleRepository,
     TaskRepository,
 )
-from omniq.repositories._base import PayloadCodec, is_locked_error, translate_errors
+from omniq.repositories._base import (
+    PayloadCodec,
+    is_locked_error,
+    is_transient_conflict,
+    translate_errors,
+)
 from omniq.repositories.limits import LimitRepository
 from omniq.repositories.locks import LockRepository
 from omniq.repositories.progress import ProgressRepository
@@ -64,6 +70,10 @@ log = logging.getLogger("omniq.db")
 
 #: How often the PostgreSQL clock offset is measured again (seconds).
 _CLOCK_REFRESH = 60.0
+
+#: How many times a PostgreSQL write rolled back by a deadlock (or a serialization
+#: failure) runs again before its error reaches the caller.
+_CONFLICT_RETRIES = 5
 
 #: The longest a close waits for writes in flight, then for its connections to
 #: close (seconds); a server that does not answer is let go after that.
@@ -405,8 +415,20 @@ class Storage:
             return await work
 
     async def _run_sync(self, body: Body[T]) -> T:
-        async with self.engine.connect() as conn:
-            return await conn.run_sync(run_in_transaction, body)
+        attempt = 0
+        while True:
+            try:
+                async with self.engine.connect() as conn:
+                    return await conn.run_sync(run_in_transaction, body)
+            except sa.exc.DBAPIError as exc:
+                # A deadlock with another transaction (PostgreSQL picks one of the two
+                # to roll back) wrote nothing: the body runs again, as PostgreSQL's
+                # documentation advises, instead of failing a write that can land.
+                attempt += 1
+                if attempt > _CONFLICT_RETRIES or not is_transient_conflict(exc):
+                    raise
+                log.info("%s; running the transaction again", type(exc.orig).__name__)
+                await asyncio.sleep(random.uniform(0.0, 0.01 * attempt))
 
     def _detach(
         self, future: asyncio.Future[Any], undo: Callable[[Any], Awaitable[Any]] | None

@@ -40,6 +40,7 @@ from omniq.models import (
     TaskStatus,
 )
 from omniq.services import ErrorInfo, Services, timing
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -1094,6 +1095,56 @@ async def test_a_renewal_beside_a_write_skips_the_rows_that_write_holds(
     assert skipped.lease_expires_at <= utcnow()
     # Once the row is free, the next renewal (skipping or not) renews it.
     assert await svc.queue.heartbeat_async(leases, skip_locked=True) == {a: False, b: False}
+
+
+async def test_a_write_rolled_back_by_a_deadlock_runs_again(svc: Services, db_url: str) -> None:
+    # PostgreSQL breaks a deadlock by rolling one of its transactions back; that
+    # one wrote nothing and runs again (a worker's outcome write reported
+    # "deadlock detected" instead, in a CI run).
+    if not db_url.startswith("postgresql"):
+        pytest.skip("deadlocks: PostgreSQL (SQLite has one writer)")
+    tasks = schema.tasks
+    a = await svc.queue.enqueue_async(FUNC)
+    b = await svc.queue.enqueue_async(FUNC)
+    runs = 0
+
+    def set_priority(conn: sa.Connection, task_id: str, value: int) -> None:
+        conn.execute(sa.update(tasks).where(tasks.c.id == task_id).values(priority=value))
+
+    def a_then_b(conn: sa.Connection) -> str:
+        nonlocal runs
+        runs += 1
+        set_priority(conn, a, 1)
+        set_priority(conn, b, 1)  # waits for the other transaction: the first to wait
+        return "written"
+
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as other, engine.connect() as watcher:
+            await other.begin()
+            await other.run_sync(set_priority, b, 2)
+            write = asyncio.ensure_future(svc.storage.write(a_then_b))
+
+            async def write_waits() -> bool:
+                rows = await watcher.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                return bool(rows.scalar_one())
+
+            await wait_until(write_waits, "the write waiting for b's row")
+            # Now the other transaction waits for a: a deadlock. The write, the
+            # first to wait, is the one PostgreSQL rolls back; this one goes on.
+            with anyio.fail_after(DEADLINE):
+                await other.run_sync(set_priority, a, 2)
+                await other.commit()
+        with anyio.fail_after(DEADLINE):
+            assert await write == "written"
+    finally:
+        await engine.dispose()
+    assert runs == 2
+    assert (await must_get(svc, a)).priority == 1
+    assert (await must_get(svc, b)).priority == 1
 
 
 async def test_recover_expired_leases_uses_the_crash_budget_then_fails_worker_lost(
