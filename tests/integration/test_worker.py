@@ -428,6 +428,37 @@ async def test_thread_task_timeout_marks_it_timed_out_while_the_thread_runs_on(
     assert await status_of(svc, task_id) is TaskStatus.FAILED
 
 
+async def test_a_short_thread_timeout_fires_beside_a_long_one(svc: Services) -> None:
+    # The pool's calls share one timer, set for the soonest timeout: a call with a
+    # short timeout that starts after one with a long timeout moves it earlier.
+    key = f"long-and-short-{uuid.uuid4().hex}"
+    long_id = await svc.queue.enqueue_async(
+        ref("block_until_released"), [key], timeout=600, priority=10
+    )
+    short_id = await svc.queue.enqueue_async(
+        ref("block_until_released"), [key], timeout=0.3, max_retries=0
+    )
+    worker = make_worker(svc, executor="thread", concurrency=2)
+    await worker.start_async()
+    try:
+
+        async def short_timed_out() -> bool:
+            return await status_of(svc, short_id) is TaskStatus.FAILED
+
+        await wait_until(short_timed_out, "the short timeout to fire")
+        assert (await must_result(svc, short_id)).error_type == "TaskTimeout"
+        assert await status_of(svc, long_id) is TaskStatus.RUNNING
+        worker_tasks.release(key)
+
+        async def long_completed() -> bool:
+            return await status_of(svc, long_id) is TaskStatus.COMPLETED
+
+        await wait_until(long_completed, "the long task to finish within its timeout")
+    finally:
+        worker_tasks.release(key)
+        await worker.stop_async(grace_period=5.0)
+
+
 async def test_process_task_timeout_kills_the_child_process(svc: Services, tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     task_id = await svc.queue.enqueue_async(
@@ -1069,6 +1100,7 @@ async def test_a_worker_that_ran_dry_claims_a_few_then_at_once_the_rest(svc: Ser
     )
     await worker.start_async()
     try:
+
         async def claimed_once() -> bool:
             return bool(queue.claims)
 
