@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 #: Generous: a condition that holds is seen within milliseconds.
 DEADLINE = 30.0
@@ -30,3 +31,12 @@ def wait_until_sync(condition: Callable[[], bool], what: str, timeout: float = D
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.02)
+
+
+async def waits_for_a_lock(watcher: AsyncConnection) -> bool:
+    """True while a session of ``watcher``'s PostgreSQL database waits for a lock."""
+    rows = await watcher.exec_driver_sql(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    return bool(rows.scalar_one())

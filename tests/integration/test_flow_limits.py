@@ -20,7 +20,7 @@ from omniq.models import Settings, Task
 from omniq.services import ErrorInfo, Services
 from omniq.services.scheduler import Scheduler
 from tests.integration.conftest import ServicesFactory
-from tests.waiting import wait_until
+from tests.waiting import wait_until, waits_for_a_lock
 
 pytestmark = pytest.mark.anyio
 
@@ -203,14 +203,9 @@ async def test_enqueue_takes_a_keys_row_before_its_dependencies_rows(
                 )
             )
 
-            async def enqueue_waits() -> bool:
-                rows = await watcher.exec_driver_sql(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
-                )
-                return bool(rows.scalar_one())
-
-            await wait_until(enqueue_waits, "the enqueue waiting for the key's row")
+            await wait_until(
+                lambda: waits_for_a_lock(watcher), "the enqueue waiting for the key's row"
+            )
             claim = sa.update(t).where(t.c.id == parent).values(status="running")
             await claimer.execute(claim)
             await claimer.rollback()

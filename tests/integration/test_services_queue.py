@@ -40,7 +40,7 @@ from omniq.models import (
     TaskStatus,
 )
 from omniq.services import ErrorInfo, Services, timing
-from tests.waiting import wait_until
+from tests.waiting import wait_until, waits_for_a_lock
 
 pytestmark = pytest.mark.anyio
 
@@ -1125,14 +1125,7 @@ async def test_a_write_rolled_back_by_a_deadlock_runs_again(svc: Services, db_ur
             await other.run_sync(set_priority, b, 2)
             write = asyncio.ensure_future(svc.storage.write(a_then_b))
 
-            async def write_waits() -> bool:
-                rows = await watcher.exec_driver_sql(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
-                )
-                return bool(rows.scalar_one())
-
-            await wait_until(write_waits, "the write waiting for b's row")
+            await wait_until(lambda: waits_for_a_lock(watcher), "the write waiting for b's row")
             # Now the other transaction waits for a: a deadlock. The write, the
             # first to wait, is the one PostgreSQL rolls back; this one goes on.
             with anyio.fail_after(DEADLINE):

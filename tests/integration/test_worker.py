@@ -66,13 +66,20 @@ def ref(name: str) -> str:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def make_worker(svc: Services, *, also_allow: tuple[str, ...] = (), **options: Any) -> Worker:
-    """A worker on ``svc`` allowed to run tests/worker_tasks.py (no scheduler/maintenance)."""
+def make_worker(
+    svc: Services,
+    *,
+    also_allow: tuple[str, ...] = (),
+    queue: TaskQueue | None = None,
+    **options: Any,
+) -> Worker:
+    """A worker on ``svc`` (or on ``queue``, a TaskQueue over its storage) allowed to
+    run tests/worker_tasks.py (no scheduler/maintenance)."""
     options.setdefault("run_scheduler", False)
     options.setdefault("run_maintenance", False)
     options.setdefault("poll_interval", 0.1)
     modules = [MODULE, *also_allow]
-    return Worker(svc.queue, svc.results, svc.events, allow_modules=modules, **options)
+    return Worker(queue or svc.queue, svc.results, svc.events, allow_modules=modules, **options)
 
 
 async def must_task(svc: Services, task_id: str) -> Task:
@@ -298,15 +305,7 @@ async def test_a_burst_worker_whose_claim_fails_tries_again_instead_of_ending(
 
     ids = [await svc.queue.enqueue_async(ref("add"), [n, 1]) for n in range(3)]
     queue = FailingOnce(svc.storage, svc.queue.queues)
-    worker = Worker(
-        queue,
-        svc.results,
-        svc.events,
-        allow_modules=[MODULE],
-        poll_interval=0.05,
-        run_scheduler=False,
-        run_maintenance=False,
-    )
+    worker = make_worker(svc, queue=queue, poll_interval=0.05)
     await worker.run_until_complete_async()
     assert queue.failures == 2
     for n, task_id in enumerate(ids):
@@ -1087,17 +1086,7 @@ async def test_a_worker_that_ran_dry_claims_a_few_then_at_once_the_rest(svc: Ser
     # the writer thread); a full answer means there may be more, so it claims for
     # every free slot at once instead of waiting for a poll (10 min here).
     queue = RecordingQueue(svc.queue)
-    worker = Worker(
-        queue,
-        svc.results,
-        svc.events,
-        allow_modules=[MODULE],
-        concurrency=60,
-        prefetch=0,
-        poll_interval=600,
-        run_scheduler=False,
-        run_maintenance=False,
-    )
+    worker = make_worker(svc, queue=queue, concurrency=60, prefetch=0, poll_interval=600)
     await worker.start_async()
     try:
 
