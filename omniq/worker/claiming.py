@@ -62,12 +62,12 @@ class Claiming(Stopping):
                 # its snapshot) wakes the wait below instead of being missed.
                 seen: int | None = self.storage.notifier.generation
                 failed = False
-                # Once the ready tasks ran out, a claim asks for a few (a worker woken
-                # for one new task): on SQLite such a claim runs on this thread when
-                # the writer is idle, without the trip to it. A full answer is
+                # Once the ready tasks ran out, a claim on SQLite asks for a few (a
+                # worker woken for one new task): such a claim runs on this thread
+                # when the writer is idle, without the trip to it. A full answer is
                 # followed at once by a claim for every free slot (not held back
-                # until half the capacity is free).
-                probing = ran_dry
+                # until half the capacity is free). PostgreSQL gains nothing by it.
+                probing = ran_dry and self.storage.writer is not None
                 ask = min(free, SMALL_WRITE) if probing else free
                 try:
                     claimed = await self._claim_unless_stopped(ask)
