@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omniq.models import Settings
 from omniq.repositories.events import event_row, maybe_written
-from omniq.services._shared import SMALL_WRITE
 from omniq.services._storage import Storage
 from omniq.services.events import EventStorage
 from omniq.services.queue import ErrorInfo, TaskQueue
@@ -19,7 +18,6 @@ from omniq.services.workers import WorkerRegistry
 from omniq.services.workflows import WorkflowService
 
 __all__ = [
-    "SMALL_WRITE",
     "ErrorInfo",
     "EventStorage",
     "ResultStorage",

@@ -34,9 +34,9 @@ _QUEUED = frozenset({TaskStatus.PENDING, TaskStatus.WAITING})
 _DEAD = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED})
 _EXPIRY_SWEEP_EVERY = 1.0
 _SWEEP_BATCH = 500
-#: Writes of up to this many tasks (an enqueue batch, a claim) are "small": on
-#: SQLite they may run on the caller's thread when the writer is idle and the
-#: lock free at once, skipping the trip to the writer thread (``Storage.write``).
+#: Enqueue batches of up to this many tasks are "small" writes: on SQLite they may
+#: run on the caller's thread when the writer is idle and the lock free at once,
+#: skipping the trip to the writer thread (``Storage.write``).
 SMALL_WRITE = 32
 
 

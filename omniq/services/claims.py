@@ -34,7 +34,6 @@ from omniq.services._shared import (
     _NO_LEASE,
     _RUNNING,
     _SWEEP_BATCH,
-    SMALL_WRITE,
     _dequeued_events,
     _event,
     _finish_values,
@@ -186,9 +185,7 @@ class Claims(FlowControl):
         async def undo(claimed: list[Task]) -> None:
             await self._release_unstarted(claimed, worker)
 
-        # A claim of a few tasks (a worker woken for one) may run on this thread.
-        small = n <= SMALL_WRITE and not sweep
-        claimed = await self.storage.write(body, what="claim tasks", undo=undo, small=small)
+        claimed = await self.storage.write(body, what="claim tasks", undo=undo)
         rank = {name: i for i, name in enumerate(queues or ())}
         claimed.sort(key=lambda x: (rank.get(x.queue_name, 0), -x.priority, x.run_at, x.id))
         return claimed

@@ -15,7 +15,6 @@ import inspect
 
 from omniq.errors import DatabaseClosed, OmniQError
 from omniq.models import Task
-from omniq.services import SMALL_WRITE
 from omniq.worker.outcomes import _needs_durable_start, _Running, log
 from omniq.worker.shutdown import Stopping
 
@@ -46,14 +45,13 @@ class Claiming(Stopping):
 
     async def _claim_loop(self, burst: bool) -> None:
         idle = _MIN_POLL
-        ran_dry = follow_up = False
         while not self._stopping:
             # Claim in batches: wait until half the capacity is free (or the worker
             # is empty), so one claim and one completion flush serve many tasks.
             self._claim_batch = max(1, (self.concurrency + self._prefetch_now()) // 2)
             self._start_buffered()
             free = self._free()
-            if self._has_room() or (follow_up and free > 0):
+            if self._has_room():
                 # Tasks running when the claim starts may end (and make retries or
                 # dependents ready) after the claim's snapshot: burst mode must
                 # not stop on that claim's empty answer.
@@ -62,15 +60,8 @@ class Claiming(Stopping):
                 # its snapshot) wakes the wait below instead of being missed.
                 seen: int | None = self.storage.notifier.generation
                 failed = False
-                # Once the ready tasks ran out, a claim on SQLite asks for a few (a
-                # worker woken for one new task): such a claim runs on this thread
-                # when the writer is idle, without the trip to it. A full answer is
-                # followed at once by a claim for every free slot (not held back
-                # until half the capacity is free). PostgreSQL gains nothing by it.
-                probing = ran_dry and self.storage.writer is not None
-                ask = min(free, SMALL_WRITE) if probing else free
                 try:
-                    claimed = await self._claim_unless_stopped(ask)
+                    claimed = await self._claim_unless_stopped(free)
                 except DatabaseClosed:
                     # Closed for good (not an outage): the worker stops with the error.
                     self._request_stop("the database was closed")
@@ -84,13 +75,11 @@ class Claiming(Stopping):
                     claimed, failed = [], True
                     idle = self.poll_interval
                     seen = None
-                ran_dry = not failed and len(claimed) < ask
-                follow_up = probing and not failed and not ran_dry
                 if claimed:
                     self._buffer.extend(claimed)
                     self._start_buffered()
                     idle = _MIN_POLL
-                    if not ran_dry:
+                    if len(claimed) >= free:
                         continue  # there may be more: claim again as soon as slots free up
                     # Fewer than asked: the ready tasks ran out at the claim's snapshot.
                     # Claiming again at once would mostly find nothing and, on SQLite,

@@ -1072,55 +1072,6 @@ async def test_leases_hold_while_a_stopping_worker_lets_tasks_finish(
 # --- slots and adaptive prefetch ----------------------------------------------------------
 
 
-class RecordingQueue(TaskQueue):
-    """The worker's queue, noting each claim: (tasks asked for, tasks got)."""
-
-    def __init__(self, base: TaskQueue) -> None:
-        super().__init__(base.storage, base.queues)
-        self.claims: list[tuple[int, int]] = []
-
-    async def dequeue_many_async(self, n: int, *args: Any, **kwargs: Any) -> list[Task]:
-        claimed = await super().dequeue_many_async(n, *args, **kwargs)
-        self.claims.append((n, len(claimed)))
-        return claimed
-
-
-async def test_a_worker_that_ran_dry_claims_a_few_then_at_once_the_rest(svc: Services) -> None:
-    # Woken for new work after the ready tasks ran out, a worker on SQLite claims
-    # a few first (such a claim may run on its own thread, without the trip to the
-    # writer thread); a full answer means there may be more, so it claims for
-    # every free slot at once instead of waiting for a poll (10 min here).
-    queue = RecordingQueue(svc.queue)
-    worker = make_worker(svc, queue=queue, concurrency=60, prefetch=0, poll_interval=600)
-    await worker.start_async()
-    try:
-
-        async def claimed_once() -> bool:
-            return bool(queue.claims)
-
-        await wait_until(claimed_once, "the first claim (nothing ready)")
-        assert queue.claims[0] == (60, 0)
-        ids = await svc.queue.enqueue_many_async(
-            [Task(func=ref("sleep_async"), func_args=[60]) for _ in range(60)]
-        )
-
-        async def all_running() -> bool:
-            stats = await svc.queue.stats_async()
-            return stats["default"].get("running") == len(ids)
-
-        await wait_until(all_running, "every task claimed")
-        if svc.storage.writer is None:  # PostgreSQL: every claim asks for all free slots
-            assert queue.claims[-1] == (60, 60), queue.claims
-        else:
-            # Polls that found nothing come first (asking for a few: the worker ran dry).
-            assert all(claim == (32, 0) for claim in queue.claims[1:-2]), queue.claims
-            assert queue.claims[-2:] == [(32, 32), (28, 28)]
-    finally:
-        await worker.stop_async(grace_period=0)
-    stats = await svc.queue.stats_async()
-    assert stats["default"].get("pending") == len(ids)  # released at the stop, not lost
-
-
 async def test_a_finished_function_frees_its_slot_before_its_outcome_commits(
     svc: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
