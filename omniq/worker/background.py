@@ -156,9 +156,9 @@ class BackgroundLoops(OutcomeWriting):
             self._restore(events, starts)
             await self._report_error("heartbeat failed", exc)
             return False
-        for task_id in leases:
+        for task_id, token in leases.items():
             if task_id not in held:
-                self._lose(task_id)
+                self._lose(task_id, token)
             elif held[task_id]:
                 self._cancel_local(task_id)
         return True
@@ -206,10 +206,16 @@ class BackgroundLoops(OutcomeWriting):
         for task_id in requested:
             self._cancel_local(task_id)
 
-    def _lose(self, task_id: str) -> None:
-        self._buffer = [t for t in self._buffer if t.id != task_id]
+    def _lose(self, task_id: str, token: str) -> None:
+        """The lease ``token`` of ``task_id`` is no longer held: stop what runs under it.
+
+        Only under that lease: the leases were read before the heartbeat waited its
+        turn, and meanwhile the task may have failed and been claimed here again
+        under a new lease (its retry), which is not lost.
+        """
+        self._buffer = [t for t in self._buffer if not (t.id == task_id and t.lease_token == token)]
         entry = self._running.get(task_id)
-        if entry is not None and not entry.lost:
+        if entry is not None and entry.task.lease_token == token and not entry.lost:
             log.warning("task %s: lease lost; stopping it and discarding its outcome", task_id)
             entry.lost = True
             if entry.handle is not None and entry.in_call:
