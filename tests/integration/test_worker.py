@@ -1031,6 +1031,42 @@ async def test_heartbeats_beside_completions_never_deadlock(
     assert stats["default"].get("completed") == len(ids), stats
 
 
+async def test_a_heartbeat_with_an_earlier_attempts_lease_does_not_stop_the_retry(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A heartbeat reads the leases it renews, then waits its turn behind the
+    # worker's outcome writes. Meanwhile a task may fail, be retried and be claimed
+    # here again under a new lease: the heartbeat then finds the earlier lease gone,
+    # and must not stop the retry that runs under the new one (it was marked lost
+    # and cancelled: a CI run's retried task never finished).
+    key = f"retry-lease-{uuid.uuid4().hex}"
+    task_id = await svc.queue.enqueue_async(ref("block_until_released"), [key])
+    worker = make_worker(svc, executor="thread")
+    await worker.start_async()
+    try:
+
+        async def running() -> bool:
+            return worker.get_stats().running == 1 and (
+                await status_of(svc, task_id) is TaskStatus.RUNNING
+            )
+
+        await wait_until(running, "the task to run")
+        with monkeypatch.context() as patched:
+            patched.setattr(worker, "_leases", lambda: {task_id: "an-earlier-attempts-lease"})
+            assert await worker._heartbeat()  # the earlier lease is not held
+        worker_tasks.release(key)
+
+        async def completed() -> bool:
+            return await status_of(svc, task_id) is TaskStatus.COMPLETED
+
+        await wait_until(completed, "the task to complete under its own lease")
+    finally:
+        worker_tasks.release(key)
+        await worker.stop_async(grace_period=5.0)
+    assert worker.get_stats().lost == 0
+    assert (await must_result(svc, task_id)).result == "late result"
+
+
 async def test_leases_hold_while_a_stopping_worker_lets_tasks_finish(
     open_services: ServicesFactory,
 ) -> None:
