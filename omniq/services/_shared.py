@@ -34,10 +34,6 @@ _QUEUED = frozenset({TaskStatus.PENDING, TaskStatus.WAITING})
 _DEAD = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED})
 _EXPIRY_SWEEP_EVERY = 1.0
 _SWEEP_BATCH = 500
-#: Enqueue batches of up to this many tasks are "small" writes: on SQLite they may
-#: run on the caller's thread when the writer is idle and the lock free at once,
-#: skipping the trip to the writer thread (``Storage.write``).
-SMALL_WRITE = 32
 
 
 #: How a task failed (the record results and attempts carry); the former name.

@@ -16,7 +16,7 @@ from omniq.payload_types import jsonable
 from omniq.repositories._base import UNKNOWN_TARGET
 from omniq.repositories.db_migration import refuse_if_migrated
 from omniq.services import hooks
-from omniq.services._shared import SMALL_WRITE, _event, _final_result
+from omniq.services._shared import _event, _final_result
 from omniq.services._storage import Storage
 from omniq.services.caller_tx import CallerTx, caller_tx, prepare_caller_tx, ready_for_caller_tx
 from omniq.services.dependencies import dependency_order, initial_status
@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 __all__ = ["Enqueue"]
+
+#: Batches up to this many tasks are "small" writes: on SQLite they may run on
+#: the caller's thread when the writer is idle (see ``Storage.write``).
+_SMALL = 32
 
 
 class Enqueue(Sweeps):
@@ -155,7 +159,7 @@ class Enqueue(Sweeps):
             self.storage.events.insert_rows(conn, events)
 
         async with self._named_migration():
-            await self.storage.write(body, what="enqueue", small=len(items) <= SMALL_WRITE)
+            await self.storage.write(body, what="enqueue", small=len(items) <= _SMALL)
         return [None] * len(items)
 
     async def _enqueue_in_own_transaction(
@@ -180,7 +184,7 @@ class Enqueue(Sweeps):
                 # The caller's transaction: workers are woken once it commits.
                 ids = await tx.write(self.storage, body, what="enqueue", wake=True)
             else:
-                small = also is None and len(batch) <= SMALL_WRITE  # ``also`` may write much more
+                small = also is None and len(batch) <= _SMALL  # ``also`` may write much more
                 ids = await self.storage.write(body, what="enqueue", small=small)
                 self.storage.notifier.notify()
         return [ids[x.id] for x in batch]

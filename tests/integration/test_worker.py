@@ -98,6 +98,15 @@ async def status_of(svc: Services, task_id: str) -> TaskStatus:
     return (await must_task(svc, task_id)).status
 
 
+async def wait_for_status(svc: Services, task_id: str, status: TaskStatus, what: str) -> None:
+    """Wait (with the tests' deadline) until the task's stored status is ``status``."""
+
+    async def reached() -> bool:
+        return await status_of(svc, task_id) is status
+
+    await wait_until(reached, what)
+
+
 async def events_of(svc: Services, task_id: str, kind: EventType) -> list[TaskEvent]:
     return await svc.events.get_events_async(task_id=task_id, event_type=kind, limit=1000)
 
@@ -440,19 +449,14 @@ async def test_a_short_thread_timeout_fires_beside_a_long_one(svc: Services) -> 
     worker = make_worker(svc, executor="thread", concurrency=2)
     await worker.start_async()
     try:
-
-        async def short_timed_out() -> bool:
-            return await status_of(svc, short_id) is TaskStatus.FAILED
-
-        await wait_until(short_timed_out, "the short timeout to fire")
+        await wait_for_status(svc, short_id, TaskStatus.FAILED, "the short timeout to fire")
         assert (await must_result(svc, short_id)).error_type == "TaskTimeout"
         assert await status_of(svc, long_id) is TaskStatus.RUNNING
         worker_tasks.release(key)
 
-        async def long_completed() -> bool:
-            return await status_of(svc, long_id) is TaskStatus.COMPLETED
-
-        await wait_until(long_completed, "the long task to finish within its timeout")
+        await wait_for_status(
+            svc, long_id, TaskStatus.COMPLETED, "the long task to finish within its timeout"
+        )
     finally:
         worker_tasks.release(key)
         await worker.stop_async(grace_period=5.0)
@@ -1056,10 +1060,9 @@ async def test_a_heartbeat_with_an_earlier_attempts_lease_does_not_stop_the_retr
             assert await worker._heartbeat()  # the earlier lease is not held
         worker_tasks.release(key)
 
-        async def completed() -> bool:
-            return await status_of(svc, task_id) is TaskStatus.COMPLETED
-
-        await wait_until(completed, "the task to complete under its own lease")
+        await wait_for_status(
+            svc, task_id, TaskStatus.COMPLETED, "the task to complete under its own lease"
+        )
     finally:
         worker_tasks.release(key)
         await worker.stop_async(grace_period=5.0)
