@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -21,6 +21,8 @@ from omniq.config import OmniQConfig
 from omniq.models.settings import evolve_settings
 
 __all__ = ["cmd_worker", "metrics_extra"]
+
+_log = logging.getLogger("omniq.worker")
 
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
@@ -78,7 +80,9 @@ async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
             raise CLIError(
                 f"--queues: no queue name in {args.queues!r} (leave it out to serve all)"
             )
-    async with oq:
+    if not args.burst and not await _open_when_reachable(oq, args):
+        return 0  # stopped by a signal before the database could be reached
+    async with oq:  # opened above (serving) or here (--burst fails at once)
         worker = oq._make_worker(
             queues=queues, concurrency=args.concurrency, executor=args.executor, **options
         )
@@ -118,10 +122,56 @@ async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
     return 0
 
 
+#: A serving worker that cannot reach its database at start-up tries again after
+#: this many seconds, doubling up to _OPEN_RETRY_MAX.
+_OPEN_RETRY_FIRST = 0.5
+_OPEN_RETRY_MAX = 10.0
+
+
+async def _open_when_reachable(oq: Any, args: argparse.Namespace) -> bool:
+    """Open ``oq``, waiting while its database cannot be reached; False if a SIGTERM
+    came first.
+
+    A worker started beside its database (a compose file, a host booting, a
+    server restarting) waits for it, as it rides out an outage once running:
+    each failed try is logged with the reason, the next comes after a doubling
+    pause. Only an unreachable server is waited for; a wrong password, a
+    missing database or an old schema fail at once (exit 1).
+    """
+    from omniq.cli_errors import explain
+    from omniq.errors import DatabaseUnavailable
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def wake() -> None:  # from the SIGTERM handler, on this thread
+        loop.call_soon_threadsafe(stop.set)
+
+    _early_wakers.append(wake)
+    pause = _OPEN_RETRY_FIRST
+    try:
+        while not _early_signals:
+            try:
+                await oq.open_async()
+                return True
+            except DatabaseUnavailable as exc:
+                reason, _ = explain(exc, args)
+                _log.warning("database unreachable: %s; trying again in %gs", reason, pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+            pause = min(pause * 2, _OPEN_RETRY_MAX)
+    finally:
+        _early_wakers.remove(wake)
+    _log.warning("%s received before the database could be reached: stopped", _early_signals[0])
+    return False
+
+
 #: SIGTERM received while `omniq worker` started (before the worker's own handlers):
 #: its default action would kill the process; it stops the worker once that runs.
 #: (Ctrl+C keeps its own meaning meanwhile: KeyboardInterrupt, exit 130.)
 _early_signals: list[str] = []
+#: Called when such a signal is noted (a start-up wait for the database ends at once).
+_early_wakers: list[Callable[[], None]] = []
 
 
 @contextlib.contextmanager
@@ -134,6 +184,8 @@ def early_signals_caught() -> Iterator[None]:
 
     def note(signum: int, _frame: Any) -> None:
         _early_signals.append(signal.Signals(signum).name)
+        for wake in list(_early_wakers):
+            wake()
 
     _early_signals.clear()
     previous = signal.signal(signal.SIGTERM, note)
