@@ -87,11 +87,6 @@ class Dialect:
     # ``json_each``: one statement step instead of n, each of which would let
     # the event loop's thread take the GIL from the writer thread.
 
-    @property
-    def array_batches(self) -> bool:
-        """Batches are bound as data and read back as rows (both engines)."""
-        return True
-
     def batch_rows(
         self, name: str, columns: Sequence[tuple[str, sa.types.TypeEngine[Any]]]
     ) -> Batch:

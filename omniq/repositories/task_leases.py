@@ -10,12 +10,15 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from omniq.db.engine import Batch, Dialect
+from omniq.db.engine import Dialect
 from omniq.db.schema import tasks as t
 from omniq.models import TaskStatus
 from omniq.repositories._base import translate_errors
 
 __all__ = ["LeaseStatements", "OutcomeMark", "status_values"]
+
+#: Finishing statements kept per repository (one per shape of plain values).
+_FINISHING_KEPT = 32
 
 
 class OutcomeMark(NamedTuple):
@@ -36,7 +39,6 @@ def status_values(values: Mapping[str, Any]) -> dict[str, Any]:
 class LeaseStatements:
     """Statements of a worker's leases: start marks, finishing updates, renewals."""
 
-    _starts: Batch
     dialect: Dialect
 
     def _lease_statements(self, dialect: Dialect) -> None:
@@ -51,9 +53,6 @@ class LeaseStatements:
             )
             .values(attempts=t.c.attempts + 1, started_at=sa.bindparam("at"))
         )
-        #: PostgreSQL: batches of (task_id, lease_token[, at]) as one fixed statement.
-        self._leases: Batch | None = None
-        self._mark_started_batch: sa.Update | None = None
         #: "status = 'running'" in statements joined to a batch. SQLite must not
         #: plan it as an index search (it would scan every running task per batch
         #: row): wrapped, the batch drives and each task is a primary-key lookup.
@@ -62,28 +61,30 @@ class LeaseStatements:
             if dialect.name == "postgresql"
             else sa.func.coalesce(t.c.status, "") == TaskStatus.RUNNING.value
         )
-        if dialect.array_batches:
-            self._leases = dialect.batch_rows(
-                "held", [("task_id", t.c.id.type), ("token", t.c.lease_token.type)]
+        #: Batches of (task_id, lease_token[, at]), each bound as one value.
+        self._leases = dialect.batch_rows(
+            "held", [("task_id", t.c.id.type), ("token", t.c.lease_token.type)]
+        )
+        starts = self._starts = dialect.batch_rows(
+            "starts",
+            [
+                ("task_id", t.c.id.type),
+                ("token", t.c.lease_token.type),
+                ("at", t.c.started_at.type),
+            ],
+        )
+        self._mark_started_batch = (
+            sa.update(t)
+            .where(
+                t.c.id == starts.c.task_id,
+                t.c.lease_token == starts.c.token,
+                self._running_in_batch,
+                t.c.started_at.is_(None),
             )
-            starts = self._starts = dialect.batch_rows(
-                "starts",
-                [
-                    ("task_id", t.c.id.type),
-                    ("token", t.c.lease_token.type),
-                    ("at", t.c.started_at.type),
-                ],
-            )
-            self._mark_started_batch = (
-                sa.update(t)
-                .where(
-                    t.c.id == starts.c.task_id,
-                    t.c.lease_token == starts.c.token,
-                    self._running_in_batch,
-                    t.c.started_at.is_(None),
-                )
-                .values(attempts=t.c.attempts + 1, started_at=starts.c.at)
-            )
+            .values(attempts=t.c.attempts + 1, started_at=starts.c.at)
+        )
+        #: The finishing UPDATEs of plain values, by shape (see :meth:`finish_leased`).
+        self._finishing: dict[tuple[tuple[str, ...], bool, bool], sa.Update] = {}
 
     def mark_started(
         self, conn: Connection, starts: Sequence[tuple[str, str | None, datetime]]
@@ -96,7 +97,7 @@ class LeaseStatements:
         if not starts:
             return 0
         with translate_errors("mark tasks started"):
-            if self._mark_started_batch is not None and len(starts) > 1:
+            if len(starts) > 1:
                 # A lease listed twice is marked once, by its first start. Another
                 # lease of the same task (an earlier attempt's start, put back after
                 # a write that raised) is kept too: only the held one can match.
@@ -115,15 +116,16 @@ class LeaseStatements:
         leases: Sequence[tuple[str, str | None]],
         values: Mapping[str, Any],
         starts: Sequence[tuple[str, str | None, datetime]] = (),
-        where: sa.ColumnElement[bool] | None = None,
+        *,
+        unless_cancel_requested: bool = False,
     ) -> set[str]:
         """Update running tasks still held under ``(task_id, lease_token)``; return their ids.
 
-        One statement for the whole batch; pairs whose lease was lost (or that
-        do not match ``where``) are skipped. ``starts`` (as for
-        :meth:`mark_started`) of tasks in ``leases`` are written by the same
-        statement (one row version per task, not two); any others with
-        :meth:`mark_started`.
+        One statement for the whole batch; pairs whose lease was lost (or, with
+        ``unless_cancel_requested``, whose cancellation was requested) are
+        skipped. ``starts`` (as for :meth:`mark_started`) of tasks in ``leases``
+        are written by the same statement (one row version per task, not two);
+        any others with :meth:`mark_started`.
         """
         leased = set(leases)
         started: dict[tuple[str, str | None], datetime] = {}
@@ -136,60 +138,75 @@ class LeaseStatements:
         self.mark_started(conn, others)
         if not leases:
             return set()
-        if started:
-            stmt, params = self._finish_started(leases, started, values)
+        plain = status_values(values)
+        if any(isinstance(value, sa.ClauseElement) for value in plain.values()):
+            # Per-task values (CASE expressions): a statement of this call's own.
+            stmt = self._finish_statement(plain, bool(started), unless_cancel_requested)
+            params: dict[str, Any] = {}
         else:
-            held, params = self._held(leases)
-            stmt = sa.update(t).where(held).values(**status_values(values)).returning(t.c.id)
-        if where is not None:
-            stmt = stmt.where(where)
+            # Plain values are bound: one statement per shape, built once (building
+            # and keying a new one cost more than running it).
+            shape = (tuple(plain), bool(started), unless_cancel_requested)
+            found = self._finishing.get(shape)
+            if found is None:
+                binds = {key: sa.bindparam(f"set_{key}", type_=t.c[key].type) for key in plain}
+                found = self._finish_statement(binds, bool(started), unless_cancel_requested)
+                if len(self._finishing) < _FINISHING_KEPT:
+                    self._finishing[shape] = found
+            stmt = found
+            params = {f"set_{key}": value for key, value in plain.items()}
+        if started:
+            rows = [(task_id, token, started.get((task_id, token))) for task_id, token in leases]
+            params.update(self._starts.params(rows))
+        else:
+            params.update(self._held_params(leases))
         with translate_errors("update tasks"):
             return set((conn.execute(stmt, params)).scalars().all())
 
-    def _finish_started(
-        self,
-        leases: Sequence[tuple[str, str | None]],
-        started: Mapping[tuple[str, str | None], datetime],
-        values: Mapping[str, Any],
-    ) -> tuple[sa.Update, dict[str, Any]]:
-        """The finishing UPDATE that also marks ``started`` tasks started (as
+    def _finish_statement(
+        self, values: Mapping[str, Any], started: bool, unless_cancel_requested: bool
+    ) -> sa.Update:
+        """The finishing UPDATE setting ``values`` on the held tasks of a batch; with
+        ``started``, it also marks the tasks of its starts batch started (as
         :meth:`mark_started` does: the first start counts an attempt)."""
-        batch = self._starts
-        starting = sa.and_(t.c.started_at.is_(None), batch.c.at.is_not(None))
-        stmt = (
-            sa.update(t)
-            .where(
-                t.c.id == batch.c.task_id,
-                t.c.lease_token == batch.c.token,
-                self._running_in_batch,
+        if started:
+            batch = self._starts
+            starting = sa.and_(t.c.started_at.is_(None), batch.c.at.is_not(None))
+            stmt = (
+                sa.update(t)
+                .where(
+                    t.c.id == batch.c.task_id,
+                    t.c.lease_token == batch.c.token,
+                    self._running_in_batch,
+                )
+                .values(
+                    **values,
+                    attempts=t.c.attempts + sa.case((starting, 1), else_=0),
+                    started_at=sa.func.coalesce(t.c.started_at, batch.c.at),
+                )
             )
-            .values(
-                **status_values(values),
-                attempts=t.c.attempts + sa.case((starting, 1), else_=0),
-                started_at=sa.func.coalesce(t.c.started_at, batch.c.at),
-            )
-            .returning(t.c.id)
-        )
-        rows = [(task_id, token, started.get((task_id, token))) for task_id, token in leases]
-        return stmt, batch.params(rows)
+        else:
+            stmt = sa.update(t).where(self._held_condition()).values(**values)
+        if unless_cancel_requested:
+            stmt = stmt.where(~t.c.cancel_requested)
+        return stmt.returning(t.c.id)
 
-    def _held(
-        self, leases: Sequence[tuple[str, str | None]]
-    ) -> tuple[sa.ColumnElement[bool], dict[str, Any]]:
-        """The condition "the task is held under one of ``leases``", and its parameters.
+    def _held_condition(self) -> sa.ColumnElement[bool]:
+        """The condition "the task is held under one of the leases of the batch"
+        (its parameters: :meth:`_held_params`).
 
         The batch of ids and tokens is joined (one fixed statement, a primary-key
         lookup per held lease, see :attr:`_running_in_batch`).
         """
-        if self._leases is None:
-            pairs = sa.tuple_(t.c.id, t.c.lease_token).in_(list(leases))
-            return sa.and_(pairs, t.c.status == TaskStatus.RUNNING.value), {}
-        cond = sa.and_(
+        return sa.and_(
             t.c.id == self._leases.c.task_id,
             t.c.lease_token == self._leases.c.token,
             self._running_in_batch,
         )
-        return cond, self._leases.params(leases)
+
+    def _held_params(self, leases: Sequence[tuple[str, str | None]]) -> dict[str, Any]:
+        """The parameters binding ``leases`` to :meth:`_held_condition`."""
+        return self._leases.params(leases)
 
     def outcome_marks(self, conn: Connection, ids: Collection[str]) -> dict[str, OutcomeMark]:
         """What an outcome leaves on each task of ``ids``: status, last worker,
@@ -249,7 +266,7 @@ class LeaseStatements:
         """
         if not leases:
             return {}
-        held, params = self._held(list(leases.items()))
+        held, params = self._held_condition(), self._held_params(list(leases.items()))
         if skip_locked and self.dialect.skip_locked:
             free = sa.select(t.c.id).where(held).with_for_update(of=t, skip_locked=True)
             free = free.correlate(None)  # its own scan of tasks, not the updated row

@@ -241,7 +241,7 @@ class Failures(Claims):
                 "started_at": None,
                 **_NO_LEASE,
             },
-            where=~t.c.cancel_requested,
+            unless_cancel_requested=True,
         )
         self.storage.events.insert_rows(
             conn,

@@ -127,7 +127,7 @@ class Leases(Failures):
                 [(task.id, task.lease_token) for task, _, _ in prepared],
                 _finish_values(TaskStatus.COMPLETED, now),
                 starts,
-                where=~t.c.cancel_requested,
+                unless_cancel_requested=True,
             )
             buffered = list(events)
             settled: dict[str, TaskStatus] = dict.fromkeys(held, TaskStatus.COMPLETED)
