@@ -81,6 +81,7 @@ async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
                 f"--queues: no queue name in {args.queues!r} (leave it out to serve all)"
             )
     if not args.burst and not await _open_when_reachable(oq, args):
+        await oq.close_async()  # what a try left open (say, before its schedules' upsert)
         return 0  # stopped by a signal before the database could be reached
     async with oq:  # opened above (serving) or here (--burst fails at once)
         worker = oq._make_worker(
