@@ -8,10 +8,12 @@ import contextlib
 import logging
 import re
 import signal
+import socket
+import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import attrs
@@ -127,20 +129,58 @@ async def cmd_worker(args: argparse.Namespace, config: OmniQConfig) -> int:
 #: this many seconds, doubling up to _OPEN_RETRY_MAX.
 _OPEN_RETRY_FIRST = 0.5
 _OPEN_RETRY_MAX = 10.0
+#: What a server that cannot take a connection yet says (SQLSTATE): shutting down
+#: or starting up (57P01-57P03), at its connection limit (53300), class 08.
+_NOT_YET = ("57P01", "57P02", "57P03", "53300")
+
+
+def _worth_waiting(exc: BaseException) -> bool:
+    """True when ``exc`` (opening the database failed) says the server is not
+    reachable yet: refused, reset, unknown host, timed out, starting or full.
+
+    A TLS failure (a certificate, an SSL mode the server refuses) is a setting
+    to fix, as is a password: not waited for.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    transient = False
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, ssl.SSLError) or "SSL" in str(err):
+            return False
+        state = getattr(err, "sqlstate", None)
+        if isinstance(err, _UNREACHABLE) or (
+            isinstance(state, str) and (state.startswith("08") or state in _NOT_YET)
+        ):
+            transient = True
+        todo += [getattr(err, "orig", None), err.__cause__, err.__context__]
+    return transient
+
+
+_UNREACHABLE = (
+    ConnectionRefusedError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    socket.gaierror,
+    TimeoutError,
+)
 
 
 async def _open_when_reachable(oq: Any, args: argparse.Namespace) -> bool:
     """Open ``oq``, waiting while its database cannot be reached; False if a SIGTERM
-    came first.
+    came first (it also cuts short a connection attempt the server does not answer).
 
     A worker started beside its database (a compose file, a host booting, a
     server restarting) waits for it, as it rides out an outage once running:
     each failed try is logged with the reason, the next comes after a doubling
-    pause. Only an unreachable server is waited for; a wrong password, a
-    missing database or an old schema fail at once (exit 1).
+    pause. Only an unreachable server is waited for (see :func:`_worth_waiting`);
+    a wrong password, a TLS setting, a missing database or an old schema fail at
+    once (exit 1).
     """
     from omniq.cli_errors import explain
-    from omniq.errors import DatabaseUnavailable
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -153,17 +193,45 @@ async def _open_when_reachable(oq: Any, args: argparse.Namespace) -> bool:
     try:
         while not _early_signals:
             try:
-                await oq.open_async()
-                return True
-            except DatabaseUnavailable as exc:
+                if await _unless_stopped(oq.open_async(), stop):
+                    return True
+                break  # stopped while connecting
+            except Exception as exc:
+                if not _worth_waiting(exc):
+                    raise
                 reason, _ = explain(exc, args)
-                _log.warning("database unreachable: %s; trying again in %gs", reason, pause)
+                _log.warning("waiting for the database: %s; trying again in %gs", reason, pause)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), pause)
             pause = min(pause * 2, _OPEN_RETRY_MAX)
     finally:
         _early_wakers.remove(wake)
     _log.warning("%s received before the database could be reached: stopped", _early_signals[0])
+    return False
+
+
+async def _unless_stopped(opening: Coroutine[Any, Any, Any], stop: asyncio.Event) -> bool:
+    """Await ``opening``; True once it is done, False if ``stop`` is set first (it
+    is then cancelled, and what it opened is closed by it)."""
+    task = asyncio.ensure_future(opening)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.cancelled() and task.done():
+        task.result()  # its error, if it failed
+        return True
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:
+        pass  # it failed while being stopped: nothing to report
     return False
 
 

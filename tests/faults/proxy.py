@@ -79,6 +79,11 @@ class FaultProxy:
         if not self._thread.is_alive():
             self._loop.close()
 
+    @property
+    def clients(self) -> int:
+        """How many client connections are open through the proxy now."""
+        return len(self._clients)
+
     def refuse(self) -> None:
         """Close the listening socket: the kernel refuses new connections (ECONNREFUSED,
         as from a stopped server); live connections keep working."""

@@ -1,8 +1,10 @@
 """`omniq worker` started while its PostgreSQL server cannot be reached (a compose file
 that starts both at once, a server restarting): it waits, saying why, and serves once
-the server answers; a SIGTERM meanwhile stops it cleanly. Errors that waiting cannot
-cure (a missing database, a wrong user) still end it at once, as `--burst` does for any.
-The server is made unreachable by the tests' own TCP proxy refusing connections."""
+the server answers; a SIGTERM meanwhile stops it cleanly, even in the middle of a
+connection attempt the server does not answer. Errors that waiting cannot cure (a
+missing database, a wrong user, a TLS setting the server refuses) still end it at
+once, as `--burst` does for any. The server is made unreachable by the tests' own TCP
+proxy refusing connections, or accepting them and passing nothing on."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from tests.faults.proxy import FaultProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
-WAITING = "database unreachable"
+WAITING = "waiting for the database"
 
 
 class CliWorker:
@@ -134,6 +136,24 @@ async def test_sigterm_while_a_worker_waits_for_its_database_stops_it_cleanly(
     assert "Traceback" not in out
 
 
+async def test_sigterm_during_a_connection_attempt_nobody_answers_stops_the_worker(
+    pg_proxy: tuple[FaultProxy, str, str], tmp_path: Path, cli_workers: list[CliWorker]
+) -> None:
+    """A server that takes the connection and never answers holds a try until the
+    connection timeout (a minute by default): the SIGTERM must not wait for it."""
+    proxy, url, _ = pg_proxy
+    proxy.stall()
+    worker = start(cli_workers, tmp_path, url)
+    waiting.wait_until_sync(
+        lambda: worker.alive() and proxy.clients > 0, "the worker to connect through the proxy"
+    )
+    worker.proc.send_signal(signal.SIGTERM)
+    assert exit_code(worker) == 0, worker.output()
+    out = worker.output()
+    assert "SIGTERM received before the database could be reached" in out, out
+    assert "Traceback" not in out
+
+
 async def test_errors_that_waiting_cannot_cure_end_a_serving_worker_at_once(
     pg_proxy: tuple[FaultProxy, str, str], tmp_path: Path, cli_workers: list[CliWorker]
 ) -> None:
@@ -142,6 +162,8 @@ async def test_errors_that_waiting_cannot_cure_end_a_serving_worker_at_once(
     for target, words in [
         (base.set(database="omniq_no_such_database"), "does not exist"),
         (base.set(username="omniq_no_such_user", password=None), "authentication failed"),
+        # The tests' server has no TLS: asyncpg says it "rejected SSL upgrade".
+        (base.update_query_dict({"ssl": "require"}), "SSL"),
     ]:
         worker = start(cli_workers, tmp_path, target.render_as_string(hide_password=False))
         assert exit_code(worker) == 1, worker.output()
