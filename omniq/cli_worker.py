@@ -134,6 +134,16 @@ _OPEN_RETRY_MAX = 10.0
 _NOT_YET = ("57P01", "57P02", "57P03", "53300")
 
 
+#: Errors of a connection that did not come about (yet).
+_UNREACHABLE = (
+    ConnectionRefusedError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    socket.gaierror,
+    TimeoutError,
+)
+
+
 def _worth_waiting(exc: BaseException) -> bool:
     """True when ``exc`` (opening the database failed) says the server is not
     reachable yet: refused, reset, unknown host, timed out, starting or full.
@@ -158,15 +168,6 @@ def _worth_waiting(exc: BaseException) -> bool:
             transient = True
         todo += [getattr(err, "orig", None), err.__cause__, err.__context__]
     return transient
-
-
-_UNREACHABLE = (
-    ConnectionRefusedError,
-    ConnectionResetError,
-    ConnectionAbortedError,
-    socket.gaierror,
-    TimeoutError,
-)
 
 
 async def _open_when_reachable(oq: Any, args: argparse.Namespace) -> bool:
