@@ -25,7 +25,15 @@ from omniq.models import Task, TaskStatus
 from omniq.repositories._base import translate_errors
 from omniq.repositories.db_migration import claims_open
 
-__all__ = ["CONCURRENCY", "QUEUE", "RATE", "LimitRepository", "controlled_queues"]
+__all__ = [
+    "CONCURRENCY",
+    "QUEUE",
+    "RATE",
+    "LimitRepository",
+    "binding_limits",
+    "controlled_queues",
+    "unlimited",
+]
 
 CONCURRENCY = "concurrency"
 RATE = "rate"
@@ -39,6 +47,37 @@ _ORDER = (t.c.priority.desc(), t.c.run_at, t.c.id)
 def controlled_queues() -> sa.Select[tuple[str]]:
     """The queues a plain claim skips: paused, or with queue-wide limits (a queue row)."""
     return sa.select(lim.c.key).where(lim.c.kind == QUEUE)
+
+
+def binding_limits(by_queue: bool, tasks: sa.FromClause) -> sa.ColumnElement[bool]:
+    """Which ``omniq_limits`` rows may bind a claim (binding ``queues`` when
+    ``by_queue``): the rows of the keys pending tasks carry (found through the
+    keys' indexes) and the queues' own rows. ``tasks``: the tasks table, or an
+    alias of it inside a statement on that table (so it is not correlated).
+    """
+    in_queues = [tasks.c.queue_name.in_(sa.bindparam("queues", expanding=True))] if by_queue else []
+    pending = tasks.c.status == _PENDING
+    by_concurrency = sa.exists().where(
+        tasks.c.concurrency_key.is_not(None),
+        tasks.c.concurrency_key == lim.c.key,
+        pending,
+        *in_queues,
+    )
+    by_rate = sa.exists().where(
+        tasks.c.rate_key.is_not(None), tasks.c.rate_key == lim.c.key, pending, *in_queues
+    )
+    own = lim.c.key.in_(sa.bindparam("queues", expanding=True)) if by_queue else sa.true()
+    return sa.or_(
+        sa.and_(lim.c.kind == CONCURRENCY, by_concurrency),
+        sa.and_(lim.c.kind == RATE, by_rate),
+        sa.and_(lim.c.kind == QUEUE, own),
+    )
+
+
+def unlimited(by_queue: bool) -> sa.ColumnElement[bool]:
+    """True while no ``omniq_limits`` row may bind a claim (see :func:`binding_limits`):
+    the plain claim then takes every ready task in claim order by itself."""
+    return ~sa.exists().where(binding_limits(by_queue, t.alias("keyed")))
 
 
 class LimitRepository:
@@ -107,26 +146,7 @@ class LimitRepository:
         )
 
     def _lock_statement(self, by_queue: bool) -> sa.Select[Any]:
-        in_queues = [t.c.queue_name.in_(sa.bindparam("queues", expanding=True))] if by_queue else []
-        pending = t.c.status == _PENDING
-        by_concurrency = sa.exists().where(
-            t.c.concurrency_key.is_not(None), t.c.concurrency_key == lim.c.key, pending, *in_queues
-        )
-        by_rate = sa.exists().where(
-            t.c.rate_key.is_not(None), t.c.rate_key == lim.c.key, pending, *in_queues
-        )
-        own = lim.c.key.in_(sa.bindparam("queues", expanding=True)) if by_queue else sa.true()
-        stmt = (
-            sa.select(lim)
-            .where(
-                sa.or_(
-                    sa.and_(lim.c.kind == CONCURRENCY, by_concurrency),
-                    sa.and_(lim.c.kind == RATE, by_rate),
-                    sa.and_(lim.c.kind == QUEUE, own),
-                )
-            )
-            .order_by(*self._key_order)
-        )
+        stmt = sa.select(lim).where(binding_limits(by_queue, t)).order_by(*self._key_order)
         if self.dialect.skip_locked:
             stmt = stmt.with_for_update(of=lim)
         return stmt

@@ -26,7 +26,7 @@ from omniq.models.task import field_keys
 from omniq.repositories._base import PayloadCodec, translate_errors
 from omniq.repositories.db_migration import claims_open
 from omniq.repositories.dependencies import DependencyStatements
-from omniq.repositories.limits import controlled_queues
+from omniq.repositories.limits import controlled_queues, unlimited
 from omniq.repositories.task_browse import BrowseStatements
 from omniq.repositories.task_leases import LeaseStatements, status_values
 from omniq.repositories.task_picks import PickStatements
@@ -100,11 +100,15 @@ class TaskRepository(
         self._live_by_key = sa.select(t.c.id).where(
             t.c.unique_key == sa.bindparam("key"), t.c.status.in_(_LIVE)
         )
-        #: Claim statements by (by_queue, start): ``start`` also marks the tasks started.
+        #: Claim statements by (by_queue, start, guarded): ``start`` also marks the tasks
+        #: started; ``guarded`` claims only while no limit row may bind the claim.
         self._claims = {
-            (by_queue, start): self._claim_statement(by_queue=by_queue, start=start)
+            (by_queue, start, guarded): self._claim_statement(
+                by_queue=by_queue, start=start, guarded=guarded
+            )
             for by_queue in (True, False)
             for start in (True, False)
+            for guarded in (True, False)
         }
         self._lease_statements(dialect)
         #: SQLite: many task rows bound natively by the driver (see Dialect.driver_rows);
@@ -323,8 +327,10 @@ class TaskRepository(
 
     # --- the claim -----------------------------------------------------------
 
-    def _claim_statement(self, *, by_queue: bool, start: bool) -> sa.Update:
+    def _claim_statement(self, *, by_queue: bool, start: bool, guarded: bool) -> sa.Update:
         sub = sa.select(t.c.id).where(*_plainly_ready())
+        if guarded:
+            sub = sub.where(unlimited(by_queue))
         if by_queue:
             sub = sub.where(t.c.queue_name == sa.bindparam("queue"))
         sub = sub.order_by(*_ORDER).limit(sa.bindparam("n"))
@@ -371,6 +377,7 @@ class TaskRepository(
         worker_id: str,
         unreadable: list[tuple[str, str]] | None = None,
         start: bool = True,
+        guarded: bool = False,
     ) -> list[Task]:
         """Atomically move up to ``n`` ready tasks to running under a new lease.
 
@@ -382,6 +389,9 @@ class TaskRepository(
         Claimed rows that cannot be read are appended to ``unreadable`` as
         ``(task_id, reason)`` (they stay claimed under this lease, for the
         caller to fail); without that list, :class:`InvalidRow` is raised.
+        ``guarded``: each statement claims nothing while a limit row may bind
+        a claim from ``queues`` (:func:`~omniq.repositories.limits.unlimited`),
+        so what it claims is what the limited claim would have taken first.
         """
         params: dict[str, Any] = {
             "now": now,
@@ -392,15 +402,17 @@ class TaskRepository(
         claimed: list[Task] = []
         with translate_errors("claim tasks"):
             if not queues:
-                result = conn.execute(self._claims[False, start], {**params, "n": n})
+                result = conn.execute(self._claims[False, start, guarded], {**params, "n": n})
                 claimed.extend(self.claimed_rows(result.keys(), result.all(), unreadable))
             else:
+                if guarded:
+                    params["queues"] = list(queues)
                 for queue in queues:
                     want = n - len(claimed)
                     if want <= 0:
                         break
                     params.update(queue=queue, n=want)
-                    result = conn.execute(self._claims[True, start], params)
+                    result = conn.execute(self._claims[True, start, guarded], params)
                     claimed.extend(self.claimed_rows(result.keys(), result.all(), unreadable))
         return claimed
 

@@ -16,6 +16,7 @@ free them in their own transactions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,6 +40,8 @@ _QUEUE_RATE = "queue-rate"
 LIMIT_RETENTION = timedelta(hours=1)
 #: Reads of candidates per queue and claim (each leaves out the keys that ran dry).
 _PICK_READS = 4
+#: At most this many queue lists are remembered as limited (then forgotten at once).
+_LIMITED_KEPT = 256
 
 
 def _refill(row: dict[str, Any], now: datetime) -> float:
@@ -65,6 +68,10 @@ class FlowControl(Enqueue):
         #: By worker id: seconds until the next token is due, after that worker's
         #: last claim claimed nothing while rate limits held tasks back.
         self._flow_waits: dict[str, float] = {}
+        #: The queue lists (as claims name them) whose last claim found limit rows
+        #: that may bind it: their next claim locks those rows first, without
+        #: trying the guarded plain claim (which would claim nothing).
+        self._limited: set[tuple[str, ...]] = set()
 
     def take_flow_wait(self, worker_id: str) -> float | None:
         """How long ``worker_id``'s last claim says to wait for rate limits (then forgotten).
@@ -95,23 +102,37 @@ class FlowControl(Enqueue):
         """Claim up to ``n`` ready tasks of ``queues`` within every limit that applies.
 
         Without limit rows that concern these queues (no keyed task pending, no
-        paused or limited queue), this is the plain claim statement.
+        paused or limited queue), this is the plain claim statement: tried
+        first, guarded by that very condition, unless the last claim from these
+        queues found such rows; only when it claims nothing are the rows locked
+        and read (one statement fewer per claim where no limits are used).
         """
         self._flow_waits.pop(worker_id, None)  # this claim's answer replaces the last one
-        repo = self.storage.limits
-        rows = repo.lock_for_claim(conn, queues)
+        plain = functools.partial(
+            self.storage.tasks.claim,
+            conn,
+            queues=queues,
+            n=n,
+            now=now,
+            token=token,
+            lease_until=lease_until,
+            worker_id=worker_id,
+            unreadable=unreadable,
+            start=start,
+        )
+        seen = tuple(queues or ())
+        if seen not in self._limited:
+            unread = len(unreadable)
+            first = plain(guarded=True)
+            if first or len(unreadable) > unread:
+                return first
+        rows = self.storage.limits.lock_for_claim(conn, queues)
         if not rows:
-            return self.storage.tasks.claim(
-                conn,
-                queues=queues,
-                n=n,
-                now=now,
-                token=token,
-                lease_until=lease_until,
-                worker_id=worker_id,
-                unreadable=unreadable,
-                start=start,
-            )
+            self._limited.discard(seen)
+            return plain()
+        if len(self._limited) >= _LIMITED_KEPT:
+            self._limited.clear()
+        self._limited.add(seen)
         budget, buckets = self._budgets(conn, rows, now)
         targets: list[str | None] = list(queues) if queues else [None]
         claimed: list[Task] = []

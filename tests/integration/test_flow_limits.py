@@ -103,6 +103,47 @@ async def test_lease_recovery_gives_the_slot_back(open_services: ServicesFactory
     assert recovered is not None and recovered.lost_count == 1
 
 
+async def test_claim_order_holds_across_keyed_and_plain_tasks(svc: Services) -> None:
+    # A claim tries the plain claim first when its queues had no limits last time;
+    # a keyed task of higher priority must still come first.
+    q = svc.queue
+    await enqueue(svc, 1, queue_name="mix")
+    assert len(await q.dequeue_many_async(1, ["mix"])) == 1  # no limits seen here yet
+    low = await q.enqueue_async(FUNC, [0], queue_name="mix")
+    keyed = await q.enqueue_async(
+        FUNC, [1], queue_name="mix", priority=10, concurrency=Limit(5), concurrency_key="K"
+    )
+    mid = await q.enqueue_async(FUNC, [2], queue_name="mix", priority=5)
+    order = [(await q.dequeue_many_async(1, ["mix"]))[0].id for _ in range(3)]
+    assert order == [keyed, mid, low]
+    # The key's row outlives its tasks (maintenance prunes it later): plain tasks
+    # are claimed in order as before.
+    later = [await q.enqueue_async(FUNC, [i], queue_name="mix", priority=i) for i in range(3)]
+    claimed = await q.dequeue_many_async(2, ["mix"])
+    assert [x.id for x in claimed] == [later[2], later[1]]
+    assert [x.id for x in await q.dequeue_many_async(5)] == [later[0]]
+
+
+async def test_limits_set_by_another_app_bind_the_next_claim(
+    open_services: ServicesFactory,
+) -> None:
+    # Two apps on one database (as two processes): the claimer has seen no limits,
+    # the other pauses a queue, then limits a key; the next claim obeys both.
+    claimer, other = await open_services(), await open_services()
+    await enqueue(claimer, 1, queue_name="p")
+    assert len(await claimer.queue.dequeue_many_async(1, ["p"])) == 1
+    assert len(await claimer.queue.dequeue_many_async(1)) == 0
+    await other.queue.pause_queue_async("p")
+    await enqueue(other, 2, queue_name="p")
+    assert await claimer.queue.dequeue_many_async(5, ["p"]) == []
+    assert await claimer.queue.dequeue_many_async(5) == []
+    await other.queue.resume_queue_async("p")
+    await enqueue(other, 3, queue_name="k", concurrency=Limit(1), concurrency_key="one")
+    claimed = await claimer.queue.dequeue_many_async(10)
+    assert sorted(x.queue_name for x in claimed) == ["k", "p", "p"]
+    assert await claimer.queue.dequeue_many_async(10) == []
+
+
 async def test_limits_across_queues_share_the_key(svc: Services) -> None:
     await enqueue(svc, 2, queue_name="a", concurrency=Limit(1), concurrency_key="S")
     await enqueue(svc, 2, queue_name="b", concurrency=Limit(1), concurrency_key="S")
