@@ -1,12 +1,15 @@
 """Flow control: the limited part of the claim, queue-wide limits and queue pause.
 
 The plain claim (:meth:`TaskRepository.claim`) takes only tasks without keys
-from queues without a row in ``omniq_limits``; when it leaves room, the same
-claim transaction runs :meth:`FlowControl._claim_limited`: it locks the rows of
-the keys that ready tasks carry (PostgreSQL: ``FOR UPDATE`` in key order; SQLite:
-the single writer), counts running tasks per concurrency key and queue,
-refills the token buckets by the time elapsed (the storage clock), picks
-tasks in claim order within the budgets, claims them and spends tokens.
+from queues without a row in ``omniq_limits``. A claim runs it first, guarded
+by the condition that no limit row may bind the claim (then it takes what the
+limited claim would have, in the same order); when that claims nothing,
+:meth:`FlowControl._claim_within_limits` locks the rows that may bind the claim
+(PostgreSQL: ``FOR UPDATE`` in key order; SQLite: the single writer). Without
+any, the plain claim runs unguarded; with some, it counts running tasks per
+concurrency key and queue, refills the token buckets by the time elapsed (the
+storage clock), picks tasks in claim order within the budgets, claims them
+and spends tokens.
 
 A task held back costs nothing: it stays pending, its attempts unchanged.
 Slots come back with the status change of the task that held them (counted,
