@@ -106,6 +106,23 @@ class LimitRepository:
             )
         )
 
+        # A refund never fills a bucket past its size (tokens None: full).
+        held = sa.func.coalesce(lim.c.tokens, lim.c.rate_limit) + sa.bindparam(
+            "k_count", type_=lim.c.tokens.type
+        )
+        self._refund = (
+            sa.update(lim)
+            .where(
+                lim.c.kind == sa.bindparam("k_kind"),
+                lim.c.key == sa.bindparam("k_key"),
+                lim.c.rate_limit.is_not(None),
+            )
+            .values(tokens=sa.case((held > lim.c.rate_limit, lim.c.rate_limit), else_=held))
+        )
+
+        #: The rate buckets among given (kind, key) rows, locked, by "skip locked rows".
+        self._buckets: dict[bool, sa.Select[Any]] = {}
+
         #: Rows are locked in (kind, key) order by code point, the order in which
         #: :meth:`declare` writes them (Python's), whatever the database's collation:
         #: two transactions never wait for each other's rows in opposite orders.
@@ -114,6 +131,18 @@ class LimitRepository:
             if dialect.name == "postgresql"
             else (lim.c.kind, lim.c.key)
         )
+        for skip in (False, True):
+            buckets = (
+                sa.select(lim.c.kind, lim.c.key)
+                .where(
+                    sa.tuple_(lim.c.kind, lim.c.key).in_(sa.bindparam("needs", expanding=True)),
+                    lim.c.rate_limit.is_not(None),
+                )
+                .order_by(*self._key_order)
+            )
+            if dialect.skip_locked:
+                buckets = buckets.with_for_update(of=lim, skip_locked=skip)
+            self._buckets[skip] = buckets
         #: The claim's lock statement, by "for given queues" (built once: hot path).
         self._lock = {by_queue: self._lock_statement(by_queue) for by_queue in (False, True)}
         #: Its candidates, by "from one queue".
@@ -347,6 +376,29 @@ class LimitRepository:
         ]
         with translate_errors("claim tasks"):
             conn.execute(self._spend, params)
+
+    def lock_buckets(
+        self, conn: Connection, needs: Sequence[tuple[str, str]], *, skip_locked: bool = False
+    ) -> set[tuple[str, str]]:
+        """Which of these ``(kind, key)`` rows hold a rate (a key's bucket, a queue's
+        rate), locked (PostgreSQL: ``FOR UPDATE`` in key order, as claims lock them;
+        with ``skip_locked``, rows another transaction holds are left out)."""
+        if not needs:
+            return set()
+        stmt = self._buckets[skip_locked]
+        with translate_errors("release tasks"):
+            rows = conn.execute(stmt, {"needs": list(needs)}).all()
+        return {(row[0], row[1]) for row in rows}
+
+    def refund(self, conn: Connection, refunds: Sequence[tuple[str, str, int]]) -> None:
+        """Give tokens back to rate buckets: ``(kind, key, how many)`` (the key's rate
+        row, or a queue's row with a rate), each bucket at most full; rows without a
+        rate are left alone."""
+        if not refunds:
+            return
+        params = [{"k_kind": k, "k_key": key, "k_count": float(n)} for k, key, n in refunds]
+        with translate_errors("release tasks"):
+            conn.execute(self._refund, params)
 
 
 def _pick_params(

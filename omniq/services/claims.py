@@ -197,6 +197,8 @@ class Claims(FlowControl):
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> None:
+            buckets = self._rate_buckets(conn, tasks)
+            unstarted = []
             for task in tasks:
                 started = task.started_at is not None
                 updated = self.storage.tasks.transition(
@@ -216,6 +218,8 @@ class Claims(FlowControl):
                         conn,
                         [_event(EventType.RELEASED, task, timestamp=now, worker_id=worker_id)],
                     )
+                    unstarted.append(task)  # its function never ran, whatever the mark says
+            self._refund(conn, unstarted, buckets)
 
         await self.storage.write(body, what="release tasks")
         self.storage.notifier.notify()

@@ -57,6 +57,14 @@ def _refill(row: dict[str, Any], now: datetime) -> float:
     return min(limit, tokens + elapsed * limit / per.total_seconds())
 
 
+def _rate_needs(task: Task) -> list[tuple[str, str]]:
+    """The rows whose rate a claim of ``task`` may have spent: its queue's, its key's."""
+    needs = [(QUEUE, task.queue_name)]
+    if task.rate_key is not None:
+        needs.append((RATE, task.rate_key))
+    return needs
+
+
 def _token_due(row: dict[str, Any], tokens: float) -> float:
     """Seconds until a bucket holding ``tokens`` has one."""
     per: timedelta = row["rate_period"]
@@ -295,6 +303,31 @@ class FlowControl(Enqueue):
             at = now if row["refilled_at"] is None else max(now, row["refilled_at"])
             spent.append((kind, need[1], _refill(row, now) - count, at))
         self.storage.limits.spend(conn, spent)
+
+    def _rate_buckets(
+        self, conn: sa.Connection, tasks: Sequence[Task], *, skip_locked: bool = False
+    ) -> set[tuple[str, str]]:
+        """Lock the rate buckets the claims of ``tasks`` took tokens from (their keys',
+        their queues'), as a claim locks them: before any task row of a transaction
+        that then gives tokens back (:meth:`_refund`), so it cannot deadlock with a
+        claim. ``skip_locked``: for a transaction that holds task rows already; a
+        bucket a claim holds right now is left out (its tokens are not given back)."""
+        needs = sorted({need for x in tasks for need in _rate_needs(x)})
+        return self.storage.limits.lock_buckets(conn, needs, skip_locked=skip_locked)
+
+    def _refund(
+        self, conn: sa.Connection, tasks: Sequence[Task], buckets: set[tuple[str, str]]
+    ) -> None:
+        """Give back the rate tokens the claims of these tasks took, to the ``buckets``
+        locked by :meth:`_rate_buckets`: the tasks go back to pending without having
+        started (a rate limits starts), so the next claim may take them at once
+        instead of after a refill."""
+        counts: dict[tuple[str, str], int] = {}
+        for x in tasks:
+            for need in _rate_needs(x):
+                if need in buckets:
+                    counts[need] = counts.get(need, 0) + 1
+        self.storage.limits.refund(conn, [(k, key, n) for (k, key), n in sorted(counts.items())])
 
     async def prune_limits_async(self, idle_for: timedelta = LIMIT_RETENTION) -> int:
         """Delete the rows of keys no live task carries, declared more than

@@ -235,14 +235,17 @@ class Leases(Failures):
     ) -> list[str]:
         """Give running tasks back to pending in one transaction; return the ids released.
 
-        Nothing is spent: a task that was marked started gets its attempt back.
-        A task whose cancellation was requested meanwhile is cancelled instead.
+        Nothing is spent: a task that was marked started gets its attempt back,
+        one that had not started (``started_at`` None) the rate tokens its claim
+        took. A task whose cancellation was requested meanwhile is cancelled instead.
         """
         now = self.storage.now()
 
         def body(conn: sa.Connection) -> list[str]:
+            buckets = self._rate_buckets(conn, [x for x in tasks if x.started_at is None])
             self.storage.events.insert_rows(conn, events)
             released = []
+            unstarted = []
             for task in tasks:
                 updated = self.storage.tasks.transition(
                     conn,
@@ -265,8 +268,11 @@ class Leases(Failures):
                         conn,
                         [_event(EventType.RELEASED, task, timestamp=now, worker_id=worker_id)],
                     )
+                    if task.started_at is None:
+                        unstarted.append(task)
                 else:
                     self._cancel_if_requested(conn, task, now, worker_id)
+            self._refund(conn, unstarted, buckets)
             return released
 
         released = await self.storage.write(body, what="release tasks")
@@ -379,6 +385,9 @@ class Leases(Failures):
         if started:
             info = ErrorInfo(type="WorkerLost", message=message)
             self._record_attempts(conn, [(task, info, TaskStatus.PENDING)], now, task.worker_id)
+        else:
+            # The listing locked this task's row already: take its buckets only if free.
+            self._refund(conn, [task], self._rate_buckets(conn, [task], skip_locked=True))
         self.storage.events.insert_rows(
             conn,
             [

@@ -14,13 +14,14 @@ import sqlalchemy as sa
 from omniq import AsyncOmniQ, Limit, Rate, TaskStatus, ValidationError
 from omniq._time import utcnow
 from omniq.db.engine import create_engine
+from omniq.db.schema import events as ev
 from omniq.db.schema import limits as lim
 from omniq.db.schema import tasks as t
-from omniq.models import Settings, Task
+from omniq.models import EventType, Settings, Task
 from omniq.services import ErrorInfo, Services
 from omniq.services.scheduler import Scheduler
 from tests.integration.conftest import ServicesFactory
-from tests.waiting import wait_until, waits_for_a_lock
+from tests.waiting import DEADLINE, wait_until, waits_for_a_lock
 
 pytestmark = pytest.mark.anyio
 
@@ -272,6 +273,77 @@ async def test_a_rate_limit_leaves_over_rate_tasks_pending_at_no_cost(svc: Servi
     left = [await svc.queue.get_task_async(i) for i in ids[3:]]
     assert all(x is not None and x.status is TaskStatus.PENDING and x.attempts == 0 for x in left)
     assert other
+
+
+async def released_events(svc: Services) -> int:
+    def body(conn: sa.Connection) -> int:
+        stmt = sa.select(sa.func.count()).where(ev.c.event_type == EventType.RELEASED.value)
+        return int(conn.execute(stmt).scalar_one())
+
+    return await svc.storage.read(body)
+
+
+async def test_a_cancelled_claim_gives_its_rate_tokens_back(svc: Services) -> None:
+    # A claim undone because its caller was cancelled spent nothing: neither the
+    # tasks' attempts nor the tokens of their key's and their queue's buckets.
+    q = svc.queue
+    await q.set_queue_limit_async("rq", rate=Rate(2, per=SLOW))
+    ids = await enqueue(svc, 2, queue_name="rq", rate=Rate(2, per=SLOW), rate_key="R")
+    for turns in range(200):  # until the cancel lands while the claim's write runs
+        claim = asyncio.ensure_future(q.dequeue_many_async(2, worker_id="gone", start=False))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        claim.cancel()
+        try:
+            got = await claim
+        except asyncio.CancelledError:
+            await asyncio.wait_for(svc.storage.wait_detached(), timeout=DEADLINE)
+            if await released_events(svc):
+                break
+        else:
+            await q.release_many_async(got, worker_id="gone")  # never started: refunded too
+    assert await released_events(svc), "no cancel landed during the claim's write"
+    again = await q.dequeue_many_async(5, worker_id="alive")
+    assert sorted(x.id for x in again) == sorted(ids)
+    assert all(x.attempts == 1 for x in again)
+
+
+async def test_a_released_task_that_never_started_gives_its_tokens_back(svc: Services) -> None:
+    q = svc.queue
+    await q.set_queue_limit_async("rq", rate=Rate(3, per=SLOW))
+    await enqueue(svc, 3, queue_name="rq", rate=Rate(3, per=SLOW), rate_key="R")
+    held = await q.dequeue_many_async(3, start=False, worker_id="w")  # prefetched
+    assert len(held) == 3
+    assert await q.dequeue_many_async(3, worker_id="w") == []  # both buckets empty
+    assert len(await q.release_many_async(held[:2], worker_id="w")) == 2
+    # Two tokens back in each bucket: the two tasks are claimed (and started) at once.
+    started = await q.dequeue_many_async(3, worker_id="w")
+    assert sorted(x.id for x in started) == sorted(x.id for x in held[:2])
+    # A task released after it started gets its attempt back, not its token: it
+    # did start (a rate limits starts), so it waits for a refill.
+    assert len(await q.release_many_async(started, worker_id="w")) == 2
+    assert await q.dequeue_many_async(3, worker_id="w") == []
+    wait = q.take_flow_wait("w")
+    assert wait is not None and wait > 60
+
+
+async def test_lease_recovery_of_an_unstarted_task_gives_its_tokens_back(
+    open_services: ServicesFactory,
+) -> None:
+    svc = await open_services(
+        Settings(lease_duration=timedelta(seconds=1), heartbeat_interval=timedelta(seconds=0.2))
+    )
+    (task_id,) = await enqueue(svc, 1, rate=Rate(1, per=SLOW), rate_key="L")
+    (lost,) = await svc.queue.dequeue_many_async(5, start=False, worker_id="gone")
+
+    # Its claimer vanished before starting it: once the lease expired, recovery puts it
+    # back unspent, and it can be claimed at once.
+    async def recovered() -> bool:
+        return bool(await svc.queue.recover_expired_leases_async())
+
+    await wait_until(recovered, "the lease expired and the task recovered")
+    again = await svc.queue.dequeue_many_async(5, worker_id="alive")
+    assert [x.id for x in again] == [lost.id] == [task_id]
 
 
 async def test_tokens_refill_with_time(svc: Services) -> None:
