@@ -371,7 +371,7 @@ async def test_paused_schedule_creates_nothing_and_resume_does_not_burst(svc: Se
         assert paused.status is ScheduleStatus.PAUSED
     assert await scheduler.fire_due_async(utcnow() + timedelta(hours=1)) == 0
 
-    resumed_at = utcnow()
+    resumed_at = svc.storage.now()  # the clock schedules are timed by (the database's on PG)
     for schedule_id in (plain, started):
         schedule = await svc.queue.resume_schedule_async(schedule_id)
         assert schedule.status is ScheduleStatus.ACTIVE

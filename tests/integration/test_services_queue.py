@@ -1295,7 +1295,7 @@ async def test_schedule_crud(svc: Services) -> None:
     with pytest.raises(InvalidTransition):
         await q.pause_schedule_async(sid)
 
-    resume_time = utcnow()
+    resume_time = svc.storage.now()  # the clock the schedule is timed by (the database's on PG)
     resumed = await q.resume_schedule_async(sid)
     assert resumed.status is ScheduleStatus.ACTIVE
     assert resumed.resumed_at is not None
