@@ -41,8 +41,9 @@ _QUEUE_RATE = "queue-rate"
 #: Keys without live tasks keep their rows this long (then maintenance prunes them:
 #: every claim looks at the rows of keys with pending tasks, so rows must not pile up).
 LIMIT_RETENTION = timedelta(hours=1)
-#: Reads of candidates per queue and claim (each leaves out the keys that ran dry).
-_PICK_READS = 4
+#: Reads of candidates per queue and claim (each leaves out the keys that ran dry,
+#: and reads twice as far as the one before).
+_PICK_READS = 6
 #: At most this many queue lists are remembered as limited (then forgotten at once).
 _LIMITED_KEPT = 256
 
@@ -231,9 +232,11 @@ class FlowControl(Enqueue):
 
         Each read leaves out the keys and queues with nothing left, so a key at its
         limit never hides the tasks behind it; a read that ran dry of some key's
-        budget is followed by another without that key (a few at most).
+        budget is followed by another without that key, twice as long (a key's
+        backlog in front of the next keys' tasks fills a read: many keys of
+        ``Limit(1)`` with long backlogs), at most ``_PICK_READS`` in all.
         """
-        for _ in range(_PICK_READS):
+        for read in range(_PICK_READS):
 
             def is_open(kind: str) -> list[str]:
                 return sorted(key for (k, key) in rows if k == kind and budget[k, key] >= 1)
@@ -247,7 +250,7 @@ class FlowControl(Enqueue):
             # Room for every task wanted in each budget: read just those (and a few);
             # else twice as many, as some will not fit.
             tight = any(0 < left < want for left in budget.values())
-            limit = want * 2 + 8 if tight else want + 8
+            limit = (want * 2 + 8 if tight else want + 8) << read
             found = self.storage.limits.candidates(
                 conn,
                 queue,

@@ -104,6 +104,23 @@ async def test_lease_recovery_gives_the_slot_back(open_services: ServicesFactory
     assert recovered is not None and recovered.lost_count == 1
 
 
+async def test_a_claim_finds_many_free_keys_behind_long_backlogs(svc: Services) -> None:
+    # 30 tenants of Limit(1), each tenant's 40 tasks before the next tenant's in claim
+    # order: a claim of 20 takes one task of each of the first 20 tenants (four reads of
+    # candidates of a fixed size took 6 to 8).
+    tasks = [
+        svc.queue.build_task(
+            FUNC, [k, j], priority=1000 - k, concurrency=Limit(1), concurrency_key=f"t{k:02d}"
+        )
+        for k in range(30)
+        for j in range(40)
+    ]
+    await svc.queue.enqueue_many_async(tasks)
+    claimed = await svc.queue.dequeue_many_async(20, start=False, worker_id="w")
+    assert [x.concurrency_key for x in claimed] == [f"t{k:02d}" for k in range(20)]
+    assert [x.func_args for x in claimed] == [(k, 0) for k in range(20)]
+
+
 async def test_claim_order_holds_across_keyed_and_plain_tasks(svc: Services) -> None:
     # A claim tries the plain claim first when its queues had no limits last time;
     # a keyed task of higher priority must still come first.
