@@ -44,6 +44,8 @@ LIMIT_RETENTION = timedelta(hours=1)
 #: Reads of candidates per queue and claim (each leaves out the keys that ran dry,
 #: and reads twice as far as the one before).
 _PICK_READS = 6
+#: A read longer than this (after reads that ran dry) is cut to it.
+_PICK_WINDOW = 1024
 #: At most this many queue lists are remembered as limited (then forgotten at once).
 _LIMITED_KEPT = 256
 
@@ -250,7 +252,9 @@ class FlowControl(Enqueue):
             # Room for every task wanted in each budget: read just those (and a few);
             # else twice as many, as some will not fit.
             tight = any(0 < left < want for left in budget.values())
-            limit = (want * 2 + 8 if tight else want + 8) << read
+            base = want * 2 + 8 if tight else want + 8
+            # Further after a read that ran dry, up to _PICK_WINDOW rows a read.
+            limit = min(base << read, max(base, _PICK_WINDOW))
             found = self.storage.limits.candidates(
                 conn,
                 queue,
