@@ -27,6 +27,9 @@ _PREFETCH_FACTOR = 30
 _PREFETCH_MAX = 1000
 
 
+#: The most a claim asks for after one that found fewer than it asked for.
+_AFTER_DRY = 32
+
 #: While a claim waits for the server, how often the worker looks for a stop (seconds).
 _STOP_LOOK = 0.5
 
@@ -45,6 +48,11 @@ class Claiming(Stopping):
 
     async def _claim_loop(self, burst: bool) -> None:
         idle = _MIN_POLL
+        # After a claim that found fewer tasks than it asked for, the next asks
+        # for few: it is likely one just enqueued, and a small claim runs on
+        # this thread when the database is free (no trip to the writer thread
+        # and back, on SQLite). Found as many as asked, the next asks for all.
+        dry = True
         while not self._stopping:
             # Claim in batches: wait until half the capacity is free (or the worker
             # is empty), so one claim and one completion flush serve many tasks.
@@ -61,7 +69,8 @@ class Claiming(Stopping):
                 seen: int | None = self.storage.notifier.generation
                 failed = False
                 try:
-                    claimed = await self._claim_unless_stopped(free)
+                    ask = min(free, _AFTER_DRY) if dry else free
+                    claimed = await self._claim_unless_stopped(ask)
                 except DatabaseClosed:
                     # Closed for good (not an outage): the worker stops with the error.
                     self._request_stop("the database was closed")
@@ -75,11 +84,12 @@ class Claiming(Stopping):
                     claimed, failed = [], True
                     idle = self.poll_interval
                     seen = None
+                dry = len(claimed) < ask
                 if claimed:
                     self._buffer.extend(claimed)
                     self._start_buffered()
                     idle = _MIN_POLL
-                    if len(claimed) >= free:
+                    if not dry:
                         continue  # there may be more: claim again as soon as slots free up
                     # Fewer than asked: the ready tasks ran out at the claim's snapshot.
                     # Claiming again at once would mostly find nothing and, on SQLite,
