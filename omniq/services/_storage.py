@@ -145,7 +145,10 @@ class Notifier:
                 return True
             self._waiters.add(entry)
         try:
-            await asyncio.wait_for(entry[1].wait(), timeout)
+            # Not wait_for: on 3.11 it runs the wait in a task of its own, one
+            # more turn of the loop for every wake-up.
+            async with asyncio.timeout(timeout):
+                await entry[1].wait()
         except TimeoutError:
             return False
         finally:
