@@ -42,11 +42,11 @@ from omniq.services._shared import (
 from omniq.services.dependencies import cancel_dependents
 from omniq.services.flow import FlowControl
 
-__all__ = ["Claims", "Start"]
+__all__ = ["SMALL_CLAIM", "Claims", "Start"]
 
 #: Claims of up to this many tasks are "small" writes: on SQLite they may run on
-#: the caller's thread when the writer is idle (see ``StorageCore.write``).
-_SMALL_CLAIM = 32
+#: the caller's thread when the writer is idle (see ``Storage.write``).
+SMALL_CLAIM = 32
 
 #: A task's function started: ``(task_id, lease_token, started_at)``.
 Start = tuple[str, str | None, datetime]
@@ -189,7 +189,7 @@ class Claims(FlowControl):
         async def undo(claimed: list[Task]) -> None:
             await self._release_unstarted(claimed, worker)
 
-        small = n <= _SMALL_CLAIM and not sweep
+        small = n <= SMALL_CLAIM and not sweep
         claimed = await self.storage.write(body, what="claim tasks", undo=undo, small=small)
         rank = {name: i for i, name in enumerate(queues or ())}
         claimed.sort(key=lambda x: (rank.get(x.queue_name, 0), -x.priority, x.run_at, x.id))

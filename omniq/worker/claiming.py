@@ -15,6 +15,7 @@ import inspect
 
 from omniq.errors import DatabaseClosed, OmniQError
 from omniq.models import Task
+from omniq.services.claims import SMALL_CLAIM
 from omniq.worker.outcomes import _needs_durable_start, _Running, log
 from omniq.worker.shutdown import Stopping
 
@@ -26,9 +27,6 @@ _PREFETCH_HORIZON = 0.02
 _PREFETCH_FACTOR = 30
 _PREFETCH_MAX = 1000
 
-
-#: The most a claim asks for after one that found fewer than it asked for.
-_AFTER_DRY = 32
 
 #: While a claim waits for the server, how often the worker looks for a stop (seconds).
 _STOP_LOOK = 0.5
@@ -69,7 +67,7 @@ class Claiming(Stopping):
                 seen: int | None = self.storage.notifier.generation
                 failed = False
                 try:
-                    ask = min(free, _AFTER_DRY) if dry else free
+                    ask = min(free, SMALL_CLAIM) if dry else free
                     claimed = await self._claim_unless_stopped(ask)
                 except DatabaseClosed:
                     # Closed for good (not an outage): the worker stops with the error.
