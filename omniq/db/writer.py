@@ -54,7 +54,7 @@ log = logging.getLogger("omniq.db")
 T = TypeVar("T")
 Body = Callable[[sa.Connection], T]
 
-__all__ = ["DECLINED", "SQLiteWriter", "run_in_transaction"]
+__all__ = ["DECLINED", "SQLiteWriter", "TooBigInline", "run_in_transaction", "running_inline"]
 
 #: Every this many inline writes, one goes through the thread instead (its
 #: commit checkpoints the WAL when the WAL has grown past SQLite's threshold).
@@ -68,6 +68,21 @@ class _Declined:
 
 #: What :meth:`SQLiteWriter.run_inline` returns when the body must go to the thread.
 DECLINED: Any = _Declined()
+
+
+class TooBigInline(Exception):
+    """Raised by a body running inline (:func:`running_inline`) that turned out to
+    be more than a small write: it is rolled back and runs on the writer thread
+    instead, so the caller's thread (an event loop) is not held for long."""
+
+
+_inline = threading.local()
+
+
+def running_inline() -> bool:
+    """True while this thread runs a body inline (:meth:`SQLiteWriter.run_inline`)."""
+    return bool(getattr(_inline, "active", False))
+
 
 #: Every writer of this process, so that a forked child can start them afresh.
 _WRITERS: weakref.WeakSet[SQLiteWriter] = weakref.WeakSet()
@@ -165,7 +180,8 @@ class SQLiteWriter:
         Declined unless the thread is idle, its connection open, and the
         database's write lock free at once (``BEGIN IMMEDIATE`` with
         ``busy_timeout = 0``): the caller never waits for a lock here. A body
-        that raises is rolled back and its error raised, as on the thread.
+        that raises is rolled back and its error raised, as on the thread; one
+        that raises :class:`TooBigInline` is rolled back and declined.
         """
         if not self._conn_lock.acquire(blocking=False):
             return DECLINED
@@ -183,12 +199,16 @@ class SQLiteWriter:
             try:
                 if not self._set_inline_mode(True):
                     return DECLINED
+                _inline.active = True
                 return self._transact(body, inline=True)
             except sa_exc.OperationalError as exc:
                 if self._is_locked(exc):
                     return DECLINED  # rolled back; the thread runs it again, waiting
                 raise
+            except TooBigInline:
+                return DECLINED  # rolled back; the thread runs it
             finally:
+                _inline.active = False
                 if taken:
                     assert lock is not None
                     lock.release()

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from omniq._time import new_id, to_timedelta
 from omniq.db.schema import tasks as t
+from omniq.db.writer import TooBigInline, running_inline
 from omniq.errors import ValidationError
 from omniq.models import (
     EventLevel,
@@ -151,7 +152,11 @@ class Claims(FlowControl):
 
         def body(conn: sa.Connection) -> list[Task]:
             if sweep:
-                self._expire(conn, now, _SWEEP_BATCH)
+                inline = running_inline()
+                # Inline, the sweep only looks: finding expired tasks to settle, it
+                # sends the claim to the writer thread (see TooBigInline).
+                if self._expire(conn, now, 1 if inline else _SWEEP_BATCH) and inline:
+                    raise TooBigInline
             claimed: list[Task] = []
             while True:
                 unreadable: list[tuple[str, str]] = []
@@ -169,6 +174,10 @@ class Claims(FlowControl):
                 )
                 if not unreadable:
                     break
+                if running_inline():
+                    # Quarantining rows (and cancelling their dependents) is no
+                    # small write: not on the caller's event loop.
+                    raise TooBigInline
                 self._quarantine(conn, unreadable, token, now)
                 if len(claimed) >= n:
                     break
@@ -189,7 +198,9 @@ class Claims(FlowControl):
         async def undo(claimed: list[Task]) -> None:
             await self._release_unstarted(claimed, worker)
 
-        small = n <= SMALL_CLAIM and not sweep
+        # Not small: a claim from queues whose last claim met limits (reading and
+        # locking them costs far more than a claim).
+        small = n <= SMALL_CLAIM and not self._limits_met(queues)
         claimed = await self.storage.write(body, what="claim tasks", undo=undo, small=small)
         rank = {name: i for i, name in enumerate(queues or ())}
         claimed.sort(key=lambda x: (rank.get(x.queue_name, 0), -x.priority, x.run_at, x.id))

@@ -26,6 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from omniq.db.writer import TooBigInline, running_inline
 from omniq.errors import ValidationError
 from omniq.models import Task
 from omniq.models.limits import QueueLimits, Rate
@@ -100,6 +101,10 @@ class FlowControl(Enqueue):
 
     # --- the claim ------------------------------------------------------------------
 
+    def _limits_met(self, queues: Sequence[str] | None) -> bool:
+        """True if the last claim from ``queues`` found limit rows that may bind it."""
+        return tuple(queues or ()) in self._limited
+
     def _claim_within_limits(
         self,
         conn: sa.Connection,
@@ -147,6 +152,8 @@ class FlowControl(Enqueue):
         if len(self._limited) >= _LIMITED_KEPT:
             self._limited.clear()
         self._limited.add(seen)
+        if running_inline():
+            raise TooBigInline  # the limited claim reads much: on the writer thread
         budget, buckets = self._budgets(conn, rows, now)
         targets: list[str | None] = list(queues) if queues else [None]
         claimed: list[Task] = []

@@ -133,7 +133,12 @@ class Claiming(Stopping):
                             raise
                         return []
         except asyncio.CancelledError:
-            claim.cancel()  # this loop was cancelled: so is the claim (its undo runs)
+            # This loop was cancelled: so is the claim (its undo gives back what it
+            # took). Done already, its tasks go where shutdown releases them.
+            if not claim.done():
+                claim.cancel()
+            elif not claim.cancelled() and claim.exception() is None:
+                self._buffer.extend(claim.result())
             raise
         return claim.result()
 

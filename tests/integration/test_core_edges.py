@@ -80,6 +80,53 @@ async def test_a_cancelled_claim_gives_its_tasks_back(svc: Services, yields: int
     assert len(again) == 1000
 
 
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+async def test_a_worker_cancelled_as_its_claim_returns_gives_the_tasks_back(
+    svc: Services, turns: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's own task is cancelled ``turns`` turns of the loop after its
+    # claim returned, before the claim loop took the tasks: they must not stay
+    # running under a lease nobody holds (they did, with 0-2 turns).
+    from omniq.worker import Worker
+
+    ids = await svc.queue.enqueue_many_async(
+        [svc.queue.build_task("tests.worker_tasks:sleep_async", [30]) for _ in range(3)]
+    )
+    worker = Worker(
+        svc.queue,
+        allow_modules=["tests.worker_tasks"],
+        concurrency=4,
+        run_scheduler=False,
+        run_maintenance=False,
+        grace_period=0.2,
+    )
+    claim = svc.queue.dequeue_many_async
+    run: asyncio.Future[None] | None = None
+
+    async def claim_then_cancel(*args: Any, **kwargs: Any) -> list[Task]:
+        claimed = await claim(*args, **kwargs)
+        if claimed and run is not None:
+            loop = asyncio.get_running_loop()
+
+            def later(n: int) -> None:
+                if n:
+                    loop.call_soon(later, n - 1)
+                else:
+                    run.cancel()
+
+            later(turns)
+        return claimed
+
+    monkeypatch.setattr(svc.queue, "dequeue_many_async", claim_then_cancel)
+    run = asyncio.ensure_future(worker.run_async())
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, timeout=DEADLINE)
+    await asyncio.wait_for(svc.storage.wait_detached(), timeout=DEADLINE)
+    listed = {x.id: x for x in await svc.queue.list_tasks_async(limit=100)}
+    assert {x.status for x in listed.values()} == {TaskStatus.PENDING}, listed
+    assert all(listed[i].attempts == 0 and listed[i].lease_token is None for i in ids)
+
+
 @pytest.mark.parametrize("yields", [0, 1, 2, 4, 8])
 async def test_a_cancelled_completion_is_all_or_nothing_and_never_hangs(
     svc: Services, yields: int
