@@ -433,6 +433,13 @@ class Storage:
                 log.info("%s; running the transaction again", type(exc.orig).__name__)
                 await asyncio.sleep(random.uniform(0.0, 0.01 * attempt))
 
+    def undo_later(self, undo: Callable[[T], Awaitable[Any]], result: T) -> None:
+        """Run ``undo(result)`` on its own, for a committed write whose caller is gone
+        (cancelled, or failed further on); :meth:`wait_detached` waits for it."""
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        done.set_result(result)
+        self._detach(done, undo)
+
     def _detach(
         self, future: asyncio.Future[Any], undo: Callable[[Any], Awaitable[Any]] | None
     ) -> None:

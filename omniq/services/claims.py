@@ -9,7 +9,7 @@ changes nothing). Each is one transaction with its events.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,6 +48,13 @@ __all__ = ["SMALL_CLAIM", "Claims", "Start"]
 #: Claims of up to this many tasks are "small" writes: on SQLite they may run on
 #: the caller's thread when the writer is idle (see ``Storage.write``).
 SMALL_CLAIM = 32
+
+#: Unreadable rows one claim transaction quarantines at most; a claim that meets
+#: more goes on in another transaction.
+_QUARANTINED_PER_TRANSACTION = 256
+
+#: What a claim transaction returns: the tasks, and whether to go on in another.
+_Claimed = tuple[list[Task], bool]
 
 #: A task's function started: ``(task_id, lease_token, started_at)``.
 Start = tuple[str, str | None, datetime]
@@ -150,58 +157,76 @@ class Claims(FlowControl):
         worker = worker_id or "anonymous"
         sweep = self._expiry_due()
 
-        def body(conn: sa.Connection) -> list[Task]:
-            if sweep:
-                inline = running_inline()
-                # Inline, the sweep only looks: finding expired tasks to settle, it
-                # sends the claim to the writer thread (see TooBigInline).
-                if self._expire(conn, now, 1 if inline else _SWEEP_BATCH) and inline:
-                    raise TooBigInline
-            claimed: list[Task] = []
-            while True:
-                unreadable: list[tuple[str, str]] = []
-                # Limits and paused queues are looked at first (see services/flow.py).
-                claimed += self._claim_within_limits(
-                    conn,
-                    queues=queues,
-                    n=n - len(claimed),
-                    now=now,
-                    token=token,
-                    lease_until=now + self.settings.lease_duration,
-                    worker_id=worker,
-                    unreadable=unreadable,
-                    start=start,
-                )
-                if not unreadable:
-                    break
-                if running_inline():
-                    # Quarantining rows (and cancelling their dependents) is no
-                    # small write: not on the caller's event loop.
-                    raise TooBigInline
-                self._quarantine(conn, unreadable, token, now)
-                if len(claimed) >= n:
-                    break
-                # Rows that could not be read took places in this claim: claim again
-                # for them, so ready tasks behind them are not missed (a burst worker
-                # would stop on an empty answer with tasks still ready).
-            attempt = 0 if start else 1
-            self.storage.events.insert_rows(
-                conn,
-                _dequeued_events(
-                    [(x.id, x.queue_name, x.schedule_id, x.attempts + attempt) for x in claimed],
-                    worker,
-                    now,
-                ),
-            )
-            return claimed
+        def body_for(want: int, sweep: bool) -> Callable[[sa.Connection], _Claimed]:
+            def body(conn: sa.Connection) -> _Claimed:
+                if sweep:
+                    inline = running_inline()
+                    # Inline, the sweep only looks: finding expired tasks to settle,
+                    # it sends the claim to the writer thread (see TooBigInline).
+                    if self._expire(conn, now, 1 if inline else _SWEEP_BATCH) and inline:
+                        raise TooBigInline
+                claimed: list[Task] = []
+                quarantined = 0
+                more = False
+                while True:
+                    unreadable: list[tuple[str, str]] = []
+                    # Limits and paused queues are looked at first (see services/flow.py).
+                    claimed += self._claim_within_limits(
+                        conn,
+                        queues=queues,
+                        n=want - len(claimed),
+                        now=now,
+                        token=token,
+                        lease_until=now + self.settings.lease_duration,
+                        worker_id=worker,
+                        unreadable=unreadable,
+                        start=start,
+                    )
+                    if not unreadable:
+                        break
+                    if running_inline():
+                        # Quarantining rows (and cancelling their dependents) is no
+                        # small write: not on the caller's event loop.
+                        raise TooBigInline
+                    self._quarantine(conn, unreadable, token, now)
+                    quarantined += len(unreadable)
+                    if len(claimed) >= want:
+                        break
+                    # Rows that could not be read took places in this claim: claim
+                    # again for them, so ready tasks behind them are not missed (a
+                    # burst worker would stop on an empty answer with tasks still
+                    # ready); past a bound, in the next transaction, so that this
+                    # one does not hold back the process's other writes (heartbeats).
+                    if quarantined >= _QUARANTINED_PER_TRANSACTION:
+                        more = True
+                        break
+                attempt = 0 if start else 1
+                rows = [(x.id, x.queue_name, x.schedule_id, x.attempts + attempt) for x in claimed]
+                self.storage.events.insert_rows(conn, _dequeued_events(rows, worker, now))
+                return claimed, more
 
-        async def undo(claimed: list[Task]) -> None:
-            await self._release_unstarted(claimed, worker)
+            return body
+
+        async def undo(result: _Claimed) -> None:
+            await self._release_unstarted(result[0], worker)
 
         # Not small: a claim from queues whose last claim met limits (reading and
         # locking them costs far more than a claim).
         small = n <= SMALL_CLAIM and not self._limits_met(queues)
-        claimed = await self.storage.write(body, what="claim tasks", undo=undo, small=small)
+        claimed: list[Task] = []
+        try:
+            while True:
+                got, more = await self.storage.write(
+                    body_for(n - len(claimed), sweep), what="claim tasks", undo=undo, small=small
+                )
+                claimed += got
+                sweep = False
+                if not more or len(claimed) >= n:
+                    break
+        except BaseException:
+            if claimed:  # committed by an earlier transaction of this claim: given back
+                self.storage.undo_later(undo, (claimed, False))
+            raise
         rank = {name: i for i, name in enumerate(queues or ())}
         claimed.sort(key=lambda x: (rank.get(x.queue_name, 0), -x.priority, x.run_at, x.id))
         return claimed

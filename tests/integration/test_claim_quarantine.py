@@ -8,16 +8,19 @@ with ready tasks still queued.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from omniq.db.schema import tasks as tasks_table
-from omniq.models import TaskStatus
-from omniq.services import Services
+from omniq.models import Task, TaskStatus
+from omniq.services import Services, claims
 from omniq.worker import Worker
+from tests.waiting import DEADLINE
 
 _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
@@ -93,3 +96,82 @@ async def test_the_dependents_of_a_quarantined_task_are_cancelled_at_once(
         assert task.status is TaskStatus.CANCELLED, f"{task_id} is {task.status}"
     first = await svc.queue.get_task_async(dependent)
     assert first is not None and broken in (first.last_error or "")
+
+
+async def _broken(svc: Services, n: int) -> list[str]:
+    """``n`` ready tasks, ahead of any other by priority, whose rows cannot be read."""
+    ids = await svc.queue.enqueue_many_async(
+        [svc.queue.build_task(ADD, [i, i], priority=10) for i in range(n)]
+    )
+    async with svc.storage.engine.begin() as conn:
+        await conn.execute(
+            sa.update(tasks_table).where(tasks_table.c.id.in_(ids)).values(func="not a reference")
+        )
+    return ids
+
+
+async def _statuses(svc: Services, ids: list[str]) -> set[str]:
+    async with svc.storage.engine.connect() as conn:
+        rows = await conn.execute(sa.select(tasks_table.c.status).where(tasks_table.c.id.in_(ids)))
+        return {row.status for row in rows}
+
+
+async def test_many_unreadable_rows_are_quarantined_over_several_transactions(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One transaction quarantines a bounded number of rows (256; 5 here), so a claim
+    # that meets thousands does not hold the process's other writes (heartbeats)
+    # back for seconds; the claim goes on in the next one and still finds the task.
+    monkeypatch.setattr(claims, "_QUARANTINED_PER_TRANSACTION", 5)
+    broken = await _broken(svc, 12)
+    good = await svc.queue.enqueue_async(ADD, [1, 1])
+    commits: list[int] = []
+
+    def commit(conn: sa.Connection) -> None:
+        commits.append(1)
+
+    sa.event.listen(sa.Engine, "commit", commit)
+    try:
+        claimed = await svc.queue.dequeue_many_async(1, worker_id="w")
+    finally:
+        sa.event.remove(sa.Engine, "commit", commit)
+    assert [x.id for x in claimed] == [good]
+    assert len(commits) == 3  # 5 + 5 + 2 rows quarantined, then the task claimed
+    assert await _statuses(svc, broken) == {TaskStatus.FAILED.value}
+
+
+@pytest.mark.parametrize("at", [1, 2, 3, 4, 5, 7])
+async def test_a_claim_cancelled_between_its_transactions_gives_its_tasks_back(
+    svc: Services, monkeypatch: pytest.MonkeyPatch, at: int
+) -> None:
+    # Two rows quarantined a transaction: the two good tasks are claimed by the
+    # first, the last task by the fifth. The caller is cancelled while the
+    # ``at``-th row is quarantined (in transaction (at + 1) // 2).
+    monkeypatch.setattr(claims, "_QUARANTINED_PER_TRANSACTION", 2)
+    good = await svc.queue.enqueue_many_async(
+        [svc.queue.build_task(ADD, [i, 1], priority=20) for i in range(2)]
+    )
+    await _broken(svc, 8)
+    later = await svc.queue.enqueue_async(ADD, [9, 1])
+    loop = asyncio.get_running_loop()
+    quarantine = svc.queue._quarantine
+    calls: list[int] = []
+    claim: asyncio.Future[list[Task]] | None = None
+
+    def cancel_at(*args: Any) -> None:
+        calls.append(1)
+        if len(calls) == at and claim is not None:
+            loop.call_soon_threadsafe(claim.cancel)
+        quarantine(*args)
+
+    monkeypatch.setattr(svc.queue, "_quarantine", cancel_at)
+    claim = asyncio.ensure_future(svc.queue.dequeue_many_async(3, worker_id="gone"))
+    with pytest.raises(asyncio.CancelledError):
+        await claim
+    await asyncio.wait_for(svc.storage.wait_detached(), timeout=DEADLINE)
+    # None is left running under the lease of a caller that is gone: pending
+    # again, unspent.
+    assert await _statuses(svc, [*good, later]) == {TaskStatus.PENDING.value}
+    for task_id in [*good, later]:
+        task = await svc.queue.get_task_async(task_id)
+        assert task is not None and task.attempts == 0 and task.lease_token is None
