@@ -168,13 +168,23 @@ class Claims(FlowControl):
                 claimed: list[Task] = []
                 quarantined = 0
                 more = False
-                while True:
+                # Rows that cannot be read take places in a claim: it claims again for
+                # them, so ready tasks behind them are not missed (a burst worker would
+                # stop on an empty answer with tasks still ready). Each statement asks
+                # for no more rows than may still be quarantined here; past that bound
+                # the claim goes on in the next transaction, so that this one does not
+                # hold back the process's other writes (heartbeats).
+                while len(claimed) < want:
+                    ask = min(want - len(claimed), _QUARANTINED_PER_TRANSACTION - quarantined)
+                    if ask <= 0:
+                        more = True
+                        break
                     unreadable: list[tuple[str, str]] = []
                     # Limits and paused queues are looked at first (see services/flow.py).
-                    claimed += self._claim_within_limits(
+                    got = self._claim_within_limits(
                         conn,
                         queues=queues,
-                        n=want - len(claimed),
+                        n=ask,
                         now=now,
                         token=token,
                         lease_until=now + self.settings.lease_duration,
@@ -182,24 +192,16 @@ class Claims(FlowControl):
                         unreadable=unreadable,
                         start=start,
                     )
-                    if not unreadable:
-                        break
-                    if running_inline():
-                        # Quarantining rows (and cancelling their dependents) is no
-                        # small write: not on the caller's event loop.
-                        raise TooBigInline
-                    self._quarantine(conn, unreadable, token, now)
-                    quarantined += len(unreadable)
-                    if len(claimed) >= want:
-                        break
-                    # Rows that could not be read took places in this claim: claim
-                    # again for them, so ready tasks behind them are not missed (a
-                    # burst worker would stop on an empty answer with tasks still
-                    # ready); past a bound, in the next transaction, so that this
-                    # one does not hold back the process's other writes (heartbeats).
-                    if quarantined >= _QUARANTINED_PER_TRANSACTION:
-                        more = True
-                        break
+                    claimed += got
+                    if unreadable:
+                        if running_inline():
+                            # Quarantining rows (and cancelling their dependents) is
+                            # no small write: not on the caller's event loop.
+                            raise TooBigInline
+                        self._quarantine(conn, unreadable, token, now)
+                        quarantined += len(unreadable)
+                    if len(got) + len(unreadable) < ask:
+                        break  # the ready tasks (or the limits' room) ran out
                 attempt = 0 if start else 1
                 rows = [(x.id, x.queue_name, x.schedule_id, x.attempts + attempt) for x in claimed]
                 self.storage.events.insert_rows(conn, _dequeued_events(rows, worker, now))

@@ -116,8 +116,9 @@ async def _statuses(svc: Services, ids: list[str]) -> set[str]:
         return {row.status for row in rows}
 
 
+@pytest.mark.parametrize("n", [1, 10])
 async def test_many_unreadable_rows_are_quarantined_over_several_transactions(
-    svc: Services, monkeypatch: pytest.MonkeyPatch
+    svc: Services, monkeypatch: pytest.MonkeyPatch, n: int
 ) -> None:
     # One transaction quarantines a bounded number of rows (256; 5 here), so a claim
     # that meets thousands does not hold the process's other writes (heartbeats)
@@ -132,11 +133,13 @@ async def test_many_unreadable_rows_are_quarantined_over_several_transactions(
 
     sa.event.listen(sa.Engine, "commit", commit)
     try:
-        claimed = await svc.queue.dequeue_many_async(1, worker_id="w")
+        claimed = await svc.queue.dequeue_many_async(n, worker_id="w")
     finally:
         sa.event.remove(sa.Engine, "commit", commit)
     assert [x.id for x in claimed] == [good]
-    assert len(commits) == 3  # 5 + 5 + 2 rows quarantined, then the task claimed
+    # 5 + 5 + 2 rows quarantined, then the task claimed: however many the claim
+    # asks for, a transaction quarantines no more than the bound.
+    assert len(commits) == 3
     assert await _statuses(svc, broken) == {TaskStatus.FAILED.value}
 
 
