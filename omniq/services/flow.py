@@ -140,7 +140,7 @@ class FlowControl(Enqueue):
             start=start,
         )
         seen = tuple(queues or ())
-        if seen not in self._limited:
+        if not self._limits_met(queues):
             unread = len(unreadable)
             first = plain(guarded=True)
             if first or len(unreadable) > unread:
