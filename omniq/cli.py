@@ -165,7 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-gc-freeze",
         action="store_true",
-        help="do not freeze the start-up heap out of the garbage collector's walk",
+        help="leave the garbage collector as it is (by default the start-up heap is "
+        "frozen out of its walk and its youngest generation's threshold raised)",
     )
     p.add_argument(
         "--metrics-port",

@@ -73,9 +73,10 @@ class Worker(Claiming):
     (CPU-bound work; a timeout kills the process). ``metrics`` (an
     :class:`omniq.metrics.WorkerMetrics`) counts attempts, outcomes and their
     durations for Prometheus. ``gc_freeze=True`` (what ``omniq worker`` does):
-    before its first claim the worker collects garbage once and freezes what
-    is alive out of the garbage collector's walk, once per process (see
-    :mod:`omniq.worker.heap`); off by default for a worker in a process of
+    before its first claim the worker collects garbage once, freezes what is
+    alive out of the garbage collector's walk and raises the youngest
+    generation's threshold, once per process (see :mod:`omniq.worker.heap`);
+    off by default for a worker in a process of
     yours, whose garbage collector is yours.
     """
 

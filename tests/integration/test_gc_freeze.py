@@ -22,6 +22,7 @@ import pytest
 from omniq.errors import ConfigurationError
 from omniq.services import Services
 from omniq.worker import Worker
+from omniq.worker.heap import YOUNG_THRESHOLD
 
 pytestmark = pytest.mark.anyio
 
@@ -34,7 +35,10 @@ _SCRIPT = textwrap.dedent(
     from omniq.services import Services
     from omniq.worker import Worker
 
-    async def main(url, freeze):
+    async def main(url, freeze, young):
+        if young is not None:
+            gc.set_threshold(young, *gc.get_threshold()[1:])
+        threshold_before = gc.get_threshold()
         services = await Services.open_async(url)
         try:
             ids = [
@@ -88,17 +92,23 @@ _SCRIPT = textwrap.dedent(
             "results": results,
             "cycle_collected": ref() is None,
             "gc_enabled": gc.isenabled(),
+            "threshold_before": threshold_before,
+            "threshold_after": gc.get_threshold(),
         }))
 
-    arg = sys.argv[2]
-    asyncio.run(main(sys.argv[1], None if arg == "default" else arg == "on"))
+    arg, young = sys.argv[2], sys.argv[3]
+    asyncio.run(main(
+        sys.argv[1],
+        None if arg == "default" else arg == "on",
+        None if young == "default" else int(young),
+    ))
     """
 )
 
 
-def _run(url: str, freeze: str) -> dict[str, Any]:
+def _run(url: str, freeze: str, young: int | None = None) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, url, freeze],
+        [sys.executable, "-c", _SCRIPT, url, freeze, "default" if young is None else str(young)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -123,6 +133,17 @@ def test_a_worker_freezes_the_start_up_heap_once_per_process(db_url: str) -> Non
     # The collector still runs, and collects what came later.
     assert report["gc_enabled"]
     assert report["cycle_collected"]
+    # The youngest generation's threshold is raised; the older ones are kept.
+    assert report["threshold_before"][0] == 700
+    assert report["threshold_after"] == [YOUNG_THRESHOLD, *report["threshold_before"][1:]]
+
+
+@pytest.mark.parametrize("young", [0, 50_000])
+def test_a_worker_keeps_a_threshold_the_app_set_higher_or_to_zero(db_url: str, young: int) -> None:
+    report = _run(db_url, "on", young)
+    assert report["completed"] == 3
+    assert report["threshold_before"][0] == young
+    assert report["threshold_after"] == report["threshold_before"]
 
 
 @pytest.mark.parametrize("freeze", ["default", "off"])
@@ -132,6 +153,7 @@ def test_a_worker_in_your_process_leaves_the_heap_alone(db_url: str, freeze: str
     assert report["before"] == report["after_first"] == report["after_second"] == 0
     assert not report["early_frozen"] and not report["late_frozen"]
     assert report["cycle_collected"]
+    assert report["threshold_after"] == report["threshold_before"]
 
 
 @pytest.mark.parametrize("value", ["yes", 1, None])
