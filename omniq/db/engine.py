@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from omniq.db.driver_query import DriverQuery
 from omniq.db.driver_rows import DriverRows
 from omniq.db.values import COMPACT, converter, one_value, stored_type
 from omniq.errors import ConfigurationError
@@ -98,6 +99,11 @@ class Dialect:
     ) -> DriverRows | None:
         """SQLite: ``stmt`` run per row by the driver (see :class:`DriverRows`); else None."""
         return DriverRows(stmt, columns) if self.name == "sqlite" else None
+
+    def driver_query(self, stmt: sa.Update) -> DriverQuery | None:
+        """SQLite: ``stmt`` (returning rows) run by the driver (see :class:`DriverQuery`),
+        where it can be compiled once; else None (run by SQLAlchemy)."""
+        return DriverQuery.of(stmt) if self.name == "sqlite" else None
 
 
 class Batch:

@@ -110,6 +110,11 @@ class TaskRepository(
             for start in (True, False)
             for guarded in (True, False)
         }
+        #: SQLite: the claim statements run by the driver where they can be (see
+        #: omniq.db.driver_query); None: by SQLAlchemy.
+        self._driver_claims = {
+            key: dialect.driver_query(stmt) for key, stmt in self._claims.items()
+        }
         self._lease_statements(dialect)
         #: SQLite: many task rows bound natively by the driver (see Dialect.driver_rows);
         #: PostgreSQL's arrays cannot carry the JSON list columns: executemany there.
@@ -402,8 +407,8 @@ class TaskRepository(
         claimed: list[Task] = []
         with translate_errors("claim tasks"):
             if not queues:
-                result = conn.execute(self._claims[False, start, guarded], {**params, "n": n})
-                claimed.extend(self.claimed_rows(result.keys(), result.all(), unreadable))
+                params["n"] = n
+                claimed.extend(self._claim_rows(conn, (False, start, guarded), params, unreadable))
             else:
                 if guarded:
                     params["queues"] = list(queues)
@@ -412,9 +417,24 @@ class TaskRepository(
                     if want <= 0:
                         break
                     params.update(queue=queue, n=want)
-                    result = conn.execute(self._claims[True, start, guarded], params)
-                    claimed.extend(self.claimed_rows(result.keys(), result.all(), unreadable))
+                    claimed.extend(
+                        self._claim_rows(conn, (True, start, guarded), params, unreadable)
+                    )
         return claimed
+
+    def _claim_rows(
+        self,
+        conn: Connection,
+        key: tuple[bool, bool, bool],
+        params: dict[str, Any],
+        unreadable: list[tuple[str, str]] | None,
+    ) -> list[Task]:
+        """One claim statement's Tasks (by the driver on SQLite, where it can)."""
+        driver = self._driver_claims[key]
+        if driver is not None:
+            return self.claimed_rows(driver.keys, driver.execute(conn, params), unreadable)
+        result = conn.execute(self._claims[key], params)
+        return self.claimed_rows(result.keys(), result.all(), unreadable)
 
     def claimed_rows(
         self,

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import anyio
 import pytest
@@ -20,7 +21,8 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omniq._time import new_id
-from omniq.db import migrate
+from omniq.db import driver_query, migrate
+from omniq.db.driver_query import run_on_driver
 from omniq.db.engine import (
     create_engine,
     default_sqlite_url,
@@ -537,7 +539,9 @@ def _claim_with_plans(
     """Run a claim in a transaction that is rolled back; the query plan of each UPDATE it sent.
 
     The claim runs on the writer thread's engine (pysqlite), where claims run,
-    and each plan is of the statement and parameters the claim really sent.
+    and each plan is of the statement and parameters the claim really sent:
+    through SQLAlchemy (seen by its cursor events) or, where the claim hands
+    its statement to the driver itself (omniq.db.driver_query), through that.
     """
     engine = sqlite_writer_engine(normalize_url(url), Settings())
     repo = TaskRepository(dialect_of(engine.dialect))
@@ -549,9 +553,13 @@ def _claim_with_plans(
         if statement.lstrip().upper().startswith("UPDATE"):
             sent.append((statement, parameters))
 
+    def on_driver(conn: Any, sql: str, params: Any, *, many: bool = False) -> list[Any]:
+        capture(conn, None, sql, tuple(params), None, many)
+        return run_on_driver(conn, sql, params, many=many)
+
     sa.event.listen(engine, "before_cursor_execute", capture)
     try:
-        with engine.connect() as conn:
+        with engine.connect() as conn, mock.patch.object(driver_query, "run_on_driver", on_driver):
             transaction = conn.begin()
             try:
                 got = repo.claim(

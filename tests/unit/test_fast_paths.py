@@ -386,3 +386,112 @@ def test_rows_bound_by_position_store_what_named_binding_stores() -> None:
         ("1", 7, "x", {"k": [1]}, None),
         ("2", 6, "second", None, None),
     ]
+
+
+def test_a_statement_run_by_the_driver_reads_what_sqlalchemy_reads(tmp_path: Any) -> None:
+    """SQLite's claim goes to the driver itself: every returned column comes back
+    converted as SQLAlchemy's own execution converts it (instants, durations,
+    JSON, booleans, NULLs), parameters are bound by their types, literals the
+    statement carries are bound too, and the claim returns the same Tasks."""
+    import sqlalchemy as sa
+
+    from omniq.db.driver_query import DriverQuery
+    from omniq.db.engine import sqlite_writer_engine
+    from omniq.db.schema import metadata
+    from omniq.db.schema import tasks as t
+    from omniq.models.settings import Settings
+
+    engine = sqlite_writer_engine(sa.make_url(f"sqlite:///{tmp_path / 'q.db'}"), Settings())
+    metadata.create_all(engine)
+    repo = _TASKS
+    touch = (
+        sa.update(t)
+        .where(t.c.id == sa.bindparam("target"), t.c.status == TaskStatus.PENDING.value)
+        .values(lease_expires_at=sa.bindparam("until", type_=t.c.lease_expires_at.type))
+        .returning(*t.c)
+    )
+    driver = DriverQuery.of(touch)
+    assert driver is not None
+    sample = attrs.evolve(
+        SAMPLES[1],
+        status=TaskStatus.PENDING,
+        tags=("a", "b"),
+        ttl=timedelta(minutes=5),
+        store_result=False,
+        lease_token=None,
+        worker_id=None,
+        lease_expires_at=None,
+        depends_on=(),
+        created_at=NOW - timedelta(hours=1),
+        run_at=NOW - timedelta(hours=1),
+        expires_at=NOW + timedelta(hours=1),
+        started_at=None,
+        attempts=0,
+        schedule_id=None,
+        scheduled_for=None,
+        workflow_id=None,
+    )
+    with engine.begin() as conn:
+        repo.insert_many(conn, [sample])
+        params = {"target": sample.id, "until": NOW}
+        by_driver = driver.execute(conn, params)
+        by_sqlalchemy = [list(row) for row in conn.execute(touch, params).all()]
+        assert driver.keys == [c.name for c in t.c]
+        assert by_driver == by_sqlalchemy and len(by_driver) == 1
+        row = dict(zip(driver.keys, by_driver[0], strict=True))
+        assert row["lease_expires_at"] == NOW and row["ttl"] == timedelta(minutes=5)
+        assert row["tags"] == ["a", "b"] and row["store_result"] is False
+        # A pending task with no lease claimed by the driver: the Task SQLAlchemy reads.
+        claimed = repo.claim(
+            conn, queues=None, n=5, now=NOW, token="tok", lease_until=NOW, worker_id="w"
+        )
+        assert [task.id for task in claimed] == [sample.id]
+        assert claimed[0] == attrs.evolve(
+            sample,
+            status=TaskStatus.RUNNING,
+            lease_token="tok",
+            lease_expires_at=NOW,
+            worker_id="w",
+            started_at=NOW,
+            attempts=sample.attempts + 1,
+        )
+
+
+def test_a_driver_error_is_raised_as_sqlalchemy_raises_it(tmp_path: Any) -> None:
+    import sqlalchemy as sa
+
+    from omniq.db.driver_query import DriverQuery
+    from omniq.errors import DatabaseError
+    from omniq.repositories._base import translate_errors
+
+    meta = sa.MetaData()
+    table = sa.Table("gone", meta, sa.Column("id", sa.Integer, primary_key=True))
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'e.db'}")
+    meta.create_all(engine)
+    stmt = sa.update(table).values(id=table.c.id).returning(table.c.id)
+    driver = DriverQuery.of(stmt)
+    assert driver is not None
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE gone")
+        with pytest.raises(sa.exc.OperationalError, match="no such table: gone") as raised:
+            driver.execute(conn, {})
+        assert raised.value.statement is not None and "UPDATE gone" in raised.value.statement
+        with pytest.raises(DatabaseError, match="no such table"), translate_errors("touch"):
+            driver.execute(conn, {})
+
+
+def test_a_statement_with_an_expanding_in_stays_with_sqlalchemy() -> None:
+    import sqlalchemy as sa
+
+    from omniq.db.driver_query import DriverQuery
+    from omniq.db.schema import tasks as t
+
+    stmt = (
+        sa.update(t)
+        .where(t.c.queue_name.in_(sa.bindparam("queues", expanding=True)))
+        .values(status="pending")
+        .returning(t.c.id)
+    )
+    assert DriverQuery.of(stmt) is None
+    postgresql = Dialect(name="postgresql", skip_locked=True, single_writer=False)
+    assert postgresql.driver_query(stmt) is None

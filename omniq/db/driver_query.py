@@ -1,0 +1,118 @@
+"""A statement that returns rows, run through SQLite's driver directly.
+
+SQLAlchemy's execution of a statement (its compiled-cache lookup, the
+parameters' construction, the execution context and the result's set-up)
+costs about 20 µs when its code is warm, and ten times that in a process
+that sat idle for some milliseconds and runs it cold, where SQLite itself
+claims one task in a few tens of µs: a worker woken by one new task paid
+more for the execution of its claim than for the claim. On SQLite the claim
+(:meth:`omniq.repositories.tasks.TaskRepository.claim`) therefore hands its
+statement to the driver itself. The statement is still built with
+SQLAlchemy Core and compiled by SQLAlchemy, once; its parameters are bound
+and its rows converted by the bind and result processors of the column
+types, the functions SQLAlchemy's own execution applies (public
+``TypeEngine`` methods); a driver error is wrapped as SQLAlchemy wraps it
+(``DBAPIError.instance``), so callers see the same exceptions. SQLAlchemy's
+cursor events do not see these statements (its transaction events do: the
+transaction is SQLAlchemy's). Statements with an expanding ``IN`` cannot be
+compiled once; :meth:`DriverQuery.of` returns None for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from omniq.db.values import converter
+
+__all__ = ["DriverQuery", "run_on_driver"]
+
+#: Compiles statements to the positional text SQLite's driver binds (``?``).
+_QMARK = sqlite.dialect(paramstyle="qmark")
+
+_Processor = Callable[[Any], Any]
+
+
+def run_on_driver(
+    conn: sa.Connection, sql: str, params: Sequence[Any], *, many: bool = False
+) -> list[Any]:
+    """Run ``sql`` on ``conn``'s driver connection (inside its transaction); its rows.
+
+    ``many``: ``params`` is a sequence of rows, run by ``executemany`` (no rows
+    returned). A driver error is raised wrapped as SQLAlchemy wraps it.
+    """
+    driver = conn.connection.dbapi_connection
+    assert driver is not None  # a Connection in use has its driver connection
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        if many:
+            driver.executemany(sql, params)
+            return []
+        return list(driver.execute(sql, params).fetchall())
+    except dbapi.Error as exc:
+        raise sa.exc.DBAPIError.instance(
+            sql, params, exc, dbapi.Error, dialect=conn.dialect, ismulti=many
+        ) from exc
+
+
+class DriverQuery:
+    """A Core statement returning rows, compiled once, run by SQLite's driver."""
+
+    def __init__(self, stmt: sa.Update, compiled: SQLCompiler) -> None:
+        binds = compiled.binds
+        self._sql = compiled.string
+        self._names: list[str] = list(compiled.positiontup or ())
+        #: Values the statement carries (literals); a required parameter has none.
+        self._defaults = {k: v for k, v in compiled.params.items() if not binds[k].required}
+        self._binds: list[_Processor | None] = [
+            converter(binds[name].type, _QMARK, json_text=True) for name in self._names
+        ]
+        columns = list(stmt.exported_columns)
+        #: The names of the columns it returns, in order.
+        self.keys: list[str] = [c.name for c in columns]
+        self._types = [c.type for c in columns]
+        self._results: tuple[sa.Dialect, list[tuple[int, _Processor]]] | None = None
+
+    @classmethod
+    def of(cls, stmt: sa.Update) -> DriverQuery | None:
+        """``stmt`` run by the driver; None if it cannot be compiled once (expanding IN)."""
+        compiled = stmt.compile(dialect=_QMARK)
+        binds = compiled.binds
+        if compiled.positiontup is None or any(bind.expanding for bind in binds.values()):
+            return None
+        return cls(stmt, compiled)
+
+    def execute(self, conn: sa.Connection, params: Mapping[str, Any]) -> list[list[Any]]:
+        """The statement's rows for ``params`` (by bind name), converted as
+        SQLAlchemy converts them; each row a list in :attr:`keys` order."""
+        values = []
+        for name, bind in zip(self._names, self._binds, strict=True):
+            value = params[name] if name in params else self._defaults[name]
+            values.append(value if bind is None or value is None else bind(value))
+        rows = run_on_driver(conn, self._sql, values)
+        processors = self._processors(conn.dialect)
+        out = []
+        for row in rows:
+            converted = list(row)
+            for i, process in processors:
+                converted[i] = process(converted[i])
+            out.append(converted)
+        return out
+
+    def _processors(self, dialect: sa.Dialect) -> list[tuple[int, _Processor]]:
+        """The result processors of the returned columns for ``dialect`` (the
+        connection's own: its JSON deserializer is the engine's)."""
+        cached = self._results
+        if cached is not None and cached[0] is dialect:
+            return cached[1]
+        processors: list[tuple[int, _Processor]] = [
+            (i, process)
+            for i, type_ in enumerate(self._types)
+            if (process := type_.dialect_impl(dialect).result_processor(dialect, None)) is not None
+        ]
+        self._results = (dialect, processors)
+        return processors
