@@ -48,15 +48,19 @@ def run_on_driver(
     driver = conn.connection.dbapi_connection
     assert driver is not None  # a Connection in use has its driver connection
     dbapi = conn.dialect.loaded_dbapi
+    cursor = driver.cursor()  # the DBAPI's own (pysqlite, or aiosqlite's adapter)
     try:
         if many:
-            driver.executemany(sql, params)
+            cursor.executemany(sql, params)
             return []
-        return list(driver.execute(sql, params).fetchall())
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
     except dbapi.Error as exc:
         raise sa.exc.DBAPIError.instance(
             sql, params, exc, dbapi.Error, dialect=conn.dialect, ismulti=many
         ) from exc
+    finally:
+        cursor.close()
 
 
 class DriverQuery:

@@ -495,3 +495,25 @@ def test_a_statement_with_an_expanding_in_stays_with_sqlalchemy() -> None:
     assert DriverQuery.of(stmt) is None
     postgresql = Dialect(name="postgresql", skip_locked=True, single_writer=False)
     assert postgresql.driver_query(stmt) is None
+
+
+async def test_an_in_memory_database_claims_through_aiosqlites_driver_too() -> None:
+    """In memory there is no writer thread: bodies run on the aiosqlite engine's
+    one connection, whose driver (aiosqlite's adapter) takes the claim and the
+    inserts the same way."""
+    from omniq.services import Services
+
+    services = await Services.open_async("sqlite+aiosqlite://")
+    try:
+        queue = services.queue
+        ids = [await queue.enqueue_async("tests.worker_tasks:add_sync", [i, 1]) for i in range(3)]
+        claimed = await queue.dequeue_many_async(5, worker_id="w")
+        assert sorted(task.id for task in claimed) == sorted(ids)
+        assert all(task.status is TaskStatus.RUNNING and task.worker_id == "w" for task in claimed)
+        statuses = await queue.settle_completions_async(
+            [(task, {"sum": 1}, 0.001) for task in claimed], worker_id="w"
+        )
+        assert statuses == [TaskStatus.COMPLETED] * 3
+        assert await queue.dequeue_many_async(5, worker_id="w") == []
+    finally:
+        await services.close_async()
