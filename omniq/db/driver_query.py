@@ -20,6 +20,7 @@ compiled once; :meth:`DriverQuery.of` returns None for them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -40,27 +41,44 @@ _Processor = Callable[[Any], Any]
 def run_on_driver(
     conn: sa.Connection, sql: str, params: Sequence[Any], *, many: bool = False
 ) -> list[Any]:
-    """Run ``sql`` on ``conn``'s driver connection (inside its transaction); its rows.
+    """Run ``sql`` on ``conn``'s driver connection, in its transaction; its rows.
 
     ``many``: ``params`` is a sequence of rows, run by ``executemany`` (no rows
-    returned). A driver error is raised wrapped as SQLAlchemy wraps it.
+    returned). As SQLAlchemy's own execution does, a transaction is begun if
+    none is, a driver error is raised wrapped (``DBAPIError.instance``), and a
+    connection the driver reports lost is invalidated.
     """
+    if not conn.in_transaction():
+        conn.begin()  # SQLAlchemy's autobegin (on SQLite: BEGIN IMMEDIATE, see engine.py)
     driver = conn.connection.dbapi_connection
     assert driver is not None  # a Connection in use has its driver connection
     dbapi = conn.dialect.loaded_dbapi
-    cursor = driver.cursor()  # the DBAPI's own (pysqlite, or aiosqlite's adapter)
+    cursor = None
     try:
+        cursor = driver.cursor()  # the DBAPI's own (pysqlite, or aiosqlite's adapter)
         if many:
             cursor.executemany(sql, params)
             return []
         cursor.execute(sql, params)
         return list(cursor.fetchall())
     except dbapi.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, driver, cursor)
+        if lost:
+            conn.invalidate(exc)
         raise sa.exc.DBAPIError.instance(
-            sql, params, exc, dbapi.Error, dialect=conn.dialect, ismulti=many
+            sql,
+            params,
+            exc,
+            dbapi.Error,
+            hide_parameters=conn.engine.hide_parameters,
+            connection_invalidated=lost,
+            dialect=conn.dialect,
+            ismulti=many,
         ) from exc
     finally:
-        cursor.close()
+        if cursor is not None:
+            with contextlib.suppress(dbapi.Error):  # a closed connection: already raised
+                cursor.close()
 
 
 class DriverQuery:
@@ -92,7 +110,13 @@ class DriverQuery:
 
     def execute(self, conn: sa.Connection, params: Mapping[str, Any]) -> list[list[Any]]:
         """The statement's rows for ``params`` (by bind name), converted as
-        SQLAlchemy converts them; each row a list in :attr:`keys` order."""
+        SQLAlchemy converts them; each row a list in :attr:`keys` order.
+
+        A stored value its column's processor cannot convert (text where an
+        instant belongs) is left as stored, for the record built from the row
+        to refuse, naming the field: the claim quarantines that row instead of
+        failing every claim that meets it (SQLAlchemy's execution raised).
+        """
         values = []
         for name, bind in zip(self._names, self._binds, strict=True):
             value = params[name] if name in params else self._defaults[name]
@@ -103,7 +127,10 @@ class DriverQuery:
         for row in rows:
             converted = list(row)
             for i, process in processors:
-                converted[i] = process(converted[i])
+                try:  # noqa: SIM105 (a plain try per value: no context manager entered)
+                    converted[i] = process(converted[i])
+                except (ValueError, TypeError, OverflowError):
+                    pass  # left as stored (see above)
             out.append(converted)
         return out
 

@@ -178,3 +178,38 @@ async def test_a_claim_cancelled_between_its_transactions_gives_its_tasks_back(
     for task_id in [*good, later]:
         task = await svc.queue.get_task_async(task_id)
         assert task is not None and task.attempts == 0 and task.lease_token is None
+
+
+@pytest.mark.parametrize("column", ["created_at", "ttl"])
+async def test_a_stored_value_that_cannot_be_converted_is_quarantined(
+    svc: Services, column: str
+) -> None:
+    # SQLite stores any value in any column: text where an instant or a duration
+    # belongs made every claim that met the row raise, and a worker met it again
+    # at every claim. (PostgreSQL's typed columns cannot hold such a value.)
+    if svc.storage.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's typed columns cannot store text in a number column")
+    (broken,) = await _broken_by(svc, column, "not a number")
+    good = await svc.queue.enqueue_async(ADD, [1, 1])
+    claimed = await svc.queue.dequeue_many_async(5, worker_id="w")
+    assert [x.id for x in claimed] == [good]
+    async with svc.storage.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.select(tasks_table.c.status, tasks_table.c.last_error).where(
+                    tasks_table.c.id == broken
+                )
+            )
+        ).one()
+    assert row.status == TaskStatus.FAILED.value
+    assert column in (row.last_error or ""), row.last_error
+
+
+async def _broken_by(svc: Services, column: str, value: Any) -> list[str]:
+    """One ready task, ahead of any other by priority, with ``value`` stored in ``column``."""
+    task_id = await svc.queue.enqueue_async(ADD, [0, 0], priority=10)
+    async with svc.storage.engine.begin() as conn:
+        await conn.exec_driver_sql(
+            f"UPDATE omniq_tasks SET {column} = ? WHERE id = ?", (value, task_id)
+        )
+    return [task_id]

@@ -133,9 +133,11 @@ def test_a_worker_freezes_the_start_up_heap_once_per_process(db_url: str) -> Non
     # The collector still runs, and collects what came later.
     assert report["gc_enabled"]
     assert report["cycle_collected"]
-    # The youngest generation's threshold is raised; the older ones are kept.
-    assert report["threshold_before"][0] == 700
-    assert report["threshold_after"] == [YOUNG_THRESHOLD, *report["threshold_before"][1:]]
+    # The youngest generation's threshold is raised from the interpreter's default
+    # (700 up to Python 3.13); the older ones are kept.
+    before = report["threshold_before"]
+    assert before[0] < YOUNG_THRESHOLD
+    assert report["threshold_after"] == [YOUNG_THRESHOLD, *before[1:]]
 
 
 @pytest.mark.parametrize("young", [0, 50_000])

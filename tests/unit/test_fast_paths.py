@@ -517,3 +517,39 @@ async def test_an_in_memory_database_claims_through_aiosqlites_driver_too() -> N
         assert await queue.dequeue_many_async(5, worker_id="w") == []
     finally:
         await services.close_async()
+
+
+def test_a_driver_statement_begins_a_transaction_and_reports_a_lost_connection(
+    tmp_path: Any,
+) -> None:
+    """As SQLAlchemy's execution does: a statement on a connection with no
+    transaction begins one (a rollback undoes it), and a driver connection found
+    closed invalidates the Connection and is reported as a lost connection."""
+    import sqlalchemy as sa
+
+    from omniq.db.driver_query import DriverQuery
+    from omniq.errors import DatabaseUnavailable
+    from omniq.repositories._base import translate_errors
+
+    meta = sa.MetaData()
+    table = sa.Table("n", meta, sa.Column("id", sa.Integer, primary_key=True))
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'l.db'}")
+    meta.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": 1}])
+    bump = sa.update(table).values(id=table.c.id + 1).returning(table.c.id)
+    driver = DriverQuery.of(bump)
+    assert driver is not None
+    with engine.connect() as conn:
+        assert not conn.in_transaction()
+        assert driver.execute(conn, {}) == [[2]]
+        assert conn.in_transaction()
+        conn.rollback()
+        assert conn.execute(sa.select(table.c.id)).scalar_one() == 1
+        conn.rollback()
+        dbapi_connection = conn.connection.dbapi_connection
+        assert dbapi_connection is not None
+        dbapi_connection.close()  # the driver's connection goes away under us
+        with pytest.raises(DatabaseUnavailable, match="connection lost"), translate_errors("bump"):
+            driver.execute(conn, {})
+        assert conn.invalidated
