@@ -8,10 +8,12 @@ claims one task in a few tens of µs: a worker woken by one new task paid
 more for the execution of its claim than for the claim. On SQLite the claim
 (:meth:`omniq.repositories.tasks.TaskRepository.claim`) therefore hands its
 statement to the driver itself. The statement is still built with
-SQLAlchemy Core and compiled by SQLAlchemy, once; its parameters are bound
-and its rows converted by the bind and result processors of the column
-types, the functions SQLAlchemy's own execution applies (public
-``TypeEngine`` methods); a driver error is wrapped as SQLAlchemy wraps it
+SQLAlchemy Core and compiled by SQLAlchemy, once (as :mod:`omniq.db.driver_rows`
+compiles its INSERTs: public compilation only); its parameters come from the
+compilation's ``construct_params`` and are bound as OmniQ stores such values,
+and its rows are converted by the result processors of the column types, the
+functions SQLAlchemy's own execution applies (public ``TypeEngine``
+methods); a driver error is wrapped as SQLAlchemy wraps it
 (``DBAPIError.instance``), so callers see the same exceptions. SQLAlchemy's
 cursor events do not see these statements (its transaction events do: the
 transaction is SQLAlchemy's). Statements with an expanding ``IN`` cannot be
@@ -21,21 +23,37 @@ compiled once; :meth:`DriverQuery.of` returns None for them.
 from __future__ import annotations
 
 import contextlib
+import enum
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import sqlite
-from sqlalchemy.sql.compiler import SQLCompiler
 
+from omniq.db.driver_rows import positional_dialect, positional_text
+from omniq.db.types import Duration, UTCDateTime
 from omniq.db.values import converter
 
 __all__ = ["DriverQuery", "run_on_driver"]
 
-#: Compiles statements to the positional text SQLite's driver binds (``?``).
-_QMARK = sqlite.dialect(paramstyle="qmark")
-
 _Processor = Callable[[Any], Any]
+
+#: How an instant and a duration are stored (see omniq.db.values.converter).
+_INSTANT = converter(UTCDateTime(), positional_dialect())
+_DURATION = converter(Duration(), positional_dialect())
+
+
+def _stored(value: Any) -> Any:
+    """A parameter as OmniQ's columns store it: every instant of the schema is a
+    :class:`UTCDateTime` (microseconds), every duration a :class:`Duration`
+    (seconds), an enum its value; anything else as the driver binds it."""
+    if isinstance(value, datetime):
+        return _INSTANT(value)
+    if isinstance(value, timedelta):
+        return _DURATION(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
 
 
 def run_on_driver(
@@ -84,15 +102,9 @@ def run_on_driver(
 class DriverQuery:
     """A Core statement returning rows, compiled once, run by SQLite's driver."""
 
-    def __init__(self, stmt: sa.Update, compiled: SQLCompiler) -> None:
-        binds = compiled.binds
-        self._sql = compiled.string
-        self._names: list[str] = list(compiled.positiontup or ())
-        #: Values the statement carries (literals); a required parameter has none.
-        self._defaults = {k: v for k, v in compiled.params.items() if not binds[k].required}
-        self._binds: list[_Processor | None] = [
-            converter(binds[name].type, _QMARK, json_text=True) for name in self._names
-        ]
+    def __init__(self, stmt: sa.Update) -> None:
+        """Raises ValueError if ``stmt`` cannot be compiled once (see :meth:`of`)."""
+        self._sql, self._names, self._compiled = positional_text(stmt)
         columns = list(stmt.exported_columns)
         #: The names of the columns it returns, in order.
         self.keys: list[str] = [c.name for c in columns]
@@ -102,26 +114,26 @@ class DriverQuery:
     @classmethod
     def of(cls, stmt: sa.Update) -> DriverQuery | None:
         """``stmt`` run by the driver; None if it cannot be compiled once (expanding IN)."""
-        compiled = stmt.compile(dialect=_QMARK)
-        binds = compiled.binds
-        if compiled.positiontup is None or any(bind.expanding for bind in binds.values()):
+        try:
+            return cls(stmt)
+        except ValueError:
             return None
-        return cls(stmt, compiled)
 
     def execute(self, conn: sa.Connection, params: Mapping[str, Any]) -> list[list[Any]]:
         """The statement's rows for ``params`` (by bind name), converted as
         SQLAlchemy converts them; each row a list in :attr:`keys` order.
 
+        Every parameter's value (given, or carried by the statement) comes from
+        the compilation's own ``construct_params``, which refuses a missing one;
+        it is bound as OmniQ stores such a value (:func:`_stored`).
         A stored value its column's processor cannot convert (text where an
         instant belongs) is left as stored, for the record built from the row
         to refuse, naming the field: the claim quarantines that row instead of
         failing every claim that meets it (SQLAlchemy's execution raised).
         """
-        values = []
-        for name, bind in zip(self._names, self._binds, strict=True):
-            value = params[name] if name in params else self._defaults[name]
-            values.append(value if bind is None or value is None else bind(value))
-        rows = run_on_driver(conn, self._sql, values)
+        given = self._compiled.construct_params(dict(params))
+        assert given is not None  # a compiled statement's parameters, by name
+        rows = run_on_driver(conn, self._sql, [_stored(given[name]) for name in self._names])
         processors = self._processors(conn.dialect)
         out = []
         for row in rows:

@@ -15,6 +15,7 @@ so the row stored is the same.
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -33,17 +34,52 @@ _MAX_SHAPES = 64
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
 
 
+@functools.cache
+def _dialects() -> tuple[sa.Dialect, sa.Dialect]:
+    """SQLite's dialect compiling named (``:key``) and positional (``?``) placeholders."""
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.dialect(paramstyle="named"), sqlite.dialect(paramstyle="qmark")
+
+
+def positional_text(
+    stmt: sa.ClauseElement, keys: list[str] | None = None
+) -> tuple[str, list[str], sa.engine.Compiled]:
+    """``stmt``'s text with ``?`` placeholders for SQLite's driver, the name of each
+    placeholder's parameter in order, and the positional compilation (whose
+    ``construct_params`` gives every parameter's value by name).
+
+    ``keys``: the columns an INSERT binds (None: what the statement holds). The
+    order is read off the same statement compiled with named placeholders; the
+    two texts must agree on how many values they bind, else ValueError (a
+    statement with an expanding ``IN`` cannot be compiled once).
+    """
+    named_dialect, positional_dialect = _dialects()
+    names = _NAMED.findall(str(stmt.compile(dialect=named_dialect, column_keys=keys)))
+    if keys is not None:
+        unknown = sorted(set(names) - set(keys))
+        if unknown:
+            raise ValueError(f"statement binds values not in the rows: {unknown}")
+    compiled = stmt.compile(dialect=positional_dialect, column_keys=keys)
+    sql = str(compiled)
+    if sql.count("?") != len(names) or len(compiled.params) != len(set(names)):
+        raise ValueError(f"cannot bind this statement by position: {sql}")
+    return sql, names, compiled
+
+
+def positional_dialect() -> sa.Dialect:
+    """The SQLite dialect compiling ``?`` placeholders (its processors: SQLite's own)."""
+    return _dialects()[1]
+
+
 class DriverRows:
     """An INSERT (or upsert) run once per row by the driver's executemany (SQLite)."""
 
     def __init__(
         self, stmt: sa.Insert, columns: Sequence[tuple[str, sa.types.TypeEngine[Any]]]
     ) -> None:
-        from sqlalchemy.dialects import sqlite
-
         self._stmt = stmt
-        self._dialect = sqlite.dialect(paramstyle="named")
-        self._positional = sqlite.dialect(paramstyle="qmark")
+        self._dialect = _dialects()[0]
         types = dict(columns)
         sql, names = self._compile(list(types))
         #: The keys the statement binds; a row's values are read in this order.
@@ -73,20 +109,8 @@ class DriverRows:
 
     def _compile(self, keys: list[str]) -> tuple[str, list[str]]:
         """The statement's positional text binding ``keys``, and the key of each
-        placeholder in order.
-
-        The order is read off the same statement compiled with named
-        placeholders; the two texts must agree on how many values they bind.
-        """
-        named = str(self._stmt.compile(dialect=self._dialect, column_keys=keys))
-        names = _NAMED.findall(named)
-        unknown = sorted(set(names) - set(keys))
-        if unknown:
-            raise ValueError(f"statement binds values not in the rows: {unknown}")
-        positional = self._stmt.compile(dialect=self._positional, column_keys=keys)
-        sql = str(positional)
-        if sql.count("?") != len(names) or len(positional.params) != len(set(names)):
-            raise ValueError(f"cannot bind this statement by position: {sql}")
+        placeholder in order (see :func:`positional_text`)."""
+        sql, names, _ = positional_text(self._stmt, keys)
         return sql, names
 
     def _statement(self, absent: tuple[int, ...]) -> tuple[str, list[int]]:
