@@ -391,7 +391,7 @@ def test_rows_bound_by_position_store_what_named_binding_stores() -> None:
 def test_a_statement_run_by_the_driver_reads_what_sqlalchemy_reads(tmp_path: Any) -> None:
     """SQLite's claim goes to the driver itself: every returned column comes back
     converted as SQLAlchemy's own execution converts it (instants, durations,
-    JSON, booleans, NULLs), parameters are bound by their types, literals the
+    JSON, booleans, NULLs), parameters are bound as OmniQ stores them, literals the
     statement carries are bound too, and the claim returns the same Tasks."""
     import sqlalchemy as sa
 
