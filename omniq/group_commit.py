@@ -39,18 +39,17 @@ class GroupCommit(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         """Write ``item`` in the next batch; return its result once it is committed."""
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
         if self._drainer is None or self._drainer.done():
             # A context of its own: the batch is nobody's (e.g. not the first caller's trace).
-            self._drainer = asyncio.get_running_loop().create_task(
-                self._drain(), context=contextvars.Context()
-            )
+            self._drainer = loop.create_task(self._drain(), context=contextvars.Context())
         return await future  # cancelling the caller cancels only its own future
 
     async def _drain(self) -> None:
-        # Let the callers that became ready in this same turn of the loop join.
-        await asyncio.sleep(0)
+        # This task's first step runs on the loop's next turn: the callers that
+        # were ready in this one have submitted their items by then.
         try:
             while self._pending:
                 batch = [(item, fut) for item, fut in self._pending[: self._max_batch]]

@@ -1,40 +1,32 @@
 """A statement that returns rows, run through SQLite's driver directly.
 
-SQLAlchemy's execution of a statement (its compiled-cache lookup, the
-parameters' construction, the execution context and the result's set-up)
-costs about 20 µs when its code is warm, and ten times that in a process
-that sat idle for some milliseconds and runs it cold, where SQLite itself
-claims one task in a few tens of µs: a worker woken by one new task paid
-more for the execution of its claim than for the claim. On SQLite the claim
-(:meth:`omniq.repositories.tasks.TaskRepository.claim`) therefore hands its
-statement to the driver itself. The statement is still built with
+On SQLite the claim (:meth:`omniq.repositories.tasks.TaskRepository.claim`)
+hands its statement to the driver (why: :mod:`omniq.db.driver_exec`; SQLite
+itself claims one task in a few tens of µs, less than SQLAlchemy's execution
+of the statement costs run cold). The statement is still built with
 SQLAlchemy Core and compiled by SQLAlchemy, once (as :mod:`omniq.db.driver_rows`
 compiles its INSERTs: public compilation only); its parameters come from the
 compilation's ``construct_params`` and are bound as OmniQ stores such values,
 and its rows are converted by the result processors of the column types, the
 functions SQLAlchemy's own execution applies (public ``TypeEngine``
-methods); a driver error is wrapped as SQLAlchemy wraps it
-(``DBAPIError.instance``), so callers see the same exceptions. SQLAlchemy's
-cursor events do not see these statements (its transaction events do: the
-transaction is SQLAlchemy's). Statements with an expanding ``IN`` cannot be
-compiled once; :meth:`DriverQuery.of` returns None for them.
-"""
+methods). Statements with an expanding ``IN`` cannot be compiled once;
+:meth:`DriverQuery.of` returns None for them."""
 
 from __future__ import annotations
 
-import contextlib
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
+from omniq.db.driver_exec import run_on_driver
 from omniq.db.driver_rows import positional_dialect, positional_text
 from omniq.db.types import Duration, UTCDateTime
 from omniq.db.values import converter
 
-__all__ = ["DriverQuery", "run_on_driver"]
+__all__ = ["DriverQuery"]
 
 _Processor = Callable[[Any], Any]
 
@@ -54,49 +46,6 @@ def _stored(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     return value
-
-
-def run_on_driver(
-    conn: sa.Connection, sql: str, params: Sequence[Any], *, many: bool = False
-) -> list[Any]:
-    """Run ``sql`` on ``conn``'s driver connection, in its transaction; its rows.
-
-    ``many``: ``params`` is a sequence of rows, run by ``executemany`` (no rows
-    returned). As SQLAlchemy's own execution does, a transaction is begun if
-    none is, a driver error is raised wrapped (``DBAPIError.instance``), and a
-    connection the driver reports lost is invalidated.
-    """
-    if not conn.in_transaction():
-        conn.begin()  # SQLAlchemy's autobegin (on SQLite: BEGIN IMMEDIATE, see engine.py)
-    driver = conn.connection.dbapi_connection
-    assert driver is not None  # a Connection in use has its driver connection
-    dbapi = conn.dialect.loaded_dbapi
-    cursor = None
-    try:
-        cursor = driver.cursor()  # the DBAPI's own (pysqlite, or aiosqlite's adapter)
-        if many:
-            cursor.executemany(sql, params)
-            return []
-        cursor.execute(sql, params)
-        return list(cursor.fetchall())
-    except dbapi.Error as exc:
-        lost = conn.dialect.is_disconnect(exc, driver, cursor)
-        if lost:
-            conn.invalidate(exc)
-        raise sa.exc.DBAPIError.instance(
-            sql,
-            params,
-            exc,
-            dbapi.Error,
-            hide_parameters=conn.engine.hide_parameters,
-            connection_invalidated=lost,
-            dialect=conn.dialect,
-            ismulti=many,
-        ) from exc
-    finally:
-        if cursor is not None:
-            with contextlib.suppress(dbapi.Error):  # a closed connection: already raised
-                cursor.close()
 
 
 class DriverQuery:

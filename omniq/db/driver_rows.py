@@ -10,7 +10,8 @@ NULL in every row of a call is left out of that call's statement (a new task
 row has about twenty such columns, an event row about seven): Python's
 ``sqlite3`` binds a ``None`` through its adapter lookup, which costs more
 than storing the row. Only nullable columns without a default are left out,
-so the row stored is the same.
+so the row stored is the same. On OmniQ's own connections the statement goes
+to the driver without SQLAlchemy's execution (see :mod:`omniq.db.driver_exec`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from omniq.db.driver_exec import own_connection, run_on_driver
 from omniq.db.values import converter, one_value
 
 __all__ = ["DriverRows"]
@@ -135,4 +137,8 @@ class DriverRows:
         n = len(rows)
         absent = tuple(i for i in self._optional if columns[i].count(None) == n)
         sql, order = self._statement(absent)
-        conn.exec_driver_sql(sql, list(zip(*(columns[i] for i in order), strict=True)))
+        params = list(zip(*(columns[i] for i in order), strict=True))
+        if own_connection(conn):
+            run_on_driver(conn, sql, params, many=True)  # see omniq.db.driver_exec
+        else:
+            conn.exec_driver_sql(sql, params)

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from omniq.db.driver_exec import OWN_ENGINE, run_on_driver
 from omniq.db.driver_query import DriverQuery
 from omniq.db.driver_rows import DriverRows
 from omniq.db.values import COMPACT, converter, one_value, stored_type
@@ -475,7 +476,10 @@ def install_sqlite_events(engine: sa.Engine, settings: Settings) -> None:
 
     The recipe of SQLAlchemy's SQLite dialect docs ("Serializable isolation /
     Savepoints / Transactional DDL"), with IMMEDIATE for write transactions.
+    For OmniQ's own engines only: they are marked as such (:data:`OWN_ENGINE`),
+    and their hot statements go to the driver (see :mod:`omniq.db.driver_exec`).
     """
+    engine.update_execution_options(**{OWN_ENGINE: True})
     busy_ms = int(settings.busy_timeout.total_seconds() * 1000)
     synchronous = settings.sqlite_synchronous
     max_pages = settings.sqlite_max_page_count
@@ -502,4 +506,5 @@ def install_sqlite_events(engine: sa.Engine, settings: Settings) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.engine.Connection) -> None:
         read = conn.get_execution_options().get(_READ_OPTION)
-        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
+        # Straight to the driver (see omniq.db.driver_exec): this hook is the begin.
+        run_on_driver(conn, "BEGIN" if read else "BEGIN IMMEDIATE", (), autobegin=False)

@@ -85,7 +85,6 @@ class Enqueue(Sweeps):
             return await self._enqueue_in_own_transaction([task], on_duplicate)
         # Serialize now, so a bad payload fails before anything is written.
         await self._group.submit((task, self.storage.tasks.to_row(task)))
-        self.storage.notifier.notify()
         return [task.id]
 
     async def enqueue_many_async(
@@ -160,6 +159,7 @@ class Enqueue(Sweeps):
 
         async with self._named_migration():
             await self.storage.write(body, what="enqueue", small=len(items) <= _SMALL)
+        self.storage.notifier.notify()  # workers wake while the callers resume
         return [None] * len(items)
 
     async def _enqueue_in_own_transaction(

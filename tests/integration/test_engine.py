@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omniq._time import new_id
 from omniq.db import driver_query, migrate
-from omniq.db.driver_query import run_on_driver
+from omniq.db.driver_exec import run_on_driver
 from omniq.db.engine import (
     create_engine,
     default_sqlite_url,

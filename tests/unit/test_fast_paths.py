@@ -18,7 +18,7 @@ import attrs
 import pytest
 
 from omniq.db.engine import Dialect
-from omniq.errors import InvalidRow, SerializationError, ValidationError
+from omniq.errors import DuplicateTask, InvalidRow, SerializationError, ValidationError
 from omniq.models import ResultStatus, Task, TaskResult, TaskStatus
 from omniq.models.task import task_started
 from omniq.repositories.results import ResultRepository
@@ -553,3 +553,67 @@ def test_a_driver_statement_begins_a_transaction_and_reports_a_lost_connection(
         with pytest.raises(DatabaseUnavailable, match="connection lost"), translate_errors("bump"):
             driver.execute(conn, {})
         assert conn.invalidated
+
+
+def test_omniqs_own_sqlite_connections_send_their_writes_to_the_driver(tmp_path: Any) -> None:
+    """On an engine OmniQ created, ``BEGIN IMMEDIATE`` and the task INSERTs go to
+    the driver (SQLAlchemy's cursor events do not see them); on the application's
+    engine the same writes go through SQLAlchemy. Both store the same row, and a
+    refused INSERT or BEGIN raises the same SQLAlchemy error either way."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from omniq.db.engine import sqlite_writer_engine
+    from omniq.db.schema import metadata, tasks
+    from omniq.models.settings import Settings
+
+    path = tmp_path / "own.db"
+    own = sqlite_writer_engine(
+        sa.make_url(f"sqlite:///{path}"), Settings(busy_timeout=timedelta(milliseconds=1))
+    )
+    app = sa.create_engine(f"sqlite:///{path}")
+    metadata.create_all(own)
+    seen: dict[str, list[str]] = {"own": [], "app": []}
+    for name, engine in (("own", own), ("app", app)):
+
+        def record(*args: Any, into: list[str] = seen[name]) -> None:
+            into.append(args[2].split(None, 1)[0].upper())
+
+        sa.event.listen(engine, "before_cursor_execute", record)
+    base = attrs.evolve(SAMPLES[0], depends_on=(), status=TaskStatus.PENDING)
+    mine, theirs = attrs.evolve(base, id="t-own"), attrs.evolve(base, id="t-app")
+    errors = []
+    try:
+        for engine, task in ((own, mine), (app, theirs)):
+            with engine.begin() as conn:
+                _TASKS.insert_many(conn, [task])
+            with engine.connect() as conn:
+                with pytest.raises(DuplicateTask) as raised:
+                    _TASKS.insert_many(conn, [task])
+                cause = raised.value.__cause__
+                assert isinstance(cause, sa.exc.IntegrityError)
+                errors.append(str(cause.orig))
+        assert "INSERT" not in seen["own"] and "BEGIN" not in seen["own"]
+        assert "INSERT" in seen["app"]
+        assert errors[0].replace("t-own", "") == errors[1].replace("t-app", "")
+        with own.connect() as conn:
+            stored = {
+                x.id: x for x in map(_TASKS.from_row, conn.execute(sa.select(tasks)).mappings())
+            }
+            assert stored["t-own"] == attrs.evolve(stored["t-app"], id="t-own")
+            # BEGIN IMMEDIATE refused (another connection writes): SQLAlchemy's error,
+            # and the connection begins again once the lock is free.
+            other = sqlite3.connect(path, isolation_level=None)
+            conn.rollback()
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+                conn.begin()
+            assert not conn.in_transaction() and not conn.invalidated
+            other.execute("ROLLBACK")
+            other.close()
+            with conn.begin():
+                assert conn.execute(sa.text("SELECT count(*) FROM omniq_tasks")).scalar() == 2
+    finally:
+        own.dispose()
+        app.dispose()
