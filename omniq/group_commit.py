@@ -48,9 +48,10 @@ class GroupCommit(Generic[T, R]):
         return await future  # cancelling the caller cancels only its own future
 
     async def _drain(self) -> None:
-        # This task's first step runs on the loop's next turn: the callers that
-        # were ready in this one have submitted their items by then.
         try:
+            # Let the callers that become ready in this turn of the loop join (the sync
+            # API's, from other threads, start their coroutines one turn later).
+            await asyncio.sleep(0)
             while self._pending:
                 batch = [(item, fut) for item, fut in self._pending[: self._max_batch]]
                 del self._pending[: self._max_batch]

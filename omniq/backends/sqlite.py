@@ -96,7 +96,8 @@ class SQLBackend:
         this is for your own statements (and ``enqueue(..., connection=conn)``).
         """
         await self.initialize_async()
-        engine = create_engine(self.url, self.settings, poolclass=sa.pool.NullPool)
+        # Lent to the application: its statements go through SQLAlchemy (own=False).
+        engine = create_engine(self.url, self.settings, own=False, poolclass=sa.pool.NullPool)
         try:
             async with engine.begin() as conn:
                 yield conn
@@ -192,7 +193,7 @@ def _sync_engine(url: str, settings: Settings) -> sa.Engine:
     """A sync engine on the database of ``url`` (one connection, closed on dispose)."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return sqlite_writer_engine(parsed, settings)
+        return sqlite_writer_engine(parsed, settings, own=False)  # lent to the application
     try:
         import psycopg  # noqa: F401
     except ImportError:

@@ -315,7 +315,9 @@ def is_memory_sqlite(url: str | sa.URL) -> bool:
     return database in ("", ":memory:") or database.startswith("file::memory:")
 
 
-def memory_sqlite_engine(settings: Settings | None = None, **engine_kwargs: Any) -> AsyncEngine:
+def memory_sqlite_engine(
+    settings: Settings | None = None, *, own: bool = True, **engine_kwargs: Any
+) -> AsyncEngine:
     """An engine on a new private in-memory SQLite database: one connection, shared.
 
     Every use of the engine is that one connection (a static pool), so the
@@ -328,21 +330,22 @@ def memory_sqlite_engine(settings: Settings | None = None, **engine_kwargs: Any)
     engine = create_async_engine(
         "sqlite+aiosqlite://", poolclass=sa.pool.StaticPool, **engine_kwargs
     )
-    install_sqlite_events(engine.sync_engine, settings)
+    install_sqlite_events(engine.sync_engine, settings, own=own)
     return engine
 
 
 def create_engine(
-    url: str | sa.URL, settings: Settings | None = None, **engine_kwargs: Any
+    url: str | sa.URL, settings: Settings | None = None, *, own: bool = True, **engine_kwargs: Any
 ) -> AsyncEngine:
     """Create the AsyncEngine for ``url`` with OmniQ's per-engine settings.
 
     An in-memory SQLite URL gets a private database on one shared connection
-    (see :func:`memory_sqlite_engine`).
+    (see :func:`memory_sqlite_engine`). ``own=False``: an engine whose
+    connections are lent to the application (see :func:`install_sqlite_events`).
     """
     settings = settings or Settings()
     if is_memory_sqlite(url) and sa.make_url(url).drivername in ("sqlite", "sqlite+aiosqlite"):
-        return memory_sqlite_engine(settings, **engine_kwargs)
+        return memory_sqlite_engine(settings, own=own, **engine_kwargs)
     parsed = normalize_url(url)
     _check_schema_supported(parsed.get_backend_name(), settings.db_schema)
     if settings.db_schema is not None:
@@ -355,7 +358,7 @@ def create_engine(
         _prepare_sqlite_file(path)
         engine_kwargs.setdefault("json_deserializer", _lenient_json_loads)
         engine = create_async_engine(parsed, **engine_kwargs)
-        install_sqlite_events(engine.sync_engine, settings)
+        install_sqlite_events(engine.sync_engine, settings, own=own)
         return engine
     engine_kwargs.setdefault("pool_pre_ping", True)
     engine_kwargs["connect_args"] = {
@@ -451,7 +454,7 @@ def read_engine(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{_READ_OPTION: True})
 
 
-def sqlite_writer_engine(url: sa.URL, settings: Settings) -> sa.Engine:
+def sqlite_writer_engine(url: sa.URL, settings: Settings, *, own: bool = True) -> sa.Engine:
     """A sync (pysqlite) engine on the same SQLite file, for the writer thread.
 
     Same pragmas, same BEGIN IMMEDIATE, same lenient JSON reading as the async
@@ -467,19 +470,22 @@ def sqlite_writer_engine(url: sa.URL, settings: Settings) -> sa.Engine:
         # event loop's thread running a small write inline.
         connect_args={"check_same_thread": False},
     )
-    install_sqlite_events(engine, settings)
+    install_sqlite_events(engine, settings, own=own)
     return engine
 
 
-def install_sqlite_events(engine: sa.Engine, settings: Settings) -> None:
+def install_sqlite_events(engine: sa.Engine, settings: Settings, *, own: bool = True) -> None:
     """Pragmas on connect; the driver's transaction handling off; BEGIN IMMEDIATE for writes.
 
     The recipe of SQLAlchemy's SQLite dialect docs ("Serializable isolation /
     Savepoints / Transactional DDL"), with IMMEDIATE for write transactions.
-    For OmniQ's own engines only: they are marked as such (:data:`OWN_ENGINE`),
-    and their hot statements go to the driver (see :mod:`omniq.db.driver_exec`).
+    ``own``: an engine only OmniQ uses (not one whose connections are lent to
+    the application); it is marked (:data:`OWN_ENGINE`) and its hot statements,
+    this hook's ``BEGIN`` among them, go to the driver (see
+    :mod:`omniq.db.driver_exec`).
     """
-    engine.update_execution_options(**{OWN_ENGINE: True})
+    if own:
+        engine.update_execution_options(**{OWN_ENGINE: True})
     busy_ms = int(settings.busy_timeout.total_seconds() * 1000)
     synchronous = settings.sqlite_synchronous
     max_pages = settings.sqlite_max_page_count
@@ -506,5 +512,9 @@ def install_sqlite_events(engine: sa.Engine, settings: Settings) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.engine.Connection) -> None:
         read = conn.get_execution_options().get(_READ_OPTION)
-        # Straight to the driver (see omniq.db.driver_exec): this hook is the begin.
-        run_on_driver(conn, "BEGIN" if read else "BEGIN IMMEDIATE", (), autobegin=False)
+        begin = "BEGIN" if read else "BEGIN IMMEDIATE"
+        if own:
+            # Straight to the driver (see omniq.db.driver_exec): this hook is the begin.
+            run_on_driver(conn, begin, (), autobegin=False)
+        else:
+            conn.exec_driver_sql(begin)

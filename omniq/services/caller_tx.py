@@ -42,6 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
+from omniq.db.driver_exec import OWN_ENGINE, own_connection
 from omniq.db.engine import sqlite_path
 from omniq.db.migrate import current_revision, head
 from omniq.errors import SchemaOutOfDate, ValidationError, WrongDatabase
@@ -200,7 +201,7 @@ def _write_on(
             conn.begin()  # what the first statement would do (SQLAlchemy's autobegin)
         if storage.dialect.single_writer:
             _begin_immediate(conn)
-        with target.begin_nested(), _omniq_schema(storage, conn):
+        with target.begin_nested(), _omniq_schema(storage, conn), _not_own(conn):
             if isinstance(target, Session):
                 # A Session emits its SAVEPOINT when its connection is next asked for:
                 # without this the statements below ran outside it, and a database
@@ -282,6 +283,21 @@ def _begin_immediate(conn: sa.Connection) -> None:
     driver = conn.connection.driver_connection
     if not getattr(driver, "in_transaction", True):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextlib.contextmanager
+def _not_own(conn: sa.Connection) -> Iterator[None]:
+    """The application's connection: OmniQ's statements go through SQLAlchemy on it
+    (where the application's instrumentation sees them), even if it came from an
+    engine OmniQ made (see :mod:`omniq.db.driver_exec`)."""
+    if not own_connection(conn):
+        yield
+        return
+    conn.execution_options(**{OWN_ENGINE: False})
+    try:
+        yield
+    finally:
+        conn.execution_options(**{OWN_ENGINE: True})
 
 
 @contextlib.contextmanager

@@ -101,6 +101,38 @@ async def test_commit_makes_the_task_visible_and_a_worker_runs_it(
     assert result is not None and result.result == 42
 
 
+async def test_omniqs_statements_on_the_callers_connection_go_through_sqlalchemy(
+    oq: AsyncOmniQ, db_url: str
+) -> None:
+    """A connection passed as ``connection=`` is the application's, even from an
+    engine OmniQ made (whose own connections hand hot statements to the driver):
+    OmniQ's INSERTs on it are seen by the engine's cursor events, and the
+    connection is left as it was."""
+    from omniq.db.driver_exec import OWN_ENGINE
+    from omniq.db.engine import create_engine
+
+    engine = create_engine(db_url)
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        seen.append(" ".join(statement.split()[:3]).upper())
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with engine.connect() as conn:
+            own_before = conn.sync_connection.get_execution_options().get(OWN_ENGINE)  # type: ignore[union-attr]
+            await conn.begin()
+            task_id = await oq.enqueue_async(app_tasks.add, [40, 2], connection=conn)
+            await conn.commit()
+            after = conn.sync_connection.get_execution_options().get(OWN_ENGINE)  # type: ignore[union-attr]
+            assert after == own_before
+        assert "INSERT INTO OMNIQ_TASKS" in seen and "INSERT INTO OMNIQ_EVENTS" in seen
+        task = await oq.get_task_async(task_id)
+        assert task is not None and task.status is TaskStatus.PENDING
+    finally:
+        await engine.dispose()
+
+
 async def test_rollback_leaves_no_task_no_event_no_edge(
     oq: AsyncOmniQ, app_engine: AsyncEngine
 ) -> None:

@@ -257,6 +257,18 @@ def _count_tasks(rows: Any) -> int:
     return int(rows.scalar_one())
 
 
+def _seen_by(engine: sa.Engine) -> list[str]:
+    """Statements ``engine``'s cursor events see from now on (the application's
+    instrumentation): OmniQ's writes on a lent connection are among them."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(" ".join(statement.split()[:3]).upper())
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    return seen
+
+
 def test_a_connection_of_the_backend_blocking(db_url: str) -> None:
     """The seed's ``backend.get_connection()``: a transaction of your own on the
     backend's database, committed at the end of the block, rolled back if it raises."""
@@ -265,8 +277,11 @@ def test_a_connection_of_the_backend_blocking(db_url: str) -> None:
         queue = backend.get_task_queue()
         count = sa.text("SELECT count(*) FROM omniq_tasks")
         with backend.get_connection() as conn:
+            seen = _seen_by(conn.engine)
             assert _count_tasks(conn.execute(count)) == 0
             kept = queue.enqueue(Task(func=seed_tasks.seed_add, func_args=[1, 2]), connection=conn)
+            # A connection of your own: OmniQ's writes on it go through SQLAlchemy.
+            assert "INSERT INTO OMNIQ_TASKS" in seen and "INSERT INTO OMNIQ_EVENTS" in seen
 
         def enqueue_then_change_my_mind() -> None:
             with backend.get_connection() as conn:
@@ -290,10 +305,12 @@ async def test_a_connection_of_the_backend_async(db_url: str) -> None:
         queue = backend.get_task_queue()
         count = sa.text("SELECT count(*) FROM omniq_tasks")
         async with backend.get_connection_async() as conn:
+            seen = _seen_by(conn.sync_engine)
             assert _count_tasks(await conn.execute(count)) == 0
             kept = await queue.enqueue_async(
                 Task(func=seed_tasks.seed_add, func_args=[1, 2]), connection=conn
             )
+            assert "INSERT INTO OMNIQ_TASKS" in seen and "INSERT INTO OMNIQ_EVENTS" in seen
 
         async def enqueue_then_change_my_mind() -> None:
             async with backend.get_connection_async() as conn:
