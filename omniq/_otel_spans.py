@@ -11,12 +11,12 @@ from collections.abc import Awaitable, Callable
 from contextvars import Token
 from typing import Any, TypeVar, cast
 
-import attrs
 from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
 from omniq.models import Task
+from omniq.models.task import task_traced
 from omniq.services.hooks import WriteTasks
 from omniq.worker.executors import RemoteError
 
@@ -80,7 +80,7 @@ class Spans:
             propagate.inject(carrier)
             if carrier:
                 stored = json.dumps(carrier, separators=(",", ":"), sort_keys=True)
-                tasks = [attrs.evolve(x, trace_context=stored) for x in tasks]
+                tasks = [task_traced(x, stored) for x in tasks]
             ids = await write(tasks)
             if len(tasks) == 1 and ids[0] != tasks[0].id:
                 # A live task held the unique key: its id is the one returned.

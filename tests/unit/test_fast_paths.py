@@ -20,7 +20,7 @@ import pytest
 from omniq.db.engine import Dialect
 from omniq.errors import DuplicateTask, InvalidRow, SerializationError, ValidationError
 from omniq.models import ResultStatus, Task, TaskResult, TaskStatus
-from omniq.models.task import task_started
+from omniq.models.task import task_started, task_traced
 from omniq.repositories.results import ResultRepository
 from omniq.repositories.tasks import TaskRepository
 from omniq.worker.executors import DaemonThreadPool, Executor
@@ -152,6 +152,22 @@ def test_a_started_task_equals_what_evolve_makes(task: Task) -> None:
     assert task.started_at != at  # the record it came from is unchanged
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         started.attempts = 0
+
+
+@pytest.mark.parametrize("task", SAMPLES, ids=["defaults", "every-field"])
+def test_a_traced_task_equals_what_evolve_makes(task: Task) -> None:
+    context = '{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}'
+    traced = task_traced(task, context)
+    assert traced == attrs.evolve(task, trace_context=context)
+    assert traced.payload_error == task.payload_error
+    assert traced.trace_context == context and task.trace_context != context
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        traced.trace_context = None
+    # Checked as evolve checks it: the field's own validator, naming the field.
+    with pytest.raises(ValidationError, match=r"^trace_context"):
+        task_traced(task, 5)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"^trace_context"):
+        attrs.evolve(task, trace_context=5)
 
 
 def test_a_start_time_must_be_an_aware_instant() -> None:
