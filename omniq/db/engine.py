@@ -511,9 +511,9 @@ def install_sqlite_events(engine: sa.Engine, settings: Settings, *, own: bool = 
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.engine.Connection) -> None:
-        read = conn.get_execution_options().get(_READ_OPTION)
-        begin = "BEGIN" if read else "BEGIN IMMEDIATE"
-        if own:
+        options = conn.get_execution_options()
+        begin = "BEGIN" if options.get(_READ_OPTION) else "BEGIN IMMEDIATE"
+        if options.get(OWN_ENGINE):
             # Straight to the driver (see omniq.db.driver_exec): this hook is the begin.
             run_on_driver(conn, begin, (), autobegin=False)
         else:

@@ -285,7 +285,10 @@ def task_traced(task: Task, trace_context: str) -> Task:
 
 def _copy_with(task: Task, **values: Any) -> Task:
     """A copy of ``task`` with ``values`` (validated by the caller: fields that no
-    converter and no check of ``__attrs_post_init__`` involves)."""
+    converter and no check of ``__attrs_post_init__`` involves). A subclass's
+    record is rebuilt by ``attrs.evolve``, which knows its own fields."""
+    if type(task) is not Task:
+        return attrs.evolve(task, **values)
     copy = _new(Task)
     for name in _FIELDS:
         _set(copy, name, getattr(task, name))

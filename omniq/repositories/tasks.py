@@ -16,6 +16,7 @@ import cattrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from omniq.db.driver_exec import own_connection
 from omniq.db.engine import Dialect
 from omniq.db.schema import task_dependencies as deps_t
 from omniq.db.schema import tasks as t
@@ -429,9 +430,10 @@ class TaskRepository(
         params: dict[str, Any],
         unreadable: list[tuple[str, str]] | None,
     ) -> list[Task]:
-        """One claim statement's Tasks (by the driver on SQLite, where it can)."""
+        """One claim statement's Tasks (by the driver on OmniQ's own SQLite
+        connections, where it can: see omniq.db.driver_exec)."""
         driver = self._driver_claims[key]
-        if driver is not None:
+        if driver is not None and own_connection(conn):
             return self.claimed_rows(driver.keys, driver.execute(conn, params), unreadable)
         result = conn.execute(self._claims[key], params)
         return self.claimed_rows(result.keys(), result.all(), unreadable)

@@ -195,13 +195,13 @@ def _write_on(
         conn = target.connection()
     else:
         conn = target
-    with translate_errors(what):
+    with translate_errors(what), _not_own(conn):
         _check_database(storage, conn, field)
         if not conn.in_transaction():
             conn.begin()  # what the first statement would do (SQLAlchemy's autobegin)
         if storage.dialect.single_writer:
             _begin_immediate(conn)
-        with target.begin_nested(), _omniq_schema(storage, conn), _not_own(conn):
+        with target.begin_nested(), _omniq_schema(storage, conn):
             if isinstance(target, Session):
                 # A Session emits its SAVEPOINT when its connection is next asked for:
                 # without this the statements below ran outside it, and a database

@@ -154,20 +154,60 @@ def test_a_started_task_equals_what_evolve_makes(task: Task) -> None:
         started.attempts = 0
 
 
-@pytest.mark.parametrize("task", SAMPLES, ids=["defaults", "every-field"])
+#: Every field of a Task set (payload_error too, which == does not compare).
+FULL = attrs.evolve(
+    SAMPLES[1],
+    completed_at=NOW,
+    lost_count=1,
+    trace_context='{"traceparent":"old"}',
+    concurrency_key="tenant",
+    concurrency_max=2,
+    rate_key="api",
+    rate_limit=5,
+    rate_period=timedelta(seconds=1),
+    workflow_id="wf",
+    payload_error="SerializationError: x",
+)
+
+
+def _fields(task: Task) -> dict[str, Any]:
+    return {f.name: getattr(task, f.name) for f in attrs.fields(type(task))}
+
+
+@pytest.mark.parametrize("task", [SAMPLES[0], FULL], ids=["defaults", "every-field"])
 def test_a_traced_task_equals_what_evolve_makes(task: Task) -> None:
     context = '{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}'
     traced = task_traced(task, context)
-    assert traced == attrs.evolve(task, trace_context=context)
-    assert traced.payload_error == task.payload_error
+    evolved = attrs.evolve(task, trace_context=context)
+    assert type(traced) is Task
+    assert _fields(traced) == _fields(evolved)  # payload_error included
     assert traced.trace_context == context and task.trace_context != context
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         traced.trace_context = None
     # Checked as evolve checks it: the field's own validator, naming the field.
-    with pytest.raises(ValidationError, match=r"^trace_context"):
-        task_traced(task, 5)  # type: ignore[arg-type]
-    with pytest.raises(ValidationError, match=r"^trace_context"):
-        attrs.evolve(task, trace_context=5)
+    for bad in (5, "nul\x00"):
+        with pytest.raises(ValidationError, match=r"^trace_context"):
+            task_traced(task, bad)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match=r"^trace_context"):
+            attrs.evolve(task, trace_context=bad)
+    started = task_started(task, NOW)
+    assert _fields(started) == _fields(
+        attrs.evolve(task, started_at=NOW, attempts=task.attempts + 1)
+    )
+
+
+def test_a_subclass_of_task_keeps_its_type_and_fields_when_traced_or_started() -> None:
+    @attrs.frozen
+    class Billed(Task):
+        account: str = "acme"
+
+    task = Billed(func="pkg.mod:f", account="umbrella")
+    traced = task_traced(task, "ctx")
+    started = task_started(task, NOW)
+    assert type(traced) is Billed and traced.account == "umbrella"
+    assert traced == attrs.evolve(task, trace_context="ctx")
+    assert type(started) is Billed and started.account == "umbrella"
+    assert started.attempts == task.attempts + 1 and started.started_at == NOW
 
 
 def test_a_start_time_must_be_an_aware_instant() -> None:
@@ -612,6 +652,17 @@ def test_omniqs_own_sqlite_connections_send_their_writes_to_the_driver(tmp_path:
                 errors.append(str(cause.orig))
         assert "INSERT" not in seen["own"] and "BEGIN" not in seen["own"]
         assert "INSERT" in seen["app"]
+        # The claim too: by the driver on OmniQ's own connection, through
+        # SQLAlchemy on the application's (each claims one of the two tasks).
+        claimed = []
+        due = datetime.now(UTC) + timedelta(minutes=1)
+        for engine in (own, app):
+            with engine.begin() as conn:
+                claimed += _TASKS.claim(
+                    conn, queues=None, n=1, now=due, token="tok", lease_until=due, worker_id="w"
+                )
+        assert len(claimed) == 2 and {x.status for x in claimed} == {TaskStatus.RUNNING}
+        assert "UPDATE" not in seen["own"] and "UPDATE" in seen["app"]
         assert errors[0].replace("t-own", "") == errors[1].replace("t-app", "")
         with own.connect() as conn:
             stored = {
