@@ -5,18 +5,20 @@ parameters' construction, the execution context, the result's set-up and
 the cursor events) costs about 20 µs when its code is warm and ten times
 that when it runs cold, in a process that sat idle for some milliseconds:
 a worker or a producer that handles one task now and then pays that on
-each of a transaction's statements. OmniQ's own SQLite connections (the
-engines it creates, marked with :data:`OWN_ENGINE`) therefore hand their
+each of a transaction's statements. OmniQ's own SQLite connections (of the
+engines it creates for its own use, marked with :data:`OWN_ENGINE`; not
+those whose connections it lends to the application) therefore hand their
 hot statements to the driver: ``BEGIN IMMEDIATE`` (:mod:`omniq.db.engine`),
-the task and event INSERTs (:mod:`omniq.db.driver_rows`) and the claim
-(:mod:`omniq.db.driver_query`). The transaction stays SQLAlchemy's (begun
+the INSERTs of tasks, events and results (:mod:`omniq.db.driver_rows`) and
+the claim (:mod:`omniq.db.driver_query`). The transaction stays SQLAlchemy's (begun
 and ended through the ``Connection``, its transaction events fire); a
 driver error is raised wrapped as SQLAlchemy wraps it, and a lost
 connection is invalidated as SQLAlchemy invalidates it. What SQLAlchemy's
 cursor events (and ``echo``) no longer see are these statements.
 A connection of the application's (a transactional enqueue) is never
-bypassed: its statements go through SQLAlchemy, where the application's
-instrumentation sees them.
+bypassed, whatever engine it came from (``omniq.services.caller_tx`` clears
+the mark while OmniQ writes on it): its statements go through SQLAlchemy,
+where the application's instrumentation sees them.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ OWN_ENGINE = "omniq_own_sqlite"
 
 
 def own_connection(conn: sa.Connection) -> bool:
-    """True when ``conn`` is of an engine OmniQ created for SQLite (not the application's)."""
+    """True when ``conn`` is one of OmniQ's own SQLite connections (see the module docstring)."""
     return bool(conn.get_execution_options().get(OWN_ENGINE))
 
 
