@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
-from omniq.db.driver_exec import OWN_ENGINE, own_connection
+from omniq.db.driver_exec import OWN_ENGINE
 from omniq.db.engine import sqlite_path
 from omniq.db.migrate import current_revision, head
 from omniq.errors import SchemaOutOfDate, ValidationError, WrongDatabase
@@ -195,13 +195,14 @@ def _write_on(
         conn = target.connection()
     else:
         conn = target
-    with translate_errors(what), _not_own(conn):
+    with translate_errors(what), _option(conn, OWN_ENGINE, False):
         _check_database(storage, conn, field)
         if not conn.in_transaction():
             conn.begin()  # what the first statement would do (SQLAlchemy's autobegin)
         if storage.dialect.single_writer:
             _begin_immediate(conn)
-        with target.begin_nested(), _omniq_schema(storage, conn):
+        schema = storage.engine.get_execution_options().get("schema_translate_map")
+        with target.begin_nested(), _option(conn, "schema_translate_map", schema or None):
             if isinstance(target, Session):
                 # A Session emits its SAVEPOINT when its connection is next asked for:
                 # without this the statements below ran outside it, and a database
@@ -286,30 +287,21 @@ def _begin_immediate(conn: sa.Connection) -> None:
 
 
 @contextlib.contextmanager
-def _not_own(conn: sa.Connection) -> Iterator[None]:
-    """The application's connection: OmniQ's statements go through SQLAlchemy on it
-    (where the application's instrumentation sees them), even if it came from an
-    engine OmniQ made (see :mod:`omniq.db.driver_exec`)."""
-    if not own_connection(conn):
+def _option(conn: sa.Connection, name: str, value: Any) -> Iterator[None]:
+    """``conn``'s execution option ``name`` set to ``value`` for the block, then put
+    back as it was (``value`` None: left as it is).
+
+    On the caller's connection, OmniQ's statements use OmniQ's engine's
+    ``schema_translate_map``, and go through SQLAlchemy even if the connection
+    came from an engine OmniQ made (not its own: see :mod:`omniq.db.driver_exec`),
+    where the application's instrumentation sees them.
+    """
+    if value is None:
         yield
         return
-    conn.execution_options(**{OWN_ENGINE: False})
+    before = conn.get_execution_options().get(name)
+    conn.execution_options(**{name: value})
     try:
         yield
     finally:
-        conn.execution_options(**{OWN_ENGINE: True})
-
-
-@contextlib.contextmanager
-def _omniq_schema(storage: Storage, conn: sa.Connection) -> Iterator[None]:
-    """OmniQ's engine's ``schema_translate_map`` (if any) on ``conn`` for OmniQ's statements."""
-    mapping = storage.engine.get_execution_options().get("schema_translate_map")
-    if not mapping:
-        yield
-        return
-    before = conn.get_execution_options().get("schema_translate_map")
-    conn.execution_options(schema_translate_map=mapping)
-    try:
-        yield
-    finally:
-        conn.execution_options(schema_translate_map=before)
+        conn.execution_options(**{name: before})

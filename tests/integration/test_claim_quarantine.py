@@ -189,7 +189,7 @@ async def test_a_stored_value_that_cannot_be_converted_is_quarantined(
     # at every claim. (PostgreSQL's typed columns cannot hold such a value.)
     if svc.storage.dialect.name != "sqlite":
         pytest.skip("PostgreSQL's typed columns cannot store text in a number column")
-    (broken,) = await _broken_by(svc, column, "not a number")
+    broken = await _broken_by(svc, column, "not a number")
     good = await svc.queue.enqueue_async(ADD, [1, 1])
     claimed = await svc.queue.dequeue_many_async(5, worker_id="w")
     assert [x.id for x in claimed] == [good]
@@ -205,11 +205,11 @@ async def test_a_stored_value_that_cannot_be_converted_is_quarantined(
     assert column in (row.last_error or ""), row.last_error
 
 
-async def _broken_by(svc: Services, column: str, value: Any) -> list[str]:
+async def _broken_by(svc: Services, column: str, value: Any) -> str:
     """One ready task, ahead of any other by priority, with ``value`` stored in ``column``."""
     task_id = await svc.queue.enqueue_async(ADD, [0, 0], priority=10)
     async with svc.storage.engine.begin() as conn:
         await conn.exec_driver_sql(
             f"UPDATE omniq_tasks SET {column} = ? WHERE id = ?", (value, task_id)
         )
-    return [task_id]
+    return task_id

@@ -184,6 +184,28 @@ async def test_an_engine_of_the_application_gets_the_schema_added(pg_url: str) -
         await own.dispose()
 
 
+@pytest.mark.anyio
+async def test_an_enqueue_in_the_applications_transaction_writes_into_the_schema(
+    pg_url: str,
+) -> None:
+    """``connection=`` of an application's engine without the schema: OmniQ's
+    statements on it use the schema, and the connection is left as it was."""
+    await asyncio.to_thread(migrate.upgrade, pg_url, schema=SCHEMA)
+    app = create_engine(pg_url)
+    try:
+        async with AsyncOmniQ(url=pg_url, settings=Settings(db_schema=SCHEMA)) as oq:
+            async with app.connect() as conn:
+                await conn.begin()
+                task_id = await oq.enqueue_async(app_tasks.add, [2, 3], connection=conn)
+                options = conn.sync_connection.get_execution_options()  # type: ignore[union-attr]
+                assert options.get("schema_translate_map") is None
+                await conn.commit()
+            task = await oq.get_task_async(task_id)
+            assert task is not None and task.status is TaskStatus.PENDING
+    finally:
+        await app.dispose()
+
+
 def test_omniq_db_upgrade_creates_the_schema_from_the_environment(
     pg_url: str, tmp_path: Path
 ) -> None:
